@@ -1,0 +1,209 @@
+//! `chroma-shift`: the command line. Thin: parsing, logging setup and signals; the work lives in
+//! the library crates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shift_chroma::local::{find_chroma_bin, LocalChroma, LocalChromaOptions};
+use shift_config::{Config, LogFormat};
+use shift_control::ChromaShift;
+use shift_proxy::Drained;
+use tracing_subscriber::EnvFilter;
+
+/// A migration proxy for Chroma: dual writes, cutover and rollback, backfill and verify.
+#[derive(Debug, Parser)]
+#[command(name = "chroma-shift", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The TOML configuration (see config/chroma-shift.example.toml).
+        #[arg(long, short, env = "CHROMA_SHIFT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and its secrets, then exit.
+    CheckConfig {
+        #[arg(long, short, env = "CHROMA_SHIFT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start two local Chroma servers (old and new) and the proxy in front of them.
+    Dev {
+        /// Where the two servers keep their data.
+        #[arg(long, default_value = ".demo")]
+        dir: PathBuf,
+        /// The proxy's data address: the Chroma URL for applications.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// The admin address: /metrics, /healthz, /readyz.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin_listen: SocketAddr,
+        /// Port of the old Chroma server.
+        #[arg(long, default_value_t = 8101)]
+        old_port: u16,
+        /// Port of the new Chroma server.
+        #[arg(long, default_value_t = 8102)]
+        new_port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chroma-shift: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(load(&config)?).await,
+            Command::CheckConfig { config } => check_config(&config),
+            Command::Dev {
+                dir,
+                listen,
+                admin_listen,
+                old_port,
+                new_port,
+            } => dev(dir, listen, admin_listen, old_port, new_port).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("chroma-shift: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))
+}
+
+fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    config.secrets().context("missing secret")?;
+    println!(
+        "{}: ok (listen {}, admin {}, primary {}, mirror {:?})",
+        path.display(),
+        config.server.listen,
+        config.server.admin_listen,
+        config.routing.primary,
+        config.mirror.mode
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    init_logging(&config);
+    let secrets = config.secrets().context("missing secret")?;
+    let proxy = ChromaShift::bind(config, secrets).await?;
+    tracing::info!(data = %proxy.data_addr(), admin = %proxy.admin_addr(), "listening");
+    let drained = proxy.run(shutdown_signal()).await;
+    Ok(match drained {
+        Drained::Clean => ExitCode::SUCCESS,
+        Drained::GraceExpired => ExitCode::from(1),
+    })
+}
+
+async fn dev(
+    dir: PathBuf,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    old_port: u16,
+    new_port: u16,
+) -> anyhow::Result<ExitCode> {
+    let bin = find_chroma_bin().context(
+        "no `chroma` command: run scripts/quickstart.sh, or `pip install chromadb==1.5.9`",
+    )?;
+    let mut servers = Vec::new();
+    for (name, port) in [("old", old_port), ("new", new_port)] {
+        let mut options = LocalChromaOptions::new(bin.clone(), dir.join(name));
+        options.port = Some(port);
+        let server = LocalChroma::start(options)
+            .await
+            .with_context(|| format!("cannot start the {name} Chroma on port {port}"))?;
+        servers.push(server);
+    }
+    let text = format!(
+        r#"
+[server]
+listen = "{listen}"
+admin_listen = "{admin_listen}"
+[backends.old]
+url = "{old}"
+[backends.new]
+url = "{new}"
+[routing]
+primary = "old"
+[state]
+dir = "{state}"
+"#,
+        old = servers[0].url(),
+        new = servers[1].url(),
+        state = dir.join("state").display(),
+    );
+    let config = Config::from_toml(&text).context("the dev configuration")?;
+    init_logging(&config);
+    let proxy = ChromaShift::bind(config, Default::default()).await?;
+    println!(
+        "\nchroma-shift is up.\n  Chroma URL for your app:  http://{data}\n  admin and metrics:        http://{admin}/metrics\n  old store (primary):      {old}  (data in {dir}/old)\n  new store:                {new}  (data in {dir}/new)\n\n  python: chromadb.HttpClient(host=\"{host}\", port={port})\n\nCtrl-C stops the proxy and both Chroma servers.\n",
+        data = proxy.data_addr(),
+        admin = proxy.admin_addr(),
+        old = servers[0].url(),
+        new = servers[1].url(),
+        dir = dir.display(),
+        host = proxy.data_addr().ip(),
+        port = proxy.data_addr().port(),
+    );
+    proxy.run(shutdown_signal()).await;
+    for mut server in servers {
+        let _ = server.stop().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,158 @@
+//! The health monitor: a heartbeat to each backend on an interval, the result kept on a
+//! board that `/readyz` and the `chroma_shift_backend_up` gauge read.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use shift_config::{BackendName, HealthConfig};
+use shift_proxy::{Backends, ProxyMetrics};
+
+/// The last heartbeat of one backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendHealth {
+    /// The last heartbeat answered 200 in time.
+    pub up: bool,
+    /// When the last heartbeat finished; `None` before the first.
+    #[serde(with = "unix_millis")]
+    pub checked_at: Option<SystemTime>,
+    /// How long the last heartbeat took, in milliseconds.
+    pub latency_ms: f64,
+    /// Heartbeats failed in a row.
+    pub consecutive_failures: u32,
+    /// Why the last heartbeat failed.
+    pub error: Option<String>,
+}
+
+impl BackendHealth {
+    fn unknown() -> BackendHealth {
+        BackendHealth {
+            up: false,
+            checked_at: None,
+            latency_ms: 0.0,
+            consecutive_failures: 0,
+            error: Some("not checked yet".to_owned()),
+        }
+    }
+}
+
+/// The latest health of both backends.
+#[derive(Debug)]
+pub struct HealthBoard {
+    old: ArcSwap<BackendHealth>,
+    new: ArcSwap<BackendHealth>,
+}
+
+impl HealthBoard {
+    fn slot(&self, name: BackendName) -> &ArcSwap<BackendHealth> {
+        match name {
+            BackendName::Old => &self.old,
+            BackendName::New => &self.new,
+        }
+    }
+
+    pub fn get(&self, name: BackendName) -> Arc<BackendHealth> {
+        self.slot(name).load_full()
+    }
+}
+
+/// Probes both backends on an interval.
+#[derive(Debug, Clone)]
+pub struct HealthMonitor {
+    backends: Arc<Backends>,
+    config: HealthConfig,
+    metrics: ProxyMetrics,
+    board: Arc<HealthBoard>,
+}
+
+impl HealthMonitor {
+    pub fn new(backends: Arc<Backends>, config: HealthConfig, metrics: ProxyMetrics) -> Self {
+        HealthMonitor {
+            backends,
+            config,
+            metrics,
+            board: Arc::new(HealthBoard {
+                old: ArcSwap::from_pointee(BackendHealth::unknown()),
+                new: ArcSwap::from_pointee(BackendHealth::unknown()),
+            }),
+        }
+    }
+
+    pub fn board(&self) -> Arc<HealthBoard> {
+        self.board.clone()
+    }
+
+    /// Probes both backends once, at the same time.
+    pub async fn probe_all(&self) {
+        tokio::join!(self.probe(BackendName::Old), self.probe(BackendName::New));
+    }
+
+    async fn probe(&self, name: BackendName) {
+        let started = std::time::Instant::now();
+        let result = self.backends.get(name).heartbeat(self.config.timeout).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let previous = self.board.get(name);
+        let health = match result {
+            Ok(()) => {
+                if !previous.up && previous.checked_at.is_some() {
+                    tracing::info!(backend = %name, "backend is up again");
+                }
+                BackendHealth {
+                    up: true,
+                    checked_at: Some(SystemTime::now()),
+                    latency_ms,
+                    consecutive_failures: 0,
+                    error: None,
+                }
+            }
+            Err(error) => {
+                if previous.up || previous.checked_at.is_none() {
+                    tracing::warn!(backend = %name, %error, "backend heartbeat failed");
+                }
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&[name.as_str(), "heartbeat"])
+                    .inc();
+                BackendHealth {
+                    up: false,
+                    checked_at: Some(SystemTime::now()),
+                    latency_ms,
+                    consecutive_failures: previous.consecutive_failures.saturating_add(1),
+                    error: Some(error.to_string()),
+                }
+            }
+        };
+        self.metrics
+            .backend_up
+            .with_label_values(&[name.as_str()])
+            .set(i64::from(health.up));
+        self.board.slot(name).store(Arc::new(health));
+    }
+
+    /// Probes on every interval until the task is aborted.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(self.config.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                self.probe_all().await;
+            }
+        })
+    }
+}
+
+mod unix_millis {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub fn serialize<S: serde::Serializer>(
+        time: &Option<SystemTime>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match time.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+            Some(d) => serializer.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => serializer.serialize_none(),
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The one HTTP client for Chroma backends.
+//!
+//! Each backend has its own pool of keep-alive connections (HTTP/1.1, plain or rustls TLS),
+//! its own connect and request timeouts, and its own credentials, which replace whatever the
+//! client sent.
+
+use std::io::BufReader;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{header, HeaderMap, Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use shift_config::{AuthHeader, BackendConfig, BackendName, Secret, Secrets};
+
+use crate::error::{BackendError, BackendErrorKind};
+use crate::headers::X_CHROMA_TOKEN;
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Why a backend client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendBuildError {
+    #[error("backend {backend}: cannot read ca_file: {reason}")]
+    CaFile {
+        backend: BackendName,
+        reason: String,
+    },
+    #[error("backend {backend}: TLS setup failed: {source}")]
+    Tls {
+        backend: BackendName,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("backend {backend}: the token is not a valid header value")]
+    Token { backend: BackendName },
+    #[error("backend {backend}: url {url} cannot be used as a base URI")]
+    Url { backend: BackendName, url: String },
+}
+
+/// A Chroma server the proxy talks to.
+#[derive(Debug)]
+pub struct Backend {
+    /// `old` or `new`: labels in metrics and logs.
+    name: BackendName,
+    /// `scheme://authority` of the server.
+    origin: String,
+    /// A path prefix of the base URL (`/chroma` in `https://host/chroma`), without a trailing slash.
+    path_prefix: String,
+    /// The pooled client.
+    client: HttpClient,
+    /// The credential header sent on every request, marked sensitive.
+    credential: Option<(HeaderName, HeaderValue)>,
+    /// Limit on a request, from sending it to the response head.
+    request_timeout: Duration,
+}
+
+impl Backend {
+    pub fn new(
+        name: BackendName,
+        config: &BackendConfig,
+        token: Option<&Secret>,
+    ) -> Result<Backend, BackendBuildError> {
+        let url = &config.url;
+        let host = url.host_str().ok_or_else(|| BackendBuildError::Url {
+            backend: name,
+            url: url.to_string(),
+        })?;
+        let origin = match url.port() {
+            Some(port) => format!("{}://{}:{}", url.scheme(), host, port),
+            None => format!("{}://{}", url.scheme(), host),
+        };
+        let path_prefix = url.path().trim_end_matches('/').to_owned();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let tls = tls_config(name, config)?;
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+
+        let credential = match (token, config.auth.as_ref()) {
+            (Some(token), Some(auth)) => {
+                let (name_, value) = match auth.header {
+                    AuthHeader::Bearer => {
+                        (header::AUTHORIZATION, format!("Bearer {}", token.expose()))
+                    }
+                    AuthHeader::XChromaToken => (X_CHROMA_TOKEN, token.expose().to_owned()),
+                };
+                let mut value = HeaderValue::from_str(&value)
+                    .map_err(|_| BackendBuildError::Token { backend: name })?;
+                value.set_sensitive(true);
+                Some((name_, value))
+            }
+            _ => None,
+        };
+
+        Ok(Backend {
+            name,
+            origin,
+            path_prefix,
+            client,
+            credential,
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    pub fn name(&self) -> BackendName {
+        self.name
+    }
+
+    /// The URI of `path_and_query` on this backend.
+    fn uri(&self, path_and_query: &str) -> Result<Uri, BackendError> {
+        format!("{}{}{}", self.origin, self.path_prefix, path_and_query)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| {
+                self.error(BackendErrorKind::Request(e.to_string()))
+            })
+    }
+
+    fn error(&self, kind: BackendErrorKind) -> BackendError {
+        BackendError {
+            backend: self.name,
+            kind,
+        }
+    }
+
+    /// Sends a request and waits for the response head; the body streams afterwards.
+    ///
+    /// `headers` are sent as they are, plus this backend's credential; the caller has already
+    /// removed hop-by-hop headers and, unless configured otherwise, the client's credentials.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, BackendError> {
+        let uri = self.uri(path_and_query)?;
+        headers.remove(header::HOST);
+        headers.remove(header::CONTENT_LENGTH);
+        if let Some((name, value)) = &self.credential {
+            headers.insert(name.clone(), value.clone());
+        }
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+
+        match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
+            Err(_) => Err(self.error(BackendErrorKind::Timeout(self.request_timeout))),
+            Ok(Err(e)) if e.is_connect() => {
+                Err(self.error(BackendErrorKind::Connect(describe(&e))))
+            }
+            Ok(Err(e)) => Err(self.error(BackendErrorKind::Transport(describe(&e)))),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// `GET /api/v2/heartbeat` within `timeout`; `Ok` when it answered 200.
+    pub async fn heartbeat(&self, timeout: Duration) -> Result<(), BackendError> {
+        let call = async {
+            let response = self
+                .send(
+                    Method::GET,
+                    "/api/v2/heartbeat",
+                    HeaderMap::new(),
+                    Bytes::new(),
+                )
+                .await?;
+            let status = response.status();
+            // Read the body so the connection goes back to the pool.
+            let _ = response.into_body().collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(self.error(BackendErrorKind::Transport(format!(
+                    "heartbeat answered {status}"
+                ))))
+            }
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(self.error(BackendErrorKind::Timeout(timeout))),
+        }
+    }
+}
+
+/// The error and its sources in one line (hyper's top-level message alone says little).
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn tls_config(
+    name: BackendName,
+    config: &BackendConfig,
+) -> Result<rustls::ClientConfig, BackendBuildError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if config.url.scheme() == "https" {
+        let native = rustls_native_certs::load_native_certs();
+        for error in &native.errors {
+            tracing::warn!(backend = %name, %error, "could not load a system root certificate");
+        }
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        if added == 0 && config.ca_file.is_none() {
+            tracing::warn!(backend = %name, "no system root certificates found; set ca_file");
+        }
+    }
+    if let Some(path) = &config.ca_file {
+        let file = std::fs::File::open(path).map_err(|e| BackendBuildError::CaFile {
+            backend: name,
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(file))
+            .collect::<Result<_, _>>()
+            .map_err(|e| BackendBuildError::CaFile {
+                backend: name,
+                reason: format!("{}: {e}", path.display()),
+            })?;
+        for cert in certs {
+            roots.add(cert).map_err(|source| BackendBuildError::Tls {
+                backend: name,
+                source,
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| BackendBuildError::Tls {
+            backend: name,
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// The two stores.
+#[derive(Debug)]
+pub struct Backends {
+    pub old: Backend,
+    pub new: Backend,
+}
+
+impl Backends {
+    pub fn from_config(
+        config: &shift_config::BackendsConfig,
+        secrets: &Secrets,
+    ) -> Result<Backends, BackendBuildError> {
+        Ok(Backends {
+            old: Backend::new(
+                BackendName::Old,
+                &config.old,
+                secrets.backend(BackendName::Old),
+            )?,
+            new: Backend::new(
+                BackendName::New,
+                &config.new,
+                secrets.backend(BackendName::New),
+            )?,
+        })
+    }
+
+    pub fn get(&self, name: BackendName) -> &Backend {
+        match name {
+            BackendName::Old => &self.old,
+            BackendName::New => &self.new,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The outermost layer: one access-log line and the request metrics per request.
+//!
+//! It sits outside everything else so that every answer is counted and logged, the proxy's
+//! own errors included, and so that the in-flight gauge covers the whole request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+
+use crate::body::ProxyBody;
+use crate::metrics::ProxyMetrics;
+use crate::service::Handled;
+
+/// Adds [`AccessLog`] around a service.
+#[derive(Debug, Clone)]
+pub struct AccessLogLayer {
+    metrics: ProxyMetrics,
+}
+
+impl AccessLogLayer {
+    pub fn new(metrics: ProxyMetrics) -> AccessLogLayer {
+        AccessLogLayer { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Logs and counts each request.
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    metrics: ProxyMetrics,
+}
+
+/// Decrements the in-flight gauge when the request ends, also when the client went away
+/// and the future was dropped.
+struct InFlight(prometheus::IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for AccessLog<S>
+where
+    S: tower::Service<Request<B>, Response = Response<ProxyBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let metrics = self.metrics.clone();
+        metrics.in_flight.inc();
+        let in_flight = InFlight(metrics.in_flight.clone());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let _in_flight = in_flight;
+            let response = response.await?;
+            let elapsed = started.elapsed();
+            let status = response.status();
+            let Some(handled) = response.extensions().get::<Handled>() else {
+                return Ok(response);
+            };
+            let operation = handled.route.operation.name();
+            let backend = handled.backend.map_or("proxy", |b| b.as_str());
+            metrics
+                .requests
+                .with_label_values(&[operation, backend, status.as_str()])
+                .inc();
+            metrics
+                .request_duration
+                .with_label_values(&[operation])
+                .observe(elapsed.as_secs_f64());
+            if let Some(upstream) = handled.upstream {
+                metrics
+                    .upstream_duration
+                    .with_label_values(&[backend, operation])
+                    .observe(upstream.as_secs_f64());
+            }
+            let params = &handled.route.params;
+            tracing::info!(
+                target: "chroma_shift::access",
+                %method,
+                operation,
+                tenant = params.tenant.as_deref().unwrap_or(""),
+                database = params.database.as_deref().unwrap_or(""),
+                collection = params.collection.as_deref().unwrap_or(""),
+                status = status.as_u16(),
+                backend,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                upstream_ms = handled.upstream.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                error = handled.error.unwrap_or(""),
+                "request"
+            );
+            Ok(response)
+        })
+    }
+}

@@ -1,0 +1,190 @@
+//! A fake Chroma for fault injection: it answers each request with the next scripted
+//! [`Fault`], or with the default once the script is used up. Never the only proof that a
+//! feature works; real Chroma servers are.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What the fake answers one request with.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// A status with a JSON body.
+    Status(StatusCode, String),
+    /// 429 with a `Retry-After` header of so many seconds.
+    TooManyRequests { retry_after_secs: u64 },
+    /// Waits, then answers with the inner fault.
+    Delay(Duration, Box<Fault>),
+    /// Closes the connection without answering.
+    Reset,
+}
+
+impl Fault {
+    /// 200 with a heartbeat-like JSON body.
+    pub fn ok() -> Fault {
+        Fault::Status(StatusCode::OK, r#"{"nanosecond heartbeat":1}"#.to_owned())
+    }
+}
+
+/// A request the fake received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: http::Method,
+    pub path_and_query: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Debug)]
+struct Script {
+    queue: VecDeque<Fault>,
+    default: Fault,
+    received: Vec<Received>,
+}
+
+/// A running fake backend.
+#[derive(Debug)]
+pub struct FaultyBackend {
+    addr: SocketAddr,
+    script: Arc<Mutex<Script>>,
+    task: JoinHandle<()>,
+}
+
+impl FaultyBackend {
+    /// Starts on a free port, answering `default` to every request.
+    pub async fn spawn(default: Fault) -> anyhow::Result<FaultyBackend> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let script = Arc::new(Mutex::new(Script {
+            queue: VecDeque::new(),
+            default,
+            received: Vec::new(),
+        }));
+        let shared = script.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let script = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| answer(script.clone(), request));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(FaultyBackend { addr, script, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues faults for the next requests, in order.
+    pub fn push(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.lock().queue.extend(faults);
+    }
+
+    /// Changes the answer once the queue is used up.
+    pub fn set_default(&self, fault: Fault) {
+        self.lock().default = fault;
+    }
+
+    /// Every request received so far (heartbeats included).
+    pub fn received(&self) -> Vec<Received> {
+        self.lock().received.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
+        self.script.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for FaultyBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An error that makes hyper drop the connection without a response.
+#[derive(Debug)]
+struct ResetConnection;
+
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("scripted connection reset")
+    }
+}
+
+impl std::error::Error for ResetConnection {}
+
+async fn answer(
+    script: Arc<Mutex<Script>>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ResetConnection> {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut fault = {
+        let mut script = script.lock().unwrap_or_else(|e| e.into_inner());
+        script.received.push(Received {
+            method: parts.method.clone(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            headers: parts.headers.clone(),
+            body,
+        });
+        // Heartbeats from the health monitor take no scripted fault.
+        if parts.uri.path() == "/api/v2/heartbeat" {
+            Fault::ok()
+        } else {
+            let default = script.default.clone();
+            script.queue.pop_front().unwrap_or(default)
+        }
+    };
+    loop {
+        match fault {
+            Fault::Delay(wait, inner) => {
+                tokio::time::sleep(wait).await;
+                fault = *inner;
+            }
+            Fault::Reset => return Err(ResetConnection),
+            Fault::TooManyRequests { retry_after_secs } => {
+                let mut response = json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    r#"{"error":"RateLimitError","message":"slow down"}"#.to_owned(),
+                );
+                response
+                    .headers_mut()
+                    .insert("retry-after", retry_after_secs.into());
+                return Ok(response);
+            }
+            Fault::Status(status, body) => return Ok(json(status, body)),
+        }
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
