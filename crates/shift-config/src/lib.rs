@@ -590,6 +590,19 @@ mod tests {
         });
     }
 
+    /// The documented example is a valid config, so the documentation cannot drift from the code.
+    #[test]
+    fn the_example_config_loads() {
+        figment::Jail::expect_with(|_| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../config/chroma-shift.example.toml");
+            let config = Config::load(&path).unwrap();
+            assert_eq!(config.server.listen.port(), 8000);
+            assert_eq!(config.mirror.mode, MirrorMode::Journaled);
+            Ok(())
+        });
+    }
+
     #[test]
     fn environment_overrides_win_and_secrets_are_not_keys() {
         figment::Jail::expect_with(|jail| {
