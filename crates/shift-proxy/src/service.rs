@@ -1,5 +1,10 @@
 //! The innermost service: authenticate, read the body within its limit, forward to the
 //! primary, pass the answer back.
+//!
+//! Request bodies are read whole before forwarding: Chroma's requests are JSON documents that
+//! the write path must look inside and may send twice (to both stores, or again after a
+//! failure), and a body over the limit must be refused before any byte reaches a backend.
+//! Response bodies are streamed back untouched.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -56,6 +56,10 @@ struct Script {
 #[derive(Debug)]
 pub struct FaultyBackend {
     addr: SocketAddr,
+    /// `https` when serving TLS with a self-signed certificate.
+    scheme: &'static str,
+    /// The PEM of that certificate, for the proxy's `ca_file`.
+    ca_pem: Option<String>,
     script: Arc<Mutex<Script>>,
     task: JoinHandle<()>,
 }
@@ -63,6 +67,33 @@ pub struct FaultyBackend {
 impl FaultyBackend {
     /// Starts on a free port, answering `default` to every request.
     pub async fn spawn(default: Fault) -> anyhow::Result<FaultyBackend> {
+        FaultyBackend::start(default, None).await
+    }
+
+    /// Starts serving TLS for `localhost` with a fresh self-signed certificate
+    /// ([`FaultyBackend::ca_pem`]).
+    pub async fn spawn_tls(default: Fault) -> anyhow::Result<FaultyBackend> {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+        let cert_der = certified.cert.der().clone();
+        let key_der =
+            rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+                .map_err(|e| anyhow::anyhow!("test key: {e}"))?;
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der], key_der)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let mut backend = FaultyBackend::start(default, Some(acceptor)).await?;
+        backend.ca_pem = Some(certified.cert.pem());
+        Ok(backend)
+    }
+
+    async fn start(
+        default: Fault,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> anyhow::Result<FaultyBackend> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let script = Arc::new(Mutex::new(Script {
@@ -71,22 +102,53 @@ impl FaultyBackend {
             received: Vec::new(),
         }));
         let shared = script.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let script = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| answer(script.clone(), request));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
-        Ok(FaultyBackend { addr, script, task })
+        Ok(FaultyBackend {
+            addr,
+            scheme,
+            ca_pem: None,
+            script,
+            task,
+        })
     }
 
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` when serving TLS (the name the
+    /// certificate is for).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.scheme {
+            "https" => format!("https://localhost:{}", self.addr.port()),
+            _ => format!("http://{}", self.addr),
+        }
+    }
+
+    /// The self-signed certificate of a TLS backend, in PEM.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// Queues faults for the next requests, in order.
