@@ -54,19 +54,24 @@ async fn heartbeat_and_collections_pass_through() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Malformed JSON, an invalid collection id, an unknown route and the retired v1 API get the
-/// same status as from Chroma directly, each with a body in Chroma's error shape.
+const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
+/// A request a test sends: method, path, headers, body.
+type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
+
+/// Malformed JSON, an invalid collection id, a missing collection, an unknown route and a wrong
+/// content type get the same status as from Chroma directly, each with a body in Chroma's
+/// error shape.
 #[tokio::test]
 async fn bad_requests_get_chromas_answer_in_chromas_shape() -> anyhow::Result<()> {
     let chroma = Chroma::spawn().await?;
     let proxy = Proxy::builder().old(chroma.url()).spawn().await?;
-    let json_header = [("content-type", "application/json")];
-    let cases: [(&str, String, &[(&str, &str)], &str); 5] = [
-        ("POST", COLLECTIONS.to_owned(), &json_header, "{bad json"),
+    let cases: [Case; 5] = [
+        ("POST", COLLECTIONS.to_owned(), JSON, "{bad json"),
         (
             "POST",
             format!("{COLLECTIONS}/not-a-uuid/add"),
-            &json_header,
+            JSON,
             r#"{"ids":["a"],"embeddings":[[1,2,3]]}"#,
         ),
         ("GET", format!("{COLLECTIONS}/missing-collection"), &[], ""),

@@ -1,0 +1,285 @@
+//! Transparency: the official Python client's whole workflow (`tests/python/workflow.py`)
+//! gets the same answers, errors included, from Chroma directly and through the proxy.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shift_testkit::{http, http_json, python, Chroma, Proxy};
+
+/// Generous: the script makes about a hundred calls, each a Python round trip.
+const WORKFLOW_LIMIT: Duration = Duration::from_secs(180);
+
+const COLLECTIONS: &str = "/api/v2/tenants/default_tenant/databases/default_database/collections";
+
+/// The steps that must fail, on both sides; every other step must succeed. Without this a
+/// proxy that broke everything the same way twice would pass.
+const EXPECTED_ERRORS: &[(&str, &str)] = &[
+    ("create_collection_duplicate", "ChromaError"),
+    ("create_collection_invalid_name", "InvalidArgumentError"),
+    ("get_collection_missing", "NotFoundError"),
+    ("add_dimension_mismatch", "InvalidArgumentError"),
+    // Rejected by the client itself, so it is the same on both sides by construction.
+    ("get_where_invalid_operator", "ValueError"),
+    ("get_where_invalid_top_level", "InvalidArgumentError"),
+    ("query_dimension_mismatch", "InvalidArgumentError"),
+    ("delete_invalid_where", "InvalidArgumentError"),
+    ("get_collection_old_name", "NotFoundError"),
+    ("modify_name_to_existing", "InternalError"),
+    ("delete_collection_missing", "NotFoundError"),
+    ("count_on_deleted_collection", "NotFoundError"),
+    ("add_to_deleted_collection", "NotFoundError"),
+];
+
+/// Operations the workflow must have sent through the proxy, by the proxy's metric names.
+const PROXIED_OPERATIONS: &[&str] = &[
+    "create_collection",
+    "get_collection",
+    "list_collections",
+    "count_collections",
+    "update_collection",
+    "delete_collection",
+    "collection_add",
+    "collection_upsert",
+    "collection_update",
+    "collection_delete",
+    "collection_count",
+    "collection_get",
+    "collection_query",
+];
+
+#[tokio::test]
+async fn python_workflow_answers_the_same_directly_and_through_the_proxy() -> anyhow::Result<()> {
+    let (direct_chroma, proxied_chroma) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
+    let proxy = Proxy::builder().old(proxied_chroma.url()).spawn().await?;
+
+    // Both runs at once: they touch different servers, and it halves the test's time.
+    let (direct_url, proxy_url) = (direct_chroma.url(), proxy.url());
+    let (direct, proxied) = tokio::try_join!(
+        run_workflow(&direct_url, "direct"),
+        run_workflow(&proxy_url, "proxied"),
+    )?;
+
+    assert_same_transcripts(&direct, &proxied);
+    assert_expected_outcomes(&proxied);
+    assert_known_results(&proxied);
+    assert_went_through_proxy(&proxy).await?;
+    assert_proxied_chroma_holds_the_final_state(&proxied_chroma, &proxied).await?;
+    Ok(())
+}
+
+/// Runs workflow.py against `url` and returns its transcript's steps.
+async fn run_workflow(url: &str, label: &str) -> anyhow::Result<Vec<Value>> {
+    let out = TranscriptFile::new(label);
+    let out_arg = out.path.to_string_lossy().into_owned();
+    python::run_script(
+        "workflow.py",
+        &["--url", url, "--out", &out_arg],
+        WORKFLOW_LIMIT,
+    )
+    .await?;
+    let text = std::fs::read_to_string(&out.path)?;
+    let steps: Vec<Value> = serde_json::from_str(&text)?;
+    Ok(steps)
+}
+
+/// A transcript's path in the temp dir, removed when dropped.
+struct TranscriptFile {
+    path: PathBuf,
+}
+
+impl TranscriptFile {
+    fn new(label: &str) -> TranscriptFile {
+        let name = format!("chroma-shift-workflow-{}-{label}.json", std::process::id());
+        TranscriptFile {
+            path: std::env::temp_dir().join(name),
+        }
+    }
+}
+
+impl Drop for TranscriptFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn step_name(step: &Value) -> &str {
+    step["step"].as_str().unwrap_or("<unnamed>")
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+/// Step by step, so a failure names the first step that differs and shows both answers.
+fn assert_same_transcripts(direct: &[Value], proxied: &[Value]) {
+    for (index, (d, p)) in direct.iter().zip(proxied).enumerate() {
+        assert_eq!(
+            step_name(d),
+            step_name(p),
+            "step {index} has different names: the transcripts are out of step"
+        );
+        assert!(
+            d == p,
+            "step {index} `{}` differs\n--- direct Chroma\n{}\n--- through the proxy\n{}",
+            step_name(d),
+            pretty(d),
+            pretty(p)
+        );
+    }
+    assert_eq!(
+        direct.len(),
+        proxied.len(),
+        "the transcripts have different lengths"
+    );
+}
+
+/// Exactly the expected steps failed, with the expected error types, and every other step
+/// has a result.
+fn assert_expected_outcomes(steps: &[Value]) {
+    assert!(
+        steps.len() >= 40,
+        "only {} steps in the transcript",
+        steps.len()
+    );
+    let expected: BTreeMap<&str, &str> = EXPECTED_ERRORS.iter().copied().collect();
+    for step in steps {
+        let name = step_name(step);
+        match (expected.get(name), step.get("error")) {
+            (Some(kind), Some(error)) => assert_eq!(
+                error["type"].as_str(),
+                Some(*kind),
+                "step `{name}` failed differently than expected: {error}"
+            ),
+            (Some(_), None) => panic!("step `{name}` should fail but gave {}", pretty(step)),
+            (None, Some(error)) => panic!("step `{name}` failed: {}", pretty(error)),
+            (None, None) => assert!(
+                step.get("result").is_some(),
+                "step `{name}` has neither result nor error: {step}"
+            ),
+        }
+    }
+    for name in expected.keys() {
+        assert!(
+            steps.iter().any(|s| step_name(s) == *name),
+            "the transcript has no step `{name}`"
+        );
+    }
+}
+
+fn result_of<'a>(steps: &'a [Value], name: &str) -> &'a Value {
+    let step = steps
+        .iter()
+        .find(|s| step_name(s) == name)
+        .unwrap_or_else(|| panic!("the transcript has no step `{name}`"));
+    &step["result"]
+}
+
+/// A few answers checked against what Chroma must say, so equal-but-wrong cannot pass.
+fn assert_known_results(steps: &[Value]) {
+    assert_eq!(result_of(steps, "count_collections"), &json!(2));
+    assert_eq!(
+        result_of(steps, "list_collections_paged"),
+        &json!({"page_sizes": [1, 1, 0], "names": ["shift-docs", "shift-extra"]})
+    );
+    assert_eq!(result_of(steps, "count_after_add"), &json!(6));
+    assert_eq!(
+        result_of(steps, "get_all")["ids"],
+        json!(["a", "b", "c", "d", "e", "f"])
+    );
+    assert_eq!(
+        result_of(steps, "get_where_document")["ids"],
+        json!(["a", "d"])
+    );
+    assert_eq!(result_of(steps, "query")["ids"], json!([["a", "f", "d"]]));
+    assert_eq!(result_of(steps, "count_after_writes"), &json!(7));
+    assert_eq!(result_of(steps, "count_after_deletes"), &json!(3));
+    assert_eq!(
+        result_of(steps, "modify_name")["name"],
+        json!("shift-docs-renamed")
+    );
+    assert_eq!(
+        result_of(steps, "list_collections_final"),
+        &json!(["shift-extra"])
+    );
+}
+
+/// The proxy's own metrics count successful requests of every kind the workflow makes.
+async fn assert_went_through_proxy(proxy: &Proxy) -> anyhow::Result<()> {
+    let (status, _, body) = http(
+        "GET",
+        &format!("{}/metrics", proxy.admin_url()),
+        &[],
+        Vec::new(),
+    )
+    .await?;
+    anyhow::ensure!(status.is_success(), "GET /metrics answered {status}");
+    let text = String::from_utf8(body.to_vec())?;
+    for operation in PROXIED_OPERATIONS {
+        let answered = successful_requests(&text, operation);
+        assert!(
+            answered > 0,
+            "the proxy's metrics show no successful `{operation}` from the old backend:\n{text}"
+        );
+    }
+    Ok(())
+}
+
+/// The sum of `chroma_shift_requests_total` for `operation` answered by the old backend
+/// with a 2xx status.
+fn successful_requests(metrics: &str, operation: &str) -> u64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("chroma_shift_requests_total{"))
+        .filter_map(|rest| rest.split_once('}'))
+        .filter(|(labels, _)| {
+            let labels = parse_labels(labels);
+            labels.get("operation").map(String::as_str) == Some(operation)
+                && labels.get("backend").map(String::as_str) == Some("old")
+                && labels.get("status").is_some_and(|s| s.starts_with('2'))
+        })
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
+}
+
+/// `a="1",b="2"` into a map; label values here never hold commas or quotes.
+fn parse_labels(labels: &str) -> BTreeMap<String, String> {
+    labels
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+        .collect()
+}
+
+/// Asked directly, the Chroma behind the proxy holds what the proxied transcript ends with:
+/// the writes really reached it.
+async fn assert_proxied_chroma_holds_the_final_state(
+    chroma: &Chroma,
+    transcript: &[Value],
+) -> anyhow::Result<()> {
+    let (status, collections) =
+        http_json("GET", &format!("{}{COLLECTIONS}", chroma.url()), None).await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "listing collections: {status} {collections}"
+    );
+    let mut names: Vec<&str> = collections
+        .as_array()
+        .map(|list| list.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    names.sort_unstable();
+    assert_eq!(
+        json!(names),
+        *result_of(transcript, "list_collections_final"),
+        "the Chroma behind the proxy holds other collections than the transcript says"
+    );
+    let extra = collections
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["name"] == "shift-extra"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(extra["metadata"], json!({"topic": "extra"}), "{extra}");
+    Ok(())
+}
