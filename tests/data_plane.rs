@@ -226,7 +226,7 @@ async fn backends_get_their_own_credentials_not_the_clients() -> anyhow::Result<
         new: None,
         client_tokens: vec![Secret::new("client-secret".into())],
     };
-    let proxy = Proxy::start(config, secrets).await?;
+    let proxy = Proxy::start_fresh(config, secrets).await?;
     let (status, _, _) = http(
         "GET",
         &format!("{}/api/v2/version", proxy.url()),
@@ -298,7 +298,7 @@ async fn a_slow_backend_gets_504_after_the_request_timeout() -> anyhow::Result<(
     let backend = FaultyBackend::spawn(Fault::ok()).await?;
     let mut config = Proxy::builder().old(backend.url()).config()?;
     config.backends.old.request_timeout = Duration::from_millis(300);
-    let proxy = Proxy::start(config, Secrets::default()).await?;
+    let proxy = Proxy::start_fresh(config, Secrets::default()).await?;
     backend.push([Fault::Delay(Duration::from_secs(5), Box::new(Fault::ok()))]);
     let started = Instant::now();
     let (status, _, body) =
@@ -406,7 +406,7 @@ async fn tls_backends_are_reached_with_the_configured_root() -> anyhow::Result<(
         backend.url(),
         ca.display()
     ))?;
-    let proxy = Proxy::start(config, Secrets::default()).await?;
+    let proxy = Proxy::start_fresh(config, Secrets::default()).await?;
     let (status, _, _) = http("GET", &format!("{}/api/v2/version", proxy.url()), &[], "").await?;
     assert_eq!(status, StatusCode::OK);
     assert!(backend
@@ -416,7 +416,7 @@ async fn tls_backends_are_reached_with_the_configured_root() -> anyhow::Result<(
 
     // Without the root, the same backend is refused: the certificate really is checked.
     let config = Proxy::builder().old(backend.url()).config()?;
-    let untrusting = Proxy::start(config, Secrets::default()).await?;
+    let untrusting = Proxy::start_fresh(config, Secrets::default()).await?;
     let (status, _, body) = http(
         "GET",
         &format!("{}/api/v2/version", untrusting.url()),

@@ -72,8 +72,10 @@ async fn logs_carry_one_line_per_request_and_no_secret() -> anyhow::Result<()> {
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n\
              [server.client_auth]\nenabled = true\ntokens_env = \"TEST_CLIENT_TOKENS\"\n\
              [backends.old]\nurl = \"{}\"\n[backends.old.auth]\ntoken_env = \"TEST_OLD_TOKEN\"\n\
-             [backends.new]\nurl = \"http://127.0.0.1:10\"\n[log]\nformat = \"json\"\nlevel = \"trace\"\n",
-            backend.url()
+             [backends.new]\nurl = \"http://127.0.0.1:10\"\n[log]\nformat = \"json\"\nlevel = \"trace\"\n\
+             [state]\ndir = \"{}\"\n",
+            backend.url(),
+            dir.path().join("state").display()
         ),
     );
     let mut child = Command::new(BIN)

@@ -63,6 +63,20 @@ pub struct Config {
     /// Backend heartbeats.
     #[serde(default)]
     pub health: HealthConfig,
+    /// Tenant and database names that differ between the stores.
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceRule>,
+}
+
+/// A tenant (`"tenant"`) or a database (`"tenant/database"`) that has another name on the new
+/// store. Clients always use the old store's names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceRule {
+    /// The name on the old store.
+    pub old: String,
+    /// The name on the new store.
+    pub new: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,12 +237,55 @@ impl Default for RoutingConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     /// How writes reach the secondary.
     #[serde(default)]
     pub mode: MirrorMode,
+    /// In sync mode, what a write does when the primary applied it and the secondary failed.
+    #[serde(default)]
+    pub on_secondary_failure: SecondaryFailure,
+    /// Allow `POST /api/v2/reset`, applied to both stores. Off: the proxy refuses it.
+    #[serde(default)]
+    pub allow_reset: bool,
+    /// Most requests per second the replay sends to the secondary; 0 is unlimited.
+    #[serde(default)]
+    pub replay_rate_limit: u32,
+    /// Most records in one replayed request; 0 uses the secondary's `max_batch_size`.
+    #[serde(default)]
+    pub replay_batch_records: usize,
+    /// First wait before retrying a failed replay; doubles up to `retry_max`, with jitter.
+    #[serde(default = "defaults::retry_initial", with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest wait between replay retries.
+    #[serde(default = "defaults::retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            mode: MirrorMode::default(),
+            on_secondary_failure: SecondaryFailure::default(),
+            allow_reset: false,
+            replay_rate_limit: 0,
+            replay_batch_records: 0,
+            retry_initial: defaults::retry_initial(),
+            retry_max: defaults::retry_max(),
+        }
+    }
+}
+
+/// What a sync-mode write does when only the secondary failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecondaryFailure {
+    /// Answer the primary's success and queue the write for the secondary in the journal.
+    #[default]
+    Journal,
+    /// Answer an error (the client retries); the journal still brings the secondary in line.
+    Fail,
 }
 
 /// How writes reach the secondary store.
@@ -351,6 +408,12 @@ mod defaults {
     pub fn health_timeout() -> Duration {
         Duration::from_secs(2)
     }
+    pub fn retry_initial() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn retry_max() -> Duration {
+        Duration::from_secs(30)
+    }
 }
 
 /// The prefix of environment overrides.
@@ -406,6 +469,14 @@ impl Config {
             return Err(invalid(
                 "backends.new.url",
                 "names the same server as backends.old.url; the two stores must differ",
+            ));
+        }
+        validate_namespaces(&self.namespaces)?;
+        if self.mirror.retry_initial.is_zero() || self.mirror.retry_max < self.mirror.retry_initial
+        {
+            return Err(invalid(
+                "mirror.retry_initial",
+                "must be above zero and at most mirror.retry_max",
             ));
         }
         if self.health.interval.is_zero() || self.health.timeout.is_zero() {
@@ -478,6 +549,39 @@ fn validate_backend(key: &'static str, backend: &BackendConfig) -> Result<(), Co
                 key,
                 format!("ca_file {} is not a readable file", ca.display()),
             ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_namespaces(rules: &[NamespaceRule]) -> Result<(), ConfigError> {
+    let depth = |name: &str| name.split('/').count();
+    for rule in rules {
+        let parts_ok = |name: &str| {
+            let parts: Vec<&str> = name.split('/').collect();
+            parts.len() <= 2 && parts.iter().all(|p| !p.is_empty())
+        };
+        if !parts_ok(&rule.old) || !parts_ok(&rule.new) || depth(&rule.old) != depth(&rule.new) {
+            return Err(invalid(
+                "namespaces",
+                format!(
+                    "`{}` -> `{}`: both sides must be a tenant (\"t\") or both a database (\"t/db\")",
+                    rule.old, rule.new
+                ),
+            ));
+        }
+    }
+    for (i, a) in rules.iter().enumerate() {
+        for b in &rules[i + 1..] {
+            if a.old == b.old || a.new == b.new {
+                return Err(invalid(
+                    "namespaces",
+                    format!(
+                        "`{}` -> `{}` and `{}` -> `{}` overlap",
+                        a.old, a.new, b.old, b.new
+                    ),
+                ));
+            }
         }
     }
     Ok(())

@@ -6,10 +6,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus::Registry;
+use shift_config::BackendName;
 use shift_config::{Config, Secrets};
+use shift_proxy::apply::Applier;
 use shift_proxy::auth::ClientAuth;
 use shift_proxy::backend::BackendBuildError;
+use shift_proxy::collections::CollectionIdMap;
+use shift_proxy::locks::OrderLocks;
+use shift_proxy::namespace::NamespaceMap;
+use shift_proxy::replay::{ReplaySettings, ReplayWorker};
+use shift_proxy::resolve::Resolver;
+use shift_proxy::topology::{self, Topology};
+use shift_proxy::writes::{recover_intents, Mirror};
 use shift_proxy::{Backends, Drained, ProxyMetrics, ProxyService, ProxySettings, ServeOptions};
+use shift_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -29,6 +39,8 @@ pub enum StartError {
     Backend(#[from] BackendBuildError),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("durable state in [state] dir: {0}")]
+    State(#[from] StoreError),
 }
 
 /// A proxy with its listeners bound, ready to run.
@@ -41,6 +53,8 @@ pub struct ChromaShift {
     registry: Registry,
     metrics: ProxyMetrics,
     settings: ProxySettings,
+    /// The read and write paths' shared state.
+    mirror: Arc<Mirror>,
 }
 
 impl ChromaShift {
@@ -49,8 +63,37 @@ impl ChromaShift {
         let backends = Arc::new(Backends::from_config(&config.backends, &secrets)?);
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
-        let settings = ProxySettings {
+        let store = Store::open(&config.state.dir).await?;
+        let topology = topology::shared(Topology {
+            epoch: 1,
             primary: config.routing.primary,
+            mode: config.mirror.mode,
+        });
+        // Writes in flight at the last stop are settled before any traffic is served.
+        recover_intents(&store, config.routing.primary.other()).await?;
+        let map = Arc::new(CollectionIdMap::load(store.clone())?);
+        let resolver = Arc::new(Resolver {
+            backends: backends.clone(),
+            map,
+            namespaces: NamespaceMap::new(&config.namespaces),
+        });
+        let locks = Arc::new(OrderLocks::default());
+        let applier = Arc::new(Applier::new(
+            resolver.clone(),
+            locks.clone(),
+            config.mirror.replay_batch_records,
+        ));
+        let mirror = Arc::new(Mirror {
+            topology,
+            store,
+            resolver,
+            applier,
+            locks,
+            metrics: metrics.clone(),
+            on_secondary_failure: config.mirror.on_secondary_failure,
+            allow_reset: config.mirror.allow_reset,
+        });
+        let settings = ProxySettings {
             max_body: config.server.max_body.as_u64(),
             client_auth: config
                 .server
@@ -69,6 +112,7 @@ impl ChromaShift {
             registry,
             metrics,
             settings,
+            mirror,
         })
     }
 
@@ -103,7 +147,7 @@ impl ChromaShift {
         let admin_app = admin::app(AdminState {
             registry: self.registry.clone(),
             health: board,
-            primary: self.settings.primary,
+            primary: self.mirror.topology.load().primary,
         });
         let admin_task = tokio::spawn(async move {
             let stop = async move {
@@ -122,11 +166,32 @@ impl ChromaShift {
             http2: self.config.server.http2,
             shutdown_grace: self.config.server.shutdown_grace,
         };
-        let service = ProxyService::new(self.backends.clone(), self.settings, self.metrics.clone());
+        // One replay worker per store: the journal of whichever is secondary has the work.
+        let (replay_stop, replay_stopped) = watch::channel(false);
+        let replay_settings = ReplaySettings {
+            retry_initial: self.config.mirror.retry_initial,
+            retry_max: self.config.mirror.retry_max,
+            rate_limit: self.config.mirror.replay_rate_limit,
+        };
+        let replay_tasks: Vec<_> = [BackendName::Old, BackendName::New]
+            .into_iter()
+            .map(|target| {
+                ReplayWorker {
+                    target,
+                    store: self.mirror.store.clone(),
+                    applier: self.mirror.applier.clone(),
+                    metrics: self.metrics.clone(),
+                    settings: replay_settings.clone(),
+                }
+                .spawn(replay_stopped.clone())
+            })
+            .collect();
+        let service = ProxyService::new(self.mirror.clone(), self.settings, self.metrics.clone());
         let data_plane = shift_proxy::data_plane(service, self.metrics);
         tracing::info!(
             listen = %self.data_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            primary = %self.config.routing.primary,
+            primary = %self.mirror.topology.load().primary,
+            mode = ?self.mirror.topology.load().mode,
             "chroma-shift is serving"
         );
         let drained = shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await;
@@ -137,6 +202,11 @@ impl ChromaShift {
             }
         }
         monitor_task.abort();
+        // Queued writes stay in the journal; the next start replays them.
+        let _ = replay_stop.send(true);
+        for task in replay_tasks {
+            let _ = task.await;
+        }
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
         drained

@@ -173,6 +173,39 @@ impl Backend {
         }
     }
 
+    /// Sends a JSON request the proxy made itself (the mirror, the resolver) and reads the whole
+    /// answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, BackendError> {
+        let mut headers = HeaderMap::new();
+        let bytes = match body {
+            Some(value) => {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+            }
+            None => Bytes::new(),
+        };
+        let response = self.send(method, path, headers, bytes).await?;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(self.request_timeout, body.collect())
+            .await
+            .map_err(|_| self.error(BackendErrorKind::Timeout(self.request_timeout)))?
+            .map_err(|e| self.error(BackendErrorKind::Transport(describe(&e))))?
+            .to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
     /// `GET /api/v2/heartbeat` within `timeout`; `Ok` when it answered 200.
     pub async fn heartbeat(&self, timeout: Duration) -> Result<(), BackendError> {
         let call = async {
@@ -199,6 +232,27 @@ impl Backend {
             Ok(result) => result,
             Err(_) => Err(self.error(BackendErrorKind::Timeout(timeout))),
         }
+    }
+}
+
+/// A whole answer of a backend.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The body as text, cut to a length that fits a log line or a dead letter.
+    pub fn text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        text.chars().take(500).collect()
     }
 }
 

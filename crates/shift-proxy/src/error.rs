@@ -20,6 +20,9 @@ pub enum ProxyError {
     /// A backend could not answer; a retry may help.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The proxy could not record a write durably, so it did not send it; a retry may help.
+    #[error("chroma-shift cannot record the write durably ({0}); it was not applied")]
+    State(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,7 @@ impl ProxyError {
                 BackendErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::BAD_GATEWAY,
             },
+            ProxyError::State(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -90,6 +94,7 @@ impl ProxyError {
             ProxyError::Client(ClientError::MissingCredentials) => "missing_credentials",
             ProxyError::Client(ClientError::InvalidCredentials) => "invalid_credentials",
             ProxyError::Backend(e) => e.label(),
+            ProxyError::State(_) => "state",
         }
     }
 
@@ -100,7 +105,7 @@ impl ProxyError {
             ProxyError::Client(ClientError::MissingCredentials)
             | ProxyError::Client(ClientError::InvalidCredentials) => kind::AUTH,
             ProxyError::Client(_) => kind::INVALID_ARGUMENT,
-            ProxyError::Backend(_) => kind::INTERNAL,
+            ProxyError::Backend(_) | ProxyError::State(_) => kind::INTERNAL,
         };
         error_response(status, ChromaError::new(error_kind, self.to_string()))
     }

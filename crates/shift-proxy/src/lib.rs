@@ -3,21 +3,39 @@
 //! A request goes through a short tower stack, built by [`data_plane`]:
 //! - [`observe::AccessLog`], outermost, so every answer is logged and counted, the proxy's own
 //!   errors included;
-//! - [`service::ProxyService`]: client auth, the body limit, forwarding to the primary
-//!   [`backend::Backend`], hop-by-hop header rules ([`headers`]).
+//! - [`service::ProxyService`]: client auth, the body limit, hop-by-hop header rules
+//!   ([`headers`]), then by operation class: [`reads`] to the primary, [`writes`] to both
+//!   stores, the rest passed through to the primary.
 //!
-//! [`server::serve`] runs it on a listener; [`error`] maps every failure to an answer in
-//! Chroma's error shape; [`metrics`] holds the Prometheus metrics.
+//! The write path orders writes per record ([`locks`]), records intents and journal entries
+//! in the durable store (`shift-store`), and mirrors [`mirror::MirrorOp`]s, applied to a store
+//! by [`apply`] (in sync mode at once, in journaled mode by the [`replay`] worker). Collection
+//! ids are translated through the [`collections`] map ([`resolve`] finds entries), tenant and
+//! database names through [`namespace`]. The [`topology`] says which store is primary.
+//!
+//! [`server::serve`] runs the stack on a listener; [`error`] maps every failure to an answer
+//! in Chroma's error shape; [`metrics`] holds the Prometheus metrics; [`backend`] is the one
+//! HTTP client for the stores.
 
+pub mod apply;
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod collections;
 pub mod error;
 pub mod headers;
+pub mod locks;
 pub mod metrics;
+pub mod mirror;
+pub mod namespace;
 pub mod observe;
+pub mod reads;
+pub mod replay;
+pub mod resolve;
 pub mod server;
 pub mod service;
+pub mod topology;
+pub mod writes;
 
 pub use backend::{Backend, Backends};
 pub use metrics::ProxyMetrics;

@@ -18,15 +18,15 @@ use http::{header, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use shift_chroma::error::{kind, ChromaError};
-use shift_chroma::{classify, Operation, Route};
+use shift_chroma::{classify, Operation, OperationClass, Route};
 use shift_config::BackendName;
 
 use crate::auth::ClientAuth;
-use crate::backend::Backends;
-use crate::body::{self, BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody};
 use crate::error::{error_response, ClientError, ProxyError};
 use crate::headers::{strip_client_auth, strip_hop_by_hop};
 use crate::metrics::ProxyMetrics;
+use crate::writes::{BufferedRequest, Mirror};
 
 /// What the proxy did with a request, left in the response's extensions for the access log
 /// and the metrics layer.
@@ -45,8 +45,6 @@ pub struct Handled {
 /// How the data plane behaves; built once from the config.
 #[derive(Debug)]
 pub struct ProxySettings {
-    /// The store that serves reads and takes writes.
-    pub primary: BackendName,
     /// Largest request body accepted.
     pub max_body: u64,
     /// Client authentication, when enabled.
@@ -58,22 +56,22 @@ pub struct ProxySettings {
 /// State shared by every request.
 #[derive(Debug)]
 struct ProxyState {
-    backends: Arc<Backends>,
+    mirror: Arc<Mirror>,
     settings: ProxySettings,
     metrics: ProxyMetrics,
 }
 
-/// Forwards Chroma requests to the primary store.
+/// Serves Chroma requests: reads from the primary, writes to both stores.
 #[derive(Debug, Clone)]
 pub struct ProxyService {
     state: Arc<ProxyState>,
 }
 
 impl ProxyService {
-    pub fn new(backends: Arc<Backends>, settings: ProxySettings, metrics: ProxyMetrics) -> Self {
+    pub fn new(mirror: Arc<Mirror>, settings: ProxySettings, metrics: ProxyMetrics) -> Self {
         ProxyService {
             state: Arc::new(ProxyState {
-                backends,
+                mirror,
                 settings,
                 metrics,
             }),
@@ -158,41 +156,56 @@ impl ProxyState {
         if !settings.forward_client_auth {
             strip_client_auth(&mut headers);
         }
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let backend = self.backends.get(settings.primary);
+        let described = format!("{} {}", parts.method, parts.uri.path());
+        let request = BufferedRequest {
+            route: handled.route.clone(),
+            method: parts.method,
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            headers,
+            body,
+        };
         let started = Instant::now();
-        let response = backend
-            .send(parts.method.clone(), path, headers, body)
-            .await?;
-        handled.backend = Some(backend.name());
+        let mirror = &self.mirror;
+        let answered = match handled.route.class() {
+            OperationClass::Read => mirror.read(request).await?,
+            OperationClass::RecordWrite => mirror.record_write(request).await?,
+            OperationClass::LifecycleWrite => mirror.lifecycle_write(request).await?,
+            OperationClass::DestructiveAdmin => mirror.reset(request).await?,
+            OperationClass::Passthrough | OperationClass::Unknown => {
+                let topology = mirror.topology.load_full();
+                mirror.passthrough(&topology, request).await?
+            }
+        };
+        handled.backend = Some(answered.backend);
         handled.upstream = Some(started.elapsed());
+        let response = answered.response;
 
-        let (mut response_parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut response_parts.headers);
         // Chroma answers a path it does not know with an empty 404; give the client a
         // sentence in Chroma's error shape instead of nothing.
         if handled.route.operation == Operation::Unknown
-            && response_parts.status == StatusCode::NOT_FOUND
-            && body.size_hint().exact() == Some(0)
+            && response.status() == StatusCode::NOT_FOUND
+            && response.body().size_hint().exact() == Some(0)
         {
             let error = ChromaError::new(
                 kind::NOT_FOUND,
-                format!(
-                    "No such route: {} {} (Chroma's API lives under /api/v2/)",
-                    parts.method, path
-                ),
+                format!("No such route: {described} (Chroma's API lives under /api/v2/)"),
             );
-            let mut response = error_response(StatusCode::NOT_FOUND, error);
-            response.headers_mut().extend(
+            let (response_parts, _) = response.into_parts();
+            let mut answer = error_response(StatusCode::NOT_FOUND, error);
+            answer.headers_mut().extend(
                 response_parts
                     .headers
                     .into_iter()
                     .filter_map(|(k, v)| k.map(|k| (k, v)))
                     .filter(|(k, _)| k != header::CONTENT_LENGTH && k != header::CONTENT_TYPE),
             );
-            return Ok(response);
+            return Ok(answer);
         }
-        Ok(Response::from_parts(response_parts, body::stream(body)))
+        Ok(response)
     }
 }
 

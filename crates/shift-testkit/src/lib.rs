@@ -104,6 +104,8 @@ pub struct ProxyBuilder {
     client_tokens: Vec<String>,
     server_toml: String,
     extra_toml: String,
+    /// Where the proxy keeps its durable state; a fresh temp dir when `None`.
+    state_dir: Option<PathBuf>,
 }
 
 /// An address nothing listens on, for a backend a test does not use.
@@ -134,6 +136,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// Keeps the durable state in `dir` (to restart a proxy on the same state).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
     /// Keys of the `[server]` table, such as `max_body = "1KiB"`.
     pub fn server_toml(mut self, text: &str) -> Self {
         self.server_toml.push('\n');
@@ -149,7 +157,7 @@ impl ProxyBuilder {
         self
     }
 
-    /// The config this builder makes.
+    /// The config this builder makes (with the state in `state_dir`, or `./state` when unset).
     pub fn config(&self) -> anyhow::Result<Config> {
         let primary = self.primary.as_str();
         let auth = if self.client_tokens.is_empty() {
@@ -158,8 +166,13 @@ impl ProxyBuilder {
             "[server.client_auth]\nenabled = true\n"
         };
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{server_extra}\n{auth}\n[backends.old]\nurl = \"{old}\"\n[backends.new]\nurl = \"{new}\"\n[routing]\nprimary = \"{primary}\"\n[health]\ninterval = \"500ms\"\ntimeout = \"500ms\"\n{extra}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{server_extra}\n{auth}\n[backends.old]\nurl = \"{old}\"\n[backends.new]\nurl = \"{new}\"\n[routing]\nprimary = \"{primary}\"\n[state]\ndir = \"{state}\"\n[health]\ninterval = \"500ms\"\ntimeout = \"500ms\"\n{extra}",
             server_extra = self.server_toml,
+            state = self
+                .state_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("./state"))
+                .display(),
             old = self.old,
             new = self.new,
             extra = self.extra_toml,
@@ -168,9 +181,21 @@ impl ProxyBuilder {
     }
 
     /// Starts the proxy on free ports.
-    pub async fn spawn(self) -> anyhow::Result<Proxy> {
+    pub async fn spawn(mut self) -> anyhow::Result<Proxy> {
+        let temp = match &self.state_dir {
+            Some(_) => None,
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("chroma-shift-state-")
+                    .tempdir()?;
+                self.state_dir = Some(dir.path().to_path_buf());
+                Some(dir)
+            }
+        };
         let config = self.config()?;
-        Proxy::start(config, self.secrets()).await
+        let mut proxy = Proxy::start(config, self.secrets()).await?;
+        proxy._state = temp;
+        Ok(proxy)
     }
 
     fn secrets(&self) -> Secrets {
@@ -192,6 +217,8 @@ pub struct Proxy {
     admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Drained>>,
+    /// The temp dir of the durable state, when the builder made one.
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Proxy {
@@ -203,7 +230,20 @@ impl Proxy {
             client_tokens: Vec::new(),
             server_toml: String::new(),
             extra_toml: String::new(),
+            state_dir: None,
         }
+    }
+
+    /// Starts a proxy from a full config and its secrets, with its durable state in a fresh
+    /// temp dir whatever the config says.
+    pub async fn start_fresh(mut config: Config, secrets: Secrets) -> anyhow::Result<Proxy> {
+        let dir = tempfile::Builder::new()
+            .prefix("chroma-shift-state-")
+            .tempdir()?;
+        config.state.dir = dir.path().to_path_buf();
+        let mut proxy = Proxy::start(config, secrets).await?;
+        proxy._state = Some(dir);
+        Ok(proxy)
     }
 
     /// Starts a proxy from a full config and its secrets.
@@ -220,6 +260,7 @@ impl Proxy {
             admin,
             stop: Some(stop),
             task: Some(task),
+            _state: None,
         })
     }
 

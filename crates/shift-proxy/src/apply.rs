@@ -1,0 +1,596 @@
+//! Applying a [`MirrorOp`] to one store: the replay worker and the sync write path share it, so
+//! a write reaches the secondary the same way whichever path carries it.
+//!
+//! Every op is safe to apply more than once: record writes carry fixed ids, creates use
+//! `get_or_create` or accept "already exists", deletes accept "not found". That is what makes
+//! retries and the replay after a crash correct.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{header, Method, StatusCode};
+use serde_json::{json, Value};
+use shift_chroma::paths;
+use shift_chroma::payload::split_record_body;
+use shift_config::BackendName;
+
+use crate::backend::Answer;
+use crate::collections::CollectionEntry;
+use crate::error::BackendError;
+use crate::locks::OrderLocks;
+use crate::mirror::{MirrorOp, RecordKind};
+use crate::resolve::{ResolveError, Resolver};
+
+/// Records per request when a store does not say its `max_batch_size`.
+const FALLBACK_BATCH: usize = 1000;
+
+/// Why an op did not apply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApplyError {
+    /// Worth retrying: the store was unreachable, slow, overloaded or failing.
+    #[error("{reason}")]
+    Retry {
+        reason: String,
+        /// What the store asked for with `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// The store refused the op; retrying will not change its mind.
+    #[error("{reason}")]
+    Refused {
+        reason: String,
+        /// The refusal was an embedding dimension that differs from the collection's.
+        dimension_mismatch: bool,
+    },
+}
+
+impl ApplyError {
+    fn refused(reason: impl Into<String>) -> ApplyError {
+        ApplyError::Refused {
+            reason: reason.into(),
+            dimension_mismatch: false,
+        }
+    }
+}
+
+impl From<BackendError> for ApplyError {
+    fn from(error: BackendError) -> ApplyError {
+        ApplyError::Retry {
+            reason: error.to_string(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<ResolveError> for ApplyError {
+    fn from(error: ResolveError) -> ApplyError {
+        ApplyError::Retry {
+            reason: error.to_string(),
+            retry_after: None,
+        }
+    }
+}
+
+/// Sorts a store's answer into success, worth retrying, or refused.
+fn check(target: BackendName, what: &str, answer: Answer) -> Result<Answer, ApplyError> {
+    let status = answer.status;
+    if status.is_success() {
+        return Ok(answer);
+    }
+    let reason = format!(
+        "{target} store answered {what} with {status}: {}",
+        answer.text()
+    );
+    if status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+    {
+        let retry_after = answer
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return Err(ApplyError::Retry {
+            reason,
+            retry_after,
+        });
+    }
+    let dimension_mismatch = answer.text().contains("expecting embedding with dimension");
+    Err(ApplyError::Refused {
+        reason,
+        dimension_mismatch,
+    })
+}
+
+/// Applies mirror ops to a store.
+#[derive(Debug)]
+pub struct Applier {
+    pub resolver: Arc<Resolver>,
+    pub locks: Arc<OrderLocks>,
+    /// Most records per request set in the config; 0 leaves it to each store.
+    configured_batch: usize,
+    /// Each store's `max_batch_size`, asked once.
+    batch_sizes: Mutex<HashMap<BackendName, usize>>,
+}
+
+impl Applier {
+    pub fn new(
+        resolver: Arc<Resolver>,
+        locks: Arc<OrderLocks>,
+        configured_batch: usize,
+    ) -> Applier {
+        Applier {
+            resolver,
+            locks,
+            configured_batch,
+            batch_sizes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The most records `target` takes in one request.
+    pub async fn max_batch(&self, target: BackendName) -> usize {
+        let known = self
+            .batch_sizes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&target)
+            .copied();
+        let store_limit = match known {
+            Some(size) => size,
+            None => {
+                let asked = self
+                    .resolver
+                    .backends
+                    .get(target)
+                    .call(Method::GET, "/api/v2/pre-flight-checks", None)
+                    .await
+                    .ok()
+                    .filter(|a| a.status.is_success())
+                    .and_then(|a| a.json()["max_batch_size"].as_u64())
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|n| *n > 0);
+                match asked {
+                    Some(size) => {
+                        self.batch_sizes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(target, size);
+                        size
+                    }
+                    None => FALLBACK_BATCH,
+                }
+            }
+        };
+        match self.configured_batch {
+            0 => store_limit,
+            n => n.min(store_limit),
+        }
+    }
+
+    fn entry(&self, collection: &str) -> Result<Arc<CollectionEntry>, ApplyError> {
+        self.resolver.map.get(collection).ok_or_else(|| {
+            ApplyError::refused(format!(
+                "collection {collection} is not in the collection map"
+            ))
+        })
+    }
+
+    /// The target's tenant and database for a client's.
+    fn namespace(&self, target: BackendName, tenant: &str, database: &str) -> (String, String) {
+        let ns = self
+            .resolver
+            .namespaces
+            .to_backend(target, tenant, Some(database));
+        (
+            ns.tenant,
+            ns.database.unwrap_or_else(|| database.to_owned()),
+        )
+    }
+
+    async fn call(
+        &self,
+        target: BackendName,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, ApplyError> {
+        Ok(self
+            .resolver
+            .backends
+            .get(target)
+            .call(method, path, body)
+            .await?)
+    }
+
+    /// The target's id of the collection, creating the collection there if it lacks it.
+    pub async fn ensure(
+        &self,
+        target: BackendName,
+        entry: &CollectionEntry,
+    ) -> Result<String, ApplyError> {
+        if let Some(id) = entry.id_on(target) {
+            return Ok(id.to_owned());
+        }
+        let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+        let mut body = entry.create.clone();
+        body["name"] = Value::from(entry.name.clone());
+        body["get_or_create"] = Value::Bool(true);
+        let path = paths::collections(&tenant, &database);
+        let mut answer = self.call(target, Method::POST, &path, Some(&body)).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            // A renamed namespace may not exist on the target yet: create it, then try again.
+            self.create_namespace(target, &tenant, &database).await?;
+            answer = self.call(target, Method::POST, &path, Some(&body)).await?;
+        }
+        let answer = check(target, "create collection", answer)?;
+        let id = answer.json()["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ApplyError::refused("create collection answered without an id"))?;
+        let stored = id.clone();
+        self.resolver
+            .map
+            .update(&entry.client_id, |e| e.set_id(target, stored))
+            .await
+            .map_err(|e| ApplyError::Retry {
+                reason: e.to_string(),
+                retry_after: None,
+            })?;
+        Ok(id)
+    }
+
+    async fn create_namespace(
+        &self,
+        target: BackendName,
+        tenant: &str,
+        database: &str,
+    ) -> Result<(), ApplyError> {
+        let answer = self
+            .call(
+                target,
+                Method::POST,
+                &paths::tenants(),
+                Some(&json!({"name": tenant})),
+            )
+            .await?;
+        accept(target, "create tenant", answer, StatusCode::CONFLICT)?;
+        let answer = self
+            .call(
+                target,
+                Method::POST,
+                &paths::databases(tenant),
+                Some(&json!({"name": database})),
+            )
+            .await?;
+        accept(target, "create database", answer, StatusCode::CONFLICT)?;
+        Ok(())
+    }
+
+    /// Applies `op` to `target`.
+    pub async fn apply(&self, target: BackendName, op: &MirrorOp) -> Result<(), ApplyError> {
+        match op {
+            MirrorOp::Records {
+                kind,
+                collection,
+                body,
+            } => self.records(target, *kind, collection, body).await,
+            MirrorOp::Reconcile { collection, ids } => {
+                self.reconcile(target, collection, ids).await
+            }
+            MirrorOp::EnsureCollection { collection } => {
+                let entry = self.entry(collection)?;
+                self.ensure(target, &entry).await.map(|_| ())
+            }
+            MirrorOp::UpdateCollection { collection, body } => {
+                let entry = self.entry(collection)?;
+                let id = self.ensure(target, &entry).await?;
+                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let answer = self
+                    .call(
+                        target,
+                        Method::PUT,
+                        &paths::collection(&tenant, &database, &id),
+                        Some(body),
+                    )
+                    .await?;
+                check(target, "update collection", answer).map(|_| ())
+            }
+            MirrorOp::DeleteCollection {
+                collection,
+                tenant,
+                database,
+                name,
+            } => {
+                self.delete_collection(target, collection.as_deref(), tenant, database, name)
+                    .await
+            }
+            MirrorOp::ReconcileCollection {
+                collection,
+                tenant,
+                database,
+                name,
+            } => {
+                self.reconcile_collection(target, collection.as_deref(), tenant, database, name)
+                    .await
+            }
+            MirrorOp::ForkCollection {
+                source,
+                fork,
+                new_name,
+            } => {
+                let entry = self.entry(source)?;
+                let id = self.ensure(target, &entry).await?;
+                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let path = paths::collection_verb(&tenant, &database, &id, "fork");
+                let answer = self
+                    .call(
+                        target,
+                        Method::POST,
+                        &path,
+                        Some(&json!({"new_name": new_name})),
+                    )
+                    .await?;
+                let answer = check(target, "fork collection", answer)?;
+                if let Some(fork_id) = answer.json()["id"].as_str() {
+                    let fork_id = fork_id.to_owned();
+                    self.resolver
+                        .map
+                        .update(fork, |e| e.set_id(target, fork_id))
+                        .await
+                        .map_err(|e| ApplyError::Retry {
+                            reason: e.to_string(),
+                            retry_after: None,
+                        })?;
+                }
+                Ok(())
+            }
+            MirrorOp::CreateTenant { name } => {
+                let ns = self.resolver.namespaces.to_backend(target, name, None);
+                let answer = self
+                    .call(
+                        target,
+                        Method::POST,
+                        &paths::tenants(),
+                        Some(&json!({"name": ns.tenant})),
+                    )
+                    .await?;
+                accept(target, "create tenant", answer, StatusCode::CONFLICT)
+            }
+            MirrorOp::UpdateTenant { tenant, body } => {
+                let ns = self.resolver.namespaces.to_backend(target, tenant, None);
+                let answer = self
+                    .call(
+                        target,
+                        Method::PATCH,
+                        &paths::tenant(&ns.tenant),
+                        Some(body),
+                    )
+                    .await?;
+                check(target, "update tenant", answer).map(|_| ())
+            }
+            MirrorOp::CreateDatabase { tenant, name } => {
+                let (tenant, database) = self.namespace(target, tenant, name);
+                let answer = self
+                    .call(
+                        target,
+                        Method::POST,
+                        &paths::databases(&tenant),
+                        Some(&json!({"name": database})),
+                    )
+                    .await?;
+                accept(target, "create database", answer, StatusCode::CONFLICT)
+            }
+            MirrorOp::DeleteDatabase { tenant, database } => {
+                let (tenant, database) = self.namespace(target, tenant, database);
+                let answer = self
+                    .call(
+                        target,
+                        Method::DELETE,
+                        &paths::database(&tenant, &database),
+                        None,
+                    )
+                    .await?;
+                accept(target, "delete database", answer, StatusCode::NOT_FOUND)
+            }
+            MirrorOp::Function {
+                collection,
+                suffix,
+                body,
+            } => {
+                let entry = self.entry(collection)?;
+                let id = self.ensure(target, &entry).await?;
+                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let path = format!("{}/{suffix}", paths::collection(&tenant, &database, &id));
+                let answer = self.call(target, Method::POST, &path, Some(body)).await?;
+                check(target, "function", answer).map(|_| ())
+            }
+        }
+    }
+
+    async fn records(
+        &self,
+        target: BackendName,
+        kind: RecordKind,
+        collection: &str,
+        body: &Value,
+    ) -> Result<(), ApplyError> {
+        let entry = self.entry(collection)?;
+        let id = self.ensure(target, &entry).await?;
+        let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+        let path = paths::collection_verb(&tenant, &database, &id, kind.verb());
+        let max = self.max_batch(target).await;
+        for part in split_record_body(body, max) {
+            let answer = self.call(target, Method::POST, &path, Some(&part)).await?;
+            check(target, kind.verb(), answer)?;
+        }
+        Ok(())
+    }
+
+    /// Copies what the source holds for `ids` to the target, and deletes there what the source
+    /// does not hold, under the records' order locks so no live write interleaves.
+    async fn reconcile(
+        &self,
+        target: BackendName,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<(), ApplyError> {
+        let Some(entry) = self.resolver.map.get(collection) else {
+            tracing::warn!(
+                collection,
+                "reconcile of a collection the map does not know; nothing to do"
+            );
+            return Ok(());
+        };
+        let _order = self.locks.records(collection, ids).await;
+        let source = target.other();
+        let max = self
+            .max_batch(target)
+            .await
+            .min(self.max_batch(source).await);
+        let target_id = self.ensure(target, &entry).await?;
+        let (t_tenant, t_database) = self.namespace(target, &entry.tenant, &entry.database);
+        for chunk in ids.chunks(max.max(1)) {
+            let found = match entry.id_on(source) {
+                Some(source_id) => {
+                    let (s_tenant, s_database) =
+                        self.namespace(source, &entry.tenant, &entry.database);
+                    let path = paths::collection_verb(&s_tenant, &s_database, source_id, "get");
+                    let query = json!({"ids": chunk, "include": ["embeddings", "metadatas", "documents", "uris"]});
+                    let answer = self.call(source, Method::POST, &path, Some(&query)).await?;
+                    if answer.status == StatusCode::NOT_FOUND {
+                        Value::Null
+                    } else {
+                        check(source, "get", answer)?.json()
+                    }
+                }
+                None => Value::Null,
+            };
+            let found_ids: HashSet<&str> = found["ids"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if !found_ids.is_empty() {
+                let mut upsert = serde_json::Map::new();
+                for field in ["ids", "embeddings", "metadatas", "documents", "uris"] {
+                    if let Some(values) = found.get(field).filter(|v| v.is_array()) {
+                        upsert.insert(field.to_owned(), values.clone());
+                    }
+                }
+                let path = paths::collection_verb(&t_tenant, &t_database, &target_id, "upsert");
+                let answer = self
+                    .call(target, Method::POST, &path, Some(&Value::Object(upsert)))
+                    .await?;
+                check(target, "upsert", answer)?;
+            }
+            let missing: Vec<&String> = chunk
+                .iter()
+                .filter(|id| !found_ids.contains(id.as_str()))
+                .collect();
+            if !missing.is_empty() {
+                let path = paths::collection_verb(&t_tenant, &t_database, &target_id, "delete");
+                let answer = self
+                    .call(target, Method::POST, &path, Some(&json!({"ids": missing})))
+                    .await?;
+                check(target, "delete", answer)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_collection(
+        &self,
+        target: BackendName,
+        collection: Option<&str>,
+        tenant: &str,
+        database: &str,
+        name: &str,
+    ) -> Result<(), ApplyError> {
+        let (t_tenant, t_database) = self.namespace(target, tenant, database);
+        let answer = self
+            .call(
+                target,
+                Method::DELETE,
+                &paths::collection(&t_tenant, &t_database, name),
+                None,
+            )
+            .await?;
+        accept(target, "delete collection", answer, StatusCode::NOT_FOUND)?;
+        if let Some(client_id) = collection {
+            if self.resolver.map.get(client_id).is_some_and(|e| e.deleted) {
+                self.resolver
+                    .map
+                    .remove(client_id)
+                    .await
+                    .map_err(|e| ApplyError::Retry {
+                        reason: e.to_string(),
+                        retry_after: None,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the target's copy of a collection match the source's: present with the same name
+    /// and metadata, or absent.
+    async fn reconcile_collection(
+        &self,
+        target: BackendName,
+        collection: Option<&str>,
+        tenant: &str,
+        database: &str,
+        name: &str,
+    ) -> Result<(), ApplyError> {
+        let source = target.other();
+        let known = collection.and_then(|c| self.resolver.map.get(c));
+        let (tenant, database, name) = match &known {
+            Some(e) => (e.tenant.clone(), e.database.clone(), e.name.clone()),
+            None => (tenant.to_owned(), database.to_owned(), name.to_owned()),
+        };
+        let lookup = known
+            .as_ref()
+            .and_then(|e| e.id_on(source).map(str::to_owned))
+            .unwrap_or_else(|| name.clone());
+        match self
+            .resolver
+            .fetch(source, &tenant, &database, &lookup)
+            .await?
+        {
+            Some(object) => {
+                let entry = self.resolver.register(source, &object).await?;
+                let id = self.ensure(target, &entry).await?;
+                let (t_tenant, t_database) = self.namespace(target, &tenant, &database);
+                let mut change = json!({"new_name": object["name"]});
+                if object["metadata"].is_object() {
+                    change["new_metadata"] = object["metadata"].clone();
+                }
+                let answer = self
+                    .call(
+                        target,
+                        Method::PUT,
+                        &paths::collection(&t_tenant, &t_database, &id),
+                        Some(&change),
+                    )
+                    .await?;
+                check(target, "update collection", answer).map(|_| ())
+            }
+            None => {
+                self.delete_collection(target, collection, &tenant, &database, &name)
+                    .await
+            }
+        }
+    }
+}
+
+/// Success, or the one failure status that means the op's effect is already there.
+fn accept(
+    target: BackendName,
+    what: &str,
+    answer: Answer,
+    already: StatusCode,
+) -> Result<(), ApplyError> {
+    if answer.status == already {
+        return Ok(());
+    }
+    check(target, what, answer).map(|_| ())
+}

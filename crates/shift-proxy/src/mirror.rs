@@ -1,0 +1,226 @@
+//! What the mirror applies to a store: one [`MirrorOp`] per write, serialized into the journal
+//! (and into the intent recorded before the primary write).
+//!
+//! Ops name collections by the client's id and tenants and databases by the client's names;
+//! both are translated for the target store when the op is applied, so an op queued before a
+//! collection existed on the target, or before a cutover, still lands in the right place.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shift_chroma::Operation;
+
+/// The four record writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Add,
+    Upsert,
+    Update,
+    Delete,
+}
+
+impl RecordKind {
+    pub fn from_operation(operation: Operation) -> Option<RecordKind> {
+        match operation {
+            Operation::CollectionAdd => Some(RecordKind::Add),
+            Operation::CollectionUpsert => Some(RecordKind::Upsert),
+            Operation::CollectionUpdate => Some(RecordKind::Update),
+            Operation::CollectionDelete => Some(RecordKind::Delete),
+            _ => None,
+        }
+    }
+
+    /// The last path segment of the write.
+    pub fn verb(self) -> &'static str {
+        match self {
+            RecordKind::Add => "add",
+            RecordKind::Upsert => "upsert",
+            RecordKind::Update => "update",
+            RecordKind::Delete => "delete",
+        }
+    }
+}
+
+/// One write to apply to a store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MirrorOp {
+    /// A record write, with the body the primary took (a delete by filter carries the ids it
+    /// resolved to).
+    Records {
+        kind: RecordKind,
+        collection: String,
+        body: Value,
+    },
+    /// Makes the target hold what the source holds for these ids: upsert the ones the source
+    /// has, delete the others. Used where the outcome on the primary is unknown (a timeout, a
+    /// crash between the primary write and the journal).
+    Reconcile {
+        collection: String,
+        ids: Vec<String>,
+    },
+    /// Creates the collection on the target if it lacks it.
+    EnsureCollection {
+        collection: String,
+    },
+    /// Changes name, metadata or configuration (the `PUT` body).
+    UpdateCollection {
+        collection: String,
+        body: Value,
+    },
+    /// Deletes the collection named `name` (Chroma deletes by name).
+    DeleteCollection {
+        collection: Option<String>,
+        tenant: String,
+        database: String,
+        name: String,
+    },
+    /// Brings a collection's existence, name and metadata on the target in line with the
+    /// source; for lifecycle writes whose outcome is unknown.
+    ReconcileCollection {
+        collection: Option<String>,
+        tenant: String,
+        database: String,
+        name: String,
+    },
+    /// Forks `source` into `fork` named `new_name`.
+    ForkCollection {
+        source: String,
+        fork: String,
+        new_name: String,
+    },
+    CreateTenant {
+        name: String,
+    },
+    UpdateTenant {
+        tenant: String,
+        body: Value,
+    },
+    CreateDatabase {
+        tenant: String,
+        name: String,
+    },
+    DeleteDatabase {
+        tenant: String,
+        database: String,
+    },
+    /// Attaches or detaches a function: `suffix` is the path after the collection id.
+    Function {
+        collection: String,
+        suffix: String,
+        body: Value,
+    },
+}
+
+impl MirrorOp {
+    /// The collection the op is about, as the journal's lag key.
+    pub fn lag_key(&self) -> String {
+        match self {
+            MirrorOp::Records { collection, .. }
+            | MirrorOp::Reconcile { collection, .. }
+            | MirrorOp::EnsureCollection { collection }
+            | MirrorOp::UpdateCollection { collection, .. }
+            | MirrorOp::Function { collection, .. } => collection.clone(),
+            MirrorOp::ForkCollection { fork, .. } => fork.clone(),
+            MirrorOp::DeleteCollection {
+                collection, name, ..
+            }
+            | MirrorOp::ReconcileCollection {
+                collection, name, ..
+            } => collection.clone().unwrap_or_else(|| name.clone()),
+            MirrorOp::CreateTenant { .. }
+            | MirrorOp::UpdateTenant { .. }
+            | MirrorOp::CreateDatabase { .. }
+            | MirrorOp::DeleteDatabase { .. } => String::new(),
+        }
+    }
+
+    /// What to queue for an intent left behind by a crash: the primary may or may not have
+    /// applied the write, so converge the target to the source instead of replaying blindly.
+    pub fn recovery(self) -> MirrorOp {
+        match self {
+            MirrorOp::Records {
+                collection, body, ..
+            } => MirrorOp::Reconcile {
+                ids: ids_of(&body),
+                collection,
+            },
+            MirrorOp::UpdateCollection { collection, .. } => {
+                // Name and namespace are looked up again from the client id.
+                MirrorOp::ReconcileCollection {
+                    collection: Some(collection),
+                    tenant: String::new(),
+                    database: String::new(),
+                    name: String::new(),
+                }
+            }
+            MirrorOp::DeleteCollection {
+                collection,
+                tenant,
+                database,
+                name,
+            } => MirrorOp::ReconcileCollection {
+                collection,
+                tenant,
+                database,
+                name,
+            },
+            // Idempotent ops, and reconciliations, are safe to apply again.
+            other => other,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // A tree of strings and JSON values always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<MirrorOp, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// The `ids` array of a record-write body.
+pub fn ids_of(body: &Value) -> Vec<String> {
+    body.get("ids")
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ops_survive_the_journal_encoding() {
+        let op = MirrorOp::Records {
+            kind: RecordKind::Upsert,
+            collection: "c1".into(),
+            body: json!({"ids": ["a"], "embeddings": ["AACAPw=="]}),
+        };
+        assert_eq!(MirrorOp::from_bytes(&op.to_bytes()).unwrap(), op);
+    }
+
+    #[test]
+    fn a_crashed_record_write_recovers_as_a_reconcile_of_its_ids() {
+        let op = MirrorOp::Records {
+            kind: RecordKind::Delete,
+            collection: "c1".into(),
+            body: json!({"ids": ["a", "b"]}),
+        };
+        assert_eq!(
+            op.recovery(),
+            MirrorOp::Reconcile {
+                collection: "c1".into(),
+                ids: vec!["a".into(), "b".into()]
+            }
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! The redb tables and the bookkeeping keys: everything that fixes the file's layout.
+
+use redb::TableDefinition;
+use shift_config::BackendName;
+
+use crate::MapTable;
+
+/// The database file inside the state directory.
+pub(crate) const FILE_NAME: &str = "chroma-shift.redb";
+
+/// The layout this build reads and writes, recorded in [`META`] under [`FORMAT_KEY`]. Bump it
+/// when a table or a value layout changes incompatibly, so an old build refuses a new file.
+pub(crate) const FORMAT: u64 = 1;
+
+/// Bookkeeping numbers: the layout version and the next ids to hand out.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const FORMAT_KEY: &str = "format";
+/// Persisted rather than derived from the largest key, because the journal may be empty (all
+/// applied) at a restart and seqs must still never repeat.
+pub(crate) const NEXT_SEQ_KEY: &str = "next_seq";
+pub(crate) const NEXT_INTENT_KEY: &str = "next_intent";
+
+/// One journal per target, keyed by seq so a read is a range scan.
+pub(crate) const JOURNAL_OLD: TableDefinition<u64, &[u8]> = TableDefinition::new("journal.old");
+pub(crate) const JOURNAL_NEW: TableDefinition<u64, &[u8]> = TableDefinition::new("journal.new");
+/// Write intents, keyed by intent id; the value is the caller's payload as given.
+pub(crate) const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");
+/// Parked entries, keyed by the seq they had in the journal (seqs are global, so no clash).
+pub(crate) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+
+const MAP_COLLECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.collections");
+const MAP_TOPOLOGY: TableDefinition<&str, &[u8]> = TableDefinition::new("map.topology");
+const MAP_CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.checkpoints");
+
+/// Every key-value table, so open can create them all (a read of a missing table is an error).
+pub(crate) const MAP_TABLES: [MapTable; 3] = [
+    MapTable::Collections,
+    MapTable::Topology,
+    MapTable::Checkpoints,
+];
+
+pub(crate) fn journal(target: BackendName) -> TableDefinition<'static, u64, &'static [u8]> {
+    match target {
+        BackendName::Old => JOURNAL_OLD,
+        BackendName::New => JOURNAL_NEW,
+    }
+}
+
+pub(crate) fn map(table: MapTable) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    match table {
+        MapTable::Collections => MAP_COLLECTIONS,
+        MapTable::Topology => MAP_TOPOLOGY,
+        MapTable::Checkpoints => MAP_CHECKPOINTS,
+    }
+}
+
+/// Index of a target in the per-target arrays of the store.
+pub(crate) fn slot(target: BackendName) -> usize {
+    match target {
+        BackendName::Old => 0,
+        BackendName::New => 1,
+    }
+}
+
+/// Both targets, in [`slot`] order.
+pub(crate) const TARGETS: [BackendName; 2] = [BackendName::Old, BackendName::New];

@@ -1,0 +1,473 @@
+//! Store-level tests over real files in temporary directories.
+
+use std::sync::Arc;
+
+use shift_config::BackendName::{New, Old};
+
+use super::*;
+
+fn entry(target: BackendName, collection: &str, payload: &str) -> NewEntry {
+    NewEntry {
+        target,
+        collection: collection.into(),
+        payload: payload.as_bytes().to_vec(),
+    }
+}
+
+fn payloads(entries: &[JournalEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| String::from_utf8(e.payload.clone()).unwrap())
+        .collect()
+}
+
+fn seqs(entries: &[JournalEntry]) -> Vec<Seq> {
+    entries.iter().map(|e| e.seq).collect()
+}
+
+#[tokio::test]
+async fn seqs_keep_increasing_across_reopen_even_when_the_journal_was_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let first = store
+        .append(vec![
+            entry(New, "a", "1"),
+            entry(Old, "a", "2"),
+            entry(New, "b", "3"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(first, vec![Seq(1), Seq(2), Seq(3)]);
+    let second = store.append(vec![entry(New, "a", "4")]).await.unwrap();
+    assert_eq!(second, vec![Seq(4)]);
+    assert_eq!(
+        payloads(&store.read(New, None, 10).unwrap()),
+        ["1", "3", "4"]
+    );
+    assert_eq!(payloads(&store.read(Old, None, 10).unwrap()), ["2"]);
+
+    // Empty both journals, so the next seq cannot come from the largest key.
+    store.remove(New, &[Seq(1), Seq(3), Seq(4)]).await.unwrap();
+    store.remove(Old, &[Seq(2)]).await.unwrap();
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert!(store.read(New, None, 10).unwrap().is_empty());
+    let third = store
+        .append(vec![entry(New, "a", "5"), entry(New, "a", "6")])
+        .await
+        .unwrap();
+    assert_eq!(third, vec![Seq(5), Seq(6)]);
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    let read = store.read(New, None, 10).unwrap();
+    assert_eq!(seqs(&read), [Seq(5), Seq(6)]);
+    assert_eq!(payloads(&read), ["5", "6"]);
+    assert!(read.iter().all(|e| e.target == New && e.collection == "a"));
+    assert!(read[0].created_ms > 0);
+}
+
+#[tokio::test]
+async fn commit_intent_swaps_the_intent_for_entries_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let id = store
+        .record_intent(b"upsert c1 ids=[x]".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pending_intents().unwrap(),
+        vec![(id, b"upsert c1 ids=[x]".to_vec())]
+    );
+    assert!(store.read(New, None, 10).unwrap().is_empty());
+
+    let appended = store
+        .commit_intent(id, vec![entry(New, "c1", "upsert x")])
+        .await
+        .unwrap();
+    assert_eq!(appended.len(), 1);
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert!(store.pending_intents().unwrap().is_empty());
+    let read = store.read(New, None, 10).unwrap();
+    assert_eq!(seqs(&read), appended);
+    assert_eq!(payloads(&read), ["upsert x"]);
+    assert_eq!(store.lag(New).entries, 1);
+
+    // Committing again is refused and appends nothing.
+    let again = store
+        .commit_intent(id, vec![entry(New, "c1", "twice")])
+        .await;
+    assert!(matches!(again, Err(StoreError::UnknownIntent(i)) if i == id));
+    assert_eq!(store.read(New, None, 10).unwrap().len(), 1);
+    assert_eq!(store.lag(New).entries, 1);
+}
+
+#[tokio::test]
+async fn pending_intents_survive_reopen_in_order_and_discard_drops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let a = store.record_intent(b"a".to_vec()).await.unwrap();
+    let b = store.record_intent(b"b".to_vec()).await.unwrap();
+    let c = store.record_intent(b"c".to_vec()).await.unwrap();
+    assert!(a < b && b < c);
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(
+        store.pending_intents().unwrap(),
+        vec![(a, b"a".to_vec()), (b, b"b".to_vec()), (c, b"c".to_vec())]
+    );
+    store.discard_intent(b).await.unwrap();
+    store.discard_intent(b).await.unwrap(); // idempotent
+    let d = store.record_intent(b"d".to_vec()).await.unwrap();
+    assert!(d > c, "intent ids are not reused");
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    let ids: Vec<IntentId> = store
+        .pending_intents()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, [a, c, d]);
+}
+
+#[tokio::test]
+async fn read_pages_with_after_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let mut written = Vec::new();
+    for i in 0..10 {
+        // Interleave the other target, so seqs of one journal have gaps.
+        written.extend(
+            store
+                .append(vec![entry(New, "c", &i.to_string())])
+                .await
+                .unwrap(),
+        );
+        store.append(vec![entry(Old, "c", "other")]).await.unwrap();
+    }
+
+    let mut cursor = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = store.read(New, cursor, 3).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        cursor = page.last().map(|e| e.seq);
+        pages.push(page);
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+    let all: Vec<JournalEntry> = pages.into_iter().flatten().collect();
+    assert_eq!(seqs(&all), written);
+    assert_eq!(
+        payloads(&all),
+        (0..10).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    assert!(store.read(New, Some(Seq(u64::MAX)), 10).unwrap().is_empty());
+    assert!(store.read(New, None, 0).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn remove_and_park_update_lag_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let s = store
+        .append(vec![
+            entry(New, "a", "1"),
+            entry(New, "a", "2"),
+            entry(New, "b", "3"),
+            entry(New, "b", "4"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.lag(New).entries, 4);
+
+    store.remove(New, &[s[0]]).await.unwrap();
+    store
+        .park(New, s[2], "400: dimension mismatch".into())
+        .await
+        .unwrap();
+
+    let lag = store.lag(New);
+    assert_eq!(lag.entries, 2);
+    assert_eq!(lag.collections["a"].entries, 1);
+    assert_eq!(lag.collections["b"].entries, 1);
+    assert_eq!(store.dead_letter_count(), 1);
+    assert_eq!(seqs(&store.read(New, None, 10).unwrap()), [s[1], s[3]]);
+
+    let letters = store.dead_letters(None, 10).unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.seq, s[2]);
+    assert_eq!(letter.target, New);
+    assert_eq!(letter.collection, "b");
+    assert_eq!(letter.payload, b"3");
+    assert_eq!(letter.reason, "400: dimension mismatch");
+    assert!(letter.parked_ms >= letter.created_ms && letter.created_ms > 0);
+
+    // Parking what is not in the journal is refused; removing it again is not an error.
+    let twice = store.park(New, s[2], "again".into()).await;
+    assert!(matches!(twice, Err(StoreError::UnknownEntry { seq, .. }) if seq == s[2]));
+    store.remove(New, &[s[0], s[2]]).await.unwrap();
+    assert_eq!(store.lag(New).entries, 2);
+    drop(store);
+
+    // The counters are rebuilt from the tables.
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(store.dead_letter_count(), 1);
+    let lag = store.lag(New);
+    assert_eq!(lag.entries, 2);
+    assert_eq!(lag.collections.len(), 2);
+    assert_eq!(store.dead_letters(Some(s[2]), 10).unwrap(), vec![]);
+    assert_eq!(store.lag(Old), Lag::default());
+}
+
+#[tokio::test]
+async fn lag_counts_per_collection_with_the_oldest_creation_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let first = store
+        .append(vec![entry(New, "a", "1"), entry(New, "", "no collection")])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let later = store
+        .append(vec![
+            entry(New, "a", "2"),
+            entry(New, "b", "3"),
+            entry(Old, "a", "x"),
+        ])
+        .await
+        .unwrap();
+    let created = |seq: Seq| {
+        store
+            .read(New, None, 10)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.seq == seq)
+            .unwrap()
+            .created_ms
+    };
+    let (t1, t2) = (created(first[0]), created(later[0]));
+    assert!(t2 > t1);
+
+    let lag = store.lag(New);
+    assert_eq!(lag.entries, 4);
+    assert_eq!(lag.oldest_created_ms, Some(t1));
+    assert_eq!(
+        lag.collections["a"],
+        CollectionLag {
+            entries: 2,
+            oldest_created_ms: t1
+        }
+    );
+    assert_eq!(lag.collections[""].entries, 1);
+    assert_eq!(
+        lag.collections["b"],
+        CollectionLag {
+            entries: 1,
+            oldest_created_ms: t2
+        }
+    );
+    assert_eq!(store.lag(Old).entries, 1);
+
+    // Applying the oldest of "a" moves its oldest time forward.
+    store.remove(New, &[first[0]]).await.unwrap();
+    let lag = store.lag(New);
+    assert_eq!(lag.collections["a"].oldest_created_ms, t2);
+    assert_eq!(lag.collections["a"].entries, 1);
+    assert_eq!(
+        lag.oldest_created_ms,
+        Some(t1),
+        "the empty key is still oldest"
+    );
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(store.lag(New), lag, "the same after a rebuild at open");
+}
+
+#[tokio::test]
+async fn a_second_open_fails_while_the_first_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let err = Store::open(dir.path()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    assert!(err
+        .to_string()
+        .contains("in use by another chroma-shift process"));
+
+    // A clone is the same owner; dropping the last handle releases the file at once.
+    let clone = store.clone();
+    drop(store);
+    assert!(matches!(
+        Store::open(dir.path()).await,
+        Err(StoreError::Locked { .. })
+    ));
+    drop(clone);
+    Store::open(dir.path()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_commits() {
+    const WRITERS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    // Released together, as concurrent client writes would arrive.
+    let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let store = store.clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                store
+                    .append(vec![entry(New, &format!("c{}", i % 7), &i.to_string())])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        let seqs = task.await.unwrap();
+        assert_eq!(seqs.len(), 1);
+        all.extend(seqs);
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), WRITERS, "every append got its own seq");
+
+    let stats = store.commit_stats();
+    println!(
+        "group commit: {} appends in {} commits, {:.1} appends per commit",
+        stats.requests,
+        stats.commits,
+        stats.requests_per_commit()
+    );
+    assert_eq!(stats.requests, WRITERS as u64);
+    assert_eq!(stats.entries_appended, WRITERS as u64);
+    assert!(
+        stats.commits < stats.requests,
+        "no commit was shared: {stats:?}"
+    );
+    assert_eq!(store.lag(New).entries, WRITERS as u64);
+    assert_eq!(store.read(New, None, 1000).unwrap().len(), WRITERS);
+}
+
+#[tokio::test]
+async fn a_refused_request_does_not_fail_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    // Queued together, so they likely share a batch; correct either way.
+    let (bad, good) = tokio::join!(
+        store.commit_intent(IntentId(999), vec![entry(New, "c", "x")]),
+        store.append(vec![entry(New, "c", "y")]),
+    );
+    assert!(matches!(bad, Err(StoreError::UnknownIntent(IntentId(999)))));
+    let good = good.unwrap();
+    assert_eq!(seqs(&store.read(New, None, 10).unwrap()), good);
+}
+
+#[tokio::test]
+async fn watch_appends_wakes_a_waiting_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let mut appended = store.watch_appends(New);
+    assert_eq!(*appended.borrow_and_update(), None);
+
+    let worker = tokio::spawn(async move {
+        appended.changed().await.unwrap();
+        *appended.borrow_and_update()
+    });
+    store
+        .append(vec![entry(Old, "c", "other target")])
+        .await
+        .unwrap();
+    let seqs = store.append(vec![entry(New, "c", "x")]).await.unwrap();
+    assert_eq!(worker.await.unwrap(), Some(seqs[0]));
+    drop(store);
+
+    // After a restart the watch starts from the journal's last entry.
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(*store.watch_appends(New).borrow(), Some(seqs[0]));
+}
+
+#[tokio::test]
+async fn map_put_get_delete_scan_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    store
+        .put(MapTable::Collections, "client-1", b"old-1,new-1".to_vec())
+        .await
+        .unwrap();
+    store
+        .put(MapTable::Collections, "client-2", b"old-2".to_vec())
+        .await
+        .unwrap();
+    store
+        .put(MapTable::Collections, "client-2", b"old-2,new-2".to_vec())
+        .await
+        .unwrap();
+    store
+        .put(MapTable::Collections, "client-3", b"gone".to_vec())
+        .await
+        .unwrap();
+    store
+        .delete(MapTable::Collections, "client-3")
+        .await
+        .unwrap();
+    store.delete(MapTable::Collections, "never").await.unwrap();
+    store
+        .put(MapTable::Topology, "current", b"epoch=7".to_vec())
+        .await
+        .unwrap();
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(
+        store.get(MapTable::Collections, "client-2").unwrap(),
+        Some(b"old-2,new-2".to_vec())
+    );
+    assert_eq!(store.get(MapTable::Collections, "client-3").unwrap(), None);
+    assert_eq!(store.get(MapTable::Topology, "client-1").unwrap(), None);
+    assert_eq!(
+        store.scan(MapTable::Collections).unwrap(),
+        vec![
+            ("client-1".to_owned(), b"old-1,new-1".to_vec()),
+            ("client-2".to_owned(), b"old-2,new-2".to_vec()),
+        ]
+    );
+    assert_eq!(
+        store.scan(MapTable::Topology).unwrap(),
+        vec![("current".to_owned(), b"epoch=7".to_vec())]
+    );
+    assert!(store.scan(MapTable::Checkpoints).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_newer_file_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).await.unwrap());
+    {
+        let db = Database::create(dir.path().join(schema::FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(schema::META)
+            .unwrap()
+            .insert(schema::FORMAT_KEY, schema::FORMAT + 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(dir.path()).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::UnsupportedFormat { found, .. } if found == schema::FORMAT + 1),
+        "{err:?}"
+    );
+}

@@ -1,0 +1,527 @@
+//! The group-commit writer.
+//!
+//! Every durable change goes through one thread. It takes all the requests already queued (up
+//! to [`MAX_BATCH`]), applies them in order in one redb write transaction, commits it with
+//! `Durability::Immediate` (one fsync for the whole batch), and only then answers each caller.
+//! While one batch is being synced the next one queues up, so under load many writers share
+//! each fsync, and alone a writer pays one fsync as it would anyway.
+//!
+//! A plain thread rather than a tokio task: a commit blocks on fsync, which must not stall a
+//! runtime worker, and the loop has nothing else to wait for.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Durability, Table, WriteTransaction};
+use shift_config::BackendName;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::lag::LagChange;
+use crate::{codec, schema, IntentId, MapTable, Seq, Shared, StoreError};
+
+/// Most requests in one transaction: bounds the time a batch holds its callers and the memory
+/// of one transaction.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// Requests that may wait for the writer before callers are made to wait to enqueue: the
+/// back-pressure that keeps a slow disk from growing an unbounded queue.
+pub(crate) const QUEUE_DEPTH: usize = 4 * MAX_BATCH;
+
+/// Where the writer answers one caller.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A journal entry encoded by its caller (so the payload is copied outside the writer), with
+/// the fields the writer needs beside the bytes.
+#[derive(Debug)]
+pub(crate) struct EncodedEntry {
+    pub target: BackendName,
+    /// Kept for the lag book.
+    pub collection: String,
+    /// [`codec::encode_entry`]'s output; the writer stamps the commit time into it.
+    pub bytes: Vec<u8>,
+}
+
+/// One durable change asked of the writer.
+#[derive(Debug)]
+pub(crate) enum Op {
+    RecordIntent {
+        payload: Vec<u8>,
+        reply: Reply<IntentId>,
+    },
+    CommitIntent {
+        id: IntentId,
+        entries: Vec<EncodedEntry>,
+        reply: Reply<Vec<Seq>>,
+    },
+    DiscardIntent {
+        id: IntentId,
+        reply: Reply<()>,
+    },
+    Append {
+        entries: Vec<EncodedEntry>,
+        reply: Reply<Vec<Seq>>,
+    },
+    Remove {
+        target: BackendName,
+        seqs: Vec<Seq>,
+        reply: Reply<()>,
+    },
+    Park {
+        target: BackendName,
+        seq: Seq,
+        reason: String,
+        reply: Reply<()>,
+    },
+    Put {
+        table: MapTable,
+        key: String,
+        value: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Delete {
+        table: MapTable,
+        key: String,
+        reply: Reply<()>,
+    },
+}
+
+/// The next ids to hand out, as last committed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counters {
+    pub next_seq: u64,
+    pub next_intent: u64,
+}
+
+/// Starts the writer thread. It runs until every sender of `queue` is dropped and the queue
+/// is drained.
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    queue: mpsc::Receiver<Op>,
+    counters: Counters,
+) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("shift-store-writer".into())
+        .spawn(move || run(&shared, queue, counters))
+}
+
+fn run(shared: &Shared, mut queue: mpsc::Receiver<Op>, mut counters: Counters) {
+    let mut ops = Vec::with_capacity(MAX_BATCH);
+    // Blocks for the first request, then takes whatever else is already queued.
+    while queue.blocking_recv_many(&mut ops, MAX_BATCH) > 0 {
+        commit_batch(shared, &mut counters, std::mem::take(&mut ops));
+    }
+}
+
+fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) {
+    let requests = ops.len() as u64;
+    let mut batch = Batch::new(*counters);
+    let outcome = batch.write(&shared.db, ops);
+    if let Err(err) = &outcome {
+        tracing::error!(error = %err, requests, "state store commit failed; the batch's writes are refused");
+        batch.answer(outcome.as_ref().map(|_| ()));
+        return;
+    }
+
+    // Publish before answering, so a caller that saw its write acknowledged also sees it in
+    // lag() and wakes any replay worker.
+    counters.next_seq = batch.next_seq;
+    counters.next_intent = batch.next_intent;
+    {
+        let mut lag = shared.lag();
+        for change in batch.lag.drain(..) {
+            lag.apply(change);
+        }
+    }
+    shared
+        .dead_letters
+        .fetch_add(batch.parked, Ordering::Relaxed);
+    shared.commits.fetch_add(1, Ordering::Relaxed);
+    shared.requests.fetch_add(requests, Ordering::Relaxed);
+    shared
+        .entries_appended
+        .fetch_add(batch.appended, Ordering::Relaxed);
+    for (slot, last) in batch.last_appended.iter().enumerate() {
+        if let Some(seq) = last {
+            shared.appends[slot].send_replace(Some(*seq));
+        }
+    }
+    batch.answer(Ok(()));
+}
+
+/// Why one request of a batch did not apply.
+enum Failure {
+    /// This request is refused (an unknown intent); the rest of the batch goes on. The request
+    /// changed nothing before it was refused.
+    Refused(StoreError),
+    /// The transaction cannot go on; every request of the batch gets this error.
+    Fatal(StoreError),
+}
+
+impl From<redb::StorageError> for Failure {
+    fn from(err: redb::StorageError) -> Self {
+        Failure::Fatal(err.into())
+    }
+}
+
+/// A request applied (or not) inside the transaction, waiting for the commit to answer it.
+enum Done {
+    Intent(Reply<IntentId>, Result<IntentId, StoreError>),
+    Seqs(Reply<Vec<Seq>>, Result<Vec<Seq>, StoreError>),
+    Unit(Reply<()>, Result<(), StoreError>),
+}
+
+impl Done {
+    /// A request the batch never reached; its result is overridden by the batch's error.
+    fn skipped(op: Op) -> Done {
+        match op {
+            Op::RecordIntent { reply, .. } => Done::Intent(reply, never()),
+            Op::CommitIntent { reply, .. } | Op::Append { reply, .. } => Done::Seqs(reply, never()),
+            Op::DiscardIntent { reply, .. }
+            | Op::Remove { reply, .. }
+            | Op::Park { reply, .. }
+            | Op::Put { reply, .. }
+            | Op::Delete { reply, .. } => Done::Unit(reply, never()),
+        }
+    }
+
+    /// Answers the caller: its own result if the batch committed, the batch's error if not.
+    /// A caller that stopped waiting is not an error: its write stands or falls with the batch.
+    fn answer(self, batch: Result<(), &StoreError>) {
+        let batch = batch.map_err(Clone::clone);
+        match self {
+            Done::Intent(tx, own) => drop(tx.send(batch.and(own))),
+            Done::Seqs(tx, own) => drop(tx.send(batch.and(own))),
+            Done::Unit(tx, own) => drop(tx.send(batch.and(own))),
+        }
+    }
+}
+
+/// The placeholder result of a request never applied.
+fn never<T>() -> Result<T, StoreError> {
+    Err(StoreError::Closed)
+}
+
+/// The redb tables a batch writes, opened once per transaction.
+struct Tables<'txn> {
+    meta: Table<'txn, &'static str, u64>,
+    journals: [Table<'txn, u64, &'static [u8]>; 2],
+    intents: Table<'txn, u64, &'static [u8]>,
+    dead: Table<'txn, u64, &'static [u8]>,
+    maps: [Table<'txn, &'static str, &'static [u8]>; 3],
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            meta: txn.open_table(schema::META)?,
+            journals: [
+                txn.open_table(schema::JOURNAL_OLD)?,
+                txn.open_table(schema::JOURNAL_NEW)?,
+            ],
+            intents: txn.open_table(schema::INTENTS)?,
+            dead: txn.open_table(schema::DEAD_LETTERS)?,
+            maps: [
+                txn.open_table(schema::map(MapTable::Collections))?,
+                txn.open_table(schema::map(MapTable::Topology))?,
+                txn.open_table(schema::map(MapTable::Checkpoints))?,
+            ],
+        })
+    }
+
+    fn journal(&mut self, target: BackendName) -> &mut Table<'txn, u64, &'static [u8]> {
+        &mut self.journals[schema::slot(target)]
+    }
+
+    fn map(&mut self, table: MapTable) -> &mut Table<'txn, &'static str, &'static [u8]> {
+        let index = match table {
+            MapTable::Collections => 0,
+            MapTable::Topology => 1,
+            MapTable::Checkpoints => 2,
+        };
+        &mut self.maps[index]
+    }
+}
+
+/// What one transaction did, held back until it commits.
+struct Batch {
+    /// The counters as committed before this batch, to write them only if they moved.
+    before: Counters,
+    next_seq: u64,
+    next_intent: u64,
+    /// One commit time for the whole batch: its entries became durable together.
+    now_ms: u64,
+    lag: Vec<LagChange>,
+    parked: u64,
+    appended: u64,
+    last_appended: [Option<Seq>; 2],
+    done: Vec<Done>,
+}
+
+impl Batch {
+    fn new(counters: Counters) -> Batch {
+        Batch {
+            before: counters,
+            next_seq: counters.next_seq,
+            next_intent: counters.next_intent,
+            now_ms: now_ms(),
+            lag: Vec::new(),
+            parked: 0,
+            appended: 0,
+            last_appended: [None; 2],
+            done: Vec::new(),
+        }
+    }
+
+    fn answer(self, batch: Result<(), &StoreError>) {
+        for done in self.done {
+            done.answer(batch);
+        }
+    }
+
+    fn skip(&mut self, ops: impl IntoIterator<Item = Op>) {
+        self.done.extend(ops.into_iter().map(Done::skipped));
+    }
+
+    /// Applies every request and commits; every request leaves a [`Done`] behind either way.
+    fn write(&mut self, db: &redb::Database, ops: Vec<Op>) -> Result<(), StoreError> {
+        let mut txn = match db.begin_write() {
+            Ok(txn) => txn,
+            Err(err) => {
+                self.skip(ops);
+                return Err(err.into());
+            }
+        };
+        if let Err(err) = txn.set_durability(Durability::Immediate) {
+            self.skip(ops);
+            return Err(err.into());
+        }
+        // Dropping an uncommitted transaction rolls it back.
+        self.apply_all(&txn, ops)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn apply_all(&mut self, txn: &WriteTransaction, ops: Vec<Op>) -> Result<(), StoreError> {
+        let mut tables = match Tables::open(txn) {
+            Ok(tables) => tables,
+            Err(err) => {
+                self.skip(ops);
+                return Err(err);
+            }
+        };
+        let mut ops = ops.into_iter();
+        while let Some(op) = ops.next() {
+            if let Err(err) = self.apply(&mut tables, op) {
+                self.skip(ops);
+                return Err(err);
+            }
+        }
+        if self.next_seq != self.before.next_seq {
+            tables.meta.insert(schema::NEXT_SEQ_KEY, self.next_seq)?;
+        }
+        if self.next_intent != self.before.next_intent {
+            tables
+                .meta
+                .insert(schema::NEXT_INTENT_KEY, self.next_intent)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one request; `Err` only when the whole batch must be abandoned.
+    fn apply(&mut self, t: &mut Tables<'_>, op: Op) -> Result<(), StoreError> {
+        match op {
+            Op::RecordIntent { payload, reply } => {
+                let r = self.record_intent(t, &payload);
+                self.settle(r, |r| Done::Intent(reply, r))
+            }
+            Op::CommitIntent { id, entries, reply } => {
+                let r = self.commit_intent(t, id, entries);
+                self.settle(r, |r| Done::Seqs(reply, r))
+            }
+            Op::DiscardIntent { id, reply } => {
+                let r = t.intents.remove(id.0).map(|_| ()).map_err(Failure::from);
+                self.settle(r, |r| Done::Unit(reply, r))
+            }
+            Op::Append { entries, reply } => {
+                let r = self.append(t, entries);
+                self.settle(r, |r| Done::Seqs(reply, r))
+            }
+            Op::Remove {
+                target,
+                seqs,
+                reply,
+            } => {
+                let r = self.remove(t, target, &seqs);
+                self.settle(r, |r| Done::Unit(reply, r))
+            }
+            Op::Park {
+                target,
+                seq,
+                reason,
+                reply,
+            } => {
+                let r = self.park(t, target, seq, &reason);
+                self.settle(r, |r| Done::Unit(reply, r))
+            }
+            Op::Put {
+                table,
+                key,
+                value,
+                reply,
+            } => {
+                let r = t
+                    .map(table)
+                    .insert(key.as_str(), value.as_slice())
+                    .map(|_| ())
+                    .map_err(Failure::from);
+                self.settle(r, |r| Done::Unit(reply, r))
+            }
+            Op::Delete { table, key, reply } => {
+                let r = t
+                    .map(table)
+                    .remove(key.as_str())
+                    .map(|_| ())
+                    .map_err(Failure::from);
+                self.settle(r, |r| Done::Unit(reply, r))
+            }
+        }
+    }
+
+    /// Records a request's outcome; passes a fatal error up to abandon the batch.
+    fn settle<T>(
+        &mut self,
+        result: Result<T, Failure>,
+        done: impl FnOnce(Result<T, StoreError>) -> Done,
+    ) -> Result<(), StoreError> {
+        match result {
+            Ok(value) => {
+                self.done.push(done(Ok(value)));
+                Ok(())
+            }
+            Err(Failure::Refused(err)) => {
+                self.done.push(done(Err(err)));
+                Ok(())
+            }
+            Err(Failure::Fatal(err)) => {
+                self.done.push(done(Err(err.clone())));
+                Err(err)
+            }
+        }
+    }
+
+    fn record_intent(&mut self, t: &mut Tables<'_>, payload: &[u8]) -> Result<IntentId, Failure> {
+        let id = self.next_intent;
+        self.next_intent += 1;
+        t.intents.insert(id, payload)?;
+        Ok(IntentId(id))
+    }
+
+    fn commit_intent(
+        &mut self,
+        t: &mut Tables<'_>,
+        id: IntentId,
+        entries: Vec<EncodedEntry>,
+    ) -> Result<Vec<Seq>, Failure> {
+        // Checked first, so a refused commit appends nothing.
+        if t.intents.remove(id.0)?.is_none() {
+            return Err(Failure::Refused(StoreError::UnknownIntent(id)));
+        }
+        self.append(t, entries)
+    }
+
+    fn append(
+        &mut self,
+        t: &mut Tables<'_>,
+        entries: Vec<EncodedEntry>,
+    ) -> Result<Vec<Seq>, Failure> {
+        let mut seqs = Vec::with_capacity(entries.len());
+        for mut entry in entries {
+            let seq = Seq(self.next_seq);
+            self.next_seq += 1;
+            codec::stamp_created_ms(&mut entry.bytes, self.now_ms);
+            t.journal(entry.target)
+                .insert(seq.0, entry.bytes.as_slice())?;
+            self.last_appended[schema::slot(entry.target)] = Some(seq);
+            self.appended += 1;
+            self.lag.push(LagChange::Added {
+                target: entry.target,
+                collection: entry.collection,
+                seq,
+                created_ms: self.now_ms,
+            });
+            seqs.push(seq);
+        }
+        Ok(seqs)
+    }
+
+    fn remove(
+        &mut self,
+        t: &mut Tables<'_>,
+        target: BackendName,
+        seqs: &[Seq],
+    ) -> Result<(), Failure> {
+        let journal = t.journal(target);
+        for &seq in seqs {
+            // Removing an entry that is already gone is not an error: a replay worker that
+            // restarted may remove twice.
+            let Some(old) = journal.remove(seq.0)? else {
+                continue;
+            };
+            let entry = decode_journal(target, seq, old.value()).map_err(Failure::Fatal)?;
+            self.lag.push(LagChange::Removed {
+                target,
+                collection: entry.collection.to_owned(),
+                seq,
+            });
+        }
+        Ok(())
+    }
+
+    fn park(
+        &mut self,
+        t: &mut Tables<'_>,
+        target: BackendName,
+        seq: Seq,
+        reason: &str,
+    ) -> Result<(), Failure> {
+        let Some(old) = t.journals[schema::slot(target)].remove(seq.0)? else {
+            return Err(Failure::Refused(StoreError::UnknownEntry { target, seq }));
+        };
+        let entry = decode_journal(target, seq, old.value()).map_err(Failure::Fatal)?;
+        let letter = codec::encode_dead_letter(&entry, self.now_ms, reason);
+        t.dead.insert(seq.0, letter.as_slice())?;
+        self.parked += 1;
+        self.lag.push(LagChange::Removed {
+            target,
+            collection: entry.collection.to_owned(),
+            seq,
+        });
+        Ok(())
+    }
+}
+
+/// Decodes a stored journal entry, naming where it sits if it does not decode.
+pub(crate) fn decode_journal(
+    target: BackendName,
+    seq: Seq,
+    bytes: &[u8],
+) -> Result<codec::EntryView<'_>, StoreError> {
+    codec::decode_entry(bytes).map_err(|reason| StoreError::Corrupt {
+        table: match target {
+            BackendName::Old => "journal.old",
+            BackendName::New => "journal.new",
+        },
+        key: seq.to_string(),
+        reason,
+    })
+}
+
+/// Wall-clock milliseconds: created and parked times must mean the same after a restart.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
