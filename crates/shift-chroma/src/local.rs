@@ -54,10 +54,19 @@ pub fn find_chroma_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Asks the OS for a free port on 127.0.0.1. Another process may take it before we bind it
-/// again; [`LocalChroma::start`] retries on another port when the server does not come up.
+/// Asks the OS for a free port on 127.0.0.1, never the same one twice in this process (the OS
+/// may hand a just-released port out again). Another process may still take it before the
+/// server binds it; [`LocalChroma::start`] then retries on another port.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// How to start a local Chroma.
@@ -192,6 +201,16 @@ impl LocalChroma {
         let started = Instant::now();
         while started.elapsed() < self.options.ready_timeout {
             if heartbeat(self.addr).await {
+                // Another server may hold the port and answer for ours, which then fails to
+                // bind and exits: only a child still running after a moment is ours.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let exited = match self.child.as_mut() {
+                    Some(child) => child.try_wait()?.is_some(),
+                    None => true,
+                };
+                if exited {
+                    break;
+                }
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut() {

@@ -13,6 +13,7 @@ use shift_proxy::auth::ClientAuth;
 use shift_proxy::backend::BackendBuildError;
 use shift_proxy::collections::CollectionIdMap;
 use shift_proxy::locks::OrderLocks;
+use shift_proxy::metrics::JournalCollector;
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::replay::{ReplaySettings, ReplayWorker};
 use shift_proxy::resolve::Resolver;
@@ -64,6 +65,7 @@ impl ChromaShift {
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
         let store = Store::open(&config.state.dir).await?;
+        registry.register(Box::new(JournalCollector::new(store.clone())?))?;
         let topology = topology::shared(Topology {
             epoch: 1,
             primary: config.routing.primary,

@@ -218,7 +218,11 @@ impl Applier {
         body["get_or_create"] = Value::Bool(true);
         let path = paths::collections(&tenant, &database);
         let mut answer = self.call(target, Method::POST, &path, Some(&body)).await?;
-        if answer.status == StatusCode::NOT_FOUND {
+        // Chroma answers a missing tenant or database with 404 or with 400 "... does not exist".
+        let missing_namespace = answer.status == StatusCode::NOT_FOUND
+            || (answer.status == StatusCode::BAD_REQUEST
+                && answer.text().contains("does not exist"));
+        if missing_namespace {
             // A renamed namespace may not exist on the target yet: create it, then try again.
             self.create_namespace(target, &tenant, &database).await?;
             answer = self.call(target, Method::POST, &path, Some(&body)).await?;
@@ -458,7 +462,11 @@ impl Applier {
                     let path = paths::collection_verb(&s_tenant, &s_database, source_id, "get");
                     let query = json!({"ids": chunk, "include": ["embeddings", "metadatas", "documents", "uris"]});
                     let answer = self.call(source, Method::POST, &path, Some(&query)).await?;
-                    if answer.status == StatusCode::NOT_FOUND {
+                    // Chroma answers a missing tenant or database with 404 or with 400 "... does not exist".
+                    let missing_namespace = answer.status == StatusCode::NOT_FOUND
+                        || (answer.status == StatusCode::BAD_REQUEST
+                            && answer.text().contains("does not exist"));
+                    if missing_namespace {
                         Value::Null
                     } else {
                         check(source, "get", answer)?.json()

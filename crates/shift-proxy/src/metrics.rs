@@ -1,13 +1,14 @@
 //! The data plane's Prometheus metrics. Labels carry operations, backends and statuses, never
 //! a token, a header or a body.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
-
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     exponential_buckets, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
+use shift_config::BackendName;
+use shift_store::Store;
 
 /// Metrics of requests through the data plane.
 #[derive(Debug, Clone)]
@@ -29,10 +30,6 @@ pub struct ProxyMetrics {
     pub backend_errors: IntCounterVec,
     /// Writes by mirror mode and what became of their mirror.
     pub mirrored_writes: IntCounterVec,
-    /// Journal entries waiting for a target, in all (`collection=""`) and per collection.
-    pub journal_depth: IntGaugeVec,
-    /// Age in seconds of the oldest waiting entry, in all and per collection.
-    pub journal_oldest_age: GaugeVec,
     /// Journal entries applied to a target.
     pub replay_applied: IntCounterVec,
     /// Requests the replay sent to a target (merged batches count once).
@@ -41,13 +38,8 @@ pub struct ProxyMetrics {
     pub replay_retries: IntCounterVec,
     /// Entries parked as dead letters, by target and kind.
     pub dead_letters: IntCounterVec,
-    /// Dead letters in the store now.
-    pub dead_letter_count: IntGauge,
     /// Mirrored writes whose embeddings' dimension the target collection refused.
     pub dimension_mismatches: IntCounterVec,
-    /// (target, collection) label pairs of the lag gauges ever set, so a drained collection
-    /// reads 0 instead of its last value.
-    lag_labels: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
 
 impl ProxyMetrics {
@@ -109,14 +101,6 @@ impl ProxyMetrics {
                 Opts::new("chroma_shift_mirrored_writes_total", "Writes by mirror mode and outcome of their mirror (applied, journaled, fallback_journaled, reconcile_queued, not_mirrored, failed)."),
                 &["mode", "outcome"],
             )?,
-            journal_depth: IntGaugeVec::new(
-                Opts::new("chroma_shift_journal_depth", "Journal entries waiting for a target; collection=\"\" is the total."),
-                &["target", "collection"],
-            )?,
-            journal_oldest_age: GaugeVec::new(
-                Opts::new("chroma_shift_journal_oldest_age_seconds", "Age of the oldest waiting journal entry; collection=\"\" is over all collections."),
-                &["target", "collection"],
-            )?,
             replay_applied: IntCounterVec::new(
                 Opts::new("chroma_shift_replay_applied_total", "Journal entries applied to a target."),
                 &["target"],
@@ -133,21 +117,16 @@ impl ProxyMetrics {
                 Opts::new("chroma_shift_dead_letters_total", "Journal entries parked as dead letters, by target and kind."),
                 &["target", "kind"],
             )?,
-            dead_letter_count: IntGauge::new("chroma_shift_dead_letters", "Dead letters in the store now.")?,
             dimension_mismatches: IntCounterVec::new(
                 Opts::new("chroma_shift_dimension_mismatches_total", "Mirrored writes refused for an embedding dimension that differs from the target collection's."),
                 &["target", "collection"],
             )?,
-            lag_labels: Arc::default(),
         };
         registry.register(Box::new(metrics.mirrored_writes.clone()))?;
-        registry.register(Box::new(metrics.journal_depth.clone()))?;
-        registry.register(Box::new(metrics.journal_oldest_age.clone()))?;
         registry.register(Box::new(metrics.replay_applied.clone()))?;
         registry.register(Box::new(metrics.replay_requests.clone()))?;
         registry.register(Box::new(metrics.replay_retries.clone()))?;
         registry.register(Box::new(metrics.dead_letters.clone()))?;
-        registry.register(Box::new(metrics.dead_letter_count.clone()))?;
         registry.register(Box::new(metrics.dimension_mismatches.clone()))?;
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.request_duration.clone()))?;
@@ -158,26 +137,90 @@ impl ProxyMetrics {
         registry.register(Box::new(metrics.backend_errors.clone()))?;
         Ok(metrics)
     }
+}
 
-    /// Sets every per-collection lag gauge of `target` to zero, remembering the labels set
-    /// after; called before publishing a fresh snapshot.
-    pub fn reset_collection_lag(&self, target: &str) {
-        let labels = self.lag_labels.lock().unwrap_or_else(|e| e.into_inner());
-        for (t, collection) in labels.iter().filter(|(t, _)| t == target) {
-            self.journal_depth
-                .with_label_values(&[t, collection])
-                .set(0);
-            self.journal_oldest_age
-                .with_label_values(&[t, collection])
-                .set(0.0);
-        }
+/// The journal's depth and age and the dead letters, read from the store at each scrape, so
+/// they are exact whenever they are read and cost nothing on the write path.
+#[derive(Debug)]
+pub struct JournalCollector {
+    store: Store,
+    descs: Vec<Desc>,
+}
+
+impl JournalCollector {
+    pub fn new(store: Store) -> prometheus::Result<JournalCollector> {
+        let descs = Self::families()?
+            .iter()
+            .flat_map(|family| family.desc().into_iter().cloned().collect::<Vec<_>>())
+            .collect();
+        Ok(JournalCollector { store, descs })
     }
 
-    /// Remembers a per-collection lag label pair.
-    pub fn note_lag_label(&self, target: &str, collection: &str) {
-        self.lag_labels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((target.to_owned(), collection.to_owned()));
+    fn families() -> prometheus::Result<[Box<dyn Collector>; 3]> {
+        Ok([
+            Box::new(IntGaugeVec::new(
+                Opts::new("chroma_shift_journal_depth", "Journal entries waiting for a target; collection=\"\" is the total."),
+                &["target", "collection"],
+            )?),
+            Box::new(GaugeVec::new(
+                Opts::new("chroma_shift_journal_oldest_age_seconds", "Age of the oldest waiting journal entry; collection=\"\" is over all collections."),
+                &["target", "collection"],
+            )?),
+            Box::new(IntGauge::new("chroma_shift_dead_letters", "Dead letters in the store now.")?),
+        ])
+    }
+
+    fn gather(&self) -> prometheus::Result<Vec<MetricFamily>> {
+        let depth = IntGaugeVec::new(
+            Opts::new(
+                "chroma_shift_journal_depth",
+                "Journal entries waiting for a target; collection=\"\" is the total.",
+            ),
+            &["target", "collection"],
+        )?;
+        let age = GaugeVec::new(
+            Opts::new(
+                "chroma_shift_journal_oldest_age_seconds",
+                "Age of the oldest waiting journal entry; collection=\"\" is over all collections.",
+            ),
+            &["target", "collection"],
+        )?;
+        let dead = IntGauge::new(
+            "chroma_shift_dead_letters",
+            "Dead letters in the store now.",
+        )?;
+        let now = crate::replay::now_ms();
+        let seconds = |oldest: u64| now.saturating_sub(oldest) as f64 / 1000.0;
+        for target in [BackendName::Old, BackendName::New] {
+            let lag = self.store.lag(target);
+            let name = target.as_str();
+            depth
+                .with_label_values(&[name, ""])
+                .set(i64::try_from(lag.entries).unwrap_or(i64::MAX));
+            age.with_label_values(&[name, ""])
+                .set(lag.oldest_created_ms.map_or(0.0, seconds));
+            for (collection, entry) in lag.collections.iter().filter(|(c, _)| !c.is_empty()) {
+                depth
+                    .with_label_values(&[name, collection])
+                    .set(i64::try_from(entry.entries).unwrap_or(i64::MAX));
+                age.with_label_values(&[name, collection])
+                    .set(seconds(entry.oldest_created_ms));
+            }
+        }
+        dead.set(i64::try_from(self.store.dead_letter_count()).unwrap_or(i64::MAX));
+        let mut families = depth.collect();
+        families.extend(age.collect());
+        families.extend(dead.collect());
+        Ok(families)
+    }
+}
+
+impl Collector for JournalCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.gather().unwrap_or_default()
     }
 }

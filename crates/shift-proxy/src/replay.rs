@@ -80,13 +80,10 @@ impl ReplayWorker {
                     continue;
                 }
             };
-            self.publish_lag();
             if entries.is_empty() {
                 tokio::select! {
                     _ = appended.changed() => {}
                     _ = stop.changed() => {}
-                    // Wakes now and then regardless, so lag gauges age even when idle.
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
             }
@@ -197,45 +194,6 @@ impl ReplayWorker {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-
-    /// Updates the journal gauges from the store's counters.
-    pub fn publish_lag(&self) {
-        publish_lag(&self.store, self.target, &self.metrics);
-    }
-}
-
-/// Sets the depth and oldest-age gauges of `target`, per collection.
-pub fn publish_lag(store: &Store, target: BackendName, metrics: &ProxyMetrics) {
-    let lag = store.lag(target);
-    let name = target.as_str();
-    let now = now_ms();
-    metrics
-        .journal_depth
-        .with_label_values(&[name, ""])
-        .set(lag.entries as i64);
-    let age = |oldest: u64| now.saturating_sub(oldest) as f64 / 1000.0;
-    metrics
-        .journal_oldest_age
-        .with_label_values(&[name, ""])
-        .set(lag.oldest_created_ms.map_or(0.0, age));
-    metrics.reset_collection_lag(name);
-    for (collection, entry) in &lag.collections {
-        if collection.is_empty() {
-            continue;
-        }
-        metrics.note_lag_label(name, collection);
-        metrics
-            .journal_depth
-            .with_label_values(&[name, collection])
-            .set(entry.entries as i64);
-        metrics
-            .journal_oldest_age
-            .with_label_values(&[name, collection])
-            .set(age(entry.oldest_created_ms));
-    }
-    metrics
-        .dead_letter_count
-        .set(store.dead_letter_count() as i64);
 }
 
 pub fn now_ms() -> u64 {

@@ -9,6 +9,7 @@
 
 pub mod faulty;
 pub mod python;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,266 @@
+//! Collection, tenant and database changes reach both stores; tenant and database names are
+//! renamed for the new store; a filtered delete removes the same records on both; reset goes
+//! to both or to neither. Two real Chroma servers behind the proxy, checked directly.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{json, Value};
+use shift_testkit::scrape::{metric, wait_drained};
+use shift_testkit::{http_json, Chroma, Proxy};
+
+const DB: &str = "/api/v2/tenants/default_tenant/databases/default_database";
+
+async fn stores() -> anyhow::Result<(Chroma, Chroma)> {
+    let (old, new) = tokio::join!(Chroma::spawn(), Chroma::spawn());
+    Ok((old?, new?))
+}
+
+/// Collections of a store's database: name -> (metadata, sorted record ids).
+async fn contents(url: &str, db_path: &str) -> anyhow::Result<Vec<(String, Value, Vec<String>)>> {
+    let (status, list) = http_json("GET", &format!("{url}{db_path}/collections"), None).await?;
+    anyhow::ensure!(status.is_success(), "list answered {status}: {list}");
+    let mut out = Vec::new();
+    for collection in list.as_array().cloned().unwrap_or_default() {
+        let id = collection["id"].as_str().unwrap_or_default();
+        let (_, got) = http_json(
+            "POST",
+            &format!("{url}{db_path}/collections/{id}/get"),
+            Some(json!({"include": []})),
+        )
+        .await?;
+        let mut ids: Vec<String> = got["ids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        out.push((
+            collection["name"].as_str().unwrap_or_default().to_owned(),
+            collection["metadata"].clone(),
+            ids,
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn records(ids: &[&str]) -> Value {
+    json!({
+        "ids": ids,
+        "embeddings": ids.iter().enumerate().map(|(i, _)| vec![i as f32, 1.0, 2.0]).collect::<Vec<_>>(),
+        "metadatas": ids.iter().enumerate().map(|(i, _)| json!({"bucket": i % 2})).collect::<Vec<_>>(),
+    })
+}
+
+async fn post(url: String, body: Value) -> anyhow::Result<Value> {
+    let (status, answer) = http_json("POST", &url, Some(body)).await?;
+    anyhow::ensure!(status.is_success(), "{url} answered {status}: {answer}");
+    Ok(answer)
+}
+
+#[tokio::test]
+async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyhow::Result<()> {
+    let (old, new) = stores().await?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .spawn()
+        .await?;
+    let base = format!("{}{DB}", proxy.url());
+
+    let created = post(
+        format!("{base}/collections"),
+        json!({"name": "alpha", "metadata": {"team": "search"}}),
+    )
+    .await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let (_, direct_old) =
+        http_json("GET", &format!("{}{DB}/collections/alpha", old.url()), None).await?;
+    assert_eq!(
+        direct_old["id"], created["id"],
+        "the client id is the old store's id"
+    );
+
+    post(
+        format!("{base}/collections/{id}/add"),
+        records(&["a", "b", "c", "d"]),
+    )
+    .await?;
+    // Rename and change metadata, then a second collection that is deleted again.
+    let (status, _) = http_json(
+        "PUT",
+        &format!("{base}/collections/{id}"),
+        Some(json!({"new_name": "beta", "new_metadata": {"team": "ranking"}})),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK);
+    post(format!("{base}/collections"), json!({"name": "doomed"})).await?;
+    let (status, _) = http_json("DELETE", &format!("{base}/collections/doomed"), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    // A filtered delete: decided on the primary, the same ids removed on both.
+    post(
+        format!("{base}/collections/{id}/delete"),
+        json!({"where": {"bucket": 0}}),
+    )
+    .await?;
+
+    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
+    let (on_old, on_new) = (
+        contents(&old.url(), DB).await?,
+        contents(&new.url(), DB).await?,
+    );
+    assert_eq!(on_old, on_new);
+    assert_eq!(
+        on_old,
+        vec![(
+            "beta".to_owned(),
+            json!({"team": "ranking"}),
+            vec!["b".to_owned(), "d".to_owned()]
+        )]
+    );
+
+    // Through the proxy the collection keeps the client's id, under its new name.
+    let (_, got) = http_json("GET", &format!("{base}/collections/beta"), None).await?;
+    assert_eq!(got["id"], json!(id));
+    let (_, listed) = http_json("GET", &format!("{base}/collections"), None).await?;
+    assert_eq!(listed[0]["id"], json!(id));
+    let journaled = metric(
+        &proxy.admin_url(),
+        "chroma_shift_mirrored_writes_total",
+        &[("outcome", "journaled")],
+    )
+    .await?;
+    assert!(journaled.unwrap_or(0.0) >= 6.0, "{journaled:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn namespaces_are_renamed_on_the_new_store() -> anyhow::Result<()> {
+    let (old, new) = stores().await?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .toml("[[namespaces]]\nold = \"default_tenant/default_database\"\nnew = \"acme/production\"\n")
+        .spawn()
+        .await?;
+    let base = format!("{}{DB}", proxy.url());
+    let created = post(format!("{base}/collections"), json!({"name": "docs"})).await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    post(
+        format!("{base}/collections/{id}/upsert"),
+        records(&["x", "y"]),
+    )
+    .await?;
+    // A tenant and a database made through the proxy exist on both stores.
+    post(
+        format!("{}/api/v2/tenants", proxy.url()),
+        json!({"name": "team-x"}),
+    )
+    .await?;
+    post(
+        format!("{}/api/v2/tenants/team-x/databases", proxy.url()),
+        json!({"name": "db-one"}),
+    )
+    .await?;
+
+    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
+    let renamed = "/api/v2/tenants/acme/databases/production";
+    assert_eq!(
+        contents(&new.url(), renamed).await?,
+        contents(&old.url(), DB).await?
+    );
+    assert_eq!(contents(&old.url(), DB).await?.len(), 1);
+    for store in [&old, &new] {
+        let (status, db) = http_json(
+            "GET",
+            &format!("{}/api/v2/tenants/team-x/databases/db-one", store.url()),
+            None,
+        )
+        .await?;
+        assert_eq!(status, StatusCode::OK, "{db}");
+    }
+    // The new store's default database was left alone.
+    assert!(contents(&new.url(), DB).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sync_mode_applies_to_both_before_answering() -> anyhow::Result<()> {
+    let (old, new) = stores().await?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .toml("[mirror]\nmode = \"sync\"\n")
+        .spawn()
+        .await?;
+    let base = format!("{}{DB}", proxy.url());
+    let created = post(format!("{base}/collections"), json!({"name": "synced"})).await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    post(
+        format!("{base}/collections/{id}/add"),
+        records(&["a", "b", "c"]),
+    )
+    .await?;
+    post(
+        format!("{base}/collections/{id}/delete"),
+        json!({"ids": ["b"]}),
+    )
+    .await?;
+    // No waiting: in sync mode the answer came after both stores applied the write.
+    assert_eq!(
+        contents(&new.url(), DB).await?,
+        contents(&old.url(), DB).await?
+    );
+    let applied = metric(
+        &proxy.admin_url(),
+        "chroma_shift_mirrored_writes_total",
+        &[("mode", "sync"), ("outcome", "applied")],
+    )
+    .await?;
+    assert!(applied.unwrap_or(0.0) >= 3.0, "{applied:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn reset_goes_to_both_stores_only_when_allowed() -> anyhow::Result<()> {
+    let (old, new) = tokio::join!(
+        Chroma::spawn_allowing_reset(),
+        Chroma::spawn_allowing_reset()
+    );
+    let (old, new) = (old?, new?);
+    let refusing = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .spawn()
+        .await?;
+    post(
+        format!("{}{DB}/collections", refusing.url()),
+        json!({"name": "kept"}),
+    )
+    .await?;
+    let (status, body) =
+        http_json("POST", &format!("{}/api/v2/reset", refusing.url()), None).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "AuthorizationError", "{body}");
+    wait_drained(&refusing.admin_url(), "new", Duration::from_secs(60)).await?;
+    assert_eq!(contents(&old.url(), DB).await?.len(), 1);
+    assert_eq!(contents(&new.url(), DB).await?.len(), 1);
+    refusing.shutdown().await?;
+
+    let allowing = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .toml("[mirror]\nallow_reset = true\n")
+        .spawn()
+        .await?;
+    let (status, body) =
+        http_json("POST", &format!("{}/api/v2/reset", allowing.url()), None).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(contents(&old.url(), DB).await?.is_empty());
+    assert!(contents(&new.url(), DB).await?.is_empty());
+    Ok(())
+}
