@@ -167,9 +167,27 @@ dir = "{state}"
     );
     let config = Config::from_toml(&text).context("the dev configuration")?;
     init_logging(&config);
-    let proxy = ChromaShift::bind(config, Default::default()).await?;
+    // The admin API needs a token: the environment's, or one made up for this run.
+    let (admin_token, shown) = match std::env::var("CHROMA_SHIFT_ADMIN_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => {
+            (token, "(yours, from CHROMA_SHIFT_ADMIN_TOKEN)".to_owned())
+        }
+        _ => {
+            // Made up for this run, and shown once so the developer can use the admin API.
+            let token = format!("dev-{:016x}", fastrand::u64(..));
+            (
+                token.clone(),
+                format!("export CHROMA_SHIFT_ADMIN_TOKEN={token}"),
+            )
+        }
+    };
+    let secrets = shift_config::Secrets {
+        admin_token: Some(shift_config::Secret::new(admin_token)),
+        ..Default::default()
+    };
+    let proxy = ChromaShift::bind(config, secrets).await?;
     println!(
-        "\nchroma-shift is up.\n  Chroma URL for your app:  http://{data}\n  admin and metrics:        http://{admin}/metrics\n  old store (primary):      {old}  (data in {dir}/old)\n  new store:                {new}  (data in {dir}/new)\n\n  python: chromadb.HttpClient(host=\"{host}\", port={port})\n\nCtrl-C stops the proxy and both Chroma servers.\n",
+        "\nchroma-shift is up.\n  Chroma URL for your app:  http://{data}\n  admin and metrics:        http://{admin}/metrics\n  admin token:              {shown}\n  old store (primary):      {old}  (data in {dir}/old)\n  new store:                {new}  (data in {dir}/new)\n\n  python: chromadb.HttpClient(host=\"{host}\", port={port})\n\nCtrl-C stops the proxy and both Chroma servers.\n",
         data = proxy.data_addr(),
         admin = proxy.admin_addr(),
         old = servers[0].url(),

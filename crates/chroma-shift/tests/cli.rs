@@ -83,6 +83,7 @@ async fn logs_carry_one_line_per_request_and_no_secret() -> anyhow::Result<()> {
         .arg(&path)
         .env("TEST_CLIENT_TOKENS", "client-token-s3cr3t")
         .env("TEST_OLD_TOKEN", "backend-token-s3cr3t")
+        .env("CHROMA_SHIFT_ADMIN_TOKEN", "admin-token-s3cr3t")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -66,6 +66,101 @@ pub struct Config {
     /// Tenant and database names that differ between the stores.
     #[serde(default)]
     pub namespaces: Vec<NamespaceRule>,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Cutover and rollback defaults.
+    #[serde(default)]
+    pub cutover: CutoverConfig,
+    /// Canary and shadow reads.
+    #[serde(default)]
+    pub reads: ReadsConfig,
+    /// Where alerts go.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin API (`/admin/...`) on the admin listener. It needs a token; turning it
+    /// off is the only way to run without one. `/metrics`, `/healthz`, `/readyz` stay either way.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// The environment variable holding the admin token (`Authorization: Bearer <token>`).
+    #[serde(default = "defaults::admin_token_env")]
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            token_env: defaults::admin_token_env(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverConfig {
+    /// A cutover or rollback is refused while more journal entries than this wait for the
+    /// target; draining more would hold writes too long.
+    #[serde(default = "defaults::max_lag")]
+    pub max_lag: u64,
+    /// How long a cutover may hold writes while the journal drains; past it, the cutover is
+    /// abandoned and nothing changes.
+    #[serde(default = "defaults::cutover_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for CutoverConfig {
+    fn default() -> Self {
+        CutoverConfig {
+            max_lag: defaults::max_lag(),
+            timeout: defaults::cutover_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadsConfig {
+    /// Percent of reads served by the secondary (only for collections with nothing queued).
+    #[serde(default)]
+    pub canary_percent: f64,
+    /// Percent of reads also sent to the secondary in the background and compared.
+    #[serde(default)]
+    pub shadow_percent: f64,
+    /// A shadow read slower than this is dropped (and counted).
+    #[serde(default = "defaults::shadow_timeout", with = "humantime_serde")]
+    pub shadow_timeout: Duration,
+    /// Shadow reads waiting or running at most; more are dropped (and counted).
+    #[serde(default = "defaults::shadow_queue")]
+    pub shadow_queue: usize,
+    /// Recent mismatches kept for the admin API.
+    #[serde(default = "defaults::mismatch_samples")]
+    pub mismatch_samples: usize,
+}
+
+impl Default for ReadsConfig {
+    fn default() -> Self {
+        ReadsConfig {
+            canary_percent: 0.0,
+            shadow_percent: 0.0,
+            shadow_timeout: defaults::shadow_timeout(),
+            shadow_queue: defaults::shadow_queue(),
+            mismatch_samples: defaults::mismatch_samples(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// A webhook that takes a JSON body with a `text` field (Slack's incoming webhooks do).
+    #[serde(default)]
+    pub webhook_url: Option<Url>,
 }
 
 /// A tenant (`"tenant"`) or a database (`"tenant/database"`) that has another name on the new
@@ -352,6 +447,15 @@ pub struct HealthConfig {
     /// A heartbeat slower than this counts as a failure.
     #[serde(default = "defaults::health_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Roll back by itself when the primary stays unhealthy for `auto_rollback_after` while
+    /// the secondary is healthy (only after a cutover: the old store is the one to go back to).
+    #[serde(default)]
+    pub auto_rollback: bool,
+    #[serde(default = "defaults::auto_rollback_after", with = "humantime_serde")]
+    pub auto_rollback_after: Duration,
+    /// Alert when a backend stays unhealthy this long.
+    #[serde(default = "defaults::outage_alert_after", with = "humantime_serde")]
+    pub outage_alert_after: Duration,
 }
 
 impl Default for HealthConfig {
@@ -359,6 +463,9 @@ impl Default for HealthConfig {
         HealthConfig {
             interval: defaults::health_interval(),
             timeout: defaults::health_timeout(),
+            auto_rollback: false,
+            auto_rollback_after: defaults::auto_rollback_after(),
+            outage_alert_after: defaults::outage_alert_after(),
         }
     }
 }
@@ -407,6 +514,30 @@ mod defaults {
     }
     pub fn health_timeout() -> Duration {
         Duration::from_secs(2)
+    }
+    pub fn admin_token_env() -> String {
+        "CHROMA_SHIFT_ADMIN_TOKEN".to_owned()
+    }
+    pub fn max_lag() -> u64 {
+        10_000
+    }
+    pub fn cutover_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn shadow_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn shadow_queue() -> usize {
+        256
+    }
+    pub fn mismatch_samples() -> usize {
+        50
+    }
+    pub fn auto_rollback_after() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn outage_alert_after() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn retry_initial() -> Duration {
         Duration::from_millis(100)
@@ -472,6 +603,19 @@ impl Config {
             ));
         }
         validate_namespaces(&self.namespaces)?;
+        for (key, percent) in [
+            ("reads.canary_percent", self.reads.canary_percent),
+            ("reads.shadow_percent", self.reads.shadow_percent),
+        ] {
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(invalid(key, "must be between 0 and 100"));
+            }
+        }
+        if let Some(url) = &self.alerts.webhook_url {
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(invalid("alerts.webhook_url", "must be http or https"));
+            }
+        }
         if self.mirror.retry_initial.is_zero() || self.mirror.retry_max < self.mirror.retry_initial
         {
             return Err(invalid(
@@ -512,6 +656,11 @@ impl Config {
                 tokens
             } else {
                 Vec::new()
+            },
+            admin_token: if self.admin.enabled {
+                Some(read_env("admin.token_env", &self.admin.token_env)?)
+            } else {
+                None
             },
         })
     }
@@ -624,6 +773,8 @@ pub struct Secrets {
     pub new: Option<Secret>,
     /// Tokens accepted from clients; empty when client auth is off.
     pub client_tokens: Vec<Secret>,
+    /// The admin API's token; `None` when the admin API is off.
+    pub admin_token: Option<Secret>,
 }
 
 impl Secrets {
@@ -762,10 +913,21 @@ mod tests {
             let err = config.secrets().unwrap_err().to_string();
             assert!(err.contains("CHROMA_SHIFT_CLIENT_TOKENS"), "{err}");
             jail.set_env("CHROMA_SHIFT_CLIENT_TOKENS", "a, b,");
+            let err = config.secrets().unwrap_err().to_string();
+            assert!(err.contains("CHROMA_SHIFT_ADMIN_TOKEN"), "{err}");
+            jail.set_env("CHROMA_SHIFT_ADMIN_TOKEN", "s3cret-admin");
             let secrets = config.secrets().unwrap();
+            assert_eq!(
+                secrets.admin_token.as_ref().unwrap().expose(),
+                "s3cret-admin"
+            );
             assert_eq!(secrets.old.as_ref().unwrap().expose(), "s3cret-old");
             assert_eq!(secrets.client_tokens.len(), 2);
-            let printed = format!("{secrets:?} {}", secrets.old.as_ref().unwrap());
+            let printed = format!(
+                "{secrets:?} {} {}",
+                secrets.old.as_ref().unwrap(),
+                secrets.admin_token.as_ref().unwrap()
+            );
             assert!(!printed.contains("s3cret"), "{printed}");
             Ok(())
         });

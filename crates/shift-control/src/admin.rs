@@ -1,17 +1,27 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`. Never on the data port.
+//! The admin listener, never on the data port:
+//! - `/metrics`, `/healthz`, `/readyz`, open, for Prometheus and probes;
+//! - `/admin/...`, JSON in and out, every call with `Authorization: Bearer <admin token>`:
+//!   status, cutover, rollback, write mode, read policy, pause and resume, dead letters.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::{Encoder, Registry, TextEncoder};
-use serde_json::json;
-use shift_config::BackendName;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shift_config::{BackendName, MirrorMode};
+use shift_proxy::auth::ClientAuth;
+use shift_proxy::topology::ReadPolicy;
+use shift_proxy::writes::Mirror;
 
 use crate::health::HealthBoard;
+use crate::switch::{ChangeError, Direction, SwitchRequest, TopologySwitch};
 
 /// What the admin handlers read.
 #[derive(Debug, Clone)]
@@ -20,18 +30,66 @@ pub struct AdminState {
     pub registry: Registry,
     /// The backends' latest heartbeats.
     pub health: Arc<HealthBoard>,
-    /// The store that serves traffic; readiness follows its health.
-    pub primary: BackendName,
+    /// The data plane's shared state: topology, store, collection map.
+    pub mirror: Arc<Mirror>,
+    /// Every topology change goes through it.
+    pub switch: Arc<TopologySwitch>,
+    /// The admin token; `None` when the admin API is off.
+    pub token: Option<ClientAuth>,
+    /// Extra status sections (shadow reads, backfill), by name.
+    pub sections: Arc<Vec<(&'static str, Arc<dyn StatusSection>)>>,
+}
+
+/// A part of `/admin/status` owned by another component.
+pub trait StatusSection: Send + Sync + std::fmt::Debug {
+    fn status(&self) -> Value;
 }
 
 /// The admin router, callable in tests without a socket.
 pub fn app(state: AdminState) -> Router {
-    Router::new()
+    let open = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(not_found)
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    let admin = Router::new()
+        .route("/admin/status", get(status))
+        .route("/admin/cutover", post(cutover))
+        .route("/admin/rollback", post(rollback))
+        .route("/admin/write-mode", post(write_mode))
+        .route("/admin/read-policy", post(read_policy))
+        .route("/admin/pause", post(pause))
+        .route("/admin/resume", post(resume))
+        .route("/admin/dead-letters", get(dead_letters))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let router = if state.token.is_some() {
+        open.merge(admin)
+    } else {
+        open
+    };
+    router.fallback(not_found).with_state(state)
+}
+
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": kind, "message": message.into()})),
+    )
+        .into_response()
+}
+
+/// Every `/admin` call needs the admin token.
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFoundError",
+            "the admin API is off",
+        );
+    };
+    match token.check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => error(StatusCode::UNAUTHORIZED, "AuthError", e.to_string()),
+    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -42,11 +100,11 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             buffer,
         )
             .into_response(),
-        Err(e) => (
+        Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": "InternalError", "message": e.to_string()})),
-        )
-            .into_response(),
+            "InternalError",
+            e.to_string(),
+        ),
     }
 }
 
@@ -58,9 +116,10 @@ async fn healthz() -> Response {
 /// Ready: the primary's last heartbeat succeeded. The secondary's health is shown but does not
 /// decide, since writes to it can wait in the journal.
 async fn readyz(State(state): State<AdminState>) -> Response {
+    let primary = state.mirror.topology.load().primary;
     let old = state.health.get(BackendName::Old);
     let new = state.health.get(BackendName::New);
-    let ready = match state.primary {
+    let ready = match primary {
         BackendName::Old => old.up,
         BackendName::New => new.up,
     };
@@ -71,16 +130,210 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     };
     let body = json!({
         "ready": ready,
-        "primary": state.primary,
+        "primary": primary,
         "backends": {"old": *old, "new": *new},
     });
     (status, Json(body)).into_response()
 }
 
+async fn status(State(state): State<AdminState>) -> Response {
+    let topology = state.mirror.topology.load_full();
+    let now = shift_proxy::replay::now_ms();
+    let age = |oldest: u64| now.saturating_sub(oldest) as f64 / 1000.0;
+    let mut journal = serde_json::Map::new();
+    for target in [BackendName::Old, BackendName::New] {
+        let lag = state.mirror.store.lag(target);
+        let collections: serde_json::Map<String, Value> = lag
+            .collections
+            .iter()
+            .map(|(key, c)| {
+                let name = state.mirror.resolver.map.get(key).map(|e| e.name.clone());
+                (
+                    key.clone(),
+                    json!({"entries": c.entries, "oldest_age_s": age(c.oldest_created_ms), "name": name}),
+                )
+            })
+            .collect();
+        journal.insert(
+            target.as_str().to_owned(),
+            json!({
+                "entries": lag.entries,
+                "oldest_age_s": lag.oldest_created_ms.map(age),
+                "collections": collections,
+            }),
+        );
+    }
+    let recent: Vec<Value> = state
+        .mirror
+        .store
+        .dead_letters(None, 20)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| json!({"seq": d.seq.0, "target": d.target, "collection": d.collection, "reason": d.reason, "parked_ms": d.parked_ms}))
+        .collect();
+    let mut body = json!({
+        "topology": {
+            "epoch": topology.epoch,
+            "primary": topology.primary,
+            "secondary": topology.secondary(),
+            "write_mode": topology.mode,
+            "read_policy": topology.reads,
+            "paused": topology.paused,
+        },
+        "backends": {
+            "old": *state.health.get(BackendName::Old),
+            "new": *state.health.get(BackendName::New),
+        },
+        "journal": journal,
+        "writes_held": state.mirror.gate.held(),
+        "dead_letters": {"count": state.mirror.store.dead_letter_count(), "first": recent},
+        "collections": state.mirror.resolver.map.entries().len(),
+    });
+    for (name, section) in state.sections.iter() {
+        body[*name] = section.status();
+    }
+    Json(body).into_response()
+}
+
+/// A switch's body may be empty.
+fn switch_request(body: &Bytes) -> Result<SwitchRequest, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(SwitchRequest::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgumentError",
+            format!("invalid body: {e}"),
+        )
+    })
+}
+
+async fn switch(state: AdminState, direction: Direction, body: Bytes) -> Response {
+    let request = match switch_request(&body) {
+        Ok(request) => request,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, "InvalidArgumentError", reason),
+    };
+    match state.switch.switch(direction, request).await {
+        Ok(report) => {
+            // A refusal is an answer, not a failure of the API: 409 says "not now".
+            let status = if report.refused.is_some() {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(report)).into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn cutover(State(state): State<AdminState>, body: Bytes) -> Response {
+    switch(state, Direction::Cutover, body).await
+}
+
+async fn rollback(State(state): State<AdminState>, body: Bytes) -> Response {
+    switch(state, Direction::Rollback, body).await
+}
+
+fn changed(result: Result<Arc<shift_proxy::topology::Topology>, ChangeError>) -> Response {
+    match result {
+        Ok(topology) => Json(json!({"topology": *topology})).into_response(),
+        Err(ChangeError::Refused(reason)) => {
+            error(StatusCode::BAD_REQUEST, "InvalidArgumentError", reason)
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteModeRequest {
+    mode: MirrorMode,
+}
+
+async fn write_mode(State(state): State<AdminState>, body: Bytes) -> Response {
+    match serde_json::from_slice::<WriteModeRequest>(&body) {
+        Ok(request) => changed(state.switch.set_mode(request.mode).await),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgumentError",
+            format!("expected {{\"mode\": \"journaled\" | \"sync\"}}: {e}"),
+        ),
+    }
+}
+
+async fn read_policy(State(state): State<AdminState>, body: Bytes) -> Response {
+    match serde_json::from_slice::<ReadPolicy>(&body) {
+        Ok(policy) => changed(state.switch.set_reads(policy).await),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgumentError",
+            format!("expected {{\"canary_percent\": N, \"shadow_percent\": N}}: {e}"),
+        ),
+    }
+}
+
+async fn pause(State(state): State<AdminState>) -> Response {
+    changed(state.switch.pause().await)
+}
+
+async fn resume(State(state): State<AdminState>) -> Response {
+    changed(state.switch.resume().await)
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn dead_letters(State(state): State<AdminState>, Query(page): Query<Page>) -> Response {
+    let limit = page.limit.unwrap_or(100).min(1000);
+    match state
+        .mirror
+        .store
+        .dead_letters(page.after.map(shift_store::Seq), limit)
+    {
+        Ok(letters) => {
+            let letters: Vec<Value> = letters
+                .into_iter()
+                .map(|d| {
+                    json!({
+                        "seq": d.seq.0,
+                        "target": d.target,
+                        "collection": d.collection,
+                        "created_ms": d.created_ms,
+                        "parked_ms": d.parked_ms,
+                        "reason": d.reason,
+                        "op": serde_json::from_slice::<Value>(&d.payload).unwrap_or(Value::Null),
+                    })
+                })
+                .collect();
+            Json(json!({"dead_letters": letters})).into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        ),
+    }
+}
+
 async fn not_found() -> Response {
-    (
+    error(
         StatusCode::NOT_FOUND,
-        Json(json!({"error": "NotFoundError", "message": "No such admin route"})),
+        "NotFoundError",
+        "No such admin route",
     )
-        .into_response()
 }

@@ -9,6 +9,9 @@ use serde::Serialize;
 use shift_config::{BackendName, HealthConfig};
 use shift_proxy::{Backends, ProxyMetrics};
 
+use crate::alerts::Alerter;
+use crate::switch::{Direction, SwitchRequest, TopologySwitch};
+
 /// The last heartbeat of one backend.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackendHealth {
@@ -21,6 +24,9 @@ pub struct BackendHealth {
     pub latency_ms: f64,
     /// Heartbeats failed in a row.
     pub consecutive_failures: u32,
+    /// When the current run of failures began.
+    #[serde(with = "unix_millis")]
+    pub unhealthy_since: Option<SystemTime>,
     /// Why the last heartbeat failed.
     pub error: Option<String>,
 }
@@ -32,6 +38,7 @@ impl BackendHealth {
             checked_at: None,
             latency_ms: 0.0,
             consecutive_failures: 0,
+            unhealthy_since: None,
             error: Some("not checked yet".to_owned()),
         }
     }
@@ -103,6 +110,7 @@ impl HealthMonitor {
                     checked_at: Some(SystemTime::now()),
                     latency_ms,
                     consecutive_failures: 0,
+                    unhealthy_since: None,
                     error: None,
                 }
             }
@@ -119,6 +127,7 @@ impl HealthMonitor {
                     checked_at: Some(SystemTime::now()),
                     latency_ms,
                     consecutive_failures: previous.consecutive_failures.saturating_add(1),
+                    unhealthy_since: previous.unhealthy_since.or(Some(SystemTime::now())),
                     error: Some(error.to_string()),
                 }
             }
@@ -130,17 +139,91 @@ impl HealthMonitor {
         self.board.slot(name).store(Arc::new(health));
     }
 
-    /// Probes on every interval until the task is aborted.
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+    /// Probes on every interval until the task is aborted; alerts on long outages, and rolls
+    /// back by itself when configured to and the new primary stays down.
+    pub fn spawn(
+        self,
+        switch: Arc<TopologySwitch>,
+        alerts: Alerter,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(self.config.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut outage_alerted = [false, false];
             loop {
                 ticker.tick().await;
                 self.probe_all().await;
+                for (slot, name) in [BackendName::Old, BackendName::New].into_iter().enumerate() {
+                    let health = self.board.get(name);
+                    let down_for = down_for(&health);
+                    if down_for.is_some_and(|d| d >= self.config.outage_alert_after)
+                        && !outage_alerted[slot]
+                    {
+                        outage_alerted[slot] = true;
+                        alerts.send(&format!(
+                            "chroma-shift: the {name} store has been unhealthy for {}s: {}",
+                            down_for.unwrap_or_default().as_secs(),
+                            health.error.as_deref().unwrap_or("no answer")
+                        ));
+                    }
+                    if health.up && outage_alerted[slot] {
+                        outage_alerted[slot] = false;
+                        alerts.send(&format!("chroma-shift: the {name} store is healthy again"));
+                    }
+                }
+                self.maybe_roll_back(&switch, &alerts).await;
             }
         })
     }
+
+    async fn maybe_roll_back(&self, switch: &TopologySwitch, alerts: &Alerter) {
+        if !self.config.auto_rollback {
+            return;
+        }
+        let topology = switch.current();
+        if topology.primary != BackendName::New {
+            return;
+        }
+        let primary = self.board.get(BackendName::New);
+        let old = self.board.get(BackendName::Old);
+        let Some(down) = down_for(&primary) else {
+            return;
+        };
+        if down < self.config.auto_rollback_after || !old.up {
+            return;
+        }
+        tracing::error!(
+            down_s = down.as_secs(),
+            "the new primary stayed unhealthy; rolling back"
+        );
+        let request = SwitchRequest {
+            force: true,
+            ..SwitchRequest::default()
+        };
+        match switch.switch(Direction::Rollback, request).await {
+            Ok(report) if report.switched => alerts.send(&format!(
+                "chroma-shift auto-rollback: the new store was unhealthy for {}s ({}); the old store is primary again (epoch {})",
+                down.as_secs(),
+                primary.error.as_deref().unwrap_or("no answer"),
+                report.epoch
+            )),
+            Ok(report) => alerts.send(&format!(
+                "chroma-shift auto-rollback refused: {}",
+                report.refused.unwrap_or_default()
+            )),
+            Err(error) => alerts.send(&format!("chroma-shift auto-rollback failed: {error}")),
+        }
+    }
+}
+
+/// How long a backend has been unhealthy, if it is.
+fn down_for(health: &BackendHealth) -> Option<std::time::Duration> {
+    if health.up {
+        return None;
+    }
+    health
+        .unhealthy_since
+        .and_then(|since| since.elapsed().ok())
 }
 
 mod unix_millis {

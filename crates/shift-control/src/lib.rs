@@ -1,11 +1,16 @@
 //! chroma-shift's control plane.
 //!
-//! - [`health`]: heartbeats each backend on an interval and keeps the result on a board.
+//! - [`health`]: heartbeats each backend on an interval, keeps the result on a board, alerts on
+//!   long outages and rolls back by itself when configured to.
+//! - [`switch`]: every topology change: cutover, rollback, write mode, read policy, pause.
+//! - [`alerts`]: alerts to a Slack-compatible webhook.
 //! - [`admin`]: the admin HTTP API on its own listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`process`]: the whole proxy assembled from the config, for the binary and the tests.
 
 pub mod admin;
+pub mod alerts;
 pub mod health;
+pub mod switch;
 
 pub use admin::{app, AdminState};
 pub use health::{HealthBoard, HealthMonitor};

@@ -12,12 +12,13 @@ use shift_proxy::apply::Applier;
 use shift_proxy::auth::ClientAuth;
 use shift_proxy::backend::BackendBuildError;
 use shift_proxy::collections::CollectionIdMap;
+use shift_proxy::gate::WriteGate;
 use shift_proxy::locks::OrderLocks;
 use shift_proxy::metrics::JournalCollector;
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::replay::{ReplaySettings, ReplayWorker};
 use shift_proxy::resolve::Resolver;
-use shift_proxy::topology::{self, Topology};
+use shift_proxy::topology::{self, ReadPolicy, Topology};
 use shift_proxy::writes::{recover_intents, Mirror};
 use shift_proxy::{Backends, Drained, ProxyMetrics, ProxyService, ProxySettings, ServeOptions};
 use shift_store::{Store, StoreError};
@@ -25,7 +26,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
+use crate::alerts::Alerter;
 use crate::health::HealthMonitor;
+use crate::switch::{SwitchDefaults, TopologySwitch};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("durable state in [state] dir: {0}")]
     State(#[from] StoreError),
+    #[error("the admin API needs a token in {0}; set it, or turn the API off with [admin] enabled = false")]
+    NoAdminToken(String),
 }
 
 /// A proxy with its listeners bound, ready to run.
@@ -56,6 +61,8 @@ pub struct ChromaShift {
     settings: ProxySettings,
     /// The read and write paths' shared state.
     mirror: Arc<Mirror>,
+    /// The admin token, checked like a client token.
+    admin_token: Option<ClientAuth>,
 }
 
 impl ChromaShift {
@@ -66,13 +73,34 @@ impl ChromaShift {
         let metrics = ProxyMetrics::register(&registry)?;
         let store = Store::open(&config.state.dir).await?;
         registry.register(Box::new(JournalCollector::new(store.clone())?))?;
-        let topology = topology::shared(Topology {
-            epoch: 1,
-            primary: config.routing.primary,
-            mode: config.mirror.mode,
-        });
+        // A topology changed through the admin API outlives restarts; the config only seeds the
+        // first one.
+        let initial = match crate::switch::restore(&store)? {
+            Some(restored) => {
+                if restored.primary != config.routing.primary {
+                    tracing::warn!(
+                        primary = %restored.primary,
+                        configured = %config.routing.primary,
+                        epoch = restored.epoch,
+                        "the persisted topology (from a cutover or rollback) wins over [routing] primary"
+                    );
+                }
+                restored
+            }
+            None => Topology {
+                epoch: 1,
+                primary: config.routing.primary,
+                mode: config.mirror.mode,
+                reads: ReadPolicy {
+                    canary_percent: config.reads.canary_percent,
+                    shadow_percent: config.reads.shadow_percent,
+                },
+                paused: false,
+            },
+        };
         // Writes in flight at the last stop are settled before any traffic is served.
-        recover_intents(&store, config.routing.primary.other()).await?;
+        recover_intents(&store, initial.secondary()).await?;
+        let topology = topology::shared(initial);
         let map = Arc::new(CollectionIdMap::load(store.clone())?);
         let resolver = Arc::new(Resolver {
             backends: backends.clone(),
@@ -94,7 +122,11 @@ impl ChromaShift {
             metrics: metrics.clone(),
             on_secondary_failure: config.mirror.on_secondary_failure,
             allow_reset: config.mirror.allow_reset,
+            gate: Arc::new(WriteGate::default()),
         });
+        if config.admin.enabled && secrets.admin_token.is_none() {
+            return Err(StartError::NoAdminToken(config.admin.token_env.clone()));
+        }
         let settings = ProxySettings {
             max_body: config.server.max_body.as_u64(),
             client_auth: config
@@ -115,6 +147,10 @@ impl ChromaShift {
             metrics,
             settings,
             mirror,
+            admin_token: secrets
+                .admin_token
+                .clone()
+                .map(|t| ClientAuth::new(vec![t])),
         })
     }
 
@@ -143,13 +179,38 @@ impl ChromaShift {
         // One probe before serving, so /readyz and the gauges are right from the start.
         monitor.probe_all().await;
         let board = monitor.board();
-        let monitor_task = monitor.spawn();
+        let alerts_sent = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "chroma_shift_alerts_total",
+                "Alerts by outcome (sent, failed, logged).",
+            ),
+            &["outcome"],
+        )
+        .ok();
+        if let Some(counter) = &alerts_sent {
+            let _ = self.registry.register(Box::new(counter.clone()));
+        }
+        let alerts = Alerter::new(self.config.alerts.webhook_url.as_ref(), alerts_sent);
+        let switch = Arc::new(TopologySwitch::new(
+            self.mirror.clone(),
+            board.clone(),
+            alerts.clone(),
+            SwitchDefaults {
+                max_lag: self.config.cutover.max_lag,
+                timeout: self.config.cutover.timeout,
+            },
+        ));
+        switch.restore_pause().await;
+        let monitor_task = monitor.spawn(switch.clone(), alerts);
 
         let (admin_stop, mut admin_stopped) = watch::channel(false);
         let admin_app = admin::app(AdminState {
             registry: self.registry.clone(),
             health: board,
-            primary: self.mirror.topology.load().primary,
+            mirror: self.mirror.clone(),
+            switch,
+            token: self.admin_token.clone(),
+            sections: Arc::new(Vec::new()),
         });
         let admin_task = tokio::spawn(async move {
             let stop = async move {

@@ -419,6 +419,16 @@ impl Applier {
         collection: &str,
         body: &Value,
     ) -> Result<(), ApplyError> {
+        // A write naming no record changes nothing; Chroma refuses it (a delete with empty
+        // `ids` is "Either ids or where must be specified"), which would park a harmless
+        // entry as a dead letter. A delete by filter that matched nothing resolves to this.
+        if body
+            .get("ids")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+        {
+            return Ok(());
+        }
         let entry = self.entry(collection)?;
         let id = self.ensure(target, &entry).await?;
         let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);

@@ -23,6 +23,7 @@ pub mod backend;
 pub mod body;
 pub mod collections;
 pub mod error;
+pub mod gate;
 pub mod headers;
 pub mod locks;
 pub mod metrics;

@@ -50,6 +50,8 @@ pub struct Mirror {
     pub on_secondary_failure: SecondaryFailure,
     /// Whether `POST /api/v2/reset` is allowed through.
     pub allow_reset: bool,
+    /// Closed by a cutover or a pause; every write passes it first.
+    pub gate: Arc<crate::gate::WriteGate>,
 }
 
 /// A request already read: what the write path needs of it.
@@ -230,6 +232,9 @@ impl Mirror {
 
     /// An add, upsert, update or delete.
     pub async fn record_write(&self, request: BufferedRequest) -> Result<Answered, ProxyError> {
+        // Past the gate before reading the topology: a write held by a cutover goes to the
+        // new primary.
+        let _pass = self.gate.enter().await;
         let topology = self.topology.load_full();
         let (primary, secondary) = (topology.primary, topology.secondary());
         let Some(kind) = RecordKind::from_operation(request.route.operation) else {
@@ -477,6 +482,7 @@ impl Mirror {
 
     /// A tenant, database or collection change.
     pub async fn lifecycle_write(&self, request: BufferedRequest) -> Result<Answered, ProxyError> {
+        let _pass = self.gate.enter().await;
         let _lifecycle = self.locks.lifecycle().await;
         let topology = self.topology.load_full();
         let (primary, secondary) = (topology.primary, topology.secondary());
@@ -786,6 +792,7 @@ impl Mirror {
                 backend: self.topology.load().primary,
             });
         }
+        let _pass = self.gate.enter().await;
         let _lifecycle = self.locks.lifecycle().await;
         let topology = self.topology.load_full();
         let (primary, secondary) = (topology.primary, topology.secondary());

@@ -1,0 +1,99 @@
+//! The write gate: every write passes it, and a cutover or a pause closes it. Closing waits for
+//! the writes already past the gate to finish; writes arriving meanwhile are held at the gate,
+//! in order, and go on when it opens again, to whichever store is primary by then. Nothing is
+//! rejected.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+/// Shared by the write path and the control plane.
+#[derive(Debug, Default)]
+pub struct WriteGate {
+    lock: Arc<RwLock<()>>,
+    /// Writes waiting at the closed gate.
+    held: Arc<AtomicUsize>,
+}
+
+/// A write's pass: while any is out, the gate cannot close.
+#[derive(Debug)]
+pub struct WritePass {
+    _guard: OwnedRwLockReadGuard<()>,
+}
+
+/// The gate held closed; dropping it opens the gate.
+#[derive(Debug)]
+pub struct ClosedGate {
+    _guard: OwnedRwLockWriteGuard<()>,
+}
+
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl WriteGate {
+    /// Passes the gate, waiting while it is closed.
+    pub async fn enter(&self) -> WritePass {
+        if let Ok(guard) = self.lock.clone().try_read_owned() {
+            return WritePass { _guard: guard };
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(self.held.clone());
+        WritePass {
+            _guard: self.lock.clone().read_owned().await,
+        }
+    }
+
+    /// Closes the gate once every write past it has finished.
+    pub async fn close(&self) -> ClosedGate {
+        ClosedGate {
+            _guard: self.lock.clone().write_owned().await,
+        }
+    }
+
+    /// Writes waiting at the gate now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn closing_waits_for_passes_and_holds_new_writes() {
+        let gate = Arc::new(WriteGate::default());
+        let pass = gate.enter().await;
+        let closing = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.close().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!closing.is_finished(), "closed over a write in flight");
+        drop(pass);
+        let closed = tokio::time::timeout(Duration::from_secs(1), closing)
+            .await
+            .unwrap()
+            .unwrap();
+        let held = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.enter().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!held.is_finished());
+        assert_eq!(gate.held(), 1);
+        drop(closed);
+        tokio::time::timeout(Duration::from_secs(1), held)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(gate.held(), 0);
+    }
+}
