@@ -196,17 +196,11 @@ async fn status(State(state): State<AdminState>) -> Response {
 }
 
 /// A switch's body may be empty.
-fn switch_request(body: &Bytes) -> Result<SwitchRequest, Response> {
+fn switch_request(body: &Bytes) -> Result<SwitchRequest, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(SwitchRequest::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "InvalidArgumentError",
-            format!("invalid body: {e}"),
-        )
-    })
+    serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))
 }
 
 async fn switch(state: AdminState, direction: Direction, body: Bytes) -> Response {
