@@ -13,6 +13,8 @@ use shift_control::ChromaShift;
 use shift_proxy::Drained;
 use tracing_subscriber::EnvFilter;
 
+mod ctl;
+
 /// A migration proxy for Chroma: dual writes, cutover and rollback, backfill and verify.
 #[derive(Debug, Parser)]
 #[command(name = "chroma-shift", version, about)]
@@ -34,6 +36,8 @@ enum Command {
         #[arg(long, short, env = "CHROMA_SHIFT_CONFIG")]
         config: PathBuf,
     },
+    /// Operate a running proxy through its admin API: status, cutover, rollback, pause ...
+    Ctl(ctl::Ctl),
     /// Start two local Chroma servers (old and new) and the proxy in front of them.
     Dev {
         /// Where the two servers keep their data.
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(load(&config)?).await,
             Command::CheckConfig { config } => check_config(&config),
+            Command::Ctl(ctl) => ctl::run(ctl).await,
             Command::Dev {
                 dir,
                 listen,

@@ -7,7 +7,6 @@ use std::time::Duration;
 use http::Method;
 use prometheus::IntCounterVec;
 use serde_json::json;
-use shift_config::{BackendConfig, BackendName};
 use shift_proxy::Backend;
 use url::Url;
 
@@ -23,24 +22,13 @@ pub struct Alerter {
 impl Alerter {
     pub fn new(url: Option<&Url>, sent: Option<IntCounterVec>) -> Alerter {
         let webhook = url.and_then(|url| {
-            let mut base = url.clone();
-            base.set_path("");
-            base.set_query(None);
-            let config = BackendConfig {
-                url: base,
-                connect_timeout: Duration::from_secs(5),
-                request_timeout: Duration::from_secs(10),
-                pool_idle_timeout: Duration::from_secs(30),
-                pool_max_idle: 1,
-                auth: None,
-                ca_file: None,
-            };
+            let mut origin = url.clone();
+            origin.set_path("");
             let path = match url.query() {
                 Some(q) => format!("{}?{q}", url.path()),
                 None => url.path().to_owned(),
             };
-            // The webhook is no store; the client is borrowed for its pooling, TLS and timeouts.
-            match Backend::new(BackendName::Old, &config, None) {
+            match Backend::for_service(&origin, Duration::from_secs(10)) {
                 Ok(client) => Some(Arc::new((client, path))),
                 Err(error) => {
                     tracing::error!(%error, "alert webhook unusable; alerts go to the log only");

@@ -121,6 +121,25 @@ impl Backend {
         })
     }
 
+    /// A client for an HTTP service that is not a store (the admin API, an alert webhook),
+    /// with the same pooling, TLS and timeouts. Its errors still carry a backend name; callers
+    /// describe them by their kind.
+    pub fn for_service(url: &url::Url, timeout: Duration) -> Result<Backend, BackendBuildError> {
+        let mut base = url.clone();
+        base.set_query(None);
+        base.set_fragment(None);
+        let config = BackendConfig {
+            url: base,
+            connect_timeout: timeout.min(Duration::from_secs(5)),
+            request_timeout: timeout,
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle: 2,
+            auth: None,
+            ca_file: None,
+        };
+        Backend::new(BackendName::Old, &config, None)
+    }
+
     pub fn name(&self) -> BackendName {
         self.name
     }
