@@ -1,7 +1,8 @@
 //! The admin listener, never on the data port:
 //! - `/metrics`, `/healthz`, `/readyz`, open, for Prometheus and probes;
 //! - `/admin/...`, JSON in and out, every call with `Authorization: Bearer <admin token>`:
-//!   status, cutover, rollback, write mode, read policy, pause and resume, dead letters.
+//!   status, cutover, rollback, write mode, read policy, pause and resume, dead letters,
+//!   shadow reads.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use shift_config::{BackendName, MirrorMode};
 use shift_proxy::auth::ClientAuth;
+use shift_proxy::shadow::ShadowReads;
 use shift_proxy::topology::ReadPolicy;
 use shift_proxy::writes::Mirror;
 
@@ -36,6 +38,8 @@ pub struct AdminState {
     pub switch: Arc<TopologySwitch>,
     /// The admin token; `None` when the admin API is off.
     pub token: Option<ClientAuth>,
+    /// The backfill runner, when this process runs one.
+    pub backfill: Option<Arc<shift_migrate::backfill::Backfiller>>,
     /// Extra status sections (shadow reads, backfill), by name.
     pub sections: Arc<Vec<(&'static str, Arc<dyn StatusSection>)>>,
 }
@@ -43,6 +47,21 @@ pub struct AdminState {
 /// A part of `/admin/status` owned by another component.
 pub trait StatusSection: Send + Sync + std::fmt::Debug {
     fn status(&self) -> Value;
+}
+
+/// Shadow and canary reads: totals per collection and the recent mismatches.
+#[derive(Debug)]
+struct ShadowStatus(Arc<ShadowReads>);
+
+impl StatusSection for ShadowStatus {
+    fn status(&self) -> Value {
+        self.0.status()
+    }
+}
+
+/// The `shadow` section of `/admin/status`.
+pub fn shadow_section(mirror: &Mirror) -> (&'static str, Arc<dyn StatusSection>) {
+    ("shadow", Arc::new(ShadowStatus(mirror.shadow.clone())))
 }
 
 /// The admin router, callable in tests without a socket.
@@ -60,6 +79,8 @@ pub fn app(state: AdminState) -> Router {
         .route("/admin/pause", post(pause))
         .route("/admin/resume", post(resume))
         .route("/admin/dead-letters", get(dead_letters))
+        .merge(crate::migrate_api::routes())
+        .route("/admin/shadow", get(shadow))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let router = if state.token.is_some() {
         open.merge(admin)
@@ -322,6 +343,13 @@ async fn dead_letters(State(state): State<AdminState>, Query(page): Query<Page>)
             e.to_string(),
         ),
     }
+}
+
+/// Shadow and canary reads, with every mismatch sample kept and the read policy in force.
+async fn shadow(State(state): State<AdminState>) -> Response {
+    let mut body = state.mirror.shadow.detail();
+    body["read_policy"] = json!(state.mirror.topology.load().reads);
+    Json(body).into_response()
 }
 
 async fn not_found() -> Response {

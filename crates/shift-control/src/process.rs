@@ -18,12 +18,15 @@ use shift_proxy::metrics::JournalCollector;
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::replay::{ReplaySettings, ReplayWorker};
 use shift_proxy::resolve::Resolver;
+use shift_proxy::shadow::{ShadowReads, ShadowSettings};
 use shift_proxy::topology::{self, ReadPolicy, Topology};
 use shift_proxy::writes::{recover_intents, Mirror};
 use shift_proxy::{Backends, Drained, ProxyMetrics, ProxyService, ProxySettings, ServeOptions};
 use shift_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use shift_migrate::backfill::Backfiller;
 
 use crate::admin::{self, AdminState};
 use crate::alerts::Alerter;
@@ -63,6 +66,8 @@ pub struct ChromaShift {
     mirror: Arc<Mirror>,
     /// The admin token, checked like a client token.
     admin_token: Option<ClientAuth>,
+    /// Runs backfills inside the proxy, sharing its order locks.
+    backfill: Arc<Backfiller>,
 }
 
 impl ChromaShift {
@@ -123,7 +128,12 @@ impl ChromaShift {
             on_secondary_failure: config.mirror.on_secondary_failure,
             allow_reset: config.mirror.allow_reset,
             gate: Arc::new(WriteGate::default()),
+            shadow: Arc::new(ShadowReads::new(
+                ShadowSettings::from_config(&config.reads),
+                metrics.clone(),
+            )),
         });
+        let backfill = Backfiller::new(mirror.clone(), &registry)?;
         if config.admin.enabled && secrets.admin_token.is_none() {
             return Err(StartError::NoAdminToken(config.admin.token_env.clone()));
         }
@@ -151,6 +161,7 @@ impl ChromaShift {
                 .admin_token
                 .clone()
                 .map(|t| ClientAuth::new(vec![t])),
+            backfill,
         })
     }
 
@@ -204,13 +215,19 @@ impl ChromaShift {
         let monitor_task = monitor.spawn(switch.clone(), alerts);
 
         let (admin_stop, mut admin_stopped) = watch::channel(false);
+        let mut sections = vec![admin::shadow_section(&self.mirror)];
+        sections.push((
+            "backfill",
+            Arc::new(crate::migrate_api::BackfillSection(self.backfill.clone())),
+        ));
         let admin_app = admin::app(AdminState {
             registry: self.registry.clone(),
             health: board,
             mirror: self.mirror.clone(),
             switch,
             token: self.admin_token.clone(),
-            sections: Arc::new(Vec::new()),
+            backfill: Some(self.backfill.clone()),
+            sections: Arc::new(sections),
         });
         let admin_task = tokio::spawn(async move {
             let stop = async move {

@@ -4,8 +4,9 @@
 //! - [`observe::AccessLog`], outermost, so every answer is logged and counted, the proxy's own
 //!   errors included;
 //! - [`service::ProxyService`]: client auth, the body limit, hop-by-hop header rules
-//!   ([`headers`]), then by operation class: [`reads`] to the primary, [`writes`] to both
-//!   stores, the rest passed through to the primary.
+//!   ([`headers`]), then by operation class: [`reads`] to the primary (a canary share served
+//!   by the secondary, a shadow share also sent to it and compared by [`shadow`]), [`writes`]
+//!   to both stores, the rest passed through to the primary.
 //!
 //! The write path orders writes per record ([`locks`]), records intents and journal entries
 //! in the durable store (`shift-store`), and mirrors [`mirror::MirrorOp`]s, applied to a store
@@ -35,6 +36,7 @@ pub mod replay;
 pub mod resolve;
 pub mod server;
 pub mod service;
+pub mod shadow;
 pub mod topology;
 pub mod writes;
 

@@ -40,6 +40,20 @@ pub struct ProxyMetrics {
     pub dead_letters: IntCounterVec,
     /// Mirrored writes whose embeddings' dimension the target collection refused.
     pub dimension_mismatches: IntCounterVec,
+    /// Shadow reads by collection (client id), operation and outcome (match, mismatch, error,
+    /// timeout, dropped, skipped).
+    pub shadow_reads: IntCounterVec,
+    /// Shadow reads not sent or not compared, by reason (lagging, unmapped, primary_failed).
+    pub shadow_skipped: IntCounterVec,
+    /// Recall at k of the secondary's query answers against the primary's, per collection.
+    pub shadow_recall: HistogramVec,
+    /// The largest relative distance drift of each shadowed query, per collection.
+    pub shadow_distance_drift: HistogramVec,
+    /// Shadow reads running now.
+    pub shadow_in_flight: IntGauge,
+    /// Canary reads by collection and outcome (served, fallback, skipped_lagging,
+    /// skipped_unmapped).
+    pub canary_reads: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -121,7 +135,45 @@ impl ProxyMetrics {
                 Opts::new("chroma_shift_dimension_mismatches_total", "Mirrored writes refused for an embedding dimension that differs from the target collection's."),
                 &["target", "collection"],
             )?,
+            shadow_reads: IntCounterVec::new(
+                Opts::new("chroma_shift_shadow_reads_total", "Shadow reads by collection, operation and outcome (match, mismatch, error, timeout, dropped, skipped)."),
+                &["collection", "operation", "outcome"],
+            )?,
+            shadow_skipped: IntCounterVec::new(
+                Opts::new("chroma_shift_shadow_skipped_total", "Shadow reads not sent or not compared, by reason (lagging, unmapped, primary_failed)."),
+                &["reason"],
+            )?,
+            shadow_recall: HistogramVec::new(
+                HistogramOpts::new(
+                    "chroma_shift_shadow_recall",
+                    "Recall at k of the secondary's shadowed query answers against the primary's.",
+                )
+                .buckets(vec![0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0]),
+                &["collection"],
+            )?,
+            shadow_distance_drift: HistogramVec::new(
+                HistogramOpts::new(
+                    "chroma_shift_shadow_distance_drift",
+                    "Largest relative distance drift of each shadowed query (absolute below a distance of 1).",
+                )
+                .buckets(vec![1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0]),
+                &["collection"],
+            )?,
+            shadow_in_flight: IntGauge::new(
+                "chroma_shift_shadow_reads_in_flight",
+                "Shadow reads running now.",
+            )?,
+            canary_reads: IntCounterVec::new(
+                Opts::new("chroma_shift_canary_reads_total", "Canary reads by collection and outcome (served, fallback, skipped_lagging, skipped_unmapped)."),
+                &["collection", "outcome"],
+            )?,
         };
+        registry.register(Box::new(metrics.shadow_reads.clone()))?;
+        registry.register(Box::new(metrics.shadow_skipped.clone()))?;
+        registry.register(Box::new(metrics.shadow_recall.clone()))?;
+        registry.register(Box::new(metrics.shadow_distance_drift.clone()))?;
+        registry.register(Box::new(metrics.shadow_in_flight.clone()))?;
+        registry.register(Box::new(metrics.canary_reads.clone()))?;
         registry.register(Box::new(metrics.mirrored_writes.clone()))?;
         registry.register(Box::new(metrics.replay_applied.clone()))?;
         registry.register(Box::new(metrics.replay_requests.clone()))?;

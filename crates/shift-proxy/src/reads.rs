@@ -1,12 +1,31 @@
 //! The read path: reads go to the primary with the client's collection id translated to the
 //! primary's, and answers that carry collection objects come back with the client's ids.
+//!
+//! Record reads of one collection (query, get, count) may also, as the topology's read policy
+//! says:
+//! - be served by the secondary (a canary), but only when nothing of that collection waits in
+//!   the secondary's journal, so a client always reads its own writes; when the secondary fails
+//!   or refuses, the primary answers instead;
+//! - be sent to the secondary as well (a shadow) and compared in the background
+//!   ([`crate::shadow`]), again only when the secondary has caught up on that collection, since
+//!   a lagging secondary would show mismatches that are only lag. The primary's answer to a
+//!   shadowed read is read whole (the comparison needs it) and given to the client at once;
+//!   one that declares more than [`MAX_COMPARED_BODY`] streams as usual and is not compared.
+
+use std::sync::Arc;
 
 use http::Response;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use shift_chroma::Operation;
+use shift_config::BackendName;
 
+use crate::collections::CollectionEntry;
 use crate::error::{BackendError, BackendErrorKind, ProxyError};
+use crate::shadow::{
+    CanaryOutcome, CollectionRef, PrimaryHandoff, ShadowRequest, ShadowedRead, SkipReason,
+    MAX_COMPARED_BODY,
+};
 use crate::writes::{relay, relay_json, resolve_failure, Answered, BufferedRequest, Mirror};
 
 /// Reads whose answer holds collection objects.
@@ -20,6 +39,18 @@ fn returns_collections(operation: Operation) -> bool {
     )
 }
 
+/// True for `percent` percent of calls.
+fn roll(percent: f64) -> bool {
+    percent > 0.0 && fastrand::f64() * 100.0 < percent
+}
+
+fn transport(backend: BackendName, error: impl std::fmt::Display) -> ProxyError {
+    ProxyError::Backend(BackendError {
+        backend,
+        kind: BackendErrorKind::Transport(error.to_string()),
+    })
+}
+
 impl Mirror {
     pub async fn read(&self, request: BufferedRequest) -> Result<Answered, ProxyError> {
         let topology = self.topology.load_full();
@@ -28,23 +59,42 @@ impl Mirror {
 
         // A client id the map knows (or can find) is sent as the primary's id; anything else
         // (a name, an id no store has) goes as it is and Chroma answers it.
-        let mut collection = None;
+        let mut entry = None;
         if let (Some(tenant), Some(database), Some(segment)) = (
             params.tenant.as_deref(),
             params.database.as_deref(),
             params.collection.as_deref(),
         ) {
             if uuid::Uuid::parse_str(segment).is_ok() {
-                let entry = self
+                entry = self
                     .resolver
                     .by_client_id(primary, tenant, database, segment)
                     .await
-                    .map_err(resolve_failure)?;
-                collection = entry
-                    .filter(|e| !e.deleted)
-                    .and_then(|e| e.id_on(primary).map(str::to_owned));
+                    .map_err(resolve_failure)?
+                    .filter(|e| !e.deleted);
             }
         }
+        let collection = entry
+            .as_deref()
+            .and_then(|e| e.id_on(primary).map(str::to_owned));
+
+        // A canary or a shadow, for a record read of a collection the primary has.
+        let mut shadow = None;
+        if let (Some(read), Some(entry), Some(_)) = (
+            ShadowedRead::of(request.route.operation),
+            entry.as_deref(),
+            collection.as_deref(),
+        ) {
+            let secondary = topology.secondary();
+            if roll(topology.reads.canary_percent) {
+                if let Some(answered) = self.canary(entry, secondary, &request).await {
+                    return Ok(answered);
+                }
+            } else if roll(topology.reads.shadow_percent) {
+                shadow = self.start_shadow(read, entry, primary, secondary, &request);
+            }
+        }
+
         let path = self.backend_path(primary, &request, collection.as_deref());
         let response = self
             .resolver
@@ -57,6 +107,21 @@ impl Mirror {
                 request.body.clone(),
             )
             .await?;
+        if let Some(shadow) = shadow {
+            if response.status().is_success() {
+                let declared = response
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|len| len > MAX_COMPARED_BODY) {
+                    shadow.skipped(SkipReason::TooLarge);
+                } else {
+                    return self.answer_shadowed(primary, response, shadow).await;
+                }
+            }
+            // Dropping the handoff counts the shadow as skipped: nothing to compare with.
+        }
         if !returns_collections(request.route.operation) || !response.status().is_success() {
             return Ok(Answered {
                 response: relay(response),
@@ -67,12 +132,7 @@ impl Mirror {
         let bytes = body
             .collect()
             .await
-            .map_err(|e| {
-                ProxyError::Backend(BackendError {
-                    backend: primary,
-                    kind: BackendErrorKind::Transport(e.to_string()),
-                })
-            })?
+            .map_err(|e| transport(primary, e))?
             .to_bytes();
         let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
             let mut parts = parts;
@@ -88,6 +148,134 @@ impl Mirror {
             .map_err(resolve_failure)?;
         Ok(Answered {
             response: relay_json(parts, &value),
+            backend: primary,
+        })
+    }
+
+    /// Whether writes of `collection` still wait in `secondary`'s journal.
+    fn lagging(&self, secondary: BackendName, collection: &str) -> bool {
+        self.store
+            .lag(secondary)
+            .collections
+            .get(collection)
+            .is_some_and(|lag| lag.entries > 0)
+    }
+
+    /// Serves a read from the secondary when it has caught up on the collection; `None` when
+    /// the primary must answer (skipped, or the secondary failed: the client never pays for a
+    /// canary).
+    async fn canary(
+        &self,
+        entry: &CollectionEntry,
+        secondary: BackendName,
+        request: &BufferedRequest,
+    ) -> Option<Answered> {
+        let collection = CollectionRef::of(entry);
+        let Some(id) = entry.id_on(secondary) else {
+            self.shadow
+                .canary(&collection, CanaryOutcome::SkippedUnmapped);
+            return None;
+        };
+        if self.lagging(secondary, &entry.client_id) {
+            self.shadow
+                .canary(&collection, CanaryOutcome::SkippedLagging);
+            return None;
+        }
+        let path = self.backend_path(secondary, request, Some(id));
+        let result = self
+            .resolver
+            .backends
+            .get(secondary)
+            .send(
+                request.method.clone(),
+                &path,
+                request.headers.clone(),
+                request.body.clone(),
+            )
+            .await;
+        match result {
+            Ok(response) if response.status().is_success() => {
+                self.shadow.canary(&collection, CanaryOutcome::Served);
+                Some(Answered {
+                    response: relay(response),
+                    backend: secondary,
+                })
+            }
+            Ok(response) => {
+                tracing::warn!(
+                    %secondary,
+                    collection = %collection.id,
+                    status = response.status().as_u16(),
+                    "canary read refused by the secondary; the primary answers"
+                );
+                self.shadow.canary(&collection, CanaryOutcome::Fallback);
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, collection = %collection.id, "canary read failed; the primary answers");
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&[secondary.as_str(), error.label()])
+                    .inc();
+                self.shadow.canary(&collection, CanaryOutcome::Fallback);
+                None
+            }
+        }
+    }
+
+    /// Sends the shadow of a read to the secondary now, when the secondary can answer it
+    /// truthfully; counts it as skipped or dropped otherwise.
+    fn start_shadow(
+        &self,
+        read: ShadowedRead,
+        entry: &CollectionEntry,
+        primary: BackendName,
+        secondary: BackendName,
+        request: &BufferedRequest,
+    ) -> Option<PrimaryHandoff> {
+        let collection = CollectionRef::of(entry);
+        let Some(id) = entry.id_on(secondary) else {
+            self.shadow.skip(&collection, read, SkipReason::Unmapped);
+            return None;
+        };
+        if self.lagging(secondary, &entry.client_id) {
+            self.shadow.skip(&collection, read, SkipReason::Lagging);
+            return None;
+        }
+        let path = self.backend_path(secondary, request, Some(id));
+        self.shadow.start(
+            Arc::clone(&self.resolver.backends),
+            ShadowRequest {
+                collection,
+                read,
+                primary,
+                secondary,
+                method: request.method.clone(),
+                path,
+                headers: request.headers.clone(),
+                body: request.body.clone(),
+            },
+        )
+    }
+
+    /// The primary's answer to a shadowed read: read whole, handed to the shadow, and given to
+    /// the client without waiting for the comparison.
+    async fn answer_shadowed(
+        &self,
+        primary: BackendName,
+        response: Response<hyper::body::Incoming>,
+        shadow: PrimaryHandoff,
+    ) -> Result<Answered, ProxyError> {
+        let (mut parts, body) = response.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| transport(primary, e))?
+            .to_bytes();
+        shadow.answered(bytes.clone());
+        crate::headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Answered {
+            response: Response::from_parts(parts, crate::body::full(bytes)),
             backend: primary,
         })
     }

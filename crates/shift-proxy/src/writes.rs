@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use shift_chroma::error::{kind, ChromaError};
-use shift_chroma::payload::{get_response_ids, DeleteSelection};
+use shift_chroma::payload::{get_response_ids, retain_records, DeleteSelection};
 use shift_chroma::{paths, Operation, Route};
 use shift_config::{BackendName, MirrorMode, SecondaryFailure};
 use shift_store::{IntentId, NewEntry, Store, StoreError};
@@ -52,6 +52,8 @@ pub struct Mirror {
     pub allow_reset: bool,
     /// Closed by a cutover or a pause; every write passes it first.
     pub gate: Arc<crate::gate::WriteGate>,
+    /// Runs shadow reads and keeps the score of shadow and canary reads.
+    pub shadow: Arc<crate::shadow::ShadowReads>,
 }
 
 /// A request already read: what the write path needs of it.
@@ -283,6 +285,12 @@ impl Mirror {
                 (guard, body)
             }
         };
+        let (mirror_body, primary_body) = if kind == RecordKind::Update {
+            self.update_of_existing(primary, &entry, &primary_id, mirror_body, &request.body)
+                .await?
+        } else {
+            (mirror_body, request.body.clone())
+        };
         let op = MirrorOp::Records {
             kind,
             collection: collection.clone(),
@@ -304,7 +312,7 @@ impl Mirror {
         let direct = topology.mode == MirrorMode::Sync && !self.has_backlog(secondary, &collection);
         let response = if direct {
             let (primary_result, secondary_result) = tokio::join!(
-                self.send(primary, &request, &path, request.body.clone()),
+                self.send(primary, &request, &path, primary_body),
                 self.applier.apply(secondary, &op),
             );
             self.settle_sync(
@@ -317,9 +325,7 @@ impl Mirror {
             )
             .await?
         } else {
-            let result = self
-                .send(primary, &request, &path, request.body.clone())
-                .await;
+            let result = self.send(primary, &request, &path, primary_body).await;
             self.settle_journaled(topology.mode, intent, secondary, result, op, reconcile)
                 .await?
         };
@@ -419,6 +425,78 @@ impl Mirror {
                     Err(error) => Err(ProxyError::Backend(error)),
                 }
             }
+        }
+    }
+
+    /// An `update` carrying embeddings, restricted to the ids the primary holds, for both
+    /// stores: the body for the mirror and the bytes for the primary. Read under the records'
+    /// order locks, so no write of those ids interleaves.
+    ///
+    /// Chroma documents that an update of a missing id is ignored, and its metadata and
+    /// document are; but in Chroma 1.5.9 the embedding of such an update comes back later:
+    /// after `update(ids=["r"], embeddings=[Y])` of a missing `r`, then `add(ids=["r"],
+    /// embeddings=[X])`, any read of the collection followed by any write turns `r`'s embedding
+    /// into `Y` (its document and metadata stay the add's). Whether that happens depends on
+    /// the reads between the writes, which only the primary sees, so the two stores end up
+    /// with different embeddings for `r`. Never sending an update for an id the store lacks
+    /// leaves nothing for the bug to bring back. An update naming only missing ids goes on with
+    /// no records (Chroma answers it as before, except that it no longer checks the dimension
+    /// of embeddings it would ignore). A body the proxy cannot restrict goes as it is.
+    async fn update_of_existing(
+        &self,
+        primary: BackendName,
+        entry: &CollectionEntry,
+        primary_id: &str,
+        body: Value,
+        raw: &Bytes,
+    ) -> Result<(Value, Bytes), ProxyError> {
+        let carries_embeddings = body
+            .get("embeddings")
+            .and_then(Value::as_array)
+            .is_some_and(|e| !e.is_empty());
+        let ids = ids_of(&body);
+        if !carries_embeddings || ids.is_empty() {
+            return Ok((body, raw.clone()));
+        }
+        let ns = self
+            .resolver
+            .namespaces
+            .to_backend(primary, &entry.tenant, Some(&entry.database));
+        let path = paths::collection_verb(
+            &ns.tenant,
+            ns.database.as_deref().unwrap_or(&entry.database),
+            primary_id,
+            "get",
+        );
+        let answer = self
+            .resolver
+            .backends
+            .get(primary)
+            .call(
+                Method::POST,
+                &path,
+                Some(&json!({"ids": ids, "include": []})),
+            )
+            .await?;
+        let existing: std::collections::HashSet<String> = match answer
+            .status
+            .is_success()
+            .then(|| get_response_ids(&answer.body).ok())
+            .flatten()
+        {
+            Some(found) => found.into_iter().collect(),
+            // The primary answers the write itself.
+            None => return Ok((body, raw.clone())),
+        };
+        if ids.iter().all(|id| existing.contains(id)) {
+            return Ok((body, raw.clone()));
+        }
+        match retain_records(&body, |id| existing.contains(id)) {
+            Some(restricted) => {
+                let bytes = Bytes::from(serde_json::to_vec(&restricted).unwrap_or_default());
+                Ok((restricted, bytes))
+            }
+            None => Ok((body, raw.clone())),
         }
     }
 
