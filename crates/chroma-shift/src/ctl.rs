@@ -1,14 +1,13 @@
 //! `chroma-shift ctl`: the admin API from the command line. Readable output by default,
 //! `--json` for scripts; a refused switch exits 3, an unreachable or refusing API exits 1.
 
-use std::process::ExitCode;
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::{json, Value};
-use shift_proxy::Backend;
+use std::process::ExitCode;
+
+use crate::admin_client::AdminClient;
 
 #[derive(Debug, Args)]
 pub struct Ctl {
@@ -101,34 +100,10 @@ pub async fn run(ctl: Ctl) -> anyhow::Result<ExitCode> {
         .clone()
         .filter(|t| !t.trim().is_empty())
         .context("no admin token: set CHROMA_SHIFT_ADMIN_TOKEN (or --token)")?;
-    // A switch may hold writes for its whole timeout; wait longer than that.
-    let client = Backend::for_service(&ctl.admin_url, Duration::from_secs(300))
-        .with_context(|| format!("cannot reach {}", ctl.admin_url))?;
+    let admin = AdminClient::new(ctl.admin_url.clone(), token)?;
     let call = |method: Method, path: String, body: Option<Value>| {
-        let client = &client;
-        let token = token.clone();
-        async move {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(
-                http::header::AUTHORIZATION,
-                format!("Bearer {token}").parse()?,
-            );
-            headers.insert(http::header::CONTENT_TYPE, "application/json".parse()?);
-            let bytes = body
-                .map(|b| serde_json::to_vec(&b))
-                .transpose()?
-                .unwrap_or_default();
-            let response = client
-                .send(method, &path, headers, bytes.into())
-                .await
-                .map_err(|e| anyhow::anyhow!("the admin API {}", e.kind))?;
-            let status = response.status();
-            let body = http_body_util::BodyExt::collect(response.into_body())
-                .await?
-                .to_bytes();
-            let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            anyhow::Ok((status, value))
-        }
+        let admin = &admin;
+        async move { admin.call(method, &path, body.as_ref()).await }
     };
     let (status, answer) = match &ctl.command {
         CtlCommand::Status => call(Method::GET, "/admin/status".into(), None).await?,

@@ -13,7 +13,10 @@ use shift_control::ChromaShift;
 use shift_proxy::Drained;
 use tracing_subscriber::EnvFilter;
 
+mod admin_client;
+mod backfill_cmd;
 mod ctl;
+mod tools;
 
 /// A migration proxy for Chroma: dual writes, cutover and rollback, backfill and verify.
 #[derive(Debug, Parser)]
@@ -36,6 +39,15 @@ enum Command {
         #[arg(long, short, env = "CHROMA_SHIFT_CONFIG")]
         config: PathBuf,
     },
+    /// Copy what the primary held before dual writes began to the secondary, inside the running
+    /// proxy, with a progress bar; resumable.
+    Backfill(backfill_cmd::BackfillArgs),
+    /// List every tenant, database and collection of a store: counts, dimension, metadata,
+    /// configuration.
+    Inventory(tools::InventoryArgs),
+    /// Compare the stores: ids, record contents, A/B queries; `--repair` brings the secondary
+    /// in line. Exits 0 only when they match.
+    Verify(tools::VerifyArgs),
     /// Operate a running proxy through its admin API: status, cutover, rollback, pause ...
     Ctl(ctl::Ctl),
     /// Start two local Chroma servers (old and new) and the proxy in front of them.
@@ -75,6 +87,9 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(load(&config)?).await,
             Command::CheckConfig { config } => check_config(&config),
             Command::Ctl(ctl) => ctl::run(ctl).await,
+            Command::Backfill(args) => backfill_cmd::run(args).await,
+            Command::Inventory(args) => tools::run_inventory(args).await,
+            Command::Verify(args) => tools::run_verify(args).await,
             Command::Dev {
                 dir,
                 listen,
@@ -93,7 +108,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+pub(crate) fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))
 }
 

@@ -187,6 +187,41 @@ pub fn split_record_body(body: &Value, max: usize) -> Vec<Value> {
         .collect()
 }
 
+/// A record write restricted to the records whose id `keep` accepts: every per-record array
+/// (`ids`, `embeddings`, `metadatas`, `documents`, `uris`) filtered alike, other keys kept as
+/// they are. `None` when the body is not a well-formed record write (no `ids` of strings, or a
+/// per-record array of another length): Chroma should answer such a body itself.
+pub fn retain_records(body: &Value, keep: impl Fn(&str) -> bool) -> Option<Value> {
+    let object = body.as_object()?;
+    let mask: Vec<bool> = object
+        .get("ids")?
+        .as_array()?
+        .iter()
+        .map(|id| id.as_str().map(&keep))
+        .collect::<Option<_>>()?;
+    let mut restricted = Map::new();
+    for (key, value) in object {
+        let value = match value {
+            Value::Array(items) if RECORD_FIELDS.contains(&key.as_str()) => {
+                if items.len() != mask.len() {
+                    return None;
+                }
+                Value::Array(
+                    items
+                        .iter()
+                        .zip(&mask)
+                        .filter(|(_, kept)| **kept)
+                        .map(|(item, _)| item.clone())
+                        .collect(),
+                )
+            }
+            other => other.clone(),
+        };
+        restricted.insert(key.clone(), value);
+    }
+    Some(Value::Object(restricted))
+}
+
 /// The number of records in a record-write body.
 pub fn record_count(body: &Value) -> usize {
     body.get("ids")
@@ -233,6 +268,33 @@ pub fn create_body_like(collection: &Value, name: &str) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn retained_records_keep_their_fields_aligned() {
+        let body = json!({
+            "ids": ["a", "b", "c"],
+            "embeddings": ["AACAPw==", "AAAAQA==", "AABAQA=="],
+            "metadatas": [{"n": 1}, null, {"n": 3}],
+            "documents": null,
+        });
+        assert_eq!(
+            retain_records(&body, |id| id != "b"),
+            Some(json!({
+                "ids": ["a", "c"],
+                "embeddings": ["AACAPw==", "AABAQA=="],
+                "metadatas": [{"n": 1}, {"n": 3}],
+                "documents": null,
+            }))
+        );
+        assert_eq!(
+            retain_records(&body, |_| false),
+            Some(json!({"ids": [], "embeddings": [], "metadatas": [], "documents": null}))
+        );
+        // Not a well-formed write: left to Chroma.
+        let ragged = json!({"ids": ["a", "b"], "embeddings": [[1.0]]});
+        assert_eq!(retain_records(&ragged, |_| true), None);
+        assert_eq!(retain_records(&json!({"ids": [1]}), |_| true), None);
+    }
 
     #[test]
     fn ids_are_read_from_any_record_write() {

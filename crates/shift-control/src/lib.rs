@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod health;
+pub mod migrate_api;
 pub mod switch;
 
 pub use admin::{app, AdminState};

@@ -1,0 +1,13 @@
+//! Migration tools for chroma-shift.
+//!
+//! - [`client`]: a typed Chroma v2 client over the proxy's HTTP client.
+//! - [`backfill`]: copies what the source held before dual writes began, inside the running
+//!   proxy so it shares the per-record order locks with live traffic.
+//! - [`inventory`]: what one store holds, tenant by tenant.
+//! - [`verify`]: compares the two stores by ids, content hashes ([`hash`]) and A/B queries.
+
+pub mod backfill;
+pub mod client;
+pub mod hash;
+pub mod inventory;
+pub mod verify;
