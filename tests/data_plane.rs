@@ -225,6 +225,7 @@ async fn backends_get_their_own_credentials_not_the_clients() -> anyhow::Result<
         old: Some(Secret::new("backend-secret".into())),
         new: None,
         client_tokens: vec![Secret::new("client-secret".into())],
+        ..Secrets::default()
     };
     let proxy = Proxy::start_fresh(config, secrets).await?;
     let (status, _, _) = http(

@@ -1,6 +1,12 @@
 //! A fake Chroma for fault injection: it answers each request with the next scripted
 //! [`Fault`], or with the default once the script is used up. Never the only proof that a
 //! feature works; real Chroma servers are.
+//!
+//! [`FaultyBackend::proxying`] puts it in front of a real Chroma instead: every request is
+//! forwarded to that server ([`Fault::Forward`]) unless the script injects a fault for it, so a
+//! test gets real storage with scripted failures. [`FaultyBackend::push_write_faults`] scripts
+//! record writes (`add`, `upsert`, `update`, `delete`) only, leaving lookups and heartbeats
+//! alone.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -27,6 +33,15 @@ pub enum Fault {
     Delay(Duration, Box<Fault>),
     /// Closes the connection without answering.
     Reset,
+    /// Forwards the request to the upstream server and answers what it answered (502 when the
+    /// backend has no upstream).
+    Forward,
+    /// Forwards the request at once, then waits before answering what the upstream answered:
+    /// the write is applied, the answer is slow (and may come after the caller gave up).
+    SlowAnswer(Duration),
+    /// Forwards the request, drops the upstream's answer, and answers with the inner fault:
+    /// the write is applied, the caller is told otherwise.
+    ForwardThen(Box<Fault>),
 }
 
 impl Fault {
@@ -48,8 +63,21 @@ pub struct Received {
 #[derive(Debug)]
 struct Script {
     queue: VecDeque<Fault>,
+    /// Faults for record writes only, taken before `queue`.
+    write_queue: VecDeque<Fault>,
     default: Fault,
     received: Vec<Received>,
+}
+
+/// Where [`Fault::Forward`] sends requests.
+#[derive(Debug, Clone)]
+struct Upstream {
+    /// `http://host:port` of the real server.
+    origin: String,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
 }
 
 /// A running fake backend.
@@ -67,7 +95,18 @@ pub struct FaultyBackend {
 impl FaultyBackend {
     /// Starts on a free port, answering `default` to every request.
     pub async fn spawn(default: Fault) -> anyhow::Result<FaultyBackend> {
-        FaultyBackend::start(default, None).await
+        FaultyBackend::start(default, None, None).await
+    }
+
+    /// Starts on a free port in front of the real server at `upstream` (`http://host:port`):
+    /// every request is forwarded there unless the script says otherwise.
+    pub async fn proxying(upstream: &str) -> anyhow::Result<FaultyBackend> {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+        let upstream = Upstream {
+            origin: upstream.trim_end_matches('/').to_owned(),
+            client,
+        };
+        FaultyBackend::start(Fault::Forward, None, Some(upstream)).await
     }
 
     /// Starts serving TLS for `localhost` with a fresh self-signed certificate
@@ -85,7 +124,7 @@ impl FaultyBackend {
         .with_no_client_auth()
         .with_single_cert(vec![cert_der], key_der)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let mut backend = FaultyBackend::start(default, Some(acceptor)).await?;
+        let mut backend = FaultyBackend::start(default, Some(acceptor), None).await?;
         backend.ca_pem = Some(certified.cert.pem());
         Ok(backend)
     }
@@ -93,22 +132,28 @@ impl FaultyBackend {
     async fn start(
         default: Fault,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        upstream: Option<Upstream>,
     ) -> anyhow::Result<FaultyBackend> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let script = Arc::new(Mutex::new(Script {
             queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
             default,
             received: Vec::new(),
         }));
+        let upstream = Arc::new(upstream);
         let shared = script.clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let script = shared.clone();
                 let tls = tls.clone();
+                let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| answer(script.clone(), request));
+                    let service = service_fn(move |request| {
+                        answer(script.clone(), upstream.clone(), request)
+                    });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
@@ -156,6 +201,17 @@ impl FaultyBackend {
         self.lock().queue.extend(faults);
     }
 
+    /// Queues faults for the next record writes (`POST .../add`, `/upsert`, `/update`,
+    /// `/delete`), in order; other requests do not consume them.
+    pub fn push_write_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.lock().write_queue.extend(faults);
+    }
+
+    /// Record-write faults not used yet.
+    pub fn pending_write_faults(&self) -> usize {
+        self.lock().write_queue.len()
+    }
+
     /// Changes the answer once the queue is used up.
     pub fn set_default(&self, fault: Fault) {
         self.lock().default = fault;
@@ -189,8 +245,17 @@ impl std::fmt::Display for ResetConnection {
 
 impl std::error::Error for ResetConnection {}
 
+/// Whether a request is a record write.
+fn is_record_write(method: &http::Method, path: &str) -> bool {
+    method == http::Method::POST
+        && ["/add", "/upsert", "/update", "/delete"]
+            .iter()
+            .any(|verb| path.ends_with(verb))
+}
+
 async fn answer(
     script: Arc<Mutex<Script>>,
+    upstream: Arc<Option<Upstream>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ResetConnection> {
     let (parts, body) = request.into_parts();
@@ -209,11 +274,22 @@ async fn answer(
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
             headers: parts.headers.clone(),
-            body,
+            body: body.clone(),
         });
-        // Heartbeats from the health monitor take no scripted fault.
-        if parts.uri.path() == "/api/v2/heartbeat" {
-            Fault::ok()
+        let write_fault = if is_record_write(&parts.method, parts.uri.path()) {
+            script.write_queue.pop_front()
+        } else {
+            None
+        };
+        if let Some(fault) = write_fault {
+            fault
+        } else if parts.uri.path() == "/api/v2/heartbeat" {
+            // Heartbeats from the health monitor take no scripted fault.
+            if upstream.is_some() {
+                Fault::Forward
+            } else {
+                Fault::ok()
+            }
         } else {
             let default = script.default.clone();
             script.queue.pop_front().unwrap_or(default)
@@ -223,6 +299,16 @@ async fn answer(
         match fault {
             Fault::Delay(wait, inner) => {
                 tokio::time::sleep(wait).await;
+                fault = *inner;
+            }
+            Fault::Forward => return Ok(forward(upstream.as_ref().as_ref(), &parts, body).await),
+            Fault::SlowAnswer(wait) => {
+                let response = forward(upstream.as_ref().as_ref(), &parts, body).await;
+                tokio::time::sleep(wait).await;
+                return Ok(response);
+            }
+            Fault::ForwardThen(inner) => {
+                let _ = forward(upstream.as_ref().as_ref(), &parts, body.clone()).await;
                 fault = *inner;
             }
             Fault::Reset => return Err(ResetConnection),
@@ -239,6 +325,64 @@ async fn answer(
             Fault::Status(status, body) => return Ok(json(status, body)),
         }
     }
+}
+
+/// Sends the request on to the upstream server and returns its whole answer; a 502 when there
+/// is no upstream or it cannot be reached.
+async fn forward(
+    upstream: Option<&Upstream>,
+    parts: &http::request::Parts,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let Some(upstream) = upstream else {
+        return json(
+            StatusCode::BAD_GATEWAY,
+            r#"{"error":"InternalError","message":"this fake has no upstream"}"#.to_owned(),
+        );
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let mut request = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{}{path}", upstream.origin));
+    for (name, value) in &parts.headers {
+        if name != http::header::HOST && name != http::header::CONTENT_LENGTH {
+            request = request.header(name, value);
+        }
+    }
+    let result = match request.body(Full::new(body)) {
+        Ok(request) => upstream
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => return json(
+            StatusCode::BAD_GATEWAY,
+            serde_json::json!({"error": "InternalError", "message": format!("upstream: {error}")})
+                .to_string(),
+        ),
+    };
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut answer = Response::new(Full::new(bytes));
+    *answer.status_mut() = parts.status;
+    for (name, value) in &parts.headers {
+        if name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING {
+            answer.headers_mut().append(name, value.clone());
+        }
+    }
+    answer
 }
 
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {

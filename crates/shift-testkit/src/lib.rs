@@ -8,6 +8,7 @@
 //! - [`python`]: runs the official Python client's scripts under `tests/python`.
 
 pub mod faulty;
+pub mod process;
 pub mod python;
 pub mod scrape;
 
@@ -24,6 +25,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use faulty::{Fault, FaultyBackend};
+pub use process::ProxyProcess;
 
 /// The repository's root (where `.venv` and `tests/python` live).
 pub fn repo_root() -> PathBuf {
@@ -104,10 +106,14 @@ pub struct ProxyBuilder {
     primary: BackendName,
     client_tokens: Vec<String>,
     server_toml: String,
+    health_toml: String,
     extra_toml: String,
     /// Where the proxy keeps its durable state; a fresh temp dir when `None`.
     state_dir: Option<PathBuf>,
 }
+
+/// The admin token every test proxy accepts.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// An address nothing listens on, for a backend a test does not use.
 const UNUSED_BACKEND: &str = "http://127.0.0.1:9";
@@ -150,6 +156,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// Keys of the `[health]` table, such as `auto_rollback = true` (the builder probes every
+    /// 500 ms unless told otherwise).
+    pub fn health_toml(mut self, text: &str) -> Self {
+        self.health_toml.push('\n');
+        self.health_toml.push_str(text);
+        self
+    }
+
     /// Extra TOML appended to the generated config, with full table headers such as
     /// `[backends.old]`-less sections like `[mirror]`.
     pub fn toml(mut self, text: &str) -> Self {
@@ -167,8 +181,13 @@ impl ProxyBuilder {
             "[server.client_auth]\nenabled = true\n"
         };
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{server_extra}\n{auth}\n[backends.old]\nurl = \"{old}\"\n[backends.new]\nurl = \"{new}\"\n[routing]\nprimary = \"{primary}\"\n[state]\ndir = \"{state}\"\n[health]\ninterval = \"500ms\"\ntimeout = \"500ms\"\n{extra}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{server_extra}\n{auth}\n[backends.old]\nurl = \"{old}\"\n[backends.new]\nurl = \"{new}\"\n[routing]\nprimary = \"{primary}\"\n[state]\ndir = \"{state}\"\n[health]\n{health}\n{extra}",
             server_extra = self.server_toml,
+            health = if self.health_toml.contains("interval") {
+                self.health_toml.clone()
+            } else {
+                format!("interval = \"500ms\"\ntimeout = \"500ms\"\n{}", self.health_toml)
+            },
             state = self
                 .state_dir
                 .as_deref()
@@ -230,6 +249,7 @@ impl Proxy {
             primary: BackendName::Old,
             client_tokens: Vec::new(),
             server_toml: String::new(),
+            health_toml: String::new(),
             extra_toml: String::new(),
             state_dir: None,
         }
@@ -247,8 +267,12 @@ impl Proxy {
         Ok(proxy)
     }
 
-    /// Starts a proxy from a full config and its secrets.
-    pub async fn start(config: Config, secrets: Secrets) -> anyhow::Result<Proxy> {
+    /// Starts a proxy from a full config and its secrets ([`ADMIN_TOKEN`] when they name no
+    /// admin token).
+    pub async fn start(config: Config, mut secrets: Secrets) -> anyhow::Result<Proxy> {
+        if secrets.admin_token.is_none() && config.admin.enabled {
+            secrets.admin_token = Some(Secret::new(ADMIN_TOKEN.to_owned()));
+        }
         let proxy = ChromaShift::bind(config, secrets).await?;
         let data = proxy.data_addr();
         let admin = proxy.admin_addr();
@@ -277,6 +301,36 @@ impl Proxy {
     /// The admin listener's URL.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin)
+    }
+
+    /// Calls the admin API with the test token; the status and the JSON answer.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b))
+            .transpose()?
+            .unwrap_or_default();
+        let (status, _, answer) = http(
+            method,
+            &format!("{}{path}", self.admin_url()),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            bytes,
+        )
+        .await?;
+        let value = if answer.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&answer)?
+        };
+        Ok((status, value))
     }
 
     /// Shuts down gracefully and says how the drain went.

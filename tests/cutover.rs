@@ -1,0 +1,383 @@
+//! Cutover and rollback through the admin API, in front of two real Chroma servers: the
+//! primary moves without a restart and without losing a write; the topology survives a
+//! restart; the admin API needs its token; the proxy rolls back by itself when the new
+//! primary stays down, and says so on the alert webhook.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::{json, Value};
+use shift_testkit::scrape::{metric, wait_drained};
+use shift_testkit::{http, http_json, Chroma, Fault, FaultyBackend, Proxy, ADMIN_TOKEN};
+
+const DB: &str = "/api/v2/tenants/default_tenant/databases/default_database";
+
+async fn stores() -> anyhow::Result<(Chroma, Chroma)> {
+    let (old, new) = tokio::join!(Chroma::spawn(), Chroma::spawn());
+    Ok((old?, new?))
+}
+
+async fn post(url: String, body: Value) -> anyhow::Result<Value> {
+    let (status, answer) = http_json("POST", &url, Some(body)).await?;
+    anyhow::ensure!(status.is_success(), "{url} answered {status}: {answer}");
+    Ok(answer)
+}
+
+fn records(prefix: &str, n: usize) -> Value {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    json!({
+        "ids": ids,
+        "embeddings": (0..n).map(|i| vec![i as f32, 1.0, 0.5]).collect::<Vec<_>>(),
+        "documents": ids,
+    })
+}
+
+/// The sorted ids of a collection on a store, read directly.
+async fn ids_on(store: &Chroma, name: &str) -> anyhow::Result<Vec<String>> {
+    let (_, collection) = http_json(
+        "GET",
+        &format!("{}{DB}/collections/{name}", store.url()),
+        None,
+    )
+    .await?;
+    let id = collection["id"].as_str().unwrap_or_default();
+    let (_, got) = http_json(
+        "POST",
+        &format!("{}{DB}/collections/{id}/get", store.url()),
+        Some(json!({"include": []})),
+    )
+    .await?;
+    let mut ids: Vec<String> = got["ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::Result<()> {
+    let (old, new) = stores().await?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .spawn()
+        .await?;
+    let base = format!("{}{DB}", proxy.url());
+    let created = post(format!("{base}/collections"), json!({"name": "moving"})).await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    post(
+        format!("{base}/collections/{id}/add"),
+        records("before", 20),
+    )
+    .await?;
+
+    // A dry run says what would happen and changes nothing.
+    let (status, plan) = proxy
+        .admin("POST", "/admin/cutover", Some(json!({"dry_run": true})))
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(plan["switched"], false);
+    assert!(
+        plan["plan"].as_array().is_some_and(|p| p.len() >= 4),
+        "{plan}"
+    );
+    assert!(
+        plan["checks"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| c["passed"] == true)),
+        "{plan}"
+    );
+
+    let (status, report) = proxy.admin("POST", "/admin/cutover", None).await?;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["switched"], true);
+    assert_eq!(report["to"], "new");
+    assert_eq!(report["epoch"], 2);
+    let (_, state) = proxy.admin("GET", "/admin/status", None).await?;
+    assert_eq!(state["topology"]["primary"], "new", "{state}");
+
+    // After the cutover, reads are served by the new store, under the same collection id.
+    let (status, count) = http_json("GET", &format!("{base}/collections/{id}/count"), None).await?;
+    assert_eq!((status, count), (StatusCode::OK, json!(20)));
+    let served_by_new = metric(
+        &proxy.admin_url(),
+        "chroma_shift_requests_total",
+        &[("backend", "new"), ("operation", "collection_count")],
+    )
+    .await?;
+    assert_eq!(served_by_new, Some(1.0));
+    // Writes now go to the new store first and are mirrored back to the old one.
+    post(
+        format!("{base}/collections/{id}/add"),
+        records("after-cutover", 15),
+    )
+    .await?;
+    wait_drained(&proxy.admin_url(), "old", Duration::from_secs(60)).await?;
+    assert_eq!(ids_on(&old, "moving").await?, ids_on(&new, "moving").await?);
+    assert_eq!(ids_on(&old, "moving").await?.len(), 35);
+
+    // A second cutover is refused with the reason.
+    let (status, refused) = proxy.admin("POST", "/admin/cutover", None).await?;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        refused["refused"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already primary"),
+        "{refused}"
+    );
+
+    let (status, report) = proxy
+        .admin("POST", "/admin/rollback", Some(json!({"timeout": "10s"})))
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["to"], "old");
+    assert_eq!(report["epoch"], 3);
+    post(
+        format!("{base}/collections/{id}/upsert"),
+        records("after-rollback", 5),
+    )
+    .await?;
+    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
+    assert_eq!(ids_on(&old, "moving").await?, ids_on(&new, "moving").await?);
+    assert_eq!(ids_on(&old, "moving").await?.len(), 40);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cutover_is_refused_when_the_target_is_down_or_the_lag_too_high() -> anyhow::Result<()> {
+    let (old, mut new) = stores().await?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .spawn()
+        .await?;
+    let base = format!("{}{DB}", proxy.url());
+    let created = post(format!("{base}/collections"), json!({"name": "stuck"})).await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    new.stop().await?;
+    // Writes keep working; they queue for the new store.
+    for round in 0..3 {
+        post(
+            format!("{base}/collections/{id}/add"),
+            records(&format!("r{round}"), 5),
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, refused) = proxy
+        .admin("POST", "/admin/cutover", Some(json!({"max_lag": 1})))
+        .await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let reason = refused["refused"].as_str().unwrap_or_default();
+    assert!(reason.contains("target_healthy"), "{refused}");
+    let lag = refused["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "journal_lag").cloned());
+    assert_eq!(lag.map(|l| l["passed"].clone()), Some(json!(false)));
+    let (_, state) = proxy.admin("GET", "/admin/status", None).await?;
+    assert_eq!(state["topology"]["primary"], "old");
+    assert!(
+        state["journal"]["new"]["entries"].as_u64().unwrap_or(0) >= 3,
+        "{state}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_its_token_and_is_not_on_the_data_port() -> anyhow::Result<()> {
+    let (old, new) = stores().await?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .spawn()
+        .await?;
+    let admin = proxy.admin_url();
+    for (method, path) in [
+        ("GET", "/admin/status"),
+        ("POST", "/admin/cutover"),
+        ("POST", "/admin/rollback"),
+        ("POST", "/admin/pause"),
+    ] {
+        let (status, _, body) = http(method, &format!("{admin}{path}"), &[], "").await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} without a token");
+        let body: Value = serde_json::from_slice(&body)?;
+        assert_eq!(body["error"], "AuthError");
+        let (status, _, _) = http(
+            method,
+            &format!("{admin}{path}"),
+            &[("authorization", "Bearer wrong")],
+            "",
+        )
+        .await?;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{path} with a wrong token"
+        );
+        let (status, _, _) = http(
+            method,
+            &format!("{}{path}", proxy.url()),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            "",
+        )
+        .await?;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{path} answered on the data port"
+        );
+    }
+    let (_, state) = proxy.admin("GET", "/admin/status", None).await?;
+    assert_eq!(state["topology"]["primary"], "old", "nothing changed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn pause_holds_writes_without_rejecting_them() -> anyhow::Result<()> {
+    let (old, new) = stores().await?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .spawn()
+        .await?;
+    let base = format!("{}{DB}", proxy.url());
+    let created = post(format!("{base}/collections"), json!({"name": "paused"})).await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let (status, _) = proxy.admin("POST", "/admin/pause", None).await?;
+    assert_eq!(status, StatusCode::OK);
+    let url = format!("{base}/collections/{id}/add");
+    let held = tokio::spawn(async move { post(url, records("held", 3)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "a write went through a paused gate");
+    let (_, state) = proxy.admin("GET", "/admin/status", None).await?;
+    assert_eq!(state["writes_held"], 1, "{state}");
+    // Reads still flow.
+    let (status, _) = http_json("GET", &format!("{base}/collections/{id}/count"), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    proxy.admin("POST", "/admin/resume", None).await?;
+    tokio::time::timeout(Duration::from_secs(10), held).await???;
+    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
+    assert_eq!(ids_on(&new, "paused").await?.len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_topology_and_the_collection_ids() -> anyhow::Result<()> {
+    let (old, new) = stores().await?;
+    let state_dir = tempfile::tempdir()?;
+    let builder = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .state_dir(state_dir.path());
+    let proxy = builder.clone().spawn().await?;
+    let base = format!("{}{DB}", proxy.url());
+    let created = post(format!("{base}/collections"), json!({"name": "kept"})).await?;
+    let id = created["id"].clone();
+    let (status, report) = proxy.admin("POST", "/admin/cutover", None).await?;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    proxy.shutdown().await?;
+
+    // The config still says old; the persisted topology wins.
+    let proxy = builder.spawn().await?;
+    let (_, state) = proxy.admin("GET", "/admin/status", None).await?;
+    assert_eq!(state["topology"]["primary"], "new", "{state}");
+    assert_eq!(state["topology"]["epoch"], 2);
+    let base = format!("{}{DB}", proxy.url());
+    let (_, listed) = http_json("GET", &format!("{base}/collections"), None).await?;
+    assert_eq!(
+        listed[0]["id"], id,
+        "the client id changed across the restart"
+    );
+    let client_id = id.as_str().unwrap_or_default();
+    post(
+        format!("{base}/collections/{client_id}/add"),
+        records("after-restart", 4),
+    )
+    .await?;
+    let (_, count) = http_json(
+        "GET",
+        &format!("{base}/collections/{client_id}/count"),
+        None,
+    )
+    .await?;
+    assert_eq!(count, json!(4));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> anyhow::Result<()> {
+    let (old, mut new) = stores().await?;
+    let webhook = FaultyBackend::spawn(Fault::Status(StatusCode::OK, "ok".into())).await?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .health_toml("interval = \"200ms\"\ntimeout = \"300ms\"\nauto_rollback = true\nauto_rollback_after = \"1s\"\noutage_alert_after = \"600ms\"")
+        .toml(&format!("[alerts]\nwebhook_url = \"{}/hooks/chroma-shift\"\n", webhook.url()))
+        .spawn()
+        .await?;
+    let base = format!("{}{DB}", proxy.url());
+    let created = post(format!("{base}/collections"), json!({"name": "failover"})).await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let (status, report) = proxy.admin("POST", "/admin/cutover", None).await?;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    new.stop().await?;
+
+    let started = Instant::now();
+    loop {
+        let (_, state) = proxy.admin("GET", "/admin/status", None).await?;
+        if state["topology"]["primary"] == "old" {
+            assert_eq!(state["topology"]["epoch"], 3);
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "no auto-rollback: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Clients keep working on the old store; their writes wait in the journal for the new one.
+    post(
+        format!("{base}/collections/{id}/add"),
+        records("after-failover", 3),
+    )
+    .await?;
+    let (_, count) = http_json("GET", &format!("{base}/collections/{id}/count"), None).await?;
+    assert_eq!(count, json!(3));
+
+    let started = Instant::now();
+    let texts = loop {
+        let texts: Vec<String> = webhook
+            .received()
+            .iter()
+            .filter(|r| r.path_and_query == "/hooks/chroma-shift")
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .filter_map(|v| v["text"].as_str().map(str::to_owned))
+            .collect();
+        if texts.iter().any(|t| t.contains("auto-rollback"))
+            || started.elapsed() > Duration::from_secs(10)
+        {
+            break texts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(texts.iter().any(|t| t.contains("cutover")), "{texts:?}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("auto-rollback") && t.contains("old store is primary")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("new store has been unhealthy")),
+        "{texts:?}"
+    );
+    Ok(())
+}
