@@ -46,31 +46,11 @@ impl NamespaceMap {
         tenant: &str,
         database: Option<&str>,
     ) -> Namespace {
-        if backend == BackendName::New {
-            for (ot, od, nt, nd) in &self.rules {
-                if ot != tenant {
-                    continue;
-                }
-                match (od, nd) {
-                    (Some(od), Some(nd)) if database == Some(od.as_str()) => {
-                        return Namespace {
-                            tenant: nt.clone(),
-                            database: Some(nd.clone()),
-                        };
-                    }
-                    (None, _) => {
-                        return Namespace {
-                            tenant: nt.clone(),
-                            database: database.map(str::to_owned),
-                        };
-                    }
-                    _ => {}
-                }
+        match backend {
+            BackendName::Old => Namespace::of(tenant, database),
+            BackendName::New => {
+                self.rename(tenant, database, |(ot, od, nt, nd)| ((ot, od), (nt, nd)))
             }
-        }
-        Namespace {
-            tenant: tenant.to_owned(),
-            database: database.map(str::to_owned),
         }
     }
 
@@ -81,28 +61,50 @@ impl NamespaceMap {
         tenant: &str,
         database: Option<&str>,
     ) -> Namespace {
-        if backend == BackendName::New {
-            for (ot, od, nt, nd) in &self.rules {
-                if nt != tenant {
-                    continue;
-                }
-                match (od, nd) {
-                    (Some(od), Some(nd)) if database == Some(nd.as_str()) => {
-                        return Namespace {
-                            tenant: ot.clone(),
-                            database: Some(od.clone()),
-                        };
-                    }
-                    (None, _) => {
-                        return Namespace {
-                            tenant: ot.clone(),
-                            database: database.map(str::to_owned),
-                        };
-                    }
-                    _ => {}
-                }
+        match backend {
+            BackendName::Old => Namespace::of(tenant, database),
+            BackendName::New => {
+                self.rename(tenant, database, |(ot, od, nt, nd)| ((nt, nd), (ot, od)))
             }
         }
+    }
+
+    /// Applies the first rule whose `from` side matches; `sides` picks (from, to) of a rule.
+    fn rename<'a>(
+        &'a self,
+        tenant: &str,
+        database: Option<&str>,
+        sides: impl Fn(Side<'a>) -> (Names<'a>, Names<'a>),
+    ) -> Namespace {
+        for (ot, od, nt, nd) in &self.rules {
+            let ((from_tenant, from_db), (to_tenant, to_db)) = sides((ot, od, nt, nd));
+            if from_tenant != tenant {
+                continue;
+            }
+            match (from_db, to_db) {
+                (Some(from_db), Some(to_db)) if database == Some(from_db.as_str()) => {
+                    return Namespace::of(to_tenant, Some(to_db));
+                }
+                (None, _) => return Namespace::of(to_tenant, database),
+                _ => {}
+            }
+        }
+        Namespace::of(tenant, database)
+    }
+}
+
+/// A rule's four names: old tenant and database, new tenant and database.
+type Side<'a> = (
+    &'a String,
+    &'a Option<String>,
+    &'a String,
+    &'a Option<String>,
+);
+/// One side of a rule: a tenant and maybe a database.
+type Names<'a> = (&'a String, &'a Option<String>);
+
+impl Namespace {
+    fn of(tenant: &str, database: Option<&str>) -> Namespace {
         Namespace {
             tenant: tenant.to_owned(),
             database: database.map(str::to_owned),
