@@ -178,11 +178,10 @@ async fn a_large_collection_is_backfilled_under_live_traffic_and_resumes_after_a
     );
     wait_drained(&proxy.admin_url(), "new", Duration::from_secs(300)).await?;
 
-    // Uniform random vectors in 384 dimensions are the worst case for HNSW: two graphs built in
-    // different orders agree on about 85% of the top 10. Records must match exactly; the query
-    // sample only has to stay above that noise floor.
-    let (code, report) =
-        chroma_shift(&["verify", "--config", &config, "--min-recall", "0.6"]).await?;
+    // Uniform random vectors in 384 dimensions are the worst case for HNSW: two graphs built
+    // in different orders return different ids among near-ties. Verify tells that noise from
+    // loss by the distance gap; records must match exactly.
+    let (code, report) = chroma_shift(&["verify", "--config", &config]).await?;
     assert_eq!(
         code,
         Some(0),

@@ -71,9 +71,16 @@ pub struct VerifyArgs {
     /// Results per sample query.
     #[arg(long, default_value_t = 10)]
     k: usize,
-    /// Mean recall at k below this is a divergence.
+    /// Mean recall at k below this is a divergence, when the target's neighbours are also
+    /// farther than the source's by more than --max-gap (other ids at the same distances are
+    /// ANN noise between two graphs, not loss).
     #[arg(long, default_value_t = 0.9)]
     min_recall: f64,
+    /// Largest mean relative distance gap of the target's top-k against the source's (5%: two
+    /// HNSW graphs over uniform random vectors differ by about 2%; a wrong space or a lost
+    /// part of the index by far more).
+    #[arg(long, default_value_t = 0.05)]
+    max_gap: f64,
     /// A distance drift above this is a divergence.
     #[arg(long, default_value_t = 1e-3)]
     max_drift: f64,
@@ -395,6 +402,7 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         sample: args.sample,
         k: args.k,
         min_recall: args.min_recall,
+        max_gap: args.max_gap,
         max_drift: args.max_drift,
         batch_size: args.batch_size.max(1),
         ..VerifyOptions::default()

@@ -43,8 +43,13 @@ pub struct VerifyOptions {
     pub sample: usize,
     /// Results per sample query.
     pub k: usize,
-    /// Mean recall at k below this is a divergence (`query_recall`).
+    /// Mean recall at k below this is a divergence (`query_recall`) when the target's
+    /// neighbours are also farther than the source's by more than `max_gap`: two HNSW graphs
+    /// built in different orders return different ids for near-ties, which is noise, not loss.
     pub min_recall: f64,
+    /// Largest mean relative distance gap (target's top-k against the source's) that still
+    /// counts as the same quality.
+    pub max_gap: f64,
     /// A distance drift above this is a divergence (`query_drift`).
     pub max_drift: f64,
     /// Records per `get`; the stores' `max_batch_size` at most.
@@ -63,6 +68,7 @@ impl Default for VerifyOptions {
             sample: 20,
             k: 10,
             min_recall: 0.9,
+            max_gap: 0.05,
             max_drift: 1e-3,
             batch_size: 500,
             recheck_rounds: 3,
@@ -174,6 +180,9 @@ pub struct QuerySample {
     pub worst_recall: f64,
     /// Largest |distance on the source - distance on the target| over ids both returned.
     pub drift: f64,
+    /// Mean over queries of (target's mean top-k distance - source's) / source's: how much
+    /// farther the target's neighbours are. Near 0 when ids differ only by ANN noise.
+    pub gap: f64,
     /// Why the target could not answer, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -655,17 +664,18 @@ impl Verifier {
         }
         if let Some(q) = &query {
             let detail = format!(
-                "{} queries at k={}: mean recall {:.3} (worst {:.3}), drift {:.2e}{}",
+                "{} queries at k={}: mean recall {:.3} (worst {:.3}), distance gap {:+.2}%, drift {:.2e}{}",
                 q.queries,
                 q.k,
                 q.recall,
                 q.worst_recall,
+                q.gap * 100.0,
                 q.drift,
                 q.error
                     .as_ref()
                     .map_or(String::new(), |e| format!("; the target failed: {e}"))
             );
-            if q.error.is_some() || q.recall < self.options.min_recall {
+            if q.error.is_some() || self.recall_fails(q) {
                 let d = divergence(
                     DivergenceKind::QueryRecall,
                     q.queries as u64,
@@ -709,10 +719,13 @@ impl Verifier {
 
     fn query_fails(&self, query: Option<&QuerySample>) -> bool {
         query.is_some_and(|q| {
-            q.error.is_some()
-                || q.recall < self.options.min_recall
-                || q.drift > self.options.max_drift
+            q.error.is_some() || self.recall_fails(q) || q.drift > self.options.max_drift
         })
+    }
+
+    /// Lost recall that is more than ANN noise: other ids, and farther ones.
+    fn recall_fails(&self, q: &QuerySample) -> bool {
+        q.recall < self.options.min_recall && q.gap > self.options.max_gap
     }
 }
 
@@ -872,12 +885,14 @@ impl Side<'_> {
                     recall: 0.0,
                     worst_recall: 0.0,
                     drift: 0.0,
+                    gap: 0.0,
                     error: Some(e.to_string()),
                 }))
             }
             Err(e) => return Err(on(target_store)(e)),
         };
         let mut recalls = Vec::new();
+        let mut gaps = Vec::new();
         let mut drift: f64 = 0.0;
         for (index, source_ids) in expected.ids.iter().enumerate() {
             let target_ids = got.ids.get(index).map_or(&[][..], Vec::as_slice);
@@ -887,6 +902,9 @@ impl Side<'_> {
             let (recall, d) = recall_and_drift(source_ids, source_d, target_ids, target_d);
             if let Some(recall) = recall {
                 recalls.push(recall);
+            }
+            if let Some(gap) = distance_gap(source_d, target_d) {
+                gaps.push(gap);
             }
             drift = drift.max(d);
         }
@@ -899,6 +917,11 @@ impl Side<'_> {
             recall: recalls.iter().sum::<f64>() / recalls.len() as f64,
             worst_recall: recalls.iter().copied().fold(1.0, f64::min),
             drift,
+            gap: if gaps.is_empty() {
+                0.0
+            } else {
+                gaps.iter().sum::<f64>() / gaps.len() as f64
+            },
             error: None,
         }))
     }
@@ -951,6 +974,17 @@ pub fn recall_and_drift(
         }
     }
     (Some(hits as f64 / source_ids.len() as f64), drift)
+}
+
+/// How much farther the target's neighbours are than the source's, relative to the source's
+/// mean distance; `None` without distances. A target missing neighbours returns farther ones.
+pub fn distance_gap(source: &[Option<f32>], target: &[Option<f32>]) -> Option<f64> {
+    let mean = |d: &[Option<f32>]| {
+        let known: Vec<f64> = d.iter().flatten().map(|v| f64::from(*v)).collect();
+        (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+    };
+    let (s, t) = (mean(source)?, mean(target)?);
+    Some(if s > f64::EPSILON { (t - s) / s } else { t - s })
 }
 
 /// Per-record digests of what a store returned, by id.
@@ -1045,6 +1079,20 @@ mod tests {
 
     fn ids(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_distance_gap_tells_ann_noise_from_farther_neighbours() {
+        let source = [Some(1.0), Some(2.0), Some(3.0)];
+        // Other ids at the same distances: no gap.
+        assert_eq!(
+            distance_gap(&source, &[Some(1.0), Some(2.0), Some(3.0)]),
+            Some(0.0)
+        );
+        // Farther neighbours: a 50% gap.
+        let gap = distance_gap(&source, &[Some(2.0), Some(3.0), Some(4.0)]).unwrap();
+        assert!((gap - 0.5).abs() < 1e-9, "{gap}");
+        assert_eq!(distance_gap(&[], &source), None);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::error::{error_response, BackendError, BackendErrorKind, ProxyError};
 use crate::headers::strip_hop_by_hop;
 use crate::locks::{OrderGuard, OrderLocks};
 use crate::metrics::ProxyMetrics;
-use crate::mirror::{ids_of, MirrorOp, RecordKind};
+use crate::mirror::{ids_of, EncodedOp, MirrorOp, RecordKind};
 use crate::resolve::{ResolveError, Resolver};
 use crate::topology::{SharedTopology, Topology};
 
@@ -172,14 +172,14 @@ impl Mirror {
         &self,
         intent: IntentId,
         secondary: BackendName,
-        ops: Vec<MirrorOp>,
+        ops: Vec<EncodedOp>,
     ) -> Result<(), ProxyError> {
         let entries = ops
-            .iter()
+            .into_iter()
             .map(|op| NewEntry {
                 target: secondary,
-                collection: op.lag_key(),
-                payload: op.to_bytes(),
+                collection: op.lag_key,
+                payload: op.bytes,
             })
             .collect();
         self.store
@@ -303,9 +303,11 @@ impl Mirror {
                 _ => &Value::Null,
             }),
         };
+        // Serialized once: the intent and the journal entry hold the same bytes.
+        let encoded = op.encode();
         let intent = self
             .store
-            .record_intent(op.to_bytes())
+            .record_intent(encoded.bytes.clone())
             .await
             .map_err(store_failure)?;
 
@@ -320,13 +322,13 @@ impl Mirror {
                 secondary,
                 primary_result,
                 secondary_result,
-                op,
+                encoded,
                 reconcile,
             )
             .await?
         } else {
             let result = self.send(primary, &request, &path, primary_body).await;
-            self.settle_journaled(topology.mode, intent, secondary, result, op, reconcile)
+            self.settle_journaled(topology.mode, intent, secondary, result, encoded, reconcile)
                 .await?
         };
         drop(guard);
@@ -342,7 +344,7 @@ impl Mirror {
         intent: IntentId,
         secondary: BackendName,
         result: Result<Response<Incoming>, BackendError>,
-        op: MirrorOp,
+        op: EncodedOp,
         reconcile: MirrorOp,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match outcome(result) {
@@ -357,7 +359,8 @@ impl Mirror {
                 Ok(relay(response))
             }
             PrimaryOutcome::Unknown(result) => {
-                self.journal(intent, secondary, vec![reconcile]).await?;
+                self.journal(intent, secondary, vec![reconcile.encode()])
+                    .await?;
                 self.count(mode, "reconcile_queued");
                 match result {
                     Ok(response) => Ok(relay(response)),
@@ -373,7 +376,7 @@ impl Mirror {
         secondary: BackendName,
         primary: Result<Response<Incoming>, BackendError>,
         secondary_result: Result<(), ApplyError>,
-        op: MirrorOp,
+        op: EncodedOp,
         reconcile: MirrorOp,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mode = MirrorMode::Sync;
@@ -394,7 +397,8 @@ impl Mirror {
                     SecondaryFailure::Fail => {
                         // The primary has it: the journal brings the secondary in line, and the
                         // client, told it failed, may retry (the write is idempotent).
-                        self.journal(intent, secondary, vec![reconcile]).await?;
+                        self.journal(intent, secondary, vec![reconcile.encode()])
+                            .await?;
                         self.count(mode, "failed");
                         Err(ProxyError::Backend(BackendError {
                             backend: secondary,
@@ -409,7 +413,8 @@ impl Mirror {
                 if secondary_result.is_ok() {
                     // The secondary took what the primary refused: undo that by copying the
                     // primary's state of those records.
-                    self.journal(intent, secondary, vec![reconcile]).await?;
+                    self.journal(intent, secondary, vec![reconcile.encode()])
+                        .await?;
                     self.count(mode, "reconcile_queued");
                 } else {
                     self.discard(intent).await?;
@@ -418,7 +423,8 @@ impl Mirror {
                 Ok(relay(response))
             }
             (PrimaryOutcome::Unknown(result), _) => {
-                self.journal(intent, secondary, vec![reconcile]).await?;
+                self.journal(intent, secondary, vec![reconcile.encode()])
+                    .await?;
                 self.count(mode, "reconcile_queued");
                 match result {
                     Ok(response) => Ok(relay(response)),
@@ -639,7 +645,8 @@ impl Mirror {
                 });
             }
             PrimaryOutcome::Unknown(result) => {
-                self.journal(intent, secondary, vec![intent_op]).await?;
+                self.journal(intent, secondary, vec![intent_op.encode()])
+                    .await?;
                 return match result {
                     Ok(response) => Ok(Answered {
                         response: relay(response),
@@ -746,7 +753,7 @@ impl Mirror {
             false
         };
         if !mirrored {
-            self.journal(intent, secondary, vec![op]).await?;
+            self.journal(intent, secondary, vec![op.encode()]).await?;
         }
         self.count(
             topology.mode,

@@ -174,30 +174,38 @@ impl ProxyBuilder {
 
     /// The config this builder makes (with the state in `state_dir`, or `./state` when unset).
     pub fn config(&self) -> anyhow::Result<Config> {
-        let primary = self.primary.as_str();
+        let state = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./state"));
+        Config::from_toml(&self.config_text("127.0.0.1:0", "127.0.0.1:0", &state))
+            .context("the test proxy's config")
+    }
+
+    /// The config's TOML, with the given listeners and state directory.
+    pub(crate) fn config_text(&self, listen: &str, admin: &str, state: &std::path::Path) -> String {
         let auth = if self.client_tokens.is_empty() {
             ""
         } else {
             "[server.client_auth]\nenabled = true\n"
         };
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{server_extra}\n{auth}\n[backends.old]\nurl = \"{old}\"\n[backends.new]\nurl = \"{new}\"\n[routing]\nprimary = \"{primary}\"\n[state]\ndir = \"{state}\"\n[health]\n{health}\n{extra}",
+        let health = if self.health_toml.contains("interval") {
+            self.health_toml.clone()
+        } else {
+            format!(
+                "interval = \"500ms\"\ntimeout = \"500ms\"\n{}",
+                self.health_toml
+            )
+        };
+        format!(
+            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nshutdown_grace = \"5s\"\n{server_extra}\n{auth}\n[backends.old]\nurl = \"{old}\"\n[backends.new]\nurl = \"{new}\"\n[routing]\nprimary = \"{primary}\"\n[state]\ndir = \"{state}\"\n[health]\n{health}\n{extra}",
             server_extra = self.server_toml,
-            health = if self.health_toml.contains("interval") {
-                self.health_toml.clone()
-            } else {
-                format!("interval = \"500ms\"\ntimeout = \"500ms\"\n{}", self.health_toml)
-            },
-            state = self
-                .state_dir
-                .as_deref()
-                .unwrap_or(std::path::Path::new("./state"))
-                .display(),
             old = self.old,
             new = self.new,
+            primary = self.primary.as_str(),
+            state = state.display(),
             extra = self.extra_toml,
-        );
-        Config::from_toml(&text).context("the test proxy's config")
+        )
     }
 
     /// Starts the proxy on free ports.

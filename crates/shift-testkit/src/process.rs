@@ -55,29 +55,7 @@ impl ProxyProcess {
             .unwrap_or_else(|| dir.path().join("state"));
         let data = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let auth = if builder.client_tokens.is_empty() {
-            ""
-        } else {
-            "[server.client_auth]\nenabled = true\n"
-        };
-        // The same config as ProxyBuilder::config, with fixed ports.
-        let text = format!(
-            "[server]\nlisten = \"{data}\"\nadmin_listen = \"{admin}\"\nshutdown_grace = \"5s\"\n{server_extra}\n{auth}\n[backends.old]\nurl = \"{old}\"\n[backends.new]\nurl = \"{new}\"\n[routing]\nprimary = \"{primary}\"\n[state]\ndir = \"{state}\"\n[health]\n{health}\n{extra}",
-            server_extra = builder.server_toml,
-            health = if builder.health_toml.contains("interval") {
-                builder.health_toml.clone()
-            } else {
-                format!(
-                    "interval = \"500ms\"\ntimeout = \"500ms\"\n{}",
-                    builder.health_toml
-                )
-            },
-            old = builder.old,
-            new = builder.new,
-            primary = builder.primary.as_str(),
-            state = state.display(),
-            extra = builder.extra_toml,
-        );
+        let text = builder.config_text(&data.to_string(), &admin.to_string(), &state);
         // Fail here, with the reason, rather than in the child.
         shift_config::Config::from_toml(&text).context("the proxy process's config")?;
         let config = dir.path().join("chroma-shift.toml");
