@@ -381,3 +381,99 @@ async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> any
     );
     Ok(())
 }
+
+/// Python clients write and read through the proxy without pause while it cuts over and rolls
+/// back: no client sees an error, reads after the cutover come from the new store, no write
+/// is lost, and the longest write pause is measured.
+#[tokio::test]
+async fn cutover_and_rollback_under_a_python_load_lose_nothing() -> anyhow::Result<()> {
+    use shift_testkit::python::run_script;
+    let (old, new) = stores().await?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .spawn()
+        .await?;
+    let url = proxy.url();
+    let load = tokio::spawn(async move {
+        run_script(
+            "writers.py",
+            &[
+                "--url",
+                &url,
+                "--writers",
+                "3",
+                "--ops",
+                "120",
+                "--collections",
+                "2",
+                "--seed",
+                "11",
+                "--prefix",
+                "moving",
+                "--pause-ms",
+                "30",
+                "--reads",
+            ],
+            Duration::from_secs(600),
+        )
+        .await
+    });
+    // Let the load get going on the old store.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(
+        &proxy.admin_url(),
+        "chroma_shift_mirrored_writes_total",
+        &[("outcome", "journaled")],
+    )
+    .await?
+    .unwrap_or(0.0)
+        < 30.0
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the load did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, cutover) = proxy
+        .admin("POST", "/admin/cutover", Some(json!({"timeout": "20s"})))
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{cutover}");
+    assert_eq!(cutover["switched"], true, "{cutover}");
+    // Reads after the cutover are served by the new store.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(
+        &proxy.admin_url(),
+        "chroma_shift_requests_total",
+        &[("backend", "new"), ("operation", "collection_query")],
+    )
+    .await?
+    .unwrap_or(0.0)
+        < 5.0
+    {
+        anyhow::ensure!(Instant::now() < deadline, "no read reached the new primary");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, rollback) = proxy
+        .admin("POST", "/admin/rollback", Some(json!({"timeout": "20s"})))
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{rollback}");
+    assert_eq!(rollback["switched"], true, "{rollback}");
+
+    let output = load.await??;
+    let summary: Value = serde_json::from_str(output.stdout.trim())?;
+    assert_eq!(summary["errors"], 0, "a client saw an error: {summary}");
+    assert_eq!(summary["ops"], 360, "{summary}");
+    eprintln!(
+        "writes held: cutover {} ms, rollback {} ms; slowest client write with its reads: {:.0} ms",
+        cutover["writes_held_ms"],
+        rollback["writes_held_ms"],
+        summary["max_op_ms"].as_f64().unwrap_or(0.0)
+    );
+    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(120)).await?;
+    wait_drained(&proxy.admin_url(), "old", Duration::from_secs(120)).await?;
+    for name in ["moving-0", "moving-1"] {
+        let (on_old, on_new) = (ids_on(&old, name).await?, ids_on(&new, name).await?);
+        assert!(!on_old.is_empty(), "{name} is empty");
+        assert_eq!(on_old, on_new, "{name} differs between the stores");
+    }
+    Ok(())
+}

@@ -12,7 +12,8 @@ up front with get_or_create, dimension 8, explicit embeddings, no embedding func
 
 Batches hold 1 to 20 records. Without --tolerate-errors any exception fails the run; with it,
 failed calls are counted (the proxy may be killed mid-load) and the writer goes on after a
-short pause. Prints one JSON line: {"ops", "errors", "by_op", "acked"}.
+short pause. With --reads each write is followed by a query and a count. Prints one JSON line:
+{"ops", "errors", "by_op", "acked", "reads", "max_op_ms"} (the slowest write with its reads).
 
 Usage: writers.py --url URL --writers N --ops M --collections K --seed S --acked FILE
                   [--mode mixed|adds] [--tolerate-errors] [--prefix dw] [--pause-ms P]
@@ -143,7 +144,7 @@ def open_collections(client, args, attempts):
 
 
 def writer_main(args, writer, start, results):
-    summary = {"ops": 0, "errors": 0, "by_op": {}, "acked": 0, "error_kinds": {}}
+    summary = {"ops": 0, "errors": 0, "by_op": {}, "acked": 0, "error_kinds": {}, "reads": 0, "max_op_ms": 0.0}
     try:
         rng = random.Random(args.seed * 1000 + writer)
         client = client_for(args.url)
@@ -156,6 +157,7 @@ def writer_main(args, writer, start, results):
         counter = 0
         for op_index in range(args.ops):
             collection = rng.choice(collections)
+            op_started = time.time()
             try:
                 if args.mode == "adds":
                     op, ids = adds_op(rng, collection, writer, counter)
@@ -189,6 +191,14 @@ def writer_main(args, writer, start, results):
                         }
                         log.write(json.dumps(entry) + "\n")
                         log.flush()
+                if args.reads:
+                    # A client that reads what it wrote, as applications do.
+                    collection.query(query_embeddings=[[0.5] * DIMENSION], n_results=3)
+                    collection.count()
+                    summary["reads"] += 2
+                summary["max_op_ms"] = max(
+                    summary["max_op_ms"], (time.time() - op_started) * 1000.0
+                )
             except Exception as error:
                 if not args.tolerate_errors:
                     raise
@@ -233,6 +243,9 @@ def main():
     parser.add_argument(
         "--pause-ms", type=int, default=0, help="pause after each op, to stretch a load"
     )
+    parser.add_argument(
+        "--reads", action="store_true", help="after each write, a query and a count"
+    )
     args = parser.parse_args()
 
     # The collections exist before any writer starts, created through the proxy.
@@ -257,7 +270,7 @@ def main():
     for process in processes:
         process.join()
 
-    total = {"ops": 0, "errors": 0, "by_op": {}, "acked": 0, "error_kinds": {}}
+    total = {"ops": 0, "errors": 0, "by_op": {}, "acked": 0, "error_kinds": {}, "reads": 0, "max_op_ms": 0.0}
     failed = False
     for writer, status, detail in sorted(outcomes, key=lambda o: o[0]):
         if status != "ok":
@@ -267,6 +280,8 @@ def main():
         total["ops"] += detail["ops"]
         total["errors"] += detail["errors"]
         total["acked"] += detail["acked"]
+        total["reads"] += detail["reads"]
+        total["max_op_ms"] = max(total["max_op_ms"], detail["max_op_ms"])
         for key in ("by_op", "error_kinds"):
             for name, count in detail[key].items():
                 total[key][name] = total[key].get(name, 0) + count

@@ -30,6 +30,10 @@ pub enum LocalChromaError {
         log: PathBuf,
         tail: String,
     },
+    #[error(
+        "{addr} is taken by another process; a second server there would be mistaken for this one"
+    )]
+    PortTaken { addr: SocketAddr },
     #[error("io error around the chroma process: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -158,6 +162,11 @@ impl LocalChroma {
     }
 
     async fn launch(&mut self) -> Result<(), LocalChromaError> {
+        // Another server on the port would answer the heartbeat for ours (a restart on the
+        // same port races every other process that asks the OS for a free one).
+        if TcpStream::connect(self.addr).await.is_ok() {
+            return Err(LocalChromaError::PortTaken { addr: self.addr });
+        }
         let log_path = self.options.data_dir.join("chroma.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
