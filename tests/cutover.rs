@@ -8,20 +8,10 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use serde_json::{json, Value};
 use shift_testkit::scrape::{metric, wait_drained};
+use shift_testkit::stores::{ids_by_name, post_json, two_stores, DEFAULT_DB};
 use shift_testkit::{http, http_json, Chroma, Fault, FaultyBackend, Proxy, ADMIN_TOKEN};
 
-const DB: &str = "/api/v2/tenants/default_tenant/databases/default_database";
-
-async fn stores() -> anyhow::Result<(Chroma, Chroma)> {
-    let (old, new) = tokio::join!(Chroma::spawn(), Chroma::spawn());
-    Ok((old?, new?))
-}
-
-async fn post(url: String, body: Value) -> anyhow::Result<Value> {
-    let (status, answer) = http_json("POST", &url, Some(body)).await?;
-    anyhow::ensure!(status.is_success(), "{url} answered {status}: {answer}");
-    Ok(answer)
-}
+const DB: &str = DEFAULT_DB;
 
 fn records(prefix: &str, n: usize) -> Value {
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
@@ -34,43 +24,21 @@ fn records(prefix: &str, n: usize) -> Value {
 
 /// The sorted ids of a collection on a store, read directly.
 async fn ids_on(store: &Chroma, name: &str) -> anyhow::Result<Vec<String>> {
-    let (_, collection) = http_json(
-        "GET",
-        &format!("{}{DB}/collections/{name}", store.url()),
-        None,
-    )
-    .await?;
-    let id = collection["id"].as_str().unwrap_or_default();
-    let (_, got) = http_json(
-        "POST",
-        &format!("{}{DB}/collections/{id}/get", store.url()),
-        Some(json!({"include": []})),
-    )
-    .await?;
-    let mut ids: Vec<String> = got["ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    ids.sort();
-    Ok(ids)
+    ids_by_name(&store.url(), name).await
 }
 
 #[tokio::test]
 async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::Result<()> {
-    let (old, new) = stores().await?;
+    let (old, new) = two_stores().await?;
     let proxy = Proxy::builder()
         .old(old.url())
         .new_store(new.url())
         .spawn()
         .await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post(format!("{base}/collections"), json!({"name": "moving"})).await?;
+    let created = post_json(format!("{base}/collections"), json!({"name": "moving"})).await?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
-    post(
+    post_json(
         format!("{base}/collections/{id}/add"),
         records("before", 20),
     )
@@ -112,7 +80,7 @@ async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::
     .await?;
     assert_eq!(served_by_new, Some(1.0));
     // Writes now go to the new store first and are mirrored back to the old one.
-    post(
+    post_json(
         format!("{base}/collections/{id}/add"),
         records("after-cutover", 15),
     )
@@ -138,7 +106,7 @@ async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["to"], "old");
     assert_eq!(report["epoch"], 3);
-    post(
+    post_json(
         format!("{base}/collections/{id}/upsert"),
         records("after-rollback", 5),
     )
@@ -151,19 +119,19 @@ async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::
 
 #[tokio::test]
 async fn a_cutover_is_refused_when_the_target_is_down_or_the_lag_too_high() -> anyhow::Result<()> {
-    let (old, mut new) = stores().await?;
+    let (old, mut new) = two_stores().await?;
     let proxy = Proxy::builder()
         .old(old.url())
         .new_store(new.url())
         .spawn()
         .await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post(format!("{base}/collections"), json!({"name": "stuck"})).await?;
+    let created = post_json(format!("{base}/collections"), json!({"name": "stuck"})).await?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
     new.stop().await?;
     // Writes keep working; they queue for the new store.
     for round in 0..3 {
-        post(
+        post_json(
             format!("{base}/collections/{id}/add"),
             records(&format!("r{round}"), 5),
         )
@@ -191,7 +159,7 @@ async fn a_cutover_is_refused_when_the_target_is_down_or_the_lag_too_high() -> a
 
 #[tokio::test]
 async fn the_admin_api_needs_its_token_and_is_not_on_the_data_port() -> anyhow::Result<()> {
-    let (old, new) = stores().await?;
+    let (old, new) = two_stores().await?;
     let proxy = Proxy::builder()
         .old(old.url())
         .new_store(new.url())
@@ -240,19 +208,19 @@ async fn the_admin_api_needs_its_token_and_is_not_on_the_data_port() -> anyhow::
 
 #[tokio::test]
 async fn pause_holds_writes_without_rejecting_them() -> anyhow::Result<()> {
-    let (old, new) = stores().await?;
+    let (old, new) = two_stores().await?;
     let proxy = Proxy::builder()
         .old(old.url())
         .new_store(new.url())
         .spawn()
         .await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post(format!("{base}/collections"), json!({"name": "paused"})).await?;
+    let created = post_json(format!("{base}/collections"), json!({"name": "paused"})).await?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
     let (status, _) = proxy.admin("POST", "/admin/pause", None).await?;
     assert_eq!(status, StatusCode::OK);
     let url = format!("{base}/collections/{id}/add");
-    let held = tokio::spawn(async move { post(url, records("held", 3)).await });
+    let held = tokio::spawn(async move { post_json(url, records("held", 3)).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!held.is_finished(), "a write went through a paused gate");
     let (_, state) = proxy.admin("GET", "/admin/status", None).await?;
@@ -269,7 +237,7 @@ async fn pause_holds_writes_without_rejecting_them() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_restart_keeps_the_topology_and_the_collection_ids() -> anyhow::Result<()> {
-    let (old, new) = stores().await?;
+    let (old, new) = two_stores().await?;
     let state_dir = tempfile::tempdir()?;
     let builder = Proxy::builder()
         .old(old.url())
@@ -277,7 +245,7 @@ async fn a_restart_keeps_the_topology_and_the_collection_ids() -> anyhow::Result
         .state_dir(state_dir.path());
     let proxy = builder.clone().spawn().await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post(format!("{base}/collections"), json!({"name": "kept"})).await?;
+    let created = post_json(format!("{base}/collections"), json!({"name": "kept"})).await?;
     let id = created["id"].clone();
     let (status, report) = proxy.admin("POST", "/admin/cutover", None).await?;
     assert_eq!(status, StatusCode::OK, "{report}");
@@ -295,7 +263,7 @@ async fn a_restart_keeps_the_topology_and_the_collection_ids() -> anyhow::Result
         "the client id changed across the restart"
     );
     let client_id = id.as_str().unwrap_or_default();
-    post(
+    post_json(
         format!("{base}/collections/{client_id}/add"),
         records("after-restart", 4),
     )
@@ -312,7 +280,7 @@ async fn a_restart_keeps_the_topology_and_the_collection_ids() -> anyhow::Result
 
 #[tokio::test]
 async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> anyhow::Result<()> {
-    let (old, mut new) = stores().await?;
+    let (old, mut new) = two_stores().await?;
     let webhook = FaultyBackend::spawn(Fault::Status(StatusCode::OK, "ok".into())).await?;
     let proxy = Proxy::builder()
         .old(old.url())
@@ -322,7 +290,7 @@ async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> any
         .spawn()
         .await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post(format!("{base}/collections"), json!({"name": "failover"})).await?;
+    let created = post_json(format!("{base}/collections"), json!({"name": "failover"})).await?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
     let (status, report) = proxy.admin("POST", "/admin/cutover", None).await?;
     assert_eq!(status, StatusCode::OK, "{report}");
@@ -342,7 +310,7 @@ async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> any
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Clients keep working on the old store; their writes wait in the journal for the new one.
-    post(
+    post_json(
         format!("{base}/collections/{id}/add"),
         records("after-failover", 3),
     )
@@ -388,7 +356,7 @@ async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> any
 #[tokio::test]
 async fn cutover_and_rollback_under_a_python_load_lose_nothing() -> anyhow::Result<()> {
     use shift_testkit::python::run_script;
-    let (old, new) = stores().await?;
+    let (old, new) = two_stores().await?;
     let proxy = Proxy::builder()
         .old(old.url())
         .new_store(new.url())

@@ -7,14 +7,10 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{json, Value};
 use shift_testkit::scrape::{metric, wait_drained};
+use shift_testkit::stores::{post_json, record_ids, two_stores, DEFAULT_DB};
 use shift_testkit::{http_json, Chroma, Proxy};
 
-const DB: &str = "/api/v2/tenants/default_tenant/databases/default_database";
-
-async fn stores() -> anyhow::Result<(Chroma, Chroma)> {
-    let (old, new) = tokio::join!(Chroma::spawn(), Chroma::spawn());
-    Ok((old?, new?))
-}
+const DB: &str = DEFAULT_DB;
 
 /// Collections of a store's database: name -> (metadata, sorted record ids).
 async fn contents(url: &str, db_path: &str) -> anyhow::Result<Vec<(String, Value, Vec<String>)>> {
@@ -23,21 +19,7 @@ async fn contents(url: &str, db_path: &str) -> anyhow::Result<Vec<(String, Value
     let mut out = Vec::new();
     for collection in list.as_array().cloned().unwrap_or_default() {
         let id = collection["id"].as_str().unwrap_or_default();
-        let (_, got) = http_json(
-            "POST",
-            &format!("{url}{db_path}/collections/{id}/get"),
-            Some(json!({"include": []})),
-        )
-        .await?;
-        let mut ids: Vec<String> = got["ids"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        ids.sort();
+        let ids = record_ids(url, db_path, id).await?;
         out.push((
             collection["name"].as_str().unwrap_or_default().to_owned(),
             collection["metadata"].clone(),
@@ -56,15 +38,9 @@ fn records(ids: &[&str]) -> Value {
     })
 }
 
-async fn post(url: String, body: Value) -> anyhow::Result<Value> {
-    let (status, answer) = http_json("POST", &url, Some(body)).await?;
-    anyhow::ensure!(status.is_success(), "{url} answered {status}: {answer}");
-    Ok(answer)
-}
-
 #[tokio::test]
 async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyhow::Result<()> {
-    let (old, new) = stores().await?;
+    let (old, new) = two_stores().await?;
     let proxy = Proxy::builder()
         .old(old.url())
         .new_store(new.url())
@@ -72,7 +48,7 @@ async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyho
         .await?;
     let base = format!("{}{DB}", proxy.url());
 
-    let created = post(
+    let created = post_json(
         format!("{base}/collections"),
         json!({"name": "alpha", "metadata": {"team": "search"}}),
     )
@@ -85,7 +61,7 @@ async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyho
         "the client id is the old store's id"
     );
 
-    post(
+    post_json(
         format!("{base}/collections/{id}/add"),
         records(&["a", "b", "c", "d"]),
     )
@@ -98,11 +74,11 @@ async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyho
     )
     .await?;
     assert_eq!(status, StatusCode::OK);
-    post(format!("{base}/collections"), json!({"name": "doomed"})).await?;
+    post_json(format!("{base}/collections"), json!({"name": "doomed"})).await?;
     let (status, _) = http_json("DELETE", &format!("{base}/collections/doomed"), None).await?;
     assert_eq!(status, StatusCode::OK);
     // A filtered delete: decided on the primary, the same ids removed on both.
-    post(
+    post_json(
         format!("{base}/collections/{id}/delete"),
         json!({"where": {"bucket": 0}}),
     )
@@ -140,7 +116,7 @@ async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyho
 
 #[tokio::test]
 async fn namespaces_are_renamed_on_the_new_store() -> anyhow::Result<()> {
-    let (old, new) = stores().await?;
+    let (old, new) = two_stores().await?;
     let proxy = Proxy::builder()
         .old(old.url())
         .new_store(new.url())
@@ -148,20 +124,20 @@ async fn namespaces_are_renamed_on_the_new_store() -> anyhow::Result<()> {
         .spawn()
         .await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post(format!("{base}/collections"), json!({"name": "docs"})).await?;
+    let created = post_json(format!("{base}/collections"), json!({"name": "docs"})).await?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
-    post(
+    post_json(
         format!("{base}/collections/{id}/upsert"),
         records(&["x", "y"]),
     )
     .await?;
     // A tenant and a database made through the proxy exist on both stores.
-    post(
+    post_json(
         format!("{}/api/v2/tenants", proxy.url()),
         json!({"name": "team-x"}),
     )
     .await?;
-    post(
+    post_json(
         format!("{}/api/v2/tenants/team-x/databases", proxy.url()),
         json!({"name": "db-one"}),
     )
@@ -190,7 +166,7 @@ async fn namespaces_are_renamed_on_the_new_store() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn sync_mode_applies_to_both_before_answering() -> anyhow::Result<()> {
-    let (old, new) = stores().await?;
+    let (old, new) = two_stores().await?;
     let proxy = Proxy::builder()
         .old(old.url())
         .new_store(new.url())
@@ -198,14 +174,14 @@ async fn sync_mode_applies_to_both_before_answering() -> anyhow::Result<()> {
         .spawn()
         .await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post(format!("{base}/collections"), json!({"name": "synced"})).await?;
+    let created = post_json(format!("{base}/collections"), json!({"name": "synced"})).await?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
-    post(
+    post_json(
         format!("{base}/collections/{id}/add"),
         records(&["a", "b", "c"]),
     )
     .await?;
-    post(
+    post_json(
         format!("{base}/collections/{id}/delete"),
         json!({"ids": ["b"]}),
     )
@@ -237,7 +213,7 @@ async fn reset_goes_to_both_stores_only_when_allowed() -> anyhow::Result<()> {
         .new_store(new.url())
         .spawn()
         .await?;
-    post(
+    post_json(
         format!("{}{DB}/collections", refusing.url()),
         json!({"name": "kept"}),
     )

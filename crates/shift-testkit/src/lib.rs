@@ -11,6 +11,7 @@ pub mod faulty;
 pub mod process;
 pub mod python;
 pub mod scrape;
+pub mod stores;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
