@@ -435,10 +435,57 @@ impl Applier {
         let path = paths::collection_verb(&tenant, &database, &id, kind.verb());
         let max = self.max_batch(target).await;
         for part in split_record_body(body, max) {
+            let part = if kind == RecordKind::Update {
+                match self.update_of_existing(target, &tenant, &database, &id, part).await? {
+                    Some(part) => part,
+                    None => continue,
+                }
+            } else {
+                part
+            };
             let answer = self.call(target, Method::POST, &path, Some(&part)).await?;
             check(target, kind.verb(), answer)?;
         }
         Ok(())
+    }
+
+    /// An update that carries embeddings, restricted to the ids the target holds (`None` when
+    /// it holds none of them). Chroma 1.5.9 keeps the embedding of an update of a missing id
+    /// and brings it back when the id is added later (see the write path's note on updates);
+    /// on the secondary that is common before the backfill has copied the old records, and the
+    /// backfill's copy would then be overwritten by the stale embedding.
+    async fn update_of_existing(
+        &self,
+        target: BackendName,
+        tenant: &str,
+        database: &str,
+        id: &str,
+        part: Value,
+    ) -> Result<Option<Value>, ApplyError> {
+        let carries_embeddings = part
+            .get("embeddings")
+            .and_then(Value::as_array)
+            .is_some_and(|e| !e.is_empty());
+        if !carries_embeddings {
+            return Ok(Some(part));
+        }
+        let ids = crate::mirror::ids_of(&part);
+        let path = paths::collection_verb(tenant, database, id, "get");
+        let answer = self
+            .call(target, Method::POST, &path, Some(&json!({"ids": ids, "include": []})))
+            .await?;
+        let answer = check(target, "get", answer)?;
+        let existing: HashSet<String> = shift_chroma::payload::get_response_ids(&answer.body)
+            .map_err(|e| ApplyError::refused(e.to_string()))?
+            .into_iter()
+            .collect();
+        if existing.is_empty() {
+            return Ok(None);
+        }
+        if ids.iter().all(|i| existing.contains(i)) {
+            return Ok(Some(part));
+        }
+        Ok(shift_chroma::payload::retain_records(&part, |i| existing.contains(i)).or(Some(part)))
     }
 
     /// Copies what the source holds for `ids` to the target, and deletes there what the source
