@@ -176,7 +176,9 @@ impl Mirror {
                 .canary(&collection, CanaryOutcome::SkippedUnmapped);
             return None;
         };
-        if self.lagging(secondary, &entry.client_id) {
+        // A parked write (a dead letter) leaves no lag but a secondary that may differ: canaries
+        // wait until an operator has dealt with it. Coarse (any dead letter), and safe.
+        if self.lagging(secondary, &entry.client_id) || self.store.dead_letter_count() > 0 {
             self.shadow
                 .canary(&collection, CanaryOutcome::SkippedLagging);
             return None;
