@@ -85,47 +85,71 @@ const RECORD_FIELDS: [&str; 5] = ["ids", "embeddings", "metadatas", "documents",
 /// Merges two add (or two upsert) bodies into one, when that means the same as applying them
 /// one after the other: ids disjoint, embeddings in the same form. `None` otherwise.
 pub fn merge_record_bodies(first: &Value, second: &Value) -> Option<Value> {
-    let (a, b) = (first.as_object()?, second.as_object()?);
+    let mut merged = first.clone();
+    append_record_body(&mut merged, second).then_some(merged)
+}
+
+/// Appends `next`'s records to `into` in place, when applying the two one after the other
+/// means the same as applying the merged body: only per-record arrays, ids disjoint,
+/// embeddings in the same form, arrays as long as their ids. False, and `into` untouched,
+/// otherwise. In place, so merging many bodies costs their size once, not quadratically.
+pub fn append_record_body(into: &mut Value, next: &Value) -> bool {
+    let (Some(a), Some(b)) = (into.as_object(), next.as_object()) else {
+        return false;
+    };
     // Only the per-record arrays may be present; anything else (a future flag) is not merged.
     if a.keys()
         .chain(b.keys())
         .any(|k| !RECORD_FIELDS.contains(&k.as_str()))
     {
-        return None;
+        return false;
     }
-    let ids_a = a.get("ids")?.as_array()?;
-    let ids_b = b.get("ids")?.as_array()?;
+    let (Some(ids_a), Some(ids_b)) = (
+        a.get("ids").and_then(Value::as_array),
+        b.get("ids").and_then(Value::as_array),
+    ) else {
+        return false;
+    };
     let seen: std::collections::HashSet<&str> = ids_a.iter().filter_map(Value::as_str).collect();
     if ids_b
         .iter()
         .filter_map(Value::as_str)
         .any(|id| seen.contains(id))
     {
-        return None;
+        return false;
     }
     if embedding_form(a.get("embeddings")) != embedding_form(b.get("embeddings")) {
-        return None;
+        return false;
     }
-    let mut merged = Map::new();
+    let (len_a, len_b) = (ids_a.len(), ids_b.len());
+    let lengths_fit = RECORD_FIELDS.iter().all(|field| {
+        present(a.get(*field)).is_none_or(|v| v.len() == len_a)
+            && present(b.get(*field)).is_none_or(|v| v.len() == len_b)
+    });
+    if !lengths_fit {
+        return false;
+    }
+    let Some(a) = into.as_object_mut() else {
+        return false;
+    };
     for field in RECORD_FIELDS {
-        let (fa, fb) = (present(a.get(field)), present(b.get(field)));
-        if fa.is_none() && fb.is_none() {
+        let from_b = present(b.get(field));
+        if present(a.get(field)).is_none() && from_b.is_none() {
             continue;
         }
-        let mut values = Vec::with_capacity(ids_a.len() + ids_b.len());
-        for (part, len) in [(fa, ids_a.len()), (fb, ids_b.len())] {
-            match part {
-                Some(array) if array.len() == len => values.extend(array.iter().cloned()),
-                // A missing optional array stands for nulls; embeddings are never optional.
-                None if field != "embeddings" => {
-                    values.extend(std::iter::repeat_n(Value::Null, len))
-                }
-                _ => return None,
+        // A missing optional array stands for nulls (embeddings are absent on both or neither).
+        let slot = a.entry(field.to_owned()).or_insert(Value::Null);
+        if !slot.is_array() {
+            *slot = Value::Array(vec![Value::Null; len_a]);
+        }
+        if let Value::Array(items) = slot {
+            match from_b {
+                Some(more) => items.extend(more.iter().cloned()),
+                None => items.extend(std::iter::repeat_n(Value::Null, len_b)),
             }
         }
-        merged.insert(field.to_owned(), Value::Array(values));
     }
-    Some(Value::Object(merged))
+    true
 }
 
 fn present(value: Option<&Value>) -> Option<&Vec<Value>> {

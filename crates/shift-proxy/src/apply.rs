@@ -436,7 +436,10 @@ impl Applier {
         let max = self.max_batch(target).await;
         for part in split_record_body(body, max) {
             let part = if kind == RecordKind::Update {
-                match self.update_of_existing(target, &tenant, &database, &id, part).await? {
+                match self
+                    .update_of_existing(target, &tenant, &database, &id, part)
+                    .await?
+                {
                     Some(part) => part,
                     None => continue,
                 }
@@ -472,7 +475,12 @@ impl Applier {
         let ids = crate::mirror::ids_of(&part);
         let path = paths::collection_verb(tenant, database, id, "get");
         let answer = self
-            .call(target, Method::POST, &path, Some(&json!({"ids": ids, "include": []})))
+            .call(
+                target,
+                Method::POST,
+                &path,
+                Some(&json!({"ids": ids, "include": []})),
+            )
             .await?;
         let answer = check(target, "get", answer)?;
         let existing: HashSet<String> = shift_chroma::payload::get_response_ids(&answer.body)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use shift_chroma::payload::{merge_record_bodies, record_count};
+use shift_chroma::payload::{append_record_body, record_count};
 use shift_config::BackendName;
 use shift_store::{JournalEntry, Seq, Store};
 use tokio::sync::watch;
@@ -240,14 +240,11 @@ fn group(
         };
         let size = entry.payload.len();
         if let Some(last) = batches.last_mut() {
-            if merged_bytes + size <= MERGED_BYTES {
-                if let Some(merged) = merge(&last.op, &op, max_records) {
-                    last.op = merged;
-                    last.seqs.push(entry.seq);
-                    last.entries.push((entry.seq, op));
-                    merged_bytes += size;
-                    continue;
-                }
+            if merged_bytes + size <= MERGED_BYTES && merge_into(&mut last.op, &op, max_records) {
+                last.seqs.push(entry.seq);
+                last.entries.push((entry.seq, op));
+                merged_bytes += size;
+                continue;
             }
         }
         merged_bytes = size;
@@ -260,8 +257,9 @@ fn group(
     batches
 }
 
-/// One op doing what `first` then `second` do, when that can be said in one request.
-fn merge(first: &MirrorOp, second: &MirrorOp, max_records: usize) -> Option<MirrorOp> {
+/// Makes `into` do what it did and then what `next` does, in place, when that can be said in
+/// one request; false (and `into` untouched) otherwise.
+fn merge_into(into: &mut MirrorOp, next: &MirrorOp, max_records: usize) -> bool {
     let (
         MirrorOp::Records {
             kind: k1,
@@ -273,31 +271,40 @@ fn merge(first: &MirrorOp, second: &MirrorOp, max_records: usize) -> Option<Mirr
             collection: c2,
             body: b2,
         },
-    ) = (first, second)
+    ) = (into, next)
     else {
-        return None;
+        return false;
     };
     if k1 != k2 || c1 != c2 || record_count(b1) + record_count(b2) > max_records {
-        return None;
+        return false;
     }
-    let body: Value = match k1 {
-        RecordKind::Add | RecordKind::Upsert | RecordKind::Update => merge_record_bodies(b1, b2)?,
+    match k1 {
+        RecordKind::Add | RecordKind::Upsert | RecordKind::Update => append_record_body(b1, b2),
         // Deletes by id commute with each other: any overlap is harmless.
         RecordKind::Delete => {
             let only_ids = |b: &Value| b.as_object().is_some_and(|o| o.keys().all(|k| k == "ids"));
             if !only_ids(b1) || !only_ids(b2) {
-                return None;
+                return false;
             }
-            let mut ids = b1["ids"].as_array()?.clone();
-            ids.extend(b2["ids"].as_array()?.iter().cloned());
-            serde_json::json!({ "ids": ids })
+            match (
+                b1.get_mut("ids").and_then(Value::as_array_mut),
+                b2["ids"].as_array(),
+            ) {
+                (Some(ids), Some(more)) => {
+                    ids.extend(more.iter().cloned());
+                    true
+                }
+                _ => false,
+            }
         }
-    };
-    Some(MirrorOp::Records {
-        kind: *k1,
-        collection: c1.clone(),
-        body,
-    })
+    }
+}
+
+/// One op doing what `first` then `second` do, when that can be said in one request.
+#[cfg(test)]
+fn merge(first: &MirrorOp, second: &MirrorOp, max_records: usize) -> Option<MirrorOp> {
+    let mut merged = first.clone();
+    merge_into(&mut merged, second, max_records).then_some(merged)
 }
 
 #[cfg(test)]
