@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use serde_json::{json, Value};
 use shift_testkit::scrape::{metric, wait_drained};
-use shift_testkit::stores::{ids_by_name, post_json, two_stores, DEFAULT_DB};
+use shift_testkit::stores::{ids_by_name, post_json, proxy_in_front, two_stores, DEFAULT_DB};
 use shift_testkit::{http, http_json, Chroma, Fault, FaultyBackend, Proxy, ADMIN_TOKEN};
 
 const DB: &str = DEFAULT_DB;
@@ -30,11 +30,7 @@ async fn ids_on(store: &Chroma, name: &str) -> anyhow::Result<Vec<String>> {
 #[tokio::test]
 async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::Result<()> {
     let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await?;
+    let proxy = proxy_in_front(&old, &new).await?;
     let base = format!("{}{DB}", proxy.url());
     let created = post_json(format!("{base}/collections"), json!({"name": "moving"})).await?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
@@ -120,11 +116,7 @@ async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::
 #[tokio::test]
 async fn a_cutover_is_refused_when_the_target_is_down_or_the_lag_too_high() -> anyhow::Result<()> {
     let (old, mut new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await?;
+    let proxy = proxy_in_front(&old, &new).await?;
     let base = format!("{}{DB}", proxy.url());
     let created = post_json(format!("{base}/collections"), json!({"name": "stuck"})).await?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
@@ -160,11 +152,7 @@ async fn a_cutover_is_refused_when_the_target_is_down_or_the_lag_too_high() -> a
 #[tokio::test]
 async fn the_admin_api_needs_its_token_and_is_not_on_the_data_port() -> anyhow::Result<()> {
     let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await?;
+    let proxy = proxy_in_front(&old, &new).await?;
     let admin = proxy.admin_url();
     for (method, path) in [
         ("GET", "/admin/status"),
@@ -209,11 +197,7 @@ async fn the_admin_api_needs_its_token_and_is_not_on_the_data_port() -> anyhow::
 #[tokio::test]
 async fn pause_holds_writes_without_rejecting_them() -> anyhow::Result<()> {
     let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await?;
+    let proxy = proxy_in_front(&old, &new).await?;
     let base = format!("{}{DB}", proxy.url());
     let created = post_json(format!("{base}/collections"), json!({"name": "paused"})).await?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
@@ -357,11 +341,7 @@ async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> any
 async fn cutover_and_rollback_under_a_python_load_lose_nothing() -> anyhow::Result<()> {
     use shift_testkit::python::run_script;
     let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await?;
+    let proxy = proxy_in_front(&old, &new).await?;
     let url = proxy.url();
     let load = tokio::spawn(async move {
         run_script(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{json, Value};
 use shift_testkit::scrape::{metric, wait_drained};
-use shift_testkit::stores::{post_json, record_ids, two_stores, DEFAULT_DB};
+use shift_testkit::stores::{post_json, proxy_in_front, record_ids, two_stores, DEFAULT_DB};
 use shift_testkit::{http_json, Chroma, Proxy};
 
 const DB: &str = DEFAULT_DB;
@@ -41,11 +41,7 @@ fn records(ids: &[&str]) -> Value {
 #[tokio::test]
 async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyhow::Result<()> {
     let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await?;
+    let proxy = proxy_in_front(&old, &new).await?;
     let base = format!("{}{DB}", proxy.url());
 
     let created = post_json(

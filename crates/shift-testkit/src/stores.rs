@@ -54,3 +54,12 @@ pub async fn ids_by_name(url: &str, name: &str) -> anyhow::Result<Vec<String>> {
     let id = collection["id"].as_str().unwrap_or_default().to_owned();
     record_ids(url, DEFAULT_DB, &id).await
 }
+
+/// The proxy in front of two stores with everything else at its defaults (journaled mode).
+pub async fn proxy_in_front(old: &Chroma, new: &Chroma) -> anyhow::Result<crate::Proxy> {
+    crate::Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .spawn()
+        .await
+}
