@@ -36,27 +36,7 @@ impl Server {
         let (Some(admin), Some(token)) = (&self.admin, &self.admin_token) else {
             bail!("{} has no admin API", self.url);
         };
-        let auth = format!("Bearer {token}");
-        let bytes = body
-            .map(|b| serde_json::to_vec(&b))
-            .transpose()?
-            .unwrap_or_default();
-        let (status, _, answer) = shift_testkit::http(
-            method,
-            &format!("{admin}{path}"),
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-            ],
-            bytes,
-        )
-        .await?;
-        let value = if answer.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&answer)?
-        };
-        Ok((status, value))
+        shift_testkit::admin_call(admin, token, method, path, body).await
     }
 }
 

@@ -359,14 +359,28 @@ impl Mirror {
                 Ok(relay(response))
             }
             PrimaryOutcome::Unknown(result) => {
-                self.journal(intent, secondary, vec![reconcile.encode()])
-                    .await?;
-                self.count(mode, "reconcile_queued");
-                match result {
-                    Ok(response) => Ok(relay(response)),
-                    Err(error) => Err(ProxyError::Backend(error)),
-                }
+                self.settle_unknown(mode, intent, secondary, result, reconcile)
+                    .await
             }
+        }
+    }
+
+    /// The primary may or may not have applied the write: queue a reconciliation of its
+    /// records, and pass the primary's answer (or its failure) on.
+    async fn settle_unknown(
+        &self,
+        mode: MirrorMode,
+        intent: IntentId,
+        secondary: BackendName,
+        result: Result<Response<Incoming>, BackendError>,
+        reconcile: MirrorOp,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        self.journal(intent, secondary, vec![reconcile.encode()])
+            .await?;
+        self.count(mode, "reconcile_queued");
+        match result {
+            Ok(response) => Ok(relay(response)),
+            Err(error) => Err(ProxyError::Backend(error)),
         }
     }
 
@@ -423,13 +437,8 @@ impl Mirror {
                 Ok(relay(response))
             }
             (PrimaryOutcome::Unknown(result), _) => {
-                self.journal(intent, secondary, vec![reconcile.encode()])
-                    .await?;
-                self.count(mode, "reconcile_queued");
-                match result {
-                    Ok(response) => Ok(relay(response)),
-                    Err(error) => Err(ProxyError::Backend(error)),
-                }
+                self.settle_unknown(mode, intent, secondary, result, reconcile)
+                    .await
             }
         }
     }

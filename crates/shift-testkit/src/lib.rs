@@ -319,27 +319,7 @@ impl Proxy {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
-        let auth = format!("Bearer {ADMIN_TOKEN}");
-        let bytes = body
-            .map(|b| serde_json::to_vec(&b))
-            .transpose()?
-            .unwrap_or_default();
-        let (status, _, answer) = http(
-            method,
-            &format!("{}{path}", self.admin_url()),
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-            ],
-            bytes,
-        )
-        .await?;
-        let value = if answer.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&answer)?
-        };
-        Ok((status, value))
+        admin_call(&self.admin_url(), ADMIN_TOKEN, method, path, body).await
     }
 
     /// Shuts down gracefully and says how the drain went.
@@ -380,6 +360,37 @@ pub async fn http(
     let headers = response.headers().clone();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, headers, body))
+}
+
+/// One admin API call with a bearer token: the status and the JSON answer (`Null` when empty).
+pub async fn admin_call(
+    admin_url: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
+    let auth = format!("Bearer {token}");
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b))
+        .transpose()?
+        .unwrap_or_default();
+    let (status, _, answer) = http(
+        method,
+        &format!("{admin_url}{path}"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        bytes,
+    )
+    .await?;
+    let value = if answer.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&answer)?
+    };
+    Ok((status, value))
 }
 
 /// `http` for JSON: parses the answer body as JSON (`Null` when empty).
