@@ -252,6 +252,9 @@ async fn hang_ups(h2: bool) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // kill -9 between the primary's answer and the journal commit.
 
+/// Whether a write shows in a store's records.
+type Applied = fn(&BTreeMap<String, Value>) -> bool;
+
 /// One write in flight, held after the primary's answer by a failpoint, the proxy killed
 /// there; at the next start the write's intent becomes a reconciliation and the new store
 /// ends up with what the old one holds. For an add, an update and a delete.
@@ -275,7 +278,7 @@ async fn kill_between_primary_answer_and_journal_commit_recovers() -> anyhow::Re
         "metadatas": [{"tag": "updated"}, {"tag": "updated"}, {"tag": "updated"}],
     });
     let delete = json!({"ids": ["r3", "r4", "r5"]});
-    let cases: [(&str, Value, fn(&BTreeMap<String, Value>) -> bool); 3] = [
+    let cases: [(&str, Value, Applied); 3] = [
         ("add", add, |r| {
             r.contains_key("r10") && r.contains_key("r12")
         }),
@@ -538,7 +541,8 @@ async fn targets_bodies_and_routes_the_proxy_cannot_mirror_are_refused() -> anyh
 
     for request in [
         "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
-        format!("GET http://127.0.0.1:9/api/v2/heartbeat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        "GET http://127.0.0.1:9/api/v2/heartbeat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            .to_owned(),
     ] {
         let (status, body) = raw(proxy.addr(), request.as_bytes()).await?;
         assert_eq!(status, 400, "{request:?}: {body}");
