@@ -2,38 +2,160 @@
 //!
 //! A cutover (and a rollback, its mirror image), after Vitess's SwitchTraffic and gh-ost's
 //! cut-over:
-//! 1. refuse, saying why, when the target is unhealthy or its journal lag is above the bound;
-//! 2. close the write gate: writes in flight finish, new writes are held (not rejected);
-//! 3. drain the target's journal to zero within the timeout; on timeout, open the gate and
-//!    leave everything as it was;
-//! 4. swap primary and secondary, bump the epoch, persist; from now on writes are mirrored
-//!    the other way, so a rollback loses nothing;
-//! 5. open the gate: the held writes go to the new primary.
+//! 1. refuse, saying why, when the target is unhealthy, its journal lag is above the bound,
+//!    or dead letters exist (a forced switch overrides the last two and a down primary);
+//! 2. close the write gate: writes in flight finish and settle their intents, new writes are
+//!    held (not rejected); backfill batches and repairs pass the same gate;
+//! 3. forced, with the current primary down: move what only that store can settle out of the
+//!    target's journal into its own ([`reads_the_source`]), so nothing waits on it;
+//! 4. drain the target's journal to zero within the timeout; on timeout, move back what was
+//!    moved, open the gate and leave everything as it was;
+//! 5. persist the new topology (primary swapped, epoch bumped), then swap it in; from now on
+//!    writes are mirrored the other way, so a rollback loses nothing;
+//! 6. open the gate: the held writes go to the new primary.
 //!
+//! Every change runs on its own task: an admin client that hangs up cannot stop a switch
+//! between persisting the topology and swapping it in (the two would then disagree until the
+//! next start), nor leave a pause's gate closed with a topology that says it is open.
 //! Every change is persisted before it takes effect and restored at start.
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shift_config::{BackendName, MirrorMode};
-use shift_proxy::gate::ClosedGate;
-use shift_proxy::topology::{ReadPolicy, Topology};
+use shift_proxy::gate::{ClosedGate, WriteGate};
+use shift_proxy::mirror::MirrorOp;
+use shift_proxy::topology::{ReadPolicy, SharedTopology, Topology};
 use shift_proxy::writes::Mirror;
-use shift_store::{MapTable, Store, StoreError};
+use shift_store::{JournalEntry, MapTable, Seq, Store, StoreError};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::alerts::Alerter;
 use crate::health::HealthBoard;
 
 /// The key of the topology in the store's `Topology` table.
 const TOPOLOGY_KEY: &str = "current";
+/// How often the drain is checked while writes are held.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Journal entries read at a time when looking for what to move.
+const SCAN_PAGE: usize = 1024;
 
 /// The topology persisted by an earlier run, if any.
 pub fn restore(store: &Store) -> Result<Option<Topology>, StoreError> {
     Ok(store
         .get(MapTable::Topology, TOPOLOGY_KEY)?
         .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+/// Whether applying `op` to a store reads the other store (the source), so it cannot finish
+/// while the source is down. Checked against `shift_proxy::apply::Applier::apply`, variant by
+/// variant (no wildcard: a new variant must be decided here):
+///
+/// | op                    | reads the source | what it reads                                  |
+/// |-----------------------|------------------|------------------------------------------------|
+/// | `Records`             | no               | the body it carries; an update reads the target's ids |
+/// | `Reconcile`           | yes              | the source's records for its ids               |
+/// | `EnsureCollection`    | no               | the map entry's `create` body                  |
+/// | `UpdateCollection`    | no               | its body; `ensure` uses the map entry          |
+/// | `DeleteCollection`    | no               | its names; the map                             |
+/// | `ReconcileCollection` | yes              | the source's collection (`Resolver::fetch`)    |
+/// | `ForkCollection`      | no               | the target's copy of the source collection     |
+/// | `CreateTenant`, `UpdateTenant`, `CreateDatabase`, `DeleteDatabase` | no | their names and body |
+/// | `Function`            | no               | its body                                       |
+///
+/// A reconciliation means "make the target hold what the other store holds". Moved to the
+/// other store's journal it converges that store to this one instead, which is what a switch
+/// away from a dead store needs: those are writes whose client was not told they succeeded
+/// (acknowledged writes are `Records`, applied without reading the source).
+pub fn reads_the_source(op: &MirrorOp) -> bool {
+    match op {
+        MirrorOp::Reconcile { .. } | MirrorOp::ReconcileCollection { .. } => true,
+        MirrorOp::Records { .. }
+        | MirrorOp::EnsureCollection { .. }
+        | MirrorOp::UpdateCollection { .. }
+        | MirrorOp::DeleteCollection { .. }
+        | MirrorOp::ForkCollection { .. }
+        | MirrorOp::CreateTenant { .. }
+        | MirrorOp::UpdateTenant { .. }
+        | MirrorOp::CreateDatabase { .. }
+        | MirrorOp::DeleteDatabase { .. }
+        | MirrorOp::Function { .. } => false,
+    }
+}
+
+/// A store call's future.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// What a switch needs of the durable state: the journal's depth and entries, the counts that
+/// gate a switch, the move of entries between journals, and the persisted topology. Narrow so
+/// the switch's phases can be tested with paused time; [`Store`] is the one real implementation.
+pub trait SwitchState: Send + Sync + fmt::Debug {
+    /// Journal entries waiting for `target`.
+    fn waiting(&self, target: BackendName) -> u64;
+    /// Dead letters, for either target.
+    fn dead_letters(&self) -> u64;
+    /// Write intents not yet settled (journaled or discarded).
+    fn pending_intents(&self) -> Result<u64, StoreError>;
+    /// Up to `limit` entries of `target`'s journal after `after`, in order.
+    fn read(
+        &self,
+        target: BackendName,
+        after: Option<Seq>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, StoreError>;
+    /// Moves entries from `from`'s journal to the end of `to`'s, in one transaction; their new
+    /// seqs, in order.
+    fn retarget(
+        &self,
+        from: BackendName,
+        moves: Vec<(Seq, Vec<u8>)>,
+        to: BackendName,
+    ) -> StoreFuture<'_, Vec<Seq>>;
+    /// Makes `topology` the one restored at the next start.
+    fn persist(&self, topology: &Topology) -> StoreFuture<'_, ()>;
+}
+
+impl SwitchState for Store {
+    fn waiting(&self, target: BackendName) -> u64 {
+        self.lag(target).entries
+    }
+
+    fn dead_letters(&self) -> u64 {
+        self.dead_letter_count()
+    }
+
+    fn pending_intents(&self) -> Result<u64, StoreError> {
+        Ok(self.pending_intent_count())
+    }
+
+    fn read(
+        &self,
+        target: BackendName,
+        after: Option<Seq>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        Store::read(self, target, after, limit)
+    }
+
+    fn retarget(
+        &self,
+        from: BackendName,
+        moves: Vec<(Seq, Vec<u8>)>,
+        to: BackendName,
+    ) -> StoreFuture<'_, Vec<Seq>> {
+        Box::pin(Store::retarget(self, from, moves, to))
+    }
+
+    fn persist(&self, topology: &Topology) -> StoreFuture<'_, ()> {
+        // A tree of plain values always serializes.
+        let bytes = serde_json::to_vec(topology).unwrap_or_default();
+        Box::pin(async move { self.put(MapTable::Topology, TOPOLOGY_KEY, bytes).await })
+    }
 }
 
 /// Which way a switch goes.
@@ -54,6 +176,13 @@ impl Direction {
             Direction::Rollback => BackendName::Old,
         }
     }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Direction::Cutover => "cutover",
+            Direction::Rollback => "rollback",
+        }
+    }
 }
 
 /// What the caller asks of a switch.
@@ -69,8 +198,9 @@ pub struct SwitchRequest {
     /// How long writes may be held while the journal drains, e.g. "30s".
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
-    /// Rollback only: go even though the current primary is down (its queued writes wait for
-    /// it in the journal).
+    /// Go even though the current primary is down, dead letters exist or the lag is above
+    /// the bound. With the primary down, what only it can settle waits for it in its own
+    /// journal (see [`reads_the_source`]).
     #[serde(default)]
     pub force: bool,
 }
@@ -100,6 +230,11 @@ pub struct SwitchReport {
     pub writes_held_ms: f64,
     /// Journal entries applied to the target while writes were held.
     pub drained_entries: u64,
+    /// Entries moved from the target's journal to the old primary's, because applying them
+    /// needs the old primary, which is down: they are reconciled when it returns.
+    pub moved_entries: u64,
+    /// What an operator should know about the switch, in sentences.
+    pub notes: Vec<String>,
     /// Why it did not switch, when it did not.
     pub refused: Option<String>,
 }
@@ -112,9 +247,21 @@ pub struct SwitchDefaults {
 }
 
 /// Owns every change of the topology.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TopologySwitch {
-    mirror: Arc<Mirror>,
+    core: Arc<SwitchCore>,
+}
+
+/// What a change needs, shared with the task it runs on.
+#[derive(Debug)]
+struct SwitchCore {
+    /// The live topology every request reads.
+    topology: SharedTopology,
+    /// The write gate a switch and a pause close.
+    gate: Arc<WriteGate>,
+    /// The journal, the counts that gate a switch, the persisted topology.
+    state: Arc<dyn SwitchState>,
+    /// The last heartbeats; a switch reads them and never waits on a store itself.
     health: Arc<HealthBoard>,
     alerts: Alerter,
     defaults: SwitchDefaults,
@@ -140,34 +287,62 @@ impl TopologySwitch {
         alerts: Alerter,
         defaults: SwitchDefaults,
     ) -> Self {
-        TopologySwitch {
-            mirror,
+        TopologySwitch::from_parts(
+            mirror.topology.clone(),
+            mirror.gate.clone(),
+            Arc::new(mirror.store.clone()),
             health,
             alerts,
             defaults,
-            changing: Mutex::new(()),
-            pause: Mutex::new(None),
+        )
+    }
+
+    /// A switch over the given parts (tests use a fake [`SwitchState`]).
+    pub fn from_parts(
+        topology: SharedTopology,
+        gate: Arc<WriteGate>,
+        state: Arc<dyn SwitchState>,
+        health: Arc<HealthBoard>,
+        alerts: Alerter,
+        defaults: SwitchDefaults,
+    ) -> Self {
+        TopologySwitch {
+            core: Arc::new(SwitchCore {
+                topology,
+                gate,
+                state,
+                health,
+                alerts,
+                defaults,
+                changing: Mutex::new(()),
+                pause: Mutex::new(None),
+            }),
         }
     }
 
     pub fn current(&self) -> Arc<Topology> {
-        self.mirror.topology.load_full()
+        self.core.topology.load_full()
     }
 
-    async fn persist_and_swap(&self, topology: Topology) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(&topology).unwrap_or_default();
-        self.mirror
-            .store
-            .put(MapTable::Topology, TOPOLOGY_KEY, bytes)
-            .await?;
-        self.mirror.topology.store(Arc::new(topology));
-        Ok(())
+    /// Runs a change on its own task, so a caller that goes away cannot stop it halfway.
+    async fn detached<T, F, Fut>(&self, change: F) -> Result<T, ChangeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<SwitchCore>) -> Fut,
+        Fut: Future<Output = Result<T, ChangeError>> + Send + 'static,
+    {
+        match tokio::spawn(change(self.core.clone())).await {
+            Ok(result) => result,
+            Err(error) => Err(ChangeError::Refused(format!(
+                "the change stopped unexpectedly: {error}"
+            ))),
+        }
     }
 
     /// Re-applies a persisted pause at start.
     pub async fn restore_pause(&self) {
         if self.current().paused {
-            *self.pause.lock().await = Some(self.mirror.gate.close().await);
+            *self.core.pause.lock().await = Some(self.core.gate.close().await);
             tracing::warn!(
                 "writes are paused (restored from the last run); resume through the admin API"
             );
@@ -180,16 +355,286 @@ impl TopologySwitch {
         direction: Direction,
         request: SwitchRequest,
     ) -> Result<SwitchReport, ChangeError> {
+        self.detached(move |core| async move { core.switch(direction, request).await })
+            .await
+    }
+
+    /// Sets the write mode.
+    pub async fn set_mode(&self, mode: MirrorMode) -> Result<Arc<Topology>, ChangeError> {
+        self.detached(move |core| async move {
+            let _changing = core.changing.lock().await;
+            let next = Topology {
+                mode,
+                ..(*core.current()).clone()
+            };
+            core.persist_and_swap(next).await?;
+            Ok(core.current())
+        })
+        .await
+    }
+
+    /// Sets the read policy.
+    pub async fn set_reads(&self, reads: ReadPolicy) -> Result<Arc<Topology>, ChangeError> {
+        for percent in [reads.canary_percent, reads.shadow_percent] {
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(ChangeError::Refused(
+                    "percentages must be between 0 and 100".to_owned(),
+                ));
+            }
+        }
+        self.detached(move |core| async move {
+            let _changing = core.changing.lock().await;
+            let next = Topology {
+                reads,
+                ..(*core.current()).clone()
+            };
+            core.persist_and_swap(next).await?;
+            Ok(core.current())
+        })
+        .await
+    }
+
+    /// Holds every write at the gate until [`TopologySwitch::resume`].
+    pub async fn pause(&self) -> Result<Arc<Topology>, ChangeError> {
+        self.detached(|core| async move {
+            let _changing = core.changing.lock().await;
+            let mut pause = core.pause.lock().await;
+            let closed_here = pause.is_none();
+            if closed_here {
+                *pause = Some(core.gate.close().await);
+            }
+            let next = Topology {
+                paused: true,
+                ..(*core.current()).clone()
+            };
+            if let Err(error) = core.persist_and_swap(next).await {
+                // Not persisted, not paused: a gate left closed here would hold every write
+                // while the status says they flow.
+                if closed_here {
+                    pause.take();
+                }
+                return Err(error.into());
+            }
+            core.alerts
+                .send("chroma-shift: writes paused by an operator");
+            Ok(core.current())
+        })
+        .await
+    }
+
+    /// Lets held writes go.
+    pub async fn resume(&self) -> Result<Arc<Topology>, ChangeError> {
+        self.detached(|core| async move {
+            let _changing = core.changing.lock().await;
+            let next = Topology {
+                paused: false,
+                ..(*core.current()).clone()
+            };
+            core.persist_and_swap(next).await?;
+            core.pause.lock().await.take();
+            core.alerts.send("chroma-shift: writes resumed");
+            Ok(core.current())
+        })
+        .await
+    }
+}
+
+/// Entries moved out of one journal into another, remembered so they can be moved back.
+#[derive(Debug, Default)]
+struct Moved {
+    /// Their seqs in the journal they went to, with their payloads.
+    entries: Vec<(Seq, Vec<u8>)>,
+    /// How many are reconciliations of records, and of collections.
+    records: u64,
+    collections: u64,
+}
+
+impl SwitchCore {
+    fn current(&self) -> Arc<Topology> {
+        self.topology.load_full()
+    }
+
+    /// Persists `topology`, then swaps it in: a crash between the two restarts on the new one,
+    /// which nothing has used yet (a switch holds the gate closed meanwhile).
+    async fn persist_and_swap(&self, topology: Topology) -> Result<(), StoreError> {
+        self.state.persist(&topology).await?;
+        self.topology.store(Arc::new(topology));
+        Ok(())
+    }
+
+    async fn switch(
+        &self,
+        direction: Direction,
+        request: SwitchRequest,
+    ) -> Result<SwitchReport, ChangeError> {
         let _changing = self.changing.lock().await;
         let current = self.current();
         let to = direction.target();
         let from = current.primary;
+        let force = request.force;
         let max_lag = request.max_lag.unwrap_or(self.defaults.max_lag);
         let timeout = request.timeout.unwrap_or(self.defaults.timeout);
-        let lag = self.mirror.store.lag(to);
+        let from_up = self.health.get(from).up;
+        // Forced away from a store that is down: what needs it moves to its own journal.
+        let move_to_from = force && !from_up && from != to;
+        let checks = self.checks(direction, &current, &request, max_lag);
+        let mut plan = vec![
+            format!("check: {to} healthy, at most {max_lag} journal entries waiting for it, no dead letters"),
+            "close the write gate: let in-flight writes finish and settle, hold new ones".to_owned(),
+        ];
+        if move_to_from {
+            plan.push(format!(
+                "move the reconciliations waiting for {to} (they read {from}, which is down) to {from}'s journal: {from} is brought in line when it returns"
+            ));
+        }
+        plan.extend([
+            format!("drain the journal to {to} to zero within {timeout:?}; on timeout release and change nothing"),
+            format!("make {to} primary, epoch {} -> {}, persist; mirror writes to {from} from then on", current.epoch, current.epoch + 1),
+            format!("release the held writes to {to}"),
+        ]);
+        let mut report = SwitchReport {
+            direction,
+            dry_run: request.dry_run,
+            switched: false,
+            from,
+            to,
+            epoch: current.epoch,
+            checks: checks.clone(),
+            plan,
+            writes_held_ms: 0.0,
+            drained_entries: 0,
+            moved_entries: 0,
+            notes: Vec::new(),
+            refused: None,
+        };
+        if let Some(failed) = checks.iter().find(|c| !c.passed) {
+            report.refused = Some(format!("{}: {}", failed.name, failed.detail));
+            return Ok(report);
+        }
+        if request.dry_run {
+            return Ok(report);
+        }
+
+        let held_since = Instant::now();
+        let deadline = held_since + timeout;
+        let Ok(gate) = tokio::time::timeout(timeout, self.gate.close()).await else {
+            report.refused = Some(format!(
+                "writes in flight did not finish within {timeout:?}"
+            ));
+            return Ok(report);
+        };
+        let held_ms = || held_since.elapsed().as_secs_f64() * 1000.0;
+        // Writes past the gate have settled, but a settlement that outlives its request
+        // (a client that hung up) may still be journaling: wait for every intent.
+        if let Err(reason) = self.settle_intents(deadline).await {
+            drop(gate);
+            report.writes_held_ms = held_ms();
+            report.refused = Some(format!("{reason}; nothing changed"));
+            return Ok(report);
+        }
+        let moved = if move_to_from {
+            match self.move_source_readers(to, from).await {
+                Ok(moved) => moved,
+                Err(error) => {
+                    drop(gate);
+                    return Err(error.into());
+                }
+            }
+        } else {
+            Moved::default()
+        };
+        let before = self.state.waiting(to);
+        if let Err(waiting) = self.drain(to, deadline).await {
+            // Back where they were: with `from` still primary, a reconciliation in its
+            // journal would copy the secondary's records into the primary.
+            let restored = self.move_back(from, moved.entries, to).await;
+            drop(gate);
+            report.writes_held_ms = held_ms();
+            report.refused = Some(format!(
+                "the journal to {to} did not drain within {timeout:?} ({waiting} entries left); nothing changed"
+            ));
+            tracing::warn!(
+                ?direction,
+                waiting,
+                "switch abandoned: the journal did not drain in time"
+            );
+            restored?;
+            return Ok(report);
+        }
+        let next = Topology {
+            epoch: current.epoch + 1,
+            primary: to,
+            ..(*current).clone()
+        };
+        if let Err(error) = self.persist_and_swap(next).await {
+            let restored = self.move_back(from, moved.entries, to).await;
+            drop(gate);
+            restored?;
+            return Err(error.into());
+        }
+        drop(gate);
+        report.switched = true;
+        report.epoch = current.epoch + 1;
+        report.drained_entries = before;
+        report.writes_held_ms = held_ms();
+        report.moved_entries = moved.entries.len() as u64;
+        if moved.records > 0 {
+            report.notes.push(format!(
+                "{} reconciliations wait for {from} in its own queue: writes whose outcome on {from} was unknown when it went down; {from} is brought in line with {to} when it returns",
+                moved.records
+            ));
+        }
+        if moved.collections > 0 {
+            report.notes.push(format!(
+                "{} collection reconciliations wait for {from} in its own queue",
+                moved.collections
+            ));
+        }
+        tracing::warn!(
+            ?direction,
+            primary = %to,
+            epoch = report.epoch,
+            writes_held_ms = report.writes_held_ms,
+            moved = report.moved_entries,
+            "topology switched"
+        );
+        let mut alert = format!(
+            "chroma-shift {}: {to} is primary now (epoch {}); writes were held {:.0} ms",
+            direction.verb(),
+            report.epoch,
+            report.writes_held_ms
+        );
+        for note in &report.notes {
+            alert.push_str("; ");
+            alert.push_str(note);
+        }
+        self.alerts.send(&alert);
+        Ok(report)
+    }
+
+    /// The checks before a switch; `force` overrides the ones about the current primary's
+    /// health, the lag bound and dead letters (and says so).
+    fn checks(
+        &self,
+        direction: Direction,
+        current: &Topology,
+        request: &SwitchRequest,
+        max_lag: u64,
+    ) -> Vec<Check> {
+        let to = direction.target();
+        let from = current.primary;
+        let force = request.force;
+        let forced = |passed: bool, detail: String| {
+            if passed || !force {
+                (passed, detail)
+            } else {
+                (true, format!("{detail} (overridden: forced)"))
+            }
+        };
         let target_health = self.health.get(to);
         let from_health = self.health.get(from);
-
+        let lag = self.state.waiting(to);
+        let dead = self.state.dead_letters();
         let mut checks = vec![
             Check {
                 name: "direction",
@@ -208,188 +653,161 @@ impl TopologySwitch {
                     Some(e) => format!("{to} is unhealthy: {e}"),
                 },
             },
-            Check {
-                name: "journal_lag",
-                passed: lag.entries <= max_lag,
-                detail: format!("{} entries wait for {to} (bound {max_lag})", lag.entries),
-            },
-            Check {
-                name: "not_paused",
-                passed: !current.paused,
-                detail: if current.paused {
-                    "writes are paused; resume first".to_owned()
-                } else {
-                    "writes flow".to_owned()
-                },
-            },
         ];
-        if direction == Direction::Cutover || !request.force {
-            checks.push(Check {
-                name: "primary_healthy",
-                passed: from_health.up || from == to,
-                detail: if from_health.up {
-                    format!("{from} answers its heartbeat")
-                } else {
-                    format!(
-                        "{from} is unhealthy{}",
-                        if direction == Direction::Rollback {
-                            "; use force to roll back anyway"
-                        } else {
-                            ""
-                        }
-                    )
-                },
-            });
-        }
-        let plan = vec![
-            format!("check: {to} healthy, at most {max_lag} journal entries waiting for it"),
-            "close the write gate: let in-flight writes finish, hold new ones".to_owned(),
-            format!("drain the journal to {to} to zero within {timeout:?}; on timeout release and change nothing"),
-            format!("make {to} primary, epoch {} -> {}, persist; mirror writes to {from} from then on", current.epoch, current.epoch + 1),
-            format!("release the held writes to {to}"),
-        ];
-        let mut report = SwitchReport {
-            direction,
-            dry_run: request.dry_run,
-            switched: false,
-            from,
-            to,
-            epoch: current.epoch,
-            checks: checks.clone(),
-            plan,
-            writes_held_ms: 0.0,
-            drained_entries: 0,
-            refused: None,
+        let (passed, detail) = forced(
+            lag <= max_lag,
+            format!("{lag} entries wait for {to} (bound {max_lag})"),
+        );
+        checks.push(Check {
+            name: "journal_lag",
+            passed,
+            detail,
+        });
+        let (passed, detail) = forced(
+            dead == 0,
+            if dead == 0 {
+                "no dead letters".to_owned()
+            } else {
+                format!("{dead} dead letters: writes a store refused; retry or drop them first")
+            },
+        );
+        checks.push(Check {
+            name: "no_dead_letters",
+            passed,
+            detail,
+        });
+        // Informational: intents are writes in flight; the switch waits for them to settle
+        // after closing the gate (within the timeout).
+        let (passed, detail) = match self.state.pending_intents() {
+            Ok(n) => (
+                true,
+                format!("{n} writes in flight; they settle before the switch"),
+            ),
+            Err(e) => (false, format!("cannot read the pending intents: {e}")),
         };
-        if let Some(failed) = checks.iter().find(|c| !c.passed) {
-            report.refused = Some(format!("{}: {}", failed.name, failed.detail));
-            return Ok(report);
-        }
-        if request.dry_run {
-            return Ok(report);
-        }
+        checks.push(Check {
+            name: "pending_intents",
+            passed,
+            detail,
+        });
+        checks.push(Check {
+            name: "not_paused",
+            passed: !current.paused,
+            detail: if current.paused {
+                "writes are paused; resume first".to_owned()
+            } else {
+                "writes flow".to_owned()
+            },
+        });
+        let (passed, detail) = forced(
+            from_health.up || from == to,
+            if from_health.up {
+                format!("{from} answers its heartbeat")
+            } else {
+                format!("{from} is unhealthy; use force to switch anyway")
+            },
+        );
+        checks.push(Check {
+            name: "primary_healthy",
+            passed,
+            detail,
+        });
+        checks
+    }
 
-        let held_since = Instant::now();
-        let deadline = held_since + timeout;
-        let gate = match tokio::time::timeout(timeout, self.mirror.gate.close()).await {
-            Ok(gate) => gate,
-            Err(_) => {
-                report.refused = Some(format!(
-                    "writes in flight did not finish within {timeout:?}"
-                ));
-                return Ok(report);
-            }
-        };
-        let before = self.mirror.store.lag(to).entries;
+    /// Waits until no write intent is pending, or the deadline passes.
+    async fn settle_intents(&self, deadline: Instant) -> Result<(), String> {
         loop {
-            let waiting = self.mirror.store.lag(to).entries;
-            if waiting == 0 {
-                break;
+            let pending = self
+                .state
+                .pending_intents()
+                .map_err(|e| format!("cannot read the pending intents: {e}"))?;
+            if pending == 0 {
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                drop(gate);
-                report.writes_held_ms = held_since.elapsed().as_secs_f64() * 1000.0;
-                report.refused = Some(format!(
-                    "the journal to {to} did not drain within {timeout:?} ({waiting} entries left); nothing changed"
-                ));
-                tracing::warn!(
-                    ?direction,
-                    waiting,
-                    "switch abandoned: the journal did not drain in time"
-                );
-                return Ok(report);
+                return Err(format!("{pending} writes in flight did not settle in time"));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(DRAIN_POLL).await;
         }
-        let next = Topology {
-            epoch: current.epoch + 1,
-            primary: to,
-            ..(*current).clone()
-        };
-        if let Err(error) = self.persist_and_swap(next).await {
-            drop(gate);
-            return Err(error.into());
+    }
+
+    /// Moves every entry of `target`'s journal that reads `dead` into `dead`'s journal, in
+    /// one transaction. `target`'s replay worker may be retrying the first of them; it skips
+    /// entries removed under it.
+    async fn move_source_readers(
+        &self,
+        target: BackendName,
+        dead: BackendName,
+    ) -> Result<Moved, StoreError> {
+        let mut moves = Vec::new();
+        let mut moved = Moved::default();
+        let mut after = None;
+        loop {
+            let page = self.state.read(target, after, SCAN_PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.seq);
+            let full = page.len() == SCAN_PAGE;
+            for entry in page {
+                // An unreadable entry is the replay's to park; it reads nothing.
+                let Ok(op) = MirrorOp::from_bytes(&entry.payload) else {
+                    continue;
+                };
+                if reads_the_source(&op) {
+                    match op {
+                        MirrorOp::ReconcileCollection { .. } => moved.collections += 1,
+                        _ => moved.records += 1,
+                    }
+                    moves.push((entry.seq, entry.payload));
+                }
+            }
+            if !full {
+                break;
+            }
         }
-        drop(gate);
-        report.switched = true;
-        report.epoch = current.epoch + 1;
-        report.drained_entries = before;
-        report.writes_held_ms = held_since.elapsed().as_secs_f64() * 1000.0;
+        if moves.is_empty() {
+            return Ok(moved);
+        }
+        let payloads: Vec<Vec<u8>> = moves.iter().map(|(_, p)| p.clone()).collect();
+        let seqs = self.state.retarget(target, moves, dead).await?;
         tracing::warn!(
-            ?direction,
-            primary = %to,
-            epoch = report.epoch,
-            writes_held_ms = report.writes_held_ms,
-            "topology switched"
+            from = %target,
+            to = %dead,
+            count = seqs.len(),
+            "reconciliations that read a store that is down moved to its own journal"
         );
-        self.alerts.send(&format!(
-            "chroma-shift {}: {to} is primary now (epoch {}); writes were held {:.0} ms",
-            match direction {
-                Direction::Cutover => "cutover",
-                Direction::Rollback => "rollback",
-            },
-            report.epoch,
-            report.writes_held_ms
-        ));
-        Ok(report)
+        moved.entries = seqs.into_iter().zip(payloads).collect();
+        Ok(moved)
     }
 
-    /// Sets the write mode.
-    pub async fn set_mode(&self, mode: MirrorMode) -> Result<Arc<Topology>, ChangeError> {
-        let _changing = self.changing.lock().await;
-        let next = Topology {
-            mode,
-            ..(*self.current()).clone()
-        };
-        self.persist_and_swap(next).await?;
-        Ok(self.current())
+    /// Undoes [`SwitchCore::move_source_readers`] when the switch does not happen.
+    async fn move_back(
+        &self,
+        dead: BackendName,
+        entries: Vec<(Seq, Vec<u8>)>,
+        target: BackendName,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.state.retarget(dead, entries, target).await.map(|_| ())
     }
 
-    /// Sets the read policy.
-    pub async fn set_reads(&self, reads: ReadPolicy) -> Result<Arc<Topology>, ChangeError> {
-        for percent in [reads.canary_percent, reads.shadow_percent] {
-            if !(0.0..=100.0).contains(&percent) {
-                return Err(ChangeError::Refused(
-                    "percentages must be between 0 and 100".to_owned(),
-                ));
+    /// Waits until `target`'s journal is empty; the entries left at the deadline otherwise.
+    async fn drain(&self, target: BackendName, deadline: Instant) -> Result<(), u64> {
+        loop {
+            let waiting = self.state.waiting(target);
+            if waiting == 0 {
+                return Ok(());
             }
+            if Instant::now() >= deadline {
+                return Err(waiting);
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
         }
-        let _changing = self.changing.lock().await;
-        let next = Topology {
-            reads,
-            ..(*self.current()).clone()
-        };
-        self.persist_and_swap(next).await?;
-        Ok(self.current())
-    }
-
-    /// Holds every write at the gate until [`TopologySwitch::resume`].
-    pub async fn pause(&self) -> Result<Arc<Topology>, ChangeError> {
-        let _changing = self.changing.lock().await;
-        let mut pause = self.pause.lock().await;
-        if pause.is_none() {
-            *pause = Some(self.mirror.gate.close().await);
-        }
-        let next = Topology {
-            paused: true,
-            ..(*self.current()).clone()
-        };
-        self.persist_and_swap(next).await?;
-        self.alerts
-            .send("chroma-shift: writes paused by an operator");
-        Ok(self.current())
-    }
-
-    /// Lets held writes go.
-    pub async fn resume(&self) -> Result<Arc<Topology>, ChangeError> {
-        let _changing = self.changing.lock().await;
-        let next = Topology {
-            paused: false,
-            ..(*self.current()).clone()
-        };
-        self.persist_and_swap(next).await?;
-        self.pause.lock().await.take();
-        self.alerts.send("chroma-shift: writes resumed");
-        Ok(self.current())
     }
 }
+
+#[cfg(test)]
+#[path = "switch_tests.rs"]
+pub(crate) mod tests;
