@@ -45,11 +45,20 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Journal entries read at a time when looking for what to move.
 const SCAN_PAGE: usize = 1024;
 
-/// The topology persisted by an earlier run, if any.
+/// The topology persisted by an earlier run, if any. One that cannot be read stops the start:
+/// falling back on the config's primary after a cutover would send writes to the store that
+/// stopped being primary.
 pub fn restore(store: &Store) -> Result<Option<Topology>, StoreError> {
-    Ok(store
+    store
         .get(MapTable::Topology, TOPOLOGY_KEY)?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        .map(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
+                table: "topology",
+                key: TOPOLOGY_KEY.to_owned(),
+                reason: "not a topology",
+            })
+        })
+        .transpose()
 }
 
 /// Whether applying `op` to a store reads the other store (the source), so it cannot finish

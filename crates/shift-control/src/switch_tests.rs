@@ -656,3 +656,24 @@ fn only_reconciliations_read_the_source() {
         assert_eq!(reads_the_source(&op), reads, "{op:?}");
     }
 }
+
+#[tokio::test]
+async fn an_unreadable_persisted_topology_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(restore(&store).unwrap(), None);
+    let topology = Topology {
+        epoch: 4,
+        primary: BackendName::New,
+        mode: MirrorMode::Journaled,
+        reads: ReadPolicy::default(),
+        paused: true,
+    };
+    SwitchState::persist(&store, &topology).await.unwrap();
+    assert_eq!(restore(&store).unwrap(), Some(topology));
+    store
+        .put(MapTable::Topology, TOPOLOGY_KEY, b"{\"epoch\":".to_vec())
+        .await
+        .unwrap();
+    assert!(matches!(restore(&store), Err(StoreError::Corrupt { .. })));
+}
