@@ -483,17 +483,16 @@ impl SwitchCore {
         let force = request.force;
         let max_lag = request.max_lag.unwrap_or(self.defaults.max_lag);
         let timeout = request.timeout.unwrap_or(self.defaults.timeout);
-        let from_up = self.health.get(from).up;
         // Forced away from a store that is down: what needs it moves to its own journal.
-        let move_to_from = force && !from_up && from != to;
+        let may_move = force && from != to;
         let checks = self.checks(direction, &current, &request, max_lag);
         let mut plan = vec![
             format!("check: {to} healthy, at most {max_lag} journal entries waiting for it, no dead letters"),
             "close the write gate: let in-flight writes finish and settle, hold new ones".to_owned(),
         ];
-        if move_to_from {
+        if may_move {
             plan.push(format!(
-                "move the reconciliations waiting for {to} (they read {from}, which is down) to {from}'s journal: {from} is brought in line when it returns"
+                "if {from} is down: move the reconciliations waiting for {to} (they read {from}) to {from}'s journal; {from} is brought in line when it returns"
             ));
         }
         plan.extend([
@@ -541,35 +540,33 @@ impl SwitchCore {
             report.refused = Some(format!("{reason}; nothing changed"));
             return Ok(report);
         }
-        let moved = if move_to_from {
-            match self.move_source_readers(to, from).await {
-                Ok(moved) => moved,
-                Err(error) => {
-                    drop(gate);
-                    return Err(error.into());
-                }
-            }
-        } else {
-            Moved::default()
-        };
         let before = self.state.waiting(to);
-        if let Err(waiting) = self.drain(to, deadline).await {
-            // Back where they were: with `from` still primary, a reconciliation in its
-            // journal would copy the secondary's records into the primary.
-            let restored = self.move_back(from, moved.entries, to).await;
-            drop(gate);
-            report.writes_held_ms = held_ms();
-            report.refused = Some(format!(
-                "the journal to {to} did not drain within {timeout:?} ({waiting} entries left); nothing changed"
-            ));
-            tracing::warn!(
-                ?direction,
-                waiting,
-                "switch abandoned: the journal did not drain in time"
-            );
-            restored?;
-            return Ok(report);
-        }
+        let moved = match self.drain(to, from, may_move, deadline).await {
+            Ok(moved) => moved,
+            Err(DrainError::Store(error, moved)) => {
+                let restored = self.move_back(from, moved.entries, to).await;
+                drop(gate);
+                restored?;
+                return Err(error.into());
+            }
+            Err(DrainError::Timeout(waiting, moved)) => {
+                // Back where they were: with `from` still primary, a reconciliation in its
+                // journal would copy the secondary's records into the primary.
+                let restored = self.move_back(from, moved.entries, to).await;
+                drop(gate);
+                report.writes_held_ms = held_ms();
+                report.refused = Some(format!(
+                    "the journal to {to} did not drain within {timeout:?} ({waiting} entries left); nothing changed"
+                ));
+                tracing::warn!(
+                    ?direction,
+                    waiting,
+                    "switch abandoned: the journal did not drain in time"
+                );
+                restored?;
+                return Ok(report);
+            }
+        };
         let next = Topology {
             epoch: current.epoch + 1,
             primary: to,
@@ -584,7 +581,7 @@ impl SwitchCore {
         drop(gate);
         report.switched = true;
         report.epoch = current.epoch + 1;
-        report.drained_entries = before;
+        report.drained_entries = before.saturating_sub(moved.entries.len() as u64);
         report.writes_held_ms = held_ms();
         report.moved_entries = moved.entries.len() as u64;
         if moved.records > 0 {
@@ -802,19 +799,40 @@ impl SwitchCore {
         self.state.retarget(dead, entries, target).await.map(|_| ())
     }
 
-    /// Waits until `target`'s journal is empty; the entries left at the deadline otherwise.
-    async fn drain(&self, target: BackendName, deadline: Instant) -> Result<(), u64> {
+    /// Waits until `target`'s journal is empty. With `may_move`, once the health board says
+    /// `from` is down (at the start, or while waiting), first moves what reads it to its own
+    /// journal. What was moved, or why it stopped (with what was moved, to be moved back).
+    async fn drain(
+        &self,
+        target: BackendName,
+        from: BackendName,
+        may_move: bool,
+        deadline: Instant,
+    ) -> Result<Moved, DrainError> {
+        let mut moved: Option<Moved> = None;
         loop {
+            if may_move && moved.is_none() && !self.health.get(from).up {
+                match self.move_source_readers(target, from).await {
+                    Ok(m) => moved = Some(m),
+                    Err(error) => return Err(DrainError::Store(error, Moved::default())),
+                }
+            }
             let waiting = self.state.waiting(target);
             if waiting == 0 {
-                return Ok(());
+                return Ok(moved.unwrap_or_default());
             }
             if Instant::now() >= deadline {
-                return Err(waiting);
+                return Err(DrainError::Timeout(waiting, moved.unwrap_or_default()));
             }
             tokio::time::sleep(DRAIN_POLL).await;
         }
     }
+}
+
+/// Why a drain stopped, with what it had moved by then.
+enum DrainError {
+    Timeout(u64, Moved),
+    Store(StoreError, Moved),
 }
 
 #[cfg(test)]

@@ -677,3 +677,34 @@ async fn an_unreadable_persisted_topology_stops_the_start() {
         .unwrap();
     assert!(matches!(restore(&store), Err(StoreError::Corrupt { .. })));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_switch_moves_once_the_primary_is_seen_down_during_the_drain() {
+    let f = fixture(BackendName::New);
+    f.state.push(BackendName::Old, &reconcile("c", "x"));
+    let running = {
+        let switch = f.switch.clone();
+        tokio::spawn(async move {
+            switch
+                .switch(
+                    Direction::Rollback,
+                    SwitchRequest {
+                        force: true,
+                        ..SwitchRequest::default()
+                    },
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!running.is_finished());
+    assert_eq!(f.state.waiting(BackendName::New), 0);
+    // The next heartbeat finds the new store dead.
+    f.health
+        .record(BackendName::New, Err("connection refused".into()), 1.0);
+    let report = running.await.unwrap().unwrap();
+    assert!(report.switched, "{report:?}");
+    assert_eq!(report.moved_entries, 1);
+    assert_eq!(report.drained_entries, 0);
+    assert_eq!(f.state.ops(BackendName::New), [reconcile("c", "x")]);
+}
