@@ -19,9 +19,7 @@
 //! next start), nor leave a pause's gate closed with a topology that says it is open.
 //! Every change is persisted before it takes effect and restored at start.
 
-use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,35 +29,17 @@ use shift_proxy::gate::{ClosedGate, WriteGate};
 use shift_proxy::mirror::MirrorOp;
 use shift_proxy::topology::{ReadPolicy, SharedTopology, Topology};
 use shift_proxy::writes::Mirror;
-use shift_store::{JournalEntry, MapTable, Seq, Store, StoreError};
+use shift_store::{Seq, StoreError};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::alerts::Alerter;
 use crate::health::HealthBoard;
 
-/// The key of the topology in the store's `Topology` table.
-const TOPOLOGY_KEY: &str = "current";
 /// How often the drain is checked while writes are held.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Journal entries read at a time when looking for what to move.
 const SCAN_PAGE: usize = 1024;
-
-/// The topology persisted by an earlier run, if any. One that cannot be read stops the start:
-/// falling back on the config's primary after a cutover would send writes to the store that
-/// stopped being primary.
-pub fn restore(store: &Store) -> Result<Option<Topology>, StoreError> {
-    store
-        .get(MapTable::Topology, TOPOLOGY_KEY)?
-        .map(|bytes| {
-            serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
-                table: "topology",
-                key: TOPOLOGY_KEY.to_owned(),
-                reason: "not a topology",
-            })
-        })
-        .transpose()
-}
 
 /// Whether applying `op` to a store reads the other store (the source), so it cannot finish
 /// while the source is down. Checked against `shift_proxy::apply::Applier::apply`, variant by
@@ -94,76 +74,6 @@ pub fn reads_the_source(op: &MirrorOp) -> bool {
         | MirrorOp::CreateDatabase { .. }
         | MirrorOp::DeleteDatabase { .. }
         | MirrorOp::Function { .. } => false,
-    }
-}
-
-/// A store call's future.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-
-/// What a switch needs of the durable state: the journal's depth and entries, the counts that
-/// gate a switch, the move of entries between journals, and the persisted topology. Narrow so
-/// the switch's phases can be tested with paused time; [`Store`] is the one real implementation.
-pub trait SwitchState: Send + Sync + fmt::Debug {
-    /// Journal entries waiting for `target`.
-    fn waiting(&self, target: BackendName) -> u64;
-    /// Dead letters, for either target.
-    fn dead_letters(&self) -> u64;
-    /// Write intents not yet settled (journaled or discarded).
-    fn pending_intents(&self) -> Result<u64, StoreError>;
-    /// Up to `limit` entries of `target`'s journal after `after`, in order.
-    fn read(
-        &self,
-        target: BackendName,
-        after: Option<Seq>,
-        limit: usize,
-    ) -> Result<Vec<JournalEntry>, StoreError>;
-    /// Moves entries from `from`'s journal to the end of `to`'s, in one transaction; their new
-    /// seqs, in order.
-    fn retarget(
-        &self,
-        from: BackendName,
-        moves: Vec<(Seq, Vec<u8>)>,
-        to: BackendName,
-    ) -> StoreFuture<'_, Vec<Seq>>;
-    /// Makes `topology` the one restored at the next start.
-    fn persist(&self, topology: &Topology) -> StoreFuture<'_, ()>;
-}
-
-impl SwitchState for Store {
-    fn waiting(&self, target: BackendName) -> u64 {
-        self.lag(target).entries
-    }
-
-    fn dead_letters(&self) -> u64 {
-        self.dead_letter_count()
-    }
-
-    fn pending_intents(&self) -> Result<u64, StoreError> {
-        Ok(self.pending_intent_count())
-    }
-
-    fn read(
-        &self,
-        target: BackendName,
-        after: Option<Seq>,
-        limit: usize,
-    ) -> Result<Vec<JournalEntry>, StoreError> {
-        Store::read(self, target, after, limit)
-    }
-
-    fn retarget(
-        &self,
-        from: BackendName,
-        moves: Vec<(Seq, Vec<u8>)>,
-        to: BackendName,
-    ) -> StoreFuture<'_, Vec<Seq>> {
-        Box::pin(Store::retarget(self, from, moves, to))
-    }
-
-    fn persist(&self, topology: &Topology) -> StoreFuture<'_, ()> {
-        // A tree of plain values always serializes.
-        let bytes = serde_json::to_vec(topology).unwrap_or_default();
-        Box::pin(async move { self.put(MapTable::Topology, TOPOLOGY_KEY, bytes).await })
     }
 }
 
@@ -835,6 +745,8 @@ enum DrainError {
     Store(StoreError, Moved),
 }
 
+mod state;
 #[cfg(test)]
-#[path = "switch_tests.rs"]
 pub(crate) mod tests;
+
+pub use state::{restore, StoreFuture, SwitchState};

@@ -7,6 +7,7 @@ use std::sync::Mutex as StdMutex;
 use serde_json::json;
 use shift_proxy::mirror::RecordKind;
 use shift_proxy::topology::shared;
+use shift_store::{JournalEntry, MapTable, Store};
 
 use super::*;
 
@@ -672,7 +673,11 @@ async fn an_unreadable_persisted_topology_stops_the_start() {
     SwitchState::persist(&store, &topology).await.unwrap();
     assert_eq!(restore(&store).unwrap(), Some(topology));
     store
-        .put(MapTable::Topology, TOPOLOGY_KEY, b"{\"epoch\":".to_vec())
+        .put(
+            MapTable::Topology,
+            state::TOPOLOGY_KEY,
+            b"{\"epoch\":".to_vec(),
+        )
         .await
         .unwrap();
     assert!(matches!(restore(&store), Err(StoreError::Corrupt { .. })));
