@@ -68,6 +68,10 @@ pub enum StoreError {
         /// The entry asked for.
         seq: Seq,
     },
+    /// `redrive_dead_letter` or `drop_dead_letter` named a dead letter that does not exist
+    /// (already re-driven or dropped).
+    #[error("there is no dead letter {0}")]
+    UnknownDeadLetter(Seq),
     /// A string is longer than the value layout can record (4 GiB).
     #[error("{what} is too long to store ({len} bytes)")]
     TooLarge {
@@ -76,9 +80,42 @@ pub enum StoreError {
         /// Its length.
         len: usize,
     },
+    /// The state disk cannot be written (a commit failed with an I/O error, for example a full
+    /// disk). The store reopens its file and probes on a backoff until a write succeeds again;
+    /// meanwhile every change is refused at once without touching the file.
+    #[error(
+        "the state disk cannot be written ({reason}); this change was not stored; chroma-shift retries on its own and accepts writes again once the disk can be written"
+    )]
+    Unwritable {
+        /// The I/O error that made the store unwritable, as text.
+        reason: String,
+    },
+    /// The journal holds `max_journal_bytes` or more of payload: new writes are refused until
+    /// the replay drains it (the secondary is down or slower than the writes).
+    #[error(
+        "the mirror journal holds {bytes} bytes of writes waiting for the secondary, at or over its cap of {cap} bytes ([state] max_journal_bytes); new writes are refused until the replay drains it"
+    )]
+    JournalFull {
+        /// Payload bytes in the journals now.
+        bytes: u64,
+        /// The configured cap.
+        cap: u64,
+    },
     /// The writer thread has stopped: the store is being dropped, or the writer panicked.
     #[error("the state store is closed")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether the store refused for a reason that passes by itself (a disk that cannot be
+    /// written, a full journal): callers answer 503 with Retry-After, not 500. Nothing was
+    /// stored when this is true.
+    pub fn is_retryable_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unwritable { .. } | StoreError::JournalFull { .. }
+        )
+    }
 }
 
 // redb has one error type per operation; all of them fold into `redb::Error`.

@@ -169,6 +169,8 @@ pub(crate) struct Shared {
     lag: Mutex<LagBook>,
     /// Entries in the dead-letter table, kept beside it so a metrics scrape reads no table.
     dead_letters: AtomicU64,
+    /// Entries in the intent table, likewise.
+    pending_intents: AtomicU64,
     /// See [`CommitStats`].
     commits: AtomicU64,
     requests: AtomicU64,
@@ -324,6 +326,12 @@ impl Store {
         Ok(out)
     }
 
+    /// How many intents are pending (recorded, neither committed nor discarded); from a
+    /// counter, cheap enough for every scrape.
+    pub fn pending_intent_count(&self) -> u64 {
+        self.shared().pending_intents.load(Ordering::Relaxed)
+    }
+
     // --- The mirror journal ---
 
     /// Appends entries (to their targets' journals) and returns their seqs in order, once
@@ -367,6 +375,70 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Like [`read`](Self::read), but also bounded by payload bytes: stops after the entry
+    /// that brings the payload bytes read to `max_bytes` or more, so one read holds at most
+    /// `max_bytes` plus one entry. Returns at least one entry when there is one (and
+    /// `max_entries` is not zero), however large, so a large entry cannot stall a reader.
+    pub fn read_bounded(
+        &self,
+        target: BackendName,
+        after: Option<Seq>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        let start = match after {
+            None => 0,
+            Some(Seq(seq)) => match seq.checked_add(1) {
+                Some(next) => next,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let txn = self.shared().db.begin_read()?;
+        let table = txn.open_table(schema::journal(target))?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in table.range(start..)?.take(max_entries) {
+            let (key, value) = row?;
+            let seq = Seq(key.value());
+            let entry = writer::decode_journal(target, seq, value.value())?;
+            bytes = bytes.saturating_add(entry.payload.len());
+            out.push(JournalEntry {
+                seq,
+                target,
+                collection: entry.collection.to_owned(),
+                created_ms: entry.created_ms,
+                payload: entry.payload.to_vec(),
+            });
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// In one transaction, removes the entries `moves` names from `from`'s journal and appends
+    /// each given payload, under the removed entry's lag key, to `to`'s journal with a new seq
+    /// (in the order given; its creation time is this commit's). Returns the new seqs. Seqs no
+    /// longer in `from`'s journal are skipped and their payload is not appended, so a crash or
+    /// a concurrent remove never applies a write twice nor drops one.
+    pub async fn retarget(
+        &self,
+        from: BackendName,
+        moves: Vec<(Seq, Vec<u8>)>,
+        to: BackendName,
+    ) -> Result<Vec<Seq>, StoreError> {
+        if moves.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(|reply| Op::Retarget {
+            from,
+            moves,
+            to,
+            reply,
+        })
+        .await
     }
 
     /// Deletes applied entries from `target`'s journal. Seqs no longer there are skipped, so
@@ -432,6 +504,20 @@ impl Store {
             out.push(letter);
         }
         Ok(out)
+    }
+
+    /// In one transaction, moves dead letter `seq` back to the end of its target's journal
+    /// (a new seq, returned; the creation time is this commit's) for the replay to try again.
+    /// [`StoreError::UnknownDeadLetter`] if there is none with that seq.
+    pub async fn redrive_dead_letter(&self, seq: Seq) -> Result<Seq, StoreError> {
+        self.submit(|reply| Op::RedriveDeadLetter { seq, reply })
+            .await
+    }
+
+    /// Deletes dead letter `seq` and returns it, for the operator's record.
+    /// [`StoreError::UnknownDeadLetter`] if there is none with that seq.
+    pub async fn drop_dead_letter(&self, seq: Seq) -> Result<DeadLetter, StoreError> {
+        self.submit(|reply| Op::DropDeadLetter { seq, reply }).await
     }
 
     /// How many dead letters there are; from a counter, cheap enough for every scrape.
@@ -599,6 +685,7 @@ fn open_blocking(dir: &Path) -> Result<(Shared, Counters, PathBuf), StoreError> 
         db,
         lag: Mutex::new(book),
         dead_letters: AtomicU64::new(dead_count),
+        pending_intents: AtomicU64::new(intent_count),
         commits: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         entries_appended: AtomicU64::new(0),

@@ -471,3 +471,197 @@ async fn a_newer_file_format_is_refused() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn pending_intent_count_follows_record_commit_discard_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(store.pending_intent_count(), 0);
+    let a = store.record_intent(b"a".to_vec()).await.unwrap();
+    let b = store.record_intent(b"b".to_vec()).await.unwrap();
+    let c = store.record_intent(b"c".to_vec()).await.unwrap();
+    assert_eq!(store.pending_intent_count(), 3);
+    store
+        .commit_intent(a, vec![entry(New, "x", "a")])
+        .await
+        .unwrap();
+    store.discard_intent(b).await.unwrap();
+    store.discard_intent(b).await.unwrap(); // twice: counted once
+    assert!(store.commit_intent(a, vec![]).await.is_err()); // refused: no change
+    assert_eq!(store.pending_intent_count(), 1);
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(store.pending_intent_count(), 1);
+    store.discard_intent(c).await.unwrap();
+    assert_eq!(store.pending_intent_count(), 0);
+}
+
+#[tokio::test]
+async fn read_bounded_stops_at_the_byte_bound_but_returns_at_least_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let sizes = [10usize, 30, 5, 100, 1];
+    let mut written = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        written.extend(
+            store
+                .append(vec![
+                    entry(New, "c", &"x".repeat(*size)),
+                    entry(Old, "c", &i.to_string()),
+                ])
+                .await
+                .unwrap()
+                .into_iter()
+                .step_by(2),
+        );
+    }
+    let lens = |page: &[JournalEntry]| page.iter().map(|e| e.payload.len()).collect::<Vec<_>>();
+    // 10 + 30 reaches 40: stop there.
+    let page = store.read_bounded(New, None, 100, 40).unwrap();
+    assert_eq!(lens(&page), [10, 30]);
+    assert_eq!(seqs(&page), written[..2]);
+    // 10 + 30 is under 41: one more, which brings it to 45.
+    assert_eq!(
+        lens(&store.read_bounded(New, None, 100, 41).unwrap()),
+        [10, 30, 5]
+    );
+    // An entry larger than the bound still comes back alone.
+    let page = store.read_bounded(New, Some(written[2]), 100, 1).unwrap();
+    assert_eq!(lens(&page), [100]);
+    assert_eq!(
+        lens(&store.read_bounded(New, None, 0, 1000).unwrap()),
+        [0usize; 0]
+    );
+    // The entry bound still holds.
+    assert_eq!(
+        lens(&store.read_bounded(New, None, 2, usize::MAX).unwrap()),
+        [10, 30]
+    );
+    // Paging by the last seq covers everything once.
+    let mut cursor = None;
+    let mut all = Vec::new();
+    loop {
+        let page = store.read_bounded(New, cursor, 100, 32).unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.seq);
+        all.extend(page);
+    }
+    assert_eq!(seqs(&all), written);
+    assert!(store
+        .read_bounded(New, Some(Seq(u64::MAX)), 10, 10)
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn retarget_moves_entries_in_one_transaction_and_skips_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let s = store
+        .append(vec![
+            entry(New, "a", "1"),
+            entry(New, "b", "2"),
+            entry(New, "a", "3"),
+        ])
+        .await
+        .unwrap();
+    store.remove(New, &[s[1]]).await.unwrap();
+    let mut appended = store.watch_appends(Old);
+    appended.borrow_and_update();
+
+    let moved = store
+        .retarget(
+            New,
+            vec![
+                (s[2], b"3 for old".to_vec()),
+                (s[1], b"gone".to_vec()),
+                (s[0], b"1 for old".to_vec()),
+            ],
+            Old,
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 2, "the missing seq is skipped");
+    assert!(
+        moved[0] > s[2] && moved[1] > moved[0],
+        "new seqs, in the order given"
+    );
+    assert!(store.read(New, None, 10).unwrap().is_empty());
+    let old = store.read(Old, None, 10).unwrap();
+    assert_eq!(seqs(&old), moved);
+    assert_eq!(payloads(&old), ["3 for old", "1 for old"]);
+    assert!(old.iter().all(|e| e.collection == "a" && e.target == Old));
+    assert!(appended.has_changed().unwrap());
+    assert_eq!(*appended.borrow(), Some(moved[1]));
+    assert_eq!(store.lag(New), Lag::default());
+    assert_eq!(store.lag(Old).entries, 2);
+    assert_eq!(store.lag(Old).collections["a"].entries, 2);
+
+    // Moving again finds nothing to move.
+    let again = store
+        .retarget(New, vec![(s[0], b"twice".to_vec())], Old)
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(
+        payloads(&store.read(Old, None, 10).unwrap()),
+        ["3 for old", "1 for old"]
+    );
+    assert_eq!(store.lag(Old).entries, 2);
+    assert_eq!(store.lag(New).entries, 0);
+}
+
+#[tokio::test]
+async fn dead_letters_are_redriven_to_the_end_of_the_journal_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let s = store
+        .append(vec![
+            entry(New, "a", "parked 1"),
+            entry(New, "b", "parked 2"),
+            entry(New, "a", "waiting"),
+        ])
+        .await
+        .unwrap();
+    store.park(New, s[0], "400: bad".into()).await.unwrap();
+    store.park(New, s[1], "400: worse".into()).await.unwrap();
+    assert_eq!(store.dead_letter_count(), 2);
+    assert_eq!(store.lag(New).entries, 1);
+
+    let redriven = store.redrive_dead_letter(s[0]).await.unwrap();
+    assert!(redriven > s[2], "at the end of the journal");
+    let journal = store.read(New, None, 10).unwrap();
+    assert_eq!(seqs(&journal), [s[2], redriven]);
+    assert_eq!(payloads(&journal), ["waiting", "parked 1"]);
+    assert_eq!(journal[1].collection, "a");
+    assert_eq!(store.dead_letter_count(), 1);
+    assert_eq!(store.lag(New).collections["a"].entries, 2);
+    assert!(matches!(
+        store.redrive_dead_letter(s[0]).await,
+        Err(StoreError::UnknownDeadLetter(seq)) if seq == s[0]
+    ));
+
+    let dropped = store.drop_dead_letter(s[1]).await.unwrap();
+    assert_eq!(dropped.seq, s[1]);
+    assert_eq!(dropped.collection, "b");
+    assert_eq!(dropped.reason, "400: worse");
+    assert_eq!(dropped.payload, b"parked 2");
+    assert_eq!(store.dead_letter_count(), 0);
+    assert!(store.dead_letters(None, 10).unwrap().is_empty());
+    assert!(matches!(
+        store.drop_dead_letter(s[1]).await,
+        Err(StoreError::UnknownDeadLetter(_))
+    ));
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(store.dead_letter_count(), 0);
+    assert_eq!(seqs(&store.read(New, None, 10).unwrap()), [s[2], redriven]);
+    // Seqs stay unique: the next append comes after the re-driven entry.
+    let next = store.append(vec![entry(New, "a", "n")]).await.unwrap();
+    assert!(next[0] > redriven);
+}

@@ -20,7 +20,7 @@ use shift_config::BackendName;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lag::LagChange;
-use crate::{codec, schema, IntentId, MapTable, Seq, Shared, StoreError};
+use crate::{codec, schema, DeadLetter, IntentId, MapTable, Seq, Shared, StoreError};
 
 /// Most requests in one transaction: bounds the time a batch holds its callers and the memory
 /// of one transaction.
@@ -86,6 +86,20 @@ pub(crate) enum Op {
         key: String,
         reply: Reply<()>,
     },
+    Retarget {
+        from: BackendName,
+        moves: Vec<(Seq, Vec<u8>)>,
+        to: BackendName,
+        reply: Reply<Vec<Seq>>,
+    },
+    RedriveDeadLetter {
+        seq: Seq,
+        reply: Reply<Seq>,
+    },
+    DropDeadLetter {
+        seq: Seq,
+        reply: Reply<DeadLetter>,
+    },
 }
 
 /// The next ids to hand out, as last committed.
@@ -135,9 +149,8 @@ fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) {
             lag.apply(change);
         }
     }
-    shared
-        .dead_letters
-        .fetch_add(batch.parked, Ordering::Relaxed);
+    add_signed(&shared.dead_letters, batch.dead_letters);
+    add_signed(&shared.pending_intents, batch.intents);
     shared.commits.fetch_add(1, Ordering::Relaxed);
     shared.requests.fetch_add(requests, Ordering::Relaxed);
     shared
@@ -149,6 +162,15 @@ fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) {
         }
     }
     batch.answer(Ok(()));
+}
+
+/// Adds a batch's net change to a counter.
+fn add_signed(counter: &std::sync::atomic::AtomicU64, delta: i64) {
+    if delta >= 0 {
+        counter.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+    }
 }
 
 /// Why one request of a batch did not apply.
@@ -171,6 +193,8 @@ enum Done {
     Intent(Reply<IntentId>, Result<IntentId, StoreError>),
     Seqs(Reply<Vec<Seq>>, Result<Vec<Seq>, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
+    Seq(Reply<Seq>, Result<Seq, StoreError>),
+    Letter(Reply<DeadLetter>, Result<DeadLetter, StoreError>),
 }
 
 impl Done {
@@ -178,7 +202,11 @@ impl Done {
     fn skipped(op: Op) -> Done {
         match op {
             Op::RecordIntent { reply, .. } => Done::Intent(reply, never()),
-            Op::CommitIntent { reply, .. } | Op::Append { reply, .. } => Done::Seqs(reply, never()),
+            Op::CommitIntent { reply, .. }
+            | Op::Append { reply, .. }
+            | Op::Retarget { reply, .. } => Done::Seqs(reply, never()),
+            Op::RedriveDeadLetter { reply, .. } => Done::Seq(reply, never()),
+            Op::DropDeadLetter { reply, .. } => Done::Letter(reply, never()),
             Op::DiscardIntent { reply, .. }
             | Op::Remove { reply, .. }
             | Op::Park { reply, .. }
@@ -195,6 +223,8 @@ impl Done {
             Done::Intent(tx, own) => drop(tx.send(batch.and(own))),
             Done::Seqs(tx, own) => drop(tx.send(batch.and(own))),
             Done::Unit(tx, own) => drop(tx.send(batch.and(own))),
+            Done::Seq(tx, own) => drop(tx.send(batch.and(own))),
+            Done::Letter(tx, own) => drop(tx.send(batch.and(own))),
         }
     }
 }
@@ -254,7 +284,10 @@ struct Batch {
     /// One commit time for the whole batch: its entries became durable together.
     now_ms: u64,
     lag: Vec<LagChange>,
-    parked: u64,
+    /// Net change of the dead-letter count.
+    dead_letters: i64,
+    /// Net change of the pending-intent count.
+    intents: i64,
     appended: u64,
     last_appended: [Option<Seq>; 2],
     done: Vec<Done>,
@@ -268,7 +301,8 @@ impl Batch {
             next_intent: counters.next_intent,
             now_ms: now_ms(),
             lag: Vec::new(),
-            parked: 0,
+            dead_letters: 0,
+            intents: 0,
             appended: 0,
             last_appended: [None; 2],
             done: Vec::new(),
@@ -342,7 +376,7 @@ impl Batch {
                 self.settle(r, |r| Done::Seqs(reply, r))
             }
             Op::DiscardIntent { id, reply } => {
-                let r = t.intents.remove(id.0).map(|_| ()).map_err(Failure::from);
+                let r = self.discard_intent(t, id);
                 self.settle(r, |r| Done::Unit(reply, r))
             }
             Op::Append { entries, reply } => {
@@ -387,6 +421,23 @@ impl Batch {
                     .map_err(Failure::from);
                 self.settle(r, |r| Done::Unit(reply, r))
             }
+            Op::Retarget {
+                from,
+                moves,
+                to,
+                reply,
+            } => {
+                let r = self.retarget(t, from, moves, to);
+                self.settle(r, |r| Done::Seqs(reply, r))
+            }
+            Op::RedriveDeadLetter { seq, reply } => {
+                let r = self.redrive(t, seq);
+                self.settle(r, |r| Done::Seq(reply, r))
+            }
+            Op::DropDeadLetter { seq, reply } => {
+                let r = self.drop_dead_letter(t, seq);
+                self.settle(r, |r| Done::Letter(reply, r))
+            }
         }
     }
 
@@ -416,7 +467,15 @@ impl Batch {
         let id = self.next_intent;
         self.next_intent += 1;
         t.intents.insert(id, payload)?;
+        self.intents += 1;
         Ok(IntentId(id))
+    }
+
+    fn discard_intent(&mut self, t: &mut Tables<'_>, id: IntentId) -> Result<(), Failure> {
+        if t.intents.remove(id.0)?.is_some() {
+            self.intents -= 1;
+        }
+        Ok(())
     }
 
     fn commit_intent(
@@ -429,6 +488,7 @@ impl Batch {
         if t.intents.remove(id.0)?.is_none() {
             return Err(Failure::Refused(StoreError::UnknownIntent(id)));
         }
+        self.intents -= 1;
         self.append(t, entries)
     }
 
@@ -493,13 +553,89 @@ impl Batch {
         let entry = decode_journal(target, seq, old.value()).map_err(Failure::Fatal)?;
         let letter = codec::encode_dead_letter(&entry, self.now_ms, reason);
         t.dead.insert(seq.0, letter.as_slice())?;
-        self.parked += 1;
+        self.dead_letters += 1;
         self.lag.push(LagChange::Removed {
             target,
             collection: entry.collection.to_owned(),
             seq,
         });
         Ok(())
+    }
+}
+
+impl Batch {
+    /// Moves entries from one target's journal to the other's, each with a new payload.
+    fn retarget(
+        &mut self,
+        t: &mut Tables<'_>,
+        from: BackendName,
+        moves: Vec<(Seq, Vec<u8>)>,
+        to: BackendName,
+    ) -> Result<Vec<Seq>, Failure> {
+        let mut appended = Vec::with_capacity(moves.len());
+        for (seq, payload) in moves {
+            // An entry already applied, parked or moved is skipped, like a second remove.
+            let Some(old) = t.journal(from).remove(seq.0)? else {
+                continue;
+            };
+            let collection = decode_journal(from, seq, old.value())
+                .map_err(Failure::Fatal)?
+                .collection
+                .to_owned();
+            drop(old);
+            self.lag.push(LagChange::Removed {
+                target: from,
+                collection: collection.clone(),
+                seq,
+            });
+            let bytes = codec::encode_entry(to, &collection, &payload).map_err(Failure::Fatal)?;
+            let mut seqs = self.append(
+                t,
+                vec![EncodedEntry {
+                    target: to,
+                    collection,
+                    bytes,
+                }],
+            )?;
+            appended.append(&mut seqs);
+        }
+        Ok(appended)
+    }
+
+    /// Puts a dead letter back at the end of its target's journal.
+    fn redrive(&mut self, t: &mut Tables<'_>, seq: Seq) -> Result<Seq, Failure> {
+        let letter = self.take_dead_letter(t, seq)?;
+        let bytes = codec::encode_entry(letter.target, &letter.collection, &letter.payload)
+            .map_err(Failure::Fatal)?;
+        let seqs = self.append(
+            t,
+            vec![EncodedEntry {
+                target: letter.target,
+                collection: letter.collection,
+                bytes,
+            }],
+        )?;
+        Ok(seqs[0])
+    }
+
+    fn drop_dead_letter(&mut self, t: &mut Tables<'_>, seq: Seq) -> Result<DeadLetter, Failure> {
+        self.take_dead_letter(t, seq)
+    }
+
+    /// Deletes a dead letter and returns it; refused if there is none with that seq.
+    fn take_dead_letter(&mut self, t: &mut Tables<'_>, seq: Seq) -> Result<DeadLetter, Failure> {
+        let Some(old) = t.dead.remove(seq.0)? else {
+            return Err(Failure::Refused(StoreError::UnknownDeadLetter(seq)));
+        };
+        let letter = codec::decode_dead_letter(seq, old.value()).map_err(|reason| {
+            Failure::Fatal(StoreError::Corrupt {
+                table: "dead_letters",
+                key: seq.to_string(),
+                reason,
+            })
+        })?;
+        self.dead_letters -= 1;
+        Ok(letter)
     }
 }
 
