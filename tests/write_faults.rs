@@ -596,3 +596,48 @@ async fn targets_bodies_and_routes_the_proxy_cannot_mirror_are_refused() -> anyh
     assert_eq!(ids, ["r0", "r1", "r2"], "nothing refused reached a store");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// A collection created the way LangChain does it.
+
+/// `create_collection(metadata={"hnsw:space": "cosine"})`, as the Python client sends it,
+/// reaches the new store with the same configuration, and its records follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_with_legacy_hnsw_metadata_is_mirrored() -> anyhow::Result<()> {
+    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .toml(JOURNALED)
+        .spawn()
+        .await?;
+    let (status, created) = http_json(
+        "POST",
+        &format!("{}{COLLECTIONS}", proxy.url()),
+        Some(json!({"name": "hnsw-meta", "metadata": {"hnsw:space": "cosine"}, "configuration": null, "schema": null, "get_or_create": false})),
+    )
+    .await?;
+    assert!(status.is_success(), "{status} {created}");
+    let id = created["id"].as_str().unwrap_or_default();
+    let (status, body) = write(&proxy.url(), id, "add", batch(0, 3, "cos")).await?;
+    assert!(status.is_success(), "{status} {body}");
+    let stored = same_on_both(&old.url(), &new.url(), "hnsw-meta").await?;
+    assert_eq!(stored.len(), 3);
+    let (_, on_old) = http_json(
+        "GET",
+        &format!("{}{COLLECTIONS}/hnsw-meta", old.url()),
+        None,
+    )
+    .await?;
+    let (_, on_new) = http_json(
+        "GET",
+        &format!("{}{COLLECTIONS}/hnsw-meta", new.url()),
+        None,
+    )
+    .await?;
+    for field in ["metadata", "configuration_json", "schema"] {
+        assert_eq!(on_old[field], on_new[field], "{field}");
+    }
+    assert_eq!(on_new["configuration_json"]["hnsw"]["space"], "cosine");
+    Ok(())
+}

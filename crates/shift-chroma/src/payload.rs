@@ -265,12 +265,24 @@ pub struct CollectionView {
 /// The body that creates, on another store, a collection like `collection` (a collection object
 /// as Chroma returns it): same name, metadata, and schema (or configuration when there is no
 /// schema; Chroma refuses both at once).
+///
+/// Metadata with legacy `hnsw:*` keys (what LangChain sends) goes alone: Chroma 1.5.9 turns
+/// those keys into a configuration and then refuses it next to a schema ("Cannot set both
+/// collection config and schema simultaneously"); from the metadata alone it derives the same
+/// configuration and schema as on the first store (seen on a real server).
 pub fn create_body_like(collection: &Value, name: &str) -> Value {
     let mut body = Map::new();
     body.insert("name".into(), Value::from(name));
     body.insert("get_or_create".into(), Value::Bool(true));
-    if let Some(metadata) = collection.get("metadata").filter(|m| !m.is_null()) {
+    let metadata = collection.get("metadata").filter(|m| !m.is_null());
+    if let Some(metadata) = metadata {
         body.insert("metadata".into(), metadata.clone());
+    }
+    let legacy = metadata
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.keys().any(|k| k.starts_with("hnsw:")));
+    if legacy {
+        return Value::Object(body);
     }
     match collection.get("schema").filter(|s| !s.is_null()) {
         Some(schema) => {
@@ -292,6 +304,25 @@ pub fn create_body_like(collection: &Value, name: &str) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn legacy_hnsw_metadata_creates_without_schema_or_configuration() {
+        let answer = json!({
+            "name": "c",
+            "metadata": {"hnsw:space": "cosine", "team": "a"},
+            "schema": {"defaults": {}},
+            "configuration_json": {"hnsw": {"space": "cosine"}},
+        });
+        assert_eq!(
+            create_body_like(&answer, "c"),
+            json!({"name": "c", "get_or_create": true, "metadata": {"hnsw:space": "cosine", "team": "a"}})
+        );
+        let plain = json!({"name": "c", "metadata": {"team": "a"}, "schema": {"defaults": {}}});
+        assert_eq!(
+            create_body_like(&plain, "c"),
+            json!({"name": "c", "get_or_create": true, "metadata": {"team": "a"}, "schema": {"defaults": {}}})
+        );
+    }
 
     #[test]
     fn retained_records_keep_their_fields_aligned() {
