@@ -641,3 +641,107 @@ async fn a_collection_with_legacy_hnsw_metadata_is_mirrored() -> anyhow::Result<
     assert_eq!(on_new["configuration_json"]["hnsw"]["space"], "cosine");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// kill -9 in the middle of a switch.
+
+/// A cutover killed while it drains the journal, writes held at its gate: at the next start
+/// the old store is still primary with the same epoch, the held write was answered by nobody,
+/// and every acknowledged write reaches both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Result<()> {
+    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
+    let shim = FaultyBackend::proxying(&new.url()).await?;
+    let builder = Proxy::builder()
+        .old(old.url())
+        .new_store(shim.url())
+        .toml(JOURNALED);
+    let mut proxy =
+        ProxyProcess::start_with_env(builder, &[("FAILPOINTS", "switch::draining=pause")]).await?;
+    anyhow::ensure!(
+        proxy.log_tail(200).contains("failpoints enabled"),
+        "the chroma-shift binary was built without the `failpoints` feature; run the tests through the workspace (scripts/test.sh)"
+    );
+    let url = proxy.url();
+    let id = create_collection(&url, "mid-switch").await?;
+    // The new store refuses the replay for a while, so the journal holds entries to drain.
+    shim.push_write_faults((0..40).map(|_| {
+        Fault::Status(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"InternalError","message":"injected"}"#.to_owned(),
+        )
+    }));
+    for round in 0..4 {
+        let (status, body) = write(&url, &id, "upsert", batch(round * 5, 5, "acked")).await?;
+        anyhow::ensure!(status.is_success(), "{status} {body}");
+    }
+    let (_, before) = shift_testkit::admin_call(
+        &proxy.admin_url(),
+        shift_testkit::ADMIN_TOKEN,
+        "GET",
+        "/admin/status",
+        None,
+    )
+    .await?;
+    let admin = proxy.admin_url();
+    let cutover = tokio::spawn(async move {
+        shift_testkit::admin_call(
+            &admin,
+            shift_testkit::ADMIN_TOKEN,
+            "POST",
+            "/admin/cutover",
+            Some(json!({"timeout": "60s", "max_lag": 1000})),
+        )
+        .await
+    });
+    // A write after the gate closed is held; once it is, the switch is draining.
+    let held_url = url.clone();
+    let held_id = id.clone();
+    let held = tokio::spawn(async move {
+        write(&held_url, &held_id, "upsert", batch(100, 1, "held")).await
+    });
+    wait_for("a write held at the switch's gate", || async {
+        let (_, status) = shift_testkit::admin_call(
+            &proxy.admin_url(),
+            shift_testkit::ADMIN_TOKEN,
+            "GET",
+            "/admin/status",
+            None,
+        )
+        .await?;
+        Ok(status["writes_held"].as_u64() == Some(1))
+    })
+    .await?;
+    proxy.kill9().await?;
+    let held = held.await?;
+    assert!(
+        !held.as_ref().is_ok_and(|(status, _)| status.is_success()),
+        "the held write was acknowledged: {held:?}"
+    );
+    assert!(
+        !cutover.await?.is_ok_and(|(status, _)| status.is_success()),
+        "the cutover answered"
+    );
+
+    proxy.set_env(&[]);
+    proxy.restart().await?;
+    let (_, status) = shift_testkit::admin_call(
+        &proxy.admin_url(),
+        shift_testkit::ADMIN_TOKEN,
+        "GET",
+        "/admin/status",
+        None,
+    )
+    .await?;
+    assert_eq!(status["topology"]["primary"], "old", "{status}");
+    assert_eq!(
+        status["topology"]["epoch"], before["topology"]["epoch"],
+        "{status}"
+    );
+    let stored = same_on_both(&old.url(), &new.url(), "mid-switch").await?;
+    for i in 0..20 {
+        assert_eq!(stored[&format!("r{i}")], expected(i, "acked"), "r{i}");
+    }
+    assert!(!stored.contains_key("r100"), "the held write was never sent");
+    Ok(())
+}

@@ -36,7 +36,7 @@ impl std::fmt::Debug for Scenario {
 
 /// A named failpoint: whatever `FAILPOINTS` says for `name` (pause, panic, sleep ...).
 #[inline]
-pub(crate) fn failpoint(name: &str) {
+pub fn failpoint(name: &str) {
     fail::fail_point!(name);
     let _ = name;
 }

@@ -930,6 +930,12 @@ impl Mirror {
                         // the reconciliation brings the secondary in line.
                         tracing::error!(%error, "a lifecycle write applied on the primary could not be followed up; reconciling");
                         outcome = PrimaryOutcome::Unknown;
+                        let error = match error {
+                            ProxyError::State(StateFailure::Unavailable(reason)) => {
+                                ProxyError::State(StateFailure::AfterPrimary(reason))
+                            }
+                            other => other,
+                        };
                         (Err(error), None)
                     }
                 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shift_config::{BackendName, MirrorMode};
+use shift_proxy::failpoints::failpoint;
 use shift_proxy::gate::{ClosedGate, WriteGate};
 use shift_proxy::mirror::MirrorOp;
 use shift_proxy::topology::{ReadPolicy, SharedTopology, Topology};
@@ -377,6 +378,7 @@ impl SwitchCore {
     /// which nothing has used yet (a switch holds the gate closed meanwhile).
     async fn persist_and_swap(&self, topology: Topology) -> Result<(), StoreError> {
         self.state.persist(&topology).await?;
+        failpoint("switch::persisted");
         self.topology.store(Arc::new(topology));
         Ok(())
     }
@@ -441,6 +443,7 @@ impl SwitchCore {
             ));
             return Ok(report);
         };
+        failpoint("switch::gate_closed");
         let held_ms = || held_since.elapsed().as_secs_f64() * 1000.0;
         // Writes past the gate have settled, but a settlement that outlives its request
         // (a client that hung up) may still be journaling: wait for every intent.
@@ -477,6 +480,7 @@ impl SwitchCore {
                 return Ok(report);
             }
         };
+        failpoint("switch::drained");
         let next = Topology {
             epoch: current.epoch + 1,
             primary: to,
@@ -731,6 +735,7 @@ impl SwitchCore {
             if waiting == 0 {
                 return Ok(moved.unwrap_or_default());
             }
+            failpoint("switch::draining");
             if Instant::now() >= deadline {
                 return Err(DrainError::Timeout(waiting, moved.unwrap_or_default()));
             }
