@@ -400,12 +400,17 @@ pub struct StateConfig {
     /// Directory of the durable state (journal, id map, dead letters).
     #[serde(default = "defaults::state_dir")]
     pub dir: PathBuf,
+    /// Cap on the mirror journal, in payload bytes waiting for the secondary; at or over it
+    /// new writes are refused (503 with Retry-After) until the replay drains it. 0 is no cap.
+    #[serde(default = "defaults::max_journal_bytes")]
+    pub max_journal_bytes: ByteSize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: defaults::state_dir(),
+            max_journal_bytes: defaults::max_journal_bytes(),
         }
     }
 }
@@ -505,6 +510,9 @@ mod defaults {
     }
     pub fn state_dir() -> PathBuf {
         PathBuf::from("./state")
+    }
+    pub fn max_journal_bytes() -> ByteSize {
+        ByteSize::gib(1)
     }
     pub fn log_level() -> String {
         "info".to_owned()
