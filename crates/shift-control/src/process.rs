@@ -76,7 +76,11 @@ impl ChromaShift {
         let backends = Arc::new(Backends::from_config(&config.backends, &secrets)?);
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
-        let store = Store::open(&config.state.dir).await?;
+        let store = Store::open_with(
+            &config.state.dir,
+            shift_store::StoreOptions::from_config(&config.state),
+        )
+        .await?;
         registry.register(Box::new(JournalCollector::new(store.clone())?))?;
         // A topology changed through the admin API outlives restarts; the config only seeds the
         // first one.
@@ -212,6 +216,8 @@ impl ChromaShift {
             },
         ));
         switch.restore_pause().await;
+        let store_alerts_task =
+            crate::store_alerts::spawn(self.mirror.store.clone(), alerts.clone());
         let monitor_task = monitor.spawn(switch.clone(), alerts);
 
         let (admin_stop, mut admin_stopped) = watch::channel(false);
@@ -282,6 +288,7 @@ impl ChromaShift {
             }
         }
         monitor_task.abort();
+        store_alerts_task.abort();
         // Queued writes stay in the journal; the next start replays them.
         let _ = replay_stop.send(true);
         for task in replay_tasks {
