@@ -356,6 +356,12 @@ pub struct MirrorConfig {
     /// Longest wait between replay retries.
     #[serde(default = "defaults::retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
+    /// After a primary write with an unknown outcome (a timeout, a 5xx, a lost connection),
+    /// how long its records stay locked before the secondary is reconciled from the primary:
+    /// a primary may still apply the write late, and a later write of the same records must
+    /// not overtake it. Set it above the time the primary may take to finish a write.
+    #[serde(default = "defaults::unknown_outcome_grace", with = "humantime_serde")]
+    pub unknown_outcome_grace: Duration,
 }
 
 impl Default for MirrorConfig {
@@ -368,6 +374,7 @@ impl Default for MirrorConfig {
             replay_batch_records: 0,
             retry_initial: defaults::retry_initial(),
             retry_max: defaults::retry_max(),
+            unknown_outcome_grace: defaults::unknown_outcome_grace(),
         }
     }
 }
@@ -552,6 +559,9 @@ mod defaults {
     }
     pub fn retry_max() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn unknown_outcome_grace() -> Duration {
+        Duration::from_secs(2)
     }
 }
 

@@ -136,6 +136,9 @@ impl ChromaShift {
                 ShadowSettings::from_config(&config.reads),
                 metrics.clone(),
             )),
+            unknown_outcome_grace: config.mirror.unknown_outcome_grace,
+            live_intents: Default::default(),
+            last_state_error: Default::default(),
         });
         let backfill = Backfiller::new(mirror.clone(), &registry)?;
         if config.admin.enabled && secrets.admin_token.is_none() {
@@ -272,6 +275,10 @@ impl ChromaShift {
                 .spawn(replay_stopped.clone())
             })
             .collect();
+        let sweeper = tokio::spawn(shift_proxy::writes::settle_orphaned_intents(
+            self.mirror.clone(),
+            replay_stopped.clone(),
+        ));
         let service = ProxyService::new(self.mirror.clone(), self.settings, self.metrics.clone());
         let data_plane = shift_proxy::data_plane(service, self.metrics);
         tracing::info!(
@@ -289,8 +296,23 @@ impl ChromaShift {
         }
         monitor_task.abort();
         store_alerts_task.abort();
+        // Writes being settled run to the end (their tasks own them, not the connections):
+        // wait for them, within a bound, so their journal entries are committed before exit.
+        // Whatever is still unsettled then is an intent, reconciled at the next start.
+        let settle_wait =
+            self.config.server.shutdown_grace + self.config.mirror.unknown_outcome_grace;
+        if tokio::time::timeout(settle_wait, self.mirror.gate.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                settling = self.mirror.live_intents.len(),
+                "writes still settling at exit; their intents are reconciled at the next start"
+            );
+        }
         // Queued writes stay in the journal; the next start replays them.
         let _ = replay_stop.send(true);
+        let _ = sweeper.await;
         for task in replay_tasks {
             let _ = task.await;
         }

@@ -54,6 +54,9 @@ pub struct ProxyMetrics {
     /// Canary reads by collection and outcome (served, fallback, skipped_lagging,
     /// skipped_unmapped).
     pub canary_reads: IntCounterVec,
+    /// Write intents settled by the sweeper, not by their own task (the state store could not
+    /// write when the task settled, or the task died).
+    pub orphaned_intents: prometheus::IntCounter,
 }
 
 impl ProxyMetrics {
@@ -167,7 +170,12 @@ impl ProxyMetrics {
                 Opts::new("chroma_shift_canary_reads_total", "Canary reads by collection and outcome (served, fallback, skipped_lagging, skipped_unmapped)."),
                 &["collection", "outcome"],
             )?,
+            orphaned_intents: prometheus::IntCounter::new(
+                "chroma_shift_orphaned_intents_settled_total",
+                "Write intents settled as reconciliations by the sweeper rather than by their own task.",
+            )?,
         };
+        registry.register(Box::new(metrics.orphaned_intents.clone()))?;
         registry.register(Box::new(metrics.shadow_reads.clone()))?;
         registry.register(Box::new(metrics.shadow_skipped.clone()))?;
         registry.register(Box::new(metrics.shadow_recall.clone()))?;
