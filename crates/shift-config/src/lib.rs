@@ -872,6 +872,7 @@ mod tests {
             let config = Config::load(&path).unwrap();
             assert_eq!(config.server.listen.port(), 8000);
             assert_eq!(config.mirror.mode, MirrorMode::Journaled);
+            assert_eq!(config.state.max_journal_bytes, ByteSize::gib(1));
             Ok(())
         });
     }

@@ -70,3 +70,42 @@ fn alert_changes(seen: Seen, health: &StoreHealth, alerts: &Alerter) -> Seen {
     }
     now
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(unwritable: Option<&str>, journal_bytes: u64) -> StoreHealth {
+        StoreHealth {
+            unwritable: unwritable.map(str::to_owned),
+            journal_bytes,
+            max_journal_bytes: 100,
+            pending_intents: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_alert_per_change_of_either_condition() {
+        let counter = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("alerts_total", "test"),
+            &["outcome"],
+        )
+        .unwrap();
+        let alerts = Alerter::new(None, Some(counter.clone()));
+        let sent = || counter.with_label_values(&["logged"]).get();
+
+        let mut seen = alert_changes(Seen::default(), &health(None, 10), &alerts);
+        assert_eq!(sent(), 0, "nothing to say while all is well");
+        seen = alert_changes(seen, &health(Some("No space left on device"), 10), &alerts);
+        assert_eq!(sent(), 1);
+        seen = alert_changes(seen, &health(Some("still full"), 10), &alerts);
+        assert_eq!(sent(), 1, "no repeat while it lasts");
+        seen = alert_changes(seen, &health(None, 120), &alerts);
+        assert_eq!(sent(), 3, "recovered, and the journal reached its cap");
+        seen = alert_changes(seen, &health(None, 130), &alerts);
+        assert_eq!(sent(), 3);
+        seen = alert_changes(seen, &health(None, 20), &alerts);
+        assert_eq!(sent(), 4, "drained below the cap");
+        assert_eq!(seen, Seen::default());
+    }
+}
