@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shift_config::Secrets;
+use shift_testkit::process::chroma_shift_bin;
 use shift_testkit::scrape::metric;
 use shift_testkit::stores::{two_stores, DEFAULT_DB};
-use shift_testkit::{http, http_json, Chroma, Proxy};
+use shift_testkit::{http, http_json, Chroma, Proxy, ADMIN_TOKEN};
 
 /// Bound on every wait: turns a hang into a failure, never a slow machine into one.
 const WAIT: Duration = Duration::from_secs(60);
@@ -611,6 +612,49 @@ async fn dead_letters_are_retried_and_dropped_through_the_admin_api() -> anyhow:
         )
         .await?;
     assert_eq!(status, 404, "{gone}");
+
+    // The same through `chroma-shift ctl dead-letters`: list, retry --all, drop.
+    park_one(&proxy, &new, "parked-ctl", 100).await?;
+    let letters = wait_dead_letters(&proxy, 1).await?;
+    let seq = letters[0]["seq"].as_u64().expect("a seq");
+    let listed = ctl(&proxy, &["dead-letters"]).await?;
+    assert!(listed.contains(&format!("#{seq} → new")), "{listed}");
+    let retried = ctl(&proxy, &["dead-letters", "retry", "--all"]).await?;
+    assert!(
+        retried.contains(&format!("retried #{seq} → new")),
+        "{retried}"
+    );
+    assert_eq!(retried.matches("retried #").count(), 1, "{retried}");
+    let letters = wait_dead_letters(&proxy, 1).await?;
+    let again = letters[0]["seq"].as_u64().expect("a seq");
+    assert!(again > seq, "parked again under a new seq");
+    let dropped = ctl(&proxy, &["dead-letters", "drop", &again.to_string()]).await?;
+    assert!(
+        dropped.contains(&format!("dropped #{again} → new")),
+        "{dropped}"
+    );
+    assert!(dead_letters(&proxy).await?.is_empty());
+    let listed = ctl(&proxy, &["dead-letters"]).await?;
+    assert!(listed.contains("no dead letters"), "{listed}");
     proxy.shutdown().await?;
     Ok(())
+}
+
+/// Runs `chroma-shift ctl ARGS` against the proxy's admin API; its standard output, once it
+/// exited 0.
+async fn ctl(proxy: &Proxy, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(chroma_shift_bin()?)
+        .arg("ctl")
+        .args(["--admin-url", &proxy.admin_url(), "--token", ADMIN_TOKEN])
+        .args(args)
+        .output();
+    let out = tokio::time::timeout(WAIT, out).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "ctl {args:?}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
 }
