@@ -482,6 +482,11 @@ async fn a_full_journal_refuses_writes_until_the_replay_drains_it() -> anyhow::R
         not_ready["state"]["journal_bytes"].as_u64().unwrap_or(0) >= 64 * 1024,
         "{not_ready}"
     );
+    let (_, status) = proxy.admin("GET", "/admin/status", None).await?;
+    assert_eq!(status["state"]["journal_full"], json!(true), "{status}");
+    assert_eq!(status["state"]["max_journal_bytes"], json!(64 * 1024));
+    let full = ctl(&proxy, &["status"]).await?;
+    assert!(full.contains("(FULL: writes refused)"), "{full}");
 
     // The secondary is back: the replay drains the journal and writes are accepted again.
     new.restart().await?;

@@ -296,6 +296,27 @@ fn print_status(status: &Value) {
     }
     println!("writes held  {}", text(&status["writes_held"]));
     println!("dead letters {}", text(&status["dead_letters"]["count"]));
+    let state = &status["state"];
+    if !state.is_null() {
+        println!(
+            "state store  {}; journal {} of {} bytes{}; {} intents pending",
+            match state["unwritable_reason"].as_str() {
+                Some(reason) => format!("CANNOT WRITE ({reason})"),
+                None => "writable".to_owned(),
+            },
+            text(&state["journal_bytes"]),
+            match state["max_journal_bytes"].as_u64() {
+                Some(0) => "unlimited".to_owned(),
+                _ => text(&state["max_journal_bytes"]),
+            },
+            if state["journal_full"] == true {
+                " (FULL: writes refused)"
+            } else {
+                ""
+            },
+            text(&state["pending_intents"])
+        );
+    }
     for section in ["shadow", "backfill"] {
         if !status[section].is_null() {
             println!("{section:<12} {}", status[section]);

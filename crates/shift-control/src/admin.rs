@@ -220,12 +220,25 @@ async fn status(State(state): State<AdminState>) -> Response {
         "journal": journal,
         "writes_held": state.mirror.gate.held(),
         "dead_letters": {"count": state.mirror.store.dead_letter_count(), "first": recent},
+        "state": store_state(&state.mirror.store.health()),
         "collections": state.mirror.resolver.map.entries().len(),
     });
     for (name, section) in state.sections.iter() {
         body[*name] = section.status();
     }
     Json(body).into_response()
+}
+
+/// The state store's ability to take writes, for `/admin/status`.
+fn store_state(health: &shift_store::StoreHealth) -> Value {
+    json!({
+        "writable": health.unwritable.is_none(),
+        "unwritable_reason": health.unwritable,
+        "journal_bytes": health.journal_bytes,
+        "max_journal_bytes": health.max_journal_bytes,
+        "journal_full": health.journal_full(),
+        "pending_intents": health.pending_intents,
+    })
 }
 
 /// A switch's body may be empty.
