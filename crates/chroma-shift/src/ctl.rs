@@ -100,7 +100,8 @@ struct SwitchArgs {
     /// How long writes may be held while the journal drains, e.g. 30s.
     #[arg(long)]
     timeout: Option<String>,
-    /// Rollback only: go even though the current primary is down.
+    /// Go even though the current primary is down, dead letters exist or the lag is above the
+    /// bound; what only a dead primary can settle waits for it in its own queue.
     #[arg(long)]
     force: bool,
 }
@@ -349,6 +350,9 @@ fn print_switch(report: &Value) {
             text(&report["drained_entries"])
         ),
         _ => println!("dry run: nothing changed"),
+    }
+    for note in report["notes"].as_array().into_iter().flatten() {
+        println!("note: {}", text(note));
     }
 }
 

@@ -143,6 +143,11 @@ impl LocalChroma {
         self.addr
     }
 
+    /// The server's process id while it runs (to stop it with SIGSTOP in fault tests).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.options.data_dir
     }

@@ -219,6 +219,12 @@ async fn status(State(state): State<AdminState>) -> Response {
         },
         "journal": journal,
         "writes_held": state.mirror.gate.held(),
+        // Writes whose intent is recorded and not yet settled: being settled by their task
+        // now, or orphans the sweeper settles (the state store could not write).
+        "pending_intents": {
+            "settling": state.mirror.live_intents.len(),
+            "recorded": state.mirror.store.pending_intents().map(|p| p.len()).unwrap_or_default(),
+        },
         "dead_letters": {"count": state.mirror.store.dead_letter_count(), "first": recent},
         "state": store_state(&state.mirror.store.health()),
         "collections": state.mirror.resolver.map.entries().len(),

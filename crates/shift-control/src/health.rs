@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use shift_config::{BackendName, HealthConfig};
 use shift_proxy::{Backends, ProxyMetrics};
+use tokio::time::Instant;
 
 use crate::alerts::Alerter;
 use crate::switch::{Direction, SwitchRequest, TopologySwitch};
@@ -29,6 +30,10 @@ pub struct BackendHealth {
     pub unhealthy_since: Option<SystemTime>,
     /// Why the last heartbeat failed.
     pub error: Option<String>,
+    /// When the current run of failures began, on the runtime's clock: what the outage timers
+    /// measure (the wall clock above is for people, and can jump).
+    #[serde(skip)]
+    pub down_since: Option<Instant>,
 }
 
 impl BackendHealth {
@@ -40,6 +45,7 @@ impl BackendHealth {
             consecutive_failures: 0,
             unhealthy_since: None,
             error: Some("not checked yet".to_owned()),
+            down_since: None,
         }
     }
 }
@@ -51,7 +57,48 @@ pub struct HealthBoard {
     new: ArcSwap<BackendHealth>,
 }
 
+impl Default for HealthBoard {
+    fn default() -> Self {
+        HealthBoard::new()
+    }
+}
+
 impl HealthBoard {
+    /// A board with both backends not checked yet.
+    pub fn new() -> HealthBoard {
+        HealthBoard {
+            old: ArcSwap::from_pointee(BackendHealth::unknown()),
+            new: ArcSwap::from_pointee(BackendHealth::unknown()),
+        }
+    }
+
+    /// Records one heartbeat's result: up, or down with `error` (a run of failures keeps the
+    /// time it began).
+    pub fn record(&self, name: BackendName, result: Result<(), String>, latency_ms: f64) {
+        let previous = self.get(name);
+        let health = match result {
+            Ok(()) => BackendHealth {
+                up: true,
+                checked_at: Some(SystemTime::now()),
+                latency_ms,
+                consecutive_failures: 0,
+                unhealthy_since: None,
+                error: None,
+                down_since: None,
+            },
+            Err(error) => BackendHealth {
+                up: false,
+                checked_at: Some(SystemTime::now()),
+                latency_ms,
+                consecutive_failures: previous.consecutive_failures.saturating_add(1),
+                unhealthy_since: previous.unhealthy_since.or(Some(SystemTime::now())),
+                error: Some(error),
+                down_since: previous.down_since.or(Some(Instant::now())),
+            },
+        };
+        self.slot(name).store(Arc::new(health));
+    }
+
     fn slot(&self, name: BackendName) -> &ArcSwap<BackendHealth> {
         match name {
             BackendName::Old => &self.old,
@@ -79,10 +126,7 @@ impl HealthMonitor {
             backends,
             config,
             metrics,
-            board: Arc::new(HealthBoard {
-                old: ArcSwap::from_pointee(BackendHealth::unknown()),
-                new: ArcSwap::from_pointee(BackendHealth::unknown()),
-            }),
+            board: Arc::new(HealthBoard::new()),
         }
     }
 
@@ -100,20 +144,11 @@ impl HealthMonitor {
         let result = self.backends.get(name).heartbeat(self.config.timeout).await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let previous = self.board.get(name);
-        let health = match result {
-            Ok(()) => {
-                if !previous.up && previous.checked_at.is_some() {
-                    tracing::info!(backend = %name, "backend is up again");
-                }
-                BackendHealth {
-                    up: true,
-                    checked_at: Some(SystemTime::now()),
-                    latency_ms,
-                    consecutive_failures: 0,
-                    unhealthy_since: None,
-                    error: None,
-                }
+        match &result {
+            Ok(()) if !previous.up && previous.checked_at.is_some() => {
+                tracing::info!(backend = %name, "backend is up again");
             }
+            Ok(()) => {}
             Err(error) => {
                 if previous.up || previous.checked_at.is_none() {
                     tracing::warn!(backend = %name, %error, "backend heartbeat failed");
@@ -122,21 +157,15 @@ impl HealthMonitor {
                     .backend_errors
                     .with_label_values(&[name.as_str(), "heartbeat"])
                     .inc();
-                BackendHealth {
-                    up: false,
-                    checked_at: Some(SystemTime::now()),
-                    latency_ms,
-                    consecutive_failures: previous.consecutive_failures.saturating_add(1),
-                    unhealthy_since: previous.unhealthy_since.or(Some(SystemTime::now())),
-                    error: Some(error.to_string()),
-                }
             }
-        };
+        }
+        let up = result.is_ok();
+        self.board
+            .record(name, result.map_err(|e| e.to_string()), latency_ms);
         self.metrics
             .backend_up
             .with_label_values(&[name.as_str()])
-            .set(i64::from(health.up));
-        self.board.slot(name).store(Arc::new(health));
+            .set(i64::from(up));
     }
 
     /// Probes on every interval until the task is aborted; alerts on long outages, and rolls
@@ -171,59 +200,79 @@ impl HealthMonitor {
                         alerts.send(&format!("chroma-shift: the {name} store is healthy again"));
                     }
                 }
-                self.maybe_roll_back(&switch, &alerts).await;
+                if self.config.auto_rollback {
+                    auto_rollback(&self.config, &self.board, &switch, &alerts).await;
+                }
             }
         })
     }
+}
 
-    async fn maybe_roll_back(&self, switch: &TopologySwitch, alerts: &Alerter) {
-        if !self.config.auto_rollback {
-            return;
-        }
-        let topology = switch.current();
-        if topology.primary != BackendName::New {
-            return;
-        }
-        let primary = self.board.get(BackendName::New);
-        let old = self.board.get(BackendName::Old);
-        let Some(down) = down_for(&primary) else {
-            return;
-        };
-        if down < self.config.auto_rollback_after || !old.up {
-            return;
-        }
-        tracing::error!(
-            down_s = down.as_secs(),
-            "the new primary stayed unhealthy; rolling back"
-        );
-        let request = SwitchRequest {
-            force: true,
-            ..SwitchRequest::default()
-        };
-        match switch.switch(Direction::Rollback, request).await {
-            Ok(report) if report.switched => alerts.send(&format!(
+/// Rolls back by itself when the new store is primary and has been down for
+/// `auto_rollback_after` while the old store answers: a forced rollback, which moves what
+/// only the new store can settle to its own journal, so it goes through while the new store
+/// is dead (see [`TopologySwitch::switch`]). Returns whether it switched.
+pub async fn auto_rollback(
+    config: &HealthConfig,
+    board: &HealthBoard,
+    switch: &TopologySwitch,
+    alerts: &Alerter,
+) -> bool {
+    let topology = switch.current();
+    if topology.primary != BackendName::New {
+        return false;
+    }
+    let primary = board.get(BackendName::New);
+    let old = board.get(BackendName::Old);
+    let Some(down) = down_for(&primary) else {
+        return false;
+    };
+    if down < config.auto_rollback_after || !old.up {
+        return false;
+    }
+    tracing::error!(
+        down_s = down.as_secs(),
+        "the new primary stayed unhealthy; rolling back"
+    );
+    let request = SwitchRequest {
+        force: true,
+        ..SwitchRequest::default()
+    };
+    match switch.switch(Direction::Rollback, request).await {
+        Ok(report) if report.switched => {
+            let mut text = format!(
                 "chroma-shift auto-rollback: the new store was unhealthy for {}s ({}); the old store is primary again (epoch {})",
                 down.as_secs(),
                 primary.error.as_deref().unwrap_or("no answer"),
                 report.epoch
-            )),
-            Ok(report) => alerts.send(&format!(
+            );
+            for note in &report.notes {
+                text.push_str("; ");
+                text.push_str(note);
+            }
+            alerts.send(&text);
+            true
+        }
+        Ok(report) => {
+            alerts.send(&format!(
                 "chroma-shift auto-rollback refused: {}",
                 report.refused.unwrap_or_default()
-            )),
-            Err(error) => alerts.send(&format!("chroma-shift auto-rollback failed: {error}")),
+            ));
+            false
+        }
+        Err(error) => {
+            alerts.send(&format!("chroma-shift auto-rollback failed: {error}"));
+            false
         }
     }
 }
 
-/// How long a backend has been unhealthy, if it is.
+/// How long a backend has been unhealthy, if it is, on the runtime's clock.
 fn down_for(health: &BackendHealth) -> Option<std::time::Duration> {
     if health.up {
         return None;
     }
-    health
-        .unhealthy_since
-        .and_then(|since| since.elapsed().ok())
+    health.down_since.map(|since| since.elapsed())
 }
 
 mod unix_millis {
@@ -237,5 +286,64 @@ mod unix_millis {
             Some(d) => serializer.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             None => serializer.serialize_none(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::switch::tests::{fixture, reconcile};
+
+    fn config(after: Duration) -> HealthConfig {
+        HealthConfig {
+            auto_rollback: true,
+            auto_rollback_after: after,
+            ..HealthConfig::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auto_rollback_waits_for_the_outage_to_last_then_goes_while_the_new_store_is_dead() {
+        let f = fixture(BackendName::New);
+        // A write failed on the dead primary: its reconciliation reads the new store.
+        f.state.push(BackendName::Old, &reconcile("c", "failed"));
+        let alerts = Alerter::log_only();
+        let config = config(Duration::from_secs(60));
+        f.health
+            .record(BackendName::New, Err("connection refused".into()), 1.0);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        // Later failures keep the time the outage began.
+        f.health
+            .record(BackendName::New, Err("connection refused".into()), 1.0);
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        assert_eq!(f.topology.load().primary, BackendName::New);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        assert_eq!(f.topology.load().primary, BackendName::Old);
+        assert_eq!(f.state.ops(BackendName::New), [reconcile("c", "failed")]);
+        // Old is primary now: nothing more to do.
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_auto_rollback_while_the_old_store_is_down_too_or_the_new_one_recovered() {
+        let f = fixture(BackendName::New);
+        let alerts = Alerter::log_only();
+        let config = config(Duration::from_secs(10));
+        f.health.record(BackendName::New, Err("down".into()), 1.0);
+        f.health.record(BackendName::Old, Err("down".into()), 1.0);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        f.health.record(BackendName::Old, Ok(()), 1.0);
+        f.health.record(BackendName::New, Ok(()), 1.0);
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        // A new outage starts its own clock.
+        f.health.record(BackendName::New, Err("down".into()), 1.0);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        assert_eq!(f.topology.load().primary, BackendName::New);
     }
 }

@@ -35,6 +35,12 @@ struct RepairRequest {
 
 /// Queues a reconciliation of `ids` for the secondary, in the journal: ordered with live
 /// writes, applied under the records' order locks by the replay worker.
+///
+/// The append passes the write gate and reads the topology under its pass, like a client
+/// write: a switch waits for it (and drains it) or holds it until the new topology is in,
+/// so the reconciliation always goes to the store that is secondary when it is applied and
+/// copies from the primary. Without the gate, one queued for the old secondary just after a
+/// cutover would land in the new primary's journal and copy the old store's records into it.
 async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
     let request: RepairRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -53,6 +59,7 @@ async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
         )
             .into_response();
     }
+    let _pass = state.mirror.gate.enter().await;
     let secondary = state.mirror.topology.load().secondary();
     let entries: Vec<shift_store::NewEntry> = request
         .ids

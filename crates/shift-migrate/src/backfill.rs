@@ -11,6 +11,17 @@
 //!    a newer dual write is not overwritten (it is either already applied, or queued behind);
 //! 4. checkpoint the last id of every finished prefix, so a killed backfill resumes there;
 //! 5. list the ids again and copy any the first snapshot missed.
+//!
+//! Every batch (and the creation of a collection on the target) passes the write gate, like a
+//! client write, and checks under its pass that the topology is the one the backfill started
+//! in. A cutover or rollback closes the gate, so it waits for the batches in flight and holds
+//! the next ones; once it has swapped the primary, the next batch finds a new epoch and the
+//! backfill stops as `aborted`, saying why. It does not follow the topology: its job is to
+//! copy what the old primary held before dual writes began, and after a switch the records
+//! it has not copied yet are missing from the new primary, which no copy in the other
+//! direction can bring back. Copying from the old store into what is now the primary would
+//! write stale data into it. So it stops, and an operator rolls back and backfills again
+//! (the checkpoints keep what was done), or runs `verify --repair`.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -60,6 +71,8 @@ pub enum BackfillState {
     Succeeded,
     Failed,
     Cancelled,
+    /// A cutover or rollback changed the primary while it ran; `error` says which.
+    Aborted,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +140,8 @@ pub struct Backfiller {
     cancel: Arc<std::sync::atomic::AtomicBool>,
     metrics: BackfillMetrics,
     started: Mutex<Option<Instant>>,
+    /// Set when the running backfill stopped because the topology changed under it.
+    aborted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a backfill could not start.
@@ -161,6 +176,7 @@ impl Backfiller {
             cancel: Arc::default(),
             metrics,
             started: Mutex::new(None),
+            aborted: Arc::default(),
         }))
     }
 
@@ -202,6 +218,8 @@ impl Backfiller {
         *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.cancel
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.aborted
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let this = self.clone();
         tokio::spawn(async move {
             let result = this.run(&request).await;
@@ -219,6 +237,11 @@ impl Backfiller {
                     progress.state = BackfillState::Cancelled;
                 }
                 Ok(()) => progress.state = BackfillState::Succeeded,
+                Err(error) if this.aborted.load(std::sync::atomic::Ordering::Relaxed) => {
+                    tracing::warn!(%error, "backfill aborted");
+                    progress.state = BackfillState::Aborted;
+                    progress.error = Some(error);
+                }
                 Err(error) => {
                     tracing::error!(%error, "backfill failed");
                     progress.state = BackfillState::Failed;
@@ -241,6 +264,27 @@ impl Backfiller {
         self.cancel.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A pass through the write gate, as long as `source` is still the primary of `epoch`:
+    /// held while copying, so a switch waits for the copy and the copy never lands in a
+    /// store that has become primary.
+    async fn pass(
+        &self,
+        epoch: u64,
+        source: BackendName,
+    ) -> Result<shift_proxy::gate::WritePass, String> {
+        let pass = self.mirror.gate.enter().await;
+        let now = self.mirror.topology.load();
+        if now.epoch != epoch || now.primary != source {
+            self.aborted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(format!(
+                "aborted: the primary changed from {source} to {} (epoch {epoch} -> {}) while the backfill ran; it copies from the old primary only, so it stopped rather than write into the new one (its checkpoints are kept)",
+                now.primary, now.epoch
+            ));
+        }
+        Ok(pass)
+    }
+
     fn client(&self, backend: BackendName) -> ChromaClient {
         ChromaClient::new(self.mirror.resolver.backends.clone(), backend)
     }
@@ -261,6 +305,7 @@ impl Backfiller {
     async fn run(&self, request: &BackfillRequest) -> Result<(), String> {
         let topology = self.mirror.topology.load_full();
         let (source, target) = (topology.primary, topology.secondary());
+        let epoch = topology.epoch;
         let tenant = request
             .tenant
             .clone()
@@ -333,6 +378,7 @@ impl Backfiller {
             }
             self.collection(
                 index,
+                epoch,
                 source,
                 target,
                 &tenant,
@@ -352,6 +398,7 @@ impl Backfiller {
     async fn collection(
         &self,
         index: usize,
+        epoch: u64,
         source: BackendName,
         target: BackendName,
         tenant: &str,
@@ -368,16 +415,18 @@ impl Backfiller {
             .map
             .get(&client_id)
             .ok_or("the collection left the map")?;
-        let entry = self
-            .forget_lost_target(target, tenant, database, entry)
-            .await?;
-        // The secondary gets the collection with the primary's metadata and schema.
-        let target_id = self
-            .mirror
-            .applier
-            .ensure(target, &entry)
-            .await
-            .map_err(|e| e.to_string())?;
+        let target_id = {
+            let _pass = self.pass(epoch, source).await?;
+            let entry = self
+                .forget_lost_target(target, tenant, database, entry)
+                .await?;
+            // The secondary gets the collection with the primary's metadata and schema.
+            self.mirror
+                .applier
+                .ensure(target, &entry)
+                .await
+                .map_err(|e| e.to_string())?
+        };
         let (s_tenant, s_database) = self.names(source, tenant, database);
         let (t_tenant, t_database) = self.names(target, tenant, database);
         let source_client = self.client(source);
@@ -422,6 +471,8 @@ impl Backfiller {
             client_id: &client_id,
             rate_limit: request.rate_limit,
             index,
+            epoch,
+            source,
         };
         copy.copy_in_order(&todo, batch_size, concurrency, Some(&key))
             .await?;
@@ -521,6 +572,9 @@ struct BatchCopy<'a> {
     client_id: &'a str,
     rate_limit: Option<u32>,
     index: usize,
+    /// The topology the backfill started in: its batches stop once it changes.
+    epoch: u64,
+    source: BackendName,
 }
 
 impl BatchCopy<'_> {
@@ -570,30 +624,48 @@ impl BatchCopy<'_> {
         Ok(())
     }
 
-    /// Locks the batch's ids, re-reads them from the source, upserts what exists.
+    /// Passes the gate, locks the batch's ids, re-reads them from the source, upserts what
+    /// exists. A failed attempt gives the pass back before it waits, so a switch is never held
+    /// by a backfill's retries.
     async fn copy_batch(&self, batch: &[String]) -> Result<usize, String> {
         let started = Instant::now();
         let (s_tenant, s_database, s_id) = self.source_names;
         let (t_tenant, t_database, t_id) = self.target_names;
-        let copied = {
-            let _order = self
-                .backfiller
-                .mirror
-                .locks
-                .records(self.client_id, batch)
-                .await;
-            let records = retry("get", || {
-                self.source_client.get(s_tenant, s_database, s_id, batch)
-            })
-            .await?;
-            if !records.ids.is_empty() {
-                retry("upsert", || {
-                    self.target_client
+        let mut wait = Duration::from_millis(200);
+        let mut attempt = 0;
+        let copied = loop {
+            attempt += 1;
+            let result = {
+                let _pass = self.backfiller.pass(self.epoch, self.source).await?;
+                let _order = self
+                    .backfiller
+                    .mirror
+                    .locks
+                    .records(self.client_id, batch)
+                    .await;
+                match self
+                    .source_client
+                    .get(s_tenant, s_database, s_id, batch)
+                    .await
+                {
+                    Ok(records) if records.ids.is_empty() => Ok(0),
+                    Ok(records) => self
+                        .target_client
                         .upsert(t_tenant, t_database, t_id, &records)
-                })
-                .await?;
+                        .await
+                        .map(|()| records.ids.len()),
+                    Err(error) => Err(error),
+                }
+            };
+            match result {
+                Ok(copied) => break copied,
+                Err(error) if error.is_retryable() && attempt < RETRIES => {
+                    tracing::warn!(%error, attempt, "backfill batch failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(20));
+                }
+                Err(error) => return Err(format!("copy: {error}")),
             }
-            records.ids.len()
         };
         if let Some(rate) = self.rate_limit.filter(|r| *r > 0) {
             let budget = Duration::from_secs_f64(batch.len() as f64 / f64::from(rate));

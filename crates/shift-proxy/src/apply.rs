@@ -620,15 +620,21 @@ impl Applier {
             Some(e) => (e.tenant.clone(), e.database.clone(), e.name.clone()),
             None => (tenant.to_owned(), database.to_owned(), name.to_owned()),
         };
-        let lookup = known
-            .as_ref()
-            .and_then(|e| e.id_on(source).map(str::to_owned))
-            .unwrap_or_else(|| name.clone());
-        match self
-            .resolver
-            .fetch(source, &tenant, &database, &lookup)
-            .await?
-        {
+        // By id when the source's id is known: `.../collections/{x}` takes `x` as a name, and a
+        // UUID-shaped name is found nowhere, which would read as "deleted".
+        let found = match known.as_ref().and_then(|e| e.id_on(source)) {
+            Some(id) => {
+                self.resolver
+                    .fetch_by_id(source, &tenant, &database, id)
+                    .await?
+            }
+            None => {
+                self.resolver
+                    .fetch(source, &tenant, &database, &name)
+                    .await?
+            }
+        };
+        match found {
             Some(object) => {
                 let entry = self.resolver.register(source, &object).await?;
                 let id = self.ensure(target, &entry).await?;

@@ -9,6 +9,10 @@
 pub fn setup() -> Scenario {
     #[cfg(feature = "failpoints")]
     {
+        if let Ok(points) = std::env::var("FAILPOINTS") {
+            // Tests look for this line to know the failpoints are compiled in.
+            eprintln!("chroma-shift: failpoints enabled: {points}");
+        }
         Scenario(Some(fail::FailScenario::setup()))
     }
     #[cfg(not(feature = "failpoints"))]

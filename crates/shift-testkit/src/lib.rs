@@ -75,6 +75,11 @@ impl Chroma {
         self.server.addr()
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.pid()
+    }
+
     /// Kills the server, as a crash would.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         Ok(self.server.stop().await?)

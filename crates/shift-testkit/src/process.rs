@@ -32,6 +32,8 @@ pub struct ProxyProcess {
     data: SocketAddr,
     admin: SocketAddr,
     client_tokens: Vec<String>,
+    /// Extra environment for the next launches (FAILPOINTS, say).
+    env: Vec<(String, String)>,
     child: Option<tokio::process::Child>,
 }
 
@@ -45,6 +47,13 @@ impl ProxyBuilder {
 impl ProxyProcess {
     /// Writes the builder's config with fixed free ports and starts the binary on it.
     pub async fn start(builder: ProxyBuilder) -> anyhow::Result<ProxyProcess> {
+        let mut process = ProxyProcess::prepare(builder).await?;
+        process.launch().await?;
+        Ok(process)
+    }
+
+    /// Writes the config; launches nothing.
+    async fn prepare(builder: ProxyBuilder) -> anyhow::Result<ProxyProcess> {
         let bin = tokio::task::spawn_blocking(chroma_shift_bin).await??;
         let dir = tempfile::Builder::new()
             .prefix("chroma-shift-process-")
@@ -61,7 +70,7 @@ impl ProxyProcess {
         let config = dir.path().join("chroma-shift.toml");
         std::fs::write(&config, text)?;
         let log = dir.path().join("chroma-shift.log");
-        let mut process = ProxyProcess {
+        let process = ProxyProcess {
             bin,
             dir,
             config,
@@ -69,10 +78,30 @@ impl ProxyProcess {
             data,
             admin,
             client_tokens: builder.client_tokens,
+            env: Vec::new(),
             child: None,
         };
+        Ok(process)
+    }
+
+    /// Starts the proxy with `env` set (for example `FAILPOINTS`), and keeps it for restarts
+    /// until [`ProxyProcess::clear_env`].
+    pub async fn start_with_env(
+        builder: ProxyBuilder,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ProxyProcess> {
+        let mut process = ProxyProcess::prepare(builder).await?;
+        process.set_env(env);
         process.launch().await?;
         Ok(process)
+    }
+
+    /// The extra environment of the next launches (replacing what was set before).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
     }
 
     /// The Chroma URL for clients.
@@ -179,6 +208,7 @@ impl ProxyProcess {
         if !self.client_tokens.is_empty() {
             command.env("CHROMA_SHIFT_CLIENT_TOKENS", self.client_tokens.join(","));
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .spawn()
             .with_context(|| format!("cannot run {}", self.bin.display()))?;

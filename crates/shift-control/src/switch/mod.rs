@@ -1,0 +1,752 @@
+//! Changing the topology at runtime: cutover, rollback, write mode, read policy, pause.
+//!
+//! A cutover (and a rollback, its mirror image), after Vitess's SwitchTraffic and gh-ost's
+//! cut-over:
+//! 1. refuse, saying why, when the target is unhealthy, its journal lag is above the bound,
+//!    or dead letters exist (a forced switch overrides the last two and a down primary);
+//! 2. close the write gate: writes in flight finish and settle their intents, new writes are
+//!    held (not rejected); backfill batches and repairs pass the same gate;
+//! 3. forced, with the current primary down: move what only that store can settle out of the
+//!    target's journal into its own ([`reads_the_source`]), so nothing waits on it;
+//! 4. drain the target's journal to zero within the timeout; on timeout, move back what was
+//!    moved, open the gate and leave everything as it was;
+//! 5. persist the new topology (primary swapped, epoch bumped), then swap it in; from now on
+//!    writes are mirrored the other way, so a rollback loses nothing;
+//! 6. open the gate: the held writes go to the new primary.
+//!
+//! Every change runs on its own task: an admin client that hangs up cannot stop a switch
+//! between persisting the topology and swapping it in (the two would then disagree until the
+//! next start), nor leave a pause's gate closed with a topology that says it is open.
+//! Every change is persisted before it takes effect and restored at start.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shift_config::{BackendName, MirrorMode};
+use shift_proxy::gate::{ClosedGate, WriteGate};
+use shift_proxy::mirror::MirrorOp;
+use shift_proxy::topology::{ReadPolicy, SharedTopology, Topology};
+use shift_proxy::writes::Mirror;
+use shift_store::{Seq, StoreError};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::alerts::Alerter;
+use crate::health::HealthBoard;
+
+/// How often the drain is checked while writes are held.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Journal entries read at a time when looking for what to move.
+const SCAN_PAGE: usize = 1024;
+
+/// Whether applying `op` to a store reads the other store (the source), so it cannot finish
+/// while the source is down. Checked against `shift_proxy::apply::Applier::apply`, variant by
+/// variant (no wildcard: a new variant must be decided here):
+///
+/// | op                    | reads the source | what it reads                                  |
+/// |-----------------------|------------------|------------------------------------------------|
+/// | `Records`             | no               | the body it carries; an update reads the target's ids |
+/// | `Reconcile`           | yes              | the source's records for its ids               |
+/// | `EnsureCollection`    | no               | the map entry's `create` body                  |
+/// | `UpdateCollection`    | no               | its body; `ensure` uses the map entry          |
+/// | `DeleteCollection`    | no               | its names; the map                             |
+/// | `ReconcileCollection` | yes              | the source's collection (`Resolver::fetch`)    |
+/// | `ForkCollection`      | no               | the target's copy of the source collection     |
+/// | `CreateTenant`, `UpdateTenant`, `CreateDatabase`, `DeleteDatabase` | no | their names and body |
+/// | `Function`            | no               | its body                                       |
+///
+/// A reconciliation means "make the target hold what the other store holds". Moved to the
+/// other store's journal it converges that store to this one instead, which is what a switch
+/// away from a dead store needs: those are writes whose client was not told they succeeded
+/// (acknowledged writes are `Records`, applied without reading the source).
+pub fn reads_the_source(op: &MirrorOp) -> bool {
+    match op {
+        MirrorOp::Reconcile { .. } | MirrorOp::ReconcileCollection { .. } => true,
+        MirrorOp::Records { .. }
+        | MirrorOp::EnsureCollection { .. }
+        | MirrorOp::UpdateCollection { .. }
+        | MirrorOp::DeleteCollection { .. }
+        | MirrorOp::ForkCollection { .. }
+        | MirrorOp::CreateTenant { .. }
+        | MirrorOp::UpdateTenant { .. }
+        | MirrorOp::CreateDatabase { .. }
+        | MirrorOp::DeleteDatabase { .. }
+        | MirrorOp::Function { .. } => false,
+    }
+}
+
+/// Which way a switch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// From the old store to the new one.
+    Cutover,
+    /// Back to the old store.
+    Rollback,
+}
+
+impl Direction {
+    /// The store that becomes primary.
+    pub fn target(self) -> BackendName {
+        match self {
+            Direction::Cutover => BackendName::New,
+            Direction::Rollback => BackendName::Old,
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Direction::Cutover => "cutover",
+            Direction::Rollback => "rollback",
+        }
+    }
+}
+
+/// What the caller asks of a switch.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRequest {
+    /// Only say what would happen.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Most journal entries waiting for the target; the config's bound when absent.
+    #[serde(default)]
+    pub max_lag: Option<u64>,
+    /// How long writes may be held while the journal drains, e.g. "30s".
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Go even though the current primary is down, dead letters exist or the lag is above
+    /// the bound. With the primary down, what only it can settle waits for it in its own
+    /// journal (see [`reads_the_source`]).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// One check before a switch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// What a switch did, or would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchReport {
+    pub direction: Direction,
+    pub dry_run: bool,
+    /// Whether the primary changed.
+    pub switched: bool,
+    pub from: BackendName,
+    pub to: BackendName,
+    pub epoch: u64,
+    pub checks: Vec<Check>,
+    /// The steps, in order.
+    pub plan: Vec<String>,
+    /// How long writes were held, in milliseconds.
+    pub writes_held_ms: f64,
+    /// Journal entries applied to the target while writes were held.
+    pub drained_entries: u64,
+    /// Entries moved from the target's journal to the old primary's, because applying them
+    /// needs the old primary, which is down: they are reconciled when it returns.
+    pub moved_entries: u64,
+    /// What an operator should know about the switch, in sentences.
+    pub notes: Vec<String>,
+    /// Why it did not switch, when it did not.
+    pub refused: Option<String>,
+}
+
+/// Settings a switch falls back on.
+#[derive(Debug, Clone)]
+pub struct SwitchDefaults {
+    pub max_lag: u64,
+    pub timeout: Duration,
+}
+
+/// Owns every change of the topology.
+#[derive(Debug, Clone)]
+pub struct TopologySwitch {
+    core: Arc<SwitchCore>,
+}
+
+/// What a change needs, shared with the task it runs on.
+#[derive(Debug)]
+struct SwitchCore {
+    /// The live topology every request reads.
+    topology: SharedTopology,
+    /// The write gate a switch and a pause close.
+    gate: Arc<WriteGate>,
+    /// The journal, the counts that gate a switch, the persisted topology.
+    state: Arc<dyn SwitchState>,
+    /// The last heartbeats; a switch reads them and never waits on a store itself.
+    health: Arc<HealthBoard>,
+    alerts: Alerter,
+    defaults: SwitchDefaults,
+    /// One change at a time.
+    changing: Mutex<()>,
+    /// The gate held closed by a pause, until resume.
+    pause: Mutex<Option<ClosedGate>>,
+}
+
+/// Why a topology change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot persist the topology: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl TopologySwitch {
+    pub fn new(
+        mirror: Arc<Mirror>,
+        health: Arc<HealthBoard>,
+        alerts: Alerter,
+        defaults: SwitchDefaults,
+    ) -> Self {
+        TopologySwitch::from_parts(
+            mirror.topology.clone(),
+            mirror.gate.clone(),
+            Arc::new(mirror.store.clone()),
+            health,
+            alerts,
+            defaults,
+        )
+    }
+
+    /// A switch over the given parts (tests use a fake [`SwitchState`]).
+    pub fn from_parts(
+        topology: SharedTopology,
+        gate: Arc<WriteGate>,
+        state: Arc<dyn SwitchState>,
+        health: Arc<HealthBoard>,
+        alerts: Alerter,
+        defaults: SwitchDefaults,
+    ) -> Self {
+        TopologySwitch {
+            core: Arc::new(SwitchCore {
+                topology,
+                gate,
+                state,
+                health,
+                alerts,
+                defaults,
+                changing: Mutex::new(()),
+                pause: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Topology> {
+        self.core.topology.load_full()
+    }
+
+    /// Runs a change on its own task, so a caller that goes away cannot stop it halfway.
+    async fn detached<T, F, Fut>(&self, change: F) -> Result<T, ChangeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<SwitchCore>) -> Fut,
+        Fut: Future<Output = Result<T, ChangeError>> + Send + 'static,
+    {
+        match tokio::spawn(change(self.core.clone())).await {
+            Ok(result) => result,
+            Err(error) => Err(ChangeError::Refused(format!(
+                "the change stopped unexpectedly: {error}"
+            ))),
+        }
+    }
+
+    /// Re-applies a persisted pause at start.
+    pub async fn restore_pause(&self) {
+        if self.current().paused {
+            *self.core.pause.lock().await = Some(self.core.gate.close().await);
+            tracing::warn!(
+                "writes are paused (restored from the last run); resume through the admin API"
+            );
+        }
+    }
+
+    /// A cutover or a rollback.
+    pub async fn switch(
+        &self,
+        direction: Direction,
+        request: SwitchRequest,
+    ) -> Result<SwitchReport, ChangeError> {
+        self.detached(move |core| async move { core.switch(direction, request).await })
+            .await
+    }
+
+    /// Sets the write mode.
+    pub async fn set_mode(&self, mode: MirrorMode) -> Result<Arc<Topology>, ChangeError> {
+        self.detached(move |core| async move {
+            let _changing = core.changing.lock().await;
+            let next = Topology {
+                mode,
+                ..(*core.current()).clone()
+            };
+            core.persist_and_swap(next).await?;
+            Ok(core.current())
+        })
+        .await
+    }
+
+    /// Sets the read policy.
+    pub async fn set_reads(&self, reads: ReadPolicy) -> Result<Arc<Topology>, ChangeError> {
+        for percent in [reads.canary_percent, reads.shadow_percent] {
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(ChangeError::Refused(
+                    "percentages must be between 0 and 100".to_owned(),
+                ));
+            }
+        }
+        self.detached(move |core| async move {
+            let _changing = core.changing.lock().await;
+            let next = Topology {
+                reads,
+                ..(*core.current()).clone()
+            };
+            core.persist_and_swap(next).await?;
+            Ok(core.current())
+        })
+        .await
+    }
+
+    /// Holds every write at the gate until [`TopologySwitch::resume`].
+    pub async fn pause(&self) -> Result<Arc<Topology>, ChangeError> {
+        self.detached(|core| async move {
+            let _changing = core.changing.lock().await;
+            let mut pause = core.pause.lock().await;
+            let closed_here = pause.is_none();
+            if closed_here {
+                *pause = Some(core.gate.close().await);
+            }
+            let next = Topology {
+                paused: true,
+                ..(*core.current()).clone()
+            };
+            if let Err(error) = core.persist_and_swap(next).await {
+                // Not persisted, not paused: a gate left closed here would hold every write
+                // while the status says they flow.
+                if closed_here {
+                    pause.take();
+                }
+                return Err(error.into());
+            }
+            core.alerts
+                .send("chroma-shift: writes paused by an operator");
+            Ok(core.current())
+        })
+        .await
+    }
+
+    /// Lets held writes go.
+    pub async fn resume(&self) -> Result<Arc<Topology>, ChangeError> {
+        self.detached(|core| async move {
+            let _changing = core.changing.lock().await;
+            let next = Topology {
+                paused: false,
+                ..(*core.current()).clone()
+            };
+            core.persist_and_swap(next).await?;
+            core.pause.lock().await.take();
+            core.alerts.send("chroma-shift: writes resumed");
+            Ok(core.current())
+        })
+        .await
+    }
+}
+
+/// Entries moved out of one journal into another, remembered so they can be moved back.
+#[derive(Debug, Default)]
+struct Moved {
+    /// Their seqs in the journal they went to, with their payloads.
+    entries: Vec<(Seq, Vec<u8>)>,
+    /// How many are reconciliations of records, and of collections.
+    records: u64,
+    collections: u64,
+}
+
+impl SwitchCore {
+    fn current(&self) -> Arc<Topology> {
+        self.topology.load_full()
+    }
+
+    /// Persists `topology`, then swaps it in: a crash between the two restarts on the new one,
+    /// which nothing has used yet (a switch holds the gate closed meanwhile).
+    async fn persist_and_swap(&self, topology: Topology) -> Result<(), StoreError> {
+        self.state.persist(&topology).await?;
+        self.topology.store(Arc::new(topology));
+        Ok(())
+    }
+
+    async fn switch(
+        &self,
+        direction: Direction,
+        request: SwitchRequest,
+    ) -> Result<SwitchReport, ChangeError> {
+        let _changing = self.changing.lock().await;
+        let current = self.current();
+        let to = direction.target();
+        let from = current.primary;
+        let force = request.force;
+        let max_lag = request.max_lag.unwrap_or(self.defaults.max_lag);
+        let timeout = request.timeout.unwrap_or(self.defaults.timeout);
+        // Forced away from a store that is down: what needs it moves to its own journal.
+        let may_move = force && from != to;
+        let checks = self.checks(direction, &current, &request, max_lag);
+        let mut plan = vec![
+            format!("check: {to} healthy, at most {max_lag} journal entries waiting for it, no dead letters"),
+            "close the write gate: let in-flight writes finish and settle, hold new ones".to_owned(),
+        ];
+        if may_move {
+            plan.push(format!(
+                "if {from} is down: move the reconciliations waiting for {to} (they read {from}) to {from}'s journal; {from} is brought in line when it returns"
+            ));
+        }
+        plan.extend([
+            format!("drain the journal to {to} to zero within {timeout:?}; on timeout release and change nothing"),
+            format!("make {to} primary, epoch {} -> {}, persist; mirror writes to {from} from then on", current.epoch, current.epoch + 1),
+            format!("release the held writes to {to}"),
+        ]);
+        let mut report = SwitchReport {
+            direction,
+            dry_run: request.dry_run,
+            switched: false,
+            from,
+            to,
+            epoch: current.epoch,
+            checks: checks.clone(),
+            plan,
+            writes_held_ms: 0.0,
+            drained_entries: 0,
+            moved_entries: 0,
+            notes: Vec::new(),
+            refused: None,
+        };
+        if let Some(failed) = checks.iter().find(|c| !c.passed) {
+            report.refused = Some(format!("{}: {}", failed.name, failed.detail));
+            return Ok(report);
+        }
+        if request.dry_run {
+            return Ok(report);
+        }
+
+        let held_since = Instant::now();
+        let deadline = held_since + timeout;
+        let Ok(gate) = tokio::time::timeout(timeout, self.gate.close()).await else {
+            report.refused = Some(format!(
+                "writes in flight did not finish within {timeout:?}"
+            ));
+            return Ok(report);
+        };
+        let held_ms = || held_since.elapsed().as_secs_f64() * 1000.0;
+        // Writes past the gate have settled, but a settlement that outlives its request
+        // (a client that hung up) may still be journaling: wait for every intent.
+        if let Err(reason) = self.settle_intents(deadline).await {
+            drop(gate);
+            report.writes_held_ms = held_ms();
+            report.refused = Some(format!("{reason}; nothing changed"));
+            return Ok(report);
+        }
+        let before = self.state.waiting(to);
+        let moved = match self.drain(to, from, may_move, deadline).await {
+            Ok(moved) => moved,
+            Err(DrainError::Store(error, moved)) => {
+                let restored = self.move_back(from, moved.entries, to).await;
+                drop(gate);
+                restored?;
+                return Err(error.into());
+            }
+            Err(DrainError::Timeout(waiting, moved)) => {
+                // Back where they were: with `from` still primary, a reconciliation in its
+                // journal would copy the secondary's records into the primary.
+                let restored = self.move_back(from, moved.entries, to).await;
+                drop(gate);
+                report.writes_held_ms = held_ms();
+                report.refused = Some(format!(
+                    "the journal to {to} did not drain within {timeout:?} ({waiting} entries left); nothing changed"
+                ));
+                tracing::warn!(
+                    ?direction,
+                    waiting,
+                    "switch abandoned: the journal did not drain in time"
+                );
+                restored?;
+                return Ok(report);
+            }
+        };
+        let next = Topology {
+            epoch: current.epoch + 1,
+            primary: to,
+            ..(*current).clone()
+        };
+        if let Err(error) = self.persist_and_swap(next).await {
+            let restored = self.move_back(from, moved.entries, to).await;
+            drop(gate);
+            restored?;
+            return Err(error.into());
+        }
+        drop(gate);
+        report.switched = true;
+        report.epoch = current.epoch + 1;
+        report.drained_entries = before.saturating_sub(moved.entries.len() as u64);
+        report.writes_held_ms = held_ms();
+        report.moved_entries = moved.entries.len() as u64;
+        if moved.records > 0 {
+            report.notes.push(format!(
+                "{} reconciliations wait for {from} in its own queue: writes whose outcome on {from} was unknown when it went down; {from} is brought in line with {to} when it returns",
+                moved.records
+            ));
+        }
+        if moved.collections > 0 {
+            report.notes.push(format!(
+                "{} collection reconciliations wait for {from} in its own queue",
+                moved.collections
+            ));
+        }
+        tracing::warn!(
+            ?direction,
+            primary = %to,
+            epoch = report.epoch,
+            writes_held_ms = report.writes_held_ms,
+            moved = report.moved_entries,
+            "topology switched"
+        );
+        let mut alert = format!(
+            "chroma-shift {}: {to} is primary now (epoch {}); writes were held {:.0} ms",
+            direction.verb(),
+            report.epoch,
+            report.writes_held_ms
+        );
+        for note in &report.notes {
+            alert.push_str("; ");
+            alert.push_str(note);
+        }
+        self.alerts.send(&alert);
+        Ok(report)
+    }
+
+    /// The checks before a switch; `force` overrides the ones about the current primary's
+    /// health, the lag bound and dead letters (and says so).
+    fn checks(
+        &self,
+        direction: Direction,
+        current: &Topology,
+        request: &SwitchRequest,
+        max_lag: u64,
+    ) -> Vec<Check> {
+        let to = direction.target();
+        let from = current.primary;
+        let force = request.force;
+        let forced = |passed: bool, detail: String| {
+            if passed || !force {
+                (passed, detail)
+            } else {
+                (true, format!("{detail} (overridden: forced)"))
+            }
+        };
+        let target_health = self.health.get(to);
+        let from_health = self.health.get(from);
+        let lag = self.state.waiting(to);
+        let dead = self.state.dead_letters();
+        let mut checks = vec![
+            Check {
+                name: "direction",
+                passed: from != to,
+                detail: if from != to {
+                    format!("{from} is primary; {to} becomes primary")
+                } else {
+                    format!("{to} is already primary")
+                },
+            },
+            Check {
+                name: "target_healthy",
+                passed: target_health.up,
+                detail: match &target_health.error {
+                    None => format!("{to} answers its heartbeat"),
+                    Some(e) => format!("{to} is unhealthy: {e}"),
+                },
+            },
+        ];
+        let (passed, detail) = forced(
+            lag <= max_lag,
+            format!("{lag} entries wait for {to} (bound {max_lag})"),
+        );
+        checks.push(Check {
+            name: "journal_lag",
+            passed,
+            detail,
+        });
+        let (passed, detail) = forced(
+            dead == 0,
+            if dead == 0 {
+                "no dead letters".to_owned()
+            } else {
+                format!("{dead} dead letters: writes a store refused; retry or drop them first")
+            },
+        );
+        checks.push(Check {
+            name: "no_dead_letters",
+            passed,
+            detail,
+        });
+        // Informational: intents are writes in flight; the switch waits for them to settle
+        // after closing the gate (within the timeout).
+        let (passed, detail) = match self.state.pending_intents() {
+            Ok(n) => (
+                true,
+                format!("{n} writes in flight; they settle before the switch"),
+            ),
+            Err(e) => (false, format!("cannot read the pending intents: {e}")),
+        };
+        checks.push(Check {
+            name: "pending_intents",
+            passed,
+            detail,
+        });
+        checks.push(Check {
+            name: "not_paused",
+            passed: !current.paused,
+            detail: if current.paused {
+                "writes are paused; resume first".to_owned()
+            } else {
+                "writes flow".to_owned()
+            },
+        });
+        let (passed, detail) = forced(
+            from_health.up || from == to,
+            if from_health.up {
+                format!("{from} answers its heartbeat")
+            } else {
+                format!("{from} is unhealthy; use force to switch anyway")
+            },
+        );
+        checks.push(Check {
+            name: "primary_healthy",
+            passed,
+            detail,
+        });
+        checks
+    }
+
+    /// Waits until no write intent is pending, or the deadline passes.
+    async fn settle_intents(&self, deadline: Instant) -> Result<(), String> {
+        loop {
+            let pending = self
+                .state
+                .pending_intents()
+                .map_err(|e| format!("cannot read the pending intents: {e}"))?;
+            if pending == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{pending} writes in flight did not settle in time"));
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    /// Moves every entry of `target`'s journal that reads `dead` into `dead`'s journal, in
+    /// one transaction. `target`'s replay worker may be retrying the first of them; it skips
+    /// entries removed under it.
+    async fn move_source_readers(
+        &self,
+        target: BackendName,
+        dead: BackendName,
+    ) -> Result<Moved, StoreError> {
+        let mut moves = Vec::new();
+        let mut moved = Moved::default();
+        let mut after = None;
+        loop {
+            let page = self.state.read(target, after, SCAN_PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.seq);
+            let full = page.len() == SCAN_PAGE;
+            for entry in page {
+                // An unreadable entry is the replay's to park; it reads nothing.
+                let Ok(op) = MirrorOp::from_bytes(&entry.payload) else {
+                    continue;
+                };
+                if reads_the_source(&op) {
+                    match op {
+                        MirrorOp::ReconcileCollection { .. } => moved.collections += 1,
+                        _ => moved.records += 1,
+                    }
+                    moves.push((entry.seq, entry.payload));
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        if moves.is_empty() {
+            return Ok(moved);
+        }
+        let payloads: Vec<Vec<u8>> = moves.iter().map(|(_, p)| p.clone()).collect();
+        let seqs = self.state.retarget(target, moves, dead).await?;
+        tracing::warn!(
+            from = %target,
+            to = %dead,
+            count = seqs.len(),
+            "reconciliations that read a store that is down moved to its own journal"
+        );
+        moved.entries = seqs.into_iter().zip(payloads).collect();
+        Ok(moved)
+    }
+
+    /// Undoes [`SwitchCore::move_source_readers`] when the switch does not happen.
+    async fn move_back(
+        &self,
+        dead: BackendName,
+        entries: Vec<(Seq, Vec<u8>)>,
+        target: BackendName,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.state.retarget(dead, entries, target).await.map(|_| ())
+    }
+
+    /// Waits until `target`'s journal is empty. With `may_move`, once the health board says
+    /// `from` is down (at the start, or while waiting), first moves what reads it to its own
+    /// journal. What was moved, or why it stopped (with what was moved, to be moved back).
+    async fn drain(
+        &self,
+        target: BackendName,
+        from: BackendName,
+        may_move: bool,
+        deadline: Instant,
+    ) -> Result<Moved, DrainError> {
+        let mut moved: Option<Moved> = None;
+        loop {
+            if may_move && moved.is_none() && !self.health.get(from).up {
+                match self.move_source_readers(target, from).await {
+                    Ok(m) => moved = Some(m),
+                    Err(error) => return Err(DrainError::Store(error, Moved::default())),
+                }
+            }
+            let waiting = self.state.waiting(target);
+            if waiting == 0 {
+                return Ok(moved.unwrap_or_default());
+            }
+            if Instant::now() >= deadline {
+                return Err(DrainError::Timeout(waiting, moved.unwrap_or_default()));
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+}
+
+/// Why a drain stopped, with what it had moved by then.
+enum DrainError {
+    Timeout(u64, Moved),
+    Store(StoreError, Moved),
+}
+
+mod state;
+#[cfg(test)]
+pub(crate) mod tests;
+
+pub use state::{restore, StoreFuture, SwitchState};
