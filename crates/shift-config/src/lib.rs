@@ -407,12 +407,17 @@ pub struct StateConfig {
     /// Directory of the durable state (journal, id map, dead letters).
     #[serde(default = "defaults::state_dir")]
     pub dir: PathBuf,
+    /// Cap on the mirror journal, in payload bytes waiting for the secondary; at or over it
+    /// new writes are refused (503 with Retry-After) until the replay drains it. 0 is no cap.
+    #[serde(default = "defaults::max_journal_bytes")]
+    pub max_journal_bytes: ByteSize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: defaults::state_dir(),
+            max_journal_bytes: defaults::max_journal_bytes(),
         }
     }
 }
@@ -512,6 +517,9 @@ mod defaults {
     }
     pub fn state_dir() -> PathBuf {
         PathBuf::from("./state")
+    }
+    pub fn max_journal_bytes() -> ByteSize {
+        ByteSize::gib(1)
     }
     pub fn log_level() -> String {
         "info".to_owned()
@@ -864,6 +872,7 @@ mod tests {
             let config = Config::load(&path).unwrap();
             assert_eq!(config.server.listen.port(), 8000);
             assert_eq!(config.mirror.mode, MirrorMode::Journaled);
+            assert_eq!(config.state.max_journal_bytes, ByteSize::gib(1));
             Ok(())
         });
     }

@@ -76,7 +76,11 @@ impl ChromaShift {
         let backends = Arc::new(Backends::from_config(&config.backends, &secrets)?);
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
-        let store = Store::open(&config.state.dir).await?;
+        let store = Store::open_with(
+            &config.state.dir,
+            shift_store::StoreOptions::from_config(&config.state),
+        )
+        .await?;
         registry.register(Box::new(JournalCollector::new(store.clone())?))?;
         // A topology changed through the admin API outlives restarts; the config only seeds the
         // first one.
@@ -215,6 +219,8 @@ impl ChromaShift {
             },
         ));
         switch.restore_pause().await;
+        let store_alerts_task =
+            crate::store_alerts::spawn(self.mirror.store.clone(), alerts.clone());
         let monitor_task = monitor.spawn(switch.clone(), alerts);
 
         let (admin_stop, mut admin_stopped) = watch::channel(false);
@@ -289,6 +295,7 @@ impl ChromaShift {
             }
         }
         monitor_task.abort();
+        store_alerts_task.abort();
         // Writes being settled run to the end (their tasks own them, not the connections):
         // wait for them, within a bound, so their journal entries are committed before exit.
         // Whatever is still unsettled then is an intent, reconciled at the next start.

@@ -84,10 +84,19 @@ pub enum StoreError {
     /// disk). The store reopens its file and probes on a backoff until a write succeeds again;
     /// meanwhile every change is refused at once without touching the file.
     #[error(
-        "the state disk cannot be written ({reason}); this change was not stored; chroma-shift retries on its own and accepts writes again once the disk can be written"
+        "the state disk cannot be written ({reason}): this change was not committed; chroma-shift reopens its state file on its own and accepts writes again once the disk can be written"
     )]
     Unwritable {
         /// The I/O error that made the store unwritable, as text.
+        reason: String,
+    },
+    /// The state file is closed while the store reopens it after a disk error (see
+    /// [`StoreError::Unwritable`]); reads fail until it is open again.
+    #[error(
+        "the state database cannot be read now: it is being reopened after a disk error ({reason}); retry shortly"
+    )]
+    Unavailable {
+        /// The error that made the store reopen its file.
         reason: String,
     },
     /// The journal holds `max_journal_bytes` or more of payload: new writes are refused until
@@ -113,8 +122,24 @@ impl StoreError {
     pub fn is_retryable_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Unwritable { .. } | StoreError::JournalFull { .. }
+            StoreError::Unwritable { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::JournalFull { .. }
         )
+    }
+
+    /// The text of an I/O error from the file, if that is what this is: the errors after
+    /// which redb's Database refuses every later transaction and must be reopened.
+    pub(crate) fn io_reason(&self) -> Option<String> {
+        let StoreError::Storage(err) = self else {
+            return None;
+        };
+        match &**err {
+            redb::Error::Io(io) => Some(io.to_string()),
+            redb::Error::PreviousIo => Some("an earlier write to the state file failed".into()),
+            redb::Error::DatabaseClosed => Some("the state file was closed".into()),
+            _ => None,
+        }
     }
 }
 

@@ -20,7 +20,11 @@
 //!
 //! Layout:
 //! - `lib.rs`: [`Store`], the public types and the reads;
+//! - `open.rs`: opening the file, the format check and migration, the counters read back;
+//! - `ops.rs`: the requests a change sends to the writer;
 //! - `writer.rs`: the group-commit writer thread;
+//! - `recover.rs`: what the writer does after an I/O error (refuse, reopen, probe);
+//! - `types.rs`: the public value types ([`Seq`], [`NewEntry`], [`DeadLetter`], ...);
 //! - `schema.rs`: the redb tables and bookkeeping keys, everything that fixes the file layout;
 //! - `codec.rs`: the byte layouts of journal entries and dead letters;
 //! - `lag.rs`: in-memory lag accounting ([`Lag`]);
@@ -29,142 +33,56 @@
 mod codec;
 mod error;
 mod lag;
+mod open;
+mod ops;
+mod recover;
 mod schema;
+mod types;
 mod writer;
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use redb::{
-    Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use shift_config::BackendName;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::StoreError;
 pub use lag::{CollectionLag, Lag};
+pub use types::{
+    CommitStats, DeadLetter, IntentId, JournalEntry, MapTable, NewEntry, Seq, StoreHealth,
+    StoreOptions,
+};
 
-use lag::{LagBook, LagChange};
+use lag::LagBook;
+use open::Opener;
 use writer::{Counters, EncodedEntry, Op, Reply};
-
-/// redb's page cache. Its default (1 GiB) is sized for a database server; the journal's hot
-/// part is its tail, and the maps are small.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-/// The position of an entry in the mirror journal. Global across both targets and strictly
-/// increasing, across restarts too, so it orders every mirrored write ever journaled. The
-/// first is 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Seq(pub u64);
-
-impl fmt::Display for Seq {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A pending write intent. Increasing, so [`Store::pending_intents`] returns them in the order
-/// they were recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IntentId(pub u64);
-
-impl fmt::Display for IntentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// The small key-value tables. Fixed rather than named by callers, so a typo cannot create a
-/// table and every table is created at open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MapTable {
-    /// The collection-id map: the client-visible id and each backend's id of a collection.
-    Collections,
-    /// The persisted topology (primary, secondary, epoch, modes).
-    Topology,
-    /// Backfill and verify checkpoints, so a restarted job resumes where it stopped.
-    Checkpoints,
-}
-
-/// A mirrored write to journal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEntry {
-    /// The backend it must be applied to (the secondary at the time it was written).
-    pub target: BackendName,
-    /// The key its lag is counted under, normally the client-visible collection id; may be
-    /// empty for writes that belong to no collection.
-    pub collection: String,
-    /// The write, serialized by the proxy; the store never looks inside.
-    pub payload: Vec<u8>,
-}
-
-/// A journal entry as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JournalEntry {
-    /// Its position; pass it to [`Store::remove`] once applied.
-    pub seq: Seq,
-    /// The backend it must be applied to.
-    pub target: BackendName,
-    /// Its lag key, as given in [`NewEntry::collection`].
-    pub collection: String,
-    /// When its batch was committed (Unix milliseconds), for replication-delay metrics.
-    pub created_ms: u64,
-    /// The write, as given.
-    pub payload: Vec<u8>,
-}
-
-/// A journal entry the replay worker gave up on, kept for an operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// The seq it had in the journal; dead letters are listed in this order.
-    pub seq: Seq,
-    /// The backend that refused it.
-    pub target: BackendName,
-    /// Its lag key.
-    pub collection: String,
-    /// When it was journaled (Unix milliseconds).
-    pub created_ms: u64,
-    /// When it was parked (Unix milliseconds).
-    pub parked_ms: u64,
-    /// Why it was parked, as given to [`Store::park`] (for example the backend's answer).
-    pub reason: String,
-    /// The write, as journaled.
-    pub payload: Vec<u8>,
-}
-
-/// Counters of the group-commit writer since open, for benchmarks: `requests / commits` is
-/// the group-commit factor (write calls sharing one fsync).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CommitStats {
-    /// Transactions committed, each one fsync.
-    pub commits: u64,
-    /// Write calls (append, put, remove, ...) answered by those commits.
-    pub requests: u64,
-    /// Journal entries appended by those commits (by `append` and `commit_intent`).
-    pub entries_appended: u64,
-}
-
-impl CommitStats {
-    /// Write calls per commit; 1.0 means no sharing, 0.0 before the first commit.
-    pub fn requests_per_commit(&self) -> f64 {
-        if self.commits == 0 {
-            0.0
-        } else {
-            self.requests as f64 / self.commits as f64
-        }
-    }
-}
 
 /// State shared by the handles and the writer thread.
 pub(crate) struct Shared {
-    /// The open database; the file lock lives as long as it does.
-    db: Database,
+    /// The open database; the file lock lives as long as it does. `None` while the writer
+    /// reopens it after an I/O error. Readers hold the lock only to begin a transaction.
+    db: RwLock<Option<Database>>,
+    /// The database file, to reopen it.
+    path: PathBuf,
+    /// How to (re)open it.
+    opener: Opener,
+    /// See [`StoreOptions::max_journal_bytes`].
+    max_journal_bytes: u64,
+    /// `Some(reason)` while the state disk cannot be written; set and cleared by the writer,
+    /// read by every call to refuse at once.
+    unwritable: watch::Sender<Option<String>>,
+    /// Payload bytes in both journals, as last committed (the lag book's total), so the cap
+    /// is checked without the lag lock.
+    journal_bytes: AtomicU64,
     /// Lag per target, changed by the writer after each commit.
     lag: Mutex<LagBook>,
     /// Entries in the dead-letter table, kept beside it so a metrics scrape reads no table.
@@ -184,6 +102,26 @@ impl Shared {
     /// one map operation), so a poisoned lock is used as is.
     fn lag(&self) -> MutexGuard<'_, LagBook> {
         self.lag.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A read transaction on the current database; [`StoreError::Unavailable`] while it is
+    /// being reopened or has failed with an I/O error.
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        let unavailable = |reason: String| StoreError::Unavailable { reason };
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = db.as_ref() else {
+            let reason = self.unwritable.borrow().clone();
+            return Err(unavailable(
+                reason.unwrap_or_else(|| "the state file is closed".into()),
+            ));
+        };
+        db.begin_read().map_err(|err| {
+            let err = StoreError::from(err);
+            match err.io_reason() {
+                Some(reason) => unavailable(reason),
+                None => err,
+            }
+        })
     }
 }
 
@@ -235,15 +173,31 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) `dir` and its `chroma-shift.redb`, rebuilds the lag counters
-    /// with one scan of the journals, and starts the writer thread.
+    /// Opens (creating if needed) `dir` and its `chroma-shift.redb`, reads the lag counters
+    /// back from their summary table (no journal scan, except once to migrate a format-1
+    /// file), and starts the writer thread. The journal's cap is the default; see
+    /// [`open_with`](Self::open_with).
     ///
     /// Fails with [`StoreError::Locked`] if another process, or another open handle in this
     /// one, has the file. Must be called within a tokio runtime (the blocking work runs on its
     /// blocking pool).
     pub async fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, StoreOptions::default()).await
+    }
+
+    /// [`open`](Self::open) with options (the journal's size cap).
+    pub async fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        Store::open_inner(dir, options, open::file_opener()).await
+    }
+
+    async fn open_inner(
+        dir: &Path,
+        options: StoreOptions,
+        opener: Opener,
+    ) -> Result<Store, StoreError> {
         let dir = dir.to_owned();
-        let opened = tokio::task::spawn_blocking(move || open_blocking(&dir)).await;
+        let opened =
+            tokio::task::spawn_blocking(move || open_blocking(&dir, options, opener)).await;
         let (shared, counters, path) = match opened {
             Ok(result) => result?,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
@@ -272,8 +226,12 @@ impl Store {
         &self.inner.shared
     }
 
-    /// Hands a change to the writer and waits for its commit.
+    /// Hands a change to the writer and waits for its commit; refused at once while the
+    /// state disk cannot be written.
     async fn submit<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        if let Some(reason) = self.shared().unwritable.borrow().clone() {
+            return Err(StoreError::Unwritable { reason });
+        }
         let (reply, answer) = oneshot::channel();
         self.inner
             .queue
@@ -288,7 +246,13 @@ impl Store {
     /// Records that a write is about to be sent to the primary; durable before it returns.
     /// If the process dies before [`commit_intent`](Self::commit_intent) or
     /// [`discard_intent`](Self::discard_intent), the intent is found at the next start.
+    ///
+    /// Refused with [`StoreError::JournalFull`] while the journal is at its cap: this is where
+    /// a write is admitted. The commit of an intent recorded before is not refused by the cap
+    /// (its write may already be on the primary), so the cap can be exceeded by the writes in
+    /// flight when it is reached.
     pub async fn record_intent(&self, payload: Vec<u8>) -> Result<IntentId, StoreError> {
+        self.check_journal_cap()?;
         self.submit(|reply| Op::RecordIntent { payload, reply })
             .await
     }
@@ -313,10 +277,50 @@ impl Store {
         self.submit(|reply| Op::DiscardIntent { id, reply }).await
     }
 
+    /// Refuses before queueing while the journal is full; the writer checks again in the
+    /// transaction, which is what counts.
+    fn check_journal_cap(&self) -> Result<(), StoreError> {
+        let shared = self.shared();
+        let bytes = shared.journal_bytes.load(Ordering::Relaxed);
+        let cap = shared.max_journal_bytes;
+        if cap > 0 && bytes >= cap {
+            return Err(StoreError::JournalFull { bytes, cap });
+        }
+        Ok(())
+    }
+
+    /// Whether the store can take writes now, and the journal's size against its cap.
+    pub fn health(&self) -> StoreHealth {
+        let shared = self.shared();
+        StoreHealth {
+            unwritable: shared.unwritable.borrow().clone(),
+            journal_bytes: shared.journal_bytes.load(Ordering::Relaxed),
+            max_journal_bytes: shared.max_journal_bytes,
+            pending_intents: shared.pending_intents.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `Ok` when a new write can be journaled now; else the error it would get
+    /// ([`StoreError::Unwritable`] or [`StoreError::JournalFull`]). For `/readyz`.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        self.health().check()
+    }
+
+    /// `None` while the state disk can be written, `Some(reason)` while it cannot; changes
+    /// when the store becomes unwritable and when it recovers, for alerts.
+    pub fn watch_unwritable(&self) -> watch::Receiver<Option<String>> {
+        self.shared().unwritable.subscribe()
+    }
+
+    /// Payload bytes in both journals, from a counter.
+    pub fn journal_bytes(&self) -> u64 {
+        self.shared().journal_bytes.load(Ordering::Relaxed)
+    }
+
     /// The intents left by a previous run, in the order they were recorded, for replay at
     /// start.
     pub fn pending_intents(&self) -> Result<Vec<(IntentId, Vec<u8>)>, StoreError> {
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::INTENTS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -336,10 +340,13 @@ impl Store {
 
     /// Appends entries (to their targets' journals) and returns their seqs in order, once
     /// durable.
+    ///
+    /// Refused with [`StoreError::JournalFull`] while the journal is at its cap.
     pub async fn append(&self, entries: Vec<NewEntry>) -> Result<Vec<Seq>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_journal_cap()?;
         let entries = encode(entries)?;
         self.submit(|reply| Op::Append { entries, reply }).await
     }
@@ -359,7 +366,7 @@ impl Store {
                 None => return Ok(Vec::new()),
             },
         };
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::journal(target))?;
         let mut out = Vec::with_capacity(limit.min(1024));
         for row in table.range(start..)?.take(limit) {
@@ -395,7 +402,7 @@ impl Store {
                 None => return Ok(Vec::new()),
             },
         };
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::journal(target))?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -488,7 +495,7 @@ impl Store {
                 None => return Ok(Vec::new()),
             },
         };
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::DEAD_LETTERS)?;
         let mut out = Vec::with_capacity(limit.min(1024));
         for row in table.range(start..)?.take(limit) {
@@ -566,7 +573,7 @@ impl Store {
 
     /// The value under `key`, if any.
     pub fn get(&self, table: MapTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::map(table))?;
         Ok(table.get(key)?.map(|value| value.value().to_vec()))
     }
@@ -592,7 +599,7 @@ impl Store {
     /// Every key and value of `table`, in key order. Meant for small tables (loading the
     /// collection map at start).
     pub fn scan(&self, table: MapTable) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::map(table))?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -610,6 +617,7 @@ fn encode(entries: Vec<NewEntry>) -> Result<Vec<EncodedEntry>, StoreError> {
         .map(|entry| {
             Ok(EncodedEntry {
                 bytes: codec::encode_entry(entry.target, &entry.collection, &entry.payload)?,
+                payload_len: entry.payload.len() as u64,
                 target: entry.target,
                 collection: entry.collection,
             })
@@ -617,120 +625,43 @@ fn encode(entries: Vec<NewEntry>) -> Result<Vec<EncodedEntry>, StoreError> {
         .collect()
 }
 
-/// Opens the file, checks its format, creates missing tables and rebuilds the in-memory
-/// counters. Blocking.
-fn open_blocking(dir: &Path) -> Result<(Shared, Counters, PathBuf), StoreError> {
+/// Opens the file, checks (or migrates) its format, creates missing tables and reads the
+/// in-memory counters back. Blocking.
+fn open_blocking(
+    dir: &Path,
+    options: StoreOptions,
+    opener: Opener,
+) -> Result<(Shared, Counters, PathBuf), StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
         path: dir.to_owned(),
         source: Arc::new(source),
     })?;
     let path = dir.join(schema::FILE_NAME);
-    let db = Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(&path)
-        .map_err(|err| match err {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
-            other => other.into(),
-        })?;
-
-    let stored = prepare(&db)?;
-
-    // One scan of each journal rebuilds the lag book; the largest keys guard the counters.
-    let txn = db.begin_read()?;
-    let mut book = LagBook::default();
-    let mut last = [None; 2];
-    for target in schema::TARGETS {
-        let table = txn.open_table(schema::journal(target))?;
-        for row in table.iter()? {
-            let (key, value) = row?;
-            let seq = Seq(key.value());
-            let entry = writer::decode_journal(target, seq, value.value())?;
-            book.apply(LagChange::Added {
-                target,
-                collection: entry.collection.to_owned(),
-                seq,
-                created_ms: entry.created_ms,
-            });
-            last[schema::slot(target)] = Some(seq);
-        }
-    }
-    let dead = txn.open_table(schema::DEAD_LETTERS)?;
-    let dead_count = dead.len()?;
-    let last_dead = dead.last()?.map(|(key, _)| key.value());
-    let intents = txn.open_table(schema::INTENTS)?;
-    let intent_count = intents.len()?;
-    let last_intent = intents.last()?.map(|(key, _)| key.value());
-
-    // The persisted counters are the truth; the keys only guard against them lagging.
-    let largest_seq = last
-        .iter()
-        .flatten()
-        .map(|seq| seq.0)
-        .chain(last_dead)
-        .max();
-    let counters = Counters {
-        next_seq: stored.next_seq.max(largest_seq.map_or(1, |seq| seq + 1)),
-        next_intent: stored.next_intent.max(last_intent.map_or(1, |id| id + 1)),
-    };
+    let db = open::open_db(&opener, &path)?;
+    let loaded = open::load(&db)?;
     tracing::info!(
         path = %path.display(),
-        journal_old = book.snapshot(BackendName::Old).entries,
-        journal_new = book.snapshot(BackendName::New).entries,
-        dead_letters = dead_count,
-        pending_intents = intent_count,
+        journal_old = loaded.book.entries(BackendName::Old),
+        journal_new = loaded.book.entries(BackendName::New),
+        journal_bytes = loaded.book.bytes(),
+        dead_letters = loaded.dead_letters,
+        pending_intents = loaded.pending_intents,
         "state store opened"
     );
-
     let shared = Shared {
-        db,
-        lag: Mutex::new(book),
-        dead_letters: AtomicU64::new(dead_count),
-        pending_intents: AtomicU64::new(intent_count),
+        db: RwLock::new(Some(db)),
+        path: path.clone(),
+        opener,
+        max_journal_bytes: options.max_journal_bytes,
+        unwritable: watch::channel(None).0,
+        journal_bytes: AtomicU64::new(loaded.book.bytes()),
+        lag: Mutex::new(loaded.book),
+        dead_letters: AtomicU64::new(loaded.dead_letters),
+        pending_intents: AtomicU64::new(loaded.pending_intents),
         commits: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         entries_appended: AtomicU64::new(0),
-        appends: last.map(|seq| watch::channel(seq).0),
+        appends: loaded.last.map(|seq| watch::channel(seq).0),
     };
-    Ok((shared, counters, path))
-}
-
-/// In one write transaction: checks or records the format, creates every table (a read
-/// transaction cannot open a table never created), and reads the persisted counters.
-fn prepare(db: &Database) -> Result<Counters, StoreError> {
-    let txn = db.begin_write()?;
-    let counters = {
-        let mut meta = txn.open_table(schema::META)?;
-        let format = meta.get(schema::FORMAT_KEY)?.map(|v| v.value());
-        match format {
-            None => {
-                meta.insert(schema::FORMAT_KEY, schema::FORMAT)?;
-            }
-            Some(found) if found == schema::FORMAT => {}
-            Some(found) => {
-                return Err(StoreError::UnsupportedFormat {
-                    found,
-                    supported: schema::FORMAT,
-                })
-            }
-        }
-        for table in [
-            schema::JOURNAL_OLD,
-            schema::JOURNAL_NEW,
-            schema::INTENTS,
-            schema::DEAD_LETTERS,
-        ] {
-            txn.open_table(table)?;
-        }
-        for table in schema::MAP_TABLES {
-            txn.open_table(schema::map(table))?;
-        }
-        let next_seq = meta.get(schema::NEXT_SEQ_KEY)?.map_or(1, |v| v.value());
-        let next_intent = meta.get(schema::NEXT_INTENT_KEY)?.map_or(1, |v| v.value());
-        Counters {
-            next_seq,
-            next_intent,
-        }
-    };
-    txn.commit()?;
-    Ok(counters)
+    Ok((shared, loaded.counters, path))
 }

@@ -6,7 +6,7 @@ use shift_config::BackendName::{New, Old};
 
 use super::*;
 
-fn entry(target: BackendName, collection: &str, payload: &str) -> NewEntry {
+pub(crate) fn entry(target: BackendName, collection: &str, payload: &str) -> NewEntry {
     NewEntry {
         target,
         collection: collection.into(),
@@ -14,14 +14,14 @@ fn entry(target: BackendName, collection: &str, payload: &str) -> NewEntry {
     }
 }
 
-fn payloads(entries: &[JournalEntry]) -> Vec<String> {
+pub(crate) fn payloads(entries: &[JournalEntry]) -> Vec<String> {
     entries
         .iter()
         .map(|e| String::from_utf8(e.payload.clone()).unwrap())
         .collect()
 }
 
-fn seqs(entries: &[JournalEntry]) -> Vec<Seq> {
+pub(crate) fn seqs(entries: &[JournalEntry]) -> Vec<Seq> {
     entries.iter().map(|e| e.seq).collect()
 }
 
