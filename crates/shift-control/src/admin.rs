@@ -223,7 +223,7 @@ async fn status(State(state): State<AdminState>) -> Response {
         // now, or orphans the sweeper settles (the state store could not write).
         "pending_intents": {
             "settling": state.mirror.live_intents.len(),
-            "recorded": state.mirror.store.pending_intents().map(|p| p.len()).unwrap_or_default(),
+            "recorded": state.mirror.store.pending_intent_count(),
         },
         "dead_letters": {"count": state.mirror.store.dead_letter_count(), "first": recent},
         "state": store_state(&state.mirror.store.health()),

@@ -1302,6 +1302,11 @@ pub async fn settle_orphaned_intents(mirror: Arc<Mirror>, mut stop: watch::Recei
         if *stop.borrow() {
             return;
         }
+        if mirror.store.pending_intent_count() <= mirror.live_intents.len() as u64
+            && suspects.is_empty()
+        {
+            continue;
+        }
         let pending = match mirror.store.pending_intents() {
             Ok(pending) => pending,
             Err(error) => {
