@@ -42,6 +42,72 @@ pub enum Fault {
     /// Forwards the request, drops the upstream's answer, and answers with the inner fault:
     /// the write is applied, the caller is told otherwise.
     ForwardThen(Box<Fault>),
+    /// Waits until the test releases the [`Hold`], then answers with the inner fault: a
+    /// backend exactly as slow as a test needs, with no clock involved.
+    Held(Hold, Box<Fault>),
+}
+
+/// A latch a test holds requests on ([`Fault::Held`]) and releases when it has seen what it
+/// wanted (e.g. the client's answer arrived while the backend was still held).
+#[derive(Debug, Clone)]
+pub struct Hold {
+    released: Arc<tokio::sync::watch::Sender<bool>>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold::new()
+    }
+}
+
+impl Hold {
+    pub fn new() -> Hold {
+        Hold {
+            released: Arc::new(tokio::sync::watch::channel(false).0),
+            waiting: Arc::default(),
+            arrived: Arc::default(),
+        }
+    }
+
+    /// Lets every held request (and every later one) go on.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    /// Requests held right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Requests that reached the hold so far (held or passed).
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (up to `limit`, then fails) until at least `n` requests reached the hold.
+    pub async fn wait_arrived(&self, n: usize, limit: Duration) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        while self.arrived() < n {
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "only {} of {n} requests reached the hold within {limit:?}",
+                self.arrived()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn pass(&self) {
+        use std::sync::atomic::Ordering;
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut released = self.released.subscribe();
+        let _ = released.wait_for(|r| *r).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Fault {
@@ -309,6 +375,10 @@ async fn answer(
             }
             Fault::ForwardThen(inner) => {
                 let _ = forward(upstream.as_ref().as_ref(), &parts, body.clone()).await;
+                fault = *inner;
+            }
+            Fault::Held(hold, inner) => {
+                hold.pass().await;
                 fault = *inner;
             }
             Fault::Reset => return Err(ResetConnection),
