@@ -111,6 +111,22 @@ impl Hold {
 }
 
 impl Fault {
+    /// A short name: `Status(500)`, `TooManyRequests(1s)`, `Forward`, `Held(Forward)`, ...
+    pub fn kind(&self) -> String {
+        match self {
+            Fault::Status(status, _) => format!("Status({})", status.as_u16()),
+            Fault::TooManyRequests { retry_after_secs } => {
+                format!("TooManyRequests({retry_after_secs}s)")
+            }
+            Fault::Delay(_, inner) => format!("Delay({})", inner.kind()),
+            Fault::Reset => "Reset".to_owned(),
+            Fault::Forward => "Forward".to_owned(),
+            Fault::SlowAnswer(_) => "SlowAnswer".to_owned(),
+            Fault::ForwardThen(inner) => format!("ForwardThen({})", inner.kind()),
+            Fault::Held(_, inner) => format!("Held({})", inner.kind()),
+        }
+    }
+
     /// 200 with a heartbeat-like JSON body.
     pub fn ok() -> Fault {
         Fault::Status(StatusCode::OK, r#"{"nanosecond heartbeat":1}"#.to_owned())
@@ -124,6 +140,10 @@ pub struct Received {
     pub path_and_query: String,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// What it was answered with ([`Fault::kind`]).
+    pub fault: String,
 }
 
 #[derive(Debug)]
@@ -331,23 +351,14 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let mut fault = {
+        let at = std::time::Instant::now();
         let mut script = script.lock().unwrap_or_else(|e| e.into_inner());
-        script.received.push(Received {
-            method: parts.method.clone(),
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            headers: parts.headers.clone(),
-            body: body.clone(),
-        });
         let write_fault = if is_record_write(&parts.method, parts.uri.path()) {
             script.write_queue.pop_front()
         } else {
             None
         };
-        if let Some(fault) = write_fault {
+        let fault = if let Some(fault) = write_fault {
             fault
         } else if parts.uri.path() == "/api/v2/heartbeat" {
             // Heartbeats from the health monitor take no scripted fault.
@@ -359,7 +370,20 @@ async fn answer(
         } else {
             let default = script.default.clone();
             script.queue.pop_front().unwrap_or(default)
-        }
+        };
+        script.received.push(Received {
+            method: parts.method.clone(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+            at,
+            fault: fault.kind(),
+        });
+        fault
     };
     loop {
         match fault {
