@@ -620,3 +620,227 @@ async fn rename_and_delete_racing_record_writes_leave_the_stores_equal() -> anyh
     assert!(compared.records > 0, "{compared:?}");
     Ok(())
 }
+
+/// Runs the `chroma-shift` binary with the admin URL and token in its environment; exit code,
+/// stdout, stderr.
+async fn chroma_shift(admin_url: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = tokio::process::Command::new(shift_testkit::process::chroma_shift_bin()?)
+        .args(args)
+        .env("CHROMA_SHIFT_ADMIN_URL", admin_url)
+        .env("CHROMA_SHIFT_ADMIN_TOKEN", shift_testkit::ADMIN_TOKEN)
+        .env("ANONYMIZED_TELEMETRY", "False")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// The README's migration walk-through, step by step, against a proxy process: inventory,
+/// backfill, verify, `ctl status`, `ctl read-policy --shadow 5`, `ctl cutover --dry-run`,
+/// `ctl cutover`, `ctl rollback`; each step's exit code and effect checked, and the stores
+/// equal record by record at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walk_through_with_ctl() -> anyhow::Result<()> {
+    let (old, new) = two_stores().await?;
+    // Data the old store held before the proxy came.
+    let seeded = post_json(
+        format!("{}{DEFAULT_DB}/collections", old.url()),
+        json!({"name": "walk", "metadata": {"team": "docs"}}),
+    )
+    .await?;
+    let seeded_id = seeded["id"].as_str().unwrap_or_default().to_owned();
+    let ids: Vec<String> = (0..50).map(|i| format!("w{i}")).collect();
+    post_json(
+        format!("{}{DEFAULT_DB}/collections/{seeded_id}/add", old.url()),
+        json!({
+            "ids": ids,
+            "embeddings": (0..50).map(|i| vec![i as f32, 1.0, -1.0]).collect::<Vec<_>>(),
+            "documents": ids,
+            "metadatas": (0..50).map(|i| json!({"i": i})).collect::<Vec<_>>(),
+        }),
+    )
+    .await?;
+    let mut proxy = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .spawn_process()
+        .await?;
+    let admin = proxy.admin_url();
+    let config = proxy.config_path().to_string_lossy().into_owned();
+    let run = |args: Vec<String>| {
+        let admin = admin.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            chroma_shift(&admin, &args).await
+        }
+    };
+    let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    let (code, out, err) = run(args(&["inventory", "--config", &config, "--json"])).await?;
+    assert_eq!(code, 0, "inventory: {out}{err}");
+    assert!(out.contains("walk"), "{out}");
+    let (code, out, err) = run(args(&["backfill", "--config", &config, "--no-progress"])).await?;
+    assert_eq!(code, 0, "backfill: {out}{err}");
+    let (code, out, err) = run(args(&["verify", "--config", &config])).await?;
+    assert_eq!(code, 0, "verify: {out}{err}");
+    assert!(out.contains("the stores match"), "{out}");
+
+    let (code, out, err) = run(args(&["ctl", "status", "--json"])).await?;
+    assert_eq!(code, 0, "status: {out}{err}");
+    let status: Value = serde_json::from_str(&out)?;
+    assert_eq!(status["topology"]["primary"], "old", "{status}");
+    let (code, out, err) = run(args(&["ctl", "status"])).await?;
+    assert_eq!(code, 0, "status: {out}{err}");
+    assert!(!out.trim().is_empty(), "status printed nothing");
+
+    let (code, out, err) = run(args(&["ctl", "read-policy", "--shadow", "5", "--json"])).await?;
+    assert_eq!(code, 0, "read-policy: {out}{err}");
+    let answer: Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        answer["topology"]["reads"]["shadow_percent"], 5.0,
+        "{answer}"
+    );
+
+    let (code, out, err) = run(args(&["ctl", "cutover", "--dry-run", "--json"])).await?;
+    assert_eq!(code, 0, "cutover --dry-run: {out}{err}");
+    let plan: Value = serde_json::from_str(&out)?;
+    assert_eq!(plan["switched"], false, "{plan}");
+    let (_, state) = shift_testkit::admin_call(
+        &admin,
+        shift_testkit::ADMIN_TOKEN,
+        "GET",
+        "/admin/status",
+        None,
+    )
+    .await?;
+    assert_eq!(
+        state["topology"]["primary"], "old",
+        "a dry run changed the topology"
+    );
+
+    let (code, out, err) = run(args(&["ctl", "cutover"])).await?;
+    assert_eq!(code, 0, "cutover: {out}{err}");
+    let (_, state) = shift_testkit::admin_call(
+        &admin,
+        shift_testkit::ADMIN_TOKEN,
+        "GET",
+        "/admin/status",
+        None,
+    )
+    .await?;
+    assert_eq!(state["topology"]["primary"], "new", "{state}");
+    // A write after the cutover goes to the new store first.
+    post_json(
+        format!("{}{DEFAULT_DB}/collections/{seeded_id}/upsert", proxy.url()),
+        json!({"ids": ["w0", "after"], "embeddings": [[9.0, 9.0, 9.0], [8.0, 8.0, 8.0]], "documents": ["changed", "after"]}),
+    )
+    .await?;
+    // A second cutover is refused: exit 3.
+    let (code, out, err) = run(args(&["ctl", "cutover"])).await?;
+    assert_eq!(code, 3, "a refused cutover: {out}{err}");
+
+    let (code, out, err) = run(args(&["ctl", "rollback", "--json"])).await?;
+    assert_eq!(code, 0, "rollback: {out}{err}");
+    let report: Value = serde_json::from_str(&out)?;
+    assert_eq!(report["switched"], true, "{report}");
+    assert_eq!(report["to"], "old", "{report}");
+
+    // A wrong token is refused: exit 1.
+    let output = tokio::process::Command::new(shift_testkit::process::chroma_shift_bin()?)
+        .args(["ctl", "status"])
+        .env("CHROMA_SHIFT_ADMIN_URL", &admin)
+        .env("CHROMA_SHIFT_ADMIN_TOKEN", "wrong")
+        .output()
+        .await?;
+    assert_eq!(output.status.code(), Some(1));
+
+    wait_drained(&admin, "new", BOUND).await?;
+    wait_drained(&admin, "old", BOUND).await?;
+    let compared = assert_same_records(&old.url(), &new.url()).await?;
+    assert_eq!(compared.records, 51, "{compared:?}");
+    proxy.stop().await?;
+    Ok(())
+}
+
+/// The proxy process is killed exactly between the primary's answer and the journal commit,
+/// with an update and a delete in flight: the primary (behind a fault injector) applied both
+/// and holds its answers until after the kill. At restart the proxy finds the two intents,
+/// queues reconciliations, and the secondary ends with exactly what the primary holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_the_primary_answer_and_the_journal_commit_is_recovered(
+) -> anyhow::Result<()> {
+    let (old, new) = two_stores().await?;
+    let faulty = FaultyBackend::proxying(&old.url()).await?;
+    let mut proxy = Proxy::builder()
+        .old(faulty.url())
+        .new_store(new.url())
+        .toml(&format!("[mirror]\n{FAST_RETRIES}"))
+        .spawn_process()
+        .await?;
+    let admin = proxy.admin_url();
+    let created = post_json(
+        format!("{}{DEFAULT_DB}/collections", proxy.url()),
+        json!({"name": "crash"}),
+    )
+    .await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let records = format!("{}{DEFAULT_DB}/collections/{id}", proxy.url());
+    let ids: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    post_json(
+        format!("{records}/add"),
+        json!({
+            "ids": ids,
+            "embeddings": (0..10).map(|i| vec![i as f32, 0.5]).collect::<Vec<_>>(),
+            "metadatas": (0..10).map(|i| json!({"v": i})).collect::<Vec<_>>(),
+            "documents": ids,
+        }),
+    )
+    .await?;
+    wait_drained(&admin, "new", BOUND).await?;
+
+    // The next two record writes are applied on the primary, and their answers held.
+    let hold = Hold::new();
+    let applied_then_held = || {
+        Fault::ForwardThen(Box::new(Fault::Held(
+            hold.clone(),
+            Box::new(Fault::Status(StatusCode::OK, "{}".to_owned())),
+        )))
+    };
+    faulty.push_write_faults([applied_then_held(), applied_then_held()]);
+    let update = tokio::spawn(post_json(
+        format!("{records}/update"),
+        json!({"ids": ["r1", "r2"], "embeddings": [[-1.0, -1.0], [-2.0, -2.0]], "metadatas": [{"v": 100}, {"v": 200}], "documents": ["u1", "u2"]}),
+    ));
+    let delete = tokio::spawn(post_json(
+        format!("{records}/delete"),
+        json!({"ids": ["r7", "r8"]}),
+    ));
+    hold.wait_arrived(2, BOUND).await?;
+    proxy.kill9().await?;
+    // The clients never got an answer.
+    assert!(update.await?.is_err(), "the update was answered");
+    assert!(delete.await?.is_err(), "the delete was answered");
+    hold.release();
+
+    proxy.restart().await?;
+    let log = proxy.log_tail(200);
+    assert!(
+        log.contains("recovered writes in flight") && log.contains("count=2"),
+        "recovery did not find the two writes in flight:\n{log}"
+    );
+    wait_drained(&admin, "new", BOUND).await?;
+    let compared = assert_same_records(&old.url(), &new.url()).await?;
+    assert_eq!(compared.records, 8, "{compared:?}");
+    let dump = shift_testkit::stores::dump_database(&new.url(), DEFAULT_DB).await?;
+    let crash = &dump["crash"].records;
+    assert_eq!(crash["r1"].metadata, json!({"v": 100}));
+    assert_eq!(crash["r2"].embedding, Some(vec![-2.0, -2.0]));
+    assert!(!crash.contains_key("r7") && !crash.contains_key("r8"));
+    proxy.stop().await?;
+    Ok(())
+}
