@@ -95,7 +95,8 @@ async fn python_workflow_answers_the_same_with_new_as_primary() -> anyhow::Resul
     shift_testkit::scrape::wait_drained(&proxy.admin_url(), "old", Duration::from_secs(60)).await?;
     let compared =
         shift_testkit::stores::assert_same_records(&proxied_chroma.url(), &secondary.url()).await?;
-    assert!(compared.records > 0, "{compared:?}");
+    // The workflow ends having deleted its records but one empty collection.
+    assert!(compared.collections > 0, "{compared:?}");
     Ok(())
 }
 
