@@ -620,3 +620,76 @@ pub async fn check_acked_log(
         uncertain: uncertain.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(value: Value) -> String {
+        format!("{value}\n")
+    }
+
+    #[test]
+    fn the_log_replays_to_each_records_final_state() {
+        let log = [
+            json!({"writer": 0, "seq": 0, "collection": "c", "op": "add", "ok": true,
+                "ids": ["w0-0", "w0-1", "w0-2"],
+                "embeddings": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],
+                "metadatas": [{"writer": 0, "bucket": 1}, {"writer": 0, "bucket": 2}, {"writer": 0, "bucket": 1}],
+                "documents": ["a", "b", "c"]}),
+            // Metadata only: the embedding and document stay.
+            json!({"writer": 0, "seq": 1, "collection": "c", "op": "update", "ok": true,
+                "ids": ["w0-1"], "metadatas": [{"writer": 0, "bucket": 3}]}),
+            json!({"writer": 0, "seq": 2, "collection": "c", "op": "delete_where", "ok": true,
+                "ids": [], "bucket": 1}),
+            json!({"writer": 1, "seq": 0, "collection": "c", "op": "upsert", "ok": true,
+                "ids": ["w1-0"], "embeddings": [[0.5, 0.5]], "metadatas": [{"writer": 1, "bucket": 1}],
+                "documents": ["x"]}),
+            // A failed call leaves its ids uncertain.
+            json!({"writer": 1, "seq": 1, "collection": "c", "op": "failed", "ok": false,
+                "ids": ["w1-0", "w1-1"]}),
+        ]
+        .into_iter()
+        .map(line)
+        .collect::<String>();
+        let (state, uncertain) = expected_from_log(&log).unwrap();
+        let key = |id: &str| ("c".to_owned(), id.to_owned());
+        assert_eq!(state[&key("w0-0")], None, "deleted by where");
+        assert_eq!(state[&key("w0-2")], None, "deleted by where");
+        let kept = state[&key("w0-1")].clone().unwrap();
+        assert_eq!(kept.embedding, Some(vec![3.0, 4.0]));
+        assert_eq!(kept.metadata, json!({"writer": 0, "bucket": 3}));
+        assert_eq!(kept.document, json!("b"));
+        assert!(uncertain.contains(&key("w1-0")) && uncertain.contains(&key("w1-1")));
+        assert!(!uncertain.contains(&key("w0-1")));
+    }
+
+    #[test]
+    fn a_log_out_of_order_is_refused() {
+        let log = [
+            json!({"writer": 0, "seq": 1, "collection": "c", "op": "delete_ids", "ok": true, "ids": ["a"]}),
+            json!({"writer": 0, "seq": 0, "collection": "c", "op": "delete_ids", "ok": true, "ids": ["a"]}),
+        ]
+        .into_iter()
+        .map(line)
+        .collect::<String>();
+        assert!(expected_from_log(&log).is_err());
+    }
+
+    #[test]
+    fn embeddings_differ_by_one_bit() {
+        let a = Record {
+            embedding: Some(vec![0.1, 0.2]),
+            metadata: Value::Null,
+            document: json!("d"),
+            uri: Value::Null,
+        };
+        let mut b = a.clone();
+        assert_eq!(a.differs_from(&b), None);
+        b.embedding = Some(vec![0.1, f32::from_bits(0.2_f32.to_bits() + 1)]);
+        assert_eq!(a.differs_from(&b), Some("embedding"));
+        let mut c = a.clone();
+        c.metadata = json!({"k": 1});
+        assert_eq!(a.differs_from(&c), Some("metadata"));
+    }
+}
