@@ -9,7 +9,7 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use shift_config::{Config, Secret, Secrets};
-use shift_testkit::{http, http_json, Chroma, Fault, FaultyBackend, Proxy};
+use shift_testkit::{http, http_json, Chroma, Fault, FaultyBackend, Hold, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const COLLECTIONS: &str = "/api/v2/tenants/default_tenant/databases/default_database/collections";
@@ -162,8 +162,19 @@ async fn oversized_bodies_get_413_and_reach_no_backend() -> anyhow::Result<()> {
         stream.write_all(b"\r\n").await?;
     }
     stream.write_all(b"0\r\n\r\n").await?;
+    // Read until the error body arrived or the proxy closed the connection (the bound only
+    // turns a hang into a failure).
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("InvalidArgumentError") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("InvalidArgumentError"), "{answer}");
@@ -300,16 +311,16 @@ async fn a_slow_backend_gets_504_after_the_request_timeout() -> anyhow::Result<(
     let mut config = Proxy::builder().old(backend.url()).config()?;
     config.backends.old.request_timeout = Duration::from_millis(300);
     let proxy = Proxy::start_fresh(config, Secrets::default()).await?;
-    backend.push([Fault::Delay(Duration::from_secs(5), Box::new(Fault::ok()))]);
-    let started = Instant::now();
+    // The backend holds the request until the test lets it go: the 504 can only come from the
+    // proxy's timeout, not from the backend answering.
+    let hold = Hold::new();
+    backend.push([Fault::Held(hold.clone(), Box::new(Fault::ok()))]);
     let (status, _, body) =
         http("GET", &format!("{}/api/v2/version", proxy.url()), &[], "").await?;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(error_kind(&serde_json::from_slice(&body)?), "InternalError");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the timeout did not cut the wait"
-    );
+    assert_eq!(hold.arrived(), 1, "the request never reached the backend");
+    hold.release();
     heartbeat_ok(&proxy).await
 }
 
@@ -375,15 +386,25 @@ async fn h2c_clients_are_served() -> anyhow::Result<()> {
 async fn shutdown_drains_in_flight_requests() -> anyhow::Result<()> {
     let backend = FaultyBackend::spawn(Fault::ok()).await?;
     let proxy = Proxy::builder().old(backend.url()).spawn().await?;
-    backend.push([Fault::Delay(
-        Duration::from_millis(800),
-        Box::new(Fault::ok()),
-    )]);
+    // The backend holds the request until the shutdown has begun.
+    let hold = Hold::new();
+    backend.push([Fault::Held(hold.clone(), Box::new(Fault::ok()))]);
     let url = format!("{}/api/v2/version", proxy.url());
     let addr = proxy.addr();
     let in_flight = tokio::spawn(async move { http("GET", &url, &[], "").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let drained = proxy.shutdown().await?;
+    hold.wait_arrived(1, Duration::from_secs(60)).await?;
+    let shutdown = tokio::spawn(proxy.shutdown());
+    // Released once the proxy has stopped accepting: the answer comes during the drain.
+    let waited = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        anyhow::ensure!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the proxy kept accepting after shutdown began"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    hold.release();
+    let drained = shutdown.await??;
     assert_eq!(drained, shift_proxy::Drained::Clean);
     let (status, _, _) = in_flight.await??;
     assert_eq!(status, StatusCode::OK, "the in-flight request was cut");
@@ -448,7 +469,7 @@ async fn slow_request_heads_are_cut_off() -> anyhow::Result<()> {
         .write_all(b"GET /api/v2/heartbeat HTTP/1.1\r\nHost: x\r\n")
         .await?;
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let read = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "the connection stayed open");
     heartbeat_ok(&proxy).await
 }

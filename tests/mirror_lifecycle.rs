@@ -7,7 +7,10 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{json, Value};
 use shift_testkit::scrape::{metric, wait_drained};
-use shift_testkit::stores::{post_json, proxy_in_front, record_ids, two_stores, DEFAULT_DB};
+use shift_testkit::stores::{
+    assert_same_records, compare_stores, db_path, post_json, proxy_in_front, record_ids,
+    two_stores, DEFAULT_DB,
+};
 use shift_testkit::{http_json, Chroma, Proxy};
 
 const DB: &str = DEFAULT_DB;
@@ -81,11 +84,9 @@ async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyho
     .await?;
 
     wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
-    let (on_old, on_new) = (
-        contents(&old.url(), DB).await?,
-        contents(&new.url(), DB).await?,
-    );
-    assert_eq!(on_old, on_new);
+    // Both stores hold the same records, field by field.
+    assert_same_records(&old.url(), &new.url()).await?;
+    let on_old = contents(&old.url(), DB).await?;
     assert_eq!(
         on_old,
         vec![(
@@ -141,10 +142,10 @@ async fn namespaces_are_renamed_on_the_new_store() -> anyhow::Result<()> {
 
     wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
     let renamed = "/api/v2/tenants/acme/databases/production";
-    assert_eq!(
-        contents(&new.url(), renamed).await?,
-        contents(&old.url(), DB).await?
-    );
+    let team_x = db_path("team-x", "db-one");
+    let compared =
+        compare_stores(&old.url(), &new.url(), &[(DB, renamed), (&team_x, &team_x)]).await?;
+    assert_eq!(compared.records, 2, "{compared:?}");
     assert_eq!(contents(&old.url(), DB).await?.len(), 1);
     for store in [&old, &new] {
         let (status, db) = http_json(
@@ -183,10 +184,8 @@ async fn sync_mode_applies_to_both_before_answering() -> anyhow::Result<()> {
     )
     .await?;
     // No waiting: in sync mode the answer came after both stores applied the write.
-    assert_eq!(
-        contents(&new.url(), DB).await?,
-        contents(&old.url(), DB).await?
-    );
+    let compared = assert_same_records(&old.url(), &new.url()).await?;
+    assert_eq!(compared.records, 2, "{compared:?}");
     let applied = metric(
         &proxy.admin_url(),
         "chroma_shift_mirrored_writes_total",

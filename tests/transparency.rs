@@ -64,8 +64,39 @@ async fn python_workflow_answers_the_same_directly_and_through_the_proxy() -> an
     assert_same_transcripts(&direct, &proxied);
     assert_expected_outcomes(&proxied);
     assert_known_results(&proxied);
-    assert_went_through_proxy(&proxy).await?;
+    assert_went_through_proxy(&proxy, "old").await?;
     assert_proxied_chroma_holds_the_final_state(&proxied_chroma, &proxied).await?;
+    Ok(())
+}
+
+/// The same workflow through a proxy whose primary is the new store (as after a cutover),
+/// with the old store as its secondary: the same answers as Chroma directly, served by the new
+/// store, and the old store ends with the same records.
+#[tokio::test]
+async fn python_workflow_answers_the_same_with_new_as_primary() -> anyhow::Result<()> {
+    let (direct_chroma, proxied_chroma, secondary) =
+        tokio::try_join!(Chroma::spawn(), Chroma::spawn(), Chroma::spawn())?;
+    let proxy = Proxy::builder()
+        .old(secondary.url())
+        .new_store(proxied_chroma.url())
+        .primary(shift_config::BackendName::New)
+        .spawn()
+        .await?;
+    let (direct_url, proxy_url) = (direct_chroma.url(), proxy.url());
+    let (direct, proxied) = tokio::try_join!(
+        run_workflow(&direct_url, "direct-new"),
+        run_workflow(&proxy_url, "proxied-new"),
+    )?;
+    assert_same_transcripts(&direct, &proxied);
+    assert_expected_outcomes(&proxied);
+    assert_known_results(&proxied);
+    assert_went_through_proxy(&proxy, "new").await?;
+    assert_proxied_chroma_holds_the_final_state(&proxied_chroma, &proxied).await?;
+    shift_testkit::scrape::wait_drained(&proxy.admin_url(), "old", Duration::from_secs(60)).await?;
+    let compared =
+        shift_testkit::stores::assert_same_records(&proxied_chroma.url(), &secondary.url()).await?;
+    // The workflow ends having deleted its records but one empty collection.
+    assert!(compared.collections > 0, "{compared:?}");
     Ok(())
 }
 
@@ -206,7 +237,7 @@ fn assert_known_results(steps: &[Value]) {
 }
 
 /// The proxy's own metrics count successful requests of every kind the workflow makes.
-async fn assert_went_through_proxy(proxy: &Proxy) -> anyhow::Result<()> {
+async fn assert_went_through_proxy(proxy: &Proxy, backend: &str) -> anyhow::Result<()> {
     let (status, _, body) = http(
         "GET",
         &format!("{}/metrics", proxy.admin_url()),
@@ -217,18 +248,18 @@ async fn assert_went_through_proxy(proxy: &Proxy) -> anyhow::Result<()> {
     anyhow::ensure!(status.is_success(), "GET /metrics answered {status}");
     let text = String::from_utf8(body.to_vec())?;
     for operation in PROXIED_OPERATIONS {
-        let answered = successful_requests(&text, operation);
+        let answered = successful_requests(&text, operation, backend);
         assert!(
             answered > 0,
-            "the proxy's metrics show no successful `{operation}` from the old backend:\n{text}"
+            "the proxy's metrics show no successful `{operation}` from the {backend} backend:\n{text}"
         );
     }
     Ok(())
 }
 
-/// The sum of `chroma_shift_requests_total` for `operation` answered by the old backend
-/// with a 2xx status.
-fn successful_requests(metrics: &str, operation: &str) -> u64 {
+/// The sum of `chroma_shift_requests_total` for `operation` answered by `backend` with a 2xx
+/// status.
+fn successful_requests(metrics: &str, operation: &str, backend: &str) -> u64 {
     metrics
         .lines()
         .filter_map(|line| line.strip_prefix("chroma_shift_requests_total{"))
@@ -236,7 +267,7 @@ fn successful_requests(metrics: &str, operation: &str) -> u64 {
         .filter(|(labels, _)| {
             let labels = parse_labels(labels);
             labels.get("operation").map(String::as_str) == Some(operation)
-                && labels.get("backend").map(String::as_str) == Some("old")
+                && labels.get("backend").map(String::as_str) == Some(backend)
                 && labels.get("status").is_some_and(|s| s.starts_with('2'))
         })
         .filter_map(|(_, value)| value.trim().parse::<f64>().ok())

@@ -5,7 +5,9 @@ restarted mid-run) are counted and retried later instead of failing the run.
 
 Usage: churn.py --url URL --collection NAME --existing N --ops M --dim D [--seed S]
                 [--tolerate-errors] [--pause-ms P]
-Prints one JSON line: {"updates", "deletes", "adds", "errors"}.
+Prints one JSON line: {"updates", "deletes", "adds", "errors", "error_kinds"}, the kinds as
+"module.ClassName" counts (a proxy that is down gives transport errors, httpx.*; an answer
+the proxy gave would be a chromadb error).
 """
 
 import argparse
@@ -32,7 +34,7 @@ def main():
     url = urlparse(args.url)
     rng = random.Random(args.seed)
     vectors = np.random.default_rng(args.seed)
-    counts = {"updates": 0, "deletes": 0, "adds": 0, "errors": 0}
+    counts = {"updates": 0, "deletes": 0, "adds": 0, "errors": 0, "error_kinds": {}}
     client = None
     done = 0
     while done < args.ops:
@@ -65,10 +67,12 @@ def main():
                 )
                 counts["adds"] += 1
             done += 1
-        except Exception:
+        except Exception as error:
             if not args.tolerate_errors:
                 raise
             counts["errors"] += 1
+            kind = f"{type(error).__module__}.{type(error).__name__}"
+            counts["error_kinds"][kind] = counts["error_kinds"].get(kind, 0) + 1
             client = None
             time.sleep(0.3)
             if counts["errors"] > 200:

@@ -8,7 +8,14 @@ up front with get_or_create, dimension 8, explicit embeddings, no embedding func
 - `adds` mode: each writer only adds or upserts ids of its own (`w{writer}-{i}`) and appends
   every acknowledged record, as a JSON line {"collection", "id", "op"}, to the --acked file
   right after the client call returned (flushed line by line), so a test can check that
-  every write a client saw succeed reached both stores.
+  every write a client saw succeed reached both stores;
+- `owned` mode: each writer makes mixed writes (add, upsert, update, delete by ids, delete by
+  where) on ids of its own (`w{writer}-{n}`), so its writes to them are totally ordered, and
+  logs every call to the --acked file right after it returned, in order, with its full
+  content: {"writer", "seq", "collection", "op", "ok", "ids", "embeddings", "metadatas",
+  "documents", "bucket"} (`ok: false` for a call that failed, whose outcome is unknown; the
+  writer never touches those ids again). The final state of every id follows from the log
+  (shift_testkit::stores::check_acked_log).
 
 Batches hold 1 to 20 records. Without --tolerate-errors any exception fails the run; with it,
 failed calls are counted (the proxy may be killed mid-load) and the writer goes on after a
@@ -16,7 +23,7 @@ short pause. With --reads each write is followed by a query and a count. Prints 
 {"ops", "errors", "by_op", "acked", "reads", "max_op_ms"} (the slowest write with its reads).
 
 Usage: writers.py --url URL --writers N --ops M --collections K --seed S --acked FILE
-                  [--mode mixed|adds] [--tolerate-errors] [--prefix dw] [--pause-ms P]
+                  [--mode mixed|adds|owned] [--tolerate-errors] [--prefix dw] [--pause-ms P]
                   [--log FILE]
 """
 
@@ -128,6 +135,74 @@ def adds_op(rng, collection, writer, counter):
     return op, ids
 
 
+class Owned:
+    """One writer's own records, as it believes them to be: id -> bucket, per collection."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.present = {}
+        self.uncertain = set()
+        self.counter = 0
+        # The ids of the call under way: uncertain if it fails.
+        self.inflight = []
+
+    def fresh(self, n):
+        ids = [f"w{self.writer}-{self.counter + k}" for k in range(n)]
+        self.counter += n
+        return ids
+
+    def known(self, name, n, rng):
+        ids = sorted(self.present.setdefault(name, {}))
+        return rng.sample(ids, min(n, len(ids)))
+
+
+def owned_op(rng, collection, owned, writer, op_index):
+    """One random write on this writer's own ids; returns (name, the call's arguments)."""
+    name = collection.name
+    present = owned.present.setdefault(name, {})
+    size = rng.randint(1, MAX_BATCH)
+    roll = rng.random()
+    if roll < 0.3 or len(present) < 5:
+        op, ids = "add", owned.fresh(size)
+    elif roll < 0.55:
+        op = "upsert"
+        ids = owned.known(name, size // 2 + 1, rng) + owned.fresh(size // 2)
+    elif roll < 0.8:
+        op, ids = "update", owned.known(name, size, rng)
+    elif roll < 0.95:
+        op, ids = "delete_ids", owned.known(name, min(size, 6), rng)
+    else:
+        op, ids = "delete_where", []
+    records = {"ids": ids}
+    if op in ("add", "upsert") or (op == "update" and rng.random() < 0.5):
+        records["embeddings"] = [embedding(rng) for _ in ids]
+        records["metadatas"] = [metadata(rng, writer, op_index) for _ in ids]
+        records["documents"] = [f"{op} w{writer} op{op_index} {i}" for i in ids]
+    elif op == "update":
+        records["metadatas"] = [metadata(rng, writer, op_index) for _ in ids]
+    bucket = None
+    owned.inflight = list(ids)
+    if op == "delete_where":
+        bucket = rng.randrange(BUCKETS)
+        collection.delete(where={"$and": [{"writer": writer}, {"bucket": bucket}]})
+    elif op == "delete_ids":
+        collection.delete(ids=ids)
+    else:
+        getattr(collection, op)(**records)
+    # Acknowledged: the writer's belief follows.
+    if op == "delete_where":
+        for record_id in [i for i, b in present.items() if b == bucket]:
+            del present[record_id]
+    elif op == "delete_ids":
+        for record_id in ids:
+            present.pop(record_id, None)
+    else:
+        for record_id, meta in zip(ids, records.get("metadatas", [None] * len(ids))):
+            if meta is not None:
+                present[record_id] = meta["bucket"]
+    return op, dict(records, bucket=bucket)
+
+
 def open_collections(client, args, attempts):
     """The collections by name; retried when errors are tolerated (the proxy may be down)."""
     for attempt in range(attempts):
@@ -155,11 +230,22 @@ def writer_main(args, writer, start, results):
         log = open(args.log, "a", encoding="utf-8") if args.log else None
         start.wait(timeout=120)
         counter = 0
+        owned = Owned(writer)
+        pending = None
         for op_index in range(args.ops):
             collection = rng.choice(collections)
             op_started = time.time()
             try:
-                if args.mode == "adds":
+                if args.mode == "owned":
+                    pending = (collection.name, op_index)
+                    op, records = owned_op(rng, collection, owned, writer, op_index)
+                    pending = None
+                    if acked is not None:
+                        entry = {"writer": writer, "seq": op_index, "collection": collection.name, "op": op, "ok": True, **records}
+                        acked.write(json.dumps(entry) + "\n")
+                        acked.flush()
+                    summary["acked"] += 1
+                elif args.mode == "adds":
                     op, ids = adds_op(rng, collection, writer, counter)
                     counter += len(ids)
                     if acked is not None:
@@ -208,6 +294,17 @@ def writer_main(args, writer, start, results):
                 # The ids of a failed add are not reused: whether it landed is unknown.
                 if args.mode == "adds":
                     counter += MAX_BATCH
+                if args.mode == "owned" and pending is not None:
+                    # Unknown outcome: log it, and never touch this collection's ids again
+                    # (a failed delete by where may have removed any of them).
+                    name, seq = pending
+                    gone = sorted(owned.present.pop(name, {}))
+                    owned.present[name] = {}
+                    if acked is not None:
+                        entry = {"writer": writer, "seq": seq, "collection": name, "op": "failed", "ok": False, "ids": sorted(set(gone + owned.inflight))}
+                        acked.write(json.dumps(entry) + "\n")
+                        acked.flush()
+                    pending = None
                 time.sleep(0.1)
                 continue
             summary["ops"] += 1
@@ -232,7 +329,7 @@ def main():
     parser.add_argument("--collections", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--acked", default=None)
-    parser.add_argument("--mode", choices=["mixed", "adds"], default="mixed")
+    parser.add_argument("--mode", choices=["mixed", "adds", "owned"], default="mixed")
     parser.add_argument("--tolerate-errors", action="store_true")
     parser.add_argument("--prefix", default="dw")
     parser.add_argument(

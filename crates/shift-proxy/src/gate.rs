@@ -65,35 +65,42 @@ impl WriteGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
 
-    #[tokio::test]
+    /// Polls a future once: its output if it is ready (no clock involved).
+    async fn poll_once<F: Future>(future: Pin<&mut F>) -> Option<F::Output> {
+        let mut future = future;
+        std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+            Poll::Ready(output) => Poll::Ready(Some(output)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn closing_waits_for_passes_and_holds_new_writes() {
-        let gate = Arc::new(WriteGate::default());
+        let gate = WriteGate::default();
         let pass = gate.enter().await;
-        let closing = {
-            let gate = gate.clone();
-            tokio::spawn(async move { gate.close().await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!closing.is_finished(), "closed over a write in flight");
+        let mut closing = Box::pin(gate.close());
+        assert!(
+            poll_once(closing.as_mut()).await.is_none(),
+            "closed over a write in flight"
+        );
         drop(pass);
-        let closed = tokio::time::timeout(Duration::from_secs(1), closing)
+        let closed = poll_once(closing.as_mut())
             .await
-            .unwrap()
-            .unwrap();
-        let held = {
-            let gate = gate.clone();
-            tokio::spawn(async move { gate.enter().await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!held.is_finished());
+            .expect("the gate did not close once the last write finished");
+        let mut held = Box::pin(gate.enter());
+        assert!(
+            poll_once(held.as_mut()).await.is_none(),
+            "a write passed a closed gate"
+        );
         assert_eq!(gate.held(), 1);
         drop(closed);
-        tokio::time::timeout(Duration::from_secs(1), held)
-            .await
-            .unwrap()
-            .unwrap();
+        assert!(poll_once(held.as_mut()).await.is_some(), "still held");
+        drop(held);
         assert_eq!(gate.held(), 0);
     }
 }

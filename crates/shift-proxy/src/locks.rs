@@ -101,54 +101,70 @@ fn stripe(id: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
 
-    #[tokio::test]
+    /// Polls a future once: its output if it is ready. A lock that is free is taken on the
+    /// first poll; one that is held leaves the future pending, with no clock involved.
+    async fn poll_once<F: Future>(future: Pin<&mut F>) -> Option<F::Output> {
+        let mut future = future;
+        std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+            Poll::Ready(output) => Poll::Ready(Some(output)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn same_records_wait_and_other_records_do_not() {
-        let locks = Arc::new(OrderLocks::default());
+        let locks = OrderLocks::default();
         let held = locks.records("c", &["a".into()]).await;
         // An id on another stripe goes at once.
         let other = (0..)
             .map(|i| format!("id{i}"))
             .find(|id| stripe(id) != stripe("a"))
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(1), locks.records("c", &[other]))
-            .await
-            .expect("an unrelated record waited");
-        let waiting = {
-            let locks = locks.clone();
-            tokio::spawn(async move { locks.records("c", &["b".into(), "a".into()]).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let other = [other];
+        let unrelated = std::pin::pin!(locks.records("c", &other));
         assert!(
-            !waiting.is_finished(),
+            poll_once(unrelated).await.is_some(),
+            "an unrelated record waited"
+        );
+        let same: [String; 2] = ["b".into(), "a".into()];
+        let mut waiting = Box::pin(locks.records("c", &same));
+        assert!(
+            poll_once(waiting.as_mut()).await.is_none(),
             "a write of the same record did not wait"
         );
         drop(held);
-        tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .unwrap()
-            .unwrap();
+        assert!(
+            poll_once(waiting.as_mut()).await.is_some(),
+            "the waiting write did not go once the record was free"
+        );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_collection_lock_excludes_record_writes() {
-        let locks = Arc::new(OrderLocks::default());
+        let locks = OrderLocks::default();
         let whole = locks.collection("c").await;
-        let waiting = {
-            let locks = locks.clone();
-            tokio::spawn(async move { locks.records("c", &["a".into()]).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished());
+        let a: [String; 1] = ["a".into()];
+        let mut waiting = Box::pin(locks.records("c", &a));
+        assert!(poll_once(waiting.as_mut()).await.is_none());
         // Another collection is not affected.
-        tokio::time::timeout(Duration::from_secs(1), locks.records("d", &["a".into()]))
-            .await
-            .unwrap();
+        let other = std::pin::pin!(locks.records("d", &a));
+        assert!(poll_once(other).await.is_some());
         drop(whole);
-        tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .unwrap()
-            .unwrap();
+        assert!(poll_once(waiting.as_mut()).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_write_holds_off_a_collection_lock() {
+        let locks = OrderLocks::default();
+        let record = locks.records("c", &["a".into()]).await;
+        let mut whole = Box::pin(locks.collection("c"));
+        assert!(poll_once(whole.as_mut()).await.is_none());
+        drop(record);
+        assert!(poll_once(whole.as_mut()).await.is_some());
     }
 }

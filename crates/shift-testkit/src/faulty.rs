@@ -42,9 +42,91 @@ pub enum Fault {
     /// Forwards the request, drops the upstream's answer, and answers with the inner fault:
     /// the write is applied, the caller is told otherwise.
     ForwardThen(Box<Fault>),
+    /// Waits until the test releases the [`Hold`], then answers with the inner fault: a
+    /// backend exactly as slow as a test needs, with no clock involved.
+    Held(Hold, Box<Fault>),
+}
+
+/// A latch a test holds requests on ([`Fault::Held`]) and releases when it has seen what it
+/// wanted (e.g. the client's answer arrived while the backend was still held).
+#[derive(Debug, Clone)]
+pub struct Hold {
+    released: Arc<tokio::sync::watch::Sender<bool>>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold::new()
+    }
+}
+
+impl Hold {
+    pub fn new() -> Hold {
+        Hold {
+            released: Arc::new(tokio::sync::watch::channel(false).0),
+            waiting: Arc::default(),
+            arrived: Arc::default(),
+        }
+    }
+
+    /// Lets every held request (and every later one) go on.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    /// Requests held right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Requests that reached the hold so far (held or passed).
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (up to `limit`, then fails) until at least `n` requests reached the hold.
+    pub async fn wait_arrived(&self, n: usize, limit: Duration) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        while self.arrived() < n {
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "only {} of {n} requests reached the hold within {limit:?}",
+                self.arrived()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn pass(&self) {
+        use std::sync::atomic::Ordering;
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut released = self.released.subscribe();
+        let _ = released.wait_for(|r| *r).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Fault {
+    /// A short name: `Status(500)`, `TooManyRequests(1s)`, `Forward`, `Held(Forward)`, ...
+    pub fn kind(&self) -> String {
+        match self {
+            Fault::Status(status, _) => format!("Status({})", status.as_u16()),
+            Fault::TooManyRequests { retry_after_secs } => {
+                format!("TooManyRequests({retry_after_secs}s)")
+            }
+            Fault::Delay(_, inner) => format!("Delay({})", inner.kind()),
+            Fault::Reset => "Reset".to_owned(),
+            Fault::Forward => "Forward".to_owned(),
+            Fault::SlowAnswer(_) => "SlowAnswer".to_owned(),
+            Fault::ForwardThen(inner) => format!("ForwardThen({})", inner.kind()),
+            Fault::Held(_, inner) => format!("Held({})", inner.kind()),
+        }
+    }
+
     /// 200 with a heartbeat-like JSON body.
     pub fn ok() -> Fault {
         Fault::Status(StatusCode::OK, r#"{"nanosecond heartbeat":1}"#.to_owned())
@@ -58,6 +140,10 @@ pub struct Received {
     pub path_and_query: String,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// What it was answered with ([`Fault::kind`]).
+    pub fault: String,
 }
 
 #[derive(Debug)]
@@ -265,23 +351,14 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let mut fault = {
+        let at = std::time::Instant::now();
         let mut script = script.lock().unwrap_or_else(|e| e.into_inner());
-        script.received.push(Received {
-            method: parts.method.clone(),
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            headers: parts.headers.clone(),
-            body: body.clone(),
-        });
         let write_fault = if is_record_write(&parts.method, parts.uri.path()) {
             script.write_queue.pop_front()
         } else {
             None
         };
-        if let Some(fault) = write_fault {
+        let fault = if let Some(fault) = write_fault {
             fault
         } else if parts.uri.path() == "/api/v2/heartbeat" {
             // Heartbeats from the health monitor take no scripted fault.
@@ -293,7 +370,20 @@ async fn answer(
         } else {
             let default = script.default.clone();
             script.queue.pop_front().unwrap_or(default)
-        }
+        };
+        script.received.push(Received {
+            method: parts.method.clone(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+            at,
+            fault: fault.kind(),
+        });
+        fault
     };
     loop {
         match fault {
@@ -309,6 +399,10 @@ async fn answer(
             }
             Fault::ForwardThen(inner) => {
                 let _ = forward(upstream.as_ref().as_ref(), &parts, body.clone()).await;
+                fault = *inner;
+            }
+            Fault::Held(hold, inner) => {
+                hold.pass().await;
                 fault = *inner;
             }
             Fault::Reset => return Err(ResetConnection),

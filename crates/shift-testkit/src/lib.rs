@@ -25,7 +25,7 @@ use shift_proxy::Drained;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faulty::{Fault, FaultyBackend};
+pub use faulty::{Fault, FaultyBackend, Hold};
 pub use process::ProxyProcess;
 
 /// The repository's root (where `.venv` and `tests/python` live).
@@ -227,7 +227,22 @@ impl ProxyBuilder {
             }
         };
         let config = self.config()?;
-        let mut proxy = Proxy::start(config, self.secrets()).await?;
+        // A proxy shut down in this process may still be letting go of the state file (its
+        // background tasks end after `shutdown` returned): a restart on the same state waits
+        // for it, within a bound. A separate process holding it is still an error then.
+        let started = std::time::Instant::now();
+        let mut proxy = loop {
+            match Proxy::start(config.clone(), self.secrets()).await {
+                Ok(proxy) => break proxy,
+                Err(e)
+                    if format!("{e:#}").contains("in use by another")
+                        && started.elapsed() < Duration::from_secs(30) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         proxy._state = temp;
         Ok(proxy)
     }
