@@ -1184,7 +1184,7 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
-async fn journal_left(proxy: &ProxyProcess) -> anyhow::Result<(u64, u64)> {
+async fn journal_left(proxy: &ProxyProcess) -> anyhow::Result<(u64, u64, Vec<String>)> {
     let (status, body) = shift_testkit::admin_call(
         &proxy.admin_url(),
         shift_testkit::ADMIN_TOKEN,
@@ -1204,6 +1204,13 @@ async fn journal_left(proxy: &ProxyProcess) -> anyhow::Result<(u64, u64)> {
     Ok((
         body["journal"][&secondary]["entries"].as_u64().unwrap_or(0),
         body["dead_letters"]["count"].as_u64().unwrap_or(0),
+        body["dead_letters"]["first"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|d| format!("{} {}", d["collection"], d["reason"]))
+            .collect(),
     ))
 }
 
@@ -1250,11 +1257,16 @@ async fn fuzzed_requests_leave_the_proxy_and_chroma_alike() -> anyhow::Result<()
         tenants.insert(t.to_owned());
     }
 
+    // Time spent waiting on each side, reported (never asserted).
+    let (mut direct_time, mut proxy_time) = (Duration::ZERO, Duration::ZERO);
     for index in 0..count {
         let request = generator.next();
         let raw_direct = to_direct.render(&request);
         let raw_proxy = to_proxy.render(&request);
+        let started = std::time::Instant::now();
         let d = exchange(to_direct.addr, &raw_direct).await?;
+        direct_time += started.elapsed();
+        let started = std::time::Instant::now();
         let p = match exchange(to_proxy.addr, &raw_proxy).await {
             Ok(answer) => answer,
             Err(error) => Answer {
@@ -1262,6 +1274,7 @@ async fn fuzzed_requests_leave_the_proxy_and_chroma_alike() -> anyhow::Result<()
                 body: error.to_string().into_bytes(),
             },
         };
+        proxy_time += started.elapsed();
         if verbose {
             eprintln!(
                 "#{index} {:?}: {} -> direct {} {} / proxy {} {}",
@@ -1315,7 +1328,7 @@ async fn fuzzed_requests_leave_the_proxy_and_chroma_alike() -> anyhow::Result<()
 
     // The journal drains (or says why not) before the stores are compared.
     let mut drained = false;
-    let mut last = (0, 0);
+    let mut last = (0, 0, Vec::new());
     for _ in 0..300 {
         last = journal_left(&proxy).await?;
         if last.0 == 0 {
@@ -1338,7 +1351,11 @@ async fn fuzzed_requests_leave_the_proxy_and_chroma_alike() -> anyhow::Result<()
         violations.push(Violation {
             index: count,
             kind: Kind::Read,
-            what: format!("{} writes parked as dead letters", last.1),
+            what: format!(
+                "{} writes parked as dead letters (applied on the primary only), the first:\n    {}",
+                last.1,
+                last.2.iter().take(8).cloned().collect::<Vec<_>>().join("\n    ")
+            ),
         });
     }
 
@@ -1364,7 +1381,19 @@ async fn fuzzed_requests_leave_the_proxy_and_chroma_alike() -> anyhow::Result<()
     proxy.stop().await?;
 
     let mut report = String::new();
-    let _ = writeln!(report, "fuzz: seed {seed}, {count} requests");
+    let _ = writeln!(
+        report,
+        "fuzz: seed {seed}, {count} requests; time in answers: Chroma {direct_time:?}, proxy {proxy_time:?}"
+    );
+    if let Some(first) = violations.first() {
+        let _ = writeln!(
+            report,
+            "first difference at #{} ({}); later ones may follow from it: replay one kind alone with CHROMA_SHIFT_FUZZ_KINDS={} CHROMA_SHIFT_FUZZ_SEED={seed}",
+            first.index,
+            first.kind.name(),
+            first.kind.name()
+        );
+    }
     let _ = writeln!(
         report,
         "answers by kind (Chroma status, proxy status: count):"
