@@ -1337,26 +1337,26 @@ async fn fuzzed_requests_leave_the_proxy_and_chroma_alike() -> anyhow::Result<()
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // What the journal says after the run: entries that never drain and writes parked on
+    // the secondary are both writes on one store only.
+    let mut after_run = Vec::new();
     if !drained {
-        violations.push(Violation {
-            index: count,
-            kind: Kind::Read,
-            what: format!(
-                "the journal still holds {} entries for the secondary after 60 s",
-                last.0
-            ),
-        });
+        after_run.push(format!(
+            "the journal still holds {} entries for the secondary after 60 s",
+            last.0
+        ));
     }
     if last.1 > 0 {
-        violations.push(Violation {
-            index: count,
-            kind: Kind::Read,
-            what: format!(
-                "{} writes parked as dead letters (applied on the primary only), the first:\n    {}",
-                last.1,
-                last.2.iter().take(8).cloned().collect::<Vec<_>>().join("\n    ")
-            ),
-        });
+        after_run.push(format!(
+            "{} writes parked as dead letters (applied on the primary only), the first:\n    {}",
+            last.1,
+            last.2
+                .iter()
+                .take(8)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n    ")
+        ));
     }
 
     let (d_url, p1_url, p2_url) = (direct.url(), old.url(), new.url());
@@ -1423,6 +1423,9 @@ async fn fuzzed_requests_leave_the_proxy_and_chroma_alike() -> anyhow::Result<()
             list[0].what
         );
     }
+    for line in &after_run {
+        let _ = writeln!(report, "\nafter the run: {line}");
+    }
     if !store_diffs.is_empty() {
         let _ = writeln!(report, "\nstores differ:");
         for d in &store_diffs {
@@ -1432,9 +1435,10 @@ async fn fuzzed_requests_leave_the_proxy_and_chroma_alike() -> anyhow::Result<()
     eprintln!("{report}");
     assert!(alive, "the proxy process died (seed {seed})");
     assert!(
-        violations.is_empty() && store_diffs.is_empty(),
-        "fuzz found {} answer differences and {} store differences (seed {seed}); see the report above",
+        violations.is_empty() && after_run.is_empty() && store_diffs.is_empty(),
+        "fuzz found {} answer differences, {} journal problems and {} store differences (seed {seed}); see the report above",
         violations.len(),
+        after_run.len(),
         store_diffs.len()
     );
     Ok(())
