@@ -190,7 +190,12 @@ run_suite() { # label url
     --rootdir="$TESTS" --confcutdir="$TESTS" \
     --hypothesis-seed="$SEED" -q -rfE --tb=short \
     --junitxml="$OUT/$label.xml" -o junit_logging=no \
-    "${CLIENT_FILTER[@]}" "${SELECTED[@]}" "${PYTEST_EXTRA[@]}" >"$OUT/$label.log" 2>&1 || status=$?
+    "${CLIENT_FILTER[@]}" "${SELECTED[@]}" "${PYTEST_EXTRA[@]}" >"$OUT/$label.log" 2>&1 &
+  # In the background, so a SIGTERM to this script is handled at once (bash defers traps
+  # while a foreground command runs) and the cleanup stops pytest and the servers.
+  local pytest_pid=$!
+  PIDS+=("$pytest_pid")
+  wait "$pytest_pid" || status=$?
   echo "chroma-suite: $label: $(tail -n 1 "$OUT/$label.log") ($((SECONDS - started)) s, log $OUT/$label.log)"
   # 0 all passed, 1 some failed: both are results; anything else is a broken run.
   if [ "$status" -gt 1 ]; then

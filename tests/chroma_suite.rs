@@ -30,9 +30,21 @@ async fn chromas_tests_that_pass_directly_pass_through_the_proxy() -> anyhow::Re
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let output = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
-        .await
-        .map_err(|_| anyhow::anyhow!("scripts/chroma-suite.sh ran longer than {RUN_LIMIT:?}"))??;
+    let pid = child.id();
+    let output = match tokio::time::timeout(RUN_LIMIT, child.wait_with_output()).await {
+        Ok(output) => output?,
+        Err(_) => {
+            // SIGTERM lets the script stop the servers it started (a SIGKILL on drop would
+            // leave them running).
+            if let Some(pid) = pid {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            anyhow::bail!("scripts/chroma-suite.sh ran longer than {RUN_LIMIT:?}");
+        }
+    };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("{stdout}\n{stderr}");
