@@ -8,6 +8,9 @@
 //! Asserted: the proxy answers every request with Chroma's status class (so never a 5xx where
 //! Chroma answered 2xx or 4xx), it never crashes, and no write lands on one store only.
 //!
+//! Two tests: every mutation kind (ignored while the defects in FINDINGS.md stand), and the
+//! kinds without an open defect (in CI, 600 requests, about half a minute).
+//!
 //! `CHROMA_SHIFT_FUZZ_SEED` replays a run (the seed is printed either way);
 //! `CHROMA_SHIFT_FUZZ_REQUESTS` sets the count (default 1500); `CHROMA_SHIFT_FUZZ_KINDS`
 //! (comma-separated kinds, see [`Kind`]) keeps only those mutations beside the set-up requests,
@@ -360,12 +363,7 @@ fn pick<'a, T>(rng: &mut fastrand::Rng, items: &'a [T]) -> &'a T {
 }
 
 impl Generator {
-    fn new(seed: u64, only: Option<Vec<Kind>>) -> Generator {
-        let mut kinds: Vec<Kind> = Kind::SETUP.to_vec();
-        match only {
-            Some(only) => kinds.extend(only),
-            None => kinds.extend(Kind::MUTATIONS),
-        }
+    fn new(seed: u64, kinds: Vec<Kind>) -> Generator {
         Generator {
             rng: fastrand::Rng::with_seed(seed),
             kinds,
@@ -730,7 +728,22 @@ impl Generator {
                     }
                     pick(&mut self.rng, &others).clone()
                 } else {
-                    pick(&mut self.rng, &COLLECTIONS).to_string()
+                    // A name free in that database (a taken one is RenameToExisting's).
+                    let free: Vec<String> = COLLECTIONS
+                        .iter()
+                        .filter(|n| {
+                            !self.collections.contains(&(
+                                tenant.clone(),
+                                database.clone(),
+                                (**n).to_owned(),
+                            ))
+                        })
+                        .map(|n| (*n).to_owned())
+                        .collect();
+                    if free.is_empty() {
+                        return self.next();
+                    }
+                    pick(&mut self.rng, &free).clone()
                 };
                 FuzzRequest {
                     kind,
@@ -1214,23 +1227,65 @@ async fn journal_left(proxy: &ProxyProcess) -> anyhow::Result<(u64, u64, Vec<Str
     ))
 }
 
+/// The kinds with no open defect (FINDINGS.md): the fuzz run CI keeps green. Every set-up kind
+/// but `Update` (an update of missing ids fixes an empty collection's dimension on Chroma, not
+/// through the proxy: B8) and `DeleteDatabase` (the collection map keeps the deleted
+/// database's entries: B10), and the mutations below. Move a kind here once its defect is
+/// fixed; when all are, the full run needs no `#[ignore]`.
+const KINDS_WITHOUT_OPEN_DEFECTS: [Kind; 17] = [
+    Kind::CreateTenant,
+    Kind::CreateDatabase,
+    Kind::CreateCollection,
+    Kind::Add,
+    Kind::Upsert,
+    Kind::DeleteRecords,
+    Kind::DeleteWhere,
+    Kind::Read,
+    Kind::Rename,
+    Kind::ModifyMetadata,
+    Kind::DeleteCollection,
+    Kind::BadJson,
+    Kind::WrongMethod,
+    Kind::OddHeaders,
+    Kind::AbsoluteForm,
+    Kind::UnknownRoute,
+    Kind::UpperCaseTenant,
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on product defects listed in FINDINGS.md (issue 8); run with --ignored"]
+#[ignore = "fails on product defects listed in FINDINGS.md (issue 8); run with --run-ignored"]
 async fn fuzzed_requests_leave_the_proxy_and_chroma_alike() -> anyhow::Result<()> {
+    let all = Kind::SETUP.iter().chain(Kind::MUTATIONS.iter()).copied();
+    fuzz(all.collect(), DEFAULT_REQUESTS).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_requests_of_kinds_without_open_defects_leave_the_proxy_and_chroma_alike(
+) -> anyhow::Result<()> {
+    fuzz(KINDS_WITHOUT_OPEN_DEFECTS.to_vec(), 600).await
+}
+
+/// One run of `count` requests of `kinds`, unless CHROMA_SHIFT_FUZZ_REQUESTS says otherwise or
+/// CHROMA_SHIFT_FUZZ_KINDS names mutation kinds (then: those beside every set-up kind).
+async fn fuzz(kinds: Vec<Kind>, count: usize) -> anyhow::Result<()> {
     let seed: u64 = env_parse("CHROMA_SHIFT_FUZZ_SEED").unwrap_or_else(|| fastrand::u64(..));
-    let count: usize = env_parse("CHROMA_SHIFT_FUZZ_REQUESTS").unwrap_or(DEFAULT_REQUESTS);
-    let only: Option<Vec<Kind>> = std::env::var("CHROMA_SHIFT_FUZZ_KINDS").ok().map(|list| {
-        Kind::MUTATIONS
+    let count: usize = env_parse("CHROMA_SHIFT_FUZZ_REQUESTS").unwrap_or(count);
+    let kinds: Vec<Kind> = match std::env::var("CHROMA_SHIFT_FUZZ_KINDS") {
+        Ok(list) => Kind::SETUP
             .iter()
-            .chain(Kind::SETUP.iter())
             .copied()
-            .filter(|k| list.split(',').any(|w| w.trim() == k.name()))
-            .collect()
-    });
+            .chain(
+                Kind::MUTATIONS
+                    .iter()
+                    .copied()
+                    .filter(|k| list.split(',').any(|w| w.trim() == k.name())),
+            )
+            .collect(),
+        Err(_) => kinds,
+    };
     let verbose = std::env::var("CHROMA_SHIFT_FUZZ_VERBOSE").is_ok_and(|v| v == "1");
     eprintln!(
-        "fuzz: seed {seed} (CHROMA_SHIFT_FUZZ_SEED={seed}), {count} requests, kinds {}",
-        only.as_ref().map_or("all".to_owned(), |k| format!("{k:?}"))
+        "fuzz: seed {seed} (CHROMA_SHIFT_FUZZ_SEED={seed}), {count} requests, kinds {kinds:?}",
     );
 
     let (direct, old, new) = tokio::join!(Chroma::spawn(), Chroma::spawn(), Chroma::spawn());
@@ -1241,7 +1296,7 @@ async fn fuzzed_requests_leave_the_proxy_and_chroma_alike() -> anyhow::Result<()
         .spawn_process()
         .await?;
 
-    let mut generator = Generator::new(seed, only);
+    let mut generator = Generator::new(seed, kinds);
     let mut to_direct = Side {
         addr: direct.addr(),
         ids: HashMap::new(),

@@ -391,6 +391,25 @@ def update_non_object_metadata(s):
     report("update of a missing id with a non-object metadata and an embedding", f"POST .../update {body.decode()}", d, p, s, ["upd_meta"])
 
 
+@scenario
+def database_delete_then_recreate(s):
+    # Found by the fuzz (seed 2 of the kinds without open defects, #188..#535).
+    base = "/api/v2/tenants/default_tenant/databases"
+    db = f"{base}/gone_db"
+    s.both("POST", lambda u: base, body={"name": "gone_db"})
+    create(s, "again", 1, db=db)
+    s.both("DELETE", lambda u: db)
+    s.both("POST", lambda u: base, body={"name": "gone_db"})
+    d, p = s.both("POST", lambda u: f"{db}/collections", body={"name": "again", "get_or_create": True})
+    s.both("POST", path_of("again", "/add", db=db), body={"ids": ["x1"], "embeddings": [[1.0, 2.0, 3.0]], "documents": ["d"]})
+    report(
+        "a collection created again after its database was deleted and created again",
+        'POST .../databases {"name":"gone_db"}; create "again" there with 1 record; DELETE .../databases/gone_db; '
+        'POST .../databases {"name":"gone_db"}; POST .../gone_db/collections {"name":"again","get_or_create":true}; add x1',
+        d, p, s, ["again"], db=db,
+    )
+
+
 def main():
     parser = argparse.ArgumentParser()
     for flag in ("--direct", "--proxy", "--old", "--new", "--admin", "--token"):
