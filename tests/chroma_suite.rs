@@ -1,9 +1,9 @@
 //! Chroma's own test suite (shipped in the chromadb wheel under `chromadb/test`) through the
 //! proxy: the subset in `tests/python/chroma_suite_subset.txt`, run by
 //! `scripts/chroma-suite.sh --subset` against Chroma directly and then through chroma-shift in
-//! front of two Chroma servers. Fails when a test that passes directly fails through the proxy
-//! (or when the two stores differ afterwards). The full list runs with
-//! `scripts/chroma-suite.sh --full`.
+//! front of two Chroma servers. Fails when a test that passes directly fails through the proxy,
+//! when writes were parked as dead letters (applied on the primary only), or when the two
+//! stores differ afterwards. The full list runs with `scripts/chroma-suite.sh --full`.
 
 use std::process::Stdio;
 use std::time::Duration;
