@@ -356,7 +356,15 @@ pub struct MirrorConfig {
     /// Longest wait between replay retries.
     #[serde(default = "defaults::retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Journal payload bytes the replay of one target holds in memory at once (one entry may
+    /// pass it); bounds the process's memory whatever the backlog.
+    #[serde(default = "defaults::replay_memory")]
+    pub replay_memory: ByteSize,
 }
+
+/// The highest `replay_rate_limit`: one request per microsecond. Above about 1e9 the pacing
+/// interval would round to zero.
+pub const MAX_REPLAY_RATE: u32 = 1_000_000;
 
 impl Default for MirrorConfig {
     fn default() -> Self {
@@ -368,6 +376,7 @@ impl Default for MirrorConfig {
             replay_batch_records: 0,
             retry_initial: defaults::retry_initial(),
             retry_max: defaults::retry_max(),
+            replay_memory: defaults::replay_memory(),
         }
     }
 }
@@ -545,6 +554,9 @@ mod defaults {
     pub fn retry_max() -> Duration {
         Duration::from_secs(30)
     }
+    pub fn replay_memory() -> ByteSize {
+        ByteSize::mib(64)
+    }
 }
 
 /// The prefix of environment overrides.
@@ -622,6 +634,15 @@ impl Config {
                 "mirror.retry_initial",
                 "must be above zero and at most mirror.retry_max",
             ));
+        }
+        if self.mirror.replay_rate_limit > MAX_REPLAY_RATE {
+            return Err(invalid(
+                "mirror.replay_rate_limit",
+                format!("must be at most {MAX_REPLAY_RATE} requests per second (0 is unlimited)"),
+            ));
+        }
+        if self.mirror.replay_memory.as_u64() < 1024 * 1024 {
+            return Err(invalid("mirror.replay_memory", "must be at least 1MiB"));
         }
         if self.health.interval.is_zero() || self.health.timeout.is_zero() {
             return Err(invalid("health", "interval and timeout must be above zero"));
@@ -929,6 +950,24 @@ mod tests {
                 secrets.admin_token.as_ref().unwrap()
             );
             assert!(!printed.contains("s3cret"), "{printed}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn replay_limits_are_checked_at_load() {
+        figment::Jail::expect_with(|_| {
+            let mirror = |keys: &str| format!("{MINIMAL}\n[mirror]\n{keys}\n");
+            let config = Config::from_toml(&mirror("replay_rate_limit = 1000000")).unwrap();
+            assert_eq!(config.mirror.replay_rate_limit, MAX_REPLAY_RATE);
+            assert_eq!(config.mirror.replay_memory, ByteSize::mib(64));
+            for (keys, needle) in [
+                ("replay_rate_limit = 2000000000", "mirror.replay_rate_limit"),
+                ("replay_memory = \"10KiB\"", "mirror.replay_memory"),
+            ] {
+                let err = Config::from_toml(&mirror(keys)).unwrap_err().to_string();
+                assert!(err.contains(needle), "{needle}: {err}");
+            }
             Ok(())
         });
     }

@@ -15,8 +15,9 @@ use shift_proxy::collections::CollectionIdMap;
 use shift_proxy::gate::WriteGate;
 use shift_proxy::locks::OrderLocks;
 use shift_proxy::metrics::JournalCollector;
+use shift_proxy::metrics::ReplayMetrics;
 use shift_proxy::namespace::NamespaceMap;
-use shift_proxy::replay::{ReplaySettings, ReplayWorker};
+use shift_proxy::replay::{ReplayBoard, ReplaySettings, ReplayWorker};
 use shift_proxy::resolve::Resolver;
 use shift_proxy::shadow::{ShadowReads, ShadowSettings};
 use shift_proxy::topology::{self, ReadPolicy, Topology};
@@ -212,7 +213,28 @@ impl ChromaShift {
             },
         ));
         switch.restore_pause().await;
-        let monitor_task = monitor.spawn(switch.clone(), alerts);
+        // Background tasks restart after a panic (see `supervise`); one stop signal ends them.
+        let (tasks_stop, tasks_stopped) = watch::channel(false);
+        let restarts = crate::supervise::restarts_counter().ok();
+        if let Some(counter) = &restarts {
+            let _ = self.registry.register(Box::new(counter.clone()));
+        }
+        let restarts = restarts.unwrap_or_else(|| {
+            crate::supervise::restarts_counter().expect("a valid metric definition")
+        });
+        let task_grace = self.config.server.shutdown_grace;
+        let monitor_task = {
+            let (switch, alerts) = (switch.clone(), alerts.clone());
+            crate::supervise::supervise(
+                "health",
+                alerts.clone(),
+                restarts.clone(),
+                tasks_stopped.clone(),
+                task_grace,
+                move |_| monitor.clone().spawn(switch.clone(), alerts.clone()),
+            )
+        };
+        let replay_board = Arc::new(ReplayBoard::default());
 
         let (admin_stop, mut admin_stopped) = watch::channel(false);
         let mut sections = vec![admin::shadow_section(&self.mirror)];
@@ -220,6 +242,7 @@ impl ChromaShift {
             "backfill",
             Arc::new(crate::migrate_api::BackfillSection(self.backfill.clone())),
         ));
+        sections.push(admin::replay_section(replay_board.clone()));
         let admin_app = admin::app(AdminState {
             registry: self.registry.clone(),
             health: board,
@@ -247,23 +270,42 @@ impl ChromaShift {
             shutdown_grace: self.config.server.shutdown_grace,
         };
         // One replay worker per store: the journal of whichever is secondary has the work.
-        let (replay_stop, replay_stopped) = watch::channel(false);
         let replay_settings = ReplaySettings {
             retry_initial: self.config.mirror.retry_initial,
             retry_max: self.config.mirror.retry_max,
             rate_limit: self.config.mirror.replay_rate_limit,
+            max_bytes: usize::try_from(self.config.mirror.replay_memory.as_u64())
+                .unwrap_or(usize::MAX),
         };
+        let replay_metrics = ReplayMetrics::register(&self.registry)
+            .or_else(|_| ReplayMetrics::unregistered())
+            .expect("valid metric definitions");
         let replay_tasks: Vec<_> = [BackendName::Old, BackendName::New]
             .into_iter()
             .map(|target| {
-                ReplayWorker {
+                let sink = alerts.clone();
+                let worker = ReplayWorker {
                     target,
                     store: self.mirror.store.clone(),
                     applier: self.mirror.applier.clone(),
                     metrics: self.metrics.clone(),
+                    replay_metrics: replay_metrics.clone(),
                     settings: replay_settings.clone(),
-                }
-                .spawn(replay_stopped.clone())
+                    board: replay_board.clone(),
+                    alert: Arc::new(move |text: String| sink.send(&text)),
+                };
+                let task = match target {
+                    BackendName::Old => "replay-old",
+                    BackendName::New => "replay-new",
+                };
+                crate::supervise::supervise(
+                    task,
+                    alerts.clone(),
+                    restarts.clone(),
+                    tasks_stopped.clone(),
+                    task_grace,
+                    move |stop| worker.clone().spawn(stop),
+                )
             })
             .collect();
         let service = ProxyService::new(self.mirror.clone(), self.settings, self.metrics.clone());
@@ -281,10 +323,10 @@ impl ChromaShift {
                 tracing::warn!("grace period ran out; closed connections with requests in flight")
             }
         }
-        monitor_task.abort();
-        // Queued writes stay in the journal; the next start replays them.
-        let _ = replay_stop.send(true);
-        for task in replay_tasks {
+        // Queued writes stay in the journal; the next start replays them. Each supervisor ends
+        // within the grace (it aborts a task that does not stop by itself).
+        let _ = tasks_stop.send(true);
+        for task in replay_tasks.into_iter().chain([monitor_task]) {
             let _ = task.await;
         }
         let _ = admin_stop.send(true);
