@@ -1,10 +1,12 @@
 //! The replay worker: applies one target's journal to that store.
 //!
 //! Order is kept per collection (the journal's lag key), not across the whole journal: each
-//! collection's entries form a lane, applied strictly in seq order, and a lane that waits for a
-//! retry never holds up another. An entry with an empty key (a tenant or database op) is a
-//! barrier: everything before it is applied first, and nothing after it starts before it is
-//! done.
+//! collection's record writes form a lane, applied strictly in seq order, and a lane that waits
+//! for a retry never holds up another. A barrier is applied alone: everything before it first,
+//! nothing after it before it is done. Barriers are the entries with an empty key (tenant and
+//! database ops) and the collection lifecycle ops (create, modify, delete, fork): those name a
+//! collection by its name on the store, which another lane's collection may share (a delete
+//! then a re-create under the same name), or read another collection (a fork).
 //!
 //! Within a lane, consecutive compatible record writes are merged into one request (disjoint
 //! ids, same kind, within the store's `max_batch_size` and [`MERGED_BYTES`]). What a failure
@@ -376,7 +378,7 @@ impl<A: ApplyTarget> Run<'_, A> {
         )?;
         let cap = self.worker.lane_cap();
         for entry in entries {
-            if entry.collection.is_empty() {
+            if is_barrier(&entry) {
                 // A barrier: applied alone, once everything before it is done.
                 self.barrier = true;
                 if self.idle() {
@@ -760,6 +762,14 @@ impl<A: ApplyTarget> Run<'_, A> {
                 .collect();
         });
     }
+}
+
+/// Whether an entry must be applied alone (see the module's doc): anything but a record write,
+/// a reconcile of records or a function op of one collection. Told from the op's serde tag,
+/// the first key of its JSON, so record payloads are not decoded twice.
+fn is_barrier(entry: &JournalEntry) -> bool {
+    const LANE_OPS: [&[u8]; 3] = [b"{\"records\":", b"{\"reconcile\":", b"{\"function\":"];
+    entry.collection.is_empty() || !LANE_OPS.iter().any(|tag| entry.payload.starts_with(tag))
 }
 
 async fn sleep_until(at: Option<Instant>) {

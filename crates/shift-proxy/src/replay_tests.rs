@@ -612,3 +612,85 @@ fn the_board_reads_running_until_told_otherwise() {
     assert_eq!(board.status()["new"]["state"], "running");
     let _ = ReplayMetrics::unregistered().unwrap().stopped.collect();
 }
+
+#[test]
+fn barriers_are_told_from_the_serde_tag() {
+    let entry = |op: &MirrorOp| JournalEntry {
+        seq: Seq(1),
+        target: TARGET,
+        collection: op.lag_key(),
+        created_ms: 0,
+        payload: op.to_bytes(),
+    };
+    let lane_ops = [
+        upsert("c", &["a"]),
+        MirrorOp::Reconcile {
+            collection: "c".into(),
+            ids: vec!["a".into()],
+        },
+        MirrorOp::Function {
+            collection: "c".into(),
+            suffix: "functions/attach".into(),
+            body: json!({}),
+        },
+    ];
+    for op in &lane_ops {
+        assert!(!is_barrier(&entry(op)), "{op:?}");
+    }
+    let barriers = [
+        MirrorOp::EnsureCollection {
+            collection: "c".into(),
+        },
+        MirrorOp::UpdateCollection {
+            collection: "c".into(),
+            body: json!({"new_name": "d"}),
+        },
+        MirrorOp::DeleteCollection {
+            collection: Some("c".into()),
+            tenant: "t".into(),
+            database: "d".into(),
+            name: "n".into(),
+        },
+        MirrorOp::ForkCollection {
+            source: "c".into(),
+            fork: "f".into(),
+            new_name: "n".into(),
+        },
+        MirrorOp::CreateTenant { name: "t".into() },
+    ];
+    for op in &barriers {
+        assert!(is_barrier(&entry(op)), "{op:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_collection_delete_waits_for_other_collections_before_a_recreate_follows() {
+    let fake = Fake::default();
+    lock(&fake.script).insert("old".into(), VecDeque::from([retry("503"), retry("503")]));
+    let h = Harness::start(fake, settings()).await;
+    h.append_all(&[
+        upsert("old", &["o1"]),
+        MirrorOp::DeleteCollection {
+            collection: Some("old".into()),
+            tenant: "t".into(),
+            database: "d".into(),
+            name: "docs".into(),
+        },
+        MirrorOp::EnsureCollection {
+            collection: "new".into(),
+        },
+        upsert("new", &["n1"]),
+    ])
+    .await;
+    h.until("drained", |h| h.depth() == 0).await;
+    let order: Vec<String> = lock(&h.fake.log)
+        .iter()
+        .filter(|a| a.ok)
+        .map(|a| a.ids.join(","))
+        .collect();
+    assert_eq!(order.len(), 4, "{order:?}");
+    assert_eq!(order[0], "o1");
+    assert!(order[1].starts_with("DeleteCollection"), "{order:?}");
+    assert!(order[2].starts_with("EnsureCollection"), "{order:?}");
+    assert_eq!(order[3], "n1");
+}
