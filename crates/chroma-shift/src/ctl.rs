@@ -58,10 +58,34 @@ enum CtlCommand {
         #[arg(long, default_value_t = 0.0)]
         shadow: f64,
     },
-    /// List dead letters: mirrored writes a store refused.
-    DeadLetters {
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+    /// List dead letters (mirrored writes a store refused); `retry` or `drop` them.
+    DeadLetters(DeadLettersArgs),
+}
+
+#[derive(Debug, Args)]
+struct DeadLettersArgs {
+    /// How many to list.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    #[command(subcommand)]
+    action: Option<DeadLetterAction>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// Put dead letters back at the end of their target's journal, for the replay to try again.
+    Retry {
+        /// The dead letter's seq (from the list).
+        #[arg(required_unless_present = "all")]
+        seq: Option<u64>,
+        /// Every dead letter, oldest first.
+        #[arg(long, conflicts_with = "seq")]
+        all: bool,
+    },
+    /// Delete a dead letter for good (its write never reaches its target); logged by the proxy.
+    Drop {
+        /// The dead letter's seq (from the list).
+        seq: u64,
     },
 }
 
@@ -127,14 +151,33 @@ pub async fn run(ctl: Ctl) -> anyhow::Result<ExitCode> {
             let body = json!({"canary_percent": canary, "shadow_percent": shadow});
             call(Method::POST, "/admin/read-policy".into(), Some(body)).await?
         }
-        CtlCommand::DeadLetters { limit } => {
-            call(
-                Method::GET,
-                format!("/admin/dead-letters?limit={limit}"),
-                None,
-            )
-            .await?
-        }
+        CtlCommand::DeadLetters(args) => match &args.action {
+            None => {
+                call(
+                    Method::GET,
+                    format!("/admin/dead-letters?limit={}", args.limit),
+                    None,
+                )
+                .await?
+            }
+            Some(DeadLetterAction::Retry { seq: Some(seq), .. }) => {
+                call(
+                    Method::POST,
+                    format!("/admin/dead-letters/{seq}/retry"),
+                    None,
+                )
+                .await?
+            }
+            Some(DeadLetterAction::Retry { seq: None, .. }) => retry_all(&admin).await?,
+            Some(DeadLetterAction::Drop { seq }) => {
+                call(
+                    Method::POST,
+                    format!("/admin/dead-letters/{seq}/drop"),
+                    None,
+                )
+                .await?
+            }
+        },
     };
     if ctl.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -154,7 +197,20 @@ pub async fn run(ctl: Ctl) -> anyhow::Result<ExitCode> {
         match &ctl.command {
             CtlCommand::Status => print_status(&answer),
             CtlCommand::Cutover(_) | CtlCommand::Rollback(_) => print_switch(&answer),
-            CtlCommand::DeadLetters { .. } => print_dead_letters(&answer),
+            CtlCommand::DeadLetters(args) => match &args.action {
+                None => print_dead_letters(&answer),
+                Some(DeadLetterAction::Retry { .. }) => print_retried(&answer),
+                Some(DeadLetterAction::Drop { .. }) => {
+                    let dropped = &answer["dropped"];
+                    println!(
+                        "dropped #{} → {} collection {}: {}",
+                        text(&dropped["seq"]),
+                        text(&dropped["target"]),
+                        text(&dropped["collection"]),
+                        text(&dropped["reason"])
+                    );
+                }
+            },
             _ => print_topology(&answer["topology"]),
         }
     }
@@ -272,6 +328,75 @@ fn print_switch(report: &Value) {
             text(&report["drained_entries"])
         ),
         _ => println!("dry run: nothing changed"),
+    }
+}
+
+/// Re-drives every dead letter, a page at a time, oldest first. Stops at the first refusal
+/// and answers with it, listing what was re-driven before.
+async fn retry_all(admin: &AdminClient) -> anyhow::Result<(http::StatusCode, Value)> {
+    let mut retried = Vec::new();
+    let mut after: Option<u64> = None;
+    // A re-driven write gets a seq above every letter that existed then; if it is parked again
+    // it comes back as a letter with that seq. Stopping there keeps this from looping on it.
+    let mut ceiling = u64::MAX;
+    loop {
+        let page = match after {
+            None => "/admin/dead-letters?limit=1000".to_owned(),
+            Some(after) => format!("/admin/dead-letters?limit=1000&after={after}"),
+        };
+        let (status, answer) = admin.call(Method::GET, &page, None).await?;
+        if !status.is_success() {
+            return Ok((status, answer));
+        }
+        let seqs: Vec<u64> = answer["dead_letters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|letter| letter["seq"].as_u64())
+            .collect();
+        let Some(&last) = seqs.last() else {
+            return Ok((http::StatusCode::OK, json!({"retried": retried})));
+        };
+        for seq in seqs {
+            if seq >= ceiling {
+                return Ok((http::StatusCode::OK, json!({"retried": retried})));
+            }
+            let path = format!("/admin/dead-letters/{seq}/retry");
+            let (status, answer) = admin.call(Method::POST, &path, None).await?;
+            // One re-driven meanwhile by someone else is not a failure.
+            if status == http::StatusCode::NOT_FOUND {
+                continue;
+            }
+            if !status.is_success() {
+                let mut answer = answer;
+                answer["retried"] = json!(retried);
+                return Ok((status, answer));
+            }
+            if let Some(requeued) = answer["journal_seq"].as_u64() {
+                ceiling = ceiling.min(requeued);
+            }
+            retried.push(answer);
+        }
+        after = Some(last);
+    }
+}
+
+fn print_retried(answer: &Value) {
+    let retried: Vec<Value> = match answer["retried"].as_array() {
+        Some(all) => all.clone(),
+        None => vec![answer.clone()],
+    };
+    if retried.is_empty() {
+        println!("no dead letters to retry");
+    }
+    for one in retried {
+        println!(
+            "retried #{} → {} collection {}: back in the journal as #{}",
+            text(&one["retried"]["seq"]),
+            text(&one["retried"]["target"]),
+            text(&one["retried"]["collection"]),
+            text(&one["journal_seq"])
+        );
     }
 }
 

@@ -71,6 +71,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Inert unless built with shift-proxy's `failpoints` feature (the tests) and FAILPOINTS set.
+    let _failpoints = shift_proxy::failpoints::setup();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

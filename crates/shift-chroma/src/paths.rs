@@ -95,6 +95,20 @@ pub fn collection(tenant: &str, database: &str, collection: &str) -> String {
     format!("{}/{}", collections(tenant, database), encode(collection))
 }
 
+/// `.../collections/by-id/{id}`: a collection looked up by its id. (`.../collections/{x}` takes
+/// `x` as a name in Chroma 1.5.9, even when it is shaped like a UUID.)
+pub fn collection_by_id(tenant: &str, database: &str, id: &str) -> String {
+    format!("{}/by-id/{}", collections(tenant, database), encode(id))
+}
+
+/// The canonical spelling (lower-case, hyphenated) of a collection id in any spelling Chroma
+/// accepts (upper case, braces, 32 hex digits, `urn:uuid:`); `None` when it is no UUID.
+pub fn canonical_id(segment: &str) -> Option<String> {
+    uuid::Uuid::parse_str(segment)
+        .ok()
+        .map(|id| id.hyphenated().to_string())
+}
+
 /// `.../collections/{id}/{verb}`: `add`, `get`, `delete`, `fork`, `count` ...
 pub fn collection_verb(tenant: &str, database: &str, id: &str, verb: &str) -> String {
     format!("{}/{verb}", collection(tenant, database, id))

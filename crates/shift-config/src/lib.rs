@@ -360,6 +360,12 @@ pub struct MirrorConfig {
     /// pass it); bounds the process's memory whatever the backlog.
     #[serde(default = "defaults::replay_memory")]
     pub replay_memory: ByteSize,
+    /// After a primary write with an unknown outcome (a timeout, a 5xx, a lost connection),
+    /// how long its records stay locked before the secondary is reconciled from the primary:
+    /// a primary may still apply the write late, and a later write of the same records must
+    /// not overtake it. Set it above the time the primary may take to finish a write.
+    #[serde(default = "defaults::unknown_outcome_grace", with = "humantime_serde")]
+    pub unknown_outcome_grace: Duration,
 }
 
 /// The highest `replay_rate_limit`: one request per microsecond. Above about 1e9 the pacing
@@ -377,6 +383,7 @@ impl Default for MirrorConfig {
             retry_initial: defaults::retry_initial(),
             retry_max: defaults::retry_max(),
             replay_memory: defaults::replay_memory(),
+            unknown_outcome_grace: defaults::unknown_outcome_grace(),
         }
     }
 }
@@ -409,12 +416,17 @@ pub struct StateConfig {
     /// Directory of the durable state (journal, id map, dead letters).
     #[serde(default = "defaults::state_dir")]
     pub dir: PathBuf,
+    /// Cap on the mirror journal, in payload bytes waiting for the secondary; at or over it
+    /// new writes are refused (503 with Retry-After) until the replay drains it. 0 is no cap.
+    #[serde(default = "defaults::max_journal_bytes")]
+    pub max_journal_bytes: ByteSize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: defaults::state_dir(),
+            max_journal_bytes: defaults::max_journal_bytes(),
         }
     }
 }
@@ -515,6 +527,9 @@ mod defaults {
     pub fn state_dir() -> PathBuf {
         PathBuf::from("./state")
     }
+    pub fn max_journal_bytes() -> ByteSize {
+        ByteSize::gib(1)
+    }
     pub fn log_level() -> String {
         "info".to_owned()
     }
@@ -556,6 +571,9 @@ mod defaults {
     }
     pub fn replay_memory() -> ByteSize {
         ByteSize::mib(64)
+    }
+    pub fn unknown_outcome_grace() -> Duration {
+        Duration::from_secs(2)
     }
 }
 
@@ -875,6 +893,7 @@ mod tests {
             let config = Config::load(&path).unwrap();
             assert_eq!(config.server.listen.port(), 8000);
             assert_eq!(config.mirror.mode, MirrorMode::Journaled);
+            assert_eq!(config.state.max_journal_bytes, ByteSize::gib(1));
             Ok(())
         });
     }

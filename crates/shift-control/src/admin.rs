@@ -1,13 +1,13 @@
 //! The admin listener, never on the data port:
 //! - `/metrics`, `/healthz`, `/readyz`, open, for Prometheus and probes;
 //! - `/admin/...`, JSON in and out, every call with `Authorization: Bearer <admin token>`:
-//!   status, cutover, rollback, write mode, read policy, pause and resume, dead letters,
-//!   shadow reads.
+//!   status, cutover, rollback, write mode, read policy, pause and resume, dead letters (list,
+//!   retry, drop), shadow reads.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -96,6 +96,8 @@ pub fn app(state: AdminState) -> Router {
         .route("/admin/pause", post(pause))
         .route("/admin/resume", post(resume))
         .route("/admin/dead-letters", get(dead_letters))
+        .route("/admin/dead-letters/{seq}/retry", post(retry_dead_letter))
+        .route("/admin/dead-letters/{seq}/drop", post(drop_dead_letter))
         .merge(crate::migrate_api::routes())
         .route("/admin/shadow", get(shadow))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
@@ -151,16 +153,20 @@ async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// Ready: the primary's last heartbeat succeeded. The secondary's health is shown but does not
-/// decide, since writes to it can wait in the journal.
+/// Ready: the primary's last heartbeat succeeded and the state store can journal a write (its
+/// disk can be written and the journal is under its cap). The secondary's health is shown but
+/// does not decide, since writes to it can wait in the journal.
 async fn readyz(State(state): State<AdminState>) -> Response {
     let primary = state.mirror.topology.load().primary;
     let old = state.health.get(BackendName::Old);
     let new = state.health.get(BackendName::New);
-    let ready = match primary {
+    let primary_up = match primary {
         BackendName::Old => old.up,
         BackendName::New => new.up,
     };
+    let store = state.mirror.store.health();
+    let store_refusal = store.check().err().map(|e| e.to_string());
+    let ready = primary_up && store_refusal.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -170,6 +176,12 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         "ready": ready,
         "primary": primary,
         "backends": {"old": *old, "new": *new},
+        "state": {
+            "writable": store.unwritable.is_none(),
+            "journal_bytes": store.journal_bytes,
+            "max_journal_bytes": store.max_journal_bytes,
+            "reason": store_refusal,
+        },
     });
     (status, Json(body)).into_response()
 }
@@ -359,6 +371,119 @@ async fn dead_letters(State(state): State<AdminState>, Query(page): Query<Page>)
             "InternalError",
             e.to_string(),
         ),
+    }
+}
+
+/// The admin API's answer to a dead-letter route whose seq is not a number.
+fn bad_dead_letter_seq(raw: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "InvalidArgumentError",
+        format!("a dead letter's seq is a positive integer, got {raw:?}"),
+    )
+}
+
+/// A store error of the dead-letter routes in the admin API's error shape.
+fn dead_letter_error(e: shift_store::StoreError) -> Response {
+    match e {
+        shift_store::StoreError::UnknownDeadLetter(_) => {
+            error(StatusCode::NOT_FOUND, "NotFoundError", e.to_string())
+        }
+        e if e.is_retryable_unavailable() => {
+            let mut answer = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                e.to_string(),
+            );
+            answer
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            answer
+        }
+        e => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        ),
+    }
+}
+
+/// The dead letter `seq`, for the operator's record of what is re-driven or dropped.
+fn find_dead_letter(
+    state: &AdminState,
+    seq: shift_store::Seq,
+) -> Result<shift_store::DeadLetter, shift_store::StoreError> {
+    let after = seq.0.checked_sub(1).map(shift_store::Seq);
+    state
+        .mirror
+        .store
+        .dead_letters(after, 1)?
+        .into_iter()
+        .find(|letter| letter.seq == seq)
+        .ok_or(shift_store::StoreError::UnknownDeadLetter(seq))
+}
+
+/// Puts a dead letter back at the end of its target's journal, for the replay to try again.
+async fn retry_dead_letter(State(state): State<AdminState>, Path(raw): Path<String>) -> Response {
+    let Ok(seq) = raw.parse().map(shift_store::Seq) else {
+        return bad_dead_letter_seq(&raw);
+    };
+    let letter = match find_dead_letter(&state, seq) {
+        Ok(letter) => letter,
+        Err(e) => return dead_letter_error(e),
+    };
+    match state.mirror.store.redrive_dead_letter(seq).await {
+        Ok(requeued) => {
+            tracing::warn!(
+                operator_action = "dead_letter_retry",
+                seq = seq.0,
+                requeued_as = requeued.0,
+                target = %letter.target,
+                collection = %letter.collection,
+                reason = %letter.reason,
+                "an operator re-drove a dead letter: it is back in the journal"
+            );
+            Json(json!({
+                "retried": {"seq": seq.0, "target": letter.target, "collection": letter.collection, "reason": letter.reason},
+                "journal_seq": requeued.0,
+            }))
+            .into_response()
+        }
+        Err(e) => dead_letter_error(e),
+    }
+}
+
+/// Deletes a dead letter for good; logged as an operator action with what was dropped.
+async fn drop_dead_letter(State(state): State<AdminState>, Path(raw): Path<String>) -> Response {
+    let Ok(seq) = raw.parse().map(shift_store::Seq) else {
+        return bad_dead_letter_seq(&raw);
+    };
+    match state.mirror.store.drop_dead_letter(seq).await {
+        Ok(letter) => {
+            tracing::warn!(
+                operator_action = "dead_letter_drop",
+                seq = seq.0,
+                target = %letter.target,
+                collection = %letter.collection,
+                reason = %letter.reason,
+                created_ms = letter.created_ms,
+                parked_ms = letter.parked_ms,
+                "an operator dropped a dead letter: this write will not reach its target"
+            );
+            Json(json!({
+                "dropped": {
+                    "seq": seq.0,
+                    "target": letter.target,
+                    "collection": letter.collection,
+                    "reason": letter.reason,
+                    "created_ms": letter.created_ms,
+                    "parked_ms": letter.parked_ms,
+                    "op": serde_json::from_slice::<Value>(&letter.payload).unwrap_or(Value::Null),
+                }
+            }))
+            .into_response()
+        }
+        Err(e) => dead_letter_error(e),
     }
 }
 

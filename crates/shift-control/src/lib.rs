@@ -4,6 +4,7 @@
 //!   long outages and rolls back by itself when configured to.
 //! - [`switch`]: every topology change: cutover, rollback, write mode, read policy, pause.
 //! - [`alerts`]: alerts to a Slack-compatible webhook.
+//! - [`store_alerts`]: alerts when the state store cannot take writes, and when it can again.
 //! - [`admin`]: the admin HTTP API on its own listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`process`]: the whole proxy assembled from the config, for the binary and the tests.
 
@@ -11,6 +12,7 @@ pub mod admin;
 pub mod alerts;
 pub mod health;
 pub mod migrate_api;
+pub mod store_alerts;
 pub mod switch;
 
 pub use admin::{app, AdminState};

@@ -77,7 +77,11 @@ impl ChromaShift {
         let backends = Arc::new(Backends::from_config(&config.backends, &secrets)?);
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
-        let store = Store::open(&config.state.dir).await?;
+        let store = Store::open_with(
+            &config.state.dir,
+            shift_store::StoreOptions::from_config(&config.state),
+        )
+        .await?;
         registry.register(Box::new(JournalCollector::new(store.clone())?))?;
         // A topology changed through the admin API outlives restarts; the config only seeds the
         // first one.
@@ -133,6 +137,9 @@ impl ChromaShift {
                 ShadowSettings::from_config(&config.reads),
                 metrics.clone(),
             )),
+            unknown_outcome_grace: config.mirror.unknown_outcome_grace,
+            live_intents: Default::default(),
+            last_state_error: Default::default(),
         });
         let backfill = Backfiller::new(mirror.clone(), &registry)?;
         if config.admin.enabled && secrets.admin_token.is_none() {
@@ -235,6 +242,8 @@ impl ChromaShift {
             )
         };
         let replay_board = Arc::new(ReplayBoard::default());
+        let store_alerts_task =
+            crate::store_alerts::spawn(self.mirror.store.clone(), alerts.clone());
 
         let (admin_stop, mut admin_stopped) = watch::channel(false);
         let mut sections = vec![admin::shadow_section(&self.mirror)];
@@ -308,6 +317,10 @@ impl ChromaShift {
                 )
             })
             .collect();
+        let sweeper = tokio::spawn(shift_proxy::writes::settle_orphaned_intents(
+            self.mirror.clone(),
+            tasks_stopped.clone(),
+        ));
         let service = ProxyService::new(self.mirror.clone(), self.settings, self.metrics.clone());
         let data_plane = shift_proxy::data_plane(service, self.metrics);
         tracing::info!(
@@ -323,9 +336,25 @@ impl ChromaShift {
                 tracing::warn!("grace period ran out; closed connections with requests in flight")
             }
         }
+        store_alerts_task.abort();
+        // Writes being settled run to the end (their tasks own them, not the connections):
+        // wait for them, within a bound, so their journal entries are committed before exit.
+        // Whatever is still unsettled then is an intent, reconciled at the next start.
+        let settle_wait =
+            self.config.server.shutdown_grace + self.config.mirror.unknown_outcome_grace;
+        if tokio::time::timeout(settle_wait, self.mirror.gate.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                settling = self.mirror.live_intents.len(),
+                "writes still settling at exit; their intents are reconciled at the next start"
+            );
+        }
         // Queued writes stay in the journal; the next start replays them. Each supervisor ends
         // within the grace (it aborts a task that does not stop by itself).
         let _ = tasks_stop.send(true);
+        let _ = tokio::time::timeout(task_grace, sweeper).await;
         for task in replay_tasks.into_iter().chain([monitor_task]) {
             let _ = task.await;
         }

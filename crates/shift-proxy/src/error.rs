@@ -20,9 +20,26 @@ pub enum ProxyError {
     /// A backend could not answer; a retry may help.
     #[error(transparent)]
     Backend(#[from] BackendError),
-    /// The proxy could not record a write durably, so it did not send it; a retry may help.
-    #[error("chroma-shift cannot record the write durably ({0}); it was not applied")]
-    State(String),
+    /// The proxy's durable state could not be written; a retry may help.
+    #[error(transparent)]
+    State(#[from] StateFailure),
+    /// A bug in the proxy; the log says more.
+    #[error("chroma-shift failed: {0}")]
+    Internal(String),
+}
+
+/// Where in a write the state store failed, which decides what the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFailure {
+    /// Before the primary saw the write: nothing was applied anywhere.
+    #[error("chroma-shift cannot record the write durably ({0}); it was not applied to any store. Retry later")]
+    BeforeWrite(String),
+    /// After the primary applied it: it could not be queued for the other store yet.
+    #[error("the primary store applied the write, but chroma-shift could not queue it for the other store ({0}); the other store is brought in line once the state store can write again. Retry later to be sure")]
+    AfterPrimary(String),
+    /// A read or lookup the proxy needed could not be recorded (the collection map).
+    #[error("chroma-shift cannot write its state ({0}); nothing was applied. Retry later")]
+    Unavailable(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +52,16 @@ pub enum ClientError {
     MissingCredentials,
     #[error("Invalid client credentials")]
     InvalidCredentials,
+    /// A write whose body the proxy cannot read (so it cannot mirror it); Chroma refuses these
+    /// bodies too.
+    #[error("{0}")]
+    Unmirrorable(String),
+    /// A request target that is not a path (`*`, `http://host/...`).
+    #[error("chroma-shift takes request targets of the form /path (got {0:?})")]
+    RequestTarget(String),
+    /// A write to a route Chroma 1.5.9 does not have: it would reach one store only.
+    #[error("No such route: {0} (chroma-shift forwards only the writes of Chroma's v2 API, under /api/v2/)")]
+    UnknownWriteRoute(String),
 }
 
 /// A backend that failed to answer.
@@ -75,7 +102,12 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Client(ClientError::BodyTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Client(ClientError::BodyUnreadable(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Client(
+                ClientError::BodyUnreadable(_)
+                | ClientError::Unmirrorable(_)
+                | ClientError::RequestTarget(_),
+            ) => StatusCode::BAD_REQUEST,
+            ProxyError::Client(ClientError::UnknownWriteRoute(_)) => StatusCode::NOT_FOUND,
             ProxyError::Client(ClientError::MissingCredentials)
             | ProxyError::Client(ClientError::InvalidCredentials) => StatusCode::UNAUTHORIZED,
             ProxyError::Backend(e) => match e.kind {
@@ -83,6 +115,7 @@ impl ProxyError {
                 _ => StatusCode::BAD_GATEWAY,
             },
             ProxyError::State(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -94,7 +127,11 @@ impl ProxyError {
             ProxyError::Client(ClientError::MissingCredentials) => "missing_credentials",
             ProxyError::Client(ClientError::InvalidCredentials) => "invalid_credentials",
             ProxyError::Backend(e) => e.label(),
+            ProxyError::Client(ClientError::Unmirrorable(_)) => "unmirrorable",
+            ProxyError::Client(ClientError::RequestTarget(_)) => "request_target",
+            ProxyError::Client(ClientError::UnknownWriteRoute(_)) => "unknown_write_route",
             ProxyError::State(_) => "state",
+            ProxyError::Internal(_) => "internal",
         }
     }
 
@@ -104,10 +141,21 @@ impl ProxyError {
         let error_kind = match &self {
             ProxyError::Client(ClientError::MissingCredentials)
             | ProxyError::Client(ClientError::InvalidCredentials) => kind::AUTH,
+            ProxyError::Client(ClientError::UnknownWriteRoute(_)) => kind::NOT_FOUND,
             ProxyError::Client(_) => kind::INVALID_ARGUMENT,
-            ProxyError::Backend(_) | ProxyError::State(_) => kind::INTERNAL,
+            ProxyError::Backend(_) | ProxyError::State(_) | ProxyError::Internal(_) => {
+                kind::INTERNAL
+            }
         };
-        error_response(status, ChromaError::new(error_kind, self.to_string()))
+        let retry_after = matches!(self, ProxyError::State(_));
+        let mut response = error_response(status, ChromaError::new(error_kind, self.to_string()));
+        if retry_after {
+            // Long enough for a state disk to get room or a journal to drain a little.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

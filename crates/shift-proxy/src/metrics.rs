@@ -54,6 +54,9 @@ pub struct ProxyMetrics {
     /// Canary reads by collection and outcome (served, fallback, skipped_lagging,
     /// skipped_unmapped).
     pub canary_reads: IntCounterVec,
+    /// Write intents settled by the sweeper, not by their own task (the state store could not
+    /// write when the task settled, or the task died).
+    pub orphaned_intents: prometheus::IntCounter,
 }
 
 impl ProxyMetrics {
@@ -167,7 +170,12 @@ impl ProxyMetrics {
                 Opts::new("chroma_shift_canary_reads_total", "Canary reads by collection and outcome (served, fallback, skipped_lagging, skipped_unmapped)."),
                 &["collection", "outcome"],
             )?,
+            orphaned_intents: prometheus::IntCounter::new(
+                "chroma_shift_orphaned_intents_settled_total",
+                "Write intents settled as reconciliations by the sweeper rather than by their own task.",
+            )?,
         };
+        registry.register(Box::new(metrics.orphaned_intents.clone()))?;
         registry.register(Box::new(metrics.shadow_reads.clone()))?;
         registry.register(Box::new(metrics.shadow_skipped.clone()))?;
         registry.register(Box::new(metrics.shadow_recall.clone()))?;
@@ -208,8 +216,13 @@ impl JournalCollector {
         Ok(JournalCollector { store, descs })
     }
 
-    fn families() -> prometheus::Result<[Box<dyn Collector>; 3]> {
+    fn families() -> prometheus::Result<[Box<dyn Collector>; 7]> {
+        let [writable, bytes, max_bytes, intents] = Self::state_gauges()?;
         Ok([
+            Box::new(writable),
+            Box::new(bytes),
+            Box::new(max_bytes),
+            Box::new(intents),
             Box::new(IntGaugeVec::new(
                 Opts::new("chroma_shift_journal_depth", "Journal entries waiting for a target; collection=\"\" is the total."),
                 &["target", "collection"],
@@ -263,7 +276,40 @@ impl JournalCollector {
         let mut families = depth.collect();
         families.extend(age.collect());
         families.extend(dead.collect());
+        // The state store's own health: whether it can journal a write now.
+        let health = self.store.health();
+        let gauges = Self::state_gauges()?;
+        let [writable, bytes, max_bytes, intents] = &gauges;
+        writable.set(i64::from(health.unwritable.is_none()));
+        bytes.set(i64::try_from(health.journal_bytes).unwrap_or(i64::MAX));
+        max_bytes.set(i64::try_from(health.max_journal_bytes).unwrap_or(i64::MAX));
+        intents.set(i64::try_from(health.pending_intents).unwrap_or(i64::MAX));
+        for gauge in gauges {
+            families.extend(gauge.collect());
+        }
         Ok(families)
+    }
+
+    /// The state store's gauges: writable, journal bytes, its cap, pending intents.
+    fn state_gauges() -> prometheus::Result<[IntGauge; 4]> {
+        Ok([
+            IntGauge::new(
+                "chroma_shift_state_writable",
+                "1 while the state disk can be written, 0 while it cannot (every write is refused with 503 until the store reopens its file).",
+            )?,
+            IntGauge::new(
+                "chroma_shift_journal_bytes",
+                "Payload bytes in the mirror journal, both targets.",
+            )?,
+            IntGauge::new(
+                "chroma_shift_journal_max_bytes",
+                "The journal's cap ([state] max_journal_bytes); 0 is no cap. At the cap new writes get 503.",
+            )?,
+            IntGauge::new(
+                "chroma_shift_pending_intents",
+                "Write intents recorded and not yet settled (committed to the journal or discarded).",
+            )?,
+        ])
     }
 }
 

@@ -20,8 +20,9 @@
 //!   probes with the same op on a backoff and resumes by itself once the store takes it. The
 //!   entries stay in the journal, so its lag keeps counting.
 //!
-//! Memory: the worker holds at most `max_bytes` of journal payload (plus one entry), as the raw
-//! bytes of each entry, once; a merged request is decoded from them for the time of one apply.
+//! Memory: the worker holds at most `max_bytes` of journal payload (plus one entry), read with
+//! [`Store::read_bounded`], as the raw bytes of each entry, once; a merged request is decoded
+//! from them for the time of one apply.
 //! One lane holds at most a quarter of the budget, so a lane that waits cannot starve the
 //! others; what a full lane cannot hold stays in the journal and is read again when it has room.
 
@@ -369,13 +370,10 @@ impl<A: ApplyTarget> Run<'_, A> {
         if room == 0 {
             return Ok(());
         }
-        let entries = read_bounded(
-            &self.worker.store,
-            self.target(),
-            self.cursor,
-            READ_AHEAD,
-            room,
-        )?;
+        let entries =
+            self.worker
+                .store
+                .read_bounded(self.target(), self.cursor, READ_AHEAD, room)?;
         let cap = self.worker.lane_cap();
         for entry in entries {
             if is_barrier(&entry) {
@@ -419,7 +417,10 @@ impl<A: ApplyTarget> Run<'_, A> {
         let mut added = 0;
         let mut after = Some(Seq(from.0.saturating_sub(1)));
         let result = 'pages: loop {
-            let page = match read_bounded(&worker.store, worker.target, after, READ_AHEAD, cap) {
+            let page = match worker
+                .store
+                .read_bounded(worker.target, after, READ_AHEAD, cap)
+            {
                 Ok(page) => page,
                 Err(error) => {
                     // Read again from here next time.
@@ -777,35 +778,6 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Up to `max_entries` entries of `target`'s journal after `after`, in seq order, stopping
-/// before the entry that would bring their payloads past `max_bytes`; the first entry is
-/// always returned, whatever its size, so a large entry cannot stall the replay.
-// A shim until `Store::read_bounded` lands: it reads entry by entry, so it never holds more
-// than it returns.
-fn read_bounded(
-    store: &Store,
-    target: BackendName,
-    after: Option<Seq>,
-    max_entries: usize,
-    max_bytes: usize,
-) -> Result<Vec<JournalEntry>, StoreError> {
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    let mut cursor = after;
-    while out.len() < max_entries {
-        let Some(entry) = store.read(target, cursor, 1)?.pop() else {
-            break;
-        };
-        if !out.is_empty() && bytes + entry.payload.len() > max_bytes {
-            break;
-        }
-        cursor = Some(entry.seq);
-        bytes += entry.payload.len();
-        out.push(entry);
-    }
-    Ok(out)
 }
 
 pub fn now_ms() -> u64 {

@@ -48,10 +48,20 @@ impl Resolver {
             ns.database.as_deref().unwrap_or(database),
             id_or_name,
         );
+        self.lookup(backend, &path, id_or_name).await
+    }
+
+    /// A collection object at `path`, `None` when the store answers that it has none.
+    async fn lookup(
+        &self,
+        backend: BackendName,
+        path: &str,
+        id_or_name: &str,
+    ) -> Result<Option<Value>, BackendError> {
         let answer = self
             .backends
             .get(backend)
-            .call(Method::GET, &path, None)
+            .call(Method::GET, path, None)
             .await?;
         match answer.status {
             s if s.is_success() => Ok(Some(answer.json())),
@@ -64,6 +74,21 @@ impl Resolver {
                 )),
             }),
         }
+    }
+
+    /// `GET .../collections/by-id/{id}` on `backend`, in the client's namespace. `None` when
+    /// the store does not have it.
+    pub async fn fetch_by_id(
+        &self,
+        backend: BackendName,
+        tenant: &str,
+        database: &str,
+        id: &str,
+    ) -> Result<Option<Value>, BackendError> {
+        let ns = self.namespaces.to_backend(backend, tenant, Some(database));
+        let path =
+            paths::collection_by_id(&ns.tenant, ns.database.as_deref().unwrap_or(database), id);
+        self.lookup(backend, &path, id).await
     }
 
     /// The entry a client's collection id stands for. An id the map does not know is looked up
@@ -79,7 +104,7 @@ impl Resolver {
             return Ok(Some(entry));
         }
         for backend in [primary, primary.other()] {
-            let found = match self.fetch(backend, tenant, database, client_id).await {
+            let found = match self.fetch_by_id(backend, tenant, database, client_id).await {
                 Ok(found) => found,
                 Err(error) if backend == primary => return Err(error.into()),
                 // The other store only helps with ids from before a cutover; when it cannot

@@ -143,6 +143,14 @@ impl ProxyState {
         B::Error: Into<BoxError>,
     {
         let settings = &self.settings;
+        // Only a path is ever joined to a backend's address: `OPTIONS *`, or an absolute-form
+        // target over HTTP/1 (`GET http://host/...`), is answered here. (HTTP/2 requests always
+        // carry a scheme and an authority; their path is what counts.)
+        let uri = request.uri();
+        let absolute_form = request.version() < http::Version::HTTP_2 && uri.authority().is_some();
+        if absolute_form || !uri.path().starts_with('/') {
+            return Err(ClientError::RequestTarget(uri.to_string()).into());
+        }
         if let Some(auth) = &settings.client_auth {
             if !handled.route.operation.is_liveness() {
                 auth.check(request.headers())?;
@@ -175,6 +183,18 @@ impl ProxyState {
             OperationClass::RecordWrite => mirror.record_write(request).await?,
             OperationClass::LifecycleWrite => mirror.lifecycle_write(request).await?,
             OperationClass::DestructiveAdmin => mirror.reset(request).await?,
+            // A write to a route Chroma does not have would reach the primary only.
+            OperationClass::Unknown
+                if matches!(
+                    request.method,
+                    http::Method::POST
+                        | http::Method::PUT
+                        | http::Method::PATCH
+                        | http::Method::DELETE
+                ) =>
+            {
+                return Err(ClientError::UnknownWriteRoute(described).into());
+            }
             OperationClass::Passthrough | OperationClass::Unknown => {
                 let topology = mirror.topology.load_full();
                 mirror.passthrough(&topology, request).await?

@@ -1,19 +1,24 @@
 //! The write path: every write the primary applies reaches the secondary too.
 //!
-//! A write takes its order locks, records an intent (durable, before the primary sees the
-//! write), sends the write, and then, still under the locks:
-//! - `journaled` mode: on the primary's success, turns the intent into a journal entry for the
-//!   secondary in the same transaction, before the client gets its answer;
-//! - `sync` mode: sends to the secondary at the same time and answers when both answered; a
-//!   secondary failure falls back to the journal (or fails the request, as configured).
+//! A write takes its order locks and then hands itself to a task of its own, which records an
+//! intent (durable, before the primary sees the write), sends the write, and settles it by the
+//! decision table in [`crate::settle`]: a journal entry for the secondary (in journaled mode,
+//! in the same transaction that drops the intent, before the client gets its answer), a
+//! reconciliation, or nothing. In sync mode the secondary gets the write at the same time.
 //!
-//! When the primary's outcome is unknown (a timeout, a reset connection, a 5xx), the journal
-//! gets a reconciliation of the write's records instead, which copies whatever the primary
-//! ended up holding. An intent left behind by a crash is turned into the same reconciliation
-//! at start ([`recover_intents`]), so a write in flight at a crash ends up on both stores or on
-//! neither.
+//! The task, not the client's connection, owns everything from the intent on: a client that
+//! hangs up, an HTTP/2 stream reset or the end of the shutdown grace cannot drop a write
+//! between the primary's answer and the journal. When the primary's outcome is unknown (a
+//! timeout, a connection lost mid-request, a 5xx), the records stay locked for
+//! `unknown_outcome_grace` and then the journal gets a reconciliation of them, which copies
+//! whatever the primary ended up holding. An intent left behind by a crash is turned into the
+//! same reconciliation at start ([`recover_intents`]); one left behind by a state store that
+//! could not write, once it can ([`settle_orphaned_intents`]). So a write in flight at a crash
+//! ends up on both stores or on neither.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -25,16 +30,24 @@ use shift_chroma::payload::{get_response_ids, retain_records, DeleteSelection};
 use shift_chroma::{paths, Operation, Route};
 use shift_config::{BackendName, MirrorMode, SecondaryFailure};
 use shift_store::{IntentId, NewEntry, Store, StoreError};
+use tokio::sync::{oneshot, watch, OwnedMutexGuard};
 
 use crate::apply::{Applier, ApplyError};
 use crate::body::{self, ProxyBody};
 use crate::collections::CollectionEntry;
-use crate::error::{error_response, BackendError, BackendErrorKind, ProxyError};
+use crate::error::{
+    error_response, BackendError, BackendErrorKind, ClientError, ProxyError, StateFailure,
+};
+use crate::failpoints::failpoint;
+use crate::gate::WritePass;
 use crate::headers::strip_hop_by_hop;
 use crate::locks::{OrderGuard, OrderLocks};
 use crate::metrics::ProxyMetrics;
 use crate::mirror::{ids_of, EncodedOp, MirrorOp, RecordKind};
 use crate::resolve::{ResolveError, Resolver};
+use crate::settle::{
+    decide, ClientAnswer, Decision, JournalAction, PrimaryOutcome, SecondaryOutcome,
+};
 use crate::topology::{SharedTopology, Topology};
 
 /// What the read and write paths share.
@@ -54,6 +67,96 @@ pub struct Mirror {
     pub gate: Arc<crate::gate::WriteGate>,
     /// Runs shadow reads and keeps the score of shadow and canary reads.
     pub shadow: Arc<crate::shadow::ShadowReads>,
+    /// How long a write's records stay locked after an unknown outcome on the primary.
+    pub unknown_outcome_grace: Duration,
+    /// The intents a settlement task owns; the others are orphans to settle.
+    pub live_intents: LiveIntents,
+    /// The state store's last error, for the answer of a write it refused.
+    pub last_state_error: Mutex<String>,
+}
+
+/// Sends the client its answer from the settlement task.
+type ClientAnswerTx = oneshot::Sender<Result<Answered, ProxyError>>;
+
+/// A write on its way, owned by its settlement task: dropping it releases the gate pass and
+/// the order locks, so a switch waits for it and no write of the same records overtakes it.
+struct PendingWrite {
+    _pass: WritePass,
+    _guards: Guards,
+    mode: MirrorMode,
+    primary: BackendName,
+    secondary: BackendName,
+    /// The primary's path for the request.
+    path: String,
+    request: BufferedRequest,
+}
+
+/// The order locks a write holds.
+enum Guards {
+    Records {
+        _records: OrderGuard,
+    },
+    Lifecycle {
+        _lifecycle: OwnedMutexGuard<()>,
+        _collection: Option<OrderGuard>,
+    },
+}
+
+/// What a lifecycle write's settlement needs of the request.
+struct LifecycleChange {
+    tenant: String,
+    database: String,
+    body: Value,
+    existing: Option<Arc<CollectionEntry>>,
+    /// Queued when the outcome is unknown, and what a crash leaves.
+    intent_op: MirrorOp,
+}
+
+/// What the journal may get for a write.
+struct Queued {
+    write: EncodedOp,
+    reconcile: MirrorOp,
+}
+
+/// The intents whose settlement task is running.
+#[derive(Debug, Default)]
+pub struct LiveIntents(Mutex<HashSet<IntentId>>);
+
+/// Marks an intent live while it exists.
+struct LiveIntent<'a> {
+    set: &'a LiveIntents,
+    id: IntentId,
+}
+
+impl Drop for LiveIntent<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+    }
+}
+
+impl LiveIntents {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<IntentId>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hold(&self, id: IntentId) -> LiveIntent<'_> {
+        self.lock().insert(id);
+        LiveIntent { set: self, id }
+    }
+
+    /// Whether a task owns `id`.
+    pub fn contains(&self, id: IntentId) -> bool {
+        self.lock().contains(&id)
+    }
+
+    /// Writes being settled now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A request already read: what the write path needs of it.
@@ -74,24 +177,6 @@ pub struct Answered {
     pub backend: BackendName,
 }
 
-/// How a primary write ended.
-enum PrimaryOutcome {
-    /// A 2xx: applied.
-    Applied(Response<Incoming>),
-    /// A 4xx: refused, nothing changed.
-    Refused(Response<Incoming>),
-    /// A 5xx, a timeout, a reset: it may or may not have been applied.
-    Unknown(Result<Response<Incoming>, BackendError>),
-}
-
-fn outcome(result: Result<Response<Incoming>, BackendError>) -> PrimaryOutcome {
-    match result {
-        Ok(r) if r.status().is_success() => PrimaryOutcome::Applied(r),
-        Ok(r) if r.status().is_client_error() => PrimaryOutcome::Refused(r),
-        other => PrimaryOutcome::Unknown(other),
-    }
-}
-
 /// Streams a backend's answer to the client.
 pub fn relay(response: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
@@ -109,7 +194,57 @@ pub fn relay_json(mut parts: http::response::Parts, value: &Value) -> Response<P
 
 fn store_failure(error: StoreError) -> ProxyError {
     tracing::error!(%error, "the durable state cannot be written");
-    ProxyError::State(error.to_string())
+    ProxyError::State(StateFailure::Unavailable(error.to_string()))
+}
+
+/// A write's body as JSON, or Chroma's own refusal of a body it cannot parse (the proxy could
+/// not mirror it either).
+fn parse_body(bytes: &[u8]) -> Result<Value, ClientError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ClientError::Unmirrorable(format!("Failed to parse the request body as JSON: {e}"))
+    })
+}
+
+/// The primary's outcome from what [`Mirror::send`] returned.
+fn classify(result: &Result<Response<Incoming>, BackendError>) -> PrimaryOutcome {
+    match result {
+        Ok(response) => PrimaryOutcome::classify(Some(response.status()), true),
+        Err(error) => {
+            PrimaryOutcome::classify(None, !matches!(error.kind, BackendErrorKind::Connect(_)))
+        }
+    }
+}
+
+/// The secondary's outcome of a sync-mode apply, and its error.
+fn secondary_outcome(result: Result<(), ApplyError>) -> (SecondaryOutcome, Option<ApplyError>) {
+    match result {
+        Ok(()) => (SecondaryOutcome::Applied, None),
+        Err(error @ ApplyError::Refused { .. }) => (SecondaryOutcome::Refused, Some(error)),
+        Err(error) => (SecondaryOutcome::Failed, Some(error)),
+    }
+}
+
+/// What the client hears once the write is settled.
+fn client_answer(
+    decision: Decision,
+    primary: BackendName,
+    secondary: BackendName,
+    primary_answer: Result<Response<ProxyBody>, ProxyError>,
+    secondary_error: Option<ApplyError>,
+) -> Result<Answered, ProxyError> {
+    match decision.client {
+        ClientAnswer::Primary => primary_answer.map(|response| Answered {
+            response,
+            backend: primary,
+        }),
+        ClientAnswer::SecondaryFailed => Err(ProxyError::Backend(BackendError {
+            backend: secondary,
+            kind: BackendErrorKind::Transport(format!(
+                "the write was applied on the primary but failed on the secondary ({}); it is queued for the secondary",
+                secondary_error.map(|e| e.to_string()).unwrap_or_default()
+            )),
+        })),
+    }
 }
 
 pub(crate) fn resolve_failure(error: ResolveError) -> ProxyError {
@@ -221,27 +356,32 @@ impl Mirror {
         ) else {
             return Ok(None);
         };
-        if uuid::Uuid::parse_str(segment).is_err() {
+        // Chroma takes an id in any UUID spelling here; the map knows the canonical one.
+        let Some(id) = paths::canonical_id(segment) else {
             return Ok(None);
-        }
+        };
         let entry = self
             .resolver
-            .by_client_id(topology.primary, tenant, database, segment)
+            .by_client_id(topology.primary, tenant, database, &id)
             .await
             .map_err(resolve_failure)?;
         Ok(entry.filter(|e| !e.deleted && e.id_on(topology.primary).is_some()))
     }
 
     /// An add, upsert, update or delete.
-    pub async fn record_write(&self, request: BufferedRequest) -> Result<Answered, ProxyError> {
+    pub async fn record_write(
+        self: &Arc<Self>,
+        request: BufferedRequest,
+    ) -> Result<Answered, ProxyError> {
         // Past the gate before reading the topology: a write held by a cutover goes to the
         // new primary.
-        let _pass = self.gate.enter().await;
+        let pass = self.gate.enter().await;
         let topology = self.topology.load_full();
-        let (primary, secondary) = (topology.primary, topology.secondary());
+        let primary = topology.primary;
         let Some(kind) = RecordKind::from_operation(request.route.operation) else {
             return self.passthrough(&topology, request).await;
         };
+        // A collection the stores do not know: the primary answers (a 404), nothing changes.
         let Some(entry) = self.collection_for_write(&topology, &request).await? else {
             return self.passthrough(&topology, request).await;
         };
@@ -249,13 +389,15 @@ impl Mirror {
         let primary_id = entry.id_on(primary).unwrap_or_default().to_owned();
         let path = self.backend_path(primary, &request, Some(&primary_id));
 
-        // Lock, and find the records the write touches. A body the proxy cannot read goes to
-        // the primary as it is: Chroma answers it, and nothing is mirrored.
+        // Lock, and find the records the write touches. A body the proxy cannot read is
+        // refused as Chroma refuses it: it could not be mirrored.
         let (guard, mirror_body): (OrderGuard, Value) = match kind {
             RecordKind::Delete => {
-                let Ok(selection) = DeleteSelection::parse(&request.body) else {
-                    return self.passthrough(&topology, request).await;
-                };
+                let selection = DeleteSelection::parse(&request.body).map_err(|e| {
+                    ClientError::Unmirrorable(format!(
+                        "Failed to parse the request body as JSON: {e}"
+                    ))
+                })?;
                 if selection.is_filtered() {
                     let guard = self.locks.collection(&collection).await;
                     match self
@@ -278,18 +420,16 @@ impl Mirror {
                 }
             }
             _ => {
-                let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
-                    return self.passthrough(&topology, request).await;
-                };
+                let body = parse_body(&request.body)?;
                 let guard = self.locks.records(&collection, &ids_of(&body)).await;
                 (guard, body)
             }
         };
-        let (mirror_body, primary_body) = if kind == RecordKind::Update {
-            self.update_of_existing(primary, &entry, &primary_id, mirror_body, &request.body)
+        let (mirror_body, missing) = if kind == RecordKind::Update {
+            self.update_of_existing(primary, &entry, &primary_id, mirror_body)
                 .await?
         } else {
-            (mirror_body, request.body.clone())
+            (mirror_body, Vec::new())
         };
         let op = MirrorOp::Records {
             kind,
@@ -298,180 +438,265 @@ impl Mirror {
         };
         let reconcile = MirrorOp::Reconcile {
             collection: collection.clone(),
-            ids: ids_of(match &op {
-                MirrorOp::Records { body, .. } => body,
-                _ => &Value::Null,
-            }),
+            ids: match &op {
+                MirrorOp::Records { body, .. } => ids_of(body),
+                _ => Vec::new(),
+            },
         };
-        // Serialized once: the intent and the journal entry hold the same bytes.
-        let encoded = op.encode();
-        let intent = self
-            .store
-            .record_intent(encoded.bytes.clone())
-            .await
-            .map_err(store_failure)?;
+        let secondary = topology.secondary();
+        let sync = topology.mode == MirrorMode::Sync && !self.has_backlog(secondary, &collection);
+        let write = PendingWrite {
+            _pass: pass,
+            _guards: Guards::Records { _records: guard },
+            mode: topology.mode,
+            primary,
+            secondary,
+            path,
+            request,
+        };
+        let this = self.clone();
+        self.detach(move |answer| async move {
+            this.settle_record_write(write, op, reconcile, sync, missing, answer)
+                .await
+        })
+        .await
+    }
 
-        let direct = topology.mode == MirrorMode::Sync && !self.has_backlog(secondary, &collection);
-        let response = if direct {
-            let (primary_result, secondary_result) = tokio::join!(
-                self.send(primary, &request, &path, primary_body),
-                self.applier.apply(secondary, &op),
-            );
-            self.settle_sync(
-                intent,
-                secondary,
-                primary_result,
-                secondary_result,
-                encoded,
-                reconcile,
-            )
-            .await?
-        } else {
-            let result = self.send(primary, &request, &path, primary_body).await;
-            self.settle_journaled(topology.mode, intent, secondary, result, encoded, reconcile)
-                .await?
-        };
-        drop(guard);
-        Ok(Answered {
-            response,
-            backend: primary,
+    /// Runs a write's settlement in a task of its own, so that it runs to the end whatever
+    /// happens to the client's connection, and waits for the client's answer.
+    async fn detach<F, Fut>(&self, work: F) -> Result<Answered, ProxyError>
+    where
+        F: FnOnce(ClientAnswerTx) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(work(tx));
+        rx.await.unwrap_or_else(|_| {
+            Err(ProxyError::Internal(
+                "the write's settlement task ended without an answer; see the proxy's log"
+                    .to_owned(),
+            ))
         })
     }
 
-    async fn settle_journaled(
-        &self,
-        mode: MirrorMode,
-        intent: IntentId,
-        secondary: BackendName,
-        result: Result<Response<Incoming>, BackendError>,
-        op: EncodedOp,
+    /// From the intent on: primary (and secondary in sync mode), the decision, the journal.
+    async fn settle_record_write(
+        self: Arc<Self>,
+        write: PendingWrite,
+        op: MirrorOp,
         reconcile: MirrorOp,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        match outcome(result) {
-            PrimaryOutcome::Applied(response) => {
-                self.journal(intent, secondary, vec![op]).await?;
-                self.count(mode, "journaled");
-                Ok(relay(response))
-            }
-            PrimaryOutcome::Refused(response) => {
-                self.discard(intent).await?;
-                self.count(mode, "not_mirrored");
-                Ok(relay(response))
-            }
-            PrimaryOutcome::Unknown(result) => {
-                self.settle_unknown(mode, intent, secondary, result, reconcile)
-                    .await
+        sync: bool,
+        missing: Vec<String>,
+        answer: ClientAnswerTx,
+    ) {
+        let encoded = op.encode();
+        let Some(intent) = self
+            .record_intent(encoded.bytes.clone(), answer.is_closed())
+            .await
+        else {
+            let _ = answer.send(Err(ProxyError::State(StateFailure::BeforeWrite(
+                self.last_state_error(),
+            ))));
+            return;
+        };
+        let _live = self.live_intents.hold(intent);
+        failpoint("write::after_intent");
+        let body = write.request.body.clone();
+        let (primary_result, secondary_outcome, secondary_error) = if sync {
+            let (p, s) = tokio::join!(
+                self.send(write.primary, &write.request, &write.path, body),
+                self.applier.apply(write.secondary, &op),
+            );
+            let (outcome, error) = secondary_outcome(s);
+            (p, outcome, error)
+        } else {
+            let p = self
+                .send(write.primary, &write.request, &write.path, body)
+                .await;
+            (p, SecondaryOutcome::NotSent, None)
+        };
+        failpoint("write::after_primary");
+        let outcome = classify(&primary_result);
+        if outcome == PrimaryOutcome::Applied && !missing.is_empty() {
+            self.forget_missing_updates(&write, &missing).await;
+        }
+        let decision = decide(outcome, secondary_outcome, self.on_secondary_failure);
+        self.carry_out(
+            write,
+            intent,
+            decision,
+            Queued {
+                write: encoded,
+                reconcile,
+            },
+            primary_result.map(relay).map_err(ProxyError::Backend),
+            secondary_error,
+            answer,
+        )
+        .await;
+    }
+
+    /// Records the intent; `None` (and the error kept for the answer) when the state store
+    /// cannot. `client_gone` only labels the log line.
+    async fn record_intent(&self, payload: Vec<u8>, client_gone: bool) -> Option<IntentId> {
+        match self.store.record_intent(payload).await {
+            Ok(intent) => Some(intent),
+            Err(error) => {
+                tracing::error!(%error, client_gone, "cannot record a write intent; the write is refused");
+                *self
+                    .last_state_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = error.to_string();
+                None
             }
         }
     }
 
-    /// The primary may or may not have applied the write: queue a reconciliation of its
-    /// records, and pass the primary's answer (or its failure) on.
-    async fn settle_unknown(
+    fn last_state_error(&self) -> String {
+        self.last_state_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Carries a decision out: journal or discard the intent, answer the client, and after an
+    /// unknown outcome wait out the grace (records still locked) before queuing the
+    /// reconciliation, so the primary has settled when it is read.
+    #[allow(clippy::too_many_arguments)]
+    async fn carry_out(
         &self,
-        mode: MirrorMode,
+        write: PendingWrite,
         intent: IntentId,
-        secondary: BackendName,
-        result: Result<Response<Incoming>, BackendError>,
-        reconcile: MirrorOp,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        self.journal(intent, secondary, vec![reconcile.encode()])
-            .await?;
-        self.count(mode, "reconcile_queued");
+        decision: Decision,
+        queued: Queued,
+        primary_answer: Result<Response<ProxyBody>, ProxyError>,
+        secondary_error: Option<ApplyError>,
+        answer: ClientAnswerTx,
+    ) {
+        let (primary, secondary) = (write.primary, write.secondary);
+        if decision.after_grace {
+            // The client hears the primary's failure now; the records stay locked meanwhile.
+            let _ = answer.send(client_answer(
+                decision,
+                primary,
+                secondary,
+                primary_answer,
+                secondary_error,
+            ));
+            tokio::time::sleep(self.unknown_outcome_grace).await;
+            failpoint("write::before_reconcile");
+            if let Err(error) = self
+                .journal(intent, secondary, vec![queued.reconcile.encode()])
+                .await
+            {
+                tracing::error!(%error, %intent, "cannot queue a reconciliation; the intent is settled once the state store can write");
+            }
+            self.count(write.mode, decision.label);
+            drop(write);
+            return;
+        }
+        failpoint("write::before_commit");
+        let settled = match decision.journal {
+            JournalAction::Write => self.journal(intent, secondary, vec![queued.write]).await,
+            JournalAction::Reconcile => {
+                self.journal(intent, secondary, vec![queued.reconcile.encode()])
+                    .await
+            }
+            JournalAction::Discard => self.discard(intent).await,
+        };
+        failpoint("write::after_commit");
+        self.count(write.mode, decision.label);
+        let answer_now = match settled {
+            Ok(()) => client_answer(
+                decision,
+                primary,
+                secondary,
+                primary_answer,
+                secondary_error,
+            ),
+            // The primary applied it and it is not queued: never acknowledged. The intent left
+            // behind is settled once the state store can write.
+            Err(error)
+                if decision.journal == JournalAction::Write
+                    || decision.client == ClientAnswer::SecondaryFailed =>
+            {
+                Err(ProxyError::State(StateFailure::AfterPrimary(
+                    error.to_string(),
+                )))
+            }
+            // The primary did not apply it: its answer is still true, and the intent left
+            // behind is settled later (a harmless reconciliation).
+            Err(error) => {
+                tracing::error!(%error, %intent, "cannot settle a write intent now; it is settled later");
+                client_answer(
+                    decision,
+                    primary,
+                    secondary,
+                    primary_answer,
+                    secondary_error,
+                )
+            }
+        };
+        let _ = answer.send(answer_now);
+        drop(write);
+    }
+
+    /// After an update the primary applied for ids it lacked, deletes those ids there (still
+    /// under the records' locks). They are missing, so nothing is lost; but Chroma 1.5.9 keeps
+    /// the embedding of an update of a missing id and brings it back when the id is added
+    /// later (see [`Mirror::update_of_existing`]), and a delete after the update clears it
+    /// (seen on a real 1.5.9 server).
+    async fn forget_missing_updates(&self, write: &PendingWrite, missing: &[String]) {
+        let path = write
+            .path
+            .rsplit_once("/update")
+            .map(|(collection, _)| format!("{collection}/delete"))
+            .unwrap_or_default();
+        let result = self
+            .resolver
+            .backends
+            .get(write.primary)
+            .call(Method::POST, &path, Some(&json!({ "ids": missing })))
+            .await;
         match result {
-            Ok(response) => Ok(relay(response)),
-            Err(error) => Err(ProxyError::Backend(error)),
-        }
-    }
-
-    async fn settle_sync(
-        &self,
-        intent: IntentId,
-        secondary: BackendName,
-        primary: Result<Response<Incoming>, BackendError>,
-        secondary_result: Result<(), ApplyError>,
-        op: EncodedOp,
-        reconcile: MirrorOp,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let mode = MirrorMode::Sync;
-        match (outcome(primary), secondary_result) {
-            (PrimaryOutcome::Applied(response), Ok(())) => {
-                self.discard(intent).await?;
-                self.count(mode, "applied");
-                Ok(relay(response))
+            Ok(answer) if answer.status.is_success() => {}
+            Ok(answer) => {
+                tracing::warn!(status = %answer.status, "could not clear an update of missing ids on the primary")
             }
-            (PrimaryOutcome::Applied(response), Err(error)) => {
-                tracing::warn!(%secondary, %error, "sync write failed on the secondary");
-                match self.on_secondary_failure {
-                    SecondaryFailure::Journal => {
-                        self.journal(intent, secondary, vec![op]).await?;
-                        self.count(mode, "fallback_journaled");
-                        Ok(relay(response))
-                    }
-                    SecondaryFailure::Fail => {
-                        // The primary has it: the journal brings the secondary in line, and the
-                        // client, told it failed, may retry (the write is idempotent).
-                        self.journal(intent, secondary, vec![reconcile.encode()])
-                            .await?;
-                        self.count(mode, "failed");
-                        Err(ProxyError::Backend(BackendError {
-                            backend: secondary,
-                            kind: BackendErrorKind::Transport(format!(
-                                "the write was applied on the primary but failed on the secondary ({error}); it is queued for the secondary"
-                            )),
-                        }))
-                    }
-                }
-            }
-            (PrimaryOutcome::Refused(response), secondary_result) => {
-                if secondary_result.is_ok() {
-                    // The secondary took what the primary refused: undo that by copying the
-                    // primary's state of those records.
-                    self.journal(intent, secondary, vec![reconcile.encode()])
-                        .await?;
-                    self.count(mode, "reconcile_queued");
-                } else {
-                    self.discard(intent).await?;
-                    self.count(mode, "not_mirrored");
-                }
-                Ok(relay(response))
-            }
-            (PrimaryOutcome::Unknown(result), _) => {
-                self.settle_unknown(mode, intent, secondary, result, reconcile)
-                    .await
+            Err(error) => {
+                tracing::warn!(%error, "could not clear an update of missing ids on the primary")
             }
         }
     }
 
-    /// An `update` carrying embeddings, restricted to the ids the primary holds, for both
-    /// stores: the body for the mirror and the bytes for the primary. Read under the records'
-    /// order locks, so no write of those ids interleaves.
+    /// An `update` carrying embeddings, restricted for the mirror to the ids the primary
+    /// holds, and the ids it names that the primary lacks. Read under the records' order locks,
+    /// so no write of those ids interleaves.
     ///
     /// Chroma documents that an update of a missing id is ignored, and its metadata and
     /// document are; but in Chroma 1.5.9 the embedding of such an update comes back later:
     /// after `update(ids=["r"], embeddings=[Y])` of a missing `r`, then `add(ids=["r"],
     /// embeddings=[X])`, any read of the collection followed by any write turns `r`'s embedding
     /// into `Y` (its document and metadata stay the add's). Whether that happens depends on
-    /// the reads between the writes, which only the primary sees, so the two stores end up
-    /// with different embeddings for `r`. Never sending an update for an id the store lacks
-    /// leaves nothing for the bug to bring back. An update naming only missing ids goes on with
-    /// no records (Chroma answers it as before, except that it no longer checks the dimension
-    /// of embeddings it would ignore). A body the proxy cannot restrict goes as it is.
+    /// the reads between the writes, which only the primary sees, so the two stores would end
+    /// up with different embeddings for `r`. So the primary gets the update as the client sent
+    /// it (Chroma checks and answers it itself: dimensions, duplicate ids, metadata shapes),
+    /// then a delete of the missing ids, which clears what the bug would bring back
+    /// ([`Mirror::forget_missing_updates`]); the mirror never carries them.
     async fn update_of_existing(
         &self,
         primary: BackendName,
         entry: &CollectionEntry,
         primary_id: &str,
         body: Value,
-        raw: &Bytes,
-    ) -> Result<(Value, Bytes), ProxyError> {
+    ) -> Result<(Value, Vec<String>), ProxyError> {
         let carries_embeddings = body
             .get("embeddings")
             .and_then(Value::as_array)
             .is_some_and(|e| !e.is_empty());
         let ids = ids_of(&body);
         if !carries_embeddings || ids.is_empty() {
-            return Ok((body, raw.clone()));
+            return Ok((body, Vec::new()));
         }
         let ns = self
             .resolver
@@ -493,7 +718,7 @@ impl Mirror {
                 Some(&json!({"ids": ids, "include": []})),
             )
             .await?;
-        let existing: std::collections::HashSet<String> = match answer
+        let existing: HashSet<String> = match answer
             .status
             .is_success()
             .then(|| get_response_ids(&answer.body).ok())
@@ -501,18 +726,18 @@ impl Mirror {
         {
             Some(found) => found.into_iter().collect(),
             // The primary answers the write itself.
-            None => return Ok((body, raw.clone())),
+            None => return Ok((body, Vec::new())),
         };
-        if ids.iter().all(|id| existing.contains(id)) {
-            return Ok((body, raw.clone()));
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !existing.contains(*id))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok((body, missing));
         }
-        match retain_records(&body, |id| existing.contains(id)) {
-            Some(restricted) => {
-                let bytes = Bytes::from(serde_json::to_vec(&restricted).unwrap_or_default());
-                Ok((restricted, bytes))
-            }
-            None => Ok((body, raw.clone())),
-        }
+        let restricted = retain_records(&body, |id| existing.contains(id)).unwrap_or(body);
+        Ok((restricted, missing))
     }
 
     /// The ids a filtered delete removes, read from the primary under the collection lock; or
@@ -574,45 +799,51 @@ impl Mirror {
     }
 
     /// A tenant, database or collection change.
-    pub async fn lifecycle_write(&self, request: BufferedRequest) -> Result<Answered, ProxyError> {
-        let _pass = self.gate.enter().await;
-        let _lifecycle = self.locks.lifecycle().await;
+    pub async fn lifecycle_write(
+        self: &Arc<Self>,
+        request: BufferedRequest,
+    ) -> Result<Answered, ProxyError> {
+        let pass = self.gate.enter().await;
+        let lifecycle = self.locks.lifecycle().await;
         let topology = self.topology.load_full();
-        let (primary, secondary) = (topology.primary, topology.secondary());
+        let primary = topology.primary;
+        let operation = request.route.operation;
         let params = request.route.params.clone();
         let tenant = params.tenant.clone().unwrap_or_default();
         let database = params.database.clone().unwrap_or_default();
-        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        // A body the proxy cannot read could not be mirrored as the primary took it: refuse it
+        // as Chroma refuses it.
+        let body: Value = if request.body.is_empty() {
+            Value::Null
+        } else {
+            parse_body(&request.body)?
+        };
 
-        // The collection the change is about, when it names one.
+        // The collection the change is about, when it names one. One the stores do not know:
+        // the primary answers (a 404 or a 400), nothing changes.
         let existing = match &params.collection {
             Some(segment) => match self
-                .map_segment(&topology, &tenant, &database, segment)
+                .map_segment(&topology, operation, &tenant, &database, segment)
                 .await?
             {
                 Some(entry) => Some(entry),
-                None if request.route.operation != Operation::DeleteCollection => {
-                    return self.passthrough(&topology, request).await;
-                }
-                None => None,
+                None => return self.passthrough(&topology, request).await,
             },
             None => None,
         };
-        let _collection_guard = match &existing {
+        let collection_guard = match &existing {
             Some(entry) => Some(self.locks.collection(&entry.client_id).await),
             None => None,
         };
-        let segment = existing
-            .as_ref()
-            .and_then(|e| match request.route.operation {
-                // Chroma deletes by name; every other collection change by id.
-                Operation::DeleteCollection => Some(e.name.clone()),
-                _ => e.id_on(primary).map(str::to_owned),
-            });
+        let segment = existing.as_ref().and_then(|e| match operation {
+            // Chroma deletes by name; every other collection change by id.
+            Operation::DeleteCollection => Some(e.name.clone()),
+            _ => e.id_on(primary).map(str::to_owned),
+        });
         let path = self.backend_path(primary, &request, segment.as_deref());
 
         // What to queue if the outcome on the primary is unknown (and what a crash leaves).
-        let intent_op = match request.route.operation {
+        let intent_op = match operation {
             Operation::CreateCollection => MirrorOp::ReconcileCollection {
                 collection: None,
                 tenant: tenant.clone(),
@@ -633,40 +864,114 @@ impl Mirror {
             },
             _ => match self.simple_op(&request, &tenant, &database, &body, existing.as_deref()) {
                 Some(op) => op,
+                // Chroma refuses such a body (a tenant without a name, ...): nothing changes.
                 None => return self.passthrough(&topology, request).await,
             },
         };
-        let intent = self
-            .store
-            .record_intent(intent_op.to_bytes())
-            .await
-            .map_err(store_failure)?;
-        let result = self
-            .send(primary, &request, &path, request.body.clone())
-            .await;
-        let response = match outcome(result) {
-            PrimaryOutcome::Applied(response) => response,
-            PrimaryOutcome::Refused(response) => {
-                self.discard(intent).await?;
-                return Ok(Answered {
-                    response: relay(response),
-                    backend: primary,
-                });
-            }
-            PrimaryOutcome::Unknown(result) => {
-                self.journal(intent, secondary, vec![intent_op.encode()])
-                    .await?;
-                return match result {
-                    Ok(response) => Ok(Answered {
-                        response: relay(response),
-                        backend: primary,
-                    }),
-                    Err(error) => Err(ProxyError::Backend(error)),
-                };
-            }
+        let write = PendingWrite {
+            _pass: pass,
+            _guards: Guards::Lifecycle {
+                _lifecycle: lifecycle,
+                _collection: collection_guard,
+            },
+            mode: topology.mode,
+            primary,
+            secondary: topology.secondary(),
+            path,
+            request,
         };
+        let change = LifecycleChange {
+            tenant,
+            database,
+            body,
+            existing,
+            intent_op,
+        };
+        let this = self.clone();
+        self.detach(move |answer| async move {
+            this.settle_lifecycle_write(write, change, answer).await
+        })
+        .await
+    }
 
-        // Applied on the primary: update the map, then mirror.
+    async fn settle_lifecycle_write(
+        self: Arc<Self>,
+        write: PendingWrite,
+        change: LifecycleChange,
+        answer: ClientAnswerTx,
+    ) {
+        let Some(intent) = self
+            .record_intent(change.intent_op.to_bytes(), answer.is_closed())
+            .await
+        else {
+            let _ = answer.send(Err(ProxyError::State(StateFailure::BeforeWrite(
+                self.last_state_error(),
+            ))));
+            return;
+        };
+        let _live = self.live_intents.hold(intent);
+        failpoint("lifecycle::after_intent");
+        let result = self
+            .send(
+                write.primary,
+                &write.request,
+                &write.path,
+                write.request.body.clone(),
+            )
+            .await;
+        failpoint("lifecycle::after_primary");
+        let mut outcome = classify(&result);
+        let (primary_answer, op) = match result {
+            Ok(response) if outcome == PrimaryOutcome::Applied => {
+                match self.applied_change(&write, &change, response).await {
+                    Ok((op, response)) => (Ok(response), Some(op)),
+                    Err(error) => {
+                        // Applied, but its answer or the map could not be read or written:
+                        // the reconciliation brings the secondary in line.
+                        tracing::error!(%error, "a lifecycle write applied on the primary could not be followed up; reconciling");
+                        outcome = PrimaryOutcome::Unknown;
+                        (Err(error), None)
+                    }
+                }
+            }
+            other => (other.map(relay).map_err(ProxyError::Backend), None),
+        };
+        let (secondary_outcome, secondary_error) = match &op {
+            Some(op)
+                if write.mode == MirrorMode::Sync
+                    && !self.has_backlog(write.secondary, &op.lag_key()) =>
+            {
+                secondary_outcome(self.applier.apply(write.secondary, op).await)
+            }
+            _ => (SecondaryOutcome::NotSent, None),
+        };
+        let decision = decide(outcome, secondary_outcome, self.on_secondary_failure);
+        let queued = Queued {
+            write: op.as_ref().unwrap_or(&change.intent_op).encode(),
+            reconcile: change.intent_op,
+        };
+        self.carry_out(
+            write,
+            intent,
+            decision,
+            queued,
+            primary_answer,
+            secondary_error,
+            answer,
+        )
+        .await;
+    }
+
+    /// After the primary applied a lifecycle change: the map updated, the op to mirror, and the
+    /// answer for the client (collection objects carry the client's ids).
+    async fn applied_change(
+        &self,
+        write: &PendingWrite,
+        change: &LifecycleChange,
+        response: Response<Incoming>,
+    ) -> Result<(MirrorOp, Response<ProxyBody>), ProxyError> {
+        let primary = write.primary;
+        let operation = write.request.route.operation;
         let (parts, answer) = response.into_parts();
         let answer = answer
             .collect()
@@ -679,7 +984,14 @@ impl Mirror {
             })?
             .to_bytes();
         let mut answer_json: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
-        let op = match request.route.operation {
+        let existing_id = || {
+            change
+                .existing
+                .as_ref()
+                .map(|e| e.client_id.clone())
+                .unwrap_or_default()
+        };
+        let op = match operation {
             Operation::CreateCollection => {
                 let entry = self
                     .resolver
@@ -691,11 +1003,8 @@ impl Mirror {
                 }
             }
             Operation::UpdateCollection => {
-                let entry = existing
-                    .as_ref()
-                    .map(|e| e.client_id.clone())
-                    .unwrap_or_default();
-                if let Some(new_name) = body["new_name"].as_str() {
+                let entry = existing_id();
+                if let Some(new_name) = change.body["new_name"].as_str() {
                     let new_name = new_name.to_owned();
                     self.resolver
                         .map
@@ -705,11 +1014,11 @@ impl Mirror {
                 }
                 MirrorOp::UpdateCollection {
                     collection: entry,
-                    body: body.clone(),
+                    body: change.body.clone(),
                 }
             }
             Operation::DeleteCollection => {
-                let client_id = existing.as_ref().map(|e| e.client_id.clone());
+                let client_id = change.existing.as_ref().map(|e| e.client_id.clone());
                 if let Some(id) = &client_id {
                     self.resolver
                         .map
@@ -719,12 +1028,12 @@ impl Mirror {
                 }
                 MirrorOp::DeleteCollection {
                     collection: client_id,
-                    tenant: tenant.clone(),
-                    database: database.clone(),
-                    name: existing
+                    tenant: change.tenant.clone(),
+                    database: change.database.clone(),
+                    name: change
+                        .existing
                         .as_ref()
                         .map(|e| e.name.clone())
-                        .or_else(|| params.collection.clone())
                         .unwrap_or_default(),
                 }
             }
@@ -735,41 +1044,27 @@ impl Mirror {
                     .await
                     .map_err(resolve_failure)?;
                 MirrorOp::ForkCollection {
-                    source: existing
-                        .as_ref()
-                        .map(|e| e.client_id.clone())
-                        .unwrap_or_default(),
+                    source: existing_id(),
                     fork: fork.client_id.clone(),
                     new_name: fork.name.clone(),
                 }
             }
-            _ => intent_op,
-        };
-        let mirrored = if topology.mode == MirrorMode::Sync
-            && !self.has_backlog(secondary, &op.lag_key())
-        {
-            match self.applier.apply(secondary, &op).await {
-                Ok(()) => {
-                    self.discard(intent).await?;
-                    true
+            Operation::DeleteDatabase => {
+                // Its collections are gone with it.
+                for entry in self.resolver.map.entries() {
+                    if entry.tenant == change.tenant && entry.database == change.database {
+                        self.resolver
+                            .map
+                            .update(&entry.client_id, |e| e.deleted = true)
+                            .await
+                            .map_err(store_failure)?;
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(%secondary, %error, "sync lifecycle write failed on the secondary; queued");
-                    false
-                }
+                change.intent_op.clone()
             }
-        } else {
-            false
+            _ => change.intent_op.clone(),
         };
-        if !mirrored {
-            self.journal(intent, secondary, vec![op.encode()]).await?;
-        }
-        self.count(
-            topology.mode,
-            if mirrored { "applied" } else { "journaled" },
-        );
-
-        let response = match request.route.operation {
+        let response = match operation {
             Operation::CreateCollection | Operation::ForkCollection => {
                 self.resolver
                     .rewrite_collections(primary, &mut answer_json)
@@ -783,10 +1078,7 @@ impl Mirror {
                 Response::from_parts(parts, body::full(answer))
             }
         };
-        Ok(Answered {
-            response,
-            backend: primary,
-        })
+        Ok((op, response))
     }
 
     /// The mirror op of a tenant, database or function change.
@@ -838,18 +1130,24 @@ impl Mirror {
         Some(op)
     }
 
-    /// The entry a path segment names: a client id, or a name on the routes that take one.
+    /// The entry a lifecycle write's collection segment names. Chroma deletes a collection by
+    /// name (a UUID-shaped segment is a name there too, so it is never looked up as an id);
+    /// every other change names it by id, in any UUID spelling.
     async fn map_segment(
         &self,
         topology: &Topology,
+        operation: Operation,
         tenant: &str,
         database: &str,
         segment: &str,
     ) -> Result<Option<Arc<CollectionEntry>>, ProxyError> {
-        if uuid::Uuid::parse_str(segment).is_ok() {
+        if operation != Operation::DeleteCollection {
+            let Some(id) = paths::canonical_id(segment) else {
+                return Ok(None);
+            };
             return self
                 .resolver
-                .by_client_id(topology.primary, tenant, database, segment)
+                .by_client_id(topology.primary, tenant, database, &id)
                 .await
                 .map(|e| e.filter(|e| !e.deleted))
                 .map_err(resolve_failure);
@@ -911,13 +1209,15 @@ impl Mirror {
             .send(primary, &request, "/api/v2/reset", Bytes::new())
             .await?;
         if response.status().is_success() {
+            // The primary's collections are gone whatever the secondary says: forget their ids
+            // first, so no later write is sent to an id that no longer exists.
+            self.resolver.map.clear().await.map_err(store_failure)?;
             let answer = self
                 .resolver
                 .backends
                 .get(secondary)
                 .call(Method::POST, "/api/v2/reset", None)
                 .await?;
-            self.resolver.map.clear().await.map_err(store_failure)?;
             if !answer.status.is_success() {
                 return Err(ProxyError::Backend(BackendError {
                     backend: secondary,
@@ -942,28 +1242,88 @@ pub async fn recover_intents(store: &Store, secondary: BackendName) -> Result<us
     let pending = store.pending_intents()?;
     let count = pending.len();
     for (id, payload) in pending {
-        match MirrorOp::from_bytes(&payload) {
-            Ok(op) => {
-                let op = op.recovery();
-                store
-                    .commit_intent(
-                        id,
-                        vec![NewEntry {
-                            target: secondary,
-                            collection: op.lag_key(),
-                            payload: op.to_bytes(),
-                        }],
-                    )
-                    .await?;
-            }
-            Err(error) => {
-                tracing::error!(intent = ?id, %error, "unreadable intent dropped");
-                store.discard_intent(id).await?;
-            }
-        }
+        settle_as_reconciliation(store, id, &payload, secondary).await?;
     }
     if count > 0 {
         tracing::warn!(count, %secondary, "recovered writes in flight at the last stop; queued reconciliations");
     }
     Ok(count)
+}
+
+/// An intent whose write may or may not have reached the primary becomes a reconciliation.
+async fn settle_as_reconciliation(
+    store: &Store,
+    id: IntentId,
+    payload: &[u8],
+    secondary: BackendName,
+) -> Result<(), StoreError> {
+    match MirrorOp::from_bytes(payload) {
+        Ok(op) => {
+            let op = op.recovery();
+            store
+                .commit_intent(
+                    id,
+                    vec![NewEntry {
+                        target: secondary,
+                        collection: op.lag_key(),
+                        payload: op.to_bytes(),
+                    }],
+                )
+                .await
+                .map(|_| ())
+        }
+        Err(error) => {
+            tracing::error!(intent = %id, %error, "unreadable intent dropped");
+            store.discard_intent(id).await
+        }
+    }
+}
+
+/// How often [`settle_orphaned_intents`] looks.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(1);
+
+/// Settles, without a restart, the intents no task owns: those whose journal commit failed
+/// (the state store could not write) or whose task died. An intent must be seen orphaned in
+/// two sweeps in a row, so one recorded a moment before its task marked it live is left alone.
+/// Runs until `stop` turns true.
+pub async fn settle_orphaned_intents(mirror: Arc<Mirror>, mut stop: watch::Receiver<bool>) {
+    let mut suspects: HashSet<IntentId> = HashSet::new();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ORPHAN_SWEEP) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let pending = match mirror.store.pending_intents() {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read pending intents");
+                continue;
+            }
+        };
+        let mut seen = HashSet::new();
+        for (id, payload) in pending {
+            if mirror.live_intents.contains(id) {
+                continue;
+            }
+            if !suspects.contains(&id) {
+                seen.insert(id);
+                continue;
+            }
+            let secondary = mirror.topology.load().secondary();
+            match settle_as_reconciliation(&mirror.store, id, &payload, secondary).await {
+                Ok(()) => {
+                    mirror.metrics.orphaned_intents.inc();
+                    tracing::warn!(intent = %id, %secondary, "settled an orphaned write intent as a reconciliation");
+                }
+                Err(error) => {
+                    tracing::warn!(intent = %id, %error, "cannot settle an orphaned intent yet");
+                    seen.insert(id);
+                }
+            }
+        }
+        suspects = seen;
+    }
 }

@@ -68,6 +68,10 @@ pub enum StoreError {
         /// The entry asked for.
         seq: Seq,
     },
+    /// `redrive_dead_letter` or `drop_dead_letter` named a dead letter that does not exist
+    /// (already re-driven or dropped).
+    #[error("there is no dead letter {0}")]
+    UnknownDeadLetter(Seq),
     /// A string is longer than the value layout can record (4 GiB).
     #[error("{what} is too long to store ({len} bytes)")]
     TooLarge {
@@ -76,9 +80,67 @@ pub enum StoreError {
         /// Its length.
         len: usize,
     },
+    /// The state disk cannot be written (a commit failed with an I/O error, for example a full
+    /// disk). The store reopens its file and probes on a backoff until a write succeeds again;
+    /// meanwhile every change is refused at once without touching the file.
+    #[error(
+        "the state disk cannot be written ({reason}): this change was not committed; chroma-shift reopens its state file on its own and accepts writes again once the disk can be written"
+    )]
+    Unwritable {
+        /// The I/O error that made the store unwritable, as text.
+        reason: String,
+    },
+    /// The state file is closed while the store reopens it after a disk error (see
+    /// [`StoreError::Unwritable`]); reads fail until it is open again.
+    #[error(
+        "the state database cannot be read now: it is being reopened after a disk error ({reason}); retry shortly"
+    )]
+    Unavailable {
+        /// The error that made the store reopen its file.
+        reason: String,
+    },
+    /// The journal holds `max_journal_bytes` or more of payload: new writes are refused until
+    /// the replay drains it (the secondary is down or slower than the writes).
+    #[error(
+        "the mirror journal holds {bytes} bytes of writes waiting for the secondary, at or over its cap of {cap} bytes ([state] max_journal_bytes); new writes are refused until the replay drains it"
+    )]
+    JournalFull {
+        /// Payload bytes in the journals now.
+        bytes: u64,
+        /// The configured cap.
+        cap: u64,
+    },
     /// The writer thread has stopped: the store is being dropped, or the writer panicked.
     #[error("the state store is closed")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether the store refused for a reason that passes by itself (a disk that cannot be
+    /// written, a full journal): callers answer 503 with Retry-After, not 500. Nothing was
+    /// stored when this is true.
+    pub fn is_retryable_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unwritable { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::JournalFull { .. }
+        )
+    }
+
+    /// The text of an I/O error from the file, if that is what this is: the errors after
+    /// which redb's Database refuses every later transaction and must be reopened.
+    pub(crate) fn io_reason(&self) -> Option<String> {
+        let StoreError::Storage(err) = self else {
+            return None;
+        };
+        match &**err {
+            redb::Error::Io(io) => Some(io.to_string()),
+            redb::Error::PreviousIo => Some("an earlier write to the state file failed".into()),
+            redb::Error::DatabaseClosed => Some("the state file was closed".into()),
+            _ => None,
+        }
+    }
 }
 
 // redb has one error type per operation; all of them fold into `redb::Error`.

@@ -1,13 +1,18 @@
 //! In-memory lag accounting, kept in step with the journal tables.
 //!
 //! Counting the journal on every metrics scrape or cutover check would read the whole table;
-//! instead the writer applies each committed change here, and open rebuilds it with one scan.
+//! instead the book keeps, per target and collection key, the entry count, the payload bytes
+//! and the oldest entry's creation time. Its memory grows with the number of collections, not
+//! with the journal: the per-entry facts live on disk, in the `lag.index` and `lag.summary`
+//! tables the writer updates in the same transaction as the journal (see `writer.rs`). After
+//! each commit the writer sets the new totals of each collection it touched; at open the book
+//! is read from `lag.summary` plus one index lookup per collection, never from the journal.
 
 use std::collections::{BTreeMap, HashMap};
 
 use shift_config::BackendName;
 
-use crate::Seq;
+use crate::schema;
 
 /// How far one target's journal is behind: what the replay worker still has to apply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,99 +36,80 @@ pub struct CollectionLag {
     pub oldest_created_ms: u64,
 }
 
-/// One committed change to a journal, as the lag book needs it.
-#[derive(Debug)]
-pub(crate) enum LagChange {
-    Added {
-        target: BackendName,
-        collection: String,
-        seq: Seq,
-        created_ms: u64,
-    },
-    Removed {
-        target: BackendName,
-        collection: String,
-        seq: Seq,
-    },
+/// What the book knows of one collection key in one target's journal; absent when it has no
+/// entry there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CollectionState {
+    /// Entries in the journal.
+    pub entries: u64,
+    /// Their payload bytes, for the journal's size cap.
+    pub bytes: u64,
+    /// Creation time of its entry with the smallest seq (seqs and commit times grow together).
+    pub oldest_created_ms: u64,
+}
+
+/// One target's collections and their totals.
+#[derive(Debug, Default)]
+struct TargetBook {
+    /// Sum of `entries` over `collections`.
+    entries: u64,
+    /// Sum of `bytes` over `collections`.
+    bytes: u64,
+    collections: HashMap<String, CollectionState>,
 }
 
 /// Both targets' books.
 #[derive(Debug, Default)]
 pub(crate) struct LagBook {
-    old: TargetBook,
-    new: TargetBook,
-}
-
-/// One target's entries by collection, each ordered by seq so the oldest is the first even
-/// when entries leave out of order (a park in the middle).
-#[derive(Debug, Default)]
-struct TargetBook {
-    entries: u64,
-    collections: HashMap<String, BTreeMap<Seq, u64>>,
+    targets: [TargetBook; 2],
 }
 
 impl LagBook {
-    fn book(&mut self, target: BackendName) -> &mut TargetBook {
-        match target {
-            BackendName::Old => &mut self.old,
-            BackendName::New => &mut self.new,
+    /// Sets what the journal of `target` now holds of `collection` (`None`: nothing).
+    pub(crate) fn set(
+        &mut self,
+        target: BackendName,
+        collection: String,
+        state: Option<CollectionState>,
+    ) {
+        let book = &mut self.targets[schema::slot(target)];
+        let before = match state {
+            Some(state) => {
+                book.entries += state.entries;
+                book.bytes += state.bytes;
+                book.collections.insert(collection, state)
+            }
+            None => book.collections.remove(&collection),
+        };
+        if let Some(before) = before {
+            book.entries -= before.entries;
+            book.bytes -= before.bytes;
         }
     }
 
-    pub(crate) fn apply(&mut self, change: LagChange) {
-        match change {
-            LagChange::Added {
-                target,
-                collection,
-                seq,
-                created_ms,
-            } => {
-                let book = self.book(target);
-                if book
-                    .collections
-                    .entry(collection)
-                    .or_default()
-                    .insert(seq, created_ms)
-                    .is_none()
-                {
-                    book.entries += 1;
-                }
-            }
-            LagChange::Removed {
-                target,
-                collection,
-                seq,
-            } => {
-                let book = self.book(target);
-                if let Some(seqs) = book.collections.get_mut(&collection) {
-                    if seqs.remove(&seq).is_some() {
-                        book.entries -= 1;
-                    }
-                    if seqs.is_empty() {
-                        book.collections.remove(&collection);
-                    }
-                }
-            }
-        }
+    /// Payload bytes in both journals.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.targets.iter().map(|book| book.bytes).sum()
+    }
+
+    /// Entries in `target`'s journal.
+    pub(crate) fn entries(&self, target: BackendName) -> u64 {
+        self.targets[schema::slot(target)].entries
     }
 
     pub(crate) fn snapshot(&self, target: BackendName) -> Lag {
-        let book = match target {
-            BackendName::Old => &self.old,
-            BackendName::New => &self.new,
-        };
+        let book = &self.targets[schema::slot(target)];
         let collections: BTreeMap<String, CollectionLag> = book
             .collections
             .iter()
-            .filter_map(|(name, seqs)| {
-                let (_, &oldest) = seqs.first_key_value()?;
-                Some((
+            .map(|(name, state)| {
+                (
                     name.clone(),
                     CollectionLag {
-                        entries: seqs.len() as u64,
-                        oldest_created_ms: oldest,
+                        entries: state.entries,
+                        oldest_created_ms: state.oldest_created_ms,
                     },
-                ))
+                )
             })
             .collect();
         Lag {
@@ -138,45 +124,39 @@ impl LagBook {
 mod tests {
     use super::*;
 
-    fn added(collection: &str, seq: u64, created_ms: u64) -> LagChange {
-        LagChange::Added {
-            target: BackendName::New,
-            collection: collection.into(),
-            seq: Seq(seq),
-            created_ms,
-        }
-    }
-
-    fn removed(collection: &str, seq: u64) -> LagChange {
-        LagChange::Removed {
-            target: BackendName::New,
-            collection: collection.into(),
-            seq: Seq(seq),
-        }
+    fn state(entries: u64, bytes: u64, oldest_created_ms: u64) -> Option<CollectionState> {
+        Some(CollectionState {
+            entries,
+            bytes,
+            oldest_created_ms,
+        })
     }
 
     #[test]
-    fn oldest_follows_out_of_order_removal() {
+    fn totals_follow_each_collection_set() {
         let mut book = LagBook::default();
-        for (seq, ms) in [(1, 10), (2, 20), (3, 30)] {
-            book.apply(added("a", seq, ms));
-        }
-        book.apply(added("b", 4, 40));
-        book.apply(removed("a", 2));
+        book.set(BackendName::New, "a".into(), state(3, 30, 10));
+        book.set(BackendName::New, "b".into(), state(1, 5, 40));
+        book.set(BackendName::Old, "a".into(), state(2, 7, 50));
+        assert_eq!(book.bytes(), 42);
         let lag = book.snapshot(BackendName::New);
-        assert_eq!(lag.entries, 3);
+        assert_eq!(lag.entries, 4);
         assert_eq!(lag.oldest_created_ms, Some(10));
-        assert_eq!(lag.collections["a"].entries, 2);
+        assert_eq!(lag.collections["a"].entries, 3);
 
-        book.apply(removed("a", 1));
-        book.apply(removed("a", 1)); // twice: counted once
+        book.set(BackendName::New, "a".into(), state(1, 9, 30));
         let lag = book.snapshot(BackendName::New);
         assert_eq!(lag.entries, 2);
         assert_eq!(lag.collections["a"].oldest_created_ms, 30);
+        assert_eq!(book.bytes(), 21);
 
-        book.apply(removed("a", 3));
-        book.apply(removed("b", 4));
+        book.set(BackendName::New, "a".into(), None);
+        book.set(BackendName::New, "a".into(), None); // twice: no change
+        book.set(BackendName::New, "b".into(), None);
+        book.set(BackendName::Old, "a".into(), None);
         assert_eq!(book.snapshot(BackendName::New), Lag::default());
         assert_eq!(book.snapshot(BackendName::Old), Lag::default());
+        assert_eq!(book.bytes(), 0);
+        assert_eq!(book.entries(BackendName::New), 0);
     }
 }

@@ -20,7 +20,9 @@
 //!
 //! Layout:
 //! - `lib.rs`: [`Store`], the public types and the reads;
+//! - `open.rs`: opening the file, the format check and migration, the counters read back;
 //! - `writer.rs`: the group-commit writer thread;
+//! - `recover.rs`: what the writer does after an I/O error (refuse, reopen, probe);
 //! - `schema.rs`: the redb tables and bookkeeping keys, everything that fixes the file layout;
 //! - `codec.rs`: the byte layouts of journal entries and dead letters;
 //! - `lag.rs`: in-memory lag accounting ([`Lag`]);
@@ -29,6 +31,8 @@
 mod codec;
 mod error;
 mod lag;
+mod open;
+mod recover;
 mod schema;
 mod writer;
 
@@ -38,24 +42,85 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use redb::{
-    Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use shift_config::BackendName;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::StoreError;
 pub use lag::{CollectionLag, Lag};
 
-use lag::{LagBook, LagChange};
+use lag::LagBook;
+use open::Opener;
 use writer::{Counters, EncodedEntry, Op, Reply};
 
-/// redb's page cache. Its default (1 GiB) is sized for a database server; the journal's hot
-/// part is its tail, and the maps are small.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// How a store is opened, beyond its directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The journal's size cap, in payload bytes over both targets (`[state]
+    /// max_journal_bytes`); 0 is no cap. At or over it, new writes are refused with
+    /// [`StoreError::JournalFull`] until the replay drains the journal.
+    pub max_journal_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_journal_bytes: shift_config::StateConfig::default()
+                .max_journal_bytes
+                .as_u64(),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The options `[state]` configures.
+    pub fn from_config(config: &shift_config::StateConfig) -> StoreOptions {
+        StoreOptions {
+            max_journal_bytes: config.max_journal_bytes.as_u64(),
+        }
+    }
+}
+
+/// Whether the store can take writes now, for readiness probes and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// `None` while the state disk can be written; otherwise the I/O error that stopped it.
+    /// The store reopens its file on a backoff and clears this by itself once a write goes
+    /// through again.
+    pub unwritable: Option<String>,
+    /// Payload bytes in the journals (both targets).
+    pub journal_bytes: u64,
+    /// The cap on `journal_bytes`; 0 is no cap.
+    pub max_journal_bytes: u64,
+    /// Write intents recorded and not yet committed or discarded.
+    pub pending_intents: u64,
+}
+
+impl StoreHealth {
+    /// The journal is at or over its cap: new writes are refused until it drains.
+    pub fn journal_full(&self) -> bool {
+        self.max_journal_bytes > 0 && self.journal_bytes >= self.max_journal_bytes
+    }
+
+    /// `Ok` when new writes can be journaled; otherwise the error a write would get now.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if let Some(reason) = &self.unwritable {
+            return Err(StoreError::Unwritable {
+                reason: reason.clone(),
+            });
+        }
+        if self.journal_full() {
+            return Err(StoreError::JournalFull {
+                bytes: self.journal_bytes,
+                cap: self.max_journal_bytes,
+            });
+        }
+        Ok(())
+    }
+}
 
 /// The position of an entry in the mirror journal. Global across both targets and strictly
 /// increasing, across restarts too, so it orders every mirrored write ever journaled. The
@@ -163,12 +228,27 @@ impl CommitStats {
 
 /// State shared by the handles and the writer thread.
 pub(crate) struct Shared {
-    /// The open database; the file lock lives as long as it does.
-    db: Database,
+    /// The open database; the file lock lives as long as it does. `None` while the writer
+    /// reopens it after an I/O error. Readers hold the lock only to begin a transaction.
+    db: RwLock<Option<Database>>,
+    /// The database file, to reopen it.
+    path: PathBuf,
+    /// How to (re)open it.
+    opener: Opener,
+    /// See [`StoreOptions::max_journal_bytes`].
+    max_journal_bytes: u64,
+    /// `Some(reason)` while the state disk cannot be written; set and cleared by the writer,
+    /// read by every call to refuse at once.
+    unwritable: watch::Sender<Option<String>>,
+    /// Payload bytes in both journals, as last committed (the lag book's total), so the cap
+    /// is checked without the lag lock.
+    journal_bytes: AtomicU64,
     /// Lag per target, changed by the writer after each commit.
     lag: Mutex<LagBook>,
     /// Entries in the dead-letter table, kept beside it so a metrics scrape reads no table.
     dead_letters: AtomicU64,
+    /// Entries in the intent table, likewise.
+    pending_intents: AtomicU64,
     /// See [`CommitStats`].
     commits: AtomicU64,
     requests: AtomicU64,
@@ -182,6 +262,26 @@ impl Shared {
     /// one map operation), so a poisoned lock is used as is.
     fn lag(&self) -> MutexGuard<'_, LagBook> {
         self.lag.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A read transaction on the current database; [`StoreError::Unavailable`] while it is
+    /// being reopened or has failed with an I/O error.
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        let unavailable = |reason: String| StoreError::Unavailable { reason };
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = db.as_ref() else {
+            let reason = self.unwritable.borrow().clone();
+            return Err(unavailable(
+                reason.unwrap_or_else(|| "the state file is closed".into()),
+            ));
+        };
+        db.begin_read().map_err(|err| {
+            let err = StoreError::from(err);
+            match err.io_reason() {
+                Some(reason) => unavailable(reason),
+                None => err,
+            }
+        })
     }
 }
 
@@ -233,15 +333,31 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) `dir` and its `chroma-shift.redb`, rebuilds the lag counters
-    /// with one scan of the journals, and starts the writer thread.
+    /// Opens (creating if needed) `dir` and its `chroma-shift.redb`, reads the lag counters
+    /// back from their summary table (no journal scan, except once to migrate a format-1
+    /// file), and starts the writer thread. The journal's cap is the default; see
+    /// [`open_with`](Self::open_with).
     ///
     /// Fails with [`StoreError::Locked`] if another process, or another open handle in this
     /// one, has the file. Must be called within a tokio runtime (the blocking work runs on its
     /// blocking pool).
     pub async fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, StoreOptions::default()).await
+    }
+
+    /// [`open`](Self::open) with options (the journal's size cap).
+    pub async fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        Store::open_inner(dir, options, open::file_opener()).await
+    }
+
+    async fn open_inner(
+        dir: &Path,
+        options: StoreOptions,
+        opener: Opener,
+    ) -> Result<Store, StoreError> {
         let dir = dir.to_owned();
-        let opened = tokio::task::spawn_blocking(move || open_blocking(&dir)).await;
+        let opened =
+            tokio::task::spawn_blocking(move || open_blocking(&dir, options, opener)).await;
         let (shared, counters, path) = match opened {
             Ok(result) => result?,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
@@ -270,8 +386,12 @@ impl Store {
         &self.inner.shared
     }
 
-    /// Hands a change to the writer and waits for its commit.
+    /// Hands a change to the writer and waits for its commit; refused at once while the
+    /// state disk cannot be written.
     async fn submit<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        if let Some(reason) = self.shared().unwritable.borrow().clone() {
+            return Err(StoreError::Unwritable { reason });
+        }
         let (reply, answer) = oneshot::channel();
         self.inner
             .queue
@@ -286,7 +406,13 @@ impl Store {
     /// Records that a write is about to be sent to the primary; durable before it returns.
     /// If the process dies before [`commit_intent`](Self::commit_intent) or
     /// [`discard_intent`](Self::discard_intent), the intent is found at the next start.
+    ///
+    /// Refused with [`StoreError::JournalFull`] while the journal is at its cap: this is where
+    /// a write is admitted. The commit of an intent recorded before is not refused by the cap
+    /// (its write may already be on the primary), so the cap can be exceeded by the writes in
+    /// flight when it is reached.
     pub async fn record_intent(&self, payload: Vec<u8>) -> Result<IntentId, StoreError> {
+        self.check_journal_cap()?;
         self.submit(|reply| Op::RecordIntent { payload, reply })
             .await
     }
@@ -311,10 +437,50 @@ impl Store {
         self.submit(|reply| Op::DiscardIntent { id, reply }).await
     }
 
+    /// Refuses before queueing while the journal is full; the writer checks again in the
+    /// transaction, which is what counts.
+    fn check_journal_cap(&self) -> Result<(), StoreError> {
+        let shared = self.shared();
+        let bytes = shared.journal_bytes.load(Ordering::Relaxed);
+        let cap = shared.max_journal_bytes;
+        if cap > 0 && bytes >= cap {
+            return Err(StoreError::JournalFull { bytes, cap });
+        }
+        Ok(())
+    }
+
+    /// Whether the store can take writes now, and the journal's size against its cap.
+    pub fn health(&self) -> StoreHealth {
+        let shared = self.shared();
+        StoreHealth {
+            unwritable: shared.unwritable.borrow().clone(),
+            journal_bytes: shared.journal_bytes.load(Ordering::Relaxed),
+            max_journal_bytes: shared.max_journal_bytes,
+            pending_intents: shared.pending_intents.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `Ok` when a new write can be journaled now; else the error it would get
+    /// ([`StoreError::Unwritable`] or [`StoreError::JournalFull`]). For `/readyz`.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        self.health().check()
+    }
+
+    /// `None` while the state disk can be written, `Some(reason)` while it cannot; changes
+    /// when the store becomes unwritable and when it recovers, for alerts.
+    pub fn watch_unwritable(&self) -> watch::Receiver<Option<String>> {
+        self.shared().unwritable.subscribe()
+    }
+
+    /// Payload bytes in both journals, from a counter.
+    pub fn journal_bytes(&self) -> u64 {
+        self.shared().journal_bytes.load(Ordering::Relaxed)
+    }
+
     /// The intents left by a previous run, in the order they were recorded, for replay at
     /// start.
     pub fn pending_intents(&self) -> Result<Vec<(IntentId, Vec<u8>)>, StoreError> {
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::INTENTS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -324,14 +490,23 @@ impl Store {
         Ok(out)
     }
 
+    /// How many intents are pending (recorded, neither committed nor discarded); from a
+    /// counter, cheap enough for every scrape.
+    pub fn pending_intent_count(&self) -> u64 {
+        self.shared().pending_intents.load(Ordering::Relaxed)
+    }
+
     // --- The mirror journal ---
 
     /// Appends entries (to their targets' journals) and returns their seqs in order, once
     /// durable.
+    ///
+    /// Refused with [`StoreError::JournalFull`] while the journal is at its cap.
     pub async fn append(&self, entries: Vec<NewEntry>) -> Result<Vec<Seq>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_journal_cap()?;
         let entries = encode(entries)?;
         self.submit(|reply| Op::Append { entries, reply }).await
     }
@@ -351,7 +526,7 @@ impl Store {
                 None => return Ok(Vec::new()),
             },
         };
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::journal(target))?;
         let mut out = Vec::with_capacity(limit.min(1024));
         for row in table.range(start..)?.take(limit) {
@@ -367,6 +542,70 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Like [`read`](Self::read), but also bounded by payload bytes: stops after the entry
+    /// that brings the payload bytes read to `max_bytes` or more, so one read holds at most
+    /// `max_bytes` plus one entry. Returns at least one entry when there is one (and
+    /// `max_entries` is not zero), however large, so a large entry cannot stall a reader.
+    pub fn read_bounded(
+        &self,
+        target: BackendName,
+        after: Option<Seq>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        let start = match after {
+            None => 0,
+            Some(Seq(seq)) => match seq.checked_add(1) {
+                Some(next) => next,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let txn = self.shared().begin_read()?;
+        let table = txn.open_table(schema::journal(target))?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in table.range(start..)?.take(max_entries) {
+            let (key, value) = row?;
+            let seq = Seq(key.value());
+            let entry = writer::decode_journal(target, seq, value.value())?;
+            bytes = bytes.saturating_add(entry.payload.len());
+            out.push(JournalEntry {
+                seq,
+                target,
+                collection: entry.collection.to_owned(),
+                created_ms: entry.created_ms,
+                payload: entry.payload.to_vec(),
+            });
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// In one transaction, removes the entries `moves` names from `from`'s journal and appends
+    /// each given payload, under the removed entry's lag key, to `to`'s journal with a new seq
+    /// (in the order given; its creation time is this commit's). Returns the new seqs. Seqs no
+    /// longer in `from`'s journal are skipped and their payload is not appended, so a crash or
+    /// a concurrent remove never applies a write twice nor drops one.
+    pub async fn retarget(
+        &self,
+        from: BackendName,
+        moves: Vec<(Seq, Vec<u8>)>,
+        to: BackendName,
+    ) -> Result<Vec<Seq>, StoreError> {
+        if moves.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(|reply| Op::Retarget {
+            from,
+            moves,
+            to,
+            reply,
+        })
+        .await
     }
 
     /// Deletes applied entries from `target`'s journal. Seqs no longer there are skipped, so
@@ -416,7 +655,7 @@ impl Store {
                 None => return Ok(Vec::new()),
             },
         };
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::DEAD_LETTERS)?;
         let mut out = Vec::with_capacity(limit.min(1024));
         for row in table.range(start..)?.take(limit) {
@@ -432,6 +671,20 @@ impl Store {
             out.push(letter);
         }
         Ok(out)
+    }
+
+    /// In one transaction, moves dead letter `seq` back to the end of its target's journal
+    /// (a new seq, returned; the creation time is this commit's) for the replay to try again.
+    /// [`StoreError::UnknownDeadLetter`] if there is none with that seq.
+    pub async fn redrive_dead_letter(&self, seq: Seq) -> Result<Seq, StoreError> {
+        self.submit(|reply| Op::RedriveDeadLetter { seq, reply })
+            .await
+    }
+
+    /// Deletes dead letter `seq` and returns it, for the operator's record.
+    /// [`StoreError::UnknownDeadLetter`] if there is none with that seq.
+    pub async fn drop_dead_letter(&self, seq: Seq) -> Result<DeadLetter, StoreError> {
+        self.submit(|reply| Op::DropDeadLetter { seq, reply }).await
     }
 
     /// How many dead letters there are; from a counter, cheap enough for every scrape.
@@ -480,7 +733,7 @@ impl Store {
 
     /// The value under `key`, if any.
     pub fn get(&self, table: MapTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::map(table))?;
         Ok(table.get(key)?.map(|value| value.value().to_vec()))
     }
@@ -506,7 +759,7 @@ impl Store {
     /// Every key and value of `table`, in key order. Meant for small tables (loading the
     /// collection map at start).
     pub fn scan(&self, table: MapTable) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.shared().db.begin_read()?;
+        let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::map(table))?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -524,6 +777,7 @@ fn encode(entries: Vec<NewEntry>) -> Result<Vec<EncodedEntry>, StoreError> {
         .map(|entry| {
             Ok(EncodedEntry {
                 bytes: codec::encode_entry(entry.target, &entry.collection, &entry.payload)?,
+                payload_len: entry.payload.len() as u64,
                 target: entry.target,
                 collection: entry.collection,
             })
@@ -531,119 +785,43 @@ fn encode(entries: Vec<NewEntry>) -> Result<Vec<EncodedEntry>, StoreError> {
         .collect()
 }
 
-/// Opens the file, checks its format, creates missing tables and rebuilds the in-memory
-/// counters. Blocking.
-fn open_blocking(dir: &Path) -> Result<(Shared, Counters, PathBuf), StoreError> {
+/// Opens the file, checks (or migrates) its format, creates missing tables and reads the
+/// in-memory counters back. Blocking.
+fn open_blocking(
+    dir: &Path,
+    options: StoreOptions,
+    opener: Opener,
+) -> Result<(Shared, Counters, PathBuf), StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
         path: dir.to_owned(),
         source: Arc::new(source),
     })?;
     let path = dir.join(schema::FILE_NAME);
-    let db = Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(&path)
-        .map_err(|err| match err {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
-            other => other.into(),
-        })?;
-
-    let stored = prepare(&db)?;
-
-    // One scan of each journal rebuilds the lag book; the largest keys guard the counters.
-    let txn = db.begin_read()?;
-    let mut book = LagBook::default();
-    let mut last = [None; 2];
-    for target in schema::TARGETS {
-        let table = txn.open_table(schema::journal(target))?;
-        for row in table.iter()? {
-            let (key, value) = row?;
-            let seq = Seq(key.value());
-            let entry = writer::decode_journal(target, seq, value.value())?;
-            book.apply(LagChange::Added {
-                target,
-                collection: entry.collection.to_owned(),
-                seq,
-                created_ms: entry.created_ms,
-            });
-            last[schema::slot(target)] = Some(seq);
-        }
-    }
-    let dead = txn.open_table(schema::DEAD_LETTERS)?;
-    let dead_count = dead.len()?;
-    let last_dead = dead.last()?.map(|(key, _)| key.value());
-    let intents = txn.open_table(schema::INTENTS)?;
-    let intent_count = intents.len()?;
-    let last_intent = intents.last()?.map(|(key, _)| key.value());
-
-    // The persisted counters are the truth; the keys only guard against them lagging.
-    let largest_seq = last
-        .iter()
-        .flatten()
-        .map(|seq| seq.0)
-        .chain(last_dead)
-        .max();
-    let counters = Counters {
-        next_seq: stored.next_seq.max(largest_seq.map_or(1, |seq| seq + 1)),
-        next_intent: stored.next_intent.max(last_intent.map_or(1, |id| id + 1)),
-    };
+    let db = open::open_db(&opener, &path)?;
+    let loaded = open::load(&db)?;
     tracing::info!(
         path = %path.display(),
-        journal_old = book.snapshot(BackendName::Old).entries,
-        journal_new = book.snapshot(BackendName::New).entries,
-        dead_letters = dead_count,
-        pending_intents = intent_count,
+        journal_old = loaded.book.entries(BackendName::Old),
+        journal_new = loaded.book.entries(BackendName::New),
+        journal_bytes = loaded.book.bytes(),
+        dead_letters = loaded.dead_letters,
+        pending_intents = loaded.pending_intents,
         "state store opened"
     );
-
     let shared = Shared {
-        db,
-        lag: Mutex::new(book),
-        dead_letters: AtomicU64::new(dead_count),
+        db: RwLock::new(Some(db)),
+        path: path.clone(),
+        opener,
+        max_journal_bytes: options.max_journal_bytes,
+        unwritable: watch::channel(None).0,
+        journal_bytes: AtomicU64::new(loaded.book.bytes()),
+        lag: Mutex::new(loaded.book),
+        dead_letters: AtomicU64::new(loaded.dead_letters),
+        pending_intents: AtomicU64::new(loaded.pending_intents),
         commits: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         entries_appended: AtomicU64::new(0),
-        appends: last.map(|seq| watch::channel(seq).0),
+        appends: loaded.last.map(|seq| watch::channel(seq).0),
     };
-    Ok((shared, counters, path))
-}
-
-/// In one write transaction: checks or records the format, creates every table (a read
-/// transaction cannot open a table never created), and reads the persisted counters.
-fn prepare(db: &Database) -> Result<Counters, StoreError> {
-    let txn = db.begin_write()?;
-    let counters = {
-        let mut meta = txn.open_table(schema::META)?;
-        let format = meta.get(schema::FORMAT_KEY)?.map(|v| v.value());
-        match format {
-            None => {
-                meta.insert(schema::FORMAT_KEY, schema::FORMAT)?;
-            }
-            Some(found) if found == schema::FORMAT => {}
-            Some(found) => {
-                return Err(StoreError::UnsupportedFormat {
-                    found,
-                    supported: schema::FORMAT,
-                })
-            }
-        }
-        for table in [
-            schema::JOURNAL_OLD,
-            schema::JOURNAL_NEW,
-            schema::INTENTS,
-            schema::DEAD_LETTERS,
-        ] {
-            txn.open_table(table)?;
-        }
-        for table in schema::MAP_TABLES {
-            txn.open_table(schema::map(table))?;
-        }
-        let next_seq = meta.get(schema::NEXT_SEQ_KEY)?.map_or(1, |v| v.value());
-        let next_intent = meta.get(schema::NEXT_INTENT_KEY)?.map_or(1, |v| v.value());
-        Counters {
-            next_seq,
-            next_intent,
-        }
-    };
-    txn.commit()?;
-    Ok(counters)
+    Ok((shared, loaded.counters, path))
 }

@@ -10,7 +10,10 @@ pub(crate) const FILE_NAME: &str = "chroma-shift.redb";
 
 /// The layout this build reads and writes, recorded in [`META`] under [`FORMAT_KEY`]. Bump it
 /// when a table or a value layout changes incompatibly, so an old build refuses a new file.
-pub(crate) const FORMAT: u64 = 1;
+/// Format 2 added [`LAG_INDEX`] and [`LAG_SUMMARY`]; open migrates a format-1 file once.
+pub(crate) const FORMAT: u64 = 2;
+/// The format before the lag tables.
+pub(crate) const FORMAT_V1: u64 = 1;
 
 /// Bookkeeping numbers: the layout version and the next ids to hand out.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -27,6 +30,18 @@ pub(crate) const JOURNAL_NEW: TableDefinition<u64, &[u8]> = TableDefinition::new
 pub(crate) const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");
 /// Parked entries, keyed by the seq they had in the journal (seqs are global, so no clash).
 pub(crate) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+
+/// One row per journal entry, keyed by (target slot, collection key, seq), valued by its
+/// creation time: a collection's oldest entry is the first row of its range, so removing it
+/// finds the next oldest with one lookup instead of a journal scan.
+pub(crate) const LAG_INDEX: TableDefinition<(u8, &str, u64), u64> =
+    TableDefinition::new("lag.index");
+/// One row per (target slot, collection key) with entries in the journal: (entries, payload
+/// bytes). Open reads the lag book from here, in time that grows with collections, not entries.
+pub(crate) const LAG_SUMMARY: TableDefinition<(u8, &str), (u64, u64)> =
+    TableDefinition::new("lag.summary");
+/// Written and emptied again by the recovery probe that tests whether the disk takes writes.
+pub(crate) const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("probe");
 
 const MAP_COLLECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.collections");
 const MAP_TOPOLOGY: TableDefinition<&str, &[u8]> = TableDefinition::new("map.topology");
@@ -60,6 +75,11 @@ pub(crate) fn slot(target: BackendName) -> usize {
         BackendName::Old => 0,
         BackendName::New => 1,
     }
+}
+
+/// A target's slot as the first field of the lag tables' keys.
+pub(crate) fn slot_key(target: BackendName) -> u8 {
+    slot(target) as u8
 }
 
 /// Both targets, in [`slot`] order.

@@ -471,3 +471,535 @@ async fn a_newer_file_format_is_refused() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn pending_intent_count_follows_record_commit_discard_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(store.pending_intent_count(), 0);
+    let a = store.record_intent(b"a".to_vec()).await.unwrap();
+    let b = store.record_intent(b"b".to_vec()).await.unwrap();
+    let c = store.record_intent(b"c".to_vec()).await.unwrap();
+    assert_eq!(store.pending_intent_count(), 3);
+    store
+        .commit_intent(a, vec![entry(New, "x", "a")])
+        .await
+        .unwrap();
+    store.discard_intent(b).await.unwrap();
+    store.discard_intent(b).await.unwrap(); // twice: counted once
+    assert!(store.commit_intent(a, vec![]).await.is_err()); // refused: no change
+    assert_eq!(store.pending_intent_count(), 1);
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(store.pending_intent_count(), 1);
+    store.discard_intent(c).await.unwrap();
+    assert_eq!(store.pending_intent_count(), 0);
+}
+
+#[tokio::test]
+async fn read_bounded_stops_at_the_byte_bound_but_returns_at_least_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let sizes = [10usize, 30, 5, 100, 1];
+    let mut written = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        written.extend(
+            store
+                .append(vec![
+                    entry(New, "c", &"x".repeat(*size)),
+                    entry(Old, "c", &i.to_string()),
+                ])
+                .await
+                .unwrap()
+                .into_iter()
+                .step_by(2),
+        );
+    }
+    let lens = |page: &[JournalEntry]| page.iter().map(|e| e.payload.len()).collect::<Vec<_>>();
+    // 10 + 30 reaches 40: stop there.
+    let page = store.read_bounded(New, None, 100, 40).unwrap();
+    assert_eq!(lens(&page), [10, 30]);
+    assert_eq!(seqs(&page), written[..2]);
+    // 10 + 30 is under 41: one more, which brings it to 45.
+    assert_eq!(
+        lens(&store.read_bounded(New, None, 100, 41).unwrap()),
+        [10, 30, 5]
+    );
+    // An entry larger than the bound still comes back alone.
+    let page = store.read_bounded(New, Some(written[2]), 100, 1).unwrap();
+    assert_eq!(lens(&page), [100]);
+    assert_eq!(
+        lens(&store.read_bounded(New, None, 0, 1000).unwrap()),
+        [0usize; 0]
+    );
+    // The entry bound still holds.
+    assert_eq!(
+        lens(&store.read_bounded(New, None, 2, usize::MAX).unwrap()),
+        [10, 30]
+    );
+    // Paging by the last seq covers everything once.
+    let mut cursor = None;
+    let mut all = Vec::new();
+    loop {
+        let page = store.read_bounded(New, cursor, 100, 32).unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.seq);
+        all.extend(page);
+    }
+    assert_eq!(seqs(&all), written);
+    assert!(store
+        .read_bounded(New, Some(Seq(u64::MAX)), 10, 10)
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn retarget_moves_entries_in_one_transaction_and_skips_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let s = store
+        .append(vec![
+            entry(New, "a", "1"),
+            entry(New, "b", "2"),
+            entry(New, "a", "3"),
+        ])
+        .await
+        .unwrap();
+    store.remove(New, &[s[1]]).await.unwrap();
+    let mut appended = store.watch_appends(Old);
+    appended.borrow_and_update();
+
+    let moved = store
+        .retarget(
+            New,
+            vec![
+                (s[2], b"3 for old".to_vec()),
+                (s[1], b"gone".to_vec()),
+                (s[0], b"1 for old".to_vec()),
+            ],
+            Old,
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 2, "the missing seq is skipped");
+    assert!(
+        moved[0] > s[2] && moved[1] > moved[0],
+        "new seqs, in the order given"
+    );
+    assert!(store.read(New, None, 10).unwrap().is_empty());
+    let old = store.read(Old, None, 10).unwrap();
+    assert_eq!(seqs(&old), moved);
+    assert_eq!(payloads(&old), ["3 for old", "1 for old"]);
+    assert!(old.iter().all(|e| e.collection == "a" && e.target == Old));
+    assert!(appended.has_changed().unwrap());
+    assert_eq!(*appended.borrow(), Some(moved[1]));
+    assert_eq!(store.lag(New), Lag::default());
+    assert_eq!(store.lag(Old).entries, 2);
+    assert_eq!(store.lag(Old).collections["a"].entries, 2);
+
+    // Moving again finds nothing to move.
+    let again = store
+        .retarget(New, vec![(s[0], b"twice".to_vec())], Old)
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(
+        payloads(&store.read(Old, None, 10).unwrap()),
+        ["3 for old", "1 for old"]
+    );
+    assert_eq!(store.lag(Old).entries, 2);
+    assert_eq!(store.lag(New).entries, 0);
+}
+
+#[tokio::test]
+async fn dead_letters_are_redriven_to_the_end_of_the_journal_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let s = store
+        .append(vec![
+            entry(New, "a", "parked 1"),
+            entry(New, "b", "parked 2"),
+            entry(New, "a", "waiting"),
+        ])
+        .await
+        .unwrap();
+    store.park(New, s[0], "400: bad".into()).await.unwrap();
+    store.park(New, s[1], "400: worse".into()).await.unwrap();
+    assert_eq!(store.dead_letter_count(), 2);
+    assert_eq!(store.lag(New).entries, 1);
+
+    let redriven = store.redrive_dead_letter(s[0]).await.unwrap();
+    assert!(redriven > s[2], "at the end of the journal");
+    let journal = store.read(New, None, 10).unwrap();
+    assert_eq!(seqs(&journal), [s[2], redriven]);
+    assert_eq!(payloads(&journal), ["waiting", "parked 1"]);
+    assert_eq!(journal[1].collection, "a");
+    assert_eq!(store.dead_letter_count(), 1);
+    assert_eq!(store.lag(New).collections["a"].entries, 2);
+    assert!(matches!(
+        store.redrive_dead_letter(s[0]).await,
+        Err(StoreError::UnknownDeadLetter(seq)) if seq == s[0]
+    ));
+
+    let dropped = store.drop_dead_letter(s[1]).await.unwrap();
+    assert_eq!(dropped.seq, s[1]);
+    assert_eq!(dropped.collection, "b");
+    assert_eq!(dropped.reason, "400: worse");
+    assert_eq!(dropped.payload, b"parked 2");
+    assert_eq!(store.dead_letter_count(), 0);
+    assert!(store.dead_letters(None, 10).unwrap().is_empty());
+    assert!(matches!(
+        store.drop_dead_letter(s[1]).await,
+        Err(StoreError::UnknownDeadLetter(_))
+    ));
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(store.dead_letter_count(), 0);
+    assert_eq!(seqs(&store.read(New, None, 10).unwrap()), [s[2], redriven]);
+    // Seqs stay unique: the next append comes after the re-driven entry.
+    let next = store.append(vec![entry(New, "a", "n")]).await.unwrap();
+    assert!(next[0] > redriven);
+}
+
+/// A real file whose writes, resizes and syncs fail with "no space left" while `full` is set:
+/// a full disk on demand. Each (re)open wraps the same path, so what was committed persists.
+#[derive(Debug)]
+struct FullDiskFile {
+    inner: redb::backends::FileBackend,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FullDiskFile {
+    fn check(&self) -> Result<(), std::io::Error> {
+        if self.full.load(Ordering::SeqCst) {
+            Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl redb::StorageBackend for FullDiskFile {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.inner.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.lock_range(start, end)
+    }
+    fn lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+    fn query_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
+}
+
+use std::sync::atomic::Ordering;
+
+async fn open_on_full_disk(
+    dir: &Path,
+    options: StoreOptions,
+) -> (Store, Arc<std::sync::atomic::AtomicBool>) {
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = full.clone();
+    let opener: open::Opener = Arc::new(move |path: &Path| {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+        redb::Builder::new().create_with_backend(FullDiskFile {
+            inner: redb::backends::FileBackend::new(file)?,
+            full: flag.clone(),
+        })
+    });
+    let store = Store::open_inner(dir, options, opener).await.unwrap();
+    (store, full)
+}
+
+/// Waits (bounded, so a hang fails) until the store says it can write again.
+async fn until_writable(store: &Store) {
+    let mut health = store.watch_unwritable();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        health.wait_for(Option::is_none),
+    )
+    .await
+    .expect("the store did not recover within 60 s")
+    .unwrap();
+    assert!(store.writable().is_ok());
+}
+
+#[tokio::test]
+async fn an_io_error_refuses_writes_until_the_store_reopens_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, full) = open_on_full_disk(dir.path(), StoreOptions::default()).await;
+    let before = store
+        .append(vec![entry(New, "a", "kept 1"), entry(New, "b", "kept 2")])
+        .await
+        .unwrap();
+    let intent = store.record_intent(b"in flight".to_vec()).await.unwrap();
+    let lag_before = store.lag(New);
+    let bytes_before = store.journal_bytes();
+    assert!(store.writable().is_ok());
+
+    full.store(true, Ordering::SeqCst);
+    let err = store
+        .append(vec![entry(New, "a", "refused")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unwritable { .. }), "{err:?}");
+    assert!(err.is_retryable_unavailable());
+    let text = err.to_string();
+    assert!(text.contains("state disk cannot be written"), "{text}");
+    assert!(text.contains("not committed"), "{text}");
+    // Every later change is refused at once, a move of entries included (nothing moves).
+    let health = store.health();
+    assert!(health.unwritable.is_some(), "{health:?}");
+    assert!(matches!(
+        store.writable(),
+        Err(StoreError::Unwritable { .. })
+    ));
+    let refused = store
+        .retarget(New, vec![(before[0], b"moved".to_vec())], Old)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unwritable { .. })),
+        "{refused:?}"
+    );
+    let refused = store
+        .commit_intent(intent, vec![entry(New, "a", "x")])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unwritable { .. })),
+        "{refused:?}"
+    );
+    // A failed commit changed no counter.
+    assert_eq!(store.lag(New), lag_before);
+    assert_eq!(store.journal_bytes(), bytes_before);
+    assert_eq!(store.pending_intent_count(), 1);
+    // Reads fail as unavailable, or succeed; never with a misleading error.
+    match store.read(New, None, 10) {
+        Ok(read) => assert_eq!(seqs(&read), before),
+        Err(err) => assert!(err.is_retryable_unavailable(), "{err:?}"),
+    }
+
+    // Space is back: the store recovers without being reopened by its owner.
+    full.store(false, Ordering::SeqCst);
+    until_writable(&store).await;
+    let after = store.append(vec![entry(New, "a", "after")]).await.unwrap();
+    let read = store.read(New, None, 10).unwrap();
+    assert_eq!(payloads(&read), ["kept 1", "kept 2", "after"]);
+    assert_eq!(seqs(&read)[..2], before[..]);
+    assert_eq!(read[2].seq, after[0]);
+    assert_eq!(store.lag(New).entries, 3);
+    assert_eq!(store.journal_bytes(), bytes_before + 5);
+    // The intent survived, and still commits.
+    assert_eq!(store.pending_intent_count(), 1);
+    store
+        .commit_intent(intent, vec![entry(Old, "a", "committed")])
+        .await
+        .unwrap();
+    assert_eq!(store.pending_intent_count(), 0);
+    drop(store);
+
+    // What the counters said is what is on disk.
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(
+        payloads(&store.read(New, None, 10).unwrap()),
+        ["kept 1", "kept 2", "after"]
+    );
+    assert_eq!(payloads(&store.read(Old, None, 10).unwrap()), ["committed"]);
+    assert_eq!(store.lag(New).entries, 3);
+    assert_eq!(store.journal_bytes(), bytes_before + 5 + 9);
+    assert!(store.pending_intents().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_journal_cap_refuses_new_writes_until_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        max_journal_bytes: 100,
+    };
+    let store = Store::open_with(dir.path(), options).await.unwrap();
+    let admitted = store.record_intent(b"admitted".to_vec()).await.unwrap();
+    let s = store
+        .append(vec![entry(New, "a", &"x".repeat(60))])
+        .await
+        .unwrap();
+    store
+        .append(vec![entry(Old, "a", &"y".repeat(50))])
+        .await
+        .unwrap();
+    assert_eq!(store.journal_bytes(), 110);
+    assert!(store.health().journal_full());
+
+    let err = store
+        .append(vec![entry(New, "a", "refused")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::JournalFull {
+                bytes: 110,
+                cap: 100
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_retryable_unavailable());
+    assert!(err.to_string().contains("110 bytes"), "{err}");
+    assert!(matches!(
+        store.record_intent(b"refused".to_vec()).await,
+        Err(StoreError::JournalFull { .. })
+    ));
+    assert!(matches!(
+        store.writable(),
+        Err(StoreError::JournalFull { .. })
+    ));
+    assert_eq!(store.pending_intent_count(), 1);
+    // An intent admitted before the cap was reached still commits: its write may be on the
+    // primary already.
+    store
+        .commit_intent(admitted, vec![entry(New, "a", "admitted")])
+        .await
+        .unwrap();
+    assert_eq!(store.journal_bytes(), 118);
+    drop(store);
+
+    // The byte count is rebuilt at open.
+    let store = Store::open_with(dir.path(), options).await.unwrap();
+    assert_eq!(store.journal_bytes(), 118);
+    assert!(store.writable().is_err());
+    store.remove(New, &[s[0]]).await.unwrap();
+    assert_eq!(store.journal_bytes(), 58);
+    assert!(store.writable().is_ok());
+    store
+        .append(vec![entry(New, "a", "accepted again")])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_format_1_file_is_migrated_once_with_its_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(schema::FILE_NAME);
+    {
+        // A file as format 1 wrote it: journals and counters, no lag tables.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(schema::META).unwrap();
+            meta.insert(schema::FORMAT_KEY, schema::FORMAT_V1).unwrap();
+            meta.insert(schema::NEXT_SEQ_KEY, 10).unwrap();
+            let mut new = txn.open_table(schema::JOURNAL_NEW).unwrap();
+            for (seq, collection, payload, created) in [
+                (3, "a", "one", 300),
+                (5, "b", "three", 500),
+                (7, "a", "seven", 700),
+            ] {
+                let mut bytes = codec::encode_entry(New, collection, payload.as_bytes()).unwrap();
+                codec::stamp_created_ms(&mut bytes, created);
+                new.insert(seq, bytes.as_slice()).unwrap();
+            }
+            let mut old = txn.open_table(schema::JOURNAL_OLD).unwrap();
+            let mut bytes = codec::encode_entry(Old, "a", b"x").unwrap();
+            codec::stamp_created_ms(&mut bytes, 400);
+            old.insert(4, bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    let store = Store::open(dir.path()).await.unwrap();
+    let lag = store.lag(New);
+    assert_eq!(lag.entries, 3);
+    assert_eq!(lag.oldest_created_ms, Some(300));
+    assert_eq!(
+        lag.collections["a"],
+        CollectionLag {
+            entries: 2,
+            oldest_created_ms: 300
+        }
+    );
+    assert_eq!(lag.collections["b"].oldest_created_ms, 500);
+    assert_eq!(store.lag(Old).entries, 1);
+    assert_eq!(store.journal_bytes(), 3 + 5 + 5 + 1);
+    // The index follows later changes: removing the oldest of "a" finds the next.
+    store.remove(New, &[Seq(3)]).await.unwrap();
+    assert_eq!(store.lag(New).collections["a"].oldest_created_ms, 700);
+    let next = store.append(vec![entry(New, "a", "n")]).await.unwrap();
+    assert_eq!(next, [Seq(10)]);
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(store.lag(New).collections["a"].entries, 2);
+    assert_eq!(store.lag(New).collections["a"].oldest_created_ms, 700);
+    let db_format = {
+        drop(store);
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(schema::META).unwrap();
+        let format = meta.get(schema::FORMAT_KEY).unwrap().unwrap().value();
+        format
+    };
+    assert_eq!(db_format, schema::FORMAT);
+}

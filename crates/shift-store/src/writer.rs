@@ -9,18 +9,19 @@
 //! A plain thread rather than a tokio task: a commit blocks on fsync, which must not stall a
 //! runtime worker, and the loop has nothing else to wait for.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Durability, Table, WriteTransaction};
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use shift_config::BackendName;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::lag::LagChange;
-use crate::{codec, schema, IntentId, MapTable, Seq, Shared, StoreError};
+use crate::lag::CollectionState;
+use crate::{codec, recover, schema, DeadLetter, IntentId, MapTable, Seq, Shared, StoreError};
 
 /// Most requests in one transaction: bounds the time a batch holds its callers and the memory
 /// of one transaction.
@@ -40,6 +41,8 @@ pub(crate) struct EncodedEntry {
     pub target: BackendName,
     /// Kept for the lag book.
     pub collection: String,
+    /// The payload's length, counted against the journal's size cap.
+    pub payload_len: u64,
     /// [`codec::encode_entry`]'s output; the writer stamps the commit time into it.
     pub bytes: Vec<u8>,
 }
@@ -86,6 +89,20 @@ pub(crate) enum Op {
         key: String,
         reply: Reply<()>,
     },
+    Retarget {
+        from: BackendName,
+        moves: Vec<(Seq, Vec<u8>)>,
+        to: BackendName,
+        reply: Reply<Vec<Seq>>,
+    },
+    RedriveDeadLetter {
+        seq: Seq,
+        reply: Reply<Seq>,
+    },
+    DropDeadLetter {
+        seq: Seq,
+        reply: Reply<DeadLetter>,
+    },
 }
 
 /// The next ids to hand out, as last committed.
@@ -111,18 +128,60 @@ fn run(shared: &Shared, mut queue: mpsc::Receiver<Op>, mut counters: Counters) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     // Blocks for the first request, then takes whatever else is already queued.
     while queue.blocking_recv_many(&mut ops, MAX_BATCH) > 0 {
-        commit_batch(shared, &mut counters, std::mem::take(&mut ops));
+        if let Some(reason) = commit_batch(shared, &mut counters, std::mem::take(&mut ops)) {
+            // redb latches an I/O error: every later transaction of this Database fails. Only
+            // a new Database can write again, once the disk can.
+            if !recover::reopen_until_writable(shared, &mut queue, &mut counters, &reason) {
+                return;
+            }
+        }
     }
 }
 
-fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) {
+/// Commits one batch and answers its callers. Returns the I/O error that failed it, if one
+/// did: the store is then unwritable until the writer has reopened the file.
+fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) -> Option<String> {
     let requests = ops.len() as u64;
-    let mut batch = Batch::new(*counters);
-    let outcome = batch.write(&shared.db, ops);
-    if let Err(err) = &outcome {
-        tracing::error!(error = %err, requests, "state store commit failed; the batch's writes are refused");
-        batch.answer(outcome.as_ref().map(|_| ()));
-        return;
+    let mut batch = Batch::new(
+        *counters,
+        shared.journal_bytes.load(Ordering::Relaxed),
+        shared.max_journal_bytes,
+    );
+    let outcome = {
+        let db = shared
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match db.as_ref() {
+            Some(db) => batch.write(db, ops),
+            // Only while recovering, which answers the queue itself; kept total anyway.
+            None => {
+                batch.skip(ops);
+                Err(StoreError::Unwritable {
+                    reason: "the state file is closed for reopening".into(),
+                })
+            }
+        }
+    };
+    if let Err(err) = outcome {
+        // Nothing of a failed transaction reached the counters: they are set only below.
+        return match err.io_reason() {
+            Some(reason) => {
+                tracing::error!(error = %err, requests, "state store commit failed: the state disk cannot be written; refusing writes until it can");
+                // Refuse new calls before answering these, so no caller sees a success after
+                // an error it could have seen first.
+                recover::mark_unwritable(shared, &reason);
+                batch.answer(Err(&StoreError::Unwritable {
+                    reason: reason.clone(),
+                }));
+                Some(reason)
+            }
+            None => {
+                tracing::error!(error = %err, requests, "state store commit failed; the batch's writes are refused");
+                batch.answer(Err(&err));
+                None
+            }
+        };
     }
 
     // Publish before answering, so a caller that saw its write acknowledged also sees it in
@@ -131,13 +190,13 @@ fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) {
     counters.next_intent = batch.next_intent;
     {
         let mut lag = shared.lag();
-        for change in batch.lag.drain(..) {
-            lag.apply(change);
+        for (target, collection, state) in batch.lag.drain(..) {
+            lag.set(target, collection, state);
         }
+        shared.journal_bytes.store(lag.bytes(), Ordering::Relaxed);
     }
-    shared
-        .dead_letters
-        .fetch_add(batch.parked, Ordering::Relaxed);
+    add_signed(&shared.dead_letters, batch.dead_letters);
+    add_signed(&shared.pending_intents, batch.intents);
     shared.commits.fetch_add(1, Ordering::Relaxed);
     shared.requests.fetch_add(requests, Ordering::Relaxed);
     shared
@@ -149,6 +208,16 @@ fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) {
         }
     }
     batch.answer(Ok(()));
+    None
+}
+
+/// Adds a batch's net change to a counter.
+fn add_signed(counter: &std::sync::atomic::AtomicU64, delta: i64) {
+    if delta >= 0 {
+        counter.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+    }
 }
 
 /// Why one request of a batch did not apply.
@@ -171,6 +240,8 @@ enum Done {
     Intent(Reply<IntentId>, Result<IntentId, StoreError>),
     Seqs(Reply<Vec<Seq>>, Result<Vec<Seq>, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
+    Seq(Reply<Seq>, Result<Seq, StoreError>),
+    Letter(Reply<DeadLetter>, Result<DeadLetter, StoreError>),
 }
 
 impl Done {
@@ -178,7 +249,11 @@ impl Done {
     fn skipped(op: Op) -> Done {
         match op {
             Op::RecordIntent { reply, .. } => Done::Intent(reply, never()),
-            Op::CommitIntent { reply, .. } | Op::Append { reply, .. } => Done::Seqs(reply, never()),
+            Op::CommitIntent { reply, .. }
+            | Op::Append { reply, .. }
+            | Op::Retarget { reply, .. } => Done::Seqs(reply, never()),
+            Op::RedriveDeadLetter { reply, .. } => Done::Seq(reply, never()),
+            Op::DropDeadLetter { reply, .. } => Done::Letter(reply, never()),
             Op::DiscardIntent { reply, .. }
             | Op::Remove { reply, .. }
             | Op::Park { reply, .. }
@@ -195,8 +270,15 @@ impl Done {
             Done::Intent(tx, own) => drop(tx.send(batch.and(own))),
             Done::Seqs(tx, own) => drop(tx.send(batch.and(own))),
             Done::Unit(tx, own) => drop(tx.send(batch.and(own))),
+            Done::Seq(tx, own) => drop(tx.send(batch.and(own))),
+            Done::Letter(tx, own) => drop(tx.send(batch.and(own))),
         }
     }
+}
+
+/// Answers a request without applying it.
+pub(crate) fn refuse(op: Op, err: &StoreError) {
+    Done::skipped(op).answer(Err(err));
 }
 
 /// The placeholder result of a request never applied.
@@ -210,6 +292,8 @@ struct Tables<'txn> {
     journals: [Table<'txn, u64, &'static [u8]>; 2],
     intents: Table<'txn, u64, &'static [u8]>,
     dead: Table<'txn, u64, &'static [u8]>,
+    index: Table<'txn, (u8, &'static str, u64), u64>,
+    summary: Table<'txn, (u8, &'static str), (u64, u64)>,
     maps: [Table<'txn, &'static str, &'static [u8]>; 3],
 }
 
@@ -223,6 +307,8 @@ impl<'txn> Tables<'txn> {
             ],
             intents: txn.open_table(schema::INTENTS)?,
             dead: txn.open_table(schema::DEAD_LETTERS)?,
+            index: txn.open_table(schema::LAG_INDEX)?,
+            summary: txn.open_table(schema::LAG_SUMMARY)?,
             maps: [
                 txn.open_table(schema::map(MapTable::Collections))?,
                 txn.open_table(schema::map(MapTable::Topology))?,
@@ -253,22 +339,36 @@ struct Batch {
     next_intent: u64,
     /// One commit time for the whole batch: its entries became durable together.
     now_ms: u64,
-    lag: Vec<LagChange>,
-    parked: u64,
+    /// Payload bytes in the journals, as this transaction would leave them.
+    journal_bytes: u64,
+    /// `[state] max_journal_bytes`; 0 is no cap.
+    cap: u64,
+    /// Net change per (target slot, collection) of entries and payload bytes.
+    touched: HashMap<(usize, String), (i64, i64)>,
+    /// What the touched collections hold after the commit, for the lag book.
+    lag: Vec<(BackendName, String, Option<CollectionState>)>,
+    /// Net change of the dead-letter count.
+    dead_letters: i64,
+    /// Net change of the pending-intent count.
+    intents: i64,
     appended: u64,
     last_appended: [Option<Seq>; 2],
     done: Vec<Done>,
 }
 
 impl Batch {
-    fn new(counters: Counters) -> Batch {
+    fn new(counters: Counters, journal_bytes: u64, cap: u64) -> Batch {
         Batch {
             before: counters,
             next_seq: counters.next_seq,
             next_intent: counters.next_intent,
             now_ms: now_ms(),
+            journal_bytes,
+            cap,
+            touched: HashMap::new(),
             lag: Vec::new(),
-            parked: 0,
+            dead_letters: 0,
+            intents: 0,
             appended: 0,
             last_appended: [None; 2],
             done: Vec::new(),
@@ -319,6 +419,7 @@ impl Batch {
                 return Err(err);
             }
         }
+        self.settle_lag(&mut tables)?;
         if self.next_seq != self.before.next_seq {
             tables.meta.insert(schema::NEXT_SEQ_KEY, self.next_seq)?;
         }
@@ -342,11 +443,11 @@ impl Batch {
                 self.settle(r, |r| Done::Seqs(reply, r))
             }
             Op::DiscardIntent { id, reply } => {
-                let r = t.intents.remove(id.0).map(|_| ()).map_err(Failure::from);
+                let r = self.discard_intent(t, id);
                 self.settle(r, |r| Done::Unit(reply, r))
             }
             Op::Append { entries, reply } => {
-                let r = self.append(t, entries);
+                let r = self.append_new(t, entries);
                 self.settle(r, |r| Done::Seqs(reply, r))
             }
             Op::Remove {
@@ -387,6 +488,23 @@ impl Batch {
                     .map_err(Failure::from);
                 self.settle(r, |r| Done::Unit(reply, r))
             }
+            Op::Retarget {
+                from,
+                moves,
+                to,
+                reply,
+            } => {
+                let r = self.retarget(t, from, moves, to);
+                self.settle(r, |r| Done::Seqs(reply, r))
+            }
+            Op::RedriveDeadLetter { seq, reply } => {
+                let r = self.redrive(t, seq);
+                self.settle(r, |r| Done::Seq(reply, r))
+            }
+            Op::DropDeadLetter { seq, reply } => {
+                let r = self.drop_dead_letter(t, seq);
+                self.settle(r, |r| Done::Letter(reply, r))
+            }
         }
     }
 
@@ -413,10 +531,21 @@ impl Batch {
     }
 
     fn record_intent(&mut self, t: &mut Tables<'_>, payload: &[u8]) -> Result<IntentId, Failure> {
+        // The cap is checked where a write is admitted, before the primary sees it; the
+        // intent's commit is not refused, since by then the primary has applied the write.
+        self.check_cap()?;
         let id = self.next_intent;
         self.next_intent += 1;
         t.intents.insert(id, payload)?;
+        self.intents += 1;
         Ok(IntentId(id))
+    }
+
+    fn discard_intent(&mut self, t: &mut Tables<'_>, id: IntentId) -> Result<(), Failure> {
+        if t.intents.remove(id.0)?.is_some() {
+            self.intents -= 1;
+        }
+        Ok(())
     }
 
     fn commit_intent(
@@ -429,6 +558,28 @@ impl Batch {
         if t.intents.remove(id.0)?.is_none() {
             return Err(Failure::Refused(StoreError::UnknownIntent(id)));
         }
+        self.intents -= 1;
+        self.append(t, entries)
+    }
+
+    /// Refuses a new write while the journal is at or over its cap. Changes nothing.
+    fn check_cap(&self) -> Result<(), Failure> {
+        if self.cap > 0 && self.journal_bytes >= self.cap {
+            return Err(Failure::Refused(StoreError::JournalFull {
+                bytes: self.journal_bytes,
+                cap: self.cap,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Appends new writes, refused whole while the journal is full.
+    fn append_new(
+        &mut self,
+        t: &mut Tables<'_>,
+        entries: Vec<EncodedEntry>,
+    ) -> Result<Vec<Seq>, Failure> {
+        self.check_cap()?;
         self.append(t, entries)
     }
 
@@ -446,15 +597,84 @@ impl Batch {
                 .insert(seq.0, entry.bytes.as_slice())?;
             self.last_appended[schema::slot(entry.target)] = Some(seq);
             self.appended += 1;
-            self.lag.push(LagChange::Added {
-                target: entry.target,
-                collection: entry.collection,
-                seq,
-                created_ms: self.now_ms,
-            });
+            self.added(t, entry.target, &entry.collection, seq, entry.payload_len)?;
             seqs.push(seq);
         }
         Ok(seqs)
+    }
+
+    /// Indexes a journal entry just inserted.
+    fn added(
+        &mut self,
+        t: &mut Tables<'_>,
+        target: BackendName,
+        collection: &str,
+        seq: Seq,
+        payload_len: u64,
+    ) -> Result<(), Failure> {
+        t.index
+            .insert((schema::slot_key(target), collection, seq.0), self.now_ms)?;
+        self.journal_bytes += payload_len;
+        let delta = self
+            .touched
+            .entry((schema::slot(target), collection.to_owned()))
+            .or_default();
+        delta.0 += 1;
+        delta.1 += payload_len as i64;
+        Ok(())
+    }
+
+    /// Unindexes a journal entry just removed.
+    fn removed(
+        &mut self,
+        t: &mut Tables<'_>,
+        target: BackendName,
+        collection: &str,
+        seq: Seq,
+        payload_len: u64,
+    ) -> Result<(), Failure> {
+        t.index
+            .remove((schema::slot_key(target), collection, seq.0))?;
+        self.journal_bytes = self.journal_bytes.saturating_sub(payload_len);
+        let delta = self
+            .touched
+            .entry((schema::slot(target), collection.to_owned()))
+            .or_default();
+        delta.0 -= 1;
+        delta.1 -= payload_len as i64;
+        Ok(())
+    }
+
+    /// Writes the touched collections' new totals to `lag.summary` and reads each one's new
+    /// oldest entry from `lag.index`, for the lag book once committed.
+    fn settle_lag(&mut self, t: &mut Tables<'_>) -> Result<(), StoreError> {
+        for ((slot, collection), (entries, bytes)) in std::mem::take(&mut self.touched) {
+            let target = schema::TARGETS[slot];
+            let key = (schema::slot_key(target), collection.as_str());
+            let (old_entries, old_bytes) = t.summary.get(key)?.map_or((0, 0), |v| v.value());
+            let entries = old_entries.saturating_add_signed(entries);
+            let bytes = old_bytes.saturating_add_signed(bytes);
+            let state = if entries == 0 {
+                t.summary.remove(key)?;
+                None
+            } else {
+                t.summary.insert(key, (entries, bytes))?;
+                let slot = schema::slot_key(target);
+                let oldest = t
+                    .index
+                    .range((slot, collection.as_str(), 0)..=(slot, collection.as_str(), u64::MAX))?
+                    .next()
+                    .transpose()?
+                    .map_or(self.now_ms, |(_, created)| created.value());
+                Some(CollectionState {
+                    entries,
+                    bytes,
+                    oldest_created_ms: oldest,
+                })
+            };
+            self.lag.push((target, collection, state));
+        }
+        Ok(())
     }
 
     fn remove(
@@ -463,19 +683,16 @@ impl Batch {
         target: BackendName,
         seqs: &[Seq],
     ) -> Result<(), Failure> {
-        let journal = t.journal(target);
         for &seq in seqs {
             // Removing an entry that is already gone is not an error: a replay worker that
             // restarted may remove twice.
-            let Some(old) = journal.remove(seq.0)? else {
+            let Some(old) = t.journal(target).remove(seq.0)? else {
                 continue;
             };
             let entry = decode_journal(target, seq, old.value()).map_err(Failure::Fatal)?;
-            self.lag.push(LagChange::Removed {
-                target,
-                collection: entry.collection.to_owned(),
-                seq,
-            });
+            let (collection, len) = (entry.collection.to_owned(), entry.payload.len() as u64);
+            drop(old);
+            self.removed(t, target, &collection, seq, len)?;
         }
         Ok(())
     }
@@ -492,14 +709,84 @@ impl Batch {
         };
         let entry = decode_journal(target, seq, old.value()).map_err(Failure::Fatal)?;
         let letter = codec::encode_dead_letter(&entry, self.now_ms, reason);
+        let (collection, len) = (entry.collection.to_owned(), entry.payload.len() as u64);
+        drop(old);
         t.dead.insert(seq.0, letter.as_slice())?;
-        self.parked += 1;
-        self.lag.push(LagChange::Removed {
-            target,
-            collection: entry.collection.to_owned(),
-            seq,
-        });
+        self.dead_letters += 1;
+        self.removed(t, target, &collection, seq, len)?;
         Ok(())
+    }
+}
+
+impl Batch {
+    /// Moves entries from one target's journal to the other's, each with a new payload.
+    fn retarget(
+        &mut self,
+        t: &mut Tables<'_>,
+        from: BackendName,
+        moves: Vec<(Seq, Vec<u8>)>,
+        to: BackendName,
+    ) -> Result<Vec<Seq>, Failure> {
+        let mut appended = Vec::with_capacity(moves.len());
+        for (seq, payload) in moves {
+            // An entry already applied, parked or moved is skipped, like a second remove.
+            let Some(old) = t.journal(from).remove(seq.0)? else {
+                continue;
+            };
+            let entry = decode_journal(from, seq, old.value()).map_err(Failure::Fatal)?;
+            let (collection, len) = (entry.collection.to_owned(), entry.payload.len() as u64);
+            drop(old);
+            self.removed(t, from, &collection, seq, len)?;
+            let bytes = codec::encode_entry(to, &collection, &payload).map_err(Failure::Fatal)?;
+            let mut seqs = self.append(
+                t,
+                vec![EncodedEntry {
+                    target: to,
+                    collection,
+                    payload_len: payload.len() as u64,
+                    bytes,
+                }],
+            )?;
+            appended.append(&mut seqs);
+        }
+        Ok(appended)
+    }
+
+    /// Puts a dead letter back at the end of its target's journal.
+    fn redrive(&mut self, t: &mut Tables<'_>, seq: Seq) -> Result<Seq, Failure> {
+        let letter = self.take_dead_letter(t, seq)?;
+        let bytes = codec::encode_entry(letter.target, &letter.collection, &letter.payload)
+            .map_err(Failure::Fatal)?;
+        let seqs = self.append(
+            t,
+            vec![EncodedEntry {
+                target: letter.target,
+                collection: letter.collection,
+                payload_len: letter.payload.len() as u64,
+                bytes,
+            }],
+        )?;
+        Ok(seqs[0])
+    }
+
+    fn drop_dead_letter(&mut self, t: &mut Tables<'_>, seq: Seq) -> Result<DeadLetter, Failure> {
+        self.take_dead_letter(t, seq)
+    }
+
+    /// Deletes a dead letter and returns it; refused if there is none with that seq.
+    fn take_dead_letter(&mut self, t: &mut Tables<'_>, seq: Seq) -> Result<DeadLetter, Failure> {
+        let Some(old) = t.dead.remove(seq.0)? else {
+            return Err(Failure::Refused(StoreError::UnknownDeadLetter(seq)));
+        };
+        let letter = codec::decode_dead_letter(seq, old.value()).map_err(|reason| {
+            Failure::Fatal(StoreError::Corrupt {
+                table: "dead_letters",
+                key: seq.to_string(),
+                reason,
+            })
+        })?;
+        self.dead_letters -= 1;
+        Ok(letter)
     }
 }
 
