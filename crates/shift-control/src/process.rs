@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::Registry;
 use shift_config::BackendName;
@@ -232,12 +233,13 @@ impl ChromaShift {
         let task_grace = self.config.server.shutdown_grace;
         let monitor_task = {
             let (switch, alerts) = (switch.clone(), alerts.clone());
+            // The monitor holds nothing to finish: it is aborted at once on stop.
             crate::supervise::supervise(
                 "health",
                 alerts.clone(),
                 restarts.clone(),
                 tasks_stopped.clone(),
-                task_grace,
+                Duration::ZERO,
                 move |_| monitor.clone().spawn(switch.clone(), alerts.clone()),
             )
         };

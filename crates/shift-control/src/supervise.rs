@@ -52,7 +52,7 @@ where
             let outcome = tokio::select! {
                 joined = &mut handle.0 => joined,
                 () = stopped(&mut stop) => {
-                    if tokio::time::timeout(grace, &mut handle.0).await.is_err() {
+                    if tokio::time::timeout(grace, &mut handle.0).await.is_err() && !grace.is_zero() {
                         tracing::warn!(task, "did not end within its grace; aborted");
                     }
                     return;
