@@ -356,6 +356,10 @@ pub struct MirrorConfig {
     /// Longest wait between replay retries.
     #[serde(default = "defaults::retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Journal payload bytes the replay of one target holds in memory at once (one entry may
+    /// pass it); bounds the process's memory whatever the backlog.
+    #[serde(default = "defaults::replay_memory")]
+    pub replay_memory: ByteSize,
     /// After a primary write with an unknown outcome (a timeout, a 5xx, a lost connection),
     /// how long its records stay locked before the secondary is reconciled from the primary:
     /// a primary may still apply the write late, and a later write of the same records must
@@ -363,6 +367,10 @@ pub struct MirrorConfig {
     #[serde(default = "defaults::unknown_outcome_grace", with = "humantime_serde")]
     pub unknown_outcome_grace: Duration,
 }
+
+/// The highest `replay_rate_limit`: one request per microsecond. Above about 1e9 the pacing
+/// interval would round to zero.
+pub const MAX_REPLAY_RATE: u32 = 1_000_000;
 
 impl Default for MirrorConfig {
     fn default() -> Self {
@@ -374,6 +382,7 @@ impl Default for MirrorConfig {
             replay_batch_records: 0,
             retry_initial: defaults::retry_initial(),
             retry_max: defaults::retry_max(),
+            replay_memory: defaults::replay_memory(),
             unknown_outcome_grace: defaults::unknown_outcome_grace(),
         }
     }
@@ -560,6 +569,9 @@ mod defaults {
     pub fn retry_max() -> Duration {
         Duration::from_secs(30)
     }
+    pub fn replay_memory() -> ByteSize {
+        ByteSize::mib(64)
+    }
     pub fn unknown_outcome_grace() -> Duration {
         Duration::from_secs(2)
     }
@@ -640,6 +652,15 @@ impl Config {
                 "mirror.retry_initial",
                 "must be above zero and at most mirror.retry_max",
             ));
+        }
+        if self.mirror.replay_rate_limit > MAX_REPLAY_RATE {
+            return Err(invalid(
+                "mirror.replay_rate_limit",
+                format!("must be at most {MAX_REPLAY_RATE} requests per second (0 is unlimited)"),
+            ));
+        }
+        if self.mirror.replay_memory.as_u64() < 1024 * 1024 {
+            return Err(invalid("mirror.replay_memory", "must be at least 1MiB"));
         }
         if self.health.interval.is_zero() || self.health.timeout.is_zero() {
             return Err(invalid("health", "interval and timeout must be above zero"));
@@ -948,6 +969,24 @@ mod tests {
                 secrets.admin_token.as_ref().unwrap()
             );
             assert!(!printed.contains("s3cret"), "{printed}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn replay_limits_are_checked_at_load() {
+        figment::Jail::expect_with(|_| {
+            let mirror = |keys: &str| format!("{MINIMAL}\n[mirror]\n{keys}\n");
+            let config = Config::from_toml(&mirror("replay_rate_limit = 1000000")).unwrap();
+            assert_eq!(config.mirror.replay_rate_limit, MAX_REPLAY_RATE);
+            assert_eq!(config.mirror.replay_memory, ByteSize::mib(64));
+            for (keys, needle) in [
+                ("replay_rate_limit = 2000000000", "mirror.replay_rate_limit"),
+                ("replay_memory = \"10KiB\"", "mirror.replay_memory"),
+            ] {
+                let err = Config::from_toml(&mirror(keys)).unwrap_err().to_string();
+                assert!(err.contains(needle), "{needle}: {err}");
+            }
             Ok(())
         });
     }

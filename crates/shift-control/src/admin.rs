@@ -64,6 +64,23 @@ pub fn shadow_section(mirror: &Mirror) -> (&'static str, Arc<dyn StatusSection>)
     ("shadow", Arc::new(ShadowStatus(mirror.shadow.clone())))
 }
 
+/// The replay of each target: running or stopped (and why), what waits for a retry.
+#[derive(Debug)]
+struct ReplayStatus(Arc<shift_proxy::replay::ReplayBoard>);
+
+impl StatusSection for ReplayStatus {
+    fn status(&self) -> Value {
+        self.0.status()
+    }
+}
+
+/// The `replay` section of `/admin/status`.
+pub fn replay_section(
+    board: Arc<shift_proxy::replay::ReplayBoard>,
+) -> (&'static str, Arc<dyn StatusSection>) {
+    ("replay", Arc::new(ReplayStatus(board)))
+}
+
 /// The admin router, callable in tests without a socket.
 pub fn app(state: AdminState) -> Router {
     let open = Router::new()

@@ -18,5 +18,6 @@ pub mod switch;
 pub use admin::{app, AdminState};
 pub use health::{HealthBoard, HealthMonitor};
 pub mod process;
+pub mod supervise;
 
 pub use process::{ChromaShift, StartError};

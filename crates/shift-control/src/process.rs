@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::Registry;
 use shift_config::BackendName;
@@ -15,8 +16,9 @@ use shift_proxy::collections::CollectionIdMap;
 use shift_proxy::gate::WriteGate;
 use shift_proxy::locks::OrderLocks;
 use shift_proxy::metrics::JournalCollector;
+use shift_proxy::metrics::ReplayMetrics;
 use shift_proxy::namespace::NamespaceMap;
-use shift_proxy::replay::{ReplaySettings, ReplayWorker};
+use shift_proxy::replay::{ReplayBoard, ReplaySettings, ReplayWorker};
 use shift_proxy::resolve::Resolver;
 use shift_proxy::shadow::{ShadowReads, ShadowSettings};
 use shift_proxy::topology::{self, ReadPolicy, Topology};
@@ -219,9 +221,31 @@ impl ChromaShift {
             },
         ));
         switch.restore_pause().await;
+        // Background tasks restart after a panic (see `supervise`); one stop signal ends them.
+        let (tasks_stop, tasks_stopped) = watch::channel(false);
+        let restarts = crate::supervise::restarts_counter().ok();
+        if let Some(counter) = &restarts {
+            let _ = self.registry.register(Box::new(counter.clone()));
+        }
+        let restarts = restarts.unwrap_or_else(|| {
+            crate::supervise::restarts_counter().expect("a valid metric definition")
+        });
+        let task_grace = self.config.server.shutdown_grace;
+        let monitor_task = {
+            let (switch, alerts) = (switch.clone(), alerts.clone());
+            // The monitor holds nothing to finish: it is aborted at once on stop.
+            crate::supervise::supervise(
+                "health",
+                alerts.clone(),
+                restarts.clone(),
+                tasks_stopped.clone(),
+                Duration::ZERO,
+                move |_| monitor.clone().spawn(switch.clone(), alerts.clone()),
+            )
+        };
+        let replay_board = Arc::new(ReplayBoard::default());
         let store_alerts_task =
             crate::store_alerts::spawn(self.mirror.store.clone(), alerts.clone());
-        let monitor_task = monitor.spawn(switch.clone(), alerts);
 
         let (admin_stop, mut admin_stopped) = watch::channel(false);
         let mut sections = vec![admin::shadow_section(&self.mirror)];
@@ -229,6 +253,7 @@ impl ChromaShift {
             "backfill",
             Arc::new(crate::migrate_api::BackfillSection(self.backfill.clone())),
         ));
+        sections.push(admin::replay_section(replay_board.clone()));
         let admin_app = admin::app(AdminState {
             registry: self.registry.clone(),
             health: board,
@@ -256,28 +281,47 @@ impl ChromaShift {
             shutdown_grace: self.config.server.shutdown_grace,
         };
         // One replay worker per store: the journal of whichever is secondary has the work.
-        let (replay_stop, replay_stopped) = watch::channel(false);
         let replay_settings = ReplaySettings {
             retry_initial: self.config.mirror.retry_initial,
             retry_max: self.config.mirror.retry_max,
             rate_limit: self.config.mirror.replay_rate_limit,
+            max_bytes: usize::try_from(self.config.mirror.replay_memory.as_u64())
+                .unwrap_or(usize::MAX),
         };
+        let replay_metrics = ReplayMetrics::register(&self.registry)
+            .or_else(|_| ReplayMetrics::unregistered())
+            .expect("valid metric definitions");
         let replay_tasks: Vec<_> = [BackendName::Old, BackendName::New]
             .into_iter()
             .map(|target| {
-                ReplayWorker {
+                let sink = alerts.clone();
+                let worker = ReplayWorker {
                     target,
                     store: self.mirror.store.clone(),
                     applier: self.mirror.applier.clone(),
                     metrics: self.metrics.clone(),
+                    replay_metrics: replay_metrics.clone(),
                     settings: replay_settings.clone(),
-                }
-                .spawn(replay_stopped.clone())
+                    board: replay_board.clone(),
+                    alert: Arc::new(move |text: String| sink.send(&text)),
+                };
+                let task = match target {
+                    BackendName::Old => "replay-old",
+                    BackendName::New => "replay-new",
+                };
+                crate::supervise::supervise(
+                    task,
+                    alerts.clone(),
+                    restarts.clone(),
+                    tasks_stopped.clone(),
+                    task_grace,
+                    move |stop| worker.clone().spawn(stop),
+                )
             })
             .collect();
         let sweeper = tokio::spawn(shift_proxy::writes::settle_orphaned_intents(
             self.mirror.clone(),
-            replay_stopped.clone(),
+            tasks_stopped.clone(),
         ));
         let service = ProxyService::new(self.mirror.clone(), self.settings, self.metrics.clone());
         let data_plane = shift_proxy::data_plane(service, self.metrics);
@@ -294,7 +338,6 @@ impl ChromaShift {
                 tracing::warn!("grace period ran out; closed connections with requests in flight")
             }
         }
-        monitor_task.abort();
         store_alerts_task.abort();
         // Writes being settled run to the end (their tasks own them, not the connections):
         // wait for them, within a bound, so their journal entries are committed before exit.
@@ -310,10 +353,11 @@ impl ChromaShift {
                 "writes still settling at exit; their intents are reconciled at the next start"
             );
         }
-        // Queued writes stay in the journal; the next start replays them.
-        let _ = replay_stop.send(true);
-        let _ = sweeper.await;
-        for task in replay_tasks {
+        // Queued writes stay in the journal; the next start replays them. Each supervisor ends
+        // within the grace (it aborts a task that does not stop by itself).
+        let _ = tasks_stop.send(true);
+        let _ = tokio::time::timeout(task_grace, sweeper).await;
+        for task in replay_tasks.into_iter().chain([monitor_task]) {
             let _ = task.await;
         }
         let _ = admin_stop.send(true);

@@ -322,3 +322,72 @@ impl Collector for JournalCollector {
         self.gather().unwrap_or_default()
     }
 }
+
+/// The replay's own state, beside the journal's depth: whether a target is stopped, what it
+/// holds in memory, and how many collections wait for a retry.
+#[derive(Debug, Clone)]
+pub struct ReplayMetrics {
+    /// 1 while the replay of a target is stopped because the store refuses the proxy, by
+    /// reason (`unauthorized`, `misconfigured`); 0 otherwise.
+    pub stopped: IntGaugeVec,
+    /// Journal payload bytes the replay of a target holds in memory.
+    pub held_bytes: IntGaugeVec,
+    /// Collections of a target whose next write waits for a retry.
+    pub waiting_collections: IntGaugeVec,
+}
+
+impl ReplayMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<ReplayMetrics> {
+        let metrics = ReplayMetrics::unregistered()?;
+        registry.register(Box::new(metrics.stopped.clone()))?;
+        registry.register(Box::new(metrics.held_bytes.clone()))?;
+        registry.register(Box::new(metrics.waiting_collections.clone()))?;
+        Ok(metrics)
+    }
+
+    /// The metrics, registered nowhere (for tests).
+    pub fn unregistered() -> prometheus::Result<ReplayMetrics> {
+        let metrics = ReplayMetrics {
+            stopped: IntGaugeVec::new(
+                Opts::new(
+                    "chroma_shift_replay_stopped",
+                    "1 while the replay of a target is stopped because the store refuses the proxy (unauthorized, misconfigured).",
+                ),
+                &["target", "reason"],
+            )?,
+            held_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "chroma_shift_replay_held_bytes",
+                    "Journal payload bytes the replay of a target holds in memory.",
+                ),
+                &["target"],
+            )?,
+            waiting_collections: IntGaugeVec::new(
+                Opts::new(
+                    "chroma_shift_replay_waiting_collections",
+                    "Collections of a target whose next replayed write waits for a retry.",
+                ),
+                &["target"],
+            )?,
+        };
+        // Every series exists from the start, so a dashboard reads 0 rather than nothing.
+        for target in [BackendName::Old, BackendName::New] {
+            for reason in ["unauthorized", "misconfigured"] {
+                metrics
+                    .stopped
+                    .with_label_values(&[target.as_str(), reason])
+                    .set(0);
+            }
+            metrics
+                .held_bytes
+                .with_label_values(&[target.as_str()])
+                .set(0);
+            metrics
+                .waiting_collections
+                .with_label_values(&[target.as_str()])
+                .set(0);
+        }
+        Ok(metrics)
+    }
+}

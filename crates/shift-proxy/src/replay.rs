@@ -1,198 +1,782 @@
-//! The replay worker: applies one target's journal to that store, in order.
+//! The replay worker: applies one target's journal to that store.
 //!
-//! Consecutive compatible record writes of one collection are merged into one request (disjoint
-//! ids, same kind, within the store's `max_batch_size`). A failure worth retrying (unreachable,
-//! 5xx, 429) is retried with exponential backoff and jitter, honouring `Retry-After`, until it
-//! succeeds: nothing behind it is applied meanwhile, so order is kept. A refusal (a 4xx such as
-//! a dimension mismatch) parks the entry as a dead letter with its reason; a refused merged
-//! batch is retried entry by entry first, so only the bad entry is parked.
+//! Order is kept per collection (the journal's lag key), not across the whole journal: each
+//! collection's record writes form a lane, applied strictly in seq order, and a lane that waits
+//! for a retry never holds up another. A barrier is applied alone: everything before it first,
+//! nothing after it before it is done. Barriers are the entries with an empty key (tenant and
+//! database ops) and the collection lifecycle ops (create, modify, delete, fork): those name a
+//! collection by its name on the store, which another lane's collection may share (a delete
+//! then a re-create under the same name), or read another collection (a fork).
+//!
+//! Within a lane, consecutive compatible record writes are merged into one request (disjoint
+//! ids, same kind, within the store's `max_batch_size` and [`MERGED_BYTES`]). What a failure
+//! does (see [`crate::apply::classify`]):
+//! - worth retrying (unreachable, 408, 429, 5xx but 501 and 505): that lane retries with
+//!   exponential backoff and jitter, honouring `Retry-After` up to `retry_max`;
+//! - refused (another 4xx, 501, 505): a refused merged batch is retried entry by entry, and the
+//!   refused entry is parked as a dead letter with its reason;
+//! - halted (401, 403, a 404 of a path the proxy knows): the whole target stops, with an alert,
+//!   the `chroma_shift_replay_stopped` gauge and the state on the [`ReplayBoard`]; the worker
+//!   probes with the same op on a backoff and resumes by itself once the store takes it. The
+//!   entries stay in the journal, so its lag keeps counting.
+//!
+//! Memory: the worker holds at most `max_bytes` of journal payload (plus one entry), read with
+//! [`Store::read_bounded`], as the raw bytes of each entry, once; a merged request is decoded
+//! from them for the time of one apply.
+//! One lane holds at most a quarter of the budget, so a lane that waits cannot starve the
+//! others; what a full lane cannot hold stays in the journal and is read again when it has room.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
 use shift_chroma::payload::{append_record_body, record_count};
 use shift_config::BackendName;
-use shift_store::{JournalEntry, Seq, Store};
+use shift_store::{JournalEntry, Seq, Store, StoreError};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::apply::{Applier, ApplyError};
-use crate::metrics::ProxyMetrics;
+use crate::apply::{ApplyError, ApplyTarget, HaltCause};
+use crate::metrics::{ProxyMetrics, ReplayMetrics};
 use crate::mirror::{MirrorOp, RecordKind};
 
-/// Entries read from the journal at a time.
+/// Entries read from the journal at a time, at most.
 const READ_AHEAD: usize = 512;
 /// A merged body stops growing past this many bytes of payload, well under Chroma's default
 /// 40 MiB request limit.
 const MERGED_BYTES: usize = 8 * 1024 * 1024;
+/// Wait after a failure of the state store itself (a read, a remove, a park).
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Collections listed as waiting on the board, at most.
+const BOARD_WAITING: usize = 20;
 
 /// How the worker retries and paces itself.
 #[derive(Debug, Clone)]
 pub struct ReplaySettings {
     pub retry_initial: Duration,
+    /// The longest wait between retries, and the cap on a store's `Retry-After`.
     pub retry_max: Duration,
     /// Requests per second at most; 0 is unlimited.
     pub rate_limit: u32,
+    /// Journal payload bytes held in memory at once, at most (one entry may pass it).
+    pub max_bytes: usize,
 }
+
+/// Called with the text of an alert (the control plane's alerter in the process).
+pub type AlertSink = Arc<dyn Fn(String) + Send + Sync>;
 
 /// Applies `target`'s journal to it until `stop` turns true.
-#[derive(Debug)]
-pub struct ReplayWorker {
+pub struct ReplayWorker<A: ApplyTarget> {
     pub target: BackendName,
     pub store: Store,
-    pub applier: Arc<Applier>,
+    pub applier: Arc<A>,
     pub metrics: ProxyMetrics,
+    pub replay_metrics: ReplayMetrics,
     pub settings: ReplaySettings,
+    /// Where the worker shows its state, for `/admin/status` and the switch.
+    pub board: Arc<ReplayBoard>,
+    /// Where a stop and a resume are announced.
+    pub alert: AlertSink,
 }
 
-/// Consecutive entries applied as one op.
-#[derive(Debug)]
-struct Batch {
-    seqs: Vec<Seq>,
-    op: MirrorOp,
-    entries: Vec<(Seq, MirrorOp)>,
+// By hand: a derive would ask `A: Clone`, and `A` sits behind an `Arc`.
+impl<A: ApplyTarget> Clone for ReplayWorker<A> {
+    fn clone(&self) -> Self {
+        ReplayWorker {
+            target: self.target,
+            store: self.store.clone(),
+            applier: self.applier.clone(),
+            metrics: self.metrics.clone(),
+            replay_metrics: self.replay_metrics.clone(),
+            settings: self.settings.clone(),
+            board: self.board.clone(),
+            alert: self.alert.clone(),
+        }
+    }
 }
 
-impl ReplayWorker {
-    pub fn spawn(self, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.run(stop))
+impl<A: ApplyTarget> std::fmt::Debug for ReplayWorker<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayWorker")
+            .field("target", &self.target)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the worker shows.
+
+/// The replay's state of both targets, for `/admin/status` and any check that must know
+/// whether a target's replay is stopped.
+#[derive(Debug, Default)]
+pub struct ReplayBoard {
+    old: Mutex<ReplayState>,
+    new: Mutex<ReplayState>,
+}
+
+/// One target's replay, as last reported by its worker.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayState {
+    /// `running`, or `stopped: unauthorized` / `stopped: misconfigured`.
+    pub state: String,
+    /// Why and since when it is stopped; `None` while running.
+    pub stopped: Option<ReplayStop>,
+    /// Collections (journal lag keys) whose next write waits for a retry, with the last
+    /// failure (the first few).
+    pub waiting: BTreeMap<String, String>,
+    /// Journal payload bytes held in memory.
+    pub held_bytes: u64,
+}
+
+/// A stopped replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayStop {
+    pub cause: HaltCause,
+    /// The store's answer that stopped it, or the last probe's.
+    pub reason: String,
+    /// When it stopped (Unix milliseconds).
+    pub since_ms: u64,
+    /// Probes sent since.
+    pub probes: u64,
+}
+
+impl ReplayBoard {
+    fn slot(&self, target: BackendName) -> std::sync::MutexGuard<'_, ReplayState> {
+        match target {
+            BackendName::Old => &self.old,
+            BackendName::New => &self.new,
+        }
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        let target = self.target.as_str();
-        let mut appended = self.store.watch_appends(self.target);
-        let mut pacer = (self.settings.rate_limit > 0).then(|| {
-            let mut interval =
-                tokio::time::interval(Duration::from_secs(1) / self.settings.rate_limit);
+    /// The state of `target`'s replay.
+    pub fn get(&self, target: BackendName) -> ReplayState {
+        let mut state = self.slot(target).clone();
+        if state.state.is_empty() {
+            state.state = "running".to_owned();
+        }
+        state
+    }
+
+    /// Why `target`'s replay is stopped, if it is.
+    pub fn stopped(&self, target: BackendName) -> Option<ReplayStop> {
+        self.slot(target).stopped.clone()
+    }
+
+    /// Both targets, as the `replay` section of `/admin/status`.
+    pub fn status(&self) -> Value {
+        serde_json::json!({
+            "old": self.get(BackendName::Old),
+            "new": self.get(BackendName::New),
+        })
+    }
+
+    fn update(&self, target: BackendName, change: impl FnOnce(&mut ReplayState)) {
+        change(&mut self.slot(target));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker.
+
+/// A journal entry held in memory, undecoded: its payload is the one copy.
+#[derive(Debug)]
+struct Held {
+    seq: Seq,
+    payload: Vec<u8>,
+}
+
+/// One collection's entries, applied in seq order.
+#[derive(Debug, Default)]
+struct Lane {
+    queue: VecDeque<Held>,
+    /// Payload bytes in `queue`.
+    bytes: usize,
+    /// The first entry of this lane not held because the lane was full; it and the lane's later
+    /// entries up to the read cursor are read again once the queue is empty.
+    unread_from: Option<Seq>,
+    /// When the head may be tried again, after a failure worth retrying.
+    retry_at: Option<Instant>,
+    /// The next backoff.
+    wait: Duration,
+    /// Entries at the head to apply one at a time: a merged batch of them was refused.
+    singles: usize,
+    /// The last failure worth retrying, for the board.
+    last_error: Option<String>,
+}
+
+impl Lane {
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.unread_from.is_none()
+    }
+
+    fn push(&mut self, entry: JournalEntry) {
+        self.bytes += entry.payload.len();
+        self.queue.push_back(Held {
+            seq: entry.seq,
+            payload: entry.payload,
+        });
+    }
+}
+
+/// What the worker does next.
+enum Flow {
+    Continue,
+    /// Asked to stop.
+    Stop,
+}
+
+/// The batch at a lane's head: the op for `count` entries merged.
+struct Batch {
+    op: MirrorOp,
+    count: usize,
+}
+
+/// The worker's state while it runs.
+struct Run<'w, A: ApplyTarget> {
+    worker: &'w ReplayWorker<A>,
+    stop: watch::Receiver<bool>,
+    lanes: BTreeMap<String, Lane>,
+    /// The last seq read from the journal (held, or left for a full lane).
+    cursor: Option<Seq>,
+    /// Payload bytes held over all lanes.
+    held: usize,
+    /// A barrier is ahead or being applied: read nothing further until every lane is idle.
+    barrier: bool,
+    /// The lane served last, so lanes take turns.
+    last_lane: Option<String>,
+    /// One request per this interval, when rate limited.
+    pacer: Option<tokio::time::Interval>,
+}
+
+impl<A: ApplyTarget> ReplayWorker<A> {
+    pub fn spawn(self, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.run(stop).await })
+    }
+
+    /// Replays until `stop` turns true.
+    pub async fn run(&self, stop: watch::Receiver<bool>) {
+        let pacer = (self.settings.rate_limit > 0).then(|| {
+            // The config caps the rate; the floor keeps a zero period (a panic) impossible.
+            let period =
+                (Duration::from_secs(1) / self.settings.rate_limit).max(Duration::from_micros(1));
+            let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             interval
         });
+        let mut run = Run {
+            worker: self,
+            stop,
+            lanes: BTreeMap::new(),
+            cursor: None,
+            held: 0,
+            barrier: false,
+            last_lane: None,
+            pacer,
+        };
+        run.go().await;
+    }
+
+    fn lane_cap(&self) -> usize {
+        (self.settings.max_bytes / 4).max(1)
+    }
+}
+
+impl<A: ApplyTarget> Run<'_, A> {
+    fn target(&self) -> BackendName {
+        self.worker.target
+    }
+
+    async fn go(&mut self) {
+        let mut appended = self.worker.store.watch_appends(self.target());
+        let mut appends_open = true;
         loop {
-            if *stop.borrow() {
-                break;
+            if *self.stop.borrow() {
+                return;
             }
+            // Marked seen before reading, so an append after the read wakes the wait below.
             appended.borrow_and_update();
-            let entries = match self.store.read(self.target, None, READ_AHEAD) {
-                Ok(entries) => entries,
-                Err(error) => {
-                    tracing::error!(target, %error, "cannot read the journal");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if entries.is_empty() {
-                tokio::select! {
-                    _ = appended.changed() => {}
-                    _ = stop.changed() => {}
+            if let Err(error) = self.fill() {
+                tracing::error!(target = self.target().as_str(), %error, "cannot read the journal");
+                if self.pause(STORE_RETRY).await {
+                    return;
                 }
                 continue;
             }
-            let max = self.applier.max_batch(self.target).await;
-            for batch in group(self.target, entries, max, &self.store, &self.metrics) {
-                if let Some(pacer) = pacer.as_mut() {
+            self.show();
+            if let Some(key) = self.ready_lane() {
+                if let Some(pacer) = self.pacer.as_mut() {
                     pacer.tick().await;
                 }
-                if !self.apply_batch(batch, &mut stop).await {
+                if let Flow::Stop = self.step(&key).await {
                     return;
                 }
+                self.last_lane = Some(key);
+                continue;
+            }
+            let next_retry = self
+                .lanes
+                .values()
+                .filter(|l| !l.queue.is_empty())
+                .filter_map(|l| l.retry_at)
+                .min();
+            tokio::select! {
+                () = sleep_until(next_retry) => {}
+                changed = appended.changed(), if appends_open => appends_open = changed.is_ok(),
+                changed = self.stop.changed() => if changed.is_err() {
+                    return;
+                },
             }
         }
     }
 
-    /// Applies a batch until it is applied or parked; false when asked to stop meanwhile.
-    async fn apply_batch(&self, batch: Batch, stop: &mut watch::Receiver<bool>) -> bool {
-        let target = self.target.as_str();
-        let mut wait = self.settings.retry_initial;
-        loop {
-            match self.applier.apply(self.target, &batch.op).await {
-                Ok(()) => {
-                    self.done(&batch.seqs).await;
-                    self.metrics
-                        .replay_applied
-                        .with_label_values(&[target])
-                        .inc_by(batch.seqs.len() as u64);
-                    self.metrics
-                        .replay_requests
-                        .with_label_values(&[target])
+    /// Sleeps for `wait`; true when asked to stop meanwhile.
+    async fn pause(&mut self, wait: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => *self.stop.borrow(),
+            _ = self.stop.changed() => true,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.lanes.values().all(Lane::idle)
+    }
+
+    /// Reads what the budget has room for into the lanes, and refills lanes that emptied
+    /// while entries of theirs were left in the journal.
+    fn fill(&mut self) -> Result<(), StoreError> {
+        let full: Vec<String> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.queue.is_empty() && l.unread_from.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in full {
+            self.refill(&key)?;
+        }
+        // A lane whose left entries were gone (parked or removed by an operator) is done.
+        self.lanes.retain(|_, l| !l.idle());
+        if self.barrier {
+            if !self.idle() {
+                return Ok(());
+            }
+            self.barrier = false;
+        }
+        let room = self.worker.settings.max_bytes.saturating_sub(self.held);
+        if room == 0 {
+            return Ok(());
+        }
+        let entries =
+            self.worker
+                .store
+                .read_bounded(self.target(), self.cursor, READ_AHEAD, room)?;
+        let cap = self.worker.lane_cap();
+        for entry in entries {
+            if is_barrier(&entry) {
+                // A barrier: applied alone, once everything before it is done.
+                self.barrier = true;
+                if self.idle() {
+                    self.cursor = Some(entry.seq);
+                    self.held += entry.payload.len();
+                    self.lanes.entry(String::new()).or_default().push(entry);
+                }
+                break;
+            }
+            self.cursor = Some(entry.seq);
+            let size = entry.payload.len();
+            let lane = self.lanes.entry(entry.collection.clone()).or_default();
+            if lane.unread_from.is_some() {
+                continue;
+            }
+            if !lane.queue.is_empty() && lane.bytes + size > cap {
+                lane.unread_from = Some(entry.seq);
+                continue;
+            }
+            lane.push(entry);
+            self.held += size;
+        }
+        Ok(())
+    }
+
+    /// Reads `key`'s entries left in the journal (from its `unread_from` up to the cursor)
+    /// into its empty queue, as many as fit.
+    fn refill(&mut self, key: &str) -> Result<(), StoreError> {
+        let worker = self.worker;
+        let cap = worker.lane_cap();
+        let cursor = self.cursor;
+        let Some(lane) = self.lanes.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(from) = lane.unread_from.take() else {
+            return Ok(());
+        };
+        let mut added = 0;
+        let mut after = Some(Seq(from.0.saturating_sub(1)));
+        let result = 'pages: loop {
+            let page = match worker
+                .store
+                .read_bounded(worker.target, after, READ_AHEAD, cap)
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    // Read again from here next time.
+                    lane.unread_from = after.map(|s| Seq(s.0 + 1));
+                    break Err(error);
+                }
+            };
+            if page.is_empty() {
+                break Ok(());
+            }
+            for entry in page {
+                if Some(entry.seq) > cursor {
+                    break 'pages Ok(());
+                }
+                after = Some(entry.seq);
+                if entry.collection != key {
+                    continue;
+                }
+                if !lane.queue.is_empty() && lane.bytes + entry.payload.len() > cap {
+                    lane.unread_from = Some(entry.seq);
+                    break 'pages Ok(());
+                }
+                added += entry.payload.len();
+                lane.push(entry);
+            }
+        };
+        self.held += added;
+        result
+    }
+
+    /// The next lane with work that is not waiting for a retry, taking turns.
+    fn ready_lane(&self) -> Option<String> {
+        let now = Instant::now();
+        let ready = |l: &Lane| !l.queue.is_empty() && l.retry_at.is_none_or(|at| at <= now);
+        let after = self.last_lane.as_deref().unwrap_or("");
+        let later = self
+            .lanes
+            .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            .find(|(_, l)| ready(l));
+        later
+            .or_else(|| self.lanes.iter().find(|(_, l)| ready(l)))
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Builds the batch at the head of `key`'s lane: the head entry, merged with the following
+    /// ones while they fit. An unreadable head is returned as its error.
+    async fn batch(&self, key: &str) -> Result<Batch, (Seq, String)> {
+        let lane = &self.lanes[key];
+        let head = &lane.queue[0];
+        let mut op = MirrorOp::from_bytes(&head.payload)
+            .map_err(|e| (head.seq, format!("unreadable journal entry: {e}")))?;
+        let mut count = 1;
+        if lane.singles > 0 || !matches!(op, MirrorOp::Records { .. }) {
+            return Ok(Batch { op, count });
+        }
+        let max_records = self.worker.applier.max_batch(self.target()).await;
+        let mut bytes = head.payload.len();
+        for next in lane.queue.iter().skip(1) {
+            if bytes + next.payload.len() > MERGED_BYTES {
+                break;
+            }
+            let Ok(next_op) = MirrorOp::from_bytes(&next.payload) else {
+                break;
+            };
+            if !merge_into(&mut op, &next_op, max_records) {
+                break;
+            }
+            bytes += next.payload.len();
+            count += 1;
+        }
+        Ok(Batch { op, count })
+    }
+
+    /// Applies the batch at the head of `key`'s lane once, and does what its outcome says.
+    async fn step(&mut self, key: &str) -> Flow {
+        let target = self.target();
+        let batch = match self.batch(key).await {
+            Ok(batch) => batch,
+            Err((seq, reason)) => {
+                tracing::error!(target = target.as_str(), %seq, %reason, "parked");
+                return self.park(key, 1, reason, "unreadable").await;
+            }
+        };
+        let mut result = tokio::select! {
+            result = self.worker.applier.apply(target, &batch.op) => result,
+            _ = self.stop.changed() => return Flow::Stop,
+        };
+        if let Err(ApplyError::Halted { reason, cause }) = result {
+            result = match self.halted(&batch.op, cause, reason).await {
+                Some(result) => result,
+                None => return Flow::Stop,
+            };
+        }
+        let count = batch.count;
+        let collection = batch.op.lag_key();
+        drop(batch);
+        let initial = self.worker.settings.retry_initial;
+        match result {
+            Ok(()) => {
+                let seqs: Vec<Seq> = self.lanes[key]
+                    .queue
+                    .iter()
+                    .take(count)
+                    .map(|h| h.seq)
+                    .collect();
+                if let Flow::Stop = self.remove(&seqs).await {
+                    return Flow::Stop;
+                }
+                self.pop(key, count);
+                if let Some(lane) = self.lanes.get_mut(key) {
+                    lane.retry_at = None;
+                    lane.wait = initial;
+                    lane.last_error = None;
+                }
+                let name = target.as_str();
+                let metrics = &self.worker.metrics;
+                metrics
+                    .replay_applied
+                    .with_label_values(&[name])
+                    .inc_by(count as u64);
+                metrics.replay_requests.with_label_values(&[name]).inc();
+                Flow::Continue
+            }
+            Err(ApplyError::Retry {
+                reason,
+                retry_after,
+            }) => {
+                self.worker
+                    .metrics
+                    .replay_retries
+                    .with_label_values(&[target.as_str()])
+                    .inc();
+                let retry_max = self.worker.settings.retry_max;
+                let lane = self.lanes.get_mut(key).expect("the lane being applied");
+                let wait = if lane.wait.is_zero() {
+                    initial
+                } else {
+                    lane.wait
+                };
+                // A store's Retry-After is honoured up to retry_max: a huge value must not
+                // park the lane for hours.
+                let pause = retry_after.map_or_else(|| jitter(wait), |d| d.min(retry_max));
+                tracing::warn!(target = target.as_str(), collection, %reason, retry_in = ?pause, "replay failed; retrying");
+                lane.wait = (wait * 2).min(retry_max);
+                lane.retry_at = Some(Instant::now() + pause);
+                lane.last_error = Some(reason);
+                Flow::Continue
+            }
+            Err(ApplyError::Refused { .. }) if count > 1 => {
+                // Find the entry the store refuses: apply them one at a time.
+                if let Some(lane) = self.lanes.get_mut(key) {
+                    lane.singles = count;
+                }
+                Flow::Continue
+            }
+            Err(ApplyError::Refused {
+                reason,
+                dimension_mismatch,
+            }) => {
+                if dimension_mismatch {
+                    self.worker
+                        .metrics
+                        .dimension_mismatches
+                        .with_label_values(&[target.as_str(), &collection])
                         .inc();
-                    return true;
                 }
-                Err(ApplyError::Retry {
-                    reason,
-                    retry_after,
-                }) => {
-                    self.metrics
-                        .replay_retries
-                        .with_label_values(&[target])
-                        .inc();
-                    let pause = retry_after.unwrap_or_else(|| jitter(wait));
-                    tracing::warn!(target, %reason, retry_in = ?pause, "replay failed; retrying");
-                    wait = (wait * 2).min(self.settings.retry_max);
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        _ = stop.changed() => return false,
-                    }
-                }
-                Err(ApplyError::Refused { .. }) if batch.entries.len() > 1 => {
-                    // Find the entry the store refuses: apply them one by one.
-                    for (seq, op) in batch.entries {
-                        let single = Batch {
-                            seqs: vec![seq],
-                            op: op.clone(),
-                            entries: vec![(seq, op)],
-                        };
-                        if !Box::pin(self.apply_batch(single, stop)).await {
-                            return false;
-                        }
-                    }
-                    return true;
-                }
-                Err(ApplyError::Refused {
-                    reason,
+                tracing::error!(
+                    target = target.as_str(),
+                    collection,
+                    %reason,
                     dimension_mismatch,
-                }) => {
-                    let collection = batch.op.lag_key();
-                    if dimension_mismatch {
-                        self.metrics
-                            .dimension_mismatches
-                            .with_label_values(&[target, &collection])
-                            .inc();
-                    }
-                    tracing::error!(
-                        target,
-                        collection,
-                        %reason,
-                        dimension_mismatch,
-                        "the store refused a mirrored write; parked as a dead letter"
-                    );
-                    for seq in &batch.seqs {
-                        if let Err(error) = self.store.park(self.target, *seq, reason.clone()).await
-                        {
-                            tracing::error!(target, %error, "cannot park a dead letter");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            return true;
+                    "the store refused a mirrored write; parked as a dead letter"
+                );
+                let kind = if dimension_mismatch {
+                    "dimension_mismatch"
+                } else {
+                    "refused"
+                };
+                self.park(key, 1, reason, kind).await
+            }
+            // `halted` returns only other outcomes.
+            Err(ApplyError::Halted { .. }) => Flow::Continue,
+        }
+    }
+
+    /// The target refuses the proxy: stop everything, announce it, and probe with `op` on a
+    /// backoff until the store answers anything else, which is returned. `None`: asked to stop.
+    async fn halted(
+        &mut self,
+        op: &MirrorOp,
+        cause: HaltCause,
+        reason: String,
+    ) -> Option<Result<(), ApplyError>> {
+        let target = self.target();
+        let name = target.as_str();
+        let gauge = self
+            .worker
+            .replay_metrics
+            .stopped
+            .with_label_values(&[name, cause.as_str()]);
+        gauge.set(1);
+        tracing::error!(target = name, cause = cause.as_str(), %reason, "the store refuses the proxy; replay stopped until it accepts again");
+        (self.worker.alert)(format!(
+            "chroma-shift: replay to the {name} store stopped ({}): {reason}. Writes stay queued in the journal; the replay resumes by itself once the store accepts them.",
+            cause.as_str()
+        ));
+        self.worker.board.update(target, |s| {
+            s.state = format!("stopped: {}", cause.as_str());
+            s.stopped = Some(ReplayStop {
+                cause,
+                reason: reason.clone(),
+                since_ms: now_ms(),
+                probes: 0,
+            });
+        });
+        let mut wait = self.worker.settings.retry_initial;
+        let outcome = loop {
+            if self.pause(jitter(wait)).await {
+                break None;
+            }
+            wait = (wait * 2).min(self.worker.settings.retry_max);
+            let result = tokio::select! {
+                result = self.worker.applier.apply(target, op) => result,
+                _ = self.stop.changed() => break None,
+            };
+            match result {
+                Err(ApplyError::Halted { reason, .. }) => {
+                    self.worker.board.update(target, |s| {
+                        if let Some(stop) = s.stopped.as_mut() {
+                            stop.reason = reason;
+                            stop.probes += 1;
                         }
+                    });
+                }
+                other => break Some(other),
+            }
+        };
+        gauge.set(0);
+        self.worker.board.update(target, |s| {
+            s.state = "running".to_owned();
+            s.stopped = None;
+        });
+        if outcome.is_some() {
+            tracing::info!(
+                target = name,
+                "the store accepts the proxy again; replay resumed"
+            );
+            (self.worker.alert)(format!("chroma-shift: replay to the {name} store resumed"));
+        }
+        outcome
+    }
+
+    /// Parks the head of `key`'s lane with `reason`.
+    async fn park(&mut self, key: &str, count: usize, reason: String, kind: &str) -> Flow {
+        let target = self.target();
+        let seq = self.lanes[key].queue[0].seq;
+        let parked = tokio::select! {
+            parked = self.worker.store.park(target, seq, reason) => parked,
+            _ = self.stop.changed() => return Flow::Stop,
+        };
+        match parked {
+            Ok(()) | Err(StoreError::UnknownEntry { .. }) => {
+                self.pop(key, count);
+                self.worker
+                    .metrics
+                    .dead_letters
+                    .with_label_values(&[target.as_str(), kind])
+                    .inc();
+            }
+            Err(error) => {
+                tracing::error!(target = target.as_str(), %error, "cannot park a dead letter; retrying");
+                if let Some(lane) = self.lanes.get_mut(key) {
+                    lane.retry_at = Some(Instant::now() + STORE_RETRY);
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Removes applied entries from the journal, retrying on a store error until asked to
+    /// stop (the entries are then applied again at the next start: every op is idempotent).
+    async fn remove(&mut self, seqs: &[Seq]) -> Flow {
+        loop {
+            let removed = tokio::select! {
+                removed = self.worker.store.remove(self.target(), seqs) => removed,
+                _ = self.stop.changed() => return Flow::Stop,
+            };
+            match removed {
+                Ok(()) => return Flow::Continue,
+                Err(error) => {
+                    tracing::error!(target = self.target().as_str(), %error, "cannot remove applied entries; retrying");
+                    if self.pause(STORE_RETRY).await {
+                        return Flow::Stop;
                     }
-                    let kind = if dimension_mismatch {
-                        "dimension_mismatch"
-                    } else {
-                        "refused"
-                    };
-                    self.metrics
-                        .dead_letters
-                        .with_label_values(&[target, kind])
-                        .inc_by(batch.seqs.len() as u64);
-                    return true;
                 }
             }
         }
     }
 
-    async fn done(&self, seqs: &[Seq]) {
-        while let Err(error) = self.store.remove(self.target, seqs).await {
-            tracing::error!(target = self.target.as_str(), %error, "cannot remove applied entries; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    /// Drops `count` entries from the head of `key`'s lane, and the lane once idle.
+    fn pop(&mut self, key: &str, count: usize) {
+        let Some(lane) = self.lanes.get_mut(key) else {
+            return;
+        };
+        for _ in 0..count {
+            if let Some(held) = lane.queue.pop_front() {
+                lane.bytes -= held.payload.len();
+                self.held -= held.payload.len();
+            }
         }
+        lane.singles = lane.singles.saturating_sub(count);
+        if lane.idle() {
+            self.lanes.remove(key);
+        }
+    }
+
+    /// Publishes the memory held and the waiting collections.
+    fn show(&self) {
+        let name = self.target().as_str();
+        let metrics = &self.worker.replay_metrics;
+        metrics
+            .held_bytes
+            .with_label_values(&[name])
+            .set(i64::try_from(self.held).unwrap_or(i64::MAX));
+        let waiting: Vec<(&String, &Lane)> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.retry_at.is_some())
+            .collect();
+        metrics
+            .waiting_collections
+            .with_label_values(&[name])
+            .set(i64::try_from(waiting.len()).unwrap_or(i64::MAX));
+        self.worker.board.update(self.target(), |s| {
+            s.held_bytes = self.held as u64;
+            s.waiting = waiting
+                .iter()
+                .take(BOARD_WAITING)
+                .map(|(k, l)| ((*k).clone(), l.last_error.clone().unwrap_or_default()))
+                .collect();
+        });
+    }
+}
+
+/// Whether an entry must be applied alone (see the module's doc): anything but a record write,
+/// a reconcile of records or a function op of one collection. Told from the op's serde tag,
+/// the first key of its JSON, so record payloads are not decoded twice.
+fn is_barrier(entry: &JournalEntry) -> bool {
+    const LANE_OPS: [&[u8]; 3] = [b"{\"records\":", b"{\"reconcile\":", b"{\"function\":"];
+    entry.collection.is_empty() || !LANE_OPS.iter().any(|tag| entry.payload.starts_with(tag))
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -205,56 +789,6 @@ pub fn now_ms() -> u64 {
 /// Full jitter: a random wait between half and all of `wait`.
 fn jitter(wait: Duration) -> Duration {
     wait.mul_f64(0.5 + fastrand::f64() * 0.5)
-}
-
-/// Reads the entries into batches, merging consecutive compatible record writes. Unreadable
-/// entries are parked on the spot.
-fn group(
-    target: BackendName,
-    entries: Vec<JournalEntry>,
-    max_records: usize,
-    store: &Store,
-    metrics: &ProxyMetrics,
-) -> Vec<Batch> {
-    let mut batches: Vec<Batch> = Vec::new();
-    let mut merged_bytes = 0usize;
-    for entry in entries {
-        let op = match MirrorOp::from_bytes(&entry.payload) {
-            Ok(op) => op,
-            Err(error) => {
-                // Parked asynchronously by the caller's next round would lose the reason;
-                // park here, best effort, and move on.
-                let store = store.clone();
-                let reason = format!("unreadable journal entry: {error}");
-                tracing::error!(target = target.as_str(), seq = %entry.seq, %reason);
-                metrics
-                    .dead_letters
-                    .with_label_values(&[target.as_str(), "unreadable"])
-                    .inc();
-                let seq = entry.seq;
-                tokio::spawn(async move {
-                    let _ = store.park(target, seq, reason).await;
-                });
-                continue;
-            }
-        };
-        let size = entry.payload.len();
-        if let Some(last) = batches.last_mut() {
-            if merged_bytes + size <= MERGED_BYTES && merge_into(&mut last.op, &op, max_records) {
-                last.seqs.push(entry.seq);
-                last.entries.push((entry.seq, op));
-                merged_bytes += size;
-                continue;
-            }
-        }
-        merged_bytes = size;
-        batches.push(Batch {
-            seqs: vec![entry.seq],
-            entries: vec![(entry.seq, op.clone())],
-            op,
-        });
-    }
-    batches
 }
 
 /// Makes `into` do what it did and then what `next` does, in place, when that can be said in
@@ -300,86 +834,6 @@ fn merge_into(into: &mut MirrorOp, next: &MirrorOp, max_records: usize) -> bool 
     }
 }
 
-/// One op doing what `first` then `second` do, when that can be said in one request.
 #[cfg(test)]
-fn merge(first: &MirrorOp, second: &MirrorOp, max_records: usize) -> Option<MirrorOp> {
-    let mut merged = first.clone();
-    merge_into(&mut merged, second, max_records).then_some(merged)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn records(kind: RecordKind, collection: &str, body: Value) -> MirrorOp {
-        MirrorOp::Records {
-            kind,
-            collection: collection.into(),
-            body,
-        }
-    }
-
-    #[test]
-    fn consecutive_compatible_writes_merge() {
-        let a = records(
-            RecordKind::Upsert,
-            "c",
-            json!({"ids": ["a"], "embeddings": [[1.0]]}),
-        );
-        let b = records(
-            RecordKind::Upsert,
-            "c",
-            json!({"ids": ["b"], "embeddings": [[2.0]]}),
-        );
-        let merged = merge(&a, &b, 10).unwrap();
-        assert_eq!(
-            merged,
-            records(
-                RecordKind::Upsert,
-                "c",
-                json!({"ids": ["a", "b"], "embeddings": [[1.0], [2.0]]})
-            )
-        );
-        let d1 = records(RecordKind::Delete, "c", json!({"ids": ["a"]}));
-        let d2 = records(RecordKind::Delete, "c", json!({"ids": ["a", "b"]}));
-        assert_eq!(
-            merge(&d1, &d2, 10).unwrap(),
-            records(RecordKind::Delete, "c", json!({"ids": ["a", "a", "b"]}))
-        );
-    }
-
-    #[test]
-    fn writes_that_must_stay_apart_do_not_merge() {
-        let a = records(
-            RecordKind::Upsert,
-            "c",
-            json!({"ids": ["a"], "embeddings": [[1.0]]}),
-        );
-        let same_id = records(
-            RecordKind::Upsert,
-            "c",
-            json!({"ids": ["a"], "embeddings": [[2.0]]}),
-        );
-        let other_kind = records(
-            RecordKind::Add,
-            "c",
-            json!({"ids": ["b"], "embeddings": [[2.0]]}),
-        );
-        let other_collection = records(
-            RecordKind::Upsert,
-            "d",
-            json!({"ids": ["b"], "embeddings": [[2.0]]}),
-        );
-        let delete = records(RecordKind::Delete, "c", json!({"ids": ["b"]}));
-        for second in [same_id, other_kind, other_collection, delete] {
-            assert!(merge(&a, &second, 10).is_none(), "{second:?}");
-        }
-        let big = records(
-            RecordKind::Upsert,
-            "c",
-            json!({"ids": ["x", "y"], "embeddings": [[1.0], [2.0]]}),
-        );
-        assert!(merge(&a, &big, 2).is_none(), "the batch limit was passed");
-    }
-}
+#[path = "replay_tests.rs"]
+mod tests;
