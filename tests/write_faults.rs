@@ -697,9 +697,10 @@ async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Resul
     // A write after the gate closed is held; once it is, the switch is draining.
     let held_url = url.clone();
     let held_id = id.clone();
-    let held = tokio::spawn(async move {
-        write(&held_url, &held_id, "upsert", batch(100, 1, "held")).await
-    });
+    let held =
+        tokio::spawn(
+            async move { write(&held_url, &held_id, "upsert", batch(100, 1, "held")).await },
+        );
     wait_for("a write held at the switch's gate", || async {
         let (_, status) = shift_testkit::admin_call(
             &proxy.admin_url(),
@@ -742,6 +743,9 @@ async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Resul
     for i in 0..20 {
         assert_eq!(stored[&format!("r{i}")], expected(i, "acked"), "r{i}");
     }
-    assert!(!stored.contains_key("r100"), "the held write was never sent");
+    assert!(
+        !stored.contains_key("r100"),
+        "the held write was never sent"
+    );
     Ok(())
 }

@@ -304,6 +304,7 @@ impl ChromaShift {
                     settings: replay_settings.clone(),
                     board: replay_board.clone(),
                     alert: Arc::new(move |text: String| sink.send(&text)),
+                    topology: self.mirror.topology.clone(),
                 };
                 let task = match target {
                     BackendName::Old => "replay-old",

@@ -137,6 +137,25 @@ impl MirrorOp {
         }
     }
 
+    /// Whether applying the op reads the other store (the source): a reconciliation copies
+    /// what the source holds. Such an op cannot be applied while the source is down, and must
+    /// never be applied to the primary (it would copy the secondary's records into it).
+    pub fn reads_the_source(&self) -> bool {
+        match self {
+            MirrorOp::Reconcile { .. } | MirrorOp::ReconcileCollection { .. } => true,
+            MirrorOp::Records { .. }
+            | MirrorOp::EnsureCollection { .. }
+            | MirrorOp::UpdateCollection { .. }
+            | MirrorOp::DeleteCollection { .. }
+            | MirrorOp::ForkCollection { .. }
+            | MirrorOp::CreateTenant { .. }
+            | MirrorOp::UpdateTenant { .. }
+            | MirrorOp::CreateDatabase { .. }
+            | MirrorOp::DeleteDatabase { .. }
+            | MirrorOp::Function { .. } => false,
+        }
+    }
+
     /// What to queue for an intent left behind by a crash: the primary may or may not have
     /// applied the write, so converge the target to the source instead of replaying blindly.
     pub fn recovery(self) -> MirrorOp {

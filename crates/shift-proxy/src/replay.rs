@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use crate::apply::{ApplyError, ApplyTarget, HaltCause};
 use crate::metrics::{ProxyMetrics, ReplayMetrics};
 use crate::mirror::{MirrorOp, RecordKind};
+use crate::topology::SharedTopology;
 
 /// Entries read from the journal at a time, at most.
 const READ_AHEAD: usize = 512;
@@ -49,6 +50,12 @@ const READ_AHEAD: usize = 512;
 const MERGED_BYTES: usize = 8 * 1024 * 1024;
 /// Wait after a failure of the state store itself (a read, a remove, a park).
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// How often a journal whose store is primary looks again (a switch back makes it secondary).
+const PRIMARY_WAIT: Duration = Duration::from_secs(1);
+/// Held entries checked for removal before a batch: the head. Only reconciliations are moved
+/// out of a journal (by a forced switch), and they are never merged with other entries, so a
+/// removed one is always alone at its lane's head.
+const MAX_CHECKED: usize = 1;
 /// Collections listed as waiting on the board, at most.
 const BOARD_WAITING: usize = 20;
 
@@ -79,6 +86,8 @@ pub struct ReplayWorker<A: ApplyTarget> {
     pub board: Arc<ReplayBoard>,
     /// Where a stop and a resume are announced.
     pub alert: AlertSink,
+    /// Which store is primary now: a journal is applied only to the secondary.
+    pub topology: SharedTopology,
 }
 
 // By hand: a derive would ask `A: Clone`, and `A` sits behind an `Arc`.
@@ -93,6 +102,7 @@ impl<A: ApplyTarget> Clone for ReplayWorker<A> {
             settings: self.settings.clone(),
             board: self.board.clone(),
             alert: self.alert.clone(),
+            topology: self.topology.clone(),
         }
     }
 }
@@ -497,6 +507,24 @@ impl<A: ApplyTarget> Run<'_, A> {
     /// Applies the batch at the head of `key`'s lane once, and does what its outcome says.
     async fn step(&mut self, key: &str) -> Flow {
         let target = self.target();
+        // A switch may have moved entries out of this journal (a forced switch moves what
+        // reads a dead store to that store's own journal): what is no longer there is not
+        // applied, or a stale copy held here would overwrite newer writes.
+        match self.drop_removed(key) {
+            Ok(true) => return Flow::Continue,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(target = target.as_str(), %error, "cannot read the journal");
+                return if self.pause(STORE_RETRY).await {
+                    Flow::Stop
+                } else {
+                    Flow::Continue
+                };
+            }
+        }
+        if self.worker.topology.load().primary == target {
+            return self.hand_over(key).await;
+        }
         let batch = match self.batch(key).await {
             Ok(batch) => batch,
             Err((seq, reason)) => {
@@ -715,6 +743,89 @@ impl<A: ApplyTarget> Run<'_, A> {
                     if self.pause(STORE_RETRY).await {
                         return Flow::Stop;
                     }
+                }
+            }
+        }
+    }
+
+    /// Drops the lane's held entries that are no longer in the journal; true when it dropped
+    /// any. Snapshot reads from the store's cache, one per held entry of the next batch.
+    fn drop_removed(&mut self, key: &str) -> Result<bool, StoreError> {
+        let target = self.target();
+        let Some(lane) = self.lanes.get(key) else {
+            return Ok(false);
+        };
+        let mut gone = Vec::new();
+        for held in lane.queue.iter().take(MAX_CHECKED) {
+            let after = held.seq.0.checked_sub(1).map(Seq);
+            let found = self.worker.store.read(target, after, 1)?;
+            if found.first().map(|e| e.seq) != Some(held.seq) {
+                gone.push(held.seq);
+            }
+        }
+        if gone.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(
+            target = target.as_str(),
+            entries = gone.len(),
+            "entries moved out of the journal are not applied here"
+        );
+        let lane = self.lanes.get_mut(key).expect("the lane checked");
+        let mut freed = 0;
+        lane.queue.retain(|held| {
+            let keep = !gone.contains(&held.seq);
+            if !keep {
+                freed += held.payload.len();
+            }
+            keep
+        });
+        lane.bytes -= freed;
+        self.held -= freed;
+        lane.singles = 0;
+        if lane.idle() {
+            self.lanes.remove(key);
+        }
+        Ok(true)
+    }
+
+    /// This store is primary now, yet its journal holds entries: a crash in the middle of a
+    /// forced switch can leave reconciliations moved here for a swap that never happened.
+    /// Applied here they would copy the secondary's records into the primary; in the other
+    /// store's journal they do what they were queued for. Anything else waits (a switch back
+    /// makes this store secondary again).
+    async fn hand_over(&mut self, key: &str) -> Flow {
+        let target = self.target();
+        let Some(head) = self.lanes.get(key).and_then(|l| l.queue.front()) else {
+            return Flow::Continue;
+        };
+        let (seq, payload) = (head.seq, head.payload.clone());
+        let reads_source = MirrorOp::from_bytes(&payload).is_ok_and(|op| op.reads_the_source());
+        if !reads_source {
+            if let Some(lane) = self.lanes.get_mut(key) {
+                lane.retry_at = Some(Instant::now() + PRIMARY_WAIT);
+                lane.last_error = Some(format!("{target} is primary: its journal waits"));
+            }
+            tracing::warn!(target = target.as_str(), %seq, "a journal entry for the primary waits until it is secondary again");
+            return Flow::Continue;
+        }
+        match self
+            .worker
+            .store
+            .retarget(target, vec![(seq, payload)], target.other())
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(target = target.as_str(), %seq, "a reconciliation queued for the primary moved to the secondary's journal");
+                self.pop(key, 1);
+                Flow::Continue
+            }
+            Err(error) => {
+                tracing::error!(target = target.as_str(), %error, "cannot move a reconciliation off the primary's journal");
+                if self.pause(STORE_RETRY).await {
+                    Flow::Stop
+                } else {
+                    Flow::Continue
                 }
             }
         }

@@ -129,6 +129,8 @@ fn settings() -> ReplaySettings {
 }
 
 struct Harness {
+    /// The worker's view of which store is primary (the other one, unless a test says so).
+    topology: crate::topology::SharedTopology,
     store: Store,
     _dir: tempfile::TempDir,
     fake: Arc<Fake>,
@@ -157,6 +159,13 @@ impl Harness {
                 .held_bytes
                 .with_label_values(&[TARGET.as_str()]),
         );
+        let topology = crate::topology::shared(crate::topology::Topology {
+            epoch: 1,
+            primary: TARGET.other(),
+            mode: shift_config::MirrorMode::Journaled,
+            reads: Default::default(),
+            paused: false,
+        });
         let worker = ReplayWorker {
             target: TARGET,
             store: store.clone(),
@@ -166,10 +175,12 @@ impl Harness {
             settings,
             board: board.clone(),
             alert: Arc::new(move |text| lock(&sink).push(text)),
+            topology: topology.clone(),
         };
         let (stop, stopped) = watch::channel(false);
         let task = worker.spawn(stopped);
         Harness {
+            topology,
             store,
             _dir: dir,
             fake,
@@ -693,4 +704,70 @@ async fn a_collection_delete_waits_for_other_collections_before_a_recreate_follo
     assert!(order[1].starts_with("DeleteCollection"), "{order:?}");
     assert!(order[2].starts_with("EnsureCollection"), "{order:?}");
     assert_eq!(order[3], "n1");
+}
+
+fn reconcile(collection: &str, ids: &[&str]) -> MirrorOp {
+    MirrorOp::Reconcile {
+        collection: collection.into(),
+        ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+    }
+}
+
+/// A forced switch moves a reconciliation out of this journal while the worker retries it:
+/// the copy the worker holds is never applied again.
+#[tokio::test(start_paused = true)]
+async fn an_entry_moved_out_of_the_journal_is_not_applied() {
+    let fake = Fake::default();
+    lock(&fake.failing).insert("a".into());
+    let h = Harness::start(fake, settings()).await;
+    let op = reconcile("a", &["x"]);
+    let seq = h.append(&op).await;
+    h.until("first attempt", |h| !h.fake.attempts("a").is_empty())
+        .await;
+    h.store
+        .retarget(TARGET, vec![(seq, op.to_bytes())], TARGET.other())
+        .await
+        .unwrap();
+    let tried = h.fake.attempts("a").len();
+    lock(&h.fake.failing).remove("a");
+    h.append(&upsert("b", &["b1"])).await;
+    h.until("b applied", |h| {
+        h.depth() == 0 && !h.fake.attempts("b").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        h.fake.attempts("a").len(),
+        tried,
+        "the moved entry was applied"
+    );
+    assert_eq!(h.store.lag(TARGET.other()).entries, 1);
+    h.stop().await;
+}
+
+/// After a crash in the middle of a forced switch the store may be primary again with
+/// reconciliations in its journal: they go to the other store's journal, never applied to
+/// the primary; other entries wait until it is secondary again.
+#[tokio::test(start_paused = true)]
+async fn the_primarys_journal_is_not_applied_to_it() {
+    let h = Harness::start(Fake::default(), settings()).await;
+    let mut primary = (*h.topology.load_full()).clone();
+    primary.primary = TARGET;
+    h.topology.store(Arc::new(primary.clone()));
+    h.append(&reconcile("a", &["x"])).await;
+    h.append(&upsert("b", &["b1"])).await;
+    h.until("the reconciliation moved", |h| h.depth_of("a") == 0)
+        .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(lock(&h.fake.log).is_empty(), "applied to the primary");
+    assert_eq!(h.store.lag(TARGET.other()).entries, 1);
+    assert_eq!(h.depth_of("b"), 1, "the write waits");
+
+    primary.primary = TARGET.other();
+    h.topology.store(Arc::new(primary));
+    h.until("b applied once secondary", |h| h.depth_of("b") == 0)
+        .await;
+    assert_eq!(h.fake.attempts("b").len(), 1);
+    assert!(h.fake.attempts("a").is_empty());
+    h.stop().await;
 }

@@ -63,19 +63,7 @@ const SCAN_PAGE: usize = 1024;
 /// away from a dead store needs: those are writes whose client was not told they succeeded
 /// (acknowledged writes are `Records`, applied without reading the source).
 pub fn reads_the_source(op: &MirrorOp) -> bool {
-    match op {
-        MirrorOp::Reconcile { .. } | MirrorOp::ReconcileCollection { .. } => true,
-        MirrorOp::Records { .. }
-        | MirrorOp::EnsureCollection { .. }
-        | MirrorOp::UpdateCollection { .. }
-        | MirrorOp::DeleteCollection { .. }
-        | MirrorOp::ForkCollection { .. }
-        | MirrorOp::CreateTenant { .. }
-        | MirrorOp::UpdateTenant { .. }
-        | MirrorOp::CreateDatabase { .. }
-        | MirrorOp::DeleteDatabase { .. }
-        | MirrorOp::Function { .. } => false,
-    }
+    op.reads_the_source()
 }
 
 /// Which way a switch goes.
