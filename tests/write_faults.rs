@@ -438,6 +438,27 @@ async fn updates_of_missing_ids_answer_as_chroma_and_leave_nothing_behind() -> a
         "the stale update came back"
     );
     assert_eq!(stored["r0"]["embedding"], json!([3.0, 3.0, 3.0, 3.0]));
+
+    // On an empty collection such an update fixes the dimension, on both stores.
+    let empty = create_collection(&proxy.url(), "dim-fix").await?;
+    let fix = json!({"ids": ["missing"], "embeddings": [[1.0, 2.0, 3.0]]});
+    let (status, body) = write(&proxy.url(), &empty, "update", fix).await?;
+    assert!(status.is_success(), "{status} {body}");
+    wait_for("the new store to take the dimension", || async {
+        let (_, on_new) =
+            http_json("GET", &format!("{}{COLLECTIONS}/dim-fix", new.url()), None).await?;
+        Ok(on_new["dimension"] == json!(3))
+    })
+    .await?;
+    let (_, on_old) =
+        http_json("GET", &format!("{}{COLLECTIONS}/dim-fix", old.url()), None).await?;
+    assert_eq!(on_old["dimension"], json!(3));
+    let two = json!({"ids": ["a"], "embeddings": [[1.0, 2.0]]});
+    let (status, _) = write(&proxy.url(), &empty, "upsert", two).await?;
+    assert_eq!(status, http::StatusCode::BAD_REQUEST, "the dimension holds");
+    assert!(same_on_both(&old.url(), &new.url(), "dim-fix")
+        .await?
+        .is_empty());
     Ok(())
 }
 
@@ -539,16 +560,17 @@ async fn targets_bodies_and_routes_the_proxy_cannot_mirror_are_refused() -> anyh
     let url = proxy.url();
     let id = create_collection(&url, "refusals").await?;
 
-    for request in [
-        "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
-        "GET http://127.0.0.1:9/api/v2/heartbeat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            .to_owned(),
-    ] {
-        let (status, body) = raw(proxy.addr(), request.as_bytes()).await?;
-        assert_eq!(status, 400, "{request:?}: {body}");
-        let error: Value = serde_json::from_str(&body)?;
-        assert_eq!(error["error"], "InvalidArgumentError", "{body}");
-    }
+    let star = "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let (status, body) = raw(proxy.addr(), star.as_bytes()).await?;
+    assert_eq!(status, 400, "{body}");
+    let error: Value = serde_json::from_str(&body)?;
+    assert_eq!(error["error"], "InvalidArgumentError", "{body}");
+    // An absolute-form target is served by its path: the authority (port 9 here, where
+    // nothing listens) is never used.
+    let absolute =
+        "GET http://127.0.0.1:9/api/v2/heartbeat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let (status, body) = raw(proxy.addr(), absolute.as_bytes()).await?;
+    assert_eq!(status, 200, "{body}");
 
     // Invalid UTF-8 in a string, and nesting deeper than JSON parsers take.
     let mut invalid =

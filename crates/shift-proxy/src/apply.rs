@@ -470,6 +470,21 @@ impl Applier {
                     .await?;
                 accept(target, "delete database", answer, StatusCode::NOT_FOUND)
             }
+            MirrorOp::ForgetMissing {
+                collection,
+                body,
+                ids,
+            } => {
+                let entry = self.entry(collection)?;
+                let id = self.ensure(target, &entry).await?;
+                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                for (verb, body) in [("update", body.clone()), ("delete", json!({ "ids": ids }))] {
+                    let path = paths::collection_verb(&tenant, &database, &id, verb);
+                    let answer = self.call(target, Method::POST, &path, Some(&body)).await?;
+                    check(target, verb, answer)?;
+                }
+                Ok(())
+            }
             MirrorOp::Function {
                 collection,
                 suffix,

@@ -106,6 +106,16 @@ pub enum MirrorOp {
         tenant: String,
         database: String,
     },
+    /// An update of ids the source lacked, then a delete of them: what the primary got for an
+    /// update naming ids it did not hold (see the write path's note on updates). Mirrored so
+    /// that the target fixes the collection's dimension as the primary did, and keeps nothing
+    /// of the update, as the primary keeps nothing.
+    ForgetMissing {
+        collection: String,
+        /// The update, restricted to `ids`.
+        body: Value,
+        ids: Vec<String>,
+    },
     /// Attaches or detaches a function: `suffix` is the path after the collection id.
     Function {
         collection: String,
@@ -122,7 +132,8 @@ impl MirrorOp {
             | MirrorOp::Reconcile { collection, .. }
             | MirrorOp::EnsureCollection { collection }
             | MirrorOp::UpdateCollection { collection, .. }
-            | MirrorOp::Function { collection, .. } => collection.clone(),
+            | MirrorOp::Function { collection, .. }
+            | MirrorOp::ForgetMissing { collection, .. } => collection.clone(),
             MirrorOp::ForkCollection { fork, .. } => fork.clone(),
             MirrorOp::DeleteCollection {
                 collection, name, ..
@@ -152,7 +163,8 @@ impl MirrorOp {
             | MirrorOp::UpdateTenant { .. }
             | MirrorOp::CreateDatabase { .. }
             | MirrorOp::DeleteDatabase { .. }
-            | MirrorOp::Function { .. } => false,
+            | MirrorOp::Function { .. }
+            | MirrorOp::ForgetMissing { .. } => false,
         }
     }
 

@@ -880,7 +880,12 @@ impl<A: ApplyTarget> Run<'_, A> {
 /// a reconcile of records or a function op of one collection. Told from the op's serde tag,
 /// the first key of its JSON, so record payloads are not decoded twice.
 fn is_barrier(entry: &JournalEntry) -> bool {
-    const LANE_OPS: [&[u8]; 3] = [b"{\"records\":", b"{\"reconcile\":", b"{\"function\":"];
+    const LANE_OPS: [&[u8]; 4] = [
+        b"{\"records\":",
+        b"{\"reconcile\":",
+        b"{\"function\":",
+        b"{\"forget_missing\":",
+    ];
     entry.collection.is_empty() || !LANE_OPS.iter().any(|tag| entry.payload.starts_with(tag))
 }
 

@@ -143,12 +143,12 @@ impl ProxyState {
         B::Error: Into<BoxError>,
     {
         let settings = &self.settings;
-        // Only a path is ever joined to a backend's address: `OPTIONS *`, or an absolute-form
-        // target over HTTP/1 (`GET http://host/...`), is answered here. (HTTP/2 requests always
-        // carry a scheme and an authority; their path is what counts.)
+        // Only a path is ever joined to a backend's address: a target that is no path
+        // (`OPTIONS *`, an authority) is answered here. An absolute-form target
+        // (`GET http://host/api/v2/...`), which HTTP/1.1 servers must accept and Chroma does,
+        // is served by its path; its authority is never used.
         let uri = request.uri();
-        let absolute_form = request.version() < http::Version::HTTP_2 && uri.authority().is_some();
-        if absolute_form || !uri.path().starts_with('/') {
+        if !uri.path().starts_with('/') {
             return Err(ClientError::RequestTarget(uri.to_string()).into());
         }
         if let Some(auth) = &settings.client_auth {

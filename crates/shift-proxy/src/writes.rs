@@ -114,7 +114,7 @@ struct LifecycleChange {
 
 /// What the journal may get for a write.
 struct Queued {
-    write: EncodedOp,
+    write: Vec<EncodedOp>,
     reconcile: MirrorOp,
 }
 
@@ -197,12 +197,16 @@ fn store_failure(error: StoreError) -> ProxyError {
     ProxyError::State(StateFailure::Unavailable(error.to_string()))
 }
 
-/// A write's body as JSON, or Chroma's own refusal of a body it cannot parse (the proxy could
-/// not mirror it either).
+/// How a refusal of a body the proxy cannot read begins. Chroma refuses most such bodies
+/// itself, but takes some (invalid UTF-8, a lone surrogate or deep nesting in a field it
+/// ignores) that the proxy could not mirror as they were applied.
+pub const UNMIRRORABLE: &str =
+    "chroma-shift cannot mirror this write: its body is not JSON chroma-shift can read (Chroma ignores unknown fields, but their bytes must still be valid JSON within 128 levels)";
+
+/// A write's body as JSON, or a refusal in Chroma's shape (the proxy could not mirror it).
 fn parse_body(bytes: &[u8]) -> Result<Value, ClientError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        ClientError::Unmirrorable(format!("Failed to parse the request body as JSON: {e}"))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| ClientError::Unmirrorable(format!("{UNMIRRORABLE}: {e}")))
 }
 
 /// The primary's outcome from what [`Mirror::send`] returned.
@@ -393,11 +397,8 @@ impl Mirror {
         // refused as Chroma refuses it: it could not be mirrored.
         let (guard, mirror_body): (OrderGuard, Value) = match kind {
             RecordKind::Delete => {
-                let selection = DeleteSelection::parse(&request.body).map_err(|e| {
-                    ClientError::Unmirrorable(format!(
-                        "Failed to parse the request body as JSON: {e}"
-                    ))
-                })?;
+                let selection = DeleteSelection::parse(&request.body)
+                    .map_err(|e| ClientError::Unmirrorable(format!("{UNMIRRORABLE}: {e}")))?;
                 if selection.is_filtered() {
                     let guard = self.locks.collection(&collection).await;
                     match self
@@ -431,6 +432,15 @@ impl Mirror {
         } else {
             (mirror_body, Vec::new())
         };
+        // What the primary also gets for the ids it lacks, for the secondary after the update.
+        let forget = (!missing.is_empty()).then(|| MirrorOp::ForgetMissing {
+            collection: collection.clone(),
+            body: serde_json::from_slice::<Value>(&request.body)
+                .ok()
+                .and_then(|body| retain_records(&body, |id| missing.iter().any(|m| m == id)))
+                .unwrap_or(Value::Null),
+            ids: missing.clone(),
+        });
         let op = MirrorOp::Records {
             kind,
             collection: collection.clone(),
@@ -444,7 +454,10 @@ impl Mirror {
             },
         };
         let secondary = topology.secondary();
-        let sync = topology.mode == MirrorMode::Sync && !self.has_backlog(secondary, &collection);
+        // An update naming missing ids goes through the journal (two entries), even in sync mode.
+        let sync = topology.mode == MirrorMode::Sync
+            && missing.is_empty()
+            && !self.has_backlog(secondary, &collection);
         let write = PendingWrite {
             _pass: pass,
             _guards: Guards::Records { _records: guard },
@@ -456,7 +469,7 @@ impl Mirror {
         };
         let this = self.clone();
         self.detach(move |answer| async move {
-            this.settle_record_write(write, op, reconcile, sync, missing, answer)
+            this.settle_record_write(write, op, reconcile, sync, (missing, forget), answer)
                 .await
         })
         .await
@@ -486,7 +499,7 @@ impl Mirror {
         op: MirrorOp,
         reconcile: MirrorOp,
         sync: bool,
-        missing: Vec<String>,
+        (missing, forget): (Vec<String>, Option<MirrorOp>),
         answer: ClientAnswerTx,
     ) {
         let encoded = op.encode();
@@ -526,7 +539,10 @@ impl Mirror {
             intent,
             decision,
             Queued {
-                write: encoded,
+                write: forget.into_iter().fold(vec![encoded], |mut ops, op| {
+                    ops.push(op.encode());
+                    ops
+                }),
                 reconcile,
             },
             primary_result.map(relay).map_err(ProxyError::Backend),
@@ -597,7 +613,7 @@ impl Mirror {
         }
         failpoint("write::before_commit");
         let settled = match decision.journal {
-            JournalAction::Write => self.journal(intent, secondary, vec![queued.write]).await,
+            JournalAction::Write => self.journal(intent, secondary, queued.write).await,
             JournalAction::Reconcile => {
                 self.journal(intent, secondary, vec![queued.reconcile.encode()])
                     .await
@@ -953,7 +969,7 @@ impl Mirror {
         };
         let decision = decide(outcome, secondary_outcome, self.on_secondary_failure);
         let queued = Queued {
-            write: op.as_ref().unwrap_or(&change.intent_op).encode(),
+            write: vec![op.as_ref().unwrap_or(&change.intent_op).encode()],
             reconcile: change.intent_op,
         };
         self.carry_out(
