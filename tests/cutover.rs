@@ -292,7 +292,6 @@ async fn a_restart_keeps_the_topology_and_the_collection_ids() -> anyhow::Result
 }
 
 #[tokio::test]
-#[ignore = "needs the forced-rollback fix (switch branch)"]
 async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> anyhow::Result<()> {
     let (old, mut new) = two_stores().await?;
     let webhook = FaultyBackend::spawn(Fault::Status(StatusCode::OK, "ok".into())).await?;
