@@ -130,36 +130,7 @@ async fn writer(
 
 /// Every record of the collection on `url`: id -> record.
 async fn records(url: &str) -> anyhow::Result<BTreeMap<String, Value>> {
-    let (status, collection) =
-        http_json("GET", &format!("{url}{COLLECTIONS}/{NAME}"), None).await?;
-    anyhow::ensure!(status.is_success(), "{status} {collection}");
-    let id = collection["id"].as_str().unwrap_or_default();
-    let (status, got) = http_json(
-        "POST",
-        &format!("{url}{COLLECTIONS}/{id}/get"),
-        Some(json!({"include": ["embeddings", "metadatas", "documents", "uris"]})),
-    )
-    .await?;
-    anyhow::ensure!(status.is_success(), "{status} {got}");
-    let column = |field: &str, i: usize| got[field].get(i).cloned().unwrap_or(Value::Null);
-    Ok(got["ids"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            (
-                id.as_str().unwrap_or_default().to_owned(),
-                json!({
-                    "embedding": column("embeddings", i),
-                    "metadata": column("metadatas", i),
-                    "document": column("documents", i),
-                    "uri": column("uris", i),
-                }),
-            )
-        })
-        .collect())
+    shift_testkit::stores::records_json(url, NAME).await
 }
 
 /// Checks each record against the writes: its value must be what the last acknowledged write

@@ -600,9 +600,14 @@ async fn rename_and_delete_racing_record_writes_leave_the_stores_equal() -> anyh
         })
         .await?;
         let base = format!("{url}{DEFAULT_DB}/collections");
+        // Chroma changes a collection by id (a name gets 400 "not a valid UUIDv4"), and
+        // deletes it by name.
+        let (status, race0) = http_json("GET", &format!("{base}/race-0"), None).await?;
+        anyhow::ensure!(status.is_success(), "get race-0: {status} {race0}");
+        let race0_id = race0["id"].as_str().unwrap_or_default().to_owned();
         let (status, answer) = http_json(
             "PUT",
-            &format!("{base}/race-0"),
+            &format!("{base}/{race0_id}"),
             Some(json!({"new_name": "race-0-renamed", "new_metadata": {"renamed": true}})),
         )
         .await?;

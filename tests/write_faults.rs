@@ -63,45 +63,9 @@ where
     }
 }
 
-/// Every record of the collection `name` on the store at `url`, whole: id -> {embedding,
-/// metadata, document, uri}. Empty when the store has no such collection.
+/// Every record of the collection `name` on the store at `url`, whole.
 async fn records(url: &str, name: &str) -> anyhow::Result<BTreeMap<String, Value>> {
-    let (status, collection) =
-        http_json("GET", &format!("{url}{COLLECTIONS}/{name}"), None).await?;
-    if status == http::StatusCode::NOT_FOUND {
-        return Ok(BTreeMap::new());
-    }
-    anyhow::ensure!(
-        status.is_success(),
-        "get collection {name}: {status} {collection}"
-    );
-    let id = collection["id"].as_str().unwrap_or_default();
-    let (status, got) = http_json(
-        "POST",
-        &format!("{url}{COLLECTIONS}/{id}/get"),
-        Some(json!({"include": ["embeddings", "metadatas", "documents", "uris"]})),
-    )
-    .await?;
-    anyhow::ensure!(status.is_success(), "get {name}: {status} {got}");
-    let column = |field: &str, i: usize| got[field].get(i).cloned().unwrap_or(Value::Null);
-    Ok(got["ids"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            (
-                id.as_str().unwrap_or_default().to_owned(),
-                json!({
-                    "embedding": column("embeddings", i),
-                    "metadata": column("metadatas", i),
-                    "document": column("documents", i),
-                    "uri": column("uris", i),
-                }),
-            )
-        })
-        .collect())
+    shift_testkit::stores::records_json(url, name).await
 }
 
 /// Waits until both stores hold the same records of `name`, and returns them.
@@ -686,17 +650,15 @@ async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Resul
     );
     let url = proxy.url();
     let id = create_collection(&url, "mid-switch").await?;
-    // The new store refuses the replay for a while, so the journal holds entries to drain.
-    shim.push_write_faults((0..40).map(|_| {
-        Fault::Status(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"error":"InternalError","message":"injected"}"#.to_owned(),
-        )
-    }));
+    // The new store holds the replay's writes unanswered until the test lets them go, so the
+    // journal has entries to drain when the cutover comes.
+    let hold = shift_testkit::faulty::Hold::new();
+    shim.push_write_faults((0..100).map(|_| Fault::Held(hold.clone(), Box::new(Fault::Forward))));
     for round in 0..4 {
         let (status, body) = write(&url, &id, "upsert", batch(round * 5, 5, "acked")).await?;
         anyhow::ensure!(status.is_success(), "{status} {body}");
     }
+    hold.wait_arrived(1, WAIT).await?;
     let (_, before) = shift_testkit::admin_call(
         &proxy.admin_url(),
         shift_testkit::ADMIN_TOKEN,
@@ -746,6 +708,7 @@ async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Resul
         "the cutover answered"
     );
 
+    hold.release();
     proxy.set_env(&[]);
     proxy.restart().await?;
     let (_, status) = shift_testkit::admin_call(

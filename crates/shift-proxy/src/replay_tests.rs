@@ -290,7 +290,11 @@ async fn a_failure_worth_retrying_is_retried_with_growing_backoff() {
         );
     }
     assert_eq!(h.counter(&h.metrics.replay_retries, &["new"]), 3);
-    assert_eq!(h.counter(&h.metrics.replay_applied, &["new"]), 1);
+    // Counted just after the entry leaves the journal.
+    h.until("counted", |h| {
+        h.counter(&h.metrics.replay_applied, &["new"]) == 1
+    })
+    .await;
     h.stop().await;
 }
 
@@ -346,7 +350,11 @@ async fn a_refused_merged_batch_is_split_and_only_the_bad_entry_is_parked() {
         "{}",
         letters[0].reason
     );
-    assert_eq!(h.counter(&h.metrics.dead_letters, &["new", "refused"]), 1);
+    // Counted just after the entry is parked.
+    h.until("counted", |h| {
+        h.counter(&h.metrics.dead_letters, &["new", "refused"]) == 1
+    })
+    .await;
     h.stop().await;
 }
 

@@ -454,10 +454,7 @@ impl Mirror {
             },
         };
         let secondary = topology.secondary();
-        // An update naming missing ids goes through the journal (two entries), even in sync mode.
-        let sync = topology.mode == MirrorMode::Sync
-            && missing.is_empty()
-            && !self.has_backlog(secondary, &collection);
+        let sync = topology.mode == MirrorMode::Sync && !self.has_backlog(secondary, &collection);
         let write = PendingWrite {
             _pass: pass,
             _guards: Guards::Records { _records: guard },
@@ -520,6 +517,13 @@ impl Mirror {
                 self.send(write.primary, &write.request, &write.path, body),
                 self.applier.apply(write.secondary, &op),
             );
+            // What the primary also got for the ids it lacked follows on the secondary.
+            let s = match (s, &forget) {
+                (Ok(()), Some(forget)) if classify(&p) == PrimaryOutcome::Applied => {
+                    self.applier.apply(write.secondary, forget).await
+                }
+                (s, _) => s,
+            };
             let (outcome, error) = secondary_outcome(s);
             (p, outcome, error)
         } else {

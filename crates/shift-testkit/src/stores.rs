@@ -621,6 +621,56 @@ pub async fn check_acked_log(
     })
 }
 
+/// Every record of the collection `name` in the default database of the store at `url`, as
+/// JSON: id -> {embedding, metadata, document, uri}, embeddings as Chroma answers them. Empty
+/// when the store has no such collection. For tests that compare against the records they
+/// wrote (values exact in f32).
+pub async fn records_json(
+    url: &str,
+    name: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
+    let collections = format!(
+        "{url}{}/collections",
+        db_path("default_tenant", "default_database")
+    );
+    let (status, collection) =
+        crate::http_json("GET", &format!("{collections}/{name}"), None).await?;
+    if status == http::StatusCode::NOT_FOUND {
+        return Ok(std::collections::BTreeMap::new());
+    }
+    anyhow::ensure!(
+        status.is_success(),
+        "get collection {name}: {status} {collection}"
+    );
+    let id = collection["id"].as_str().unwrap_or_default();
+    let (status, got) = crate::http_json(
+        "POST",
+        &format!("{collections}/{id}/get"),
+        Some(json!({"include": ["embeddings", "metadatas", "documents", "uris"]})),
+    )
+    .await?;
+    anyhow::ensure!(status.is_success(), "get {name}: {status} {got}");
+    let column = |field: &str, i: usize| got[field].get(i).cloned().unwrap_or(Value::Null);
+    Ok(got["ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                id.as_str().unwrap_or_default().to_owned(),
+                json!({
+                    "embedding": column("embeddings", i),
+                    "metadata": column("metadatas", i),
+                    "document": column("documents", i),
+                    "uri": column("uris", i),
+                }),
+            )
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
