@@ -430,17 +430,20 @@ impl Mirror {
             self.update_of_existing(primary, &entry, &primary_id, mirror_body)
                 .await?
         } else {
-            (mirror_body, Vec::new())
+            (mirror_body, None)
         };
         // What the primary also gets for the ids it lacks, for the secondary after the update.
-        let forget = (!missing.is_empty()).then(|| MirrorOp::ForgetMissing {
-            collection: collection.clone(),
-            body: serde_json::from_slice::<Value>(&request.body)
-                .ok()
-                .and_then(|body| retain_records(&body, |id| missing.iter().any(|m| m == id)))
-                .unwrap_or(Value::Null),
-            ids: missing.clone(),
-        });
+        let (missing, forget) = match missing {
+            Some((ids, body)) => (
+                ids.clone(),
+                Some(MirrorOp::ForgetMissing {
+                    collection: collection.clone(),
+                    body,
+                    ids,
+                }),
+            ),
+            None => (Vec::new(), None),
+        };
         let op = MirrorOp::Records {
             kind,
             collection: collection.clone(),
@@ -690,7 +693,8 @@ impl Mirror {
     }
 
     /// An `update` carrying embeddings, restricted for the mirror to the ids the primary
-    /// holds, and the ids it names that the primary lacks. Read under the records' order locks,
+    /// holds; and, when it names ids the primary lacks, those ids with the update restricted to
+    /// them (one parse of the body for both). Read under the records' order locks,
     /// so no write of those ids interleaves.
     ///
     /// Chroma documents that an update of a missing id is ignored, and its metadata and
@@ -709,14 +713,14 @@ impl Mirror {
         entry: &CollectionEntry,
         primary_id: &str,
         body: Value,
-    ) -> Result<(Value, Vec<String>), ProxyError> {
+    ) -> Result<(Value, Option<(Vec<String>, Value)>), ProxyError> {
         let carries_embeddings = body
             .get("embeddings")
             .and_then(Value::as_array)
             .is_some_and(|e| !e.is_empty());
         let ids = ids_of(&body);
         if !carries_embeddings || ids.is_empty() {
-            return Ok((body, Vec::new()));
+            return Ok((body, None));
         }
         let ns = self
             .resolver
@@ -746,7 +750,7 @@ impl Mirror {
         {
             Some(found) => found.into_iter().collect(),
             // The primary answers the write itself.
-            None => return Ok((body, Vec::new())),
+            None => return Ok((body, None)),
         };
         let missing: Vec<String> = ids
             .iter()
@@ -754,10 +758,11 @@ impl Mirror {
             .cloned()
             .collect();
         if missing.is_empty() {
-            return Ok((body, missing));
+            return Ok((body, None));
         }
+        let for_missing = retain_records(&body, |id| !existing.contains(id)).unwrap_or(Value::Null);
         let restricted = retain_records(&body, |id| existing.contains(id)).unwrap_or(body);
-        Ok((restricted, missing))
+        Ok((restricted, Some((missing, for_missing))))
     }
 
     /// The ids a filtered delete removes, read from the primary under the collection lock; or
