@@ -496,6 +496,18 @@ async fn refused_lifecycle_writes_change_nothing_on_the_secondary() -> anyhow::R
 // ---------------------------------------------------------------------------------------------
 // What the proxy refuses itself.
 
+/// The proxy's `/admin/status`.
+async fn admin_status(admin: &str) -> anyhow::Result<(http::StatusCode, Value)> {
+    shift_testkit::admin_call(
+        admin,
+        shift_testkit::ADMIN_TOKEN,
+        "GET",
+        "/admin/status",
+        None,
+    )
+    .await
+}
+
 /// Sends raw bytes on one connection and returns the status line and the body.
 async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> anyhow::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
@@ -659,14 +671,7 @@ async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Resul
         anyhow::ensure!(status.is_success(), "{status} {body}");
     }
     hold.wait_arrived(1, WAIT).await?;
-    let (_, before) = shift_testkit::admin_call(
-        &proxy.admin_url(),
-        shift_testkit::ADMIN_TOKEN,
-        "GET",
-        "/admin/status",
-        None,
-    )
-    .await?;
+    let (_, before) = admin_status(&proxy.admin_url()).await?;
     let admin = proxy.admin_url();
     let cutover = tokio::spawn(async move {
         shift_testkit::admin_call(
@@ -686,14 +691,7 @@ async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Resul
             async move { write(&held_url, &held_id, "upsert", batch(100, 1, "held")).await },
         );
     wait_for("a write held at the switch's gate", || async {
-        let (_, status) = shift_testkit::admin_call(
-            &proxy.admin_url(),
-            shift_testkit::ADMIN_TOKEN,
-            "GET",
-            "/admin/status",
-            None,
-        )
-        .await?;
+        let (_, status) = admin_status(&proxy.admin_url()).await?;
         Ok(status["writes_held"].as_u64() == Some(1))
     })
     .await?;
@@ -711,14 +709,7 @@ async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Resul
     hold.release();
     proxy.set_env(&[]);
     proxy.restart().await?;
-    let (_, status) = shift_testkit::admin_call(
-        &proxy.admin_url(),
-        shift_testkit::ADMIN_TOKEN,
-        "GET",
-        "/admin/status",
-        None,
-    )
-    .await?;
+    let (_, status) = admin_status(&proxy.admin_url()).await?;
     assert_eq!(status["topology"]["primary"], "old", "{status}");
     assert_eq!(
         status["topology"]["epoch"], before["topology"]["epoch"],
