@@ -49,8 +49,11 @@ pub fn rewrite(path_and_query: &str, rewrite: SegmentRewrite<'_>) -> String {
                 segments[6] = encode(d);
             }
             if is(&segments, 7, "collections") {
-                // `collections/by-id/{id}` keeps its id one segment further.
-                let index = if is(&segments, 8, "by-id") { 9 } else { 8 };
+                // `collections/by-id/{id}` keeps its id one segment further. Told apart by
+                // shape alone: a record route naming a collection id "by-id" would read the same,
+                // but that is not a UUID, so the proxy never asks to replace its segment.
+                let by_id = is(&segments, 8, "by-id") && segments.len() == 10;
+                let index = if by_id { 9 } else { 8 };
                 if let (Some(c), true) = (rewrite.collection, segments.len() > index) {
                     segments[index] = encode(c);
                 }

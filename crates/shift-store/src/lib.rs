@@ -40,6 +40,19 @@ mod schema;
 mod types;
 mod writer;
 
+/// Entry points for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes `bytes` as a journal entry and as a dead letter, dropping the results.
+    pub fn decode_values(bytes: &[u8]) {
+        let _ = crate::codec::decode_entry(bytes);
+        let _ = crate::codec::decode_dead_letter(crate::Seq(0), bytes);
+    }
+}
+
+#[cfg(test)]
+mod codec_props;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
