@@ -4,12 +4,14 @@
 //!   long outages and rolls back by itself when configured to.
 //! - [`switch`]: every topology change: cutover, rollback, write mode, read policy, pause.
 //! - [`alerts`]: alerts to a Slack-compatible webhook.
+//! - [`audit`]: the audit log of admin actions, kept in the state store.
 //! - [`store_alerts`]: alerts when the state store cannot take writes, and when it can again.
 //! - [`admin`]: the admin HTTP API on its own listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`process`]: the whole proxy assembled from the config, for the binary and the tests.
 
 pub mod admin;
 pub mod alerts;
+pub mod audit;
 pub mod health;
 pub mod migrate_api;
 pub mod store_alerts;

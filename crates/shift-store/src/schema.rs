@@ -46,12 +46,14 @@ pub(crate) const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("prob
 const MAP_COLLECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.collections");
 const MAP_TOPOLOGY: TableDefinition<&str, &[u8]> = TableDefinition::new("map.topology");
 const MAP_CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.checkpoints");
+const MAP_AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("map.audit");
 
 /// Every key-value table, so open can create them all (a read of a missing table is an error).
-pub(crate) const MAP_TABLES: [MapTable; 3] = [
+pub(crate) const MAP_TABLES: [MapTable; 4] = [
     MapTable::Collections,
     MapTable::Topology,
     MapTable::Checkpoints,
+    MapTable::Audit,
 ];
 
 pub(crate) fn journal(target: BackendName) -> TableDefinition<'static, u64, &'static [u8]> {
@@ -66,6 +68,7 @@ pub(crate) fn map(table: MapTable) -> TableDefinition<'static, &'static str, &'s
         MapTable::Collections => MAP_COLLECTIONS,
         MapTable::Topology => MAP_TOPOLOGY,
         MapTable::Checkpoints => MAP_CHECKPOINTS,
+        MapTable::Audit => MAP_AUDIT,
     }
 }
 

@@ -105,6 +105,8 @@ pub enum MapTable {
     Topology,
     /// Backfill and verify checkpoints, so a restarted job resumes where it stopped.
     Checkpoints,
+    /// The audit log of admin actions, keyed so that keys sort by time.
+    Audit,
 }
 
 /// A mirrored write to journal.

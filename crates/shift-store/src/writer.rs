@@ -214,7 +214,7 @@ struct Tables<'txn> {
     dead: Table<'txn, u64, &'static [u8]>,
     index: Table<'txn, (u8, &'static str, u64), u64>,
     summary: Table<'txn, (u8, &'static str), (u64, u64)>,
-    maps: [Table<'txn, &'static str, &'static [u8]>; 3],
+    maps: [Table<'txn, &'static str, &'static [u8]>; 4],
 }
 
 impl<'txn> Tables<'txn> {
@@ -233,6 +233,7 @@ impl<'txn> Tables<'txn> {
                 txn.open_table(schema::map(MapTable::Collections))?,
                 txn.open_table(schema::map(MapTable::Topology))?,
                 txn.open_table(schema::map(MapTable::Checkpoints))?,
+                txn.open_table(schema::map(MapTable::Audit))?,
             ],
         })
     }
@@ -246,6 +247,7 @@ impl<'txn> Tables<'txn> {
             MapTable::Collections => 0,
             MapTable::Topology => 1,
             MapTable::Checkpoints => 2,
+            MapTable::Audit => 3,
         };
         &mut self.maps[index]
     }
