@@ -39,6 +39,7 @@ pub mod server;
 pub mod service;
 pub mod settle;
 pub mod shadow;
+pub mod tls;
 pub mod topology;
 pub mod writes;
 
