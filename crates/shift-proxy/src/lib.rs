@@ -18,6 +18,7 @@
 //! in Chroma's error shape; [`metrics`] holds the Prometheus metrics; [`backend`] is the one
 //! HTTP client for the stores.
 
+pub mod admission;
 pub mod apply;
 pub mod auth;
 pub mod backend;
