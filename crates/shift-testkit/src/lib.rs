@@ -18,9 +18,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use shift_chroma::local::{find_chroma_bin, LocalChroma, LocalChromaOptions};
 use shift_config::{BackendName, Config, Secret, Secrets};
 use shift_control::ChromaShift;
+use shift_local_chroma::{find_chroma_bin, LocalChroma, LocalChromaOptions};
 use shift_proxy::Drained;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
