@@ -82,11 +82,7 @@ async fn a_large_collection_is_backfilled_under_live_traffic_and_resumes_after_a
         seeded.stdout.trim()
     );
 
-    let mut proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn_process()
-        .await?;
+    let mut proxy = Proxy::in_front_of(&old, &new).spawn_process().await?;
     let config = proxy.config_path().to_string_lossy().into_owned();
 
     // Live traffic through the proxy for the whole backfill, across the kill.

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::{json, Value};
+use shift_testkit::collection::create_collection;
 use shift_testkit::scrape::{metric, wait_drained};
+use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::stores::{
-    assert_same_records, check_acked_log, post_json, proxy_in_front, two_stores, DEFAULT_DB,
+    assert_same_records, check_acked_log, post_json, two_stores, DEFAULT_DB,
 };
 use shift_testkit::{http, http_json, Fault, FaultyBackend, Proxy, ADMIN_TOKEN};
 
@@ -26,11 +28,9 @@ fn records(prefix: &str, n: usize) -> Value {
 
 #[tokio::test]
 async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (old, new, proxy) = two_stores_and_proxy("").await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": "moving"})).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "moving"})).await?;
     post_json(
         format!("{base}/collections/{id}/add"),
         records("before", 20),
@@ -112,11 +112,9 @@ async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::
 
 #[tokio::test]
 async fn a_cutover_is_refused_when_the_target_is_down_or_the_lag_too_high() -> anyhow::Result<()> {
-    let (old, mut new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (_old, mut new, proxy) = two_stores_and_proxy("").await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": "stuck"})).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "stuck"})).await?;
     new.stop().await?;
     // Writes keep working; they queue for the new store.
     for round in 0..3 {
@@ -162,8 +160,7 @@ async fn a_cutover_is_refused_when_the_target_is_down_or_the_lag_too_high() -> a
 
 #[tokio::test]
 async fn the_admin_api_needs_its_token_and_is_not_on_the_data_port() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (_old, _new, proxy) = two_stores_and_proxy("").await?;
     let admin = proxy.admin_url();
     for (method, path) in [
         ("GET", "/admin/status"),
@@ -207,11 +204,9 @@ async fn the_admin_api_needs_its_token_and_is_not_on_the_data_port() -> anyhow::
 
 #[tokio::test]
 async fn pause_holds_writes_without_rejecting_them() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (old, new, proxy) = two_stores_and_proxy("").await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": "paused"})).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "paused"})).await?;
     let (status, _) = proxy.admin("POST", "/admin/pause", None).await?;
     assert_eq!(status, StatusCode::OK);
     let url = format!("{base}/collections/{id}/add");
@@ -252,10 +247,7 @@ async fn pause_holds_writes_without_rejecting_them() -> anyhow::Result<()> {
 async fn a_restart_keeps_the_topology_and_the_collection_ids() -> anyhow::Result<()> {
     let (old, new) = two_stores().await?;
     let state_dir = tempfile::tempdir()?;
-    let builder = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .state_dir(state_dir.path());
+    let builder = Proxy::in_front_of(&old, &new).state_dir(state_dir.path());
     let proxy = builder.clone().spawn().await?;
     let base = format!("{}{DB}", proxy.url());
     let created = post_json(format!("{base}/collections"), json!({"name": "kept"})).await?;
@@ -295,16 +287,13 @@ async fn a_restart_keeps_the_topology_and_the_collection_ids() -> anyhow::Result
 async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> anyhow::Result<()> {
     let (old, mut new) = two_stores().await?;
     let webhook = FaultyBackend::spawn(Fault::Status(StatusCode::OK, "ok".into())).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let proxy = Proxy::in_front_of(&old, &new)
         .health_toml("interval = \"200ms\"\ntimeout = \"300ms\"\nauto_rollback = true\nauto_rollback_after = \"1s\"\noutage_alert_after = \"600ms\"")
         .toml(&format!("[alerts]\nwebhook_url = \"{}/hooks/chroma-shift\"\n", webhook.url()))
         .spawn()
         .await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": "failover"})).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "failover"})).await?;
     let (status, report) = proxy.admin("POST", "/admin/cutover", None).await?;
     assert_eq!(status, StatusCode::OK, "{report}");
     new.stop().await?;
@@ -393,8 +382,7 @@ async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> any
 #[tokio::test]
 async fn cutover_and_rollback_under_a_python_load_lose_nothing() -> anyhow::Result<()> {
     use shift_testkit::python::run_script;
-    let (old, new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (old, new, proxy) = two_stores_and_proxy("").await?;
     let url = proxy.url();
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("acked.jsonl");

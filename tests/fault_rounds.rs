@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shift_config::BackendName;
-use shift_testkit::{admin_call, http_json, Chroma, Fault, FaultyBackend, Proxy, ProxyProcess};
+use shift_testkit::stores::two_stores;
+use shift_testkit::{admin_call, http_json, Fault, FaultyBackend, Proxy, ProxyProcess};
 
 const COLLECTIONS: &str = "/api/v2/tenants/default_tenant/databases/default_database/collections";
 const NAME: &str = "rounds";
@@ -188,7 +189,7 @@ async fn random_faults_with_switches_lose_no_acknowledged_write() -> anyhow::Res
     );
     let mut rng = fastrand::Rng::with_seed(seed);
 
-    let (mut old, mut new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
+    let (mut old, mut new) = two_stores().await?;
     let (old_url, new_url) = (old.url(), new.url());
     let (shim_old, shim_new) = tokio::try_join!(
         FaultyBackend::proxying(&old_url),

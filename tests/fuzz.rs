@@ -380,11 +380,7 @@ async fn fuzz(kinds: Vec<Kind>, count: usize) -> anyhow::Result<()> {
 
     let (direct, old, new) = tokio::join!(Chroma::spawn(), Chroma::spawn(), Chroma::spawn());
     let (direct, old, new) = (direct?, old?, new?);
-    let mut proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn_process()
-        .await?;
+    let mut proxy = Proxy::in_front_of(&old, &new).spawn_process().await?;
 
     let mut generator = Generator::new(seed, kinds);
     let mut to_direct = Side {

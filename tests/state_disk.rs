@@ -20,8 +20,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shift_config::Secrets;
+use shift_testkit::collection::create_collection;
 use shift_testkit::process::chroma_shift_bin;
 use shift_testkit::scrape::metric;
+use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::stores::{two_stores, DEFAULT_DB};
 use shift_testkit::{http, http_json, Chroma, Proxy, ADMIN_TOKEN};
 
@@ -185,17 +187,6 @@ fn assert_refused_in_chroma_shape(answer: &Answer) {
     assert!(object["message"].is_string(), "{}", answer.body);
 }
 
-async fn create_collection(proxy: &Proxy, name: &str) -> anyhow::Result<String> {
-    let (status, created) = http_json(
-        "POST",
-        &collections(&proxy.url()),
-        Some(json!({"name": name})),
-    )
-    .await?;
-    anyhow::ensure!(status.is_success(), "create {name}: {status} {created}");
-    Ok(created["id"].as_str().unwrap_or_default().to_owned())
-}
-
 async fn readyz(proxy: &Proxy) -> anyhow::Result<(http::StatusCode, Value)> {
     http_json("GET", &format!("{}/readyz", proxy.admin_url()), None).await
 }
@@ -342,14 +333,12 @@ async fn a_full_state_disk_refuses_writes_then_recovers_without_a_restart() -> a
         return Ok(());
     };
     let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let proxy = Proxy::in_front_of(&old, &new)
         .state_dir(tmpfs.path().join("state"))
         .toml(FAST_RETRIES)
         .spawn()
         .await?;
-    let collection = create_collection(&proxy, "disk").await?;
+    let collection = create_collection(&proxy.url(), json!({"name": "disk"})).await?;
     let mut acknowledged = BTreeMap::new();
     let mut next = 0;
     // 20 records of 8 KiB documents: each write journals about 160 KiB, twice (intent and
@@ -432,14 +421,11 @@ async fn a_full_state_disk_refuses_writes_then_recovers_without_a_restart() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_journal_refuses_writes_until_the_replay_drains_it() -> anyhow::Result<()> {
     let (old, mut new) = two_stores().await?;
-    let builder = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(FAST_RETRIES);
+    let builder = Proxy::in_front_of(&old, &new).toml(FAST_RETRIES);
     let mut config = builder.config()?;
     config.state.max_journal_bytes = "64 KiB".parse().map_err(anyhow::Error::msg)?;
     let proxy = Proxy::start_fresh(config, Secrets::default()).await?;
-    let collection = create_collection(&proxy, "capped").await?;
+    let collection = create_collection(&proxy.url(), json!({"name": "capped"})).await?;
     // The collection exists on both stores before the secondary goes away.
     wait_drained(&proxy).await?;
     new.stop().await?;
@@ -513,7 +499,7 @@ async fn park_one(
     name: &str,
     first: usize,
 ) -> anyhow::Result<(String, BTreeMap<String, Record>)> {
-    let collection = create_collection(proxy, name).await?;
+    let collection = create_collection(&proxy.url(), json!({"name": name})).await?;
     wait_drained(proxy).await?;
     let (status, on_new) =
         http_json("GET", &format!("{}/{name}", collections(&new.url())), None).await?;
@@ -556,13 +542,7 @@ async fn wait_dead_letters(proxy: &Proxy, count: usize) -> anyhow::Result<Vec<Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_retried_and_dropped_through_the_admin_api() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(FAST_RETRIES)
-        .spawn()
-        .await?;
+    let (_old, new, proxy) = two_stores_and_proxy(FAST_RETRIES).await?;
     let (collection, _) = park_one(&proxy, &new, "parked", 0).await?;
     let letters = wait_dead_letters(&proxy, 1).await?;
     let seq = letters[0]["seq"].as_u64().expect("a seq");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shift_testkit::stores::assert_same_records;
+use shift_testkit::stores::two_stores;
 use shift_testkit::{http_json, Chroma, Proxy, ADMIN_TOKEN};
 
 const COLLECTIONS: &str = "/api/v2/tenants/default_tenant/databases/default_database/collections";
@@ -38,10 +39,8 @@ async fn stores() -> anyhow::Result<Stores> {
 
 /// `stores`, with `extra` TOML (such as namespace rules) for the proxy and the config file.
 async fn stores_with(extra: &str) -> anyhow::Result<Stores> {
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let (old, new) = two_stores().await?;
+    let proxy = Proxy::in_front_of(&old, &new)
         .toml("[mirror]\nmode = \"journaled\"\nretry_initial = \"50ms\"\nretry_max = \"1s\"\n")
         .toml(extra)
         .spawn()

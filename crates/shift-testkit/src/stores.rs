@@ -13,6 +13,17 @@ pub async fn two_stores() -> anyhow::Result<(Chroma, Chroma)> {
     Ok((old?, new?))
 }
 
+/// Two fresh stores and the proxy in front of them, with `toml` appended to its config (whole
+/// sections such as `[mirror]`; empty for the defaults).
+pub async fn two_stores_and_proxy(toml: &str) -> anyhow::Result<(Chroma, Chroma, crate::Proxy)> {
+    let (old, new) = two_stores().await?;
+    let proxy = crate::Proxy::in_front_of(&old, &new)
+        .toml(toml)
+        .spawn()
+        .await?;
+    Ok((old, new, proxy))
+}
+
 /// POSTs JSON and fails unless the answer is a success; the answer's JSON.
 pub async fn post_json(url: String, body: Value) -> anyhow::Result<Value> {
     let (status, answer) = http_json("POST", &url, Some(body)).await?;
@@ -57,11 +68,7 @@ pub async fn ids_by_name(url: &str, name: &str) -> anyhow::Result<Vec<String>> {
 
 /// The proxy in front of two stores with everything else at its defaults (journaled mode).
 pub async fn proxy_in_front(old: &Chroma, new: &Chroma) -> anyhow::Result<crate::Proxy> {
-    crate::Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await
+    crate::Proxy::in_front_of(old, new).spawn().await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -643,32 +650,7 @@ pub async fn records_json(
         "get collection {name}: {status} {collection}"
     );
     let id = collection["id"].as_str().unwrap_or_default();
-    let (status, got) = crate::http_json(
-        "POST",
-        &format!("{collections}/{id}/get"),
-        Some(json!({"include": ["embeddings", "metadatas", "documents", "uris"]})),
-    )
-    .await?;
-    anyhow::ensure!(status.is_success(), "get {name}: {status} {got}");
-    let column = |field: &str, i: usize| got[field].get(i).cloned().unwrap_or(Value::Null);
-    Ok(got["ids"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            (
-                id.as_str().unwrap_or_default().to_owned(),
-                json!({
-                    "embedding": column("embeddings", i),
-                    "metadata": column("metadatas", i),
-                    "document": column("documents", i),
-                    "uri": column("uris", i),
-                }),
-            )
-        })
-        .collect())
+    crate::collection::get_records(&format!("{collections}/{id}"), None).await
 }
 
 #[cfg(test)]
