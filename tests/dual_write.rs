@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use shift_config::BackendName;
 use shift_testkit::collection::collection_id;
 use shift_testkit::collection::get_or_create_collection;
+use shift_testkit::faulty::two_stores_one_faulty;
 use shift_testkit::scrape::{metric_sum, metrics_text};
 use shift_testkit::stores::two_stores;
 use shift_testkit::stores::two_stores_and_proxy;
@@ -29,7 +30,7 @@ use shift_testkit::stores::{
     assert_same_records, check_acked_log, compare_stores_skipping, dump_database, Compared,
     DatabaseDump, DEFAULT_DB,
 };
-use shift_testkit::{http_json, python, Fault, FaultyBackend, Proxy};
+use shift_testkit::{http_json, python, Fault, Proxy};
 
 /// Bound on one writers.py run.
 const WRITERS_LIMIT: Duration = Duration::from_secs(150);
@@ -260,13 +261,8 @@ async fn proxy_killed_mid_load_keeps_every_acknowledged_write() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_secondary_loses_nothing_and_keeps_order() -> anyhow::Result<()> {
     let started = Instant::now();
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
-    let mut config = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
-        .toml(&journaled())
-        .config()?;
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let mut config = builder.toml(&journaled()).config()?;
     // A slow answer past this counts as a timeout, which the replay retries.
     config.backends.new.request_timeout = Duration::from_secs(1);
     let proxy = Proxy::start_fresh(config, Default::default()).await?;

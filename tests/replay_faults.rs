@@ -15,8 +15,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use shift_config::BackendName;
 use shift_testkit::collection::get_or_create_collection;
 use shift_testkit::collection::{collection_id, collections_url, get_records};
+use shift_testkit::faulty::two_stores_one_faulty;
 use shift_testkit::scrape::{counter, metric, wait_drained};
 use shift_testkit::stores::two_stores;
 use shift_testkit::wait::wait_until;
@@ -35,12 +37,9 @@ const JOURNALED: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secondary_refusing_the_proxy_stops_the_replay_then_it_resumes_by_itself(
 ) -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
     let webhook = FaultyBackend::spawn(Fault::ok()).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
+    let proxy = builder
         .toml(&format!(
             "{JOURNALED}[alerts]\nwebhook_url = \"{}/hook\"\n",
             webhook.url()
@@ -123,14 +122,8 @@ async fn a_secondary_refusing_the_proxy_stops_the_replay_then_it_resumes_by_itse
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_that_never_changes_is_parked_and_blocks_nothing_after_it() -> anyhow::Result<()>
 {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
-        .toml(JOURNALED)
-        .spawn()
-        .await?;
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let proxy = builder.toml(JOURNALED).spawn().await?;
     let admin = proxy.admin_url();
     let a = get_or_create_collection(&proxy.url(), "rf-501-a").await?;
     let b = get_or_create_collection(&proxy.url(), "rf-501-b").await?;

@@ -14,15 +14,17 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{json, Value};
+use shift_config::BackendName;
 use shift_testkit::collection::get_or_create_collection;
 use shift_testkit::collection::{collection_id, count, create_collection};
+use shift_testkit::faulty::two_stores_one_faulty;
 use shift_testkit::scrape::{counter, wait_drained};
 use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::stores::{
     assert_same_records, check_acked_log, post_json, two_stores, AckedChecked, DEFAULT_DB,
 };
 use shift_testkit::wait::wait_until;
-use shift_testkit::{http_json, python, Fault, FaultyBackend, Hold, Proxy};
+use shift_testkit::{http_json, python, Fault, Hold, Proxy};
 
 /// Bound on one writers.py run.
 const WRITERS_LIMIT: Duration = Duration::from_secs(180);
@@ -103,11 +105,8 @@ fn server_error() -> Fault {
 /// every acknowledged write is on both exactly as logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_on_the_primary_during_writes_leave_both_stores_equal() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&old.url()).await?;
-    let proxy = Proxy::builder()
-        .old(faulty.url())
-        .new_store(new.url())
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::Old).await?;
+    let proxy = builder
         .toml(&format!("[mirror]\n{FAST_RETRIES}"))
         .spawn()
         .await?;
@@ -150,11 +149,8 @@ async fn faults_on_the_primary_during_writes_leave_both_stores_equal() -> anyhow
 /// the client is answered the primary's success and the write is queued (fallback_journaled);
 /// with `"fail"` the client gets an error. Either way both stores end equal.
 async fn sync_mode_with_a_failing_secondary(policy: &str) -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let proxy = builder
         .toml(&format!(
             "[mirror]\nmode = \"sync\"\non_secondary_failure = \"{policy}\"\n{FAST_RETRIES}"
         ))
@@ -347,14 +343,11 @@ async fn a_pause_is_restored_after_a_restart() -> anyhow::Result<()> {
 /// nothing; once the journal drained, the same cutover goes through.
 #[tokio::test]
 async fn a_cutover_is_refused_for_lag_while_the_target_is_healthy() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
     let hold = Hold::new();
     // Every replayed write waits until the test releases it.
     faulty.push_write_faults((0..50).map(|_| Fault::Held(hold.clone(), Box::new(Fault::Forward))));
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
+    let proxy = builder
         .toml(&format!("[mirror]\n{FAST_RETRIES}"))
         .spawn()
         .await?;
@@ -399,11 +392,8 @@ async fn a_cutover_is_refused_for_lag_while_the_target_is_healthy() -> anyhow::R
 /// answers both stores agree.
 #[tokio::test]
 async fn a_cutover_that_times_out_draining_changes_nothing() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let proxy = builder
         .toml(&format!("[mirror]\n{FAST_RETRIES}"))
         .spawn()
         .await?;
@@ -688,11 +678,8 @@ async fn the_readme_walk_through_with_ctl() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_between_the_primary_answer_and_the_journal_commit_is_recovered(
 ) -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&old.url()).await?;
-    let mut proxy = Proxy::builder()
-        .old(faulty.url())
-        .new_store(new.url())
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::Old).await?;
+    let mut proxy = builder
         .toml(&format!("[mirror]\n{FAST_RETRIES}"))
         .spawn_process()
         .await?;

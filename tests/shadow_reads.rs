@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::{json, Value};
+use shift_config::BackendName;
 use shift_testkit::collection::{collection_id, create_collection};
+use shift_testkit::faulty::two_stores_one_faulty;
 use shift_testkit::scrape::{counter, metric, wait_drained};
-use shift_testkit::stores::two_stores;
 use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::wait::wait_until;
-use shift_testkit::{http_json, Fault, FaultyBackend, Hold, Proxy};
+use shift_testkit::{http_json, Fault, Hold, Proxy};
 
 const DB: &str = "/api/v2/tenants/default_tenant/databases/default_database";
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
@@ -290,11 +291,8 @@ async fn shadows_of_a_secondary_missing_records_show_mismatches_and_leave_client
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_shadows_never_slow_the_client_and_are_counted() -> anyhow::Result<()> {
     let started = Instant::now();
-    let (old, new) = two_stores().await?;
-    let slow_new = FaultyBackend::proxying(&new.url()).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(slow_new.url())
+    let (_old, _new, slow_new, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let proxy = builder
         .toml(JOURNALED)
         .toml("[reads]\nshadow_timeout = \"1s\"\nshadow_queue = 2\n")
         .spawn()

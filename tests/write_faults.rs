@@ -26,11 +26,13 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+use shift_config::BackendName;
 use shift_config::Secrets;
 use shift_testkit::collection::create_collection;
+use shift_testkit::faulty::two_stores_one_faulty;
 use shift_testkit::stores::two_stores;
 use shift_testkit::stores::two_stores_and_proxy;
-use shift_testkit::{http, http_json, Chroma, Fault, FaultyBackend, Proxy, ProxyProcess};
+use shift_testkit::{http, http_json, Chroma, Fault, Proxy, ProxyProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const COLLECTIONS: &str = "/api/v2/tenants/default_tenant/databases/default_database/collections";
@@ -155,14 +157,8 @@ async fn clients_hanging_up_mid_write_lose_nothing_h2c() -> anyhow::Result<()> {
 /// up after 0.7 s and closes its connection (HTTP/1) or resets its stream (h2c). The proxy's
 /// settlement does not belong to the connection: every add reaches the new store.
 async fn hang_ups(h2: bool) -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&old.url()).await?;
-    let proxy = Proxy::builder()
-        .old(faulty.url())
-        .new_store(new.url())
-        .toml(JOURNALED)
-        .spawn()
-        .await?;
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::Old).await?;
+    let proxy = builder.toml(JOURNALED).spawn().await?;
     let name = if h2 { "hangup-h2" } else { "hangup-h1" };
     let id = create_collection(&proxy.url(), json!({"name": name})).await?;
     faulty.push_write_faults((0..3).map(|_| Fault::SlowAnswer(Duration::from_secs(2))));
@@ -305,12 +301,8 @@ async fn kill_between_primary_answer_and_journal_commit_recovers() -> anyhow::Re
 /// primary, and the new store, reconciled after the grace, ends with the same value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_primary_commit_is_not_overtaken_by_a_retry() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&old.url()).await?;
-    let builder = Proxy::builder()
-        .old(faulty.url())
-        .new_store(new.url())
-        .toml(&format!("{JOURNALED}unknown_outcome_grace = \"4s\"\n"));
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::Old).await?;
+    let builder = builder.toml(&format!("{JOURNALED}unknown_outcome_grace = \"4s\"\n"));
     let mut config = builder.config()?;
     config.backends.old.request_timeout = Duration::from_millis(500);
     let proxy = Proxy::start_fresh(config, Secrets::default()).await?;
@@ -618,12 +610,8 @@ async fn a_collection_with_legacy_hnsw_metadata_is_mirrored() -> anyhow::Result<
 /// and every acknowledged write reaches both stores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let shim = FaultyBackend::proxying(&new.url()).await?;
-    let builder = Proxy::builder()
-        .old(old.url())
-        .new_store(shim.url())
-        .toml(JOURNALED);
+    let (old, new, shim, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let builder = builder.toml(JOURNALED);
     let mut proxy =
         ProxyProcess::start_with_env(builder, &[("FAILPOINTS", "switch::draining=pause")]).await?;
     anyhow::ensure!(

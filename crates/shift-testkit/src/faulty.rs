@@ -488,3 +488,34 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     );
     response
 }
+
+/// Two fresh stores, the one named `behind` reached through a [`FaultyBackend`] that forwards
+/// to it, and a builder for the proxy in front of the two: the old store, the new store, the
+/// fault injector and the builder.
+pub async fn two_stores_one_faulty(
+    behind: shift_config::BackendName,
+) -> anyhow::Result<(
+    crate::Chroma,
+    crate::Chroma,
+    FaultyBackend,
+    crate::ProxyBuilder,
+)> {
+    let (old, new) = crate::stores::two_stores().await?;
+    let (faulty, builder) = match behind {
+        shift_config::BackendName::Old => {
+            let faulty = FaultyBackend::proxying(&old.url()).await?;
+            let builder = crate::Proxy::builder()
+                .old(faulty.url())
+                .new_store(new.url());
+            (faulty, builder)
+        }
+        shift_config::BackendName::New => {
+            let faulty = FaultyBackend::proxying(&new.url()).await?;
+            let builder = crate::Proxy::builder()
+                .old(old.url())
+                .new_store(faulty.url());
+            (faulty, builder)
+        }
+    };
+    Ok((old, new, faulty, builder))
+}
