@@ -172,6 +172,33 @@ async fn add(proxy: &Proxy, collection: &str, body: &Value) -> anyhow::Result<An
     })
 }
 
+/// An add the proxy must accept (`when` says why, in the failure message).
+async fn add_accepted(
+    proxy: &Proxy,
+    collection: &str,
+    body: &Value,
+    when: &str,
+) -> anyhow::Result<()> {
+    let answer = add(proxy, collection, body).await?;
+    assert!(answer.status.is_success(), "{when}: {}", answer.body);
+    Ok(())
+}
+
+/// The end of a test: the journal drains, both stores hold exactly `acknowledged` in the
+/// collection `name`, and the proxy shuts down.
+async fn drained_and_held(
+    proxy: Proxy,
+    old: &Chroma,
+    new: &Chroma,
+    name: &str,
+    acknowledged: &BTreeMap<String, Record>,
+) -> anyhow::Result<()> {
+    wait_drained(&proxy).await?;
+    assert_stores_hold(old, new, name, acknowledged).await?;
+    proxy.shutdown().await?;
+    Ok(())
+}
+
 /// A refusal as the client must see it: 503, Retry-After, Chroma's error shape.
 fn assert_refused_in_chroma_shape(answer: &Answer) {
     assert_eq!(answer.status, 503, "{}", answer.body);
@@ -400,20 +427,12 @@ async fn a_full_state_disk_refuses_writes_then_recovers_without_a_restart() -> a
     wait_ready(&proxy, http::StatusCode::OK).await?;
     let writable = metric(&proxy.admin_url(), "chroma_shift_state_writable", &[]).await?;
     assert_eq!(writable, Some(1.0));
-    for _ in 0..3 {
-        let (body, records) = batch(next, per, doc);
-        next += per;
-        let answer = add(&proxy, &collection, &body).await?;
-        assert!(
-            answer.status.is_success(),
-            "after space was freed: {}",
-            answer.body
-        );
+    for round in 0..3 {
+        let (body, records) = batch(next + round * per, per, doc);
+        add_accepted(&proxy, &collection, &body, "after space was freed").await?;
         acknowledged.extend(records);
     }
-    wait_drained(&proxy).await?;
-    assert_stores_hold(&old, &new, "disk", &acknowledged).await?;
-    proxy.shutdown().await?;
+    drained_and_held(proxy, &old, &new, "disk", &acknowledged).await?;
     drop(tmpfs);
     Ok(())
 }
@@ -478,17 +497,9 @@ async fn a_full_journal_refuses_writes_until_the_replay_drains_it() -> anyhow::R
     new.restart().await?;
     wait_ready(&proxy, http::StatusCode::OK).await?;
     let (body, records) = batch(next, 4, 4 * 1024);
-    let answer = add(&proxy, &collection, &body).await?;
-    assert!(
-        answer.status.is_success(),
-        "after the drain: {}",
-        answer.body
-    );
+    add_accepted(&proxy, &collection, &body, "after the drain").await?;
     acknowledged.extend(records);
-    wait_drained(&proxy).await?;
-    assert_stores_hold(&old, &new, "capped", &acknowledged).await?;
-    proxy.shutdown().await?;
-    Ok(())
+    drained_and_held(proxy, &old, &new, "capped", &acknowledged).await
 }
 
 /// Parks a write on the new store: the collection there is made 2-dimensional behind the
@@ -579,25 +590,14 @@ async fn dead_letters_are_retried_and_dropped_through_the_admin_api() -> anyhow:
     assert_eq!(bad["error"], json!("InvalidArgumentError"));
 
     // Drop: gone for good, and the answer says what was dropped.
-    let (status, dropped) = proxy
-        .admin(
-            "POST",
-            &format!("/admin/dead-letters/{requeued}/drop"),
-            None,
-        )
-        .await?;
+    let drop_path = format!("/admin/dead-letters/{requeued}/drop");
+    let (status, dropped) = proxy.admin("POST", &drop_path, None).await?;
     assert_eq!(status, 200, "{dropped}");
     assert_eq!(dropped["dropped"]["seq"], json!(requeued));
     assert_eq!(dropped["dropped"]["target"], json!("new"));
     assert!(dropped["dropped"]["reason"].is_string());
     assert!(dead_letters(&proxy).await?.is_empty());
-    let (status, gone) = proxy
-        .admin(
-            "POST",
-            &format!("/admin/dead-letters/{requeued}/drop"),
-            None,
-        )
-        .await?;
+    let (status, gone) = proxy.admin("POST", &drop_path, None).await?;
     assert_eq!(status, 404, "{gone}");
 
     // The same through `chroma-shift ctl dead-letters`: list, retry --all, drop.

@@ -56,19 +56,31 @@ async fn python_workflow_answers_the_same_directly_and_through_the_proxy() -> an
     let (direct_chroma, proxied_chroma) = two_stores().await?;
     let proxy = Proxy::builder().old(proxied_chroma.url()).spawn().await?;
 
-    // Both runs at once: they touch different servers, and it halves the test's time.
-    let (direct_url, proxy_url) = (direct_chroma.url(), proxy.url());
-    let (direct, proxied) = tokio::try_join!(
-        run_workflow(&direct_url, "direct"),
-        run_workflow(&proxy_url, "proxied"),
-    )?;
+    same_workflow_directly_and_through(&direct_chroma, &proxy, &proxied_chroma, "old", "").await
+}
 
+/// The workflow run on Chroma directly and through the proxy (whose primary `backend` is
+/// `proxied_chroma`), both at once (they touch different servers, and it halves the test's
+/// time): the same transcripts, the expected outcomes, every request through the proxy, and
+/// the final state on the proxied Chroma. `label` tells the runs' files apart.
+async fn same_workflow_directly_and_through(
+    direct_chroma: &Chroma,
+    proxy: &Proxy,
+    proxied_chroma: &Chroma,
+    backend: &str,
+    label: &str,
+) -> anyhow::Result<()> {
+    let (direct_url, proxy_url) = (direct_chroma.url(), proxy.url());
+    let (direct_label, proxied_label) = (format!("direct{label}"), format!("proxied{label}"));
+    let (direct, proxied) = tokio::try_join!(
+        run_workflow(&direct_url, &direct_label),
+        run_workflow(&proxy_url, &proxied_label),
+    )?;
     assert_same_transcripts(&direct, &proxied);
     assert_expected_outcomes(&proxied);
     assert_known_results(&proxied);
-    assert_went_through_proxy(&proxy, "old").await?;
-    assert_proxied_chroma_holds_the_final_state(&proxied_chroma, &proxied).await?;
-    Ok(())
+    assert_went_through_proxy(proxy, backend).await?;
+    assert_proxied_chroma_holds_the_final_state(proxied_chroma, &proxied).await
 }
 
 /// The same workflow through a proxy whose primary is the new store (as after a cutover),
@@ -84,16 +96,8 @@ async fn python_workflow_answers_the_same_with_new_as_primary() -> anyhow::Resul
         .primary(shift_config::BackendName::New)
         .spawn()
         .await?;
-    let (direct_url, proxy_url) = (direct_chroma.url(), proxy.url());
-    let (direct, proxied) = tokio::try_join!(
-        run_workflow(&direct_url, "direct-new"),
-        run_workflow(&proxy_url, "proxied-new"),
-    )?;
-    assert_same_transcripts(&direct, &proxied);
-    assert_expected_outcomes(&proxied);
-    assert_known_results(&proxied);
-    assert_went_through_proxy(&proxy, "new").await?;
-    assert_proxied_chroma_holds_the_final_state(&proxied_chroma, &proxied).await?;
+    same_workflow_directly_and_through(&direct_chroma, &proxy, &proxied_chroma, "new", "-new")
+        .await?;
     shift_testkit::scrape::wait_drained(&proxy.admin_url(), "old", Duration::from_secs(60)).await?;
     let compared =
         shift_testkit::stores::assert_same_records(&proxied_chroma.url(), &secondary.url()).await?;
