@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use serde_json::{json, Value};
 use shift_testkit::collection::create_collection;
+use shift_testkit::scrape::counter;
 use shift_testkit::scrape::{metric, wait_drained};
 use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::stores::{
     assert_same_records, check_acked_log, post_json, two_stores, DEFAULT_DB,
 };
-use shift_testkit::{http, http_json, Fault, FaultyBackend, Proxy, ADMIN_TOKEN};
+use shift_testkit::wait::wait_until;
+use shift_testkit::{http, http_json, Chroma, Fault, FaultyBackend, Proxy, ADMIN_TOKEN};
 
 const DB: &str = DEFAULT_DB;
 
@@ -24,6 +26,21 @@ fn records(prefix: &str, n: usize) -> Value {
         "embeddings": (0..n).map(|i| vec![i as f32, 1.0, 0.5]).collect::<Vec<_>>(),
         "documents": ids,
     })
+}
+
+/// Waits until the journal for `target` is empty, then checks the stores hold the same
+/// `records` records.
+async fn drained_and_equal(
+    proxy: &Proxy,
+    old: &Chroma,
+    new: &Chroma,
+    target: &str,
+    records: usize,
+) -> anyhow::Result<()> {
+    wait_drained(&proxy.admin_url(), target, Duration::from_secs(60)).await?;
+    let compared = assert_same_records(&old.url(), &new.url()).await?;
+    assert_eq!(compared.records, records);
+    Ok(())
 }
 
 #[tokio::test]
@@ -78,9 +95,7 @@ async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::
         records("after-cutover", 15),
     )
     .await?;
-    wait_drained(&proxy.admin_url(), "old", Duration::from_secs(60)).await?;
-    let compared = assert_same_records(&old.url(), &new.url()).await?;
-    assert_eq!(compared.records, 35);
+    drained_and_equal(&proxy, &old, &new, "old", 35).await?;
 
     // A second cutover is refused with the reason.
     let (status, refused) = proxy.admin("POST", "/admin/cutover", None).await?;
@@ -104,9 +119,7 @@ async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::
         records("after-rollback", 5),
     )
     .await?;
-    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
-    let compared = assert_same_records(&old.url(), &new.url()).await?;
-    assert_eq!(compared.records, 40);
+    drained_and_equal(&proxy, &old, &new, "new", 40).await?;
     Ok(())
 }
 
@@ -237,9 +250,7 @@ async fn pause_holds_writes_without_rejecting_them() -> anyhow::Result<()> {
     assert_eq!(status, StatusCode::OK);
     proxy.admin("POST", "/admin/resume", None).await?;
     tokio::time::timeout(Duration::from_secs(10), held).await???;
-    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
-    let compared = assert_same_records(&old.url(), &new.url()).await?;
-    assert_eq!(compared.records, 3);
+    drained_and_equal(&proxy, &old, &new, "new", 3).await?;
     Ok(())
 }
 
@@ -370,10 +381,18 @@ async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> any
 
     // The new store comes back and catches up: both stores hold the same records.
     new.restart().await?;
-    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
-    let compared = assert_same_records(&old.url(), &new.url()).await?;
-    assert_eq!(compared.records, 3 + 2 * acknowledged);
+    drained_and_equal(&proxy, &old, &new, "new", 3 + 2 * acknowledged).await?;
     Ok(())
+}
+
+/// A cutover or rollback (`route`) with a 20 s drain bound, which must switch; its report.
+async fn switched_under_load(proxy: &Proxy, route: &str) -> anyhow::Result<Value> {
+    let (status, report) = proxy
+        .admin("POST", route, Some(json!({"timeout": "20s"})))
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["switched"], true, "{report}");
+    Ok(report)
 }
 
 /// Python clients write and read through the proxy without pause while it cuts over and rolls
@@ -416,43 +435,24 @@ async fn cutover_and_rollback_under_a_python_load_lose_nothing() -> anyhow::Resu
         .await
     });
     // Let the load get going on the old store.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(
-        &proxy.admin_url(),
-        "chroma_shift_mirrored_writes_total",
-        &[("outcome", "journaled")],
-    )
-    .await?
-    .unwrap_or(0.0)
-        < 30.0
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the load did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (status, cutover) = proxy
-        .admin("POST", "/admin/cutover", Some(json!({"timeout": "20s"})))
-        .await?;
-    assert_eq!(status, StatusCode::OK, "{cutover}");
-    assert_eq!(cutover["switched"], true, "{cutover}");
+    let admin = proxy.admin_url();
+    wait_until("the load to start", Duration::from_secs(120), || async {
+        let journaled = [("outcome", "journaled")];
+        Ok(counter(&admin, "chroma_shift_mirrored_writes_total", &journaled).await? >= 30.0)
+    })
+    .await?;
+    let cutover = switched_under_load(&proxy, "/admin/cutover").await?;
     // Reads after the cutover are served by the new store.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(
-        &proxy.admin_url(),
-        "chroma_shift_requests_total",
-        &[("backend", "new"), ("operation", "collection_query")],
+    wait_until(
+        "a read to reach the new primary",
+        Duration::from_secs(60),
+        || async {
+            let reads = [("backend", "new"), ("operation", "collection_query")];
+            Ok(counter(&admin, "chroma_shift_requests_total", &reads).await? >= 5.0)
+        },
     )
-    .await?
-    .unwrap_or(0.0)
-        < 5.0
-    {
-        anyhow::ensure!(Instant::now() < deadline, "no read reached the new primary");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (status, rollback) = proxy
-        .admin("POST", "/admin/rollback", Some(json!({"timeout": "20s"})))
-        .await?;
-    assert_eq!(status, StatusCode::OK, "{rollback}");
-    assert_eq!(rollback["switched"], true, "{rollback}");
+    .await?;
+    let rollback = switched_under_load(&proxy, "/admin/rollback").await?;
 
     let output = load.await??;
     let summary: Value = serde_json::from_str(output.stdout.trim())?;
