@@ -339,17 +339,21 @@ fn is_record_write(method: &http::Method, path: &str) -> bool {
             .any(|verb| path.ends_with(verb))
 }
 
+/// A whole body; empty when the peer broke off.
+async fn collected(body: Incoming) -> Bytes {
+    body.collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
+}
+
 async fn answer(
     script: Arc<Mutex<Script>>,
     upstream: Arc<Option<Upstream>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ResetConnection> {
     let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = collected(body).await;
     let mut fault = {
         let at = std::time::Instant::now();
         let mut script = script.lock().unwrap_or_else(|e| e.into_inner());
@@ -464,11 +468,7 @@ async fn forward(
         ),
     };
     let (parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let bytes = collected(body).await;
     let mut answer = Response::new(Full::new(bytes));
     *answer.status_mut() = parts.status;
     for (name, value) in &parts.headers {

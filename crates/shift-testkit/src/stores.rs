@@ -31,6 +31,23 @@ pub async fn post_json(url: String, body: Value) -> anyhow::Result<Value> {
     Ok(answer)
 }
 
+/// GETs JSON and fails unless the answer is a success; the answer's JSON.
+pub async fn get_json(url: &str) -> anyhow::Result<Value> {
+    let (status, answer) = http_json("GET", url, None).await?;
+    anyhow::ensure!(status.is_success(), "{url} answered {status}: {answer}");
+    Ok(answer)
+}
+
+/// The strings of a JSON array (none when it is not one).
+pub fn strings(array: &Value) -> Vec<String> {
+    array
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The sorted ids of a collection (by id), read directly from a store's database.
 pub async fn record_ids(
     url: &str,
@@ -42,14 +59,7 @@ pub async fn record_ids(
         json!({"include": []}),
     )
     .await?;
-    let mut ids: Vec<String> = got["ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut ids = strings(&got["ids"]);
     ids.sort();
     Ok(ids)
 }
@@ -165,16 +175,7 @@ pub async fn list_collections(
     url: &str,
     db_path: &str,
 ) -> anyhow::Result<std::collections::BTreeMap<String, CollectionInfo>> {
-    let (status, list) = http_json(
-        "GET",
-        &format!("{url}{db_path}/collections?limit=10000"),
-        None,
-    )
-    .await?;
-    anyhow::ensure!(
-        status.is_success(),
-        "{url}: list of {db_path} answered {status}: {list}"
-    );
+    let list = get_json(&format!("{url}{db_path}/collections?limit=10000")).await?;
     let mut out = std::collections::BTreeMap::new();
     for c in list.as_array().into_iter().flatten() {
         let name = c["name"].as_str().unwrap_or_default().to_owned();
@@ -201,12 +202,7 @@ pub async fn all_ids(url: &str, db_path: &str, collection_id: &str) -> anyhow::R
             json!({"include": [], "limit": 10_000, "offset": ids.len()}),
         )
         .await?;
-        let page: Vec<String> = got["ids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
+        let page = strings(&got["ids"]);
         let done = page.len() < 10_000;
         ids.extend(page);
         if done {
@@ -457,12 +453,7 @@ pub fn expected_from_log(
             );
             last_seq = seq;
             let collection = entry["collection"].as_str().unwrap_or_default().to_owned();
-            let ids: Vec<String> = entry["ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect();
+            let ids = strings(&entry["ids"]);
             let op = entry["op"].as_str().unwrap_or_default();
             let key = |id: &String| (collection.clone(), id.clone());
             if entry["ok"] != true {
