@@ -8,6 +8,7 @@
 //! record writes (`add`, `upsert`, `update`, `delete`) only, leaving lookups and heartbeats
 //! alone.
 
+use shift_config::BackendName;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -493,7 +494,7 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// to it, and a builder for the proxy in front of the two: the old store, the new store, the
 /// fault injector and the builder.
 pub async fn two_stores_one_faulty(
-    behind: shift_config::BackendName,
+    behind: BackendName,
 ) -> anyhow::Result<(
     crate::Chroma,
     crate::Chroma,
@@ -501,21 +502,18 @@ pub async fn two_stores_one_faulty(
     crate::ProxyBuilder,
 )> {
     let (old, new) = crate::stores::two_stores().await?;
-    let (faulty, builder) = match behind {
-        shift_config::BackendName::Old => {
-            let faulty = FaultyBackend::proxying(&old.url()).await?;
-            let builder = crate::Proxy::builder()
-                .old(faulty.url())
-                .new_store(new.url());
-            (faulty, builder)
-        }
-        shift_config::BackendName::New => {
-            let faulty = FaultyBackend::proxying(&new.url()).await?;
-            let builder = crate::Proxy::builder()
-                .old(old.url())
-                .new_store(faulty.url());
-            (faulty, builder)
-        }
+    let behind_url = match behind {
+        BackendName::Old => old.url(),
+        BackendName::New => new.url(),
+    };
+    let faulty = FaultyBackend::proxying(&behind_url).await?;
+    let builder = match behind {
+        BackendName::Old => crate::Proxy::builder()
+            .old(faulty.url())
+            .new_store(new.url()),
+        BackendName::New => crate::Proxy::builder()
+            .old(old.url())
+            .new_store(faulty.url()),
     };
     Ok((old, new, faulty, builder))
 }
