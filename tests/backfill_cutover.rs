@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::{json, Value};
+use shift_testkit::knobs::seed_from_env;
 use shift_testkit::collection::{create_collection, records_with_ids, versioned_record};
 use shift_testkit::scrape::wait_drained;
 use shift_testkit::stores::{post_json, two_stores, DEFAULT_DB};
@@ -66,14 +67,7 @@ async fn backfill_end(proxy: &Proxy) -> anyhow::Result<Value> {
 #[tokio::test]
 async fn a_cutover_during_a_backfill_never_puts_stale_data_in_the_new_primary() -> anyhow::Result<()>
 {
-    let seed = std::env::var("CHROMA_SHIFT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(7, |d| d.as_nanos() as u64)
-        });
+    let seed = seed_from_env("CHROMA_SHIFT_SEED");
     eprintln!("seed {seed} (set CHROMA_SHIFT_SEED to replay)");
     let (old, new) = two_stores().await?;
     // The data from before dual writes: on the old store only.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shift_config::BackendName;
+use shift_testkit::knobs::{env_or, seed_from_env};
 use shift_testkit::stores::two_stores;
 use shift_testkit::{admin_call, http_json, Fault, FaultyBackend, Proxy, ProxyProcess};
 
@@ -41,21 +42,11 @@ struct Op {
 }
 
 fn seed() -> u64 {
-    std::env::var("CHROMA_SHIFT_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
+    seed_from_env("CHROMA_SHIFT_FAULT_SEED")
 }
 
 fn rounds() -> usize {
-    std::env::var("CHROMA_SHIFT_FAULT_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6)
+    env_or("CHROMA_SHIFT_FAULT_ROUNDS", 6)
 }
 
 /// The record an upsert of `id` tagged `tag` leaves, as read back.

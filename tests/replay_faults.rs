@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shift_config::BackendName;
+use shift_testkit::stores::field_of_each;
+use shift_testkit::knobs::env_or;
 use shift_testkit::collection::get_or_create_collection;
 use shift_testkit::collection::{collection_id, collections_url, get_records};
 use shift_testkit::faulty::two_stores_one_faulty;
@@ -155,12 +157,7 @@ async fn a_refusal_that_never_changes_is_parked_and_blocks_nothing_after_it() ->
 
     assert_eq!(faulty.pending_write_faults(), 0, "the 501 was not used");
     let (_, letters) = proxy.admin("GET", "/admin/dead-letters", None).await?;
-    let reasons: Vec<&str> = letters["dead_letters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["reason"].as_str())
-        .collect();
+    let reasons = field_of_each(&letters["dead_letters"], "reason");
     assert!(!reasons.is_empty(), "no dead letter: {letters}");
     for reason in &reasons {
         assert!(
@@ -202,10 +199,7 @@ const BACKLOG_RSS_BOUND_MIB: u64 = 200;
 /// The backlog's size: `CHROMA_SHIFT_BACKLOG_MIB`, 64 MiB by default so the test stays near a
 /// minute on a debug build (run it with 256 for the "hundreds of MiB").
 fn backlog_mib() -> usize {
-    std::env::var("CHROMA_SHIFT_BACKLOG_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+    env_or("CHROMA_SHIFT_BACKLOG_MIB", 64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@
 //! record writes (`add`, `upsert`, `update`, `delete`) only, leaving lookups and heartbeats
 //! alone.
 
-use shift_config::BackendName;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use shift_config::BackendName;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 

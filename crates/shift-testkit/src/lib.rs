@@ -8,10 +8,11 @@
 //! - [`python`]: runs the official Python client's scripts under `tests/python`.
 //! - [`collection`]: one collection over plain HTTP (create, id, records, count); [`stores`]:
 //!   whole stores (two of them, compared record by record); [`scrape`]: the proxy's metrics;
-//!   [`wait`]: polling for a condition.
+//!   [`wait`]: polling for a condition; [`knobs`]: sizes and seeds from the environment.
 
 pub mod collection;
 pub mod faulty;
+pub mod knobs;
 pub mod process;
 pub mod python;
 pub mod scrape;

@@ -48,6 +48,16 @@ pub fn strings(array: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The string `field` of each object of a JSON array, in order (objects without it skipped).
+pub fn field_of_each<'a>(array: &'a Value, field: &str) -> Vec<&'a str> {
+    array
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item[field].as_str())
+        .collect()
+}
+
 /// The sorted ids of a collection (by id), read directly from a store's database.
 pub async fn record_ids(
     url: &str,
