@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::{json, Value};
-use shift_testkit::knobs::seed_from_env;
 use shift_testkit::collection::{create_collection, records_with_ids, versioned_record};
+use shift_testkit::knobs::seed_from_env;
 use shift_testkit::scrape::wait_drained;
 use shift_testkit::stores::{post_json, two_stores, DEFAULT_DB};
 use shift_testkit::wait::wait_until;

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shift_config::BackendName;
-use shift_testkit::stores::field_of_each;
-use shift_testkit::knobs::env_or;
 use shift_testkit::collection::get_or_create_collection;
 use shift_testkit::collection::{collection_id, collections_url, get_records};
 use shift_testkit::faulty::two_stores_one_faulty;
+use shift_testkit::knobs::env_or;
 use shift_testkit::scrape::{counter, metric, wait_drained};
+use shift_testkit::stores::field_of_each;
 use shift_testkit::stores::two_stores;
 use shift_testkit::wait::wait_until;
 use shift_testkit::{http_json, Fault, FaultyBackend, Proxy};

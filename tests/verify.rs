@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use shift_testkit::stores::field_of_each;
 use shift_testkit::stores::assert_same_records;
+use shift_testkit::stores::field_of_each;
 use shift_testkit::stores::two_stores;
 use shift_testkit::{http_json, Chroma, Proxy, ADMIN_TOKEN};
 
@@ -545,7 +545,10 @@ async fn inventory_lists_collections_with_counts_and_dimension() -> anyhow::Resu
     let url = chroma_shift(&["inventory", "--url", &stores.new.url(), "--json"]).await?;
     assert_eq!(url.code, Some(0), "{url}");
     let listed = url.json();
-    let names = field_of_each(&listed["stores"][0]["tenants"][0]["databases"][0]["collections"], "name");
+    let names = field_of_each(
+        &listed["stores"][0]["tenants"][0]["databases"][0]["collections"],
+        "name",
+    );
     assert_eq!(names, vec!["inv-large", "inv-small"], "{listed:#}");
     // An unknown tenant is listed as not found, not an error.
     let unknown = chroma_shift(&[
