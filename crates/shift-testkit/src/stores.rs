@@ -86,11 +86,6 @@ pub async fn ids_by_name(url: &str, name: &str) -> anyhow::Result<Vec<String>> {
     record_ids(url, DEFAULT_DB, &id).await
 }
 
-/// The proxy in front of two stores with everything else at its defaults (journaled mode).
-pub async fn proxy_in_front(old: &Chroma, new: &Chroma) -> anyhow::Result<crate::Proxy> {
-    crate::Proxy::in_front_of(old, new).spawn().await
-}
-
 // ---------------------------------------------------------------------------------------------
 // Whole-record comparison of two stores.
 //
