@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use shift_testkit::knobs::env_or;
 use shift_testkit::process::chroma_shift_bin;
 use shift_testkit::python::run_script;
 use shift_testkit::scrape::wait_drained;
@@ -19,10 +20,7 @@ use shift_testkit::{Chroma, Proxy, ADMIN_TOKEN};
 const DIM: usize = 384;
 
 fn records() -> usize {
-    std::env::var("CHROMA_SHIFT_BACKFILL_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000)
+    env_or("CHROMA_SHIFT_BACKFILL_RECORDS", 100_000)
 }
 
 /// Runs a `chroma-shift` command to its end; its exit code and output.
@@ -82,11 +80,7 @@ async fn a_large_collection_is_backfilled_under_live_traffic_and_resumes_after_a
         seeded.stdout.trim()
     );
 
-    let mut proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn_process()
-        .await?;
+    let mut proxy = Proxy::in_front_of(&old, &new).spawn_process().await?;
     let config = proxy.config_path().to_string_lossy().into_owned();
 
     // Live traffic through the proxy for the whole backfill, across the kill.

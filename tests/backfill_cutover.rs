@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::{json, Value};
+use shift_testkit::collection::{create_collection, records_with_ids, versioned_record};
+use shift_testkit::knobs::seed_from_env;
 use shift_testkit::scrape::wait_drained;
 use shift_testkit::stores::{post_json, two_stores, DEFAULT_DB};
-use shift_testkit::{http_json, Chroma, Proxy};
+use shift_testkit::wait::wait_until;
+use shift_testkit::{http_json, Proxy};
 
 const DB: &str = DEFAULT_DB;
 const COLLECTION: &str = "catalog";
@@ -26,13 +29,7 @@ const SEEDED: u64 = 3000;
 const BOUND: Duration = Duration::from_secs(60);
 
 fn record(id: &str, v: u64) -> Value {
-    json!({
-        "id": id,
-        "embedding": [v as f32 * 0.5, 1.0, -0.25],
-        "document": format!("{id} version {v}"),
-        "metadata": {"version": v},
-        "uri": format!("mem://{id}/{v}"),
-    })
+    versioned_record(id, v, json!({}))
 }
 
 fn body_of(records: &[Value]) -> Value {
@@ -44,51 +41,6 @@ fn body_of(records: &[Value]) -> Value {
         "metadatas": field("metadata"),
         "uris": field("uri"),
     })
-}
-
-async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let started = Instant::now();
-    while !check().await? {
-        anyhow::ensure!(started.elapsed() < BOUND, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-/// Every record of the collection on a store, by id.
-async fn dump(store: &Chroma) -> anyhow::Result<BTreeMap<String, Value>> {
-    let (status, collection) = http_json(
-        "GET",
-        &format!("{}{DB}/collections/{COLLECTION}", store.url()),
-        None,
-    )
-    .await?;
-    anyhow::ensure!(status == StatusCode::OK, "{collection}");
-    let id = collection["id"].as_str().unwrap_or_default();
-    let got = post_json(
-        format!("{}{DB}/collections/{id}/get", store.url()),
-        json!({"include": ["embeddings", "metadatas", "documents", "uris"]}),
-    )
-    .await?;
-    let mut out = BTreeMap::new();
-    for (i, id) in got["ids"].as_array().into_iter().flatten().enumerate() {
-        let id = id.as_str().unwrap_or_default().to_owned();
-        out.insert(
-            id.clone(),
-            json!({
-                "id": id,
-                "embedding": got["embeddings"][i],
-                "document": got["documents"][i],
-                "metadata": got["metadatas"][i],
-                "uri": got["uris"][i],
-            }),
-        );
-    }
-    Ok(out)
 }
 
 async fn backfill(proxy: &Proxy) -> anyhow::Result<Value> {
@@ -115,23 +67,11 @@ async fn backfill_end(proxy: &Proxy) -> anyhow::Result<Value> {
 #[tokio::test]
 async fn a_cutover_during_a_backfill_never_puts_stale_data_in_the_new_primary() -> anyhow::Result<()>
 {
-    let seed = std::env::var("CHROMA_SHIFT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(7, |d| d.as_nanos() as u64)
-        });
+    let seed = seed_from_env("CHROMA_SHIFT_SEED");
     eprintln!("seed {seed} (set CHROMA_SHIFT_SEED to replay)");
     let (old, new) = two_stores().await?;
     // The data from before dual writes: on the old store only.
-    let created = post_json(
-        format!("{}{DB}/collections", old.url()),
-        json!({"name": COLLECTION}),
-    )
-    .await?;
-    let old_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let old_id = create_collection(&old.url(), json!({"name": COLLECTION})).await?;
     let seeded: Vec<Value> = (0..SEEDED)
         .map(|i| record(&format!("s-{i:05}"), 0))
         .collect();
@@ -143,11 +83,7 @@ async fn a_cutover_during_a_backfill_never_puts_stale_data_in_the_new_primary() 
         .await?;
     }
 
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await?;
+    let proxy = Proxy::in_front_of(&old, &new).spawn().await?;
     let base = format!("{}{DB}", proxy.url());
     let (code, started) = proxy
         .admin(
@@ -158,7 +94,7 @@ async fn a_cutover_during_a_backfill_never_puts_stale_data_in_the_new_primary() 
         .await?;
     anyhow::ensure!(code == StatusCode::ACCEPTED, "{started}");
     // The proxy knows the collection once the backfill registered it.
-    wait_until("the backfill to register the collection", || async {
+    wait_until("the backfill to register the collection", BOUND, || async {
         Ok(backfill(&proxy).await?["collections"][0]["client_id"].is_string())
     })
     .await?;
@@ -198,7 +134,7 @@ async fn a_cutover_during_a_backfill_never_puts_stale_data_in_the_new_primary() 
         })
     };
 
-    wait_until("the backfill to be well under way", || async {
+    wait_until("the backfill to be well under way", BOUND, || async {
         Ok(backfill(&proxy).await?["done_records"]
             .as_u64()
             .unwrap_or(0)
@@ -223,7 +159,7 @@ async fn a_cutover_during_a_backfill_never_puts_stale_data_in_the_new_primary() 
         done < SEEDED,
         "the backfill finished before the cutover: {progress}"
     );
-    wait_until("writes acknowledged by the new primary", || async {
+    wait_until("writes acknowledged by the new primary", BOUND, || async {
         Ok(acks.load(Ordering::Relaxed) >= at_cutover + 30)
     })
     .await?;
@@ -234,7 +170,10 @@ async fn a_cutover_during_a_backfill_never_puts_stale_data_in_the_new_primary() 
     // The new primary: every acknowledged write at its last version, and nothing that the
     // old store (which got every write since, through the journal) does not hold.
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    let (on_old, on_new) = (dump(&old).await?, dump(&new).await?);
+    let (on_old, on_new) = (
+        records_with_ids(&old.url(), COLLECTION).await?,
+        records_with_ids(&new.url(), COLLECTION).await?,
+    );
     for (id, expected) in &acked {
         assert_eq!(on_new.get(id), Some(expected), "{id} on the new primary");
         assert_eq!(on_old.get(id), Some(expected), "{id} on the old store");
@@ -257,7 +196,10 @@ async fn a_cutover_during_a_backfill_never_puts_stale_data_in_the_new_primary() 
     let progress = backfill_end(&proxy).await?;
     assert_eq!(progress["state"], "succeeded", "{progress}");
     wait_drained(&proxy.admin_url(), "new", BOUND).await?;
-    let (on_old, on_new) = (dump(&old).await?, dump(&new).await?);
+    let (on_old, on_new) = (
+        records_with_ids(&old.url(), COLLECTION).await?,
+        records_with_ids(&new.url(), COLLECTION).await?,
+    );
     assert_eq!(
         on_old.len() as u64,
         SEEDED + acked.keys().filter(|id| id.starts_with("n-")).count() as u64

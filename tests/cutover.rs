@@ -7,11 +7,15 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::{json, Value};
+use shift_testkit::collection::create_collection;
+use shift_testkit::scrape::counter;
 use shift_testkit::scrape::{metric, wait_drained};
+use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::stores::{
-    assert_same_records, check_acked_log, post_json, proxy_in_front, two_stores, DEFAULT_DB,
+    assert_same_records, check_acked_log, post_json, two_stores, DEFAULT_DB,
 };
-use shift_testkit::{http, http_json, Fault, FaultyBackend, Proxy, ADMIN_TOKEN};
+use shift_testkit::wait::wait_until;
+use shift_testkit::{http, http_json, Chroma, Fault, FaultyBackend, Proxy, ADMIN_TOKEN};
 
 const DB: &str = DEFAULT_DB;
 
@@ -24,13 +28,26 @@ fn records(prefix: &str, n: usize) -> Value {
     })
 }
 
+/// Waits until the journal for `target` is empty, then checks the stores hold the same
+/// `records` records.
+async fn drained_and_equal(
+    proxy: &Proxy,
+    old: &Chroma,
+    new: &Chroma,
+    target: &str,
+    records: usize,
+) -> anyhow::Result<()> {
+    wait_drained(&proxy.admin_url(), target, Duration::from_secs(60)).await?;
+    let compared = assert_same_records(&old.url(), &new.url()).await?;
+    assert_eq!(compared.records, records);
+    Ok(())
+}
+
 #[tokio::test]
 async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (old, new, proxy) = two_stores_and_proxy("").await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": "moving"})).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "moving"})).await?;
     post_json(
         format!("{base}/collections/{id}/add"),
         records("before", 20),
@@ -78,9 +95,7 @@ async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::
         records("after-cutover", 15),
     )
     .await?;
-    wait_drained(&proxy.admin_url(), "old", Duration::from_secs(60)).await?;
-    let compared = assert_same_records(&old.url(), &new.url()).await?;
-    assert_eq!(compared.records, 35);
+    drained_and_equal(&proxy, &old, &new, "old", 35).await?;
 
     // A second cutover is refused with the reason.
     let (status, refused) = proxy.admin("POST", "/admin/cutover", None).await?;
@@ -104,19 +119,15 @@ async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::
         records("after-rollback", 5),
     )
     .await?;
-    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
-    let compared = assert_same_records(&old.url(), &new.url()).await?;
-    assert_eq!(compared.records, 40);
+    drained_and_equal(&proxy, &old, &new, "new", 40).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_cutover_is_refused_when_the_target_is_down_or_the_lag_too_high() -> anyhow::Result<()> {
-    let (old, mut new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (_old, mut new, proxy) = two_stores_and_proxy("").await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": "stuck"})).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "stuck"})).await?;
     new.stop().await?;
     // Writes keep working; they queue for the new store.
     for round in 0..3 {
@@ -162,8 +173,7 @@ async fn a_cutover_is_refused_when_the_target_is_down_or_the_lag_too_high() -> a
 
 #[tokio::test]
 async fn the_admin_api_needs_its_token_and_is_not_on_the_data_port() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (_old, _new, proxy) = two_stores_and_proxy("").await?;
     let admin = proxy.admin_url();
     for (method, path) in [
         ("GET", "/admin/status"),
@@ -207,11 +217,9 @@ async fn the_admin_api_needs_its_token_and_is_not_on_the_data_port() -> anyhow::
 
 #[tokio::test]
 async fn pause_holds_writes_without_rejecting_them() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (old, new, proxy) = two_stores_and_proxy("").await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": "paused"})).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "paused"})).await?;
     let (status, _) = proxy.admin("POST", "/admin/pause", None).await?;
     assert_eq!(status, StatusCode::OK);
     let url = format!("{base}/collections/{id}/add");
@@ -242,9 +250,7 @@ async fn pause_holds_writes_without_rejecting_them() -> anyhow::Result<()> {
     assert_eq!(status, StatusCode::OK);
     proxy.admin("POST", "/admin/resume", None).await?;
     tokio::time::timeout(Duration::from_secs(10), held).await???;
-    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
-    let compared = assert_same_records(&old.url(), &new.url()).await?;
-    assert_eq!(compared.records, 3);
+    drained_and_equal(&proxy, &old, &new, "new", 3).await?;
     Ok(())
 }
 
@@ -252,10 +258,7 @@ async fn pause_holds_writes_without_rejecting_them() -> anyhow::Result<()> {
 async fn a_restart_keeps_the_topology_and_the_collection_ids() -> anyhow::Result<()> {
     let (old, new) = two_stores().await?;
     let state_dir = tempfile::tempdir()?;
-    let builder = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .state_dir(state_dir.path());
+    let builder = Proxy::in_front_of(&old, &new).state_dir(state_dir.path());
     let proxy = builder.clone().spawn().await?;
     let base = format!("{}{DB}", proxy.url());
     let created = post_json(format!("{base}/collections"), json!({"name": "kept"})).await?;
@@ -295,16 +298,13 @@ async fn a_restart_keeps_the_topology_and_the_collection_ids() -> anyhow::Result
 async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> anyhow::Result<()> {
     let (old, mut new) = two_stores().await?;
     let webhook = FaultyBackend::spawn(Fault::Status(StatusCode::OK, "ok".into())).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let proxy = Proxy::in_front_of(&old, &new)
         .health_toml("interval = \"200ms\"\ntimeout = \"300ms\"\nauto_rollback = true\nauto_rollback_after = \"1s\"\noutage_alert_after = \"600ms\"")
         .toml(&format!("[alerts]\nwebhook_url = \"{}/hooks/chroma-shift\"\n", webhook.url()))
         .spawn()
         .await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": "failover"})).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "failover"})).await?;
     let (status, report) = proxy.admin("POST", "/admin/cutover", None).await?;
     assert_eq!(status, StatusCode::OK, "{report}");
     new.stop().await?;
@@ -381,10 +381,18 @@ async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> any
 
     // The new store comes back and catches up: both stores hold the same records.
     new.restart().await?;
-    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
-    let compared = assert_same_records(&old.url(), &new.url()).await?;
-    assert_eq!(compared.records, 3 + 2 * acknowledged);
+    drained_and_equal(&proxy, &old, &new, "new", 3 + 2 * acknowledged).await?;
     Ok(())
+}
+
+/// A cutover or rollback (`route`) with a 20 s drain bound, which must switch; its report.
+async fn switched_under_load(proxy: &Proxy, route: &str) -> anyhow::Result<Value> {
+    let (status, report) = proxy
+        .admin("POST", route, Some(json!({"timeout": "20s"})))
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["switched"], true, "{report}");
+    Ok(report)
 }
 
 /// Python clients write and read through the proxy without pause while it cuts over and rolls
@@ -393,8 +401,7 @@ async fn the_proxy_rolls_back_by_itself_when_the_new_primary_stays_down() -> any
 #[tokio::test]
 async fn cutover_and_rollback_under_a_python_load_lose_nothing() -> anyhow::Result<()> {
     use shift_testkit::python::run_script;
-    let (old, new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (old, new, proxy) = two_stores_and_proxy("").await?;
     let url = proxy.url();
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("acked.jsonl");
@@ -428,43 +435,24 @@ async fn cutover_and_rollback_under_a_python_load_lose_nothing() -> anyhow::Resu
         .await
     });
     // Let the load get going on the old store.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(
-        &proxy.admin_url(),
-        "chroma_shift_mirrored_writes_total",
-        &[("outcome", "journaled")],
-    )
-    .await?
-    .unwrap_or(0.0)
-        < 30.0
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the load did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (status, cutover) = proxy
-        .admin("POST", "/admin/cutover", Some(json!({"timeout": "20s"})))
-        .await?;
-    assert_eq!(status, StatusCode::OK, "{cutover}");
-    assert_eq!(cutover["switched"], true, "{cutover}");
+    let admin = proxy.admin_url();
+    wait_until("the load to start", Duration::from_secs(120), || async {
+        let journaled = [("outcome", "journaled")];
+        Ok(counter(&admin, "chroma_shift_mirrored_writes_total", &journaled).await? >= 30.0)
+    })
+    .await?;
+    let cutover = switched_under_load(&proxy, "/admin/cutover").await?;
     // Reads after the cutover are served by the new store.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(
-        &proxy.admin_url(),
-        "chroma_shift_requests_total",
-        &[("backend", "new"), ("operation", "collection_query")],
+    wait_until(
+        "a read to reach the new primary",
+        Duration::from_secs(60),
+        || async {
+            let reads = [("backend", "new"), ("operation", "collection_query")];
+            Ok(counter(&admin, "chroma_shift_requests_total", &reads).await? >= 5.0)
+        },
     )
-    .await?
-    .unwrap_or(0.0)
-        < 5.0
-    {
-        anyhow::ensure!(Instant::now() < deadline, "no read reached the new primary");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (status, rollback) = proxy
-        .admin("POST", "/admin/rollback", Some(json!({"timeout": "20s"})))
-        .await?;
-    assert_eq!(status, StatusCode::OK, "{rollback}");
-    assert_eq!(rollback["switched"], true, "{rollback}");
+    .await?;
+    let rollback = switched_under_load(&proxy, "/admin/rollback").await?;
 
     let output = load.await??;
     let summary: Value = serde_json::from_str(output.stdout.trim())?;

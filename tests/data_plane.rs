@@ -23,10 +23,31 @@ fn error_kind(body: &Value) -> String {
     body["error"].as_str().unwrap_or_default().to_owned()
 }
 
+/// A body in Chroma's error shape, of `kind`, whose message says `needle`.
+fn assert_chroma_error(body: &[u8], kind: &str, needle: &str) -> anyhow::Result<()> {
+    let body: Value = serde_json::from_slice(body)?;
+    assert_eq!(error_kind(&body), kind);
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{body}");
+    Ok(())
+}
+
 async fn heartbeat_ok(proxy: &Proxy) -> anyhow::Result<()> {
     let (status, _) = http_json("GET", &format!("{}/api/v2/heartbeat", proxy.url()), None).await?;
     assert_eq!(status, StatusCode::OK, "the proxy stopped serving");
     Ok(())
+}
+
+/// A fake Chroma answering 200 `{}` and the proxy in front of it as the old store, with
+/// `server` keys in its `[server]` table.
+async fn proxy_over_fake(server: &str) -> anyhow::Result<(FaultyBackend, Proxy)> {
+    let backend = FaultyBackend::spawn(Fault::ok()).await?;
+    let proxy = Proxy::builder()
+        .old(backend.url())
+        .server_toml(server)
+        .spawn()
+        .await?;
+    Ok((backend, proxy))
 }
 
 #[tokio::test]
@@ -117,12 +138,7 @@ async fn unknown_routes_are_forwarded_not_answered_by_the_proxy() -> anyhow::Res
 
 #[tokio::test]
 async fn oversized_bodies_get_413_and_reach_no_backend() -> anyhow::Result<()> {
-    let backend = FaultyBackend::spawn(Fault::ok()).await?;
-    let proxy = Proxy::builder()
-        .old(backend.url())
-        .server_toml("max_body = \"1KiB\"")
-        .spawn()
-        .await?;
+    let (backend, proxy) = proxy_over_fake("max_body = \"1KiB\"").await?;
     let big = format!(r#"{{"ids":["a"],"documents":["{}"]}}"#, "x".repeat(2048));
     let url = format!(
         "{}{COLLECTIONS}/4f8c7c6e-0d7e-4f0a-9a53-2d0c2b8f2f11/add",
@@ -138,15 +154,7 @@ async fn oversized_bodies_get_413_and_reach_no_backend() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    let body: Value = serde_json::from_slice(&body)?;
-    assert_eq!(error_kind(&body), "InvalidArgumentError");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("1024"),
-        "{body}"
-    );
+    assert_chroma_error(&body, "InvalidArgumentError", "1024")?;
 
     // Chunked, no declared length: refused once the stream passes the limit.
     let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await?;
@@ -264,22 +272,13 @@ async fn backends_get_their_own_credentials_not_the_clients() -> anyhow::Result<
 #[tokio::test]
 async fn backend_faults_are_answered_in_chromas_shape_and_the_proxy_keeps_serving(
 ) -> anyhow::Result<()> {
-    let backend = FaultyBackend::spawn(Fault::ok()).await?;
-    let proxy = Proxy::builder().old(backend.url()).toml("").spawn().await?;
+    let (backend, proxy) = proxy_over_fake("").await?;
     let url = format!("{}/api/v2/version", proxy.url());
 
     backend.push([Fault::Reset]);
     let (status, _, body) = http("GET", &url, &[], "").await?;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    let body: Value = serde_json::from_slice(&body)?;
-    assert_eq!(error_kind(&body), "InternalError");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("old store"),
-        "{body}"
-    );
+    assert_chroma_error(&body, "InternalError", "old store")?;
 
     // A 500 or 429 from the backend is the backend's answer: passed through as it is.
     backend.push([Fault::TooManyRequests {
@@ -384,8 +383,7 @@ async fn h2c_clients_are_served() -> anyhow::Result<()> {
 /// On shutdown the proxy stops accepting, and a request already in flight still gets its answer.
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests() -> anyhow::Result<()> {
-    let backend = FaultyBackend::spawn(Fault::ok()).await?;
-    let proxy = Proxy::builder().old(backend.url()).spawn().await?;
+    let (backend, proxy) = proxy_over_fake("").await?;
     // The backend holds the request until the shutdown has begun.
     let hold = Hold::new();
     backend.push([Fault::Held(hold.clone(), Box::new(Fault::ok()))]);
@@ -458,12 +456,7 @@ async fn tls_backends_are_reached_with_the_configured_root() -> anyhow::Result<(
 /// A client that never finishes its request head is disconnected after the header-read timeout.
 #[tokio::test]
 async fn slow_request_heads_are_cut_off() -> anyhow::Result<()> {
-    let backend = FaultyBackend::spawn(Fault::ok()).await?;
-    let proxy = Proxy::builder()
-        .old(backend.url())
-        .server_toml("header_read_timeout = \"300ms\"")
-        .spawn()
-        .await?;
+    let (_backend, proxy) = proxy_over_fake("header_read_timeout = \"300ms\"").await?;
     let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await?;
     stream
         .write_all(b"GET /api/v2/heartbeat HTTP/1.1\r\nHost: x\r\n")

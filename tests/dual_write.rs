@@ -20,11 +20,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shift_config::BackendName;
+use shift_testkit::collection::collection_id;
+use shift_testkit::collection::get_or_create_collection;
+use shift_testkit::faulty::two_stores_one_faulty;
+use shift_testkit::scrape::{metric_sum, metrics_text};
+use shift_testkit::stores::two_stores;
+use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::stores::{
     assert_same_records, check_acked_log, compare_stores_skipping, dump_database, Compared,
     DatabaseDump, DEFAULT_DB,
 };
-use shift_testkit::{http, http_json, python, Chroma, Fault, FaultyBackend, Proxy};
+use shift_testkit::{http_json, python, Fault, Proxy};
 
 /// Bound on one writers.py run.
 const WRITERS_LIMIT: Duration = Duration::from_secs(150);
@@ -63,13 +69,7 @@ async fn concurrent_writers_leave_both_stores_identical_sync() -> anyhow::Result
 /// proxy; afterwards both stores hold the same records.
 async fn concurrent_writers(toml: &str, mode: &str, outcome: &str) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(toml)
-        .spawn()
-        .await?;
+    let (old, new, proxy) = two_stores_and_proxy(toml).await?;
     let files = TempFiles::new()?;
 
     let summary = run_writers(&proxy.url(), &WritersArgs::mixed(4, 60, 3, 7), &files).await?;
@@ -102,13 +102,7 @@ async fn concurrent_writers(toml: &str, mode: &str, outcome: &str) -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_down_during_load_journal_grows_then_drains() -> anyhow::Result<()> {
     let started = Instant::now();
-    let (old, mut new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(&journaled())
-        .spawn()
-        .await?;
+    let (old, mut new, proxy) = two_stores_and_proxy(&journaled()).await?;
     let admin = proxy.admin_url();
     let files = TempFiles::new()?;
     let args = WritersArgs {
@@ -187,10 +181,8 @@ async fn secondary_down_during_load_journal_grows_then_drains() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_killed_mid_load_keeps_every_acknowledged_write() -> anyhow::Result<()> {
     let started = Instant::now();
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let mut proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let (old, new) = two_stores().await?;
+    let mut proxy = Proxy::in_front_of(&old, &new)
         .toml(&journaled())
         .spawn_process()
         .await?;
@@ -269,13 +261,8 @@ async fn proxy_killed_mid_load_keeps_every_acknowledged_write() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_secondary_loses_nothing_and_keeps_order() -> anyhow::Result<()> {
     let started = Instant::now();
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
-    let mut config = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
-        .toml(&journaled())
-        .config()?;
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let mut config = builder.toml(&journaled()).config()?;
     // A slow answer past this counts as a timeout, which the replay retries.
     config.backends.new.request_timeout = Duration::from_secs(1);
     let proxy = Proxy::start_fresh(config, Default::default()).await?;
@@ -284,7 +271,7 @@ async fn faulty_secondary_loses_nothing_and_keeps_order() -> anyhow::Result<()> 
 
     // A collection of the same name, but 3-dimensional, already on the new store: writes of
     // 8-dimensional records to it are refused there for good.
-    let dim_new = create_collection(&new.url(), "dw-dim").await?;
+    let dim_new = get_or_create_collection(&new.url(), "dw-dim").await?;
     let (status, answer) = http_json(
         "POST",
         &format!("{}{COLLECTIONS}/{dim_new}/add", new.url()),
@@ -315,7 +302,7 @@ async fn faulty_secondary_loses_nothing_and_keeps_order() -> anyhow::Result<()> 
     }
 
     // The permanent error: the client is told the write succeeded (the primary took it).
-    let dim_client = create_collection(&proxy.url(), "dw-dim").await?;
+    let dim_client = get_or_create_collection(&proxy.url(), "dw-dim").await?;
     for ids in [vec!["d1", "d2"], vec!["d3"]] {
         let embeddings: Vec<Vec<f32>> = ids.iter().map(|_| vec![0.5; 8]).collect();
         let (status, answer) = http_json(
@@ -453,14 +440,12 @@ async fn faulty_secondary_loses_nothing_and_keeps_order() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_primary_keeps_client_collection_ids() -> anyhow::Result<()> {
     let started = Instant::now();
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
+    let (old, new) = two_stores().await?;
     let state = tempfile::Builder::new()
         .prefix("chroma-shift-swap-")
         .tempdir()?;
     let files = TempFiles::new()?;
-    let builder = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let builder = Proxy::in_front_of(&old, &new)
         .state_dir(state.path())
         .toml(&journaled());
 
@@ -627,7 +612,7 @@ fn assert_every_op_ran(summary: &Value) {
 /// both stores equal anyway (it sends no update for an id the store lacks); the record must
 /// end with the add's embedding.
 async fn update_of_missing_id_then_add(proxy: &str, name: &str) -> anyhow::Result<()> {
-    let id = create_collection(proxy, name).await?;
+    let id = get_or_create_collection(proxy, name).await?;
     let records = format!("{proxy}{COLLECTIONS}/{id}");
     let vector = |x: f32| vec![x; 8];
     let steps = [
@@ -705,42 +690,6 @@ fn fault_round() -> Vec<Fault> {
 
 // ---------------------------------------------------------------------------------------------
 // The proxy's metrics.
-
-async fn metrics_text(admin: &str) -> anyhow::Result<String> {
-    let (status, _, body) = http("GET", &format!("{admin}/metrics"), &[], Vec::new()).await?;
-    anyhow::ensure!(status.is_success(), "GET /metrics answered {status}");
-    Ok(String::from_utf8(body.to_vec())?)
-}
-
-/// The sum of a metric's samples whose labels include `labels`.
-fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, found) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, parse_labels(rest.trim_end_matches('}'))),
-                None => (series, BTreeMap::new()),
-            };
-            (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| found.get(*k).map(String::as_str) == Some(*v)))
-            .then(|| value.trim().parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
-}
-
-/// `a="1",b="2"` into a map; our label values hold no commas or quotes.
-fn parse_labels(labels: &str) -> BTreeMap<String, String> {
-    labels
-        .split(',')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
-        .collect()
-}
 
 /// Entries waiting for `target`, over all collections.
 fn journal_depth(metrics: &str, target: &str) -> f64 {
@@ -846,30 +795,6 @@ fn assert_populated(compared: &Compared, names: &[&str]) {
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
-
-/// Creates a collection (or gets it) over REST; its id as the answer says.
-async fn create_collection(url: &str, name: &str) -> anyhow::Result<String> {
-    let (status, answer) = http_json(
-        "POST",
-        &format!("{url}{COLLECTIONS}"),
-        Some(json!({"name": name, "get_or_create": true})),
-    )
-    .await?;
-    anyhow::ensure!(status.is_success(), "create {name}: {status} {answer}");
-    answer["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("create {name} answered no id: {answer}"))
-}
-
-async fn collection_id(url: &str, name: &str) -> anyhow::Result<String> {
-    let (status, answer) = http_json("GET", &format!("{url}{COLLECTIONS}/{name}"), None).await?;
-    anyhow::ensure!(status.is_success(), "get {name}: {status} {answer}");
-    answer["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("get {name} answered no id: {answer}"))
-}
 
 /// name -> the store's own collection id.
 async fn store_ids(url: &str) -> anyhow::Result<BTreeMap<String, String>> {

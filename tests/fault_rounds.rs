@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shift_config::BackendName;
-use shift_testkit::{admin_call, http_json, Chroma, Fault, FaultyBackend, Proxy, ProxyProcess};
+use shift_testkit::knobs::{env_or, seed_from_env};
+use shift_testkit::stores::two_stores;
+use shift_testkit::{admin_call, http_json, Fault, FaultyBackend, Proxy, ProxyProcess};
 
 const COLLECTIONS: &str = "/api/v2/tenants/default_tenant/databases/default_database/collections";
 const NAME: &str = "rounds";
@@ -40,21 +42,11 @@ struct Op {
 }
 
 fn seed() -> u64 {
-    std::env::var("CHROMA_SHIFT_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
+    seed_from_env("CHROMA_SHIFT_FAULT_SEED")
 }
 
 fn rounds() -> usize {
-    std::env::var("CHROMA_SHIFT_FAULT_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6)
+    env_or("CHROMA_SHIFT_FAULT_ROUNDS", 6)
 }
 
 /// The record an upsert of `id` tagged `tag` leaves, as read back.
@@ -188,7 +180,7 @@ async fn random_faults_with_switches_lose_no_acknowledged_write() -> anyhow::Res
     );
     let mut rng = fastrand::Rng::with_seed(seed);
 
-    let (mut old, mut new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
+    let (mut old, mut new) = two_stores().await?;
     let (old_url, new_url) = (old.url(), new.url());
     let (shim_old, shim_new) = tokio::try_join!(
         FaultyBackend::proxying(&old_url),

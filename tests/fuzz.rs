@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shift_proxy::writes::UNMIRRORABLE;
+use shift_testkit::collection::get_records;
+use shift_testkit::stores::get_json;
 use shift_testkit::{http_json, Chroma, Proxy, ProxyProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -214,61 +216,25 @@ async fn dump(url: &str, tenants: &BTreeSet<String>) -> anyhow::Result<Value> {
         if !status.is_success() {
             continue;
         }
-        let (status, databases) = http_json(
-            "GET",
-            &format!("{url}/api/v2/tenants/{tenant}/databases?limit=1000"),
-            None,
-        )
+        let databases = get_json(&format!(
+            "{url}/api/v2/tenants/{tenant}/databases?limit=1000"
+        ))
         .await?;
-        anyhow::ensure!(
-            status.is_success(),
-            "databases of {tenant}: {status} {databases}"
-        );
         let mut dbs = BTreeMap::new();
-        for database in databases.as_array().cloned().unwrap_or_default() {
-            let db = database["name"].as_str().unwrap_or_default().to_owned();
+        for db in databases.as_array().into_iter().flatten() {
+            let db = db["name"].as_str().unwrap_or_default();
             let base = format!("{url}/api/v2/tenants/{tenant}/databases/{db}");
-            let (status, list) =
-                http_json("GET", &format!("{base}/collections?limit=1000"), None).await?;
-            anyhow::ensure!(
-                status.is_success(),
-                "collections of {tenant}/{db}: {status} {list}"
-            );
+            let list = get_json(&format!("{base}/collections?limit=1000")).await?;
             let mut collections = BTreeMap::new();
-            for collection in list.as_array().cloned().unwrap_or_default() {
-                let name = collection["name"].as_str().unwrap_or_default().to_owned();
+            for collection in list.as_array().into_iter().flatten() {
                 let id = collection["id"].as_str().unwrap_or_default();
-                let (status, got) = http_json(
-                    "POST",
-                    &format!("{base}/collections/{id}/get"),
-                    Some(json!({"include": ["embeddings", "metadatas", "documents", "uris"]})),
-                )
-                .await?;
-                anyhow::ensure!(status.is_success(), "records of {name}: {status} {got}");
-                let mut records = BTreeMap::new();
-                for (i, rid) in got["ids"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
-                    records.insert(
-                        rid.as_str().unwrap_or_default().to_owned(),
-                        json!({
-                            "embedding": got["embeddings"][i],
-                            "metadata": got["metadatas"][i],
-                            "document": got["documents"][i],
-                            "uri": got["uris"][i],
-                        }),
-                    );
-                }
+                let records = get_records(&format!("{base}/collections/{id}"), None).await?;
                 collections.insert(
-                    name,
+                    collection["name"].as_str().unwrap_or_default().to_owned(),
                     json!({"metadata": collection["metadata"], "dimension": collection["dimension"], "records": records}),
                 );
             }
-            dbs.insert(db, json!(collections));
+            dbs.insert(db.to_owned(), json!(collections));
         }
         out.insert(tenant.clone(), json!(dbs));
     }
@@ -380,11 +346,7 @@ async fn fuzz(kinds: Vec<Kind>, count: usize) -> anyhow::Result<()> {
 
     let (direct, old, new) = tokio::join!(Chroma::spawn(), Chroma::spawn(), Chroma::spawn());
     let (direct, old, new) = (direct?, old?, new?);
-    let mut proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn_process()
-        .await?;
+    let mut proxy = Proxy::in_front_of(&old, &new).spawn_process().await?;
 
     let mut generator = Generator::new(seed, kinds);
     let mut to_direct = Side {

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{json, Value};
+use shift_testkit::collection::create_collection;
 use shift_testkit::scrape::{metric, wait_drained};
+use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::stores::{
-    assert_same_records, compare_stores, db_path, post_json, proxy_in_front, record_ids,
-    two_stores, DEFAULT_DB,
+    assert_same_records, compare_stores, db_path, post_json, record_ids, DEFAULT_DB,
 };
 use shift_testkit::{http_json, Chroma, Proxy};
 
@@ -43,8 +44,7 @@ fn records(ids: &[&str]) -> Value {
 
 #[tokio::test]
 async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = proxy_in_front(&old, &new).await?;
+    let (old, new, proxy) = two_stores_and_proxy("").await?;
     let base = format!("{}{DB}", proxy.url());
 
     let created = post_json(
@@ -113,16 +113,12 @@ async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyho
 
 #[tokio::test]
 async fn namespaces_are_renamed_on_the_new_store() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml("[[namespaces]]\nold = \"default_tenant/default_database\"\nnew = \"acme/production\"\n")
-        .spawn()
-        .await?;
+    let (old, new, proxy) = two_stores_and_proxy(
+        "[[namespaces]]\nold = \"default_tenant/default_database\"\nnew = \"acme/production\"\n",
+    )
+    .await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": "docs"})).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "docs"})).await?;
     post_json(
         format!("{base}/collections/{id}/upsert"),
         records(&["x", "y"]),
@@ -163,16 +159,9 @@ async fn namespaces_are_renamed_on_the_new_store() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn sync_mode_applies_to_both_before_answering() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml("[mirror]\nmode = \"sync\"\n")
-        .spawn()
-        .await?;
+    let (old, new, proxy) = two_stores_and_proxy("[mirror]\nmode = \"sync\"\n").await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": "synced"})).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "synced"})).await?;
     post_json(
         format!("{base}/collections/{id}/add"),
         records(&["a", "b", "c"]),
@@ -203,11 +192,7 @@ async fn reset_goes_to_both_stores_only_when_allowed() -> anyhow::Result<()> {
         Chroma::spawn_allowing_reset()
     );
     let (old, new) = (old?, new?);
-    let refusing = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await?;
+    let refusing = Proxy::in_front_of(&old, &new).spawn().await?;
     post_json(
         format!("{}{DB}/collections", refusing.url()),
         json!({"name": "kept"}),
@@ -222,9 +207,7 @@ async fn reset_goes_to_both_stores_only_when_allowed() -> anyhow::Result<()> {
     assert_eq!(contents(&new.url(), DB).await?.len(), 1);
     refusing.shutdown().await?;
 
-    let allowing = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let allowing = Proxy::in_front_of(&old, &new)
         .toml("[mirror]\nallow_reset = true\n")
         .spawn()
         .await?;

@@ -15,8 +15,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use shift_testkit::scrape::{metric, wait_drained};
-use shift_testkit::stores::{two_stores, DEFAULT_DB};
+use shift_config::BackendName;
+use shift_testkit::collection::get_or_create_collection;
+use shift_testkit::collection::{collection_id, collections_url, get_records};
+use shift_testkit::faulty::two_stores_one_faulty;
+use shift_testkit::knobs::env_or;
+use shift_testkit::scrape::{counter, metric, wait_drained};
+use shift_testkit::stores::field_of_each;
+use shift_testkit::stores::two_stores;
+use shift_testkit::wait::wait_until;
 use shift_testkit::{http_json, Fault, FaultyBackend, Proxy};
 
 /// Bound on every wait for a state: turns a hang into a failure, never a timing assertion.
@@ -26,22 +33,15 @@ const LIMIT: Duration = Duration::from_secs(60);
 const JOURNALED: &str =
     "[mirror]\nmode = \"journaled\"\nretry_initial = \"50ms\"\nretry_max = \"1s\"\n";
 
-fn collections_url(url: &str) -> String {
-    format!("{url}{DEFAULT_DB}/collections")
-}
-
 // ---------------------------------------------------------------------------------------------
 // The tests.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secondary_refusing_the_proxy_stops_the_replay_then_it_resumes_by_itself(
 ) -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
     let webhook = FaultyBackend::spawn(Fault::ok()).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
+    let proxy = builder
         .toml(&format!(
             "{JOURNALED}[alerts]\nwebhook_url = \"{}/hook\"\n",
             webhook.url()
@@ -55,8 +55,8 @@ async fn a_secondary_refusing_the_proxy_stops_the_replay_then_it_resumes_by_itse
         r#"{"error":"AuthError","message":"Unauthorized"}"#.to_owned(),
     ));
 
-    let a = create(&proxy.url(), "rf-auth-a").await?;
-    let b = create(&proxy.url(), "rf-auth-b").await?;
+    let a = get_or_create_collection(&proxy.url(), "rf-auth-a").await?;
+    let b = get_or_create_collection(&proxy.url(), "rf-auth-b").await?;
     write_round(&proxy.url(), &a, "r1").await?;
     write_round(&proxy.url(), &b, "r1").await?;
 
@@ -84,7 +84,7 @@ async fn a_secondary_refusing_the_proxy_stops_the_replay_then_it_resumes_by_itse
         "the journal did not grow: {depth} then {deeper}"
     );
     assert_eq!(dead_letters(&admin).await?, 0.0);
-    wait_for(|| async {
+    wait_until("the alert of the stopped replay", LIMIT, || async {
         Ok(alerts(&webhook)
             .iter()
             .any(|a| a.contains("stopped (unauthorized)")))
@@ -102,7 +102,10 @@ async fn a_secondary_refusing_the_proxy_stops_the_replay_then_it_resumes_by_itse
     let (_, status) = proxy.admin("GET", "/admin/status", None).await?;
     assert_eq!(status["replay"]["new"]["state"], "running", "{status}");
     assert_eq!(dead_letters(&admin).await?, 0.0);
-    wait_for(|| async { Ok(alerts(&webhook).iter().any(|a| a.contains("resumed"))) }).await?;
+    wait_until("the alert of the resumed replay", LIMIT, || async {
+        Ok(alerts(&webhook).iter().any(|a| a.contains("resumed")))
+    })
+    .await?;
 
     let (old_url, new_url) = (old.url(), new.url());
     let (old_records, new_records) = tokio::try_join!(dump(&old_url), dump(&new_url))?;
@@ -121,17 +124,11 @@ async fn a_secondary_refusing_the_proxy_stops_the_replay_then_it_resumes_by_itse
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_that_never_changes_is_parked_and_blocks_nothing_after_it() -> anyhow::Result<()>
 {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
-        .toml(JOURNALED)
-        .spawn()
-        .await?;
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let proxy = builder.toml(JOURNALED).spawn().await?;
     let admin = proxy.admin_url();
-    let a = create(&proxy.url(), "rf-501-a").await?;
-    let b = create(&proxy.url(), "rf-501-b").await?;
+    let a = get_or_create_collection(&proxy.url(), "rf-501-a").await?;
+    let b = get_or_create_collection(&proxy.url(), "rf-501-b").await?;
     add(&proxy.url(), &a, &["a0"]).await?;
     add(&proxy.url(), &b, &["b0"]).await?;
     wait_drained(&admin, "new", LIMIT).await?;
@@ -160,12 +157,7 @@ async fn a_refusal_that_never_changes_is_parked_and_blocks_nothing_after_it() ->
 
     assert_eq!(faulty.pending_write_faults(), 0, "the 501 was not used");
     let (_, letters) = proxy.admin("GET", "/admin/dead-letters", None).await?;
-    let reasons: Vec<&str> = letters["dead_letters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["reason"].as_str())
-        .collect();
+    let reasons = field_of_each(&letters["dead_letters"], "reason");
     assert!(!reasons.is_empty(), "no dead letter: {letters}");
     for reason in &reasons {
         assert!(
@@ -207,10 +199,7 @@ const BACKLOG_RSS_BOUND_MIB: u64 = 200;
 /// The backlog's size: `CHROMA_SHIFT_BACKLOG_MIB`, 64 MiB by default so the test stays near a
 /// minute on a debug build (run it with 256 for the issue's "hundreds of MiB").
 fn backlog_mib() -> usize {
-    std::env::var("CHROMA_SHIFT_BACKLOG_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+    env_or("CHROMA_SHIFT_BACKLOG_MIB", 64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,7 +226,7 @@ async fn a_backlog_of_large_adds_drains_within_a_memory_bound() -> anyhow::Resul
         .spawn_process()
         .await?;
     let admin = proxy.admin_url();
-    let big = create(&proxy.url(), "rf-backlog").await?;
+    let big = get_or_create_collection(&proxy.url(), "rf-backlog").await?;
     wait_drained(&admin, "new", LIMIT).await?;
 
     new.stop().await?;
@@ -303,7 +292,7 @@ async fn a_backlog_of_large_adds_drains_within_a_memory_bound() -> anyhow::Resul
     // Every record is on the new store, and a sample holds what was sent.
     assert_eq!(old_front.pending_write_faults(), 0);
     let new_url = new.url();
-    let new_big = store_collection_id(&new_url, "rf-backlog").await?;
+    let new_big = collection_id(&new_url, "rf-backlog").await?;
     assert_eq!(
         record_count(&new_url, &new_big).await?,
         (adds * PER_ADD) as u64
@@ -312,7 +301,11 @@ async fn a_backlog_of_large_adds_drains_within_a_memory_bound() -> anyhow::Resul
         let sent = large_add(batch, PER_ADD, DIM);
         let i = (batch * 31) % PER_ADD;
         let id = format!("big-{batch}-{i}");
-        let got = records(&new_url, &new_big, Some(std::slice::from_ref(&id))).await?;
+        let got = get_records(
+            &format!("{}/{new_big}", collections_url(&new_url)),
+            Some(std::slice::from_ref(&id)),
+        )
+        .await?;
         assert_eq!(got[&id]["document"], sent["documents"][i], "{id}");
         let embedding: Vec<f32> = serde_json::from_value(got[&id]["embedding"].clone())?;
         assert_eq!(
@@ -330,21 +323,6 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 
 // ---------------------------------------------------------------------------------------------
 // Writes.
-
-/// Creates a collection through `url`; its id as the answer says.
-async fn create(url: &str, name: &str) -> anyhow::Result<String> {
-    let (status, answer) = http_json(
-        "POST",
-        &collections_url(url),
-        Some(json!({"name": name, "get_or_create": true})),
-    )
-    .await?;
-    anyhow::ensure!(status.is_success(), "create {name}: {status} {answer}");
-    answer["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("create {name}: no id in {answer}"))
-}
 
 async fn post(url: &str, collection: &str, verb: &str, body: Value) -> anyhow::Result<()> {
     let url = format!("{}/{collection}/{verb}", collections_url(url));
@@ -466,44 +444,12 @@ async fn dump(url: &str) -> anyhow::Result<BTreeMap<String, BTreeMap<String, Val
         else {
             continue;
         };
-        out.insert(name.to_owned(), records(url, id, None).await?);
-    }
-    Ok(out)
-}
-
-/// The records of a collection (by the store's id), all or those of `ids`.
-async fn records(
-    url: &str,
-    collection: &str,
-    ids: Option<&[String]>,
-) -> anyhow::Result<BTreeMap<String, Value>> {
-    let mut query = json!({"include": ["embeddings", "metadatas", "documents", "uris"]});
-    if let Some(ids) = ids {
-        query["ids"] = json!(ids);
-    }
-    let url = format!("{}/{collection}/get", collections_url(url));
-    let (status, got) = http_json("POST", &url, Some(query)).await?;
-    anyhow::ensure!(status.is_success(), "get: {status} {got}");
-    let mut out = BTreeMap::new();
-    for (i, id) in got["ids"].as_array().into_iter().flatten().enumerate() {
-        let field = |name: &str| got[name].get(i).cloned().unwrap_or(Value::Null);
         out.insert(
-            id.as_str().unwrap_or_default().to_owned(),
-            json!({
-                "embedding": field("embeddings"),
-                "metadata": field("metadatas"),
-                "document": field("documents"),
-                "uri": field("uris"),
-            }),
+            name.to_owned(),
+            get_records(&format!("{}/{id}", collections_url(url)), None).await?,
         );
     }
     Ok(out)
-}
-
-async fn store_collection_id(url: &str, name: &str) -> anyhow::Result<String> {
-    let (status, got) = http_json("GET", &format!("{}/{name}", collections_url(url)), None).await?;
-    anyhow::ensure!(status.is_success(), "get {name}: {status} {got}");
-    Ok(got["id"].as_str().unwrap_or_default().to_owned())
 }
 
 async fn record_count(url: &str, collection: &str) -> anyhow::Result<u64> {
@@ -546,19 +492,16 @@ fn assert_same(
 }
 
 async fn journal_depth(admin: &str) -> anyhow::Result<f64> {
-    Ok(metric(
+    counter(
         admin,
         "chroma_shift_journal_depth",
         &[("target", "new"), ("collection", "")],
     )
-    .await?
-    .unwrap_or(0.0))
+    .await
 }
 
 async fn dead_letters(admin: &str) -> anyhow::Result<f64> {
-    Ok(metric(admin, "chroma_shift_dead_letters", &[])
-        .await?
-        .unwrap_or(0.0))
+    counter(admin, "chroma_shift_dead_letters", &[]).await
 }
 
 /// Waits until the sample `name{labels}` reads `want`.
@@ -578,22 +521,6 @@ async fn wait_metric(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("{name}{labels:?} did not reach {want} within {LIMIT:?} (last {last:?})")
-}
-
-/// Waits until `check` is true.
-async fn wait_for<F, Fut>(check: F) -> anyhow::Result<()>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let started = Instant::now();
-    while started.elapsed() < LIMIT {
-        if check().await? {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("not reached within {LIMIT:?}")
 }
 
 /// The texts of the alerts the webhook received.

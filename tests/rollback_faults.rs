@@ -8,13 +8,15 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{json, Value};
+use shift_testkit::collection::{create_collection, records_with_ids, versioned_record};
 use shift_testkit::scrape::wait_drained;
-use shift_testkit::stores::{post_json, two_stores, DEFAULT_DB};
-use shift_testkit::{http_json, Chroma, Proxy};
+use shift_testkit::stores::{two_stores, DEFAULT_DB};
+use shift_testkit::wait::wait_until;
+use shift_testkit::{http_json, Proxy};
 
 const DB: &str = DEFAULT_DB;
 const COLLECTION: &str = "faults";
@@ -23,13 +25,7 @@ const BOUND: Duration = Duration::from_secs(60);
 
 /// One record, version `v` of id `id`: every field set, embeddings exact in f32.
 fn record(id: &str, v: u64) -> Value {
-    json!({
-        "id": id,
-        "embedding": [v as f32 * 0.5, 1.0, -0.25],
-        "document": format!("{id} version {v}"),
-        "metadata": {"version": v, "writer": "rollback_faults"},
-        "uri": format!("mem://{id}/{v}"),
-    })
+    versioned_record(id, v, json!({"writer": "rollback_faults"}))
 }
 
 fn body_of(r: &Value) -> Value {
@@ -110,56 +106,11 @@ fn start_writer(base: String, collection_id: String) -> Writer {
     }
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let started = Instant::now();
-    while !check().await? {
-        anyhow::ensure!(started.elapsed() < BOUND, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 async fn wait_count(counter: &AtomicU64, at_least: u64, what: &str) -> anyhow::Result<()> {
-    wait_until(what, || async {
+    wait_until(what, BOUND, || async {
         Ok(counter.load(Ordering::Relaxed) >= at_least)
     })
     .await
-}
-
-/// Every record of the collection on a store, by id: the whole record.
-async fn dump(store: &Chroma) -> anyhow::Result<BTreeMap<String, Value>> {
-    let (status, collection) = http_json(
-        "GET",
-        &format!("{}{DB}/collections/{COLLECTION}", store.url()),
-        None,
-    )
-    .await?;
-    anyhow::ensure!(status == StatusCode::OK, "{collection}");
-    let id = collection["id"].as_str().unwrap_or_default();
-    let got = post_json(
-        format!("{}{DB}/collections/{id}/get", store.url()),
-        json!({"include": ["embeddings", "metadatas", "documents", "uris"]}),
-    )
-    .await?;
-    let mut out = BTreeMap::new();
-    for (i, id) in got["ids"].as_array().into_iter().flatten().enumerate() {
-        let id = id.as_str().unwrap_or_default().to_owned();
-        out.insert(
-            id.clone(),
-            json!({
-                "id": id,
-                "embedding": got["embeddings"][i],
-                "document": got["documents"][i],
-                "metadata": got["metadatas"][i],
-                "uri": got["uris"][i],
-            }),
-        );
-    }
-    Ok(out)
 }
 
 /// How the rollback happens.
@@ -185,9 +136,7 @@ async fn rollback_while_the_new_primary_is_dead(how: Rollback) -> anyhow::Result
             "interval = \"200ms\"\ntimeout = \"300ms\"\nauto_rollback = true\nauto_rollback_after = \"1s\""
         }
     };
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let proxy = Proxy::in_front_of(&old, &new)
         .health_toml(health)
         // Quick replay retries: each store's worker tries again soon after the new store
         // returns, whichever journal it holds.
@@ -195,8 +144,7 @@ async fn rollback_while_the_new_primary_is_dead(how: Rollback) -> anyhow::Result
         .spawn()
         .await?;
     let base = format!("{}{DB}", proxy.url());
-    let created = post_json(format!("{base}/collections"), json!({"name": COLLECTION})).await?;
-    let collection_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let collection_id = create_collection(&proxy.url(), json!({"name": COLLECTION})).await?;
     let (code, report) = proxy.admin("POST", "/admin/cutover", None).await?;
     anyhow::ensure!(
         code == StatusCode::OK && report["switched"] == true,
@@ -207,7 +155,7 @@ async fn rollback_while_the_new_primary_is_dead(how: Rollback) -> anyhow::Result
     wait_count(&writer.acks, 20, "writes acknowledged by the new primary").await?;
     new.stop().await?;
     wait_count(&writer.errors, 3, "writes failing on the dead primary").await?;
-    wait_until("the proxy to see the new store down", || async {
+    wait_until("the proxy to see the new store down", BOUND, || async {
         Ok(status(&proxy).await?["backends"]["new"]["up"] == false)
     })
     .await?;
@@ -238,7 +186,7 @@ async fn rollback_while_the_new_primary_is_dead(how: Rollback) -> anyhow::Result
         }
         Rollback::Automatic => None,
     };
-    wait_until("the old store to be primary again", || async {
+    wait_until("the old store to be primary again", BOUND, || async {
         Ok(status(&proxy).await?["topology"]["primary"] == "old")
     })
     .await?;
@@ -257,7 +205,7 @@ async fn rollback_while_the_new_primary_is_dead(how: Rollback) -> anyhow::Result
         assert!(noted, "{report}");
     }
     // Held writes were released, and writes flow to the old store, acknowledged.
-    wait_until("the held writes to be released", || async {
+    wait_until("the held writes to be released", BOUND, || async {
         Ok(status(&proxy).await?["writes_held"] == 0)
     })
     .await?;
@@ -279,7 +227,10 @@ async fn rollback_while_the_new_primary_is_dead(how: Rollback) -> anyhow::Result
     assert_eq!(state["dead_letters"]["count"], 0, "{state}");
 
     let seen = std::mem::take(&mut *writer.seen.lock().unwrap());
-    let (on_old, on_new) = (dump(&old).await?, dump(&new).await?);
+    let (on_old, on_new) = (
+        records_with_ids(&old.url(), COLLECTION).await?,
+        records_with_ids(&new.url(), COLLECTION).await?,
+    );
     for (id, expected) in &seen.acked {
         assert_eq!(on_old.get(id), Some(expected), "acknowledged {id} on old");
         assert_eq!(on_new.get(id), Some(expected), "acknowledged {id} on new");

@@ -10,15 +10,21 @@
 //! other and with the log (shift_testkit::stores).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{json, Value};
-use shift_testkit::scrape::{metric, wait_drained};
+use shift_config::BackendName;
+use shift_testkit::collection::get_or_create_collection;
+use shift_testkit::collection::{collection_id, count, create_collection};
+use shift_testkit::faulty::two_stores_one_faulty;
+use shift_testkit::scrape::{counter, wait_drained};
+use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::stores::{
     assert_same_records, check_acked_log, post_json, two_stores, AckedChecked, DEFAULT_DB,
 };
-use shift_testkit::{http_json, python, Fault, FaultyBackend, Hold, Proxy};
+use shift_testkit::wait::wait_until;
+use shift_testkit::{http_json, python, Fault, Hold, Proxy};
 
 /// Bound on one writers.py run.
 const WRITERS_LIMIT: Duration = Duration::from_secs(180);
@@ -86,26 +92,6 @@ fn temp_log(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("acked.jsonl")
 }
 
-/// Waits until `check` holds, polling; fails after [`BOUND`] with `what`.
-async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        anyhow::ensure!(started.elapsed() < BOUND, "{what}: not within {BOUND:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn counter(admin: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-    Ok(metric(admin, name, labels).await?.unwrap_or(0.0))
-}
-
 fn server_error() -> Fault {
     Fault::Status(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,11 +105,8 @@ fn server_error() -> Fault {
 /// every acknowledged write is on both exactly as logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_on_the_primary_during_writes_leave_both_stores_equal() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&old.url()).await?;
-    let proxy = Proxy::builder()
-        .old(faulty.url())
-        .new_store(new.url())
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::Old).await?;
+    let proxy = builder
         .toml(&format!("[mirror]\n{FAST_RETRIES}"))
         .spawn()
         .await?;
@@ -166,11 +149,8 @@ async fn faults_on_the_primary_during_writes_leave_both_stores_equal() -> anyhow
 /// the client is answered the primary's success and the write is queued (fallback_journaled);
 /// with `"fail"` the client gets an error. Either way both stores end equal.
 async fn sync_mode_with_a_failing_secondary(policy: &str) -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let proxy = builder
         .toml(&format!(
             "[mirror]\nmode = \"sync\"\non_secondary_failure = \"{policy}\"\n{FAST_RETRIES}"
         ))
@@ -238,13 +218,7 @@ async fn sync_mode_fails_the_client_write_when_told_to() -> anyhow::Result<()> {
 /// error, writes mirrored in both modes, both stores equal to each other and to the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_mode_switch_under_load_loses_nothing() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(&format!("[mirror]\n{FAST_RETRIES}"))
-        .spawn()
-        .await?;
+    let (old, new, proxy) = two_stores_and_proxy(&format!("[mirror]\n{FAST_RETRIES}")).await?;
     let admin = proxy.admin_url();
     let dir = tempfile::tempdir()?;
     let log = temp_log(&dir);
@@ -253,7 +227,7 @@ async fn a_write_mode_switch_under_load_loses_nothing() -> anyhow::Result<()> {
     let switching = async {
         for (mode, outcome) in [("sync", "journaled"), ("journaled", "applied")] {
             // Switch once the current mode has carried some of the load.
-            wait_until(&format!("writes mirrored as {outcome}"), || async {
+            wait_until(&format!("writes mirrored as {outcome}"), BOUND, || async {
                 Ok(counter(
                     &admin,
                     "chroma_shift_mirrored_writes_total",
@@ -283,31 +257,15 @@ async fn a_write_mode_switch_under_load_loses_nothing() -> anyhow::Result<()> {
 /// and GET /admin/dead-letters lists it with its target, collection, reason and the write.
 #[tokio::test]
 async fn the_dead_letter_listing_shows_a_dimension_mismatch() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(&format!("[mirror]\n{FAST_RETRIES}"))
-        .spawn()
-        .await?;
+    let (_old, new, proxy) = two_stores_and_proxy(&format!("[mirror]\n{FAST_RETRIES}")).await?;
     // The same name on the new store already holds 3-dimensional records.
-    let on_new = post_json(
-        format!("{}{DEFAULT_DB}/collections", new.url()),
-        json!({"name": "dims"}),
-    )
-    .await?;
-    let new_id = on_new["id"].as_str().unwrap_or_default();
+    let new_id = create_collection(&new.url(), json!({"name": "dims"})).await?;
     post_json(
         format!("{}{DEFAULT_DB}/collections/{new_id}/add", new.url()),
         json!({"ids": ["three"], "embeddings": [[0.1, 0.2, 0.3]]}),
     )
     .await?;
-    let created = post_json(
-        format!("{}{DEFAULT_DB}/collections", proxy.url()),
-        json!({"name": "dims", "get_or_create": true}),
-    )
-    .await?;
-    let id = created["id"].as_str().unwrap_or_default();
+    let id = get_or_create_collection(&proxy.url(), "dims").await?;
     post_json(
         format!("{}{DEFAULT_DB}/collections/{id}/add", proxy.url()),
         json!({"ids": ["eight"], "embeddings": [vec![0.5_f32; 8]], "documents": ["eight dims"]}),
@@ -339,13 +297,7 @@ async fn the_dead_letter_listing_shows_a_dimension_mismatch() -> anyhow::Result<
         .await?;
     assert_eq!(after["dead_letters"], json!([]), "{after}");
     // The primary has the record, the secondary kept only its own.
-    let (_, count) = http_json(
-        "GET",
-        &format!("{}{DEFAULT_DB}/collections/{new_id}/count", new.url()),
-        None,
-    )
-    .await?;
-    assert_eq!(count, json!(1));
+    assert_eq!(count(&new.url(), &new_id).await?, 1);
     Ok(())
 }
 
@@ -355,17 +307,9 @@ async fn the_dead_letter_listing_shows_a_dimension_mismatch() -> anyhow::Result<
 async fn a_pause_is_restored_after_a_restart() -> anyhow::Result<()> {
     let (old, new) = two_stores().await?;
     let state_dir = tempfile::tempdir()?;
-    let builder = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .state_dir(state_dir.path());
+    let builder = Proxy::in_front_of(&old, &new).state_dir(state_dir.path());
     let proxy = builder.clone().spawn().await?;
-    let created = post_json(
-        format!("{}{DEFAULT_DB}/collections", proxy.url()),
-        json!({"name": "paused"}),
-    )
-    .await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "paused"})).await?;
     let (status, _) = proxy.admin("POST", "/admin/pause", None).await?;
     assert_eq!(status, StatusCode::OK);
     proxy.shutdown().await?;
@@ -379,19 +323,13 @@ async fn a_pause_is_restored_after_a_restart() -> anyhow::Result<()> {
         json!({"ids": ["a"], "embeddings": [[1.0, 2.0]]}),
     ));
     let admin = &proxy;
-    wait_until("the write to be held at the gate", || async move {
+    wait_until("the write to be held at the gate", BOUND, || async move {
         let (_, state) = admin.admin("GET", "/admin/status", None).await?;
         Ok(state["writes_held"] == 1)
     })
     .await?;
     // Held, not answered: the store has nothing yet.
-    let (_, count) = http_json(
-        "GET",
-        &format!("{}{DEFAULT_DB}/collections/{id}/count", old.url()),
-        None,
-    )
-    .await?;
-    assert_eq!(count, json!(0));
+    assert_eq!(count(&old.url(), &id).await?, 0);
     let (status, _) = proxy.admin("POST", "/admin/resume", None).await?;
     assert_eq!(status, StatusCode::OK);
     tokio::time::timeout(BOUND, held).await???;
@@ -405,23 +343,15 @@ async fn a_pause_is_restored_after_a_restart() -> anyhow::Result<()> {
 /// nothing; once the journal drained, the same cutover goes through.
 #[tokio::test]
 async fn a_cutover_is_refused_for_lag_while_the_target_is_healthy() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
     let hold = Hold::new();
     // Every replayed write waits until the test releases it.
     faulty.push_write_faults((0..50).map(|_| Fault::Held(hold.clone(), Box::new(Fault::Forward))));
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
+    let proxy = builder
         .toml(&format!("[mirror]\n{FAST_RETRIES}"))
         .spawn()
         .await?;
-    let created = post_json(
-        format!("{}{DEFAULT_DB}/collections", proxy.url()),
-        json!({"name": "lagging"}),
-    )
-    .await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "lagging"})).await?;
     for round in 0..3 {
         post_json(
             format!("{}{DEFAULT_DB}/collections/{id}/add", proxy.url()),
@@ -462,20 +392,12 @@ async fn a_cutover_is_refused_for_lag_while_the_target_is_healthy() -> anyhow::R
 /// answers both stores agree.
 #[tokio::test]
 async fn a_cutover_that_times_out_draining_changes_nothing() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&new.url()).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(faulty.url())
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let proxy = builder
         .toml(&format!("[mirror]\n{FAST_RETRIES}"))
         .spawn()
         .await?;
-    let created = post_json(
-        format!("{}{DEFAULT_DB}/collections", proxy.url()),
-        json!({"name": "draining"}),
-    )
-    .await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "draining"})).await?;
     wait_drained(&proxy.admin_url(), "new", BOUND).await?;
     let hold = Hold::new();
     faulty.push_write_faults((0..50).map(|_| Fault::Held(hold.clone(), Box::new(Fault::Forward))));
@@ -519,22 +441,12 @@ async fn a_cutover_that_times_out_draining_changes_nothing() -> anyhow::Result<(
 /// parameters) through the proxy is created the same on the new store, records and all.
 #[tokio::test]
 async fn a_non_default_collection_configuration_is_mirrored() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await?;
-    let created = post_json(
-        format!("{}{DEFAULT_DB}/collections", proxy.url()),
-        json!({
+    let (old, new, proxy) = two_stores_and_proxy("").await?;
+    let id = create_collection(&proxy.url(), json!({
             "name": "cosine",
             "metadata": {"purpose": "config"},
             "configuration": {"hnsw": {"space": "cosine", "ef_construction": 150, "max_neighbors": 24}},
-        }),
-    )
-    .await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+        })).await?;
     post_json(
         format!("{}{DEFAULT_DB}/collections/{id}/add", proxy.url()),
         json!({
@@ -567,13 +479,7 @@ async fn a_non_default_collection_configuration_is_mirrored() -> anyhow::Result<
 /// both stores hold the same collections under the same names, with the same records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_and_delete_racing_record_writes_leave_the_stores_equal() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(&format!("[mirror]\n{FAST_RETRIES}"))
-        .spawn()
-        .await?;
+    let (old, new, proxy) = two_stores_and_proxy(&format!("[mirror]\n{FAST_RETRIES}")).await?;
     let admin = proxy.admin_url();
     let dir = tempfile::tempdir()?;
     let log = temp_log(&dir);
@@ -589,7 +495,7 @@ async fn rename_and_delete_racing_record_writes_leave_the_stores_equal() -> anyh
         &["--tolerate-errors", "--pause-ms", "10"],
     );
     let changes = async {
-        wait_until("the load to start", || async {
+        wait_until("the load to start", BOUND, || async {
             Ok(counter(
                 &admin,
                 "chroma_shift_mirrored_writes_total",
@@ -602,9 +508,7 @@ async fn rename_and_delete_racing_record_writes_leave_the_stores_equal() -> anyh
         let base = format!("{url}{DEFAULT_DB}/collections");
         // Chroma changes a collection by id (a name gets 400 "not a valid UUIDv4"), and
         // deletes it by name.
-        let (status, race0) = http_json("GET", &format!("{base}/race-0"), None).await?;
-        anyhow::ensure!(status.is_success(), "get race-0: {status} {race0}");
-        let race0_id = race0["id"].as_str().unwrap_or_default().to_owned();
+        let race0_id = collection_id(&url, "race-0").await?;
         let (status, answer) = http_json(
             "PUT",
             &format!("{base}/{race0_id}"),
@@ -653,12 +557,11 @@ async fn chroma_shift(admin_url: &str, args: &[&str]) -> anyhow::Result<(i32, St
 async fn the_readme_walk_through_with_ctl() -> anyhow::Result<()> {
     let (old, new) = two_stores().await?;
     // Data the old store held before the proxy came.
-    let seeded = post_json(
-        format!("{}{DEFAULT_DB}/collections", old.url()),
+    let seeded_id = create_collection(
+        &old.url(),
         json!({"name": "walk", "metadata": {"team": "docs"}}),
     )
     .await?;
-    let seeded_id = seeded["id"].as_str().unwrap_or_default().to_owned();
     let ids: Vec<String> = (0..50).map(|i| format!("w{i}")).collect();
     post_json(
         format!("{}{DEFAULT_DB}/collections/{seeded_id}/add", old.url()),
@@ -670,11 +573,7 @@ async fn the_readme_walk_through_with_ctl() -> anyhow::Result<()> {
         }),
     )
     .await?;
-    let mut proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn_process()
-        .await?;
+    let mut proxy = Proxy::in_front_of(&old, &new).spawn_process().await?;
     let admin = proxy.admin_url();
     let config = proxy.config_path().to_string_lossy().into_owned();
     let run = |args: Vec<String>| {
@@ -779,21 +678,13 @@ async fn the_readme_walk_through_with_ctl() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_between_the_primary_answer_and_the_journal_commit_is_recovered(
 ) -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let faulty = FaultyBackend::proxying(&old.url()).await?;
-    let mut proxy = Proxy::builder()
-        .old(faulty.url())
-        .new_store(new.url())
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::Old).await?;
+    let mut proxy = builder
         .toml(&format!("[mirror]\n{FAST_RETRIES}"))
         .spawn_process()
         .await?;
     let admin = proxy.admin_url();
-    let created = post_json(
-        format!("{}{DEFAULT_DB}/collections", proxy.url()),
-        json!({"name": "crash"}),
-    )
-    .await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": "crash"})).await?;
     let records = format!("{}{DEFAULT_DB}/collections/{id}", proxy.url());
     let ids: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
     post_json(

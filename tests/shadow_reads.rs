@@ -14,8 +14,13 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::{json, Value};
-use shift_testkit::scrape::{metric, wait_drained};
-use shift_testkit::{http_json, Chroma, Fault, FaultyBackend, Hold, Proxy};
+use shift_config::BackendName;
+use shift_testkit::collection::{collection_id, create_collection};
+use shift_testkit::faulty::two_stores_one_faulty;
+use shift_testkit::scrape::{counter, metric, wait_drained};
+use shift_testkit::stores::two_stores_and_proxy;
+use shift_testkit::wait::wait_until;
+use shift_testkit::{http_json, Fault, Hold, Proxy};
 
 const DB: &str = "/api/v2/tenants/default_tenant/databases/default_database";
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
@@ -53,13 +58,7 @@ async fn call(method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Va
 
 /// Creates `name` through the proxy with `n` records; its client id.
 async fn populated(proxy: &Proxy, name: &str, n: usize) -> anyhow::Result<String> {
-    let created = call(
-        "POST",
-        &format!("{}{DB}/collections", proxy.url()),
-        Some(json!({"name": name})),
-    )
-    .await?;
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = create_collection(&proxy.url(), json!({"name": name})).await?;
     call(
         "POST",
         &format!("{}{DB}/collections/{id}/add", proxy.url()),
@@ -67,12 +66,6 @@ async fn populated(proxy: &Proxy, name: &str, n: usize) -> anyhow::Result<String
     )
     .await?;
     Ok(id)
-}
-
-/// The id of `name` on a store, asked directly.
-async fn store_id(url: &str, name: &str) -> anyhow::Result<String> {
-    let found = call("GET", &format!("{url}{DB}/collections/{name}"), None).await?;
-    Ok(found["id"].as_str().unwrap_or_default().to_owned())
 }
 
 /// The three reads, as the same requests to any Chroma URL and collection id.
@@ -110,7 +103,7 @@ async fn shadow_count(
     operation: &str,
     outcome: &str,
 ) -> anyhow::Result<f64> {
-    Ok(metric(
+    counter(
         &proxy.admin_url(),
         "chroma_shift_shadow_reads_total",
         &[
@@ -119,25 +112,7 @@ async fn shadow_count(
             ("outcome", outcome),
         ],
     )
-    .await?
-    .unwrap_or(0.0))
-}
-
-/// Waits until `check` holds, polling.
-async fn eventually<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let started = Instant::now();
-    while !check().await? {
-        anyhow::ensure!(
-            started.elapsed() < SHADOW_LIMIT,
-            "{what}: not within {SHADOW_LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
+    .await
 }
 
 async fn set_reads(proxy: &Proxy, canary: f64, shadow: f64) -> anyhow::Result<()> {
@@ -159,19 +134,13 @@ async fn set_reads(proxy: &Proxy, canary: f64, shadow: f64) -> anyhow::Result<()
 async fn shadows_of_a_secondary_missing_records_show_mismatches_and_leave_clients_alone(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(JOURNALED)
-        .spawn()
-        .await?;
+    let (old, new, proxy) = two_stores_and_proxy(JOURNALED).await?;
     let diverged = populated(&proxy, "diverged", 40).await?;
     let steady = populated(&proxy, "steady", 40).await?;
     wait_drained(&proxy.admin_url(), "new", DRAIN_LIMIT).await?;
 
     // Behind the proxy's back: the new store loses five records and one document changes.
-    let new_id = store_id(&new.url(), "diverged").await?;
+    let new_id = collection_id(&new.url(), "diverged").await?;
     let on_new = format!("{}{DB}/collections/{new_id}", new.url());
     call(
         "POST",
@@ -205,11 +174,11 @@ async fn shadows_of_a_secondary_missing_records_show_mismatches_and_leave_client
 
     // The shadows run in the background: wait for them to be counted.
     for operation in OPERATIONS {
-        eventually(&format!("a {operation} mismatch"), || async {
+        wait_until(&format!("a {operation} mismatch"), SHADOW_LIMIT, || async {
             Ok(shadow_count(&proxy, &diverged, operation, "mismatch").await? >= 3.0)
         })
         .await?;
-        eventually(&format!("a {operation} match"), || async {
+        wait_until(&format!("a {operation} match"), SHADOW_LIMIT, || async {
             Ok(shadow_count(&proxy, &steady, operation, "match").await? >= 3.0)
         })
         .await?;
@@ -322,11 +291,8 @@ async fn shadows_of_a_secondary_missing_records_show_mismatches_and_leave_client
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_shadows_never_slow_the_client_and_are_counted() -> anyhow::Result<()> {
     let started = Instant::now();
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let slow_new = FaultyBackend::proxying(&new.url()).await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(slow_new.url())
+    let (_old, _new, slow_new, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let proxy = builder
         .toml(JOURNALED)
         .toml("[reads]\nshadow_timeout = \"1s\"\nshadow_queue = 2\n")
         .spawn()
@@ -356,7 +322,7 @@ async fn slow_shadows_never_slow_the_client_and_are_counted() -> anyhow::Result<
 
     // The shadows that got one of the two places time out (the secondary never answers); the
     // others were dropped. None can match.
-    eventually("every shadow to be counted", || async {
+    wait_until("every shadow to be counted", SHADOW_LIMIT, || async {
         let timeouts = shadow_count(&proxy, &id, "collection_count", "timeout").await?;
         let dropped = shadow_count(&proxy, &id, "collection_count", "dropped").await?;
         Ok(timeouts + dropped >= 6.0)
@@ -382,7 +348,7 @@ async fn slow_shadows_never_slow_the_client_and_are_counted() -> anyhow::Result<
 
 /// Reads answered 200 by `backend`.
 async fn requests(proxy: &Proxy, backend: &str, operation: &str) -> anyhow::Result<f64> {
-    Ok(metric(
+    counter(
         &proxy.admin_url(),
         "chroma_shift_requests_total",
         &[
@@ -391,31 +357,23 @@ async fn requests(proxy: &Proxy, backend: &str, operation: &str) -> anyhow::Resu
             ("status", "200"),
         ],
     )
-    .await?
-    .unwrap_or(0.0))
+    .await
 }
 
 async fn canaries(proxy: &Proxy, collection: &str, outcome: &str) -> anyhow::Result<f64> {
-    Ok(metric(
+    counter(
         &proxy.admin_url(),
         "chroma_shift_canary_reads_total",
         &[("collection", collection), ("outcome", outcome)],
     )
-    .await?
-    .unwrap_or(0.0))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_reads_go_to_a_caught_up_secondary_and_stay_on_the_primary_otherwise(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (old, mut new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(JOURNALED)
-        .spawn()
-        .await?;
+    let (old, mut new, proxy) = two_stores_and_proxy(JOURNALED).await?;
     let id = populated(&proxy, "canaried", 30).await?;
     wait_drained(&proxy.admin_url(), "new", DRAIN_LIMIT).await?;
     set_reads(&proxy, 100.0, 0.0).await?;

@@ -20,8 +20,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shift_config::Secrets;
+use shift_testkit::collection::create_collection;
 use shift_testkit::process::chroma_shift_bin;
 use shift_testkit::scrape::metric;
+use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::stores::{two_stores, DEFAULT_DB};
 use shift_testkit::{http, http_json, Chroma, Proxy, ADMIN_TOKEN};
 
@@ -170,6 +172,33 @@ async fn add(proxy: &Proxy, collection: &str, body: &Value) -> anyhow::Result<An
     })
 }
 
+/// An add the proxy must accept (`when` says why, in the failure message).
+async fn add_accepted(
+    proxy: &Proxy,
+    collection: &str,
+    body: &Value,
+    when: &str,
+) -> anyhow::Result<()> {
+    let answer = add(proxy, collection, body).await?;
+    assert!(answer.status.is_success(), "{when}: {}", answer.body);
+    Ok(())
+}
+
+/// The end of a test: the journal drains, both stores hold exactly `acknowledged` in the
+/// collection `name`, and the proxy shuts down.
+async fn drained_and_held(
+    proxy: Proxy,
+    old: &Chroma,
+    new: &Chroma,
+    name: &str,
+    acknowledged: &BTreeMap<String, Record>,
+) -> anyhow::Result<()> {
+    wait_drained(&proxy).await?;
+    assert_stores_hold(old, new, name, acknowledged).await?;
+    proxy.shutdown().await?;
+    Ok(())
+}
+
 /// A refusal as the client must see it: 503, Retry-After, Chroma's error shape.
 fn assert_refused_in_chroma_shape(answer: &Answer) {
     assert_eq!(answer.status, 503, "{}", answer.body);
@@ -183,17 +212,6 @@ fn assert_refused_in_chroma_shape(answer: &Answer) {
     let object = answer.body.as_object().expect("a JSON object");
     assert!(object["error"].is_string(), "{}", answer.body);
     assert!(object["message"].is_string(), "{}", answer.body);
-}
-
-async fn create_collection(proxy: &Proxy, name: &str) -> anyhow::Result<String> {
-    let (status, created) = http_json(
-        "POST",
-        &collections(&proxy.url()),
-        Some(json!({"name": name})),
-    )
-    .await?;
-    anyhow::ensure!(status.is_success(), "create {name}: {status} {created}");
-    Ok(created["id"].as_str().unwrap_or_default().to_owned())
 }
 
 async fn readyz(proxy: &Proxy) -> anyhow::Result<(http::StatusCode, Value)> {
@@ -342,14 +360,12 @@ async fn a_full_state_disk_refuses_writes_then_recovers_without_a_restart() -> a
         return Ok(());
     };
     let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let proxy = Proxy::in_front_of(&old, &new)
         .state_dir(tmpfs.path().join("state"))
         .toml(FAST_RETRIES)
         .spawn()
         .await?;
-    let collection = create_collection(&proxy, "disk").await?;
+    let collection = create_collection(&proxy.url(), json!({"name": "disk"})).await?;
     let mut acknowledged = BTreeMap::new();
     let mut next = 0;
     // 20 records of 8 KiB documents: each write journals about 160 KiB, twice (intent and
@@ -411,20 +427,12 @@ async fn a_full_state_disk_refuses_writes_then_recovers_without_a_restart() -> a
     wait_ready(&proxy, http::StatusCode::OK).await?;
     let writable = metric(&proxy.admin_url(), "chroma_shift_state_writable", &[]).await?;
     assert_eq!(writable, Some(1.0));
-    for _ in 0..3 {
-        let (body, records) = batch(next, per, doc);
-        next += per;
-        let answer = add(&proxy, &collection, &body).await?;
-        assert!(
-            answer.status.is_success(),
-            "after space was freed: {}",
-            answer.body
-        );
+    for round in 0..3 {
+        let (body, records) = batch(next + round * per, per, doc);
+        add_accepted(&proxy, &collection, &body, "after space was freed").await?;
         acknowledged.extend(records);
     }
-    wait_drained(&proxy).await?;
-    assert_stores_hold(&old, &new, "disk", &acknowledged).await?;
-    proxy.shutdown().await?;
+    drained_and_held(proxy, &old, &new, "disk", &acknowledged).await?;
     drop(tmpfs);
     Ok(())
 }
@@ -432,14 +440,11 @@ async fn a_full_state_disk_refuses_writes_then_recovers_without_a_restart() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_journal_refuses_writes_until_the_replay_drains_it() -> anyhow::Result<()> {
     let (old, mut new) = two_stores().await?;
-    let builder = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(FAST_RETRIES);
+    let builder = Proxy::in_front_of(&old, &new).toml(FAST_RETRIES);
     let mut config = builder.config()?;
     config.state.max_journal_bytes = "64 KiB".parse().map_err(anyhow::Error::msg)?;
     let proxy = Proxy::start_fresh(config, Secrets::default()).await?;
-    let collection = create_collection(&proxy, "capped").await?;
+    let collection = create_collection(&proxy.url(), json!({"name": "capped"})).await?;
     // The collection exists on both stores before the secondary goes away.
     wait_drained(&proxy).await?;
     new.stop().await?;
@@ -492,17 +497,9 @@ async fn a_full_journal_refuses_writes_until_the_replay_drains_it() -> anyhow::R
     new.restart().await?;
     wait_ready(&proxy, http::StatusCode::OK).await?;
     let (body, records) = batch(next, 4, 4 * 1024);
-    let answer = add(&proxy, &collection, &body).await?;
-    assert!(
-        answer.status.is_success(),
-        "after the drain: {}",
-        answer.body
-    );
+    add_accepted(&proxy, &collection, &body, "after the drain").await?;
     acknowledged.extend(records);
-    wait_drained(&proxy).await?;
-    assert_stores_hold(&old, &new, "capped", &acknowledged).await?;
-    proxy.shutdown().await?;
-    Ok(())
+    drained_and_held(proxy, &old, &new, "capped", &acknowledged).await
 }
 
 /// Parks a write on the new store: the collection there is made 2-dimensional behind the
@@ -513,7 +510,7 @@ async fn park_one(
     name: &str,
     first: usize,
 ) -> anyhow::Result<(String, BTreeMap<String, Record>)> {
-    let collection = create_collection(proxy, name).await?;
+    let collection = create_collection(&proxy.url(), json!({"name": name})).await?;
     wait_drained(proxy).await?;
     let (status, on_new) =
         http_json("GET", &format!("{}/{name}", collections(&new.url())), None).await?;
@@ -556,13 +553,7 @@ async fn wait_dead_letters(proxy: &Proxy, count: usize) -> anyhow::Result<Vec<Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_retried_and_dropped_through_the_admin_api() -> anyhow::Result<()> {
-    let (old, new) = two_stores().await?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(FAST_RETRIES)
-        .spawn()
-        .await?;
+    let (_old, new, proxy) = two_stores_and_proxy(FAST_RETRIES).await?;
     let (collection, _) = park_one(&proxy, &new, "parked", 0).await?;
     let letters = wait_dead_letters(&proxy, 1).await?;
     let seq = letters[0]["seq"].as_u64().expect("a seq");
@@ -599,25 +590,14 @@ async fn dead_letters_are_retried_and_dropped_through_the_admin_api() -> anyhow:
     assert_eq!(bad["error"], json!("InvalidArgumentError"));
 
     // Drop: gone for good, and the answer says what was dropped.
-    let (status, dropped) = proxy
-        .admin(
-            "POST",
-            &format!("/admin/dead-letters/{requeued}/drop"),
-            None,
-        )
-        .await?;
+    let drop_path = format!("/admin/dead-letters/{requeued}/drop");
+    let (status, dropped) = proxy.admin("POST", &drop_path, None).await?;
     assert_eq!(status, 200, "{dropped}");
     assert_eq!(dropped["dropped"]["seq"], json!(requeued));
     assert_eq!(dropped["dropped"]["target"], json!("new"));
     assert!(dropped["dropped"]["reason"].is_string());
     assert!(dead_letters(&proxy).await?.is_empty());
-    let (status, gone) = proxy
-        .admin(
-            "POST",
-            &format!("/admin/dead-letters/{requeued}/drop"),
-            None,
-        )
-        .await?;
+    let (status, gone) = proxy.admin("POST", &drop_path, None).await?;
     assert_eq!(status, 404, "{gone}");
 
     // The same through `chroma-shift ctl dead-letters`: list, retry --all, drop.

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use shift_testkit::{http, http_json, python, Chroma, Proxy};
+use shift_testkit::scrape::{metrics_text, samples};
+use shift_testkit::stores::two_stores;
+use shift_testkit::{http_json, python, Chroma, Proxy};
 
 /// Generous: the script makes about a hundred calls, each a Python round trip.
 const WORKFLOW_LIMIT: Duration = Duration::from_secs(180);
@@ -51,22 +53,34 @@ const PROXIED_OPERATIONS: &[&str] = &[
 
 #[tokio::test]
 async fn python_workflow_answers_the_same_directly_and_through_the_proxy() -> anyhow::Result<()> {
-    let (direct_chroma, proxied_chroma) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
+    let (direct_chroma, proxied_chroma) = two_stores().await?;
     let proxy = Proxy::builder().old(proxied_chroma.url()).spawn().await?;
 
-    // Both runs at once: they touch different servers, and it halves the test's time.
-    let (direct_url, proxy_url) = (direct_chroma.url(), proxy.url());
-    let (direct, proxied) = tokio::try_join!(
-        run_workflow(&direct_url, "direct"),
-        run_workflow(&proxy_url, "proxied"),
-    )?;
+    same_workflow_directly_and_through(&direct_chroma, &proxy, &proxied_chroma, "old", "").await
+}
 
+/// The workflow run on Chroma directly and through the proxy (whose primary `backend` is
+/// `proxied_chroma`), both at once (they touch different servers, and it halves the test's
+/// time): the same transcripts, the expected outcomes, every request through the proxy, and
+/// the final state on the proxied Chroma. `label` tells the runs' files apart.
+async fn same_workflow_directly_and_through(
+    direct_chroma: &Chroma,
+    proxy: &Proxy,
+    proxied_chroma: &Chroma,
+    backend: &str,
+    label: &str,
+) -> anyhow::Result<()> {
+    let (direct_url, proxy_url) = (direct_chroma.url(), proxy.url());
+    let (direct_label, proxied_label) = (format!("direct{label}"), format!("proxied{label}"));
+    let (direct, proxied) = tokio::try_join!(
+        run_workflow(&direct_url, &direct_label),
+        run_workflow(&proxy_url, &proxied_label),
+    )?;
     assert_same_transcripts(&direct, &proxied);
     assert_expected_outcomes(&proxied);
     assert_known_results(&proxied);
-    assert_went_through_proxy(&proxy, "old").await?;
-    assert_proxied_chroma_holds_the_final_state(&proxied_chroma, &proxied).await?;
-    Ok(())
+    assert_went_through_proxy(proxy, backend).await?;
+    assert_proxied_chroma_holds_the_final_state(proxied_chroma, &proxied).await
 }
 
 /// The same workflow through a proxy whose primary is the new store (as after a cutover),
@@ -82,16 +96,8 @@ async fn python_workflow_answers_the_same_with_new_as_primary() -> anyhow::Resul
         .primary(shift_config::BackendName::New)
         .spawn()
         .await?;
-    let (direct_url, proxy_url) = (direct_chroma.url(), proxy.url());
-    let (direct, proxied) = tokio::try_join!(
-        run_workflow(&direct_url, "direct-new"),
-        run_workflow(&proxy_url, "proxied-new"),
-    )?;
-    assert_same_transcripts(&direct, &proxied);
-    assert_expected_outcomes(&proxied);
-    assert_known_results(&proxied);
-    assert_went_through_proxy(&proxy, "new").await?;
-    assert_proxied_chroma_holds_the_final_state(&proxied_chroma, &proxied).await?;
+    same_workflow_directly_and_through(&direct_chroma, &proxy, &proxied_chroma, "new", "-new")
+        .await?;
     shift_testkit::scrape::wait_drained(&proxy.admin_url(), "old", Duration::from_secs(60)).await?;
     let compared =
         shift_testkit::stores::assert_same_records(&proxied_chroma.url(), &secondary.url()).await?;
@@ -238,15 +244,7 @@ fn assert_known_results(steps: &[Value]) {
 
 /// The proxy's own metrics count successful requests of every kind the workflow makes.
 async fn assert_went_through_proxy(proxy: &Proxy, backend: &str) -> anyhow::Result<()> {
-    let (status, _, body) = http(
-        "GET",
-        &format!("{}/metrics", proxy.admin_url()),
-        &[],
-        Vec::new(),
-    )
-    .await?;
-    anyhow::ensure!(status.is_success(), "GET /metrics answered {status}");
-    let text = String::from_utf8(body.to_vec())?;
+    let text = metrics_text(&proxy.admin_url()).await?;
     for operation in PROXIED_OPERATIONS {
         let answered = successful_requests(&text, operation, backend);
         assert!(
@@ -260,28 +258,15 @@ async fn assert_went_through_proxy(proxy: &Proxy, backend: &str) -> anyhow::Resu
 /// The sum of `chroma_shift_requests_total` for `operation` answered by `backend` with a 2xx
 /// status.
 fn successful_requests(metrics: &str, operation: &str, backend: &str) -> u64 {
-    metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("chroma_shift_requests_total{"))
-        .filter_map(|rest| rest.split_once('}'))
+    samples(metrics, "chroma_shift_requests_total")
+        .into_iter()
         .filter(|(labels, _)| {
-            let labels = parse_labels(labels);
             labels.get("operation").map(String::as_str) == Some(operation)
                 && labels.get("backend").map(String::as_str) == Some(backend)
                 && labels.get("status").is_some_and(|s| s.starts_with('2'))
         })
-        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
-        .map(|value| value as u64)
+        .map(|(_, value)| value as u64)
         .sum()
-}
-
-/// `a="1",b="2"` into a map; label values here never hold commas or quotes.
-fn parse_labels(labels: &str) -> BTreeMap<String, String> {
-    labels
-        .split(',')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
-        .collect()
 }
 
 /// Asked directly, the Chroma behind the proxy holds what the proxied transcript ends with:

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shift_testkit::stores::assert_same_records;
+use shift_testkit::stores::field_of_each;
+use shift_testkit::stores::two_stores;
 use shift_testkit::{http_json, Chroma, Proxy, ADMIN_TOKEN};
 
 const COLLECTIONS: &str = "/api/v2/tenants/default_tenant/databases/default_database/collections";
@@ -38,10 +40,8 @@ async fn stores() -> anyhow::Result<Stores> {
 
 /// `stores`, with `extra` TOML (such as namespace rules) for the proxy and the config file.
 async fn stores_with(extra: &str) -> anyhow::Result<Stores> {
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let (old, new) = two_stores().await?;
+    let proxy = Proxy::in_front_of(&old, &new)
         .toml("[mirror]\nmode = \"journaled\"\nretry_initial = \"50ms\"\nretry_max = \"1s\"\n")
         .toml(extra)
         .spawn()
@@ -121,6 +121,13 @@ async fn verify(stores: &Stores, extra: &[&str]) -> anyhow::Result<Output> {
     let mut args = vec!["verify", "--config", config.as_str()];
     args.extend_from_slice(extra);
     chroma_shift(&args).await
+}
+
+/// `verify --json`, which must exit with `code`; its report.
+async fn verify_json(stores: &Stores, code: i32) -> anyhow::Result<Value> {
+    let run = verify(stores, &["--json"]).await?;
+    assert_eq!(run.code, Some(code), "{run}");
+    Ok(run.json())
 }
 
 /// An embedding of dimension `dim` for record `i`, the same every run.
@@ -274,9 +281,7 @@ async fn verify_names_each_seeded_divergence_and_repair_fixes_them() -> anyhow::
     .await?;
     assert!(status.is_success(), "delete verify-c: {status} {answer}");
 
-    let found = verify(&stores, &["--json"]).await?;
-    assert_eq!(found.code, Some(1), "{found}");
-    let report = found.json();
+    let report = verify_json(&stores, 1).await?;
     assert_eq!(report["matches"], false);
     assert_eq!(report["source"], "old");
     assert_eq!(report["target"], "new");
@@ -347,12 +352,7 @@ async fn verify_names_each_seeded_divergence_and_repair_fixes_them() -> anyhow::
     let only_b = verify(&stores, &["--collection", "verify-b", "--json"]).await?;
     assert_eq!(only_b.code, Some(1), "{only_b}");
     let only_b_report = only_b.json();
-    let names: Vec<&str> = only_b_report["collections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
+    let names = field_of_each(&only_b_report["collections"], "name");
     assert_eq!(names, vec!["verify-b"], "{only_b}");
     let nope = verify(&stores, &["--collection", "nope"]).await?;
     assert_eq!(nope.code, Some(2), "{nope}");
@@ -364,12 +364,7 @@ async fn verify_names_each_seeded_divergence_and_repair_fixes_them() -> anyhow::
     let answer = repaired.json();
     assert_eq!(answer["matches"], true, "{answer:#}");
     assert_eq!(answer["before"]["matches"], false);
-    let actions: Vec<&str> = answer["repairs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a["action"].as_str())
-        .collect();
+    let actions = field_of_each(&answer["repairs"], "action");
     assert!(
         actions.contains(&"reconcile") && actions.contains(&"backfill"),
         "{answer:#}"
@@ -550,12 +545,10 @@ async fn inventory_lists_collections_with_counts_and_dimension() -> anyhow::Resu
     let url = chroma_shift(&["inventory", "--url", &stores.new.url(), "--json"]).await?;
     assert_eq!(url.code, Some(0), "{url}");
     let listed = url.json();
-    let names: Vec<&str> = listed["stores"][0]["tenants"][0]["databases"][0]["collections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
+    let names = field_of_each(
+        &listed["stores"][0]["tenants"][0]["databases"][0]["collections"],
+        "name",
+    );
     assert_eq!(names, vec!["inv-large", "inv-small"], "{listed:#}");
     // An unknown tenant is listed as not found, not an error.
     let unknown = chroma_shift(&[
@@ -594,18 +587,14 @@ async fn verify_and_inventory_follow_namespace_rules() -> anyhow::Result<()> {
     .await?;
     assert!(status.is_success(), "the proxy did not rename: {status}");
 
-    let result = verify(&stores, &["--json"]).await?;
-    assert_eq!(result.code, Some(0), "{result}");
-    let report = result.json();
+    let report = verify_json(&stores, 0).await?;
     assert_eq!(report["collections"][0]["name"], "renamed", "{report:#}");
     assert_eq!(report["collections"][0]["target_count"], 25, "{report:#}");
 
     // After a cutover the new store is the source, as the proxy says.
     let (status, answer) = stores.proxy.admin("POST", "/admin/cutover", None).await?;
     assert!(status.is_success(), "cutover: {status} {answer}");
-    let result = verify(&stores, &["--json"]).await?;
-    assert_eq!(result.code, Some(0), "{result}");
-    let report = result.json();
+    let report = verify_json(&stores, 0).await?;
     assert_eq!(
         (report["source"].as_str(), report["target"].as_str()),
         (Some("new"), Some("old")),

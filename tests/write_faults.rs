@@ -26,8 +26,13 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+use shift_config::BackendName;
 use shift_config::Secrets;
-use shift_testkit::{http, http_json, Chroma, Fault, FaultyBackend, Proxy, ProxyProcess};
+use shift_testkit::collection::create_collection;
+use shift_testkit::faulty::two_stores_one_faulty;
+use shift_testkit::stores::two_stores;
+use shift_testkit::stores::two_stores_and_proxy;
+use shift_testkit::{http, http_json, Chroma, Fault, Proxy, ProxyProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const COLLECTIONS: &str = "/api/v2/tenants/default_tenant/databases/default_database/collections";
@@ -96,17 +101,6 @@ async fn same_on_both(old: &str, new: &str, name: &str) -> anyhow::Result<BTreeM
     }
 }
 
-async fn create_collection(proxy: &str, name: &str) -> anyhow::Result<String> {
-    let (status, body) = http_json(
-        "POST",
-        &format!("{proxy}{COLLECTIONS}"),
-        Some(json!({"name": name})),
-    )
-    .await?;
-    anyhow::ensure!(status.is_success(), "create {name}: {status} {body}");
-    Ok(body["id"].as_str().unwrap_or_default().to_owned())
-}
-
 async fn write(
     proxy: &str,
     id: &str,
@@ -163,16 +157,10 @@ async fn clients_hanging_up_mid_write_lose_nothing_h2c() -> anyhow::Result<()> {
 /// up after 0.7 s and closes its connection (HTTP/1) or resets its stream (h2c). The proxy's
 /// settlement does not belong to the connection: every add reaches the new store.
 async fn hang_ups(h2: bool) -> anyhow::Result<()> {
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let faulty = FaultyBackend::proxying(&old.url()).await?;
-    let proxy = Proxy::builder()
-        .old(faulty.url())
-        .new_store(new.url())
-        .toml(JOURNALED)
-        .spawn()
-        .await?;
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::Old).await?;
+    let proxy = builder.toml(JOURNALED).spawn().await?;
     let name = if h2 { "hangup-h2" } else { "hangup-h1" };
-    let id = create_collection(&proxy.url(), name).await?;
+    let id = create_collection(&proxy.url(), json!({"name": name})).await?;
     faulty.push_write_faults((0..3).map(|_| Fault::SlowAnswer(Duration::from_secs(2))));
 
     let client = {
@@ -224,13 +212,10 @@ type Applied = fn(&BTreeMap<String, Value>) -> bool;
 /// ends up with what the old one holds. For an add, an update and a delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_between_primary_answer_and_journal_commit_recovers() -> anyhow::Result<()> {
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let builder = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(JOURNALED);
+    let (old, new) = two_stores().await?;
+    let builder = Proxy::in_front_of(&old, &new).toml(JOURNALED);
     let mut proxy = ProxyProcess::start(builder).await?;
-    let id = create_collection(&proxy.url(), "killed").await?;
+    let id = create_collection(&proxy.url(), json!({"name": "killed"})).await?;
     let (status, body) = write(&proxy.url(), &id, "add", batch(0, 10, "seed")).await?;
     anyhow::ensure!(status.is_success(), "{status} {body}");
     same_on_both(&old.url(), &new.url(), "killed").await?;
@@ -316,16 +301,12 @@ async fn kill_between_primary_answer_and_journal_commit_recovers() -> anyhow::Re
 /// primary, and the new store, reconciled after the grace, ends with the same value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_primary_commit_is_not_overtaken_by_a_retry() -> anyhow::Result<()> {
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let faulty = FaultyBackend::proxying(&old.url()).await?;
-    let builder = Proxy::builder()
-        .old(faulty.url())
-        .new_store(new.url())
-        .toml(&format!("{JOURNALED}unknown_outcome_grace = \"4s\"\n"));
+    let (old, new, faulty, builder) = two_stores_one_faulty(BackendName::Old).await?;
+    let builder = builder.toml(&format!("{JOURNALED}unknown_outcome_grace = \"4s\"\n"));
     let mut config = builder.config()?;
     config.backends.old.request_timeout = Duration::from_millis(500);
     let proxy = Proxy::start_fresh(config, Secrets::default()).await?;
-    let id = create_collection(&proxy.url(), "late").await?;
+    let id = create_collection(&proxy.url(), json!({"name": "late"})).await?;
 
     faulty.push_write_faults([Fault::Delay(
         Duration::from_secs(1),
@@ -355,14 +336,12 @@ async fn a_late_primary_commit_is_not_overtaken_by_a_retry() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_of_missing_ids_answer_as_chroma_and_leave_nothing_behind() -> anyhow::Result<()> {
     let (old, new, direct) = tokio::try_join!(Chroma::spawn(), Chroma::spawn(), Chroma::spawn())?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
+    let proxy = Proxy::in_front_of(&old, &new)
         .toml(JOURNALED)
         .spawn()
         .await?;
-    let through = create_collection(&proxy.url(), "ghosts").await?;
-    let straight = create_collection(&direct.url(), "ghosts").await?;
+    let through = create_collection(&proxy.url(), json!({"name": "ghosts"})).await?;
+    let straight = create_collection(&direct.url(), json!({"name": "ghosts"})).await?;
     for (url, id) in [(proxy.url(), &through), (direct.url(), &straight)] {
         let (status, body) = write(&url, id, "add", batch(0, 2, "a")).await?;
         anyhow::ensure!(status.is_success(), "{status} {body}");
@@ -404,7 +383,7 @@ async fn updates_of_missing_ids_answer_as_chroma_and_leave_nothing_behind() -> a
     assert_eq!(stored["r0"]["embedding"], json!([3.0, 3.0, 3.0, 3.0]));
 
     // On an empty collection such an update fixes the dimension, on both stores.
-    let empty = create_collection(&proxy.url(), "dim-fix").await?;
+    let empty = create_collection(&proxy.url(), json!({"name": "dim-fix"})).await?;
     let fix = json!({"ids": ["missing"], "embeddings": [[1.0, 2.0, 3.0]]});
     let (status, body) = write(&proxy.url(), &empty, "update", fix).await?;
     assert!(status.is_success(), "{status} {body}");
@@ -431,16 +410,11 @@ async fn updates_of_missing_ids_answer_as_chroma_and_leave_nothing_behind() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_lifecycle_writes_change_nothing_on_the_secondary() -> anyhow::Result<()> {
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(&format!("{JOURNALED}unknown_outcome_grace = \"200ms\"\n"))
-        .spawn()
-        .await?;
+    let (old, new, proxy) =
+        two_stores_and_proxy(&format!("{JOURNALED}unknown_outcome_grace = \"200ms\"\n")).await?;
     let url = proxy.url();
-    let a = create_collection(&url, "lc-a").await?;
-    let b = create_collection(&url, "lc-b").await?;
+    let a = create_collection(&url, json!({"name": "lc-a"})).await?;
+    let b = create_collection(&url, json!({"name": "lc-b"})).await?;
     for id in [&a, &b] {
         let (status, body) = write(&url, id, "add", batch(0, 3, "x")).await?;
         anyhow::ensure!(status.is_success(), "{status} {body}");
@@ -473,7 +447,7 @@ async fn refused_lifecycle_writes_change_nothing_on_the_secondary() -> anyhow::R
     // Writes after them reach the new store, on either collection.
     let (status, body) = write(&url, &b, "upsert", batch(10, 2, "after")).await?;
     assert!(status.is_success(), "{status} {body}");
-    let after = create_collection(&url, "lc-later").await?;
+    let after = create_collection(&url, json!({"name": "lc-later"})).await?;
     let (status, body) = write(&url, &after, "add", batch(0, 1, "later")).await?;
     assert!(status.is_success(), "{status} {body}");
 
@@ -526,15 +500,9 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> anyhow::Result<(u16,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_bodies_and_routes_the_proxy_cannot_mirror_are_refused() -> anyhow::Result<()> {
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(JOURNALED)
-        .spawn()
-        .await?;
+    let (old, new, proxy) = two_stores_and_proxy(JOURNALED).await?;
     let url = proxy.url();
-    let id = create_collection(&url, "refusals").await?;
+    let id = create_collection(&url, json!({"name": "refusals"})).await?;
 
     let star = "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let (status, body) = raw(proxy.addr(), star.as_bytes()).await?;
@@ -602,13 +570,7 @@ async fn targets_bodies_and_routes_the_proxy_cannot_mirror_are_refused() -> anyh
 /// reaches the new store with the same configuration, and its records follow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collection_with_legacy_hnsw_metadata_is_mirrored() -> anyhow::Result<()> {
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let proxy = Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .toml(JOURNALED)
-        .spawn()
-        .await?;
+    let (old, new, proxy) = two_stores_and_proxy(JOURNALED).await?;
     let (status, created) = http_json(
         "POST",
         &format!("{}{COLLECTIONS}", proxy.url()),
@@ -648,12 +610,8 @@ async fn a_collection_with_legacy_hnsw_metadata_is_mirrored() -> anyhow::Result<
 /// and every acknowledged write reaches both stores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Result<()> {
-    let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
-    let shim = FaultyBackend::proxying(&new.url()).await?;
-    let builder = Proxy::builder()
-        .old(old.url())
-        .new_store(shim.url())
-        .toml(JOURNALED);
+    let (old, new, shim, builder) = two_stores_one_faulty(BackendName::New).await?;
+    let builder = builder.toml(JOURNALED);
     let mut proxy =
         ProxyProcess::start_with_env(builder, &[("FAILPOINTS", "switch::draining=pause")]).await?;
     anyhow::ensure!(
@@ -661,7 +619,7 @@ async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Resul
         "the chroma-shift binary was built without the `failpoints` feature; run the tests through the workspace (scripts/test.sh)"
     );
     let url = proxy.url();
-    let id = create_collection(&url, "mid-switch").await?;
+    let id = create_collection(&url, json!({"name": "mid-switch"})).await?;
     // The new store holds the replay's writes unanswered until the test lets them go, so the
     // journal has entries to drain when the cutover comes.
     let hold = shift_testkit::faulty::Hold::new();

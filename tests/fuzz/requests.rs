@@ -359,6 +359,20 @@ impl Generator {
         body
     }
 
+    /// A one-record add body sent with `method` to `target`, which Chroma does not route as a
+    /// write: it changes nothing.
+    fn small_add_as(kind: Kind, target: Vec<Part>, method: String) -> FuzzRequest {
+        let body = json!({"ids": ["r1"], "embeddings": [[1.0, 2.0, 3.0]]});
+        let mut request = Self::post(
+            kind,
+            target,
+            serde_json::to_vec(&body).unwrap_or_default(),
+            Effect::None,
+        );
+        request.method = method;
+        request
+    }
+
     fn post(kind: Kind, target: Vec<Part>, body: Vec<u8>, effect: Effect) -> FuzzRequest {
         FuzzRequest {
             kind,
@@ -840,29 +854,13 @@ impl Generator {
                     &["/frobnicate", "/add/extra", "/records", "/compact"],
                 );
                 target.push(Part::Text(tail.to_string()));
-                let mut request = Self::post(
-                    kind,
-                    target,
-                    serde_json::to_vec(&json!({"ids": ["r1"], "embeddings": [[1.0, 2.0, 3.0]]}))
-                        .unwrap_or_default(),
-                    Effect::None,
-                );
-                request.method = method;
-                request
+                Self::small_add_as(kind, target, method)
             }
             Kind::WrongMethod => {
                 let method = pick(&mut self.rng, &["GET", "PUT", "PATCH", "DELETE"]).to_string();
                 let op = *pick(&mut self.rng, &["add", "upsert", "count", "get"]);
                 let (target, _) = self.collection_target(Spelling::Canonical, &format!("/{op}"));
-                let mut request = Self::post(
-                    kind,
-                    target,
-                    serde_json::to_vec(&json!({"ids": ["r1"], "embeddings": [[1.0, 2.0, 3.0]]}))
-                        .unwrap_or_default(),
-                    Effect::None,
-                );
-                request.method = method;
-                request
+                Self::small_add_as(kind, target, method)
             }
             Kind::OddHeaders => {
                 let mut request = {

@@ -10,20 +10,17 @@ Prints one JSON line: {"updates", "deletes", "adds", "errors", "error_kinds"}, t
 the proxy gave would be a chromadb error).
 """
 
-import argparse
 import json
 import random
 import time
-from urllib.parse import urlparse
 
-import chromadb
 import numpy as np
+
+from client_args import client_for, url_parser
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--collection", required=True)
+    parser = url_parser("--collection")
     parser.add_argument("--existing", type=int, required=True)
     parser.add_argument("--ops", type=int, required=True)
     parser.add_argument("--dim", type=int, required=True)
@@ -31,7 +28,6 @@ def main():
     parser.add_argument("--tolerate-errors", action="store_true")
     parser.add_argument("--pause-ms", type=int, default=20)
     args = parser.parse_args()
-    url = urlparse(args.url)
     rng = random.Random(args.seed)
     vectors = np.random.default_rng(args.seed)
     counts = {"updates": 0, "deletes": 0, "adds": 0, "errors": 0, "error_kinds": {}}
@@ -40,7 +36,7 @@ def main():
     while done < args.ops:
         try:
             if client is None:
-                client = chromadb.HttpClient(host=url.hostname, port=url.port)
+                client = client_for(args.url)
                 collection = client.get_collection(args.collection, embedding_function=None)
             kind = rng.choice(["update", "update", "delete", "add"])
             if kind == "update":

@@ -13,21 +13,15 @@ No embedding function is ever used: every call passes explicit embeddings.
 Usage: collection_ids.py --url URL (--save FILE | --check FILE --out FILE)
 """
 
-import argparse
 import json
-from urllib.parse import urlparse
 from uuid import UUID
 
-import chromadb
 from chromadb.api.models.Collection import Collection
 from chromadb.types import Collection as CollectionModel
 
+from client_args import client_for, url_parser
+
 DIMENSION = 8
-
-
-def client_for(url):
-    parsed = urlparse(url)
-    return chromadb.HttpClient(host=parsed.hostname, port=parsed.port)
 
 
 def save(client, path):
@@ -87,8 +81,7 @@ def check(client, path, out_path):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
+    parser = url_parser()
     parser.add_argument("--save")
     parser.add_argument("--check")
     parser.add_argument("--out")

@@ -12,12 +12,11 @@ embedded.
 Usage: dump_store.py --url http://127.0.0.1:PORT --out FILE
 """
 
-import argparse
 import json
-from urllib.parse import urlparse
 
-import chromadb
 import numpy as np
+
+from client_args import client_for, url_parser
 
 FIELDS = ("embeddings", "metadatas", "documents")
 # Records per `get`: well under a single node's max_batch_size.
@@ -66,12 +65,8 @@ def records_of(collection):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    url = urlparse(args.url)
-    client = chromadb.HttpClient(host=url.hostname, port=url.port)
+    args = url_parser("--out").parse_args()
+    client = client_for(args.url)
 
     names = sorted(c.name for c in client.list_collections())
     dump = []

@@ -219,11 +219,18 @@ def function_detach(s):
     report("function detach", "POST .../collections/{id of fnd_a}/attached_functions/f/detach {\"delete_output\":true}; then create fnd_later with 1 record", d, p, s, ["fnd_a", "fnd_later"])
 
 
-def record_write_with_document(s, name, op, document_json: bytes, title):
-    create(s, name, 0)
-    body = b'{"ids":["x1"],"embeddings":[[1.0,2.0,3.0]],"documents":[' + document_json + b"]}"
+def raw_write(s, title, name, op, body: bytes, records=0, shown=None):
+    """Creates `name` with `records` records, sends `body` as is as its `op`, and reports both
+    answers; the request shows as `shown` (the body's repr when None)."""
+    create(s, name, records)
     d, p = s.both("POST", path_of(name, f"/{op}"), raw_body=body)
-    report(title, f"POST .../collections/{{id}}/{op} {body!r}", d, p, s, [name])
+    shown = repr(body) if shown is None else shown
+    report(title, f"POST .../{op} {shown}", d, p, s, [name])
+
+
+def record_write_with_document(s, name, op, document_json: bytes, title):
+    body = b'{"ids":["x1"],"embeddings":[[1.0,2.0,3.0]],"documents":[' + document_json + b"]}"
+    raw_write(s, title, name, op, body)
 
 
 @scenario
@@ -233,18 +240,14 @@ def invalid_utf8(s):
 
 @scenario
 def invalid_utf8_unknown_field(s):
-    create(s, "utf8_field", 0)
     body = b'{"ids":["x1"],"embeddings":[[1.0,2.0,3.0]],"documents":["d"],"x":"bad \xff bytes"}'
-    d, p = s.both("POST", path_of("utf8_field", "/add"), raw_body=body)
-    report("add with invalid UTF-8 in a field Chroma ignores", f"POST .../add {body!r}", d, p, s, ["utf8_field"])
+    raw_write(s, "add with invalid UTF-8 in a field Chroma ignores", "utf8_field", "add", body)
 
 
 @scenario
 def lone_surrogate_unknown_field(s):
-    create(s, "surr_field", 0)
     body = rb'{"ids":["x1"],"embeddings":[[1.0,2.0,3.0]],"documents":["d"],"x":"lone \ud800"}'
-    d, p = s.both("POST", path_of("surr_field", "/upsert"), raw_body=body)
-    report("upsert with a lone surrogate in a field Chroma ignores", f"POST .../upsert {body!r}", d, p, s, ["surr_field"])
+    raw_write(s, "upsert with a lone surrogate in a field Chroma ignores", "surr_field", "upsert", body)
 
 
 @scenario
@@ -254,10 +257,8 @@ def lone_surrogate(s):
 
 @scenario
 def deep_nesting(s):
-    create(s, "deep", 0)
     body = b'{"ids":["x1"],"embeddings":[[1.0,2.0,3.0]],"documents":["deep"],"x":' + b"[" * 130 + b"1" + b"]" * 130 + b"}"
-    d, p = s.both("POST", path_of("deep", "/add"), raw_body=body)
-    report("add with an unknown field nested 130 levels deep", "POST .../add {ids:[x1],...,\"x\":[[[...130...]]]}", d, p, s, ["deep"])
+    raw_write(s, "add with an unknown field nested 130 levels deep", "deep", "add", body, shown='{ids:[x1],...,"x":[[[...130...]]]}')
 
 
 @scenario
@@ -331,10 +332,8 @@ def update_missing_ids_invalid(s):
 
 @scenario
 def duplicate_keys_add(s):
-    create(s, "dup_add", 0)
     body = b'{"ids":["a1"],"embeddings":[[1.0,2.0,3.0]],"documents":["a"],"ids":["b1"]}'
-    d, p = s.both("POST", path_of("dup_add", "/upsert"), raw_body=body)
-    report("upsert with a duplicate key", f"POST .../upsert {body.decode()}", d, p, s, ["dup_add"])
+    raw_write(s, "upsert with a duplicate key", "dup_add", "upsert", body, shown=body.decode())
 
 
 @scenario
@@ -385,10 +384,8 @@ def update_fixes_dimension(s):
 
 @scenario
 def update_non_object_metadata(s):
-    create(s, "upd_meta", 1)
     body = b'{"embeddings":[[1.0,2.0,3.0]],"ids":["missing"],"metadatas":[5]}'
-    d, p = s.both("POST", path_of("upd_meta", "/update"), raw_body=body)
-    report("update of a missing id with a non-object metadata and an embedding", f"POST .../update {body.decode()}", d, p, s, ["upd_meta"])
+    raw_write(s, "update of a missing id with a non-object metadata and an embedding", "upd_meta", "update", body, records=1, shown=body.decode())
 
 
 @scenario

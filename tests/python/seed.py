@@ -6,25 +6,21 @@ Usage: seed.py --url URL --collection NAME --count N --dim D [--seed S]
 Prints one JSON line: {"count", "seconds"}.
 """
 
-import argparse
 import json
 import time
-from urllib.parse import urlparse
 
-import chromadb
 import numpy as np
+
+from client_args import client_for, url_parser
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--collection", required=True)
+    parser = url_parser("--collection")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--dim", type=int, required=True)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    url = urlparse(args.url)
-    client = chromadb.HttpClient(host=url.hostname, port=url.port)
+    client = client_for(args.url)
     collection = client.get_or_create_collection(
         args.collection, metadata={"seeded": True}, embedding_function=None
     )

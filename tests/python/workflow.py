@@ -7,15 +7,14 @@ equal. Every step is recorded as {"step": name, "result": ...} or
 Usage: workflow.py --url http://127.0.0.1:PORT --out FILE
 """
 
-import argparse
 import json
 import re
 import sys
-from urllib.parse import urlparse
 from uuid import UUID
 
-import chromadb
 import numpy as np
+
+from client_args import client_for, url_parser
 
 UUID_PATTERN = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -71,11 +70,7 @@ def collection_view(collection):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    url = urlparse(args.url)
+    args = url_parser("--out").parse_args()
 
     normalize = Normalizer()
     transcript = []
@@ -95,7 +90,7 @@ def main():
         transcript.append(entry)
         return entry
 
-    client = chromadb.HttpClient(host=url.hostname, port=url.port)
+    client = client_for(args.url)
     # Explicit embeddings everywhere and no embedding function: the default one would try to
     # download a model, and the network is closed.
     no_ef = {"embedding_function": None}
@@ -112,22 +107,14 @@ def main():
 
     step("create_collection", create_docs)
     collection = docs["collection"]
-    step(
-        "create_collection_duplicate",
-        lambda: collection_view(client.create_collection("shift-docs", **no_ef)),
-    )
-    step(
-        "create_collection_invalid_name",
-        lambda: collection_view(client.create_collection("x", **no_ef)),
-    )
-    step(
-        "get_collection",
-        lambda: collection_view(client.get_collection("shift-docs", **no_ef)),
-    )
-    step(
-        "get_collection_missing",
-        lambda: collection_view(client.get_collection("shift-missing", **no_ef)),
-    )
+    # Creations and lookups the server refuses or answers: step name, client method, name.
+    for name, method, collection_name in (
+        ("create_collection_duplicate", client.create_collection, "shift-docs"),
+        ("create_collection_invalid_name", client.create_collection, "x"),
+        ("get_collection", client.get_collection, "shift-docs"),
+        ("get_collection_missing", client.get_collection, "shift-missing"),
+    ):
+        step(name, lambda: collection_view(method(collection_name, **no_ef)))
     step(
         "get_or_create_collection_creates",
         lambda: collection_view(
@@ -266,40 +253,20 @@ def main():
         "get_where_invalid_top_level",
         lambda: collection.get(where={"$badop": 1}),
     )
-    step(
-        "query",
-        lambda: collection.query(
-            query_embeddings=[[1.0, 0.1, 0.0]],
-            n_results=3,
-            include=["distances", "metadatas", "documents", "embeddings"],
-        ),
-    )
-    step(
-        "query_two_embeddings",
-        lambda: collection.query(
-            query_embeddings=[[0.0, 0.9, 0.1], [0.1, 0.2, 0.35]],
-            n_results=2,
-            include=["distances", "documents"],
-        ),
-    )
-    step(
-        "query_where",
-        lambda: collection.query(
-            query_embeddings=[[1.0, 0.0, 0.0]],
-            n_results=2,
-            where={"color": "blue"},
-            include=["distances", "metadatas"],
-        ),
-    )
-    step(
-        "query_where_document",
-        lambda: collection.query(
-            query_embeddings=[[0.0, 0.0, 1.0]],
-            n_results=5,
-            where_document={"$contains": "apples"},
-            include=["distances", "documents"],
-        ),
-    )
+    # Queries with explicit embeddings: by nearest, two at once, filtered by metadata and by
+    # document.
+    for name, arguments in (
+        ("query", {"query_embeddings": [[1.0, 0.1, 0.0]], "n_results": 3,
+                   "include": ["distances", "metadatas", "documents", "embeddings"]}),
+        ("query_two_embeddings", {"query_embeddings": [[0.0, 0.9, 0.1], [0.1, 0.2, 0.35]],
+                                  "n_results": 2, "include": ["distances", "documents"]}),
+        ("query_where", {"query_embeddings": [[1.0, 0.0, 0.0]], "n_results": 2,
+                         "where": {"color": "blue"}, "include": ["distances", "metadatas"]}),
+        ("query_where_document", {"query_embeddings": [[0.0, 0.0, 1.0]], "n_results": 5,
+                                  "where_document": {"$contains": "apples"},
+                                  "include": ["distances", "documents"]}),
+    ):
+        step(name, lambda: collection.query(**arguments))
     step(
         "query_dimension_mismatch",
         lambda: collection.query(query_embeddings=[[1.0, 0.0]], n_results=1),

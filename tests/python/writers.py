@@ -27,7 +27,6 @@ Usage: writers.py --url URL --writers N --ops M --collections K --seed S --acked
                   [--log FILE]
 """
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -35,20 +34,15 @@ import random
 import sys
 import time
 import traceback
-from urllib.parse import urlparse
 
-import chromadb
+
+from client_args import client_for, url_parser
 
 DIMENSION = 8
 BUCKETS = 5
 # Ids shared by every writer in mixed mode: small, so writers often touch the same records.
 ID_SPACE = 40
 MAX_BATCH = 20
-
-
-def client_for(url):
-    parsed = urlparse(url)
-    return chromadb.HttpClient(host=parsed.hostname, port=parsed.port)
 
 
 def collection_names(args):
@@ -74,26 +68,26 @@ def batch_ids(rng, size):
     return [f"id{n}" for n in rng.sample(range(ID_SPACE), size)]
 
 
+def whole_records(rng, ids, op, writer, op_index):
+    """Every field of each record of `ids`, its document naming the write."""
+    return {
+        "ids": ids,
+        "embeddings": [embedding(rng) for _ in ids],
+        "metadatas": [metadata(rng, writer, op_index) for _ in ids],
+        "documents": [f"{op} w{writer} op{op_index} {i}" for i in ids],
+    }
+
+
 def mixed_op(rng, collection, writer, op_index):
     """One random write on the shared id space; returns (name, what it wrote)."""
     size = rng.randint(1, MAX_BATCH)
     roll = rng.random()
     if roll < 0.25:
         op, ids = "add", batch_ids(rng, size)
-        records = {
-            "ids": ids,
-            "embeddings": [embedding(rng) for _ in ids],
-            "metadatas": [metadata(rng, writer, op_index) for _ in ids],
-            "documents": [f"add w{writer} op{op_index} {i}" for i in ids],
-        }
+        records = whole_records(rng, ids, op, writer, op_index)
     elif roll < 0.55:
         op, ids = "upsert", batch_ids(rng, size)
-        records = {
-            "ids": ids,
-            "embeddings": [embedding(rng) for _ in ids],
-            "metadatas": [metadata(rng, writer, op_index) for _ in ids],
-            "documents": [f"upsert w{writer} op{op_index} {i}" for i in ids],
-        }
+        records = whole_records(rng, ids, op, writer, op_index)
     elif roll < 0.75:
         op, ids = "update", batch_ids(rng, size)
         # Updates change different parts of a record: metadata only, or everything. Documents
@@ -104,12 +98,7 @@ def mixed_op(rng, collection, writer, op_index):
                 "metadatas": [metadata(rng, writer, op_index) for _ in ids],
             }
         else:
-            records = {
-                "ids": ids,
-                "embeddings": [embedding(rng) for _ in ids],
-                "metadatas": [metadata(rng, writer, op_index) for _ in ids],
-                "documents": [f"update w{writer} op{op_index} {i}" for i in ids],
-            }
+            records = whole_records(rng, ids, op, writer, op_index)
     elif roll < 0.93:
         op, records = "delete_ids", {"ids": batch_ids(rng, min(size, 8))}
     else:
@@ -322,8 +311,7 @@ def writer_main(args, writer, start, results):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
+    parser = url_parser()
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--ops", type=int, default=50)
     parser.add_argument("--collections", type=int, default=3)

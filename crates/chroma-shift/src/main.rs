@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shift_chroma::local::{find_chroma_bin, LocalChroma, LocalChromaOptions};
 use shift_config::{Config, LogFormat};
 use shift_control::ChromaShift;
+use shift_local_chroma::{find_chroma_bin, LocalChroma, LocalChromaOptions};
 use shift_proxy::Drained;
 use tracing_subscriber::EnvFilter;
 

@@ -2,13 +2,11 @@
 //!
 //! - [`route`]: the route table, from method and path to an operation, its class and params.
 //! - [`error`]: Chroma's error shape, for the errors the proxy answers itself.
-//! - [`local`]: a local `chroma run` server process, for the quickstart and the tests.
 //! - [`paths`]: rewriting a client's path for a backend, and building the mirror's paths.
 //! - [`payload`]: views of request and response bodies (record ids, delete filters), merging
 //!   record batches.
 
 pub mod error;
-pub mod local;
 pub mod paths;
 pub mod payload;
 pub mod route;

@@ -28,6 +28,22 @@ impl FullDiskFile {
     }
 }
 
+/// Range-lock methods of [`redb::StorageBackend`] that pass straight through to `self.inner`:
+/// the full disk only fails writes.
+macro_rules! delegate_range_locks {
+    ($($name:ident -> $out:ty),* $(,)?) => {
+        $(
+            fn $name(
+                &self,
+                start: std::ops::Bound<u64>,
+                end: std::ops::Bound<u64>,
+            ) -> Result<$out, redb::BackendError> {
+                self.inner.$name(start, end)
+            }
+        )*
+    };
+}
+
 impl redb::StorageBackend for FullDiskFile {
     fn len(&self) -> Result<u64, std::io::Error> {
         self.inner.len()
@@ -50,48 +66,14 @@ impl redb::StorageBackend for FullDiskFile {
     fn close(&self) -> Result<(), std::io::Error> {
         self.inner.close()
     }
-    fn try_lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_range(start, end)
-    }
-    fn try_lock_shared_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_shared_range(start, end)
-    }
-    fn lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.inner.lock_range(start, end)
-    }
-    fn lock_shared_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.inner.lock_shared_range(start, end)
-    }
-    fn unlock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.inner.unlock_range(start, end)
-    }
-    fn query_lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.query_lock_range(start, end)
-    }
+    delegate_range_locks!(
+        try_lock_range -> bool,
+        try_lock_shared_range -> bool,
+        lock_range -> (),
+        lock_shared_range -> (),
+        unlock_range -> (),
+        query_lock_range -> bool,
+    );
 }
 
 async fn open_on_full_disk(

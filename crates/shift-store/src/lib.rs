@@ -40,6 +40,15 @@ mod schema;
 mod types;
 mod writer;
 
+/// The first seq of a page that starts after `after` (from the first with `None`); `None` when
+/// nothing can follow it.
+fn first_after(after: Option<Seq>) -> Option<u64> {
+    match after {
+        None => Some(0),
+        Some(Seq(seq)) => seq.checked_add(1),
+    }
+}
+
 /// Entry points for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`); not an API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -372,29 +381,8 @@ impl Store {
         after: Option<Seq>,
         limit: usize,
     ) -> Result<Vec<JournalEntry>, StoreError> {
-        let start = match after {
-            None => 0,
-            Some(Seq(seq)) => match seq.checked_add(1) {
-                Some(next) => next,
-                None => return Ok(Vec::new()),
-            },
-        };
-        let txn = self.shared().begin_read()?;
-        let table = txn.open_table(schema::journal(target))?;
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for row in table.range(start..)?.take(limit) {
-            let (key, value) = row?;
-            let seq = Seq(key.value());
-            let entry = writer::decode_journal(target, seq, value.value())?;
-            out.push(JournalEntry {
-                seq,
-                target,
-                collection: entry.collection.to_owned(),
-                created_ms: entry.created_ms,
-                payload: entry.payload.to_vec(),
-            });
-        }
-        Ok(out)
+        // No byte bound: the payload bytes read never reach usize::MAX.
+        self.read_bounded(target, after, limit, usize::MAX)
     }
 
     /// Like [`read`](Self::read), but also bounded by payload bytes: stops after the entry
@@ -408,12 +396,8 @@ impl Store {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<JournalEntry>, StoreError> {
-        let start = match after {
-            None => 0,
-            Some(Seq(seq)) => match seq.checked_add(1) {
-                Some(next) => next,
-                None => return Ok(Vec::new()),
-            },
+        let Some(start) = first_after(after) else {
+            return Ok(Vec::new());
         };
         let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::journal(target))?;
@@ -501,12 +485,8 @@ impl Store {
         after: Option<Seq>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let start = match after {
-            None => 0,
-            Some(Seq(seq)) => match seq.checked_add(1) {
-                Some(next) => next,
-                None => return Ok(Vec::new()),
-            },
+        let Some(start) = first_after(after) else {
+            return Ok(Vec::new());
         };
         let txn = self.shared().begin_read()?;
         let table = txn.open_table(schema::DEAD_LETTERS)?;

@@ -6,6 +6,13 @@ use shift_config::BackendName::{New, Old};
 
 use super::*;
 
+/// A store in a new temporary directory (kept alive by the returned guard).
+pub(crate) async fn fresh_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    (dir, store)
+}
+
 pub(crate) fn entry(target: BackendName, collection: &str, payload: &str) -> NewEntry {
     NewEntry {
         target,
@@ -27,8 +34,7 @@ pub(crate) fn seqs(entries: &[JournalEntry]) -> Vec<Seq> {
 
 #[tokio::test]
 async fn seqs_keep_increasing_across_reopen_even_when_the_journal_was_emptied() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     let first = store
         .append(vec![
             entry(New, "a", "1"),
@@ -70,8 +76,7 @@ async fn seqs_keep_increasing_across_reopen_even_when_the_journal_was_emptied() 
 
 #[tokio::test]
 async fn commit_intent_swaps_the_intent_for_entries_atomically() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     let id = store
         .record_intent(b"upsert c1 ids=[x]".to_vec())
         .await
@@ -107,8 +112,7 @@ async fn commit_intent_swaps_the_intent_for_entries_atomically() {
 
 #[tokio::test]
 async fn pending_intents_survive_reopen_in_order_and_discard_drops_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     let a = store.record_intent(b"a".to_vec()).await.unwrap();
     let b = store.record_intent(b"b".to_vec()).await.unwrap();
     let c = store.record_intent(b"c".to_vec()).await.unwrap();
@@ -138,8 +142,7 @@ async fn pending_intents_survive_reopen_in_order_and_discard_drops_them() {
 
 #[tokio::test]
 async fn read_pages_with_after_and_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (_dir, store) = fresh_store().await;
     let mut written = Vec::new();
     for i in 0..10 {
         // Interleave the other target, so seqs of one journal have gaps.
@@ -176,8 +179,7 @@ async fn read_pages_with_after_and_limit() {
 
 #[tokio::test]
 async fn remove_and_park_update_lag_and_dead_letters() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     let s = store
         .append(vec![
             entry(New, "a", "1"),
@@ -231,8 +233,7 @@ async fn remove_and_park_update_lag_and_dead_letters() {
 
 #[tokio::test]
 async fn lag_counts_per_collection_with_the_oldest_creation_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     let first = store
         .append(vec![entry(New, "a", "1"), entry(New, "", "no collection")])
         .await
@@ -296,8 +297,7 @@ async fn lag_counts_per_collection_with_the_oldest_creation_time() {
 
 #[tokio::test]
 async fn a_second_open_fails_while_the_first_is_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     let err = Store::open(dir.path()).await.unwrap_err();
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     assert!(err
@@ -318,8 +318,7 @@ async fn a_second_open_fails_while_the_first_is_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_each_get_their_own_seq() {
     const WRITERS: usize = 200;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (_dir, store) = fresh_store().await;
     // Released together, as concurrent client writes would arrive.
     let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
     let tasks: Vec<_> = (0..WRITERS)
@@ -381,8 +380,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appends_queued_while_the_writer_is_busy_share_one_commit() {
     const WRITERS: usize = 200;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (_dir, store) = fresh_store().await;
     let before = store.commit_stats();
 
     let shared = store.inner.shared.clone();
@@ -447,8 +445,7 @@ async fn appends_queued_while_the_writer_is_busy_share_one_commit() {
 
 #[tokio::test]
 async fn a_refused_request_does_not_fail_its_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (_dir, store) = fresh_store().await;
     // Queued together, so they likely share a batch; correct either way.
     let (bad, good) = tokio::join!(
         store.commit_intent(IntentId(999), vec![entry(New, "c", "x")]),
@@ -461,8 +458,7 @@ async fn a_refused_request_does_not_fail_its_batch() {
 
 #[tokio::test]
 async fn watch_appends_wakes_a_waiting_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     let mut appended = store.watch_appends(New);
     assert_eq!(*appended.borrow_and_update(), None);
 
@@ -485,8 +481,7 @@ async fn watch_appends_wakes_a_waiting_worker() {
 
 #[tokio::test]
 async fn map_put_get_delete_scan_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     store
         .put(MapTable::Collections, "client-1", b"old-1,new-1".to_vec())
         .await
@@ -557,8 +552,7 @@ async fn a_newer_file_format_is_refused() {
 
 #[tokio::test]
 async fn pending_intent_count_follows_record_commit_discard_and_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     assert_eq!(store.pending_intent_count(), 0);
     let a = store.record_intent(b"a".to_vec()).await.unwrap();
     let b = store.record_intent(b"b".to_vec()).await.unwrap();
@@ -582,8 +576,7 @@ async fn pending_intent_count_follows_record_commit_discard_and_reopen() {
 
 #[tokio::test]
 async fn read_bounded_stops_at_the_byte_bound_but_returns_at_least_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (_dir, store) = fresh_store().await;
     let sizes = [10usize, 30, 5, 100, 1];
     let mut written = Vec::new();
     for (i, size) in sizes.iter().enumerate() {
@@ -639,8 +632,7 @@ async fn read_bounded_stops_at_the_byte_bound_but_returns_at_least_one() {
 
 #[tokio::test]
 async fn retarget_moves_entries_in_one_transaction_and_skips_missing_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     let s = store
         .append(vec![
             entry(New, "a", "1"),
@@ -700,8 +692,7 @@ async fn retarget_moves_entries_in_one_transaction_and_skips_missing_ones() {
 
 #[tokio::test]
 async fn dead_letters_are_redriven_to_the_end_of_the_journal_or_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let (dir, store) = fresh_store().await;
     let s = store
         .append(vec![
             entry(New, "a", "parked 1"),

@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use shift_config::BackendName;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -339,17 +340,21 @@ fn is_record_write(method: &http::Method, path: &str) -> bool {
             .any(|verb| path.ends_with(verb))
 }
 
+/// A whole body; empty when the peer broke off.
+async fn collected(body: Incoming) -> Bytes {
+    body.collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
+}
+
 async fn answer(
     script: Arc<Mutex<Script>>,
     upstream: Arc<Option<Upstream>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ResetConnection> {
     let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = collected(body).await;
     let mut fault = {
         let at = std::time::Instant::now();
         let mut script = script.lock().unwrap_or_else(|e| e.into_inner());
@@ -464,11 +469,7 @@ async fn forward(
         ),
     };
     let (parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let bytes = collected(body).await;
     let mut answer = Response::new(Full::new(bytes));
     *answer.status_mut() = parts.status;
     for (name, value) in &parts.headers {
@@ -487,4 +488,32 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// Two fresh stores, the one named `behind` reached through a [`FaultyBackend`] that forwards
+/// to it, and a builder for the proxy in front of the two: the old store, the new store, the
+/// fault injector and the builder.
+pub async fn two_stores_one_faulty(
+    behind: BackendName,
+) -> anyhow::Result<(
+    crate::Chroma,
+    crate::Chroma,
+    FaultyBackend,
+    crate::ProxyBuilder,
+)> {
+    let (old, new) = crate::stores::two_stores().await?;
+    let behind_url = match behind {
+        BackendName::Old => old.url(),
+        BackendName::New => new.url(),
+    };
+    let faulty = FaultyBackend::proxying(&behind_url).await?;
+    let builder = match behind {
+        BackendName::Old => crate::Proxy::builder()
+            .old(faulty.url())
+            .new_store(new.url()),
+        BackendName::New => crate::Proxy::builder()
+            .old(old.url())
+            .new_store(faulty.url()),
+    };
+    Ok((old, new, faulty, builder))
 }

@@ -6,21 +6,27 @@
 //! - [`FaultyBackend`]: a fake Chroma that answers what a test scripts (errors, 429, latency,
 //!   connection resets), for fault injection only.
 //! - [`python`]: runs the official Python client's scripts under `tests/python`.
+//! - [`collection`]: one collection over plain HTTP (create, id, records, count); [`stores`]:
+//!   whole stores (two of them, compared record by record); [`scrape`]: the proxy's metrics;
+//!   [`wait`]: polling for a condition; [`knobs`]: sizes and seeds from the environment.
 
+pub mod collection;
 pub mod faulty;
+pub mod knobs;
 pub mod process;
 pub mod python;
 pub mod scrape;
 pub mod stores;
+pub mod wait;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use shift_chroma::local::{find_chroma_bin, LocalChroma, LocalChromaOptions};
 use shift_config::{BackendName, Config, Secret, Secrets};
 use shift_control::ChromaShift;
+use shift_local_chroma::{find_chroma_bin, LocalChroma, LocalChromaOptions};
 use shift_proxy::Drained;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -271,6 +277,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A builder for the proxy in front of `old` and `new`.
+    pub fn in_front_of(old: &Chroma, new: &Chroma) -> ProxyBuilder {
+        Proxy::builder().old(old.url()).new_store(new.url())
+    }
+
     pub fn builder() -> ProxyBuilder {
         ProxyBuilder {
             old: UNUSED_BACKEND.to_owned(),

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use shift_chroma::local::free_port;
+use shift_local_chroma::free_port;
 
 use crate::{repo_root, ProxyBuilder};
 

@@ -1,5 +1,6 @@
 //! Reading the proxy's Prometheus metrics in tests.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::http;
@@ -14,6 +15,54 @@ pub async fn metric(
     let (_, _, body) = http("GET", &format!("{admin_url}/metrics"), &[], "").await?;
     let text = String::from_utf8_lossy(&body);
     Ok(text.lines().find_map(|line| sample(line, name, labels)))
+}
+
+/// [`metric`] for a counter: 0 when it has no sample yet.
+pub async fn counter(admin_url: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    Ok(metric(admin_url, name, labels).await?.unwrap_or(0.0))
+}
+
+/// The admin listener's whole `/metrics` text.
+pub async fn metrics_text(admin_url: &str) -> anyhow::Result<String> {
+    let (status, _, body) = http("GET", &format!("{admin_url}/metrics"), &[], "").await?;
+    anyhow::ensure!(status.is_success(), "GET /metrics answered {status}");
+    Ok(String::from_utf8(body.to_vec())?)
+}
+
+/// Every sample of the metric `name` in a `/metrics` text: its labels and its value. Our label
+/// values hold no commas or quotes.
+pub fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+                .collect();
+            (metric == name)
+                .then(|| Some((labels, value.trim().parse::<f64>().ok()?)))
+                .flatten()
+        })
+        .collect()
+}
+
+/// The sum of the samples of `name` whose labels include `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text, name)
+        .into_iter()
+        .filter(|(found, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| found.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, value)| value)
+        .sum()
 }
 
 fn sample(line: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

@@ -13,11 +13,49 @@ pub async fn two_stores() -> anyhow::Result<(Chroma, Chroma)> {
     Ok((old?, new?))
 }
 
+/// Two fresh stores and the proxy in front of them, with `toml` appended to its config (whole
+/// sections such as `[mirror]`; empty for the defaults).
+pub async fn two_stores_and_proxy(toml: &str) -> anyhow::Result<(Chroma, Chroma, crate::Proxy)> {
+    let (old, new) = two_stores().await?;
+    let proxy = crate::Proxy::in_front_of(&old, &new)
+        .toml(toml)
+        .spawn()
+        .await?;
+    Ok((old, new, proxy))
+}
+
 /// POSTs JSON and fails unless the answer is a success; the answer's JSON.
 pub async fn post_json(url: String, body: Value) -> anyhow::Result<Value> {
     let (status, answer) = http_json("POST", &url, Some(body)).await?;
     anyhow::ensure!(status.is_success(), "{url} answered {status}: {answer}");
     Ok(answer)
+}
+
+/// GETs JSON and fails unless the answer is a success; the answer's JSON.
+pub async fn get_json(url: &str) -> anyhow::Result<Value> {
+    let (status, answer) = http_json("GET", url, None).await?;
+    anyhow::ensure!(status.is_success(), "{url} answered {status}: {answer}");
+    Ok(answer)
+}
+
+/// The strings of a JSON array (none when it is not one).
+pub fn strings(array: &Value) -> Vec<String> {
+    array
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The string `field` of each object of a JSON array, in order (objects without it skipped).
+pub fn field_of_each<'a>(array: &'a Value, field: &str) -> Vec<&'a str> {
+    array
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item[field].as_str())
+        .collect()
 }
 
 /// The sorted ids of a collection (by id), read directly from a store's database.
@@ -31,14 +69,7 @@ pub async fn record_ids(
         json!({"include": []}),
     )
     .await?;
-    let mut ids: Vec<String> = got["ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut ids = strings(&got["ids"]);
     ids.sort();
     Ok(ids)
 }
@@ -53,15 +84,6 @@ pub async fn ids_by_name(url: &str, name: &str) -> anyhow::Result<Vec<String>> {
     .await?;
     let id = collection["id"].as_str().unwrap_or_default().to_owned();
     record_ids(url, DEFAULT_DB, &id).await
-}
-
-/// The proxy in front of two stores with everything else at its defaults (journaled mode).
-pub async fn proxy_in_front(old: &Chroma, new: &Chroma) -> anyhow::Result<crate::Proxy> {
-    crate::Proxy::builder()
-        .old(old.url())
-        .new_store(new.url())
-        .spawn()
-        .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,16 +180,7 @@ pub async fn list_collections(
     url: &str,
     db_path: &str,
 ) -> anyhow::Result<std::collections::BTreeMap<String, CollectionInfo>> {
-    let (status, list) = http_json(
-        "GET",
-        &format!("{url}{db_path}/collections?limit=10000"),
-        None,
-    )
-    .await?;
-    anyhow::ensure!(
-        status.is_success(),
-        "{url}: list of {db_path} answered {status}: {list}"
-    );
+    let list = get_json(&format!("{url}{db_path}/collections?limit=10000")).await?;
     let mut out = std::collections::BTreeMap::new();
     for c in list.as_array().into_iter().flatten() {
         let name = c["name"].as_str().unwrap_or_default().to_owned();
@@ -194,12 +207,7 @@ pub async fn all_ids(url: &str, db_path: &str, collection_id: &str) -> anyhow::R
             json!({"include": [], "limit": 10_000, "offset": ids.len()}),
         )
         .await?;
-        let page: Vec<String> = got["ids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
+        let page = strings(&got["ids"]);
         let done = page.len() < 10_000;
         ids.extend(page);
         if done {
@@ -450,12 +458,7 @@ pub fn expected_from_log(
             );
             last_seq = seq;
             let collection = entry["collection"].as_str().unwrap_or_default().to_owned();
-            let ids: Vec<String> = entry["ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect();
+            let ids = strings(&entry["ids"]);
             let op = entry["op"].as_str().unwrap_or_default();
             let key = |id: &String| (collection.clone(), id.clone());
             if entry["ok"] != true {
@@ -643,32 +646,7 @@ pub async fn records_json(
         "get collection {name}: {status} {collection}"
     );
     let id = collection["id"].as_str().unwrap_or_default();
-    let (status, got) = crate::http_json(
-        "POST",
-        &format!("{collections}/{id}/get"),
-        Some(json!({"include": ["embeddings", "metadatas", "documents", "uris"]})),
-    )
-    .await?;
-    anyhow::ensure!(status.is_success(), "get {name}: {status} {got}");
-    let column = |field: &str, i: usize| got[field].get(i).cloned().unwrap_or(Value::Null);
-    Ok(got["ids"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            (
-                id.as_str().unwrap_or_default().to_owned(),
-                json!({
-                    "embedding": column("embeddings", i),
-                    "metadata": column("metadatas", i),
-                    "document": column("documents", i),
-                    "uri": column("uris", i),
-                }),
-            )
-        })
-        .collect())
+    crate::collection::get_records(&format!("{collections}/{id}"), None).await
 }
 
 #[cfg(test)]

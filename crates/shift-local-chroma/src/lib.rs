@@ -1,4 +1,4 @@
-//! A local Chroma server process (`chroma run`), for the quickstart and the tests.
+//! Local Chroma server processes (`chroma run`), for the quickstart and the tests.
 //!
 //! The server listens on 127.0.0.1 on a port of its own, keeps its data in a directory the
 //! caller owns, and is ready when `GET /api/v2/heartbeat` answers 200. It is killed when the

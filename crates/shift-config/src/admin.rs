@@ -1,0 +1,22 @@
+//! `[admin]`: the admin API and its token.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin API (`/admin/...`) on the admin listener. It needs a token; turning it
+    /// off is the only way to run without one. `/metrics`, `/healthz`, `/readyz` stay either way.
+    pub enabled: bool,
+    /// The environment variable holding the admin token (`Authorization: Bearer <token>`).
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            token_env: "CHROMA_SHIFT_ADMIN_TOKEN".to_owned(),
+        }
+    }
+}
