@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use crate::records::{RecordRef, Records, ResultList};
+use crate::records::{QueryResult, RecordRef, Records, ResultList};
 
 /// Distance drift above which two distances differ by more than float noise; also the
 /// tolerance of a tie at the k-th distance. Two stores holding the same vectors compute the same
@@ -271,15 +271,15 @@ pub struct QueryComparison<'a> {
     pub lists: Vec<ListComparison<'a>>,
 }
 
-/// Compares two query answers list by list (as many lists as both hold; the caller decides
-/// what a different number of lists means).
+/// Compares two query answers list by list, one for each of the primary's lists (a list the
+/// secondary lacks counts as empty; the caller decides what a different number of lists
+/// means).
 pub fn compare_query<'a>(
-    primary: &'a crate::records::QueryResult,
-    secondary: &'a crate::records::QueryResult,
+    primary: &'a QueryResult,
+    secondary: &'a QueryResult,
 ) -> QueryComparison<'a> {
-    let lists = primary.ids.len().min(secondary.ids.len());
     QueryComparison {
-        lists: (0..lists)
+        lists: (0..primary.ids.len())
             .map(|i| compare_list(primary.list(i), secondary.list(i)))
             .collect(),
     }

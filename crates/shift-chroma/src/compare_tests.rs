@@ -1,7 +1,6 @@
 use serde_json::json;
 
 use super::*;
-use crate::records::QueryResult;
 
 fn query(ids: &[&[&str]], distances: &[&[f32]]) -> QueryResult {
     serde_json::from_value(json!({ "ids": ids, "distances": distances })).unwrap()
@@ -68,6 +67,9 @@ fn empty_results_have_no_recall_and_empty_answers_no_lists() {
     assert_eq!(c.surplus(), 1);
     // Nothing on the secondary: recall 0.
     assert_eq!(compare_query(&some, &nothing).recall(), Some(0.0));
+    // A list the secondary lacks is an empty one.
+    let two = query(&[&["a"], &["b"]], &[&[0.1], &[0.1]]);
+    assert_eq!(compare_query(&two, &some).recall(), Some(0.5));
     let none = query(&[], &[]);
     assert!(compare_query(&none, &none).lists.is_empty());
     assert_eq!(compare_query(&none, &none).recall(), None);
