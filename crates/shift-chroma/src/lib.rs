@@ -7,6 +7,7 @@
 //! - [`error`]: Chroma's error shape, for the errors the proxy answers itself.
 //! - [`local`]: a local `chroma run` server process, for the quickstart and the tests.
 //! - [`paths`]: rewriting a client's path for a backend, and building the mirror's paths.
+//! - [`retry`]: the one backoff with jitter for retrying calls to a Chroma server.
 //! - [`payload`]: views of request and response bodies (record ids, delete filters), merging
 //!   record batches.
 
@@ -16,6 +17,7 @@ pub mod local;
 pub mod paths;
 pub mod payload;
 pub mod records;
+pub mod retry;
 pub mod route;
 
 pub use error::ChromaError;

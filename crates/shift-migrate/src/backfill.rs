@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
+use shift_chroma::retry::Backoff;
 use shift_config::BackendName;
 use shift_proxy::writes::Mirror;
 use shift_store::MapTable;
@@ -151,7 +152,12 @@ pub enum StartError {
     AlreadyRunning,
 }
 
+/// Attempts of a call or a batch that fails with an error worth retrying (429, 5xx,
+/// unreachable).
 const RETRIES: u32 = 12;
+
+/// The pause between attempts: a store that is restarting gets about two minutes in all.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(20));
 
 impl Backfiller {
     pub fn new(mirror: Arc<Mirror>, registry: &Registry) -> prometheus::Result<Arc<Backfiller>> {
@@ -631,42 +637,42 @@ impl BatchCopy<'_> {
         let started = Instant::now();
         let (s_tenant, s_database, s_id) = self.source_names;
         let (t_tenant, t_database, t_id) = self.target_names;
-        let mut wait = Duration::from_millis(200);
-        let mut attempt = 0;
-        let copied = loop {
-            attempt += 1;
-            let result = {
-                let _pass = self.backfiller.pass(self.epoch, self.source).await?;
-                let _order = self
-                    .backfiller
-                    .mirror
-                    .locks
-                    .records(self.client_id, batch)
-                    .await;
-                match self
-                    .source_client
-                    .get(s_tenant, s_database, s_id, batch)
-                    .await
-                {
-                    Ok(records) if records.ids.is_empty() => Ok(0),
-                    Ok(records) => self
-                        .target_client
-                        .upsert(t_tenant, t_database, t_id, &records)
-                        .await
-                        .map(|()| records.ids.len()),
-                    Err(error) => Err(error),
-                }
+        let attempt = || async {
+            // The pass is given back before a retry's pause: `Ok(Err(_))` is the backfill
+            // aborted by a switch, not a failure to retry.
+            let _pass = match self.backfiller.pass(self.epoch, self.source).await {
+                Ok(pass) => pass,
+                Err(aborted) => return Ok(Err(aborted)),
             };
-            match result {
-                Ok(copied) => break copied,
-                Err(error) if error.is_retryable() && attempt < RETRIES => {
-                    tracing::warn!(%error, attempt, "backfill batch failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(20));
-                }
-                Err(error) => return Err(format!("copy: {error}")),
+            let _order = self
+                .backfiller
+                .mirror
+                .locks
+                .records(self.client_id, batch)
+                .await;
+            match self
+                .source_client
+                .get(s_tenant, s_database, s_id, batch)
+                .await
+            {
+                Ok(records) if records.ids.is_empty() => Ok(Ok(0)),
+                Ok(records) => self
+                    .target_client
+                    .upsert(t_tenant, t_database, t_id, &records)
+                    .await
+                    .map(|()| Ok(records.ids.len())),
+                Err(error) => Err(error),
             }
         };
+        let copied = BACKOFF
+            .retry(
+                RETRIES,
+                ClientError::is_retryable,
+                |error, attempt, _| tracing::warn!(%error, attempt, "backfill batch failed; retrying"),
+                attempt,
+            )
+            .await
+            .map_err(|error| format!("copy: {error}"))??;
         if let Some(rate) = self.rate_limit.filter(|r| *r > 0) {
             let budget = Duration::from_secs_f64(batch.len() as f64 / f64::from(rate));
             if let Some(wait) = budget.checked_sub(started.elapsed()) {
@@ -678,22 +684,18 @@ impl BatchCopy<'_> {
 }
 
 /// Calls `f` until it succeeds, backing off on errors worth retrying (429, 5xx, unreachable).
-async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, String>
+async fn retry<T, F, Fut>(what: &str, f: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
-    let mut wait = Duration::from_millis(200);
-    for attempt in 1..=RETRIES {
-        match f().await {
-            Ok(value) => return Ok(value),
-            Err(error) if error.is_retryable() && attempt < RETRIES => {
-                tracing::warn!(what, %error, attempt, "backfill call failed; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(20));
-            }
-            Err(error) => return Err(format!("{what}: {error}")),
-        }
-    }
-    Err(format!("{what}: gave up after {RETRIES} attempts"))
+    BACKOFF
+        .retry(
+            RETRIES,
+            ClientError::is_retryable,
+            |error, attempt, _| tracing::warn!(what, %error, attempt, "backfill call failed; retrying"),
+            f,
+        )
+        .await
+        .map_err(|error| format!("{what}: {error}"))
 }

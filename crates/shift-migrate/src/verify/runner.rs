@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use shift_chroma::retry::Backoff;
 use shift_config::BackendName;
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::Backends;
@@ -90,7 +91,12 @@ impl Verifier {
     }
 
     /// The (tenant, database) `store` calls the client's `tenant`/`database`.
-    pub(super) fn names(&self, store: BackendName, tenant: &str, database: &str) -> (String, String) {
+    pub(super) fn names(
+        &self,
+        store: BackendName,
+        tenant: &str,
+        database: &str,
+    ) -> (String, String) {
         let ns = self.namespaces.to_backend(store, tenant, Some(database));
         (
             ns.tenant,
@@ -522,24 +528,22 @@ impl Run {
 /// Attempts of a call that failed with a retryable error.
 const RETRIES: u32 = 6;
 
+/// The pause between attempts.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+
 /// Calls `f` until it succeeds, backing off on errors worth retrying (429, 5xx, unreachable);
 /// other errors are returned at once.
-pub(crate) async fn retry<T, F, Fut>(mut f: F) -> Result<T, ClientError>
+pub(crate) async fn retry<T, F, Fut>(f: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
-    let mut wait = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match f().await {
-            Err(error) if error.is_retryable() && attempt < RETRIES => {
-                tracing::warn!(%error, attempt, "verify call failed; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
+    BACKOFF
+        .retry(
+            RETRIES,
+            ClientError::is_retryable,
+            |error, attempt, _| tracing::warn!(%error, attempt, "verify call failed; retrying"),
+            f,
+        )
+        .await
 }

@@ -37,7 +37,11 @@ impl Side<'_> {
             .map_err(on(store))
     }
 
-    pub(super) async fn get(&self, store: BackendName, ids: &[String]) -> Result<Records, VerifyError> {
+    pub(super) async fn get(
+        &self,
+        store: BackendName,
+        ids: &[String],
+    ) -> Result<Records, VerifyError> {
         let (t, d, id) = self.names(store);
         let client = self.verifier.client(store);
         retry(|| client.get(&t, &d, id, ids))
