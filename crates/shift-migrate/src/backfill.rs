@@ -22,8 +22,11 @@
 //! direction can bring back. Copying from the old store into what is now the primary would
 //! write stale data into it. So it stops, and an operator rolls back and backfills again
 //! (the checkpoints keep what was done), or runs `verify --repair`.
+//!
+//! The batching decisions (batch size, concurrency, resuming at a checkpoint, finishing
+//! concurrent batches in order) are pure functions in `backfill/batching.rs`, tested there
+//! against a fake copy.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,8 @@ use shift_proxy::writes::Mirror;
 use shift_store::MapTable;
 
 use crate::client::{ChromaClient, ClientError, Collection};
+
+mod batching;
 
 /// What to backfill and how fast.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -328,11 +333,8 @@ impl Backfiller {
         let max_batch = retry("max batch size", || source_client.max_batch_size())
             .await?
             .min(retry("max batch size", || target_client.max_batch_size()).await?);
-        let batch_size = request
-            .batch_size
-            .unwrap_or(1000)
-            .clamp(1, max_batch.max(1));
-        let concurrency = request.concurrency.unwrap_or(2).clamp(1, 32);
+        let batch_size = batching::batch_size(request.batch_size, max_batch);
+        let concurrency = batching::concurrency(request.concurrency);
 
         // Inventory first, so the progress has a total from the start.
         let mut work: Vec<(String, Collection)> = Vec::new();
@@ -450,22 +452,18 @@ impl Backfiller {
             source_client.all_ids(&s_tenant, &s_database, &collection.id)
         })
         .await?;
-        let resume_after = checkpoint.last_id.clone();
-        let (done_before, todo): (Vec<String>, Vec<String>) = snapshot
-            .iter()
-            .cloned()
-            .partition(|id| resume_after.as_ref().is_some_and(|last| id <= last));
-        if !done_before.is_empty() {
+        let (skipped, todo) = batching::resume(&snapshot, checkpoint.last_id.as_deref());
+        if skipped > 0 {
             tracing::info!(
                 collection = collection.name,
-                skipped = done_before.len(),
+                skipped,
                 "backfill resumes from its checkpoint"
             );
             let mut progress = self.lock();
-            progress.done_records += done_before.len() as u64;
+            progress.done_records += skipped as u64;
             let c = &mut progress.collections[index];
-            c.done += done_before.len() as u64;
-            c.resumed_from_checkpoint = done_before.len() as u64;
+            c.done += skipped as u64;
+            c.resumed_from_checkpoint = skipped as u64;
         }
 
         let copy = BatchCopy {
@@ -487,12 +485,11 @@ impl Backfiller {
         }
         // Ids the snapshot missed (a page shifted by a delete) are copied now; ids written
         // since the snapshot went to both stores already, so copying them again is harmless.
-        let seen: HashSet<&String> = snapshot.iter().collect();
         let again = retry("list ids", || {
             source_client.all_ids(&s_tenant, &s_database, &collection.id)
         })
         .await?;
-        let missed: Vec<String> = again.into_iter().filter(|id| !seen.contains(id)).collect();
+        let missed = batching::missed(&snapshot, again);
         if !missed.is_empty() {
             copy.copy_in_order(&missed, batch_size, concurrency, None)
                 .await?;
@@ -593,17 +590,11 @@ impl BatchCopy<'_> {
         concurrency: usize,
         checkpoint_key: Option<&str>,
     ) -> Result<(), String> {
-        use futures_util::stream::{self, StreamExt};
-        // Owned batches: a future borrowing its batch from the slice trips the compiler's
-        // higher-ranked lifetime check once the backfill is spawned.
-        let batches: Vec<Vec<String>> = ids.chunks(batch_size).map(<[String]>::to_vec).collect();
-        let mut results = stream::iter(batches.into_iter().map(|batch| async move {
+        let copy = |batch: Vec<String>| async move {
             let copied = self.copy_batch(&batch).await?;
             Ok::<_, String>((batch, copied))
-        }))
-        .buffered(concurrency);
-        while let Some(result) = results.next().await {
-            let (batch, copied) = result?;
+        };
+        let finished = |batch: Vec<String>, copied: usize| async move {
             self.backfiller
                 .advance(self.index, self.client_id, batch.len() as u64);
             tracing::debug!(collection = self.client_id, copied, "backfill batch copied");
@@ -623,11 +614,9 @@ impl BatchCopy<'_> {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            if self.backfiller.cancelled() {
-                return Ok(());
-            }
-        }
-        Ok(())
+            Ok(self.backfiller.cancelled())
+        };
+        batching::copy_in_order(ids, batch_size, concurrency, copy, finished).await
     }
 
     /// Passes the gate, locks the batch's ids, re-reads them from the source, upserts what
