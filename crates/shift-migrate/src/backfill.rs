@@ -22,18 +22,24 @@
 //! direction can bring back. Copying from the old store into what is now the primary would
 //! write stale data into it. So it stops, and an operator rolls back and backfills again
 //! (the checkpoints keep what was done), or runs `verify --repair`.
+//!
+//! The batching decisions (batch size, concurrency, resuming at a checkpoint, finishing
+//! concurrent batches in order) are pure functions in `backfill/batching.rs`, tested there
+//! against a fake copy.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
+use shift_chroma::retry::Backoff;
 use shift_config::BackendName;
 use shift_proxy::writes::Mirror;
 use shift_store::MapTable;
 
 use crate::client::{ChromaClient, ClientError, Collection};
+
+mod batching;
 
 /// What to backfill and how fast.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -151,7 +157,12 @@ pub enum StartError {
     AlreadyRunning,
 }
 
+/// Attempts of a call or a batch that fails with an error worth retrying (429, 5xx,
+/// unreachable).
 const RETRIES: u32 = 12;
+
+/// The pause between attempts: a store that is restarting gets about two minutes in all.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(20));
 
 impl Backfiller {
     pub fn new(mirror: Arc<Mirror>, registry: &Registry) -> prometheus::Result<Arc<Backfiller>> {
@@ -322,11 +333,8 @@ impl Backfiller {
         let max_batch = retry("max batch size", || source_client.max_batch_size())
             .await?
             .min(retry("max batch size", || target_client.max_batch_size()).await?);
-        let batch_size = request
-            .batch_size
-            .unwrap_or(1000)
-            .clamp(1, max_batch.max(1));
-        let concurrency = request.concurrency.unwrap_or(2).clamp(1, 32);
+        let batch_size = batching::batch_size(request.batch_size, max_batch);
+        let concurrency = batching::concurrency(request.concurrency);
 
         // Inventory first, so the progress has a total from the start.
         let mut work: Vec<(String, Collection)> = Vec::new();
@@ -444,22 +452,18 @@ impl Backfiller {
             source_client.all_ids(&s_tenant, &s_database, &collection.id)
         })
         .await?;
-        let resume_after = checkpoint.last_id.clone();
-        let (done_before, todo): (Vec<String>, Vec<String>) = snapshot
-            .iter()
-            .cloned()
-            .partition(|id| resume_after.as_ref().is_some_and(|last| id <= last));
-        if !done_before.is_empty() {
+        let (skipped, todo) = batching::resume(&snapshot, checkpoint.last_id.as_deref());
+        if skipped > 0 {
             tracing::info!(
                 collection = collection.name,
-                skipped = done_before.len(),
+                skipped,
                 "backfill resumes from its checkpoint"
             );
             let mut progress = self.lock();
-            progress.done_records += done_before.len() as u64;
+            progress.done_records += skipped as u64;
             let c = &mut progress.collections[index];
-            c.done += done_before.len() as u64;
-            c.resumed_from_checkpoint = done_before.len() as u64;
+            c.done += skipped as u64;
+            c.resumed_from_checkpoint = skipped as u64;
         }
 
         let copy = BatchCopy {
@@ -481,12 +485,11 @@ impl Backfiller {
         }
         // Ids the snapshot missed (a page shifted by a delete) are copied now; ids written
         // since the snapshot went to both stores already, so copying them again is harmless.
-        let seen: HashSet<&String> = snapshot.iter().collect();
         let again = retry("list ids", || {
             source_client.all_ids(&s_tenant, &s_database, &collection.id)
         })
         .await?;
-        let missed: Vec<String> = again.into_iter().filter(|id| !seen.contains(id)).collect();
+        let missed = batching::missed(&snapshot, again);
         if !missed.is_empty() {
             copy.copy_in_order(&missed, batch_size, concurrency, None)
                 .await?;
@@ -587,17 +590,11 @@ impl BatchCopy<'_> {
         concurrency: usize,
         checkpoint_key: Option<&str>,
     ) -> Result<(), String> {
-        use futures_util::stream::{self, StreamExt};
-        // Owned batches: a future borrowing its batch from the slice trips the compiler's
-        // higher-ranked lifetime check once the backfill is spawned.
-        let batches: Vec<Vec<String>> = ids.chunks(batch_size).map(<[String]>::to_vec).collect();
-        let mut results = stream::iter(batches.into_iter().map(|batch| async move {
+        let copy = |batch: Vec<String>| async move {
             let copied = self.copy_batch(&batch).await?;
             Ok::<_, String>((batch, copied))
-        }))
-        .buffered(concurrency);
-        while let Some(result) = results.next().await {
-            let (batch, copied) = result?;
+        };
+        let finished = |batch: Vec<String>, copied: usize| async move {
             self.backfiller
                 .advance(self.index, self.client_id, batch.len() as u64);
             tracing::debug!(collection = self.client_id, copied, "backfill batch copied");
@@ -617,11 +614,9 @@ impl BatchCopy<'_> {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            if self.backfiller.cancelled() {
-                return Ok(());
-            }
-        }
-        Ok(())
+            Ok(self.backfiller.cancelled())
+        };
+        batching::copy_in_order(ids, batch_size, concurrency, copy, finished).await
     }
 
     /// Passes the gate, locks the batch's ids, re-reads them from the source, upserts what
@@ -631,42 +626,42 @@ impl BatchCopy<'_> {
         let started = Instant::now();
         let (s_tenant, s_database, s_id) = self.source_names;
         let (t_tenant, t_database, t_id) = self.target_names;
-        let mut wait = Duration::from_millis(200);
-        let mut attempt = 0;
-        let copied = loop {
-            attempt += 1;
-            let result = {
-                let _pass = self.backfiller.pass(self.epoch, self.source).await?;
-                let _order = self
-                    .backfiller
-                    .mirror
-                    .locks
-                    .records(self.client_id, batch)
-                    .await;
-                match self
-                    .source_client
-                    .get(s_tenant, s_database, s_id, batch)
-                    .await
-                {
-                    Ok(records) if records.ids.is_empty() => Ok(0),
-                    Ok(records) => self
-                        .target_client
-                        .upsert(t_tenant, t_database, t_id, &records)
-                        .await
-                        .map(|()| records.ids.len()),
-                    Err(error) => Err(error),
-                }
+        let attempt = || async {
+            // The pass is given back before a retry's pause: `Ok(Err(_))` is the backfill
+            // aborted by a switch, not a failure to retry.
+            let _pass = match self.backfiller.pass(self.epoch, self.source).await {
+                Ok(pass) => pass,
+                Err(aborted) => return Ok(Err(aborted)),
             };
-            match result {
-                Ok(copied) => break copied,
-                Err(error) if error.is_retryable() && attempt < RETRIES => {
-                    tracing::warn!(%error, attempt, "backfill batch failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(20));
-                }
-                Err(error) => return Err(format!("copy: {error}")),
+            let _order = self
+                .backfiller
+                .mirror
+                .locks
+                .records(self.client_id, batch)
+                .await;
+            match self
+                .source_client
+                .get(s_tenant, s_database, s_id, batch)
+                .await
+            {
+                Ok(records) if records.ids.is_empty() => Ok(Ok(0)),
+                Ok(records) => self
+                    .target_client
+                    .upsert(t_tenant, t_database, t_id, &records)
+                    .await
+                    .map(|()| Ok(records.ids.len())),
+                Err(error) => Err(error),
             }
         };
+        let copied = BACKOFF
+            .retry(
+                RETRIES,
+                ClientError::is_retryable,
+                |error, attempt, _| tracing::warn!(%error, attempt, "backfill batch failed; retrying"),
+                attempt,
+            )
+            .await
+            .map_err(|error| format!("copy: {error}"))??;
         if let Some(rate) = self.rate_limit.filter(|r| *r > 0) {
             let budget = Duration::from_secs_f64(batch.len() as f64 / f64::from(rate));
             if let Some(wait) = budget.checked_sub(started.elapsed()) {
@@ -678,22 +673,18 @@ impl BatchCopy<'_> {
 }
 
 /// Calls `f` until it succeeds, backing off on errors worth retrying (429, 5xx, unreachable).
-async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, String>
+async fn retry<T, F, Fut>(what: &str, f: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
-    let mut wait = Duration::from_millis(200);
-    for attempt in 1..=RETRIES {
-        match f().await {
-            Ok(value) => return Ok(value),
-            Err(error) if error.is_retryable() && attempt < RETRIES => {
-                tracing::warn!(what, %error, attempt, "backfill call failed; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(20));
-            }
-            Err(error) => return Err(format!("{what}: {error}")),
-        }
-    }
-    Err(format!("{what}: gave up after {RETRIES} attempts"))
+    BACKOFF
+        .retry(
+            RETRIES,
+            ClientError::is_retryable,
+            |error, attempt, _| tracing::warn!(what, %error, attempt, "backfill call failed; retrying"),
+            f,
+        )
+        .await
+        .map_err(|error| format!("{what}: {error}"))
 }

@@ -57,47 +57,7 @@ pub struct Collection {
     pub raw: Value,
 }
 
-/// Records as `get` returns them; absent fields are `None`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct Records {
-    pub ids: Vec<String>,
-    #[serde(default)]
-    pub embeddings: Option<Vec<Option<Vec<f32>>>>,
-    #[serde(default)]
-    pub metadatas: Option<Vec<Option<Value>>>,
-    #[serde(default)]
-    pub documents: Option<Vec<Option<String>>>,
-    #[serde(default)]
-    pub uris: Option<Vec<Option<String>>>,
-}
-
-impl Records {
-    /// The upsert body for these records.
-    pub fn upsert_body(&self) -> Value {
-        let mut body = json!({ "ids": self.ids });
-        if let Some(e) = &self.embeddings {
-            body["embeddings"] = json!(e);
-        }
-        if let Some(m) = &self.metadatas {
-            body["metadatas"] = json!(m);
-        }
-        if let Some(d) = &self.documents {
-            body["documents"] = json!(d);
-        }
-        if let Some(u) = &self.uris {
-            body["uris"] = json!(u);
-        }
-        body
-    }
-}
-
-/// One query's answer.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct QueryResult {
-    pub ids: Vec<Vec<String>>,
-    #[serde(default)]
-    pub distances: Option<Vec<Vec<Option<f32>>>>,
-}
+pub use shift_chroma::records::{QueryResult, Records};
 
 /// One of the two stores.
 #[derive(Debug, Clone)]

@@ -4,10 +4,9 @@
 //! - [`backfill`]: copies what the source held before dual writes began, inside the running
 //!   proxy so it shares the per-record order locks with live traffic.
 //! - [`inventory`]: what one store holds, tenant by tenant.
-//! - [`verify`]: compares the two stores by ids, content hashes ([`hash`]) and A/B queries.
+//! - [`verify`]: compares the two stores by ids, record content and A/B queries.
 
 pub mod backfill;
 pub mod client;
-pub mod hash;
 pub mod inventory;
 pub mod verify;

@@ -143,7 +143,7 @@ impl ProxyMetrics {
                 &["collection", "operation", "outcome"],
             )?,
             shadow_skipped: IntCounterVec::new(
-                Opts::new("chroma_shift_shadow_skipped_total", "Shadow reads not sent or not compared, by reason (lagging, unmapped, primary_failed)."),
+                Opts::new("chroma_shift_shadow_skipped_total", "Shadow reads not sent or not compared, by reason (lagging, unmapped, primary_failed, too_large)."),
                 &["reason"],
             )?,
             shadow_recall: HistogramVec::new(

@@ -12,7 +12,8 @@
 //! ids, same kind, within the store's `max_batch_size` and [`MERGED_BYTES`]). What a failure
 //! does (see [`crate::apply::classify`]):
 //! - worth retrying (unreachable, 408, 429, 5xx but 501 and 505): that lane retries with
-//!   exponential backoff and jitter, honouring `Retry-After` up to `retry_max`;
+//!   exponential backoff and jitter ([`shift_chroma::retry::Backoff`]), honouring
+//!   `Retry-After` up to `retry_max`;
 //! - refused (another 4xx, 501, 505): a refused merged batch is retried entry by entry, and the
 //!   refused entry is parked as a dead letter with its reason;
 //! - halted (401, 403, a 404 of a path the proxy knows): the whole target stops, with an alert,
@@ -33,6 +34,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 use shift_chroma::payload::{append_record_body, record_count};
+use shift_chroma::retry::Backoff;
 use shift_config::BackendName;
 use shift_store::{JournalEntry, Seq, Store, StoreError};
 use tokio::sync::watch;
@@ -69,6 +71,14 @@ pub struct ReplaySettings {
     pub rate_limit: u32,
     /// Journal payload bytes held in memory at once, at most (one entry may pass it).
     pub max_bytes: usize,
+}
+
+impl ReplaySettings {
+    /// The backoff between retries of a lane, and between probes of a store that refuses the
+    /// proxy.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.retry_initial, self.retry_max)
+    }
 }
 
 /// Called with the text of an alert (the control plane's alerter in the process).
@@ -211,8 +221,9 @@ struct Lane {
     unread_from: Option<Seq>,
     /// When the head may be tried again, after a failure worth retrying.
     retry_at: Option<Instant>,
-    /// The next backoff.
-    wait: Duration,
+    /// Failures worth retrying since the head last applied: the next pause's place in the
+    /// backoff.
+    failures: u32,
     /// Entries at the head to apply one at a time: a merged batch of them was refused.
     singles: usize,
     /// The last failure worth retrying, for the board.
@@ -545,7 +556,6 @@ impl<A: ApplyTarget> Run<'_, A> {
         let count = batch.count;
         let collection = batch.op.lag_key();
         drop(batch);
-        let initial = self.worker.settings.retry_initial;
         match result {
             Ok(()) => {
                 let seqs: Vec<Seq> = self.lanes[key]
@@ -560,7 +570,7 @@ impl<A: ApplyTarget> Run<'_, A> {
                 self.pop(key, count);
                 if let Some(lane) = self.lanes.get_mut(key) {
                     lane.retry_at = None;
-                    lane.wait = initial;
+                    lane.failures = 0;
                     lane.last_error = None;
                 }
                 let name = target.as_str();
@@ -581,18 +591,13 @@ impl<A: ApplyTarget> Run<'_, A> {
                     .replay_retries
                     .with_label_values(&[target.as_str()])
                     .inc();
-                let retry_max = self.worker.settings.retry_max;
+                let backoff = self.worker.settings.backoff();
                 let lane = self.lanes.get_mut(key).expect("the lane being applied");
-                let wait = if lane.wait.is_zero() {
-                    initial
-                } else {
-                    lane.wait
-                };
                 // A store's Retry-After is honoured up to retry_max: a huge value must not
                 // park the lane for hours.
-                let pause = retry_after.map_or_else(|| jitter(wait), |d| d.min(retry_max));
+                let pause = backoff.pause_after(lane.failures, retry_after);
                 tracing::warn!(target = target.as_str(), collection, %reason, retry_in = ?pause, "replay failed; retrying");
-                lane.wait = (wait * 2).min(retry_max);
+                lane.failures = lane.failures.saturating_add(1);
                 lane.retry_at = Some(Instant::now() + pause);
                 lane.last_error = Some(reason);
                 Flow::Continue
@@ -664,12 +669,13 @@ impl<A: ApplyTarget> Run<'_, A> {
                 probes: 0,
             });
         });
-        let mut wait = self.worker.settings.retry_initial;
+        let backoff = self.worker.settings.backoff();
+        let mut failures = 0;
         let outcome = loop {
-            if self.pause(jitter(wait)).await {
+            if self.pause(backoff.pause(failures)).await {
                 break None;
             }
-            wait = (wait * 2).min(self.worker.settings.retry_max);
+            failures = failures.saturating_add(1);
             let result = tokio::select! {
                 result = self.worker.applier.apply(target, op) => result,
                 _ = self.stop.changed() => break None,
@@ -900,11 +906,6 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Full jitter: a random wait between half and all of `wait`.
-fn jitter(wait: Duration) -> Duration {
-    wait.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
 /// Makes `into` do what it did and then what `next` does, in place, when that can be said in
