@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use shift_config::BackendName;
-use shift_proxy::writes::Mirror;
-use shift_store::MapTable;
+use shift_proxy::DataPlaneState;
 
 use crate::client::{ChromaClient, ClientError, Collection};
 
@@ -134,7 +133,7 @@ struct BackfillMetrics {
 /// Runs one backfill at a time inside the proxy.
 #[derive(Debug)]
 pub struct Backfiller {
-    mirror: Arc<Mirror>,
+    plane: Arc<DataPlaneState>,
     progress: Arc<Mutex<BackfillProgress>>,
     /// Set to stop the running backfill after its batches in flight.
     cancel: Arc<std::sync::atomic::AtomicBool>,
@@ -154,7 +153,10 @@ pub enum StartError {
 const RETRIES: u32 = 12;
 
 impl Backfiller {
-    pub fn new(mirror: Arc<Mirror>, registry: &Registry) -> prometheus::Result<Arc<Backfiller>> {
+    pub fn new(
+        plane: Arc<DataPlaneState>,
+        registry: &Registry,
+    ) -> prometheus::Result<Arc<Backfiller>> {
         let metrics = BackfillMetrics {
             records: IntCounterVec::new(
                 Opts::new(
@@ -171,7 +173,7 @@ impl Backfiller {
         registry.register(Box::new(metrics.records.clone()))?;
         registry.register(Box::new(metrics.remaining.clone()))?;
         Ok(Arc::new(Backfiller {
-            mirror,
+            plane,
             progress: Arc::new(Mutex::new(BackfillProgress::idle())),
             cancel: Arc::default(),
             metrics,
@@ -272,8 +274,8 @@ impl Backfiller {
         epoch: u64,
         source: BackendName,
     ) -> Result<shift_proxy::gate::WritePass, String> {
-        let pass = self.mirror.gate.enter().await;
-        let now = self.mirror.topology.load();
+        let pass = self.plane.pass_gate().await;
+        let now = self.plane.topology();
         if now.epoch != epoch || now.primary != source {
             self.aborted
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -286,15 +288,14 @@ impl Backfiller {
     }
 
     fn client(&self, backend: BackendName) -> ChromaClient {
-        ChromaClient::new(self.mirror.resolver.backends.clone(), backend)
+        ChromaClient::new(self.plane.backends().clone(), backend)
     }
 
     /// The client's (tenant, database) as `backend` names them.
     fn names(&self, backend: BackendName, tenant: &str, database: &str) -> (String, String) {
         let ns = self
-            .mirror
-            .resolver
-            .namespaces
+            .plane
+            .namespaces()
             .to_backend(backend, tenant, Some(database));
         (
             ns.tenant,
@@ -303,7 +304,7 @@ impl Backfiller {
     }
 
     async fn run(&self, request: &BackfillRequest) -> Result<(), String> {
-        let topology = self.mirror.topology.load_full();
+        let topology = self.plane.topology();
         let (source, target) = (topology.primary, topology.secondary());
         let epoch = topology.epoch;
         let tenant = request
@@ -350,9 +351,8 @@ impl Backfiller {
             })
             .await?;
             let entry = self
-                .mirror
-                .resolver
-                .register(source, &collection.raw)
+                .plane
+                .register_collection(source, &collection.raw)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut progress = self.lock();
@@ -410,10 +410,8 @@ impl Backfiller {
     ) -> Result<(), String> {
         let client_id = self.lock().collections[index].client_id.clone();
         let entry = self
-            .mirror
-            .resolver
-            .map
-            .get(&client_id)
+            .plane
+            .collection(&client_id)
             .ok_or("the collection left the map")?;
         let target_id = {
             let _pass = self.pass(epoch, source).await?;
@@ -421,9 +419,8 @@ impl Backfiller {
                 .forget_lost_target(target, tenant, database, entry)
                 .await?;
             // The secondary gets the collection with the primary's metadata and schema.
-            self.mirror
-                .applier
-                .ensure(target, &entry)
+            self.plane
+                .ensure_collection(target, &entry)
                 .await
                 .map_err(|e| e.to_string())?
         };
@@ -433,10 +430,7 @@ impl Backfiller {
         let target_client = self.client(target);
 
         let key = format!("backfill/{client_id}");
-        let checkpoint: Checkpoint = match (
-            request.restart,
-            self.mirror.store.get(MapTable::Checkpoints, &key),
-        ) {
+        let checkpoint: Checkpoint = match (request.restart, self.plane.checkpoint(&key)) {
             (false, Ok(Some(bytes))) => serde_json::from_slice(&bytes).unwrap_or_default(),
             _ => Checkpoint::default(),
         };
@@ -495,13 +489,8 @@ impl Backfiller {
             last_id: snapshot.last().cloned(),
             complete: true,
         };
-        self.mirror
-            .store
-            .put(
-                MapTable::Checkpoints,
-                &key,
-                serde_json::to_vec(&done).unwrap_or_default(),
-            )
+        self.plane
+            .save_checkpoint(&key, serde_json::to_vec(&done).unwrap_or_default())
             .await
             .map_err(|e| e.to_string())?;
         self.lock().collections[index].finished = true;
@@ -533,13 +522,8 @@ impl Backfiller {
         }
         tracing::warn!(collection = entry.name, %target, "the target lost the collection; it is created again");
         let updated = self
-            .mirror
-            .resolver
-            .map
-            .update(&entry.client_id, |e| match target {
-                BackendName::Old => e.old = None,
-                BackendName::New => e.new = None,
-            })
+            .plane
+            .forget_collection_on(&entry.client_id, target)
             .await
             .map_err(|e| e.to_string())?;
         Ok(updated.unwrap_or(entry))
@@ -607,13 +591,8 @@ impl BatchCopy<'_> {
                     complete: false,
                 };
                 self.backfiller
-                    .mirror
-                    .store
-                    .put(
-                        MapTable::Checkpoints,
-                        key,
-                        serde_json::to_vec(&checkpoint).unwrap_or_default(),
-                    )
+                    .plane
+                    .save_checkpoint(key, serde_json::to_vec(&checkpoint).unwrap_or_default())
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -639,9 +618,8 @@ impl BatchCopy<'_> {
                 let _pass = self.backfiller.pass(self.epoch, self.source).await?;
                 let _order = self
                     .backfiller
-                    .mirror
-                    .locks
-                    .records(self.client_id, batch)
+                    .plane
+                    .order_records(self.client_id, batch)
                     .await;
                 match self
                     .source_client

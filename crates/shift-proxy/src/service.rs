@@ -24,9 +24,11 @@ use shift_config::BackendName;
 use crate::auth::ClientAuth;
 use crate::body::{BoxError, ProxyBody};
 use crate::error::{error_response, ClientError, ProxyError};
+use crate::forward::BufferedRequest;
 use crate::headers::{strip_client_auth, strip_hop_by_hop};
 use crate::metrics::ProxyMetrics;
-use crate::writes::{BufferedRequest, Mirror};
+use crate::plane::DataPlaneState;
+use crate::{lifecycle_writes, passthrough, reads, record_writes, reset};
 
 /// What the proxy did with a request, left in the response's extensions for the access log
 /// and the metrics layer.
@@ -56,7 +58,7 @@ pub struct ProxySettings {
 /// State shared by every request.
 #[derive(Debug)]
 struct ProxyState {
-    mirror: Arc<Mirror>,
+    plane: Arc<DataPlaneState>,
     settings: ProxySettings,
     metrics: ProxyMetrics,
 }
@@ -68,10 +70,10 @@ pub struct ProxyService {
 }
 
 impl ProxyService {
-    pub fn new(mirror: Arc<Mirror>, settings: ProxySettings, metrics: ProxyMetrics) -> Self {
+    pub fn new(plane: Arc<DataPlaneState>, settings: ProxySettings, metrics: ProxyMetrics) -> Self {
         ProxyService {
             state: Arc::new(ProxyState {
-                mirror,
+                plane,
                 settings,
                 metrics,
             }),
@@ -177,12 +179,14 @@ impl ProxyState {
             body,
         };
         let started = Instant::now();
-        let mirror = &self.mirror;
+        let plane = &self.plane;
         let answered = match handled.route.class() {
-            OperationClass::Read => mirror.read(request).await?,
-            OperationClass::RecordWrite => mirror.record_write(request).await?,
-            OperationClass::LifecycleWrite => mirror.lifecycle_write(request).await?,
-            OperationClass::DestructiveAdmin => mirror.reset(request).await?,
+            OperationClass::Read => reads::read(plane, request).await?,
+            OperationClass::RecordWrite => record_writes::record_write(plane, request).await?,
+            OperationClass::LifecycleWrite => {
+                lifecycle_writes::lifecycle_write(plane, request).await?
+            }
+            OperationClass::DestructiveAdmin => reset::reset(plane, request).await?,
             // A write to a route Chroma does not have would reach the primary only.
             OperationClass::Unknown
                 if matches!(
@@ -196,8 +200,8 @@ impl ProxyState {
                 return Err(ClientError::UnknownWriteRoute(described).into());
             }
             OperationClass::Passthrough | OperationClass::Unknown => {
-                let topology = mirror.topology.load_full();
-                mirror.passthrough(&topology, request).await?
+                let topology = plane.topology.load_full();
+                passthrough::passthrough(plane, &topology, request).await?
             }
         };
         handled.backend = Some(answered.backend);

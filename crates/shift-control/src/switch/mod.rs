@@ -29,7 +29,7 @@ use shift_proxy::failpoints::failpoint;
 use shift_proxy::gate::{ClosedGate, WriteGate};
 use shift_proxy::mirror::MirrorOp;
 use shift_proxy::topology::{ReadPolicy, SharedTopology, Topology};
-use shift_proxy::writes::Mirror;
+use shift_proxy::DataPlaneState;
 use shift_store::{Seq, StoreError};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -190,15 +190,15 @@ pub enum ChangeError {
 
 impl TopologySwitch {
     pub fn new(
-        mirror: Arc<Mirror>,
+        plane: Arc<DataPlaneState>,
         health: Arc<HealthBoard>,
         alerts: Alerter,
         defaults: SwitchDefaults,
     ) -> Self {
         TopologySwitch::from_parts(
-            mirror.topology.clone(),
-            mirror.gate.clone(),
-            Arc::new(mirror.store.clone()),
+            plane.topology_cell().clone(),
+            plane.gate().clone(),
+            Arc::new(plane.state().clone()),
             health,
             alerts,
             defaults,
