@@ -11,6 +11,7 @@ use shift_config::BackendName;
 use shift_config::{Config, Secrets};
 use shift_proxy::auth::ClientAuth;
 use shift_proxy::backend::BackendBuildError;
+use shift_proxy::coord::Coordination;
 use shift_proxy::intents::recover_intents;
 use shift_proxy::metrics::JournalCollector;
 use shift_proxy::metrics::ReplayMetrics;
@@ -110,7 +111,7 @@ impl ChromaShift {
         // Writes in flight at the last stop are settled before any traffic is served.
         recover_intents(&store, initial.secondary()).await?;
         let plane = DataPlaneState::new(PlaneParts {
-            topology: initial,
+            coordination: Coordination::embedded(&store, initial),
             state: store,
             backends: backends.clone(),
             namespaces: NamespaceMap::new(&config.namespaces),
@@ -125,7 +126,8 @@ impl ChromaShift {
                 unknown_outcome_grace: config.mirror.unknown_outcome_grace,
                 apply_batch_records: config.mirror.replay_batch_records,
             },
-        })?;
+        })
+        .await?;
         let backfill = Backfiller::new(plane.clone(), &registry)?;
         if config.admin.enabled && secrets.admin_token.is_none() {
             return Err(StartError::NoAdminToken(config.admin.token_env.clone()));
@@ -288,7 +290,7 @@ impl ChromaShift {
                     settings: replay_settings.clone(),
                     board: replay_board.clone(),
                     alert: Arc::new(move |text: String| sink.send(&text)),
-                    topology: self.plane.topology_cell().clone(),
+                    topology: self.plane.live_topology().clone(),
                 };
                 let task = match target {
                     BackendName::Old => "replay-old",

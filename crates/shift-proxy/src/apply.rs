@@ -17,8 +17,8 @@ use shift_config::BackendName;
 
 use crate::backend::Answer;
 use crate::collections::CollectionEntry;
+use crate::coord::OrderScope;
 use crate::error::BackendError;
-use crate::locks::OrderLocks;
 use crate::mirror::{MirrorOp, RecordKind};
 use crate::resolve::{ResolveError, Resolver};
 
@@ -180,7 +180,7 @@ fn check_scoped(
 #[derive(Debug)]
 pub struct Applier {
     pub resolver: Arc<Resolver>,
-    pub locks: Arc<OrderLocks>,
+    pub locks: Arc<dyn OrderScope>,
     /// Most records per request set in the config; 0 leaves it to each store.
     configured_batch: usize,
     /// Each store's `max_batch_size`, asked once.
@@ -190,7 +190,7 @@ pub struct Applier {
 impl Applier {
     pub fn new(
         resolver: Arc<Resolver>,
-        locks: Arc<OrderLocks>,
+        locks: Arc<dyn OrderScope>,
         configured_batch: usize,
     ) -> Applier {
         Applier {

@@ -4,8 +4,9 @@
 //!
 //! The client id is the id of the store where the proxy first saw the collection: the old
 //! store's id for everything that existed before the migration, so applications keep the ids
-//! they already hold, before and after a cutover. Entries are durable in the store's
-//! `Collections` table and indexed in memory by client id, by store id, and by name.
+//! they already hold, before and after a cutover. Entries are durable in a
+//! [`CollectionMapStore`] (the state's `Collections` table when embedded) and indexed in
+//! memory by client id, by store id, and by name.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,7 +14,9 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shift_config::BackendName;
-use shift_store::{MapTable, Store, StoreError};
+use shift_store::StoreError;
+
+use crate::coord::CollectionMapStore;
 
 /// One collection as the proxy knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,21 +110,18 @@ fn name_key(entry: &CollectionEntry) -> NameKey {
 /// The durable map from client ids to each store's ids.
 #[derive(Debug)]
 pub struct CollectionIdMap {
-    store: Store,
+    store: Arc<dyn CollectionMapStore>,
     index: RwLock<Index>,
     /// Serializes changes, so the durable table and the index change in the same order.
     writer: tokio::sync::Mutex<()>,
 }
 
 impl CollectionIdMap {
-    /// Loads every entry from the store.
-    pub fn load(store: Store) -> Result<CollectionIdMap, StoreError> {
+    /// Loads every entry from `store`.
+    pub async fn load(store: Arc<dyn CollectionMapStore>) -> Result<CollectionIdMap, StoreError> {
         let mut index = Index::default();
-        for (_, bytes) in store.scan(MapTable::Collections)? {
-            match serde_json::from_slice::<CollectionEntry>(&bytes) {
-                Ok(entry) => index.insert(Arc::new(entry)),
-                Err(error) => tracing::error!(%error, "unreadable collection-map entry skipped"),
-            }
+        for entry in store.load().await? {
+            index.insert(Arc::new(entry));
         }
         Ok(CollectionIdMap {
             store,
@@ -169,17 +169,26 @@ impl CollectionIdMap {
         self.put_locked(entry).await
     }
 
+    /// Stores a new collection's `entry` unless its client id is taken (by another replica,
+    /// in a cluster); the entry that holds, indexed.
+    pub async fn create(&self, entry: CollectionEntry) -> Result<Arc<CollectionEntry>, StoreError> {
+        let _writer = self.writer.lock().await;
+        let entry = self.store.create_if_absent(entry).await?;
+        Ok(self.index(entry))
+    }
+
     async fn put_locked(&self, entry: CollectionEntry) -> Result<Arc<CollectionEntry>, StoreError> {
-        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-        self.store
-            .put(MapTable::Collections, &entry.client_id, bytes)
-            .await?;
+        self.store.put(&entry).await?;
+        Ok(self.index(entry))
+    }
+
+    fn index(&self, entry: CollectionEntry) -> Arc<CollectionEntry> {
         let entry = Arc::new(entry);
         self.index
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(entry.clone());
-        Ok(entry)
+        entry
     }
 
     /// Changes the entry of `client_id` with `change`, durably; `None` when there is none.
@@ -200,7 +209,7 @@ impl CollectionIdMap {
     /// Forgets `client_id`.
     pub async fn remove(&self, client_id: &str) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        self.store.delete(MapTable::Collections, client_id).await?;
+        self.store.remove(client_id).await?;
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = index.by_client.remove(client_id) {
             index.unlink(&entry);
@@ -213,7 +222,7 @@ impl CollectionIdMap {
         let _writer = self.writer.lock().await;
         let ids: Vec<String> = self.read().by_client.keys().cloned().collect();
         for id in &ids {
-            self.store.delete(MapTable::Collections, id).await?;
+            self.store.remove(id).await?;
         }
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = Index::default();
         Ok(())

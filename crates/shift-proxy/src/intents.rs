@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shift_config::BackendName;
-use shift_store::{IntentId, NewEntry, Store, StoreError};
+use shift_store::{IntentId, NewEntry, StoreError};
 use tokio::sync::watch;
 
+use crate::coord::WriteJournal;
 use crate::mirror::MirrorOp;
 use crate::plane::DataPlaneState;
 
@@ -58,11 +59,14 @@ impl LiveIntents {
 
 /// Turns the intents a crash left behind into journal entries that bring the secondary in line
 /// with the primary, before any traffic is served.
-pub async fn recover_intents(store: &Store, secondary: BackendName) -> Result<usize, StoreError> {
-    let pending = store.pending_intents()?;
+pub async fn recover_intents(
+    journal: &dyn WriteJournal,
+    secondary: BackendName,
+) -> Result<usize, StoreError> {
+    let pending = journal.pending_intents()?;
     let count = pending.len();
     for (id, payload) in pending {
-        settle_as_reconciliation(store, id, &payload, secondary).await?;
+        settle_as_reconciliation(journal, id, &payload, secondary).await?;
     }
     if count > 0 {
         tracing::warn!(count, %secondary, "recovered writes in flight at the last stop; queued reconciliations");
@@ -72,7 +76,7 @@ pub async fn recover_intents(store: &Store, secondary: BackendName) -> Result<us
 
 /// An intent whose write may or may not have reached the primary becomes a reconciliation.
 async fn settle_as_reconciliation(
-    store: &Store,
+    journal: &dyn WriteJournal,
     id: IntentId,
     payload: &[u8],
     secondary: BackendName,
@@ -80,7 +84,7 @@ async fn settle_as_reconciliation(
     match MirrorOp::from_bytes(payload) {
         Ok(op) => {
             let op = op.recovery();
-            store
+            journal
                 .commit_intent(
                     id,
                     vec![NewEntry {
@@ -90,11 +94,10 @@ async fn settle_as_reconciliation(
                     }],
                 )
                 .await
-                .map(|_| ())
         }
         Err(error) => {
             tracing::error!(intent = %id, %error, "unreadable intent dropped");
-            store.discard_intent(id).await
+            journal.discard_intent(id).await
         }
     }
 }
@@ -116,12 +119,12 @@ pub async fn settle_orphaned_intents(plane: Arc<DataPlaneState>, mut stop: watch
         if *stop.borrow() {
             return;
         }
-        if plane.state.pending_intent_count() <= plane.live_intents.len() as u64
+        if plane.journal.pending_intent_count() <= plane.live_intents.len() as u64
             && suspects.is_empty()
         {
             continue;
         }
-        let pending = match plane.state.pending_intents() {
+        let pending = match plane.journal.pending_intents() {
             Ok(pending) => pending,
             Err(error) => {
                 tracing::warn!(%error, "cannot read pending intents");
@@ -137,8 +140,8 @@ pub async fn settle_orphaned_intents(plane: Arc<DataPlaneState>, mut stop: watch
                 seen.insert(id);
                 continue;
             }
-            let secondary = plane.topology.load().secondary();
-            match settle_as_reconciliation(&plane.state, id, &payload, secondary).await {
+            let secondary = plane.topology.current().secondary();
+            match settle_as_reconciliation(&*plane.journal, id, &payload, secondary).await {
                 Ok(()) => {
                     plane.metrics.orphaned_intents.inc();
                     tracing::warn!(intent = %id, %secondary, "settled an orphaned write intent as a reconciliation");

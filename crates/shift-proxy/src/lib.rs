@@ -23,6 +23,8 @@ pub mod auth;
 pub mod backend;
 pub mod body;
 pub mod collections;
+pub mod coord;
+pub mod embedded;
 pub mod error;
 pub mod failpoints;
 pub mod forward;

@@ -210,7 +210,7 @@ pub async fn lifecycle_write(
 ) -> Result<Answered, ProxyError> {
     let pass = plane.gate.enter().await;
     let lifecycle = plane.locks.lifecycle().await;
-    let topology = plane.topology.load_full();
+    let topology = plane.topology.current();
     let primary = topology.primary;
     let params = &request.route.params;
     let tenant = params.tenant.clone().unwrap_or_default();

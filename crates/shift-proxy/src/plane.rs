@@ -12,17 +12,19 @@ use std::time::Duration;
 use shift_config::{BackendName, SecondaryFailure};
 use shift_store::{DeadLetter, Lag, MapTable, NewEntry, Seq, Store, StoreError, StoreHealth};
 
+use crate::coord::{Coordination, OrderScope, WriteGate, WriteJournal};
+
 use crate::apply::{Applier, ApplyError};
 use crate::backend::Backends;
 use crate::collections::{CollectionEntry, CollectionIdMap};
-use crate::gate::{ClosedGate, WriteGate, WritePass};
+use crate::gate::{ClosedGate, WritePass};
 use crate::intents::LiveIntents;
-use crate::locks::{OrderGuard, OrderLocks};
+use crate::locks::OrderGuard;
 use crate::metrics::ProxyMetrics;
 use crate::namespace::NamespaceMap;
 use crate::resolve::{ResolveError, Resolver};
 use crate::shadow::ShadowReads;
-use crate::topology::{self, SharedTopology, Topology};
+use crate::topology::{SharedTopology, Topology};
 
 /// How writes behave; from the `[mirror]` config.
 #[derive(Debug, Clone)]
@@ -40,9 +42,11 @@ pub struct WriteSettings {
 /// What a [`DataPlaneState`] is built from.
 #[derive(Debug)]
 pub struct PlaneParts {
-    /// The topology to start with (restored or from the config).
-    pub topology: Topology,
-    /// The durable state (journal, intents, collection map, checkpoints).
+    /// The order scope, the gate, the topology, the collection map's durable side and the
+    /// journal ([`Coordination::embedded`] for one process).
+    pub coordination: Coordination,
+    /// The durable state, for what is not on the request path: dead letters and backfill
+    /// checkpoints, and the control plane's switch and alerts.
     pub state: Store,
     /// The one HTTP client of each store.
     pub backends: Arc<Backends>,
@@ -60,17 +64,19 @@ pub struct PlaneParts {
 pub struct DataPlaneState {
     /// Which store is primary; read once per request.
     pub(crate) topology: SharedTopology,
-    /// The durable state: intents, journals, the collection map's table.
+    /// Write intents and the journals of mirrored writes.
+    pub(crate) journal: Arc<dyn WriteJournal>,
+    /// The durable state, off the request path (see [`PlaneParts::state`]).
     pub(crate) state: Store,
     /// Collection lookups and registration, with the stores' clients and the namespace map.
     pub(crate) resolver: Arc<Resolver>,
     /// Applies mirrored ops to a store (sync mode at once; the replay worker later).
     pub(crate) applier: Arc<Applier>,
     /// Per-record write order, shared with the applier and the backfill.
-    pub(crate) locks: Arc<OrderLocks>,
+    pub(crate) locks: Arc<dyn OrderScope>,
     pub(crate) metrics: ProxyMetrics,
     /// Closed by a cutover or a pause; every write passes it first.
-    pub(crate) gate: Arc<WriteGate>,
+    pub(crate) gate: Arc<dyn WriteGate>,
     pub(crate) shadow: Arc<ShadowReads>,
     pub(crate) writes: WriteSettings,
     /// The intents a settlement task owns; the others are orphans to settle.
@@ -80,28 +86,29 @@ pub struct DataPlaneState {
 }
 
 impl DataPlaneState {
-    /// Loads the collection map from `parts.state` and builds the handle.
-    pub fn new(parts: PlaneParts) -> Result<Arc<DataPlaneState>, StoreError> {
-        let map = Arc::new(CollectionIdMap::load(parts.state.clone())?);
+    /// Loads the collection map and builds the handle.
+    pub async fn new(parts: PlaneParts) -> Result<Arc<DataPlaneState>, StoreError> {
+        let coordination = parts.coordination;
+        let map = Arc::new(CollectionIdMap::load(coordination.collections).await?);
         let resolver = Arc::new(Resolver {
             backends: parts.backends,
             map,
             namespaces: parts.namespaces,
         });
-        let locks = Arc::new(OrderLocks::default());
         let applier = Arc::new(Applier::new(
             resolver.clone(),
-            locks.clone(),
+            coordination.order.clone(),
             parts.writes.apply_batch_records,
         ));
         Ok(Arc::new(DataPlaneState {
-            topology: topology::shared(parts.topology),
+            topology: coordination.topology,
+            journal: coordination.journal,
             state: parts.state,
             resolver,
             applier,
-            locks,
+            locks: coordination.order,
             metrics: parts.metrics,
-            gate: Arc::new(WriteGate::default()),
+            gate: coordination.gate,
             shadow: parts.shadow,
             writes: parts.writes,
             live_intents: LiveIntents::default(),
@@ -113,12 +120,12 @@ impl DataPlaneState {
 
     /// The topology now.
     pub fn topology(&self) -> Arc<Topology> {
-        self.topology.load_full()
+        self.topology.current()
     }
 
-    /// The live topology cell, for the one owner of its changes (the control plane's switch)
-    /// and the replay workers that follow it.
-    pub fn topology_cell(&self) -> &SharedTopology {
+    /// The live topology, for the one owner of its changes (the control plane's switch) and
+    /// the replay workers that follow it.
+    pub fn live_topology(&self) -> &SharedTopology {
         &self.topology
     }
 
@@ -142,7 +149,7 @@ impl DataPlaneState {
     }
 
     /// The gate itself, for the switch that closes it around a change of topology.
-    pub fn gate(&self) -> &Arc<WriteGate> {
+    pub fn gate(&self) -> &Arc<dyn WriteGate> {
         &self.gate
     }
 
@@ -219,15 +226,15 @@ impl DataPlaneState {
 
     // --- Durable state: journal, intents, dead letters ---
 
-    /// The durable state, for the tasks that own parts of it (the switch moves journals, the
-    /// state alerts watch its health, the journal collector reads its gauges).
+    /// The durable state, for the tasks that own parts of it off the request path (the switch
+    /// moves journals, the replay applies them, the state alerts watch its health).
     pub fn state(&self) -> &Store {
         &self.state
     }
 
     /// What waits in `target`'s journal, in total and per collection.
     pub fn lag(&self, target: BackendName) -> Lag {
-        self.state.lag(target)
+        self.journal.lag(target)
     }
 
     /// Whether the state store can write, and why not.
@@ -237,7 +244,7 @@ impl DataPlaneState {
 
     /// Appends entries to the journals, durably.
     pub async fn append_journal(&self, entries: Vec<NewEntry>) -> Result<(), StoreError> {
-        self.state.append(entries).await.map(|_| ())
+        self.journal.append(entries).await
     }
 
     /// Writes whose settlement task is running now.
@@ -247,12 +254,12 @@ impl DataPlaneState {
 
     /// Intents recorded and not yet settled (the settling ones, and orphans).
     pub fn recorded_intents(&self) -> u64 {
-        self.state.pending_intent_count()
+        self.journal.pending_intent_count()
     }
 
     /// Writes a store refused, parked for an operator.
     pub fn dead_letter_count(&self) -> u64 {
-        self.state.dead_letter_count()
+        self.journal.dead_letter_count()
     }
 
     /// Up to `limit` dead letters with a seq above `after`, in seq order.

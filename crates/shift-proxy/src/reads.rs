@@ -53,7 +53,7 @@ pub async fn read(
     plane: &DataPlaneState,
     request: BufferedRequest,
 ) -> Result<Answered, ProxyError> {
-    let topology = plane.topology.load_full();
+    let topology = plane.topology.current();
     let primary = topology.primary;
     let params = &request.route.params;
 
@@ -144,7 +144,7 @@ pub async fn read(
 /// Whether writes of `collection` still wait in `secondary`'s journal.
 fn lagging(plane: &DataPlaneState, secondary: BackendName, collection: &str) -> bool {
     plane
-        .state
+        .journal
         .lag(secondary)
         .collections
         .get(collection)
@@ -169,7 +169,7 @@ async fn canary(
     };
     // A parked write (a dead letter) leaves no lag but a secondary that may differ: canaries
     // wait until an operator has dealt with it. Coarse (any dead letter), and safe.
-    if lagging(plane, secondary, &entry.client_id) || plane.state.dead_letter_count() > 0 {
+    if lagging(plane, secondary, &entry.client_id) || plane.journal.dead_letter_count() > 0 {
         plane
             .shadow
             .canary(&collection, CanaryOutcome::SkippedLagging);

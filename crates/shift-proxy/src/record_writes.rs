@@ -46,7 +46,7 @@ pub async fn record_write(
     // Past the gate before reading the topology: a write held by a cutover goes to the
     // new primary.
     let pass = plane.gate.enter().await;
-    let topology = plane.topology.load_full();
+    let topology = plane.topology.current();
     let primary = topology.primary;
     let Some(kind) = RecordKind::from_operation(request.route.operation) else {
         return passthrough(plane, &topology, request).await;

@@ -522,7 +522,7 @@ impl<A: ApplyTarget> Run<'_, A> {
                 };
             }
         }
-        if self.worker.topology.load().primary == target {
+        if self.worker.topology.current().primary == target {
             return self.hand_over(key).await;
         }
         let batch = match self.batch(key).await {

@@ -25,16 +25,16 @@ pub async fn reset(
                     "Reset is disabled at chroma-shift; set [mirror] allow_reset = true to reset both stores",
                 ),
             ),
-            backend: plane.topology.load().primary,
+            backend: plane.topology.current().primary,
         });
     }
     let _pass = plane.gate.enter().await;
     let _lifecycle = plane.locks.lifecycle().await;
-    let topology = plane.topology.load_full();
+    let topology = plane.topology.current();
     let (primary, secondary) = (topology.primary, topology.secondary());
     // Queued writes would land after the reset: wait for them first.
     let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
-    while plane.state.lag(secondary).entries > 0 {
+    while plane.journal.lag(secondary).entries > 0 {
         if tokio::time::Instant::now() > deadline {
             return Ok(Answered {
                 response: error_response(

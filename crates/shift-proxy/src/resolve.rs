@@ -176,7 +176,7 @@ impl Resolver {
             deleted: false,
         };
         entry.set_id(backend, view.id.clone());
-        Ok(self.map.put(entry).await?)
+        Ok(self.map.create(entry).await?)
     }
 
     /// Rewrites the collection objects of an answer from `backend` (one object or an array of

@@ -200,7 +200,7 @@ impl ProxyState {
                 return Err(ClientError::UnknownWriteRoute(described).into());
             }
             OperationClass::Passthrough | OperationClass::Unknown => {
-                let topology = plane.topology.load_full();
+                let topology = plane.topology.current();
                 passthrough::passthrough(plane, &topology, request).await?
             }
         };

@@ -145,7 +145,7 @@ pub(crate) fn has_backlog(
     collection: &str,
 ) -> bool {
     plane
-        .state
+        .journal
         .lag(secondary)
         .collections
         .get(collection)
@@ -159,7 +159,7 @@ pub(crate) async fn record_intent(
     payload: Vec<u8>,
     client_gone: bool,
 ) -> Option<IntentId> {
-    match plane.state.record_intent(payload).await {
+    match plane.journal.record_intent(payload).await {
         Ok(intent) => Some(intent),
         Err(error) => {
             tracing::error!(%error, client_gone, "cannot record a write intent; the write is refused");
@@ -204,16 +204,15 @@ async fn journal(
         })
         .collect();
     plane
-        .state
+        .journal
         .commit_intent(intent, entries)
         .await
-        .map(|_| ())
         .map_err(state_failure)
 }
 
 async fn discard(plane: &DataPlaneState, intent: IntentId) -> Result<(), ProxyError> {
     plane
-        .state
+        .journal
         .discard_intent(intent)
         .await
         .map_err(state_failure)
