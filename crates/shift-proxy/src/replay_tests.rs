@@ -3,12 +3,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Mutex;
 
 use prometheus::core::Collector;
 use serde_json::json;
 use shift_store::NewEntry;
 
+use super::lanes::is_barrier;
 use super::*;
+use crate::mirror::RecordKind;
 
 /// A store that answers as scripted, and logs every op it is sent.
 #[derive(Default)]
