@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 use shift_chroma::{paths, Route};
@@ -46,6 +47,20 @@ pub fn relay_json(mut parts: http::response::Parts, value: &Value) -> Response<P
     parts.headers.remove(http::header::CONTENT_LENGTH);
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     Response::from_parts(parts, body::full(bytes))
+}
+
+/// Reads a backend's answer whole: its head and its body.
+pub(crate) async fn read_whole(
+    backend: BackendName,
+    response: Response<Incoming>,
+) -> Result<(http::response::Parts, Bytes), ProxyError> {
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| transport(backend, e))?
+        .to_bytes();
+    Ok((parts, bytes))
 }
 
 /// A backend's answer already read whole, given to the client as it is.

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use http::Response;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 use shift_chroma::{paths, Operation};
@@ -20,7 +19,7 @@ use crate::collections::CollectionEntry;
 use crate::error::{ProxyError, StateFailure};
 use crate::failpoints::failpoint;
 use crate::forward::{
-    backend_path, relay, relay_bytes, relay_json, resolve_failure, send, state_failure, transport,
+    backend_path, read_whole, relay, relay_bytes, relay_json, resolve_failure, send, state_failure,
     Answered, BufferedRequest,
 };
 use crate::mirror::MirrorOp;
@@ -29,8 +28,8 @@ use crate::plane::DataPlaneState;
 use crate::settle::{decide, PrimaryOutcome, SecondaryOutcome};
 use crate::topology::Topology;
 use crate::write_task::{
-    carry_out, classify, detach, has_backlog, parse_body, record_intent, refuse_before_write,
-    secondary_outcome, ClientAnswerTx, Guards, PendingWrite, Queued, Settled,
+    carry_out, classify, detach, parse_body, record_intent, refuse_before_write, secondary_outcome,
+    ClientAnswerTx, Guards, PendingWrite, Queued, Settled,
 };
 
 /// What a lifecycle write does, decided once from its operation.
@@ -357,7 +356,7 @@ async fn settle_lifecycle_write(
     let (secondary_outcome, secondary_error) = match &op {
         Some(op)
             if write.mode == MirrorMode::Sync
-                && !has_backlog(plane, write.secondary, &op.lag_key()) =>
+                && !plane.waits_in_journal(write.secondary, &op.lag_key()) =>
         {
             secondary_outcome(plane.applier.apply(write.secondary, op).await)
         }
@@ -390,32 +389,28 @@ async fn applied_change(
     plan: &LifecyclePlan,
     response: Response<Incoming>,
 ) -> Result<(MirrorOp, Response<ProxyBody>), ProxyError> {
-    let (parts, answer) = response.into_parts();
-    let answer = answer
-        .collect()
-        .await
-        .map_err(|e| transport(primary, e))?
-        .to_bytes();
+    let (parts, answer) = read_whole(primary, response).await?;
     let mut answer_json: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
     let map = &plane.resolver.map;
-    let (op, rewrite) = match &plan.applied {
-        Applied::Create => {
-            let entry = plane
+    // A new collection (created or forked) enters the map from the primary's answer.
+    let registered = match &plan.applied {
+        Applied::Create | Applied::Fork { .. } => Some(
+            plane
                 .resolver
                 .register(primary, &answer_json)
                 .await
-                .map_err(resolve_failure)?;
+                .map_err(resolve_failure)?,
+        ),
+        _ => None,
+    };
+    let (op, rewrite) = match (&plan.applied, registered) {
+        (Applied::Create, Some(entry)) => {
             let op = MirrorOp::EnsureCollection {
                 collection: entry.client_id.clone(),
             };
             (op, true)
         }
-        Applied::Fork { source } => {
-            let fork = plane
-                .resolver
-                .register(primary, &answer_json)
-                .await
-                .map_err(resolve_failure)?;
+        (Applied::Fork { source }, Some(fork)) => {
             let op = MirrorOp::ForkCollection {
                 source: source.clone(),
                 fork: fork.client_id.clone(),
@@ -423,11 +418,14 @@ async fn applied_change(
             };
             (op, true)
         }
-        Applied::Update {
-            collection,
-            new_name,
-            body,
-        } => {
+        (
+            Applied::Update {
+                collection,
+                new_name,
+                body,
+            },
+            _,
+        ) => {
             if let Some(new_name) = new_name {
                 let new_name = new_name.clone();
                 map.update(collection, |e| e.name = new_name)
@@ -440,7 +438,7 @@ async fn applied_change(
             };
             (op, false)
         }
-        Applied::Delete { collection, delete } => {
+        (Applied::Delete { collection, delete }, _) => {
             if let Some(id) = collection {
                 map.update(id, |e| e.deleted = true)
                     .await
@@ -448,7 +446,7 @@ async fn applied_change(
             }
             (delete.clone(), false)
         }
-        Applied::DeleteDatabase { tenant, database } => {
+        (Applied::DeleteDatabase { tenant, database }, _) => {
             // Its collections are gone with it.
             for entry in map.entries() {
                 if &entry.tenant == tenant && &entry.database == database {
@@ -459,7 +457,10 @@ async fn applied_change(
             }
             (plan.intent_op.clone(), false)
         }
-        Applied::Mirror => (plan.intent_op.clone(), false),
+        // Create and fork registered above; every other plan mirrors its intent's op.
+        (Applied::Create | Applied::Fork { .. } | Applied::Mirror, _) => {
+            (plan.intent_op.clone(), false)
+        }
     };
     let response = if rewrite {
         plane

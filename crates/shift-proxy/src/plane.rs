@@ -237,6 +237,16 @@ impl DataPlaneState {
         self.journal.lag(target)
     }
 
+    /// Whether writes of `collection` (a journal lag key) wait in `target`'s journal: a
+    /// sync-mode write then queues behind them, and a canary or shadow read skips the target.
+    pub fn waits_in_journal(&self, target: BackendName, collection: &str) -> bool {
+        self.journal
+            .lag(target)
+            .collections
+            .get(collection)
+            .is_some_and(|lag| lag.entries > 0)
+    }
+
     /// Whether the state store can write, and why not.
     pub fn state_health(&self) -> StoreHealth {
         self.state.health()

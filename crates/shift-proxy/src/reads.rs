@@ -15,7 +15,6 @@
 use std::sync::Arc;
 
 use http::Response;
-use http_body_util::BodyExt;
 use serde_json::Value;
 use shift_chroma::Operation;
 use shift_config::BackendName;
@@ -23,7 +22,7 @@ use shift_config::BackendName;
 use crate::collections::CollectionEntry;
 use crate::error::ProxyError;
 use crate::forward::{
-    backend_path, relay, relay_bytes, relay_json, resolve_failure, send, transport, Answered,
+    backend_path, read_whole, relay, relay_bytes, relay_json, resolve_failure, send, Answered,
     BufferedRequest,
 };
 use crate::plane::DataPlaneState;
@@ -118,12 +117,7 @@ pub async fn read(
             backend: primary,
         });
     }
-    let (parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map_err(|e| transport(primary, e))?
-        .to_bytes();
+    let (parts, bytes) = read_whole(primary, response).await?;
     let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(Answered {
             response: relay_bytes(parts, bytes),
@@ -139,16 +133,6 @@ pub async fn read(
         response: relay_json(parts, &value),
         backend: primary,
     })
-}
-
-/// Whether writes of `collection` still wait in `secondary`'s journal.
-fn lagging(plane: &DataPlaneState, secondary: BackendName, collection: &str) -> bool {
-    plane
-        .journal
-        .lag(secondary)
-        .collections
-        .get(collection)
-        .is_some_and(|lag| lag.entries > 0)
 }
 
 /// Serves a read from the secondary when it has caught up on the collection; `None` when
@@ -169,7 +153,8 @@ async fn canary(
     };
     // A parked write (a dead letter) leaves no lag but a secondary that may differ: canaries
     // wait until an operator has dealt with it. Coarse (any dead letter), and safe.
-    if lagging(plane, secondary, &entry.client_id) || plane.journal.dead_letter_count() > 0 {
+    if plane.waits_in_journal(secondary, &entry.client_id) || plane.journal.dead_letter_count() > 0
+    {
         plane
             .shadow
             .canary(&collection, CanaryOutcome::SkippedLagging);
@@ -223,7 +208,7 @@ fn start_shadow(
         plane.shadow.skip(&collection, read, SkipReason::Unmapped);
         return None;
     };
-    if lagging(plane, secondary, &entry.client_id) {
+    if plane.waits_in_journal(secondary, &entry.client_id) {
         plane.shadow.skip(&collection, read, SkipReason::Lagging);
         return None;
     }
@@ -250,12 +235,7 @@ async fn answer_shadowed(
     response: Response<hyper::body::Incoming>,
     shadow: PrimaryHandoff,
 ) -> Result<Answered, ProxyError> {
-    let (parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map_err(|e| transport(primary, e))?
-        .to_bytes();
+    let (parts, bytes) = read_whole(primary, response).await?;
     shadow.answered(bytes.clone());
     Ok(Answered {
         response: relay_bytes(parts, bytes),

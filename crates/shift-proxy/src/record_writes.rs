@@ -30,8 +30,8 @@ use crate::plane::DataPlaneState;
 use crate::settle::{decide, PrimaryOutcome, SecondaryOutcome};
 use crate::topology::Topology;
 use crate::write_task::{
-    carry_out, classify, detach, has_backlog, parse_body, record_intent, refuse_before_write,
-    secondary_outcome, unmirrorable, ClientAnswerTx, Guards, PendingWrite, Queued, Settled,
+    carry_out, classify, detach, parse_body, record_intent, refuse_before_write, secondary_outcome,
+    unmirrorable, ClientAnswerTx, Guards, PendingWrite, Queued, Settled,
 };
 
 /// What the primary also gets for ids it lacks in an update: those ids, and the op that
@@ -117,7 +117,7 @@ pub async fn record_write(
         body: mirror_body,
     };
     let secondary = topology.secondary();
-    let sync = topology.mode == MirrorMode::Sync && !has_backlog(plane, secondary, &collection);
+    let sync = topology.mode == MirrorMode::Sync && !plane.waits_in_journal(secondary, &collection);
     let write = PendingWrite {
         _pass: pass,
         _guards: Guards::Records { _records: guard },

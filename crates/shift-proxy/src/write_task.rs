@@ -137,21 +137,6 @@ where
     })
 }
 
-/// Whether writes to `collection` must queue behind entries already waiting for the
-/// secondary (sync mode goes direct only when nothing of the collection waits).
-pub(crate) fn has_backlog(
-    plane: &DataPlaneState,
-    secondary: BackendName,
-    collection: &str,
-) -> bool {
-    plane
-        .journal
-        .lag(secondary)
-        .collections
-        .get(collection)
-        .is_some_and(|lag| lag.entries > 0)
-}
-
 /// Records the intent; `None` (and the error kept for the answer) when the state store
 /// cannot. `client_gone` only labels the log line.
 pub(crate) async fn record_intent(
