@@ -36,7 +36,7 @@ use crate::switch::{SwitchDefaults, TopologySwitch};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum ProxyStartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -73,7 +73,7 @@ pub struct ChromaShift {
 
 impl ChromaShift {
     /// Builds the backends and binds both listeners (port 0 picks a free port).
-    pub async fn bind(config: Config, secrets: Secrets) -> Result<ChromaShift, StartError> {
+    pub async fn bind(config: Config, secrets: Secrets) -> Result<ChromaShift, ProxyStartError> {
         let backends = Arc::new(Backends::from_config(&config.backends, &secrets)?);
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
@@ -130,7 +130,9 @@ impl ChromaShift {
         .await?;
         let backfill = Backfiller::new(plane.clone(), &registry)?;
         if config.admin.enabled && secrets.admin_token.is_none() {
-            return Err(StartError::NoAdminToken(config.admin.token_env.clone()));
+            return Err(ProxyStartError::NoAdminToken(
+                config.admin.token_env.clone(),
+            ));
         }
         let settings = ProxySettings {
             max_body: config.server.max_body.as_u64(),
@@ -353,8 +355,8 @@ impl ChromaShift {
     }
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyStartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+        .map_err(|source| ProxyStartError::Bind { what, addr, source })
 }

@@ -145,7 +145,7 @@ pub struct Backfiller {
 
 /// Why a backfill could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum BackfillStartError {
     #[error("a backfill is already running")]
     AlreadyRunning,
 }
@@ -205,11 +205,11 @@ impl Backfiller {
     pub fn start(
         self: &Arc<Self>,
         request: BackfillRequest,
-    ) -> Result<BackfillProgress, StartError> {
+    ) -> Result<BackfillProgress, BackfillStartError> {
         {
             let mut progress = self.lock();
             if progress.state == BackfillState::Running {
-                return Err(StartError::AlreadyRunning);
+                return Err(BackfillStartError::AlreadyRunning);
             }
             *progress = BackfillProgress {
                 state: BackfillState::Running,

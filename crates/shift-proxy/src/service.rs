@@ -23,7 +23,7 @@ use shift_config::BackendName;
 
 use crate::auth::ClientAuth;
 use crate::body::{BoxError, ProxyBody};
-use crate::error::{error_response, ClientError, ProxyError};
+use crate::error::{error_response, ProxyError, RefusedRequest};
 use crate::forward::BufferedRequest;
 use crate::headers::{strip_client_auth, strip_hop_by_hop};
 use crate::metrics::ProxyMetrics;
@@ -151,7 +151,7 @@ impl ProxyState {
         // is served by its path; its authority is never used.
         let uri = request.uri();
         if !uri.path().starts_with('/') {
-            return Err(ClientError::RequestTarget(uri.to_string()).into());
+            return Err(RefusedRequest::RequestTarget(uri.to_string()).into());
         }
         if let Some(auth) = &settings.client_auth {
             if !handled.route.operation.is_liveness() {
@@ -197,7 +197,7 @@ impl ProxyState {
                         | http::Method::DELETE
                 ) =>
             {
-                return Err(ClientError::UnknownWriteRoute(described).into());
+                return Err(RefusedRequest::UnknownWriteRoute(described).into());
             }
             OperationClass::Passthrough | OperationClass::Unknown => {
                 let topology = plane.topology.current();
@@ -235,7 +235,11 @@ impl ProxyState {
 
 /// Reads the request body, refusing one over `limit` bytes: at once when its declared length
 /// is too large, or as soon as the streamed bytes pass the limit.
-async fn read_body<B>(headers: &http::HeaderMap, body: B, limit: u64) -> Result<Bytes, ClientError>
+async fn read_body<B>(
+    headers: &http::HeaderMap,
+    body: B,
+    limit: u64,
+) -> Result<Bytes, RefusedRequest>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -245,12 +249,12 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return Err(ClientError::BodyTooLarge { limit });
+        return Err(RefusedRequest::BodyTooLarge { limit });
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
     match Limited::new(body, limit_usize).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ClientError::BodyTooLarge { limit }),
-        Err(e) => Err(ClientError::BodyUnreadable(e.to_string())),
+        Err(e) if e.is::<LengthLimitError>() => Err(RefusedRequest::BodyTooLarge { limit }),
+        Err(e) => Err(RefusedRequest::BodyUnreadable(e.to_string())),
     }
 }

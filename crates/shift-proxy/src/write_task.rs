@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, OwnedMutexGuard};
 
 use crate::apply::ApplyError;
 use crate::body::ProxyBody;
-use crate::error::{BackendError, BackendErrorKind, ClientError, ProxyError, StateFailure};
+use crate::error::{BackendError, BackendErrorKind, ProxyError, RefusedRequest, StateFailure};
 use crate::failpoints::failpoint;
 use crate::forward::{state_failure, Answered, BufferedRequest};
 use crate::gate::WritePass;
@@ -68,13 +68,13 @@ pub const UNMIRRORABLE: &str =
     "chroma-shift cannot mirror this write: its body is not JSON chroma-shift can read (Chroma ignores unknown fields, but their bytes must still be valid JSON within 128 levels)";
 
 /// A write's body as JSON, or a refusal in Chroma's shape (the proxy could not mirror it).
-pub(crate) fn parse_body(bytes: &[u8]) -> Result<Value, ClientError> {
+pub(crate) fn parse_body(bytes: &[u8]) -> Result<Value, RefusedRequest> {
     serde_json::from_slice(bytes).map_err(unmirrorable)
 }
 
 /// The refusal of a body the proxy cannot read.
-pub(crate) fn unmirrorable(error: impl std::fmt::Display) -> ClientError {
-    ClientError::Unmirrorable(format!("{UNMIRRORABLE}: {error}"))
+pub(crate) fn unmirrorable(error: impl std::fmt::Display) -> RefusedRequest {
+    RefusedRequest::Unmirrorable(format!("{UNMIRRORABLE}: {error}"))
 }
 
 /// The primary's outcome from what it answered.
