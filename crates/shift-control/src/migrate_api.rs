@@ -66,7 +66,7 @@ async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
         .chunks(1000)
         .map(|ids| {
             let op = shift_proxy::mirror::MirrorOp::Reconcile {
-                collection: request.collection.clone(),
+                collection: request.collection.clone().into(),
                 ids: ids.to_vec(),
             };
             shift_store::NewEntry {

@@ -361,7 +361,7 @@ impl Backfiller {
                 name: collection.name.clone(),
                 tenant: tenant.clone(),
                 database: database.clone(),
-                client_id: entry.client_id.clone(),
+                client_id: entry.client_id.to_string(),
                 total,
                 done: 0,
                 resumed_from_checkpoint: 0,

@@ -17,21 +17,22 @@ use shift_config::BackendName;
 use shift_store::StoreError;
 
 use crate::coord::CollectionMapStore;
+use crate::ids::{BackendCollectionId, ClientCollectionId};
 
 /// One collection as the proxy knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionEntry {
     /// The id clients use.
-    pub client_id: String,
+    pub client_id: ClientCollectionId,
     /// The client's tenant and database names (the old store's).
     pub tenant: String,
     pub database: String,
     /// The current name.
     pub name: String,
     /// The old store's id, once known.
-    pub old: Option<String>,
+    pub old: Option<BackendCollectionId>,
     /// The new store's id, once known.
-    pub new: Option<String>,
+    pub new: Option<BackendCollectionId>,
     /// The body that creates the collection on a store that lacks it (metadata, schema or
     /// configuration, as the source store reported them).
     pub create: Value,
@@ -42,14 +43,15 @@ pub struct CollectionEntry {
 }
 
 impl CollectionEntry {
-    pub fn id_on(&self, backend: BackendName) -> Option<&str> {
+    /// `backend`'s own id of the collection, once known.
+    pub fn id_on(&self, backend: BackendName) -> Option<&BackendCollectionId> {
         match backend {
-            BackendName::Old => self.old.as_deref(),
-            BackendName::New => self.new.as_deref(),
+            BackendName::Old => self.old.as_ref(),
+            BackendName::New => self.new.as_ref(),
         }
     }
 
-    pub fn set_id(&mut self, backend: BackendName, id: String) {
+    pub fn set_id(&mut self, backend: BackendName, id: BackendCollectionId) {
         match backend {
             BackendName::Old => self.old = Some(id),
             BackendName::New => self.new = Some(id),
@@ -61,9 +63,9 @@ type NameKey = (String, String, String);
 
 #[derive(Debug, Default)]
 struct Index {
-    by_client: HashMap<String, Arc<CollectionEntry>>,
-    by_store: HashMap<(BackendName, String), String>,
-    by_name: HashMap<NameKey, String>,
+    by_client: HashMap<ClientCollectionId, Arc<CollectionEntry>>,
+    by_store: HashMap<(BackendName, BackendCollectionId), ClientCollectionId>,
+    by_name: HashMap<NameKey, ClientCollectionId>,
 }
 
 impl Index {
@@ -74,7 +76,7 @@ impl Index {
         for backend in [BackendName::Old, BackendName::New] {
             if let Some(id) = entry.id_on(backend) {
                 self.by_store
-                    .insert((backend, id.to_owned()), entry.client_id.clone());
+                    .insert((backend, id.clone()), entry.client_id.clone());
             }
         }
         if !entry.deleted {
@@ -87,8 +89,9 @@ impl Index {
     fn unlink(&mut self, entry: &CollectionEntry) {
         for backend in [BackendName::Old, BackendName::New] {
             if let Some(id) = entry.id_on(backend) {
-                if self.by_store.get(&(backend, id.to_owned())) == Some(&entry.client_id) {
-                    self.by_store.remove(&(backend, id.to_owned()));
+                let key = (backend, id.clone());
+                if self.by_store.get(&key) == Some(&entry.client_id) {
+                    self.by_store.remove(&key);
                 }
             }
         }
@@ -141,7 +144,9 @@ impl CollectionIdMap {
     /// The entry a store's own id belongs to.
     pub fn by_store_id(&self, backend: BackendName, id: &str) -> Option<Arc<CollectionEntry>> {
         let index = self.read();
-        let client = index.by_store.get(&(backend, id.to_owned()))?;
+        let client = index
+            .by_store
+            .get(&(backend, BackendCollectionId::from(id)))?;
         index.by_client.get(client).cloned()
     }
 
@@ -220,7 +225,7 @@ impl CollectionIdMap {
     /// Forgets everything (after a reset of both stores).
     pub async fn clear(&self) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        let ids: Vec<String> = self.read().by_client.keys().cloned().collect();
+        let ids: Vec<ClientCollectionId> = self.read().by_client.keys().cloned().collect();
         for id in &ids {
             self.store.remove(id).await?;
         }

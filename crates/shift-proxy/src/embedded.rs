@@ -116,3 +116,57 @@ impl Coordination {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collections::CollectionIdMap;
+    use crate::ids::ClientCollectionId;
+
+    /// An entry as builds before the id newtypes wrote it: the same bytes still load.
+    const OLD_ENTRY: &str = r#"{"client_id":"c1","tenant":"t","database":"d","name":"n","old":"c1","new":"n1","create":{"name":"n"},"deleted":false}"#;
+
+    #[tokio::test]
+    async fn a_state_dir_from_before_opens_and_a_live_entry_is_kept_on_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Store::open(dir.path()).await.unwrap();
+        Store::put(
+            &state,
+            MapTable::Collections,
+            "c1",
+            OLD_ENTRY.as_bytes().to_vec(),
+        )
+        .await
+        .unwrap();
+        let map = CollectionIdMap::load(Arc::new(state.clone()))
+            .await
+            .unwrap();
+        let entry = map.get("c1").expect("the old entry loads");
+        assert_eq!(
+            entry.id_on(BackendName::New).map(|id| id.as_str()),
+            Some("n1")
+        );
+        assert_eq!(
+            map.by_store_id(BackendName::New, "n1").unwrap().client_id,
+            "c1"
+        );
+        // Written back, it is the same bytes.
+        map.put((*entry).clone()).await.unwrap();
+        let bytes = Store::get(&state, MapTable::Collections, "c1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(String::from_utf8(bytes).unwrap(), OLD_ENTRY);
+
+        // Created again (as a second replica would), the live entry wins.
+        let mut other = (*entry).clone();
+        other.name = "other".into();
+        let kept = map.create(other).await.unwrap();
+        assert_eq!(kept.name, "n");
+        // A deleted one does not.
+        map.update("c1", |e| e.deleted = true).await.unwrap();
+        let mut fresh = (*entry).clone();
+        fresh.client_id = ClientCollectionId::from("c1");
+        fresh.name = "fresh".into();
+        assert_eq!(map.create(fresh).await.unwrap().name, "fresh");
+    }
+}

@@ -22,6 +22,7 @@ use crate::forward::{
     backend_path, read_whole, relay, relay_bytes, relay_json, resolve_failure, send, state_failure,
     Answered, BufferedRequest,
 };
+use crate::ids::ClientCollectionId;
 use crate::mirror::MirrorOp;
 use crate::passthrough::passthrough;
 use crate::plane::DataPlaneState;
@@ -47,16 +48,16 @@ enum Applied {
     /// The answer's collection is registered in the map and ensured on the secondary.
     Create,
     /// The answer's collection, a fork of `source`, is registered and forked on the secondary.
-    Fork { source: String },
+    Fork { source: ClientCollectionId },
     /// The map takes the new name, if any; the secondary gets the same update.
     Update {
-        collection: String,
+        collection: ClientCollectionId,
         new_name: Option<String>,
         body: Value,
     },
     /// The map marks the collection deleted; the secondary deletes it too.
     Delete {
-        collection: Option<String>,
+        collection: Option<ClientCollectionId>,
         delete: MirrorOp,
     },
     /// The map marks every collection of the database deleted; the secondary gets the intent's op.
@@ -85,10 +86,10 @@ fn plan(change: Change<'_>, primary: BackendName) -> Option<LifecyclePlan> {
         existing,
     } = change;
     let client_id = || existing.map(|e| e.client_id.clone());
-    let id_on_primary = || existing.and_then(|e| e.id_on(primary).map(str::to_owned));
+    let id_on_primary = || existing.and_then(|e| e.id_on(primary).map(|id| id.to_string()));
     // What an unknown outcome on a collection leaves: read it back from the primary.
     let reconcile_collection =
-        |collection: Option<String>, name: String| MirrorOp::ReconcileCollection {
+        |collection: Option<ClientCollectionId>, name: String| MirrorOp::ReconcileCollection {
             collection,
             tenant: tenant.to_owned(),
             database: database.to_owned(),

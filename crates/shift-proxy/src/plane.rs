@@ -18,6 +18,7 @@ use crate::apply::{Applier, ApplyError};
 use crate::backend::Backends;
 use crate::collections::{CollectionEntry, CollectionIdMap};
 use crate::gate::{ClosedGate, WritePass};
+use crate::ids::BackendCollectionId;
 use crate::intents::LiveIntents;
 use crate::locks::OrderGuard;
 use crate::metrics::ProxyMetrics;
@@ -205,7 +206,7 @@ impl DataPlaneState {
         &self,
         target: BackendName,
         entry: &CollectionEntry,
-    ) -> Result<String, ApplyError> {
+    ) -> Result<BackendCollectionId, ApplyError> {
         self.applier.ensure(target, entry).await
     }
 

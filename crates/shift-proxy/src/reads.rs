@@ -73,9 +73,7 @@ pub async fn read(
                 .filter(|e| !e.deleted);
         }
     }
-    let collection = entry
-        .as_deref()
-        .and_then(|e| e.id_on(primary).map(str::to_owned));
+    let collection = entry.as_deref().and_then(|e| e.id_on(primary).cloned());
 
     // A canary or a shadow, for a record read of a collection the primary has.
     let mut shadow = None;

@@ -56,7 +56,7 @@ pub async fn record_write(
         return passthrough(plane, &topology, request).await;
     };
     let collection = entry.client_id.clone();
-    let primary_id = entry.id_on(primary).unwrap_or_default().to_owned();
+    let primary_id = entry.id_on(primary).cloned().unwrap_or_default();
     let path = backend_path(plane, primary, &request, Some(&primary_id));
 
     // Lock, and find the records the write touches. A body the proxy cannot read is

@@ -22,6 +22,7 @@ use shift_config::BackendName;
 use crate::backend::Answer;
 use crate::collections::CollectionEntry;
 use crate::coord::OrderScope;
+use crate::ids::BackendCollectionId;
 use crate::mirror::{MirrorOp, RecordKind};
 use crate::resolve::Resolver;
 
@@ -133,9 +134,9 @@ impl Applier {
         &self,
         target: BackendName,
         entry: &CollectionEntry,
-    ) -> Result<String, ApplyError> {
+    ) -> Result<BackendCollectionId, ApplyError> {
         if let Some(id) = entry.id_on(target) {
-            return Ok(id.to_owned());
+            return Ok(id.clone());
         }
         let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
         let mut body = entry.create.clone();
@@ -155,7 +156,7 @@ impl Applier {
         let answer = check(target, "create collection", answer)?;
         let id = answer.json()["id"]
             .as_str()
-            .map(str::to_owned)
+            .map(BackendCollectionId::from)
             .ok_or_else(|| ApplyError::refused("create collection answered without an id"))?;
         let stored = id.clone();
         self.resolver
@@ -262,7 +263,7 @@ impl Applier {
                     .await?;
                 let answer = check(target, "fork collection", answer)?;
                 if let Some(fork_id) = answer.json()["id"].as_str() {
-                    let fork_id = fork_id.to_owned();
+                    let fork_id = BackendCollectionId::from(fork_id);
                     self.resolver
                         .map
                         .update(fork, |e| e.set_id(target, fork_id))
