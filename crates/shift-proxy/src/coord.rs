@@ -150,9 +150,14 @@ pub trait WriteJournal: Send + Sync + Debug {
 /// The seams a data plane is built on.
 #[derive(Debug, Clone)]
 pub struct Coordination {
+    /// Per-record write order.
     pub order: Arc<dyn OrderScope>,
+    /// The gate every write passes, closed by a cutover or a pause.
     pub gate: Arc<dyn WriteGate>,
+    /// Which store is primary.
     pub topology: Arc<dyn LiveTopology>,
+    /// The collection-id map's durable side.
     pub collections: Arc<dyn CollectionMapStore>,
+    /// Write intents and the journals of mirrored writes.
     pub journal: Arc<dyn WriteJournal>,
 }

@@ -53,9 +53,11 @@ pub struct PlaneParts {
     pub backends: Arc<Backends>,
     /// Tenant and database renames between the stores.
     pub namespaces: NamespaceMap,
+    /// The data plane's Prometheus metrics.
     pub metrics: ProxyMetrics,
     /// Runs shadow reads and keeps the score of shadow and canary reads.
     pub shadow: Arc<ShadowReads>,
+    /// How writes behave.
     pub writes: WriteSettings,
 }
 
@@ -75,10 +77,13 @@ pub struct DataPlaneState {
     pub(crate) applier: Arc<Applier>,
     /// Per-record write order, shared with the applier and the backfill.
     pub(crate) locks: Arc<dyn OrderScope>,
+    /// Counts mirrored writes, backend errors and orphaned intents.
     pub(crate) metrics: ProxyMetrics,
     /// Closed by a cutover or a pause; every write passes it first.
     pub(crate) gate: Arc<dyn WriteGate>,
+    /// Runs shadow reads and keeps the score of shadow and canary reads.
     pub(crate) shadow: Arc<ShadowReads>,
+    /// How writes behave.
     pub(crate) writes: WriteSettings,
     /// The intents a settlement task owns; the others are orphans to settle.
     pub(crate) live_intents: LiveIntents,
