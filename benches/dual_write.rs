@@ -451,7 +451,7 @@ async fn replay_bench(
         // max_batch_size records and 8 MiB of journal payload.
         let entry_size = MirrorOp::Records {
             kind: RecordKind::Add,
-            collection: "x".repeat(36),
+            collection: "x".repeat(36).into(),
             body: bodies[0].clone(),
         }
         .to_bytes()
@@ -732,7 +732,7 @@ async fn journal_bench(settings: &Settings) -> anyhow::Result<String> {
         .map(|body| {
             MirrorOp::Records {
                 kind: RecordKind::Add,
-                collection: "9a4c1a34-6f3b-4f55-8d0e-5b8f0f6c2a11".to_owned(),
+                collection: "9a4c1a34-6f3b-4f55-8d0e-5b8f0f6c2a11".into(),
                 body,
             }
             .to_bytes()

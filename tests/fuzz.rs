@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use shift_proxy::writes::UNMIRRORABLE;
+use shift_proxy::write_task::UNMIRRORABLE;
 use shift_testkit::collection::get_records;
 use shift_testkit::stores::get_json;
 use shift_testkit::{http_json, Chroma, Proxy, ProxyProcess};

@@ -20,7 +20,7 @@ use shift_config::{BackendName, MirrorMode};
 use shift_proxy::auth::ClientAuth;
 use shift_proxy::shadow::ShadowReads;
 use shift_proxy::topology::ReadPolicy;
-use shift_proxy::writes::Mirror;
+use shift_proxy::DataPlaneState;
 
 use crate::health::HealthBoard;
 use crate::switch::{ChangeError, Direction, SwitchRequest, TopologySwitch};
@@ -32,8 +32,8 @@ pub struct AdminState {
     pub registry: Registry,
     /// The backends' latest heartbeats.
     pub health: Arc<HealthBoard>,
-    /// The data plane's shared state: topology, store, collection map.
-    pub mirror: Arc<Mirror>,
+    /// The data plane's shared state: topology, journals, collection map.
+    pub plane: Arc<DataPlaneState>,
     /// Every topology change goes through it.
     pub switch: Arc<TopologySwitch>,
     /// The admin token; `None` when the admin API is off.
@@ -60,8 +60,11 @@ impl StatusSection for ShadowStatus {
 }
 
 /// The `shadow` section of `/admin/status`.
-pub fn shadow_section(mirror: &Mirror) -> (&'static str, Arc<dyn StatusSection>) {
-    ("shadow", Arc::new(ShadowStatus(mirror.shadow.clone())))
+pub fn shadow_section(plane: &DataPlaneState) -> (&'static str, Arc<dyn StatusSection>) {
+    (
+        "shadow",
+        Arc::new(ShadowStatus(plane.shadow_reads().clone())),
+    )
 }
 
 /// The replay of each target: running or stopped (and why), what waits for a retry.
@@ -157,14 +160,14 @@ async fn healthz() -> Response {
 /// disk can be written and the journal is under its cap). The secondary's health is shown but
 /// does not decide, since writes to it can wait in the journal.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let primary = state.mirror.topology.load().primary;
+    let primary = state.plane.topology().primary;
     let old = state.health.get(BackendName::Old);
     let new = state.health.get(BackendName::New);
     let primary_up = match primary {
         BackendName::Old => old.up,
         BackendName::New => new.up,
     };
-    let store = state.mirror.store.health();
+    let store = state.plane.state_health();
     let store_refusal = store.check().err().map(|e| e.to_string());
     let ready = primary_up && store_refusal.is_none();
     let status = if ready {
@@ -187,17 +190,17 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn status(State(state): State<AdminState>) -> Response {
-    let topology = state.mirror.topology.load_full();
+    let topology = state.plane.topology();
     let now = shift_proxy::replay::now_ms();
     let age = |oldest: u64| now.saturating_sub(oldest) as f64 / 1000.0;
     let mut journal = serde_json::Map::new();
     for target in [BackendName::Old, BackendName::New] {
-        let lag = state.mirror.store.lag(target);
+        let lag = state.plane.lag(target);
         let collections: serde_json::Map<String, Value> = lag
             .collections
             .iter()
             .map(|(key, c)| {
-                let name = state.mirror.resolver.map.get(key).map(|e| e.name.clone());
+                let name = state.plane.collection(key).map(|e| e.name.clone());
                 (
                     key.clone(),
                     json!({"entries": c.entries, "oldest_age_s": age(c.oldest_created_ms), "name": name}),
@@ -214,8 +217,7 @@ async fn status(State(state): State<AdminState>) -> Response {
         );
     }
     let recent: Vec<Value> = state
-        .mirror
-        .store
+        .plane
         .dead_letters(None, 20)
         .unwrap_or_default()
         .into_iter()
@@ -235,16 +237,16 @@ async fn status(State(state): State<AdminState>) -> Response {
             "new": *state.health.get(BackendName::New),
         },
         "journal": journal,
-        "writes_held": state.mirror.gate.held(),
+        "writes_held": state.plane.writes_held(),
         // Writes whose intent is recorded and not yet settled: being settled by their task
         // now, or orphans the sweeper settles (the state store could not write).
         "pending_intents": {
-            "settling": state.mirror.live_intents.len(),
-            "recorded": state.mirror.store.pending_intent_count(),
+            "settling": state.plane.settling(),
+            "recorded": state.plane.recorded_intents(),
         },
-        "dead_letters": {"count": state.mirror.store.dead_letter_count(), "first": recent},
-        "state": store_state(&state.mirror.store.health()),
-        "collections": state.mirror.resolver.map.entries().len(),
+        "dead_letters": {"count": state.plane.dead_letter_count(), "first": recent},
+        "state": store_state(&state.plane.state_health()),
+        "collections": state.plane.collection_count(),
     });
     for (name, section) in state.sections.iter() {
         body[*name] = section.status();
@@ -364,8 +366,7 @@ struct Page {
 async fn dead_letters(State(state): State<AdminState>, Query(page): Query<Page>) -> Response {
     let limit = page.limit.unwrap_or(100).min(1000);
     match state
-        .mirror
-        .store
+        .plane
         .dead_letters(page.after.map(shift_store::Seq), limit)
     {
         Ok(letters) => {
@@ -434,8 +435,7 @@ fn find_dead_letter(
 ) -> Result<shift_store::DeadLetter, shift_store::StoreError> {
     let after = seq.0.checked_sub(1).map(shift_store::Seq);
     state
-        .mirror
-        .store
+        .plane
         .dead_letters(after, 1)?
         .into_iter()
         .find(|letter| letter.seq == seq)
@@ -451,7 +451,7 @@ async fn retry_dead_letter(State(state): State<AdminState>, Path(raw): Path<Stri
         Ok(letter) => letter,
         Err(e) => return dead_letter_error(e),
     };
-    match state.mirror.store.redrive_dead_letter(seq).await {
+    match state.plane.redrive_dead_letter(seq).await {
         Ok(requeued) => {
             tracing::warn!(
                 operator_action = "dead_letter_retry",
@@ -477,7 +477,7 @@ async fn drop_dead_letter(State(state): State<AdminState>, Path(raw): Path<Strin
     let Ok(seq) = raw.parse().map(shift_store::Seq) else {
         return bad_dead_letter_seq(&raw);
     };
-    match state.mirror.store.drop_dead_letter(seq).await {
+    match state.plane.drop_dead_letter(seq).await {
         Ok(letter) => {
             tracing::warn!(
                 operator_action = "dead_letter_drop",
@@ -508,8 +508,8 @@ async fn drop_dead_letter(State(state): State<AdminState>, Path(raw): Path<Strin
 
 /// Shadow and canary reads, with every mismatch sample kept and the read policy in force.
 async fn shadow(State(state): State<AdminState>) -> Response {
-    let mut body = state.mirror.shadow.detail();
-    body["read_policy"] = json!(state.mirror.topology.load().reads);
+    let mut body = state.plane.shadow_reads().detail();
+    body["read_policy"] = json!(state.plane.topology().reads);
     Json(body).into_response()
 }
 

@@ -318,11 +318,11 @@ mod tests {
         f.health
             .record(BackendName::New, Err("connection refused".into()), 1.0);
         assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
-        assert_eq!(f.topology.load().primary, BackendName::New);
+        assert_eq!(f.topology.current().primary, BackendName::New);
 
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(auto_rollback(&config, &f.health, &f.switch, &alerts).await);
-        assert_eq!(f.topology.load().primary, BackendName::Old);
+        assert_eq!(f.topology.current().primary, BackendName::Old);
         assert_eq!(f.state.ops(BackendName::New), [reconcile("c", "failed")]);
         // Old is primary now: nothing more to do.
         assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
@@ -344,6 +344,6 @@ mod tests {
         f.health.record(BackendName::New, Err("down".into()), 1.0);
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
-        assert_eq!(f.topology.load().primary, BackendName::New);
+        assert_eq!(f.topology.current().primary, BackendName::New);
     }
 }

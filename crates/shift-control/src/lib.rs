@@ -22,4 +22,4 @@ pub use health::{HealthBoard, HealthMonitor};
 pub mod process;
 pub mod supervise;
 
-pub use process::{ChromaShift, StartError};
+pub use process::{ChromaShift, ProxyStartError};

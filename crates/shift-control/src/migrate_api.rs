@@ -52,21 +52,21 @@ async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
                 .into_response()
         }
     };
-    if state.mirror.resolver.map.get(&request.collection).is_none() {
+    if state.plane.collection(&request.collection).is_none() {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "NotFoundError", "message": format!("collection {} is not in the collection map", request.collection)})),
         )
             .into_response();
     }
-    let _pass = state.mirror.gate.enter().await;
-    let secondary = state.mirror.topology.load().secondary();
+    let _pass = state.plane.pass_gate().await;
+    let secondary = state.plane.topology().secondary();
     let entries: Vec<shift_store::NewEntry> = request
         .ids
         .chunks(1000)
         .map(|ids| {
             let op = shift_proxy::mirror::MirrorOp::Reconcile {
-                collection: request.collection.clone(),
+                collection: request.collection.clone().into(),
                 ids: ids.to_vec(),
             };
             shift_store::NewEntry {
@@ -77,7 +77,7 @@ async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
         })
         .collect();
     let queued = entries.len();
-    match state.mirror.store.append(entries).await {
+    match state.plane.append_journal(entries).await {
         Ok(_) => (
             StatusCode::ACCEPTED,
             Json(json!({"queued_entries": queued, "ids": request.ids.len(), "target": secondary})),

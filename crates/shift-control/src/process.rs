@@ -9,21 +9,20 @@ use std::time::Duration;
 use prometheus::Registry;
 use shift_config::BackendName;
 use shift_config::{Config, Secrets};
-use shift_proxy::apply::Applier;
 use shift_proxy::auth::ClientAuth;
 use shift_proxy::backend::BackendBuildError;
-use shift_proxy::collections::CollectionIdMap;
-use shift_proxy::gate::WriteGate;
-use shift_proxy::locks::OrderLocks;
+use shift_proxy::coord::Coordination;
+use shift_proxy::intents::recover_intents;
 use shift_proxy::metrics::JournalCollector;
 use shift_proxy::metrics::ReplayMetrics;
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::replay::{ReplayBoard, ReplaySettings, ReplayWorker};
-use shift_proxy::resolve::Resolver;
 use shift_proxy::shadow::{ShadowReads, ShadowSettings};
-use shift_proxy::topology::{self, ReadPolicy, Topology};
-use shift_proxy::writes::{recover_intents, Mirror};
-use shift_proxy::{Backends, Drained, ProxyMetrics, ProxyService, ProxySettings, ServeOptions};
+use shift_proxy::topology::{ReadPolicy, Topology};
+use shift_proxy::{
+    Backends, DataPlaneState, Drained, PlaneParts, ProxyMetrics, ProxyService, ProxySettings,
+    ServeOptions, WriteSettings,
+};
 use shift_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,7 +36,7 @@ use crate::switch::{SwitchDefaults, TopologySwitch};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum ProxyStartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -64,8 +63,8 @@ pub struct ChromaShift {
     registry: Registry,
     metrics: ProxyMetrics,
     settings: ProxySettings,
-    /// The read and write paths' shared state.
-    mirror: Arc<Mirror>,
+    /// The data plane's shared state.
+    plane: Arc<DataPlaneState>,
     /// The admin token, checked like a client token.
     admin_token: Option<ClientAuth>,
     /// Runs backfills inside the proxy, sharing its order locks.
@@ -74,7 +73,7 @@ pub struct ChromaShift {
 
 impl ChromaShift {
     /// Builds the backends and binds both listeners (port 0 picks a free port).
-    pub async fn bind(config: Config, secrets: Secrets) -> Result<ChromaShift, StartError> {
+    pub async fn bind(config: Config, secrets: Secrets) -> Result<ChromaShift, ProxyStartError> {
         let backends = Arc::new(Backends::from_config(&config.backends, &secrets)?);
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
@@ -111,40 +110,29 @@ impl ChromaShift {
         };
         // Writes in flight at the last stop are settled before any traffic is served.
         recover_intents(&store, initial.secondary()).await?;
-        let topology = topology::shared(initial);
-        let map = Arc::new(CollectionIdMap::load(store.clone())?);
-        let resolver = Arc::new(Resolver {
+        let plane = DataPlaneState::new(PlaneParts {
+            coordination: Coordination::embedded(&store, initial),
+            state: store,
             backends: backends.clone(),
-            map,
             namespaces: NamespaceMap::new(&config.namespaces),
-        });
-        let locks = Arc::new(OrderLocks::default());
-        let applier = Arc::new(Applier::new(
-            resolver.clone(),
-            locks.clone(),
-            config.mirror.replay_batch_records,
-        ));
-        let mirror = Arc::new(Mirror {
-            topology,
-            store,
-            resolver,
-            applier,
-            locks,
             metrics: metrics.clone(),
-            on_secondary_failure: config.mirror.on_secondary_failure,
-            allow_reset: config.mirror.allow_reset,
-            gate: Arc::new(WriteGate::default()),
             shadow: Arc::new(ShadowReads::new(
                 ShadowSettings::from_config(&config.reads),
                 metrics.clone(),
             )),
-            unknown_outcome_grace: config.mirror.unknown_outcome_grace,
-            live_intents: Default::default(),
-            last_state_error: Default::default(),
-        });
-        let backfill = Backfiller::new(mirror.clone(), &registry)?;
+            writes: WriteSettings {
+                on_secondary_failure: config.mirror.on_secondary_failure,
+                allow_reset: config.mirror.allow_reset,
+                unknown_outcome_grace: config.mirror.unknown_outcome_grace,
+                apply_batch_records: config.mirror.replay_batch_records,
+            },
+        })
+        .await?;
+        let backfill = Backfiller::new(plane.clone(), &registry)?;
         if config.admin.enabled && secrets.admin_token.is_none() {
-            return Err(StartError::NoAdminToken(config.admin.token_env.clone()));
+            return Err(ProxyStartError::NoAdminToken(
+                config.admin.token_env.clone(),
+            ));
         }
         let settings = ProxySettings {
             max_body: config.server.max_body.as_u64(),
@@ -165,7 +153,7 @@ impl ChromaShift {
             registry,
             metrics,
             settings,
-            mirror,
+            plane,
             admin_token: secrets
                 .admin_token
                 .clone()
@@ -212,7 +200,7 @@ impl ChromaShift {
         }
         let alerts = Alerter::new(self.config.alerts.webhook_url.as_ref(), alerts_sent);
         let switch = Arc::new(TopologySwitch::new(
-            self.mirror.clone(),
+            self.plane.clone(),
             board.clone(),
             alerts.clone(),
             SwitchDefaults {
@@ -245,10 +233,10 @@ impl ChromaShift {
         };
         let replay_board = Arc::new(ReplayBoard::default());
         let store_alerts_task =
-            crate::store_alerts::spawn(self.mirror.store.clone(), alerts.clone());
+            crate::store_alerts::spawn(self.plane.state().clone(), alerts.clone());
 
         let (admin_stop, mut admin_stopped) = watch::channel(false);
-        let mut sections = vec![admin::shadow_section(&self.mirror)];
+        let mut sections = vec![admin::shadow_section(&self.plane)];
         sections.push((
             "backfill",
             Arc::new(crate::migrate_api::BackfillSection(self.backfill.clone())),
@@ -257,7 +245,7 @@ impl ChromaShift {
         let admin_app = admin::app(AdminState {
             registry: self.registry.clone(),
             health: board,
-            mirror: self.mirror.clone(),
+            plane: self.plane.clone(),
             switch,
             token: self.admin_token.clone(),
             backfill: Some(self.backfill.clone()),
@@ -297,14 +285,14 @@ impl ChromaShift {
                 let sink = alerts.clone();
                 let worker = ReplayWorker {
                     target,
-                    store: self.mirror.store.clone(),
-                    applier: self.mirror.applier.clone(),
+                    store: self.plane.state().clone(),
+                    applier: self.plane.applier().clone(),
                     metrics: self.metrics.clone(),
                     replay_metrics: replay_metrics.clone(),
                     settings: replay_settings.clone(),
                     board: replay_board.clone(),
                     alert: Arc::new(move |text: String| sink.send(&text)),
-                    topology: self.mirror.topology.clone(),
+                    topology: self.plane.live_topology().clone(),
                 };
                 let task = match target {
                     BackendName::Old => "replay-old",
@@ -320,16 +308,16 @@ impl ChromaShift {
                 )
             })
             .collect();
-        let sweeper = tokio::spawn(shift_proxy::writes::settle_orphaned_intents(
-            self.mirror.clone(),
+        let sweeper = tokio::spawn(shift_proxy::intents::settle_orphaned_intents(
+            self.plane.clone(),
             tasks_stopped.clone(),
         ));
-        let service = ProxyService::new(self.mirror.clone(), self.settings, self.metrics.clone());
+        let service = ProxyService::new(self.plane.clone(), self.settings, self.metrics.clone());
         let data_plane = shift_proxy::data_plane(service, self.metrics);
         tracing::info!(
             listen = %self.data_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            primary = %self.mirror.topology.load().primary,
-            mode = ?self.mirror.topology.load().mode,
+            primary = %self.plane.topology().primary,
+            mode = ?self.plane.topology().mode,
             "chroma-shift is serving"
         );
         let drained = shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await;
@@ -345,12 +333,12 @@ impl ChromaShift {
         // Whatever is still unsettled then is an intent, reconciled at the next start.
         let settle_wait =
             self.config.server.shutdown_grace + self.config.mirror.unknown_outcome_grace;
-        if tokio::time::timeout(settle_wait, self.mirror.gate.close())
+        if tokio::time::timeout(settle_wait, self.plane.close_gate())
             .await
             .is_err()
         {
             tracing::warn!(
-                settling = self.mirror.live_intents.len(),
+                settling = self.plane.settling(),
                 "writes still settling at exit; their intents are reconciled at the next start"
             );
         }
@@ -367,8 +355,8 @@ impl ChromaShift {
     }
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyStartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+        .map_err(|source| ProxyStartError::Bind { what, addr, source })
 }

@@ -34,8 +34,7 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use shift_chroma::retry::Backoff;
 use shift_config::BackendName;
-use shift_proxy::writes::Mirror;
-use shift_store::MapTable;
+use shift_proxy::DataPlaneState;
 
 use crate::client::{ChromaClient, ClientError, Collection};
 
@@ -140,7 +139,7 @@ struct BackfillMetrics {
 /// Runs one backfill at a time inside the proxy.
 #[derive(Debug)]
 pub struct Backfiller {
-    mirror: Arc<Mirror>,
+    plane: Arc<DataPlaneState>,
     progress: Arc<Mutex<BackfillProgress>>,
     /// Set to stop the running backfill after its batches in flight.
     cancel: Arc<std::sync::atomic::AtomicBool>,
@@ -152,7 +151,7 @@ pub struct Backfiller {
 
 /// Why a backfill could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum BackfillStartError {
     #[error("a backfill is already running")]
     AlreadyRunning,
 }
@@ -165,7 +164,10 @@ const RETRIES: u32 = 12;
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(20));
 
 impl Backfiller {
-    pub fn new(mirror: Arc<Mirror>, registry: &Registry) -> prometheus::Result<Arc<Backfiller>> {
+    pub fn new(
+        plane: Arc<DataPlaneState>,
+        registry: &Registry,
+    ) -> prometheus::Result<Arc<Backfiller>> {
         let metrics = BackfillMetrics {
             records: IntCounterVec::new(
                 Opts::new(
@@ -182,7 +184,7 @@ impl Backfiller {
         registry.register(Box::new(metrics.records.clone()))?;
         registry.register(Box::new(metrics.remaining.clone()))?;
         Ok(Arc::new(Backfiller {
-            mirror,
+            plane,
             progress: Arc::new(Mutex::new(BackfillProgress::idle())),
             cancel: Arc::default(),
             metrics,
@@ -214,11 +216,11 @@ impl Backfiller {
     pub fn start(
         self: &Arc<Self>,
         request: BackfillRequest,
-    ) -> Result<BackfillProgress, StartError> {
+    ) -> Result<BackfillProgress, BackfillStartError> {
         {
             let mut progress = self.lock();
             if progress.state == BackfillState::Running {
-                return Err(StartError::AlreadyRunning);
+                return Err(BackfillStartError::AlreadyRunning);
             }
             *progress = BackfillProgress {
                 state: BackfillState::Running,
@@ -283,8 +285,8 @@ impl Backfiller {
         epoch: u64,
         source: BackendName,
     ) -> Result<shift_proxy::gate::WritePass, String> {
-        let pass = self.mirror.gate.enter().await;
-        let now = self.mirror.topology.load();
+        let pass = self.plane.pass_gate().await;
+        let now = self.plane.topology();
         if now.epoch != epoch || now.primary != source {
             self.aborted
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -297,15 +299,14 @@ impl Backfiller {
     }
 
     fn client(&self, backend: BackendName) -> ChromaClient {
-        ChromaClient::new(self.mirror.resolver.backends.clone(), backend)
+        ChromaClient::new(self.plane.backends().clone(), backend)
     }
 
     /// The client's (tenant, database) as `backend` names them.
     fn names(&self, backend: BackendName, tenant: &str, database: &str) -> (String, String) {
         let ns = self
-            .mirror
-            .resolver
-            .namespaces
+            .plane
+            .namespaces()
             .to_backend(backend, tenant, Some(database));
         (
             ns.tenant,
@@ -314,7 +315,7 @@ impl Backfiller {
     }
 
     async fn run(&self, request: &BackfillRequest) -> Result<(), String> {
-        let topology = self.mirror.topology.load_full();
+        let topology = self.plane.topology();
         let (source, target) = (topology.primary, topology.secondary());
         let epoch = topology.epoch;
         let tenant = request
@@ -358,9 +359,8 @@ impl Backfiller {
             })
             .await?;
             let entry = self
-                .mirror
-                .resolver
-                .register(source, &collection.raw)
+                .plane
+                .register_collection(source, &collection.raw)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut progress = self.lock();
@@ -369,7 +369,7 @@ impl Backfiller {
                 name: collection.name.clone(),
                 tenant: tenant.clone(),
                 database: database.clone(),
-                client_id: entry.client_id.clone(),
+                client_id: entry.client_id.to_string(),
                 total,
                 done: 0,
                 resumed_from_checkpoint: 0,
@@ -418,10 +418,8 @@ impl Backfiller {
     ) -> Result<(), String> {
         let client_id = self.lock().collections[index].client_id.clone();
         let entry = self
-            .mirror
-            .resolver
-            .map
-            .get(&client_id)
+            .plane
+            .collection(&client_id)
             .ok_or("the collection left the map")?;
         let target_id = {
             let _pass = self.pass(epoch, source).await?;
@@ -429,9 +427,8 @@ impl Backfiller {
                 .forget_lost_target(target, tenant, database, entry)
                 .await?;
             // The secondary gets the collection with the primary's metadata and schema.
-            self.mirror
-                .applier
-                .ensure(target, &entry)
+            self.plane
+                .ensure_collection(target, &entry)
                 .await
                 .map_err(|e| e.to_string())?
         };
@@ -441,10 +438,7 @@ impl Backfiller {
         let target_client = self.client(target);
 
         let key = format!("backfill/{client_id}");
-        let checkpoint: Checkpoint = match (
-            request.restart,
-            self.mirror.store.get(MapTable::Checkpoints, &key),
-        ) {
+        let checkpoint: Checkpoint = match (request.restart, self.plane.checkpoint(&key)) {
             (false, Ok(Some(bytes))) => serde_json::from_slice(&bytes).unwrap_or_default(),
             _ => Checkpoint::default(),
         };
@@ -498,13 +492,8 @@ impl Backfiller {
             last_id: snapshot.last().cloned(),
             complete: true,
         };
-        self.mirror
-            .store
-            .put(
-                MapTable::Checkpoints,
-                &key,
-                serde_json::to_vec(&done).unwrap_or_default(),
-            )
+        self.plane
+            .save_checkpoint(&key, serde_json::to_vec(&done).unwrap_or_default())
             .await
             .map_err(|e| e.to_string())?;
         self.lock().collections[index].finished = true;
@@ -536,13 +525,8 @@ impl Backfiller {
         }
         tracing::warn!(collection = entry.name, %target, "the target lost the collection; it is created again");
         let updated = self
-            .mirror
-            .resolver
-            .map
-            .update(&entry.client_id, |e| match target {
-                BackendName::Old => e.old = None,
-                BackendName::New => e.new = None,
-            })
+            .plane
+            .forget_collection_on(&entry.client_id, target)
             .await
             .map_err(|e| e.to_string())?;
         Ok(updated.unwrap_or(entry))
@@ -604,13 +588,8 @@ impl BatchCopy<'_> {
                     complete: false,
                 };
                 self.backfiller
-                    .mirror
-                    .store
-                    .put(
-                        MapTable::Checkpoints,
-                        key,
-                        serde_json::to_vec(&checkpoint).unwrap_or_default(),
-                    )
+                    .plane
+                    .save_checkpoint(key, serde_json::to_vec(&checkpoint).unwrap_or_default())
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -635,9 +614,8 @@ impl BatchCopy<'_> {
             };
             let _order = self
                 .backfiller
-                .mirror
-                .locks
-                .records(self.client_id, batch)
+                .plane
+                .order_records(self.client_id, batch)
                 .await;
             match self
                 .source_client

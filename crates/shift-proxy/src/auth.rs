@@ -4,7 +4,7 @@ use http::{header, HeaderMap};
 use shift_config::Secret;
 use subtle::ConstantTimeEq;
 
-use crate::error::ClientError;
+use crate::error::RefusedRequest;
 use crate::headers::X_CHROMA_TOKEN;
 
 /// The tokens clients may present, as Chroma's clients send them: `Authorization: Bearer`
@@ -20,12 +20,12 @@ impl ClientAuth {
         ClientAuth { tokens }
     }
 
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), ClientError> {
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), RefusedRequest> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .or_else(|| headers.get(X_CHROMA_TOKEN).map(|v| v.as_bytes()))
-            .ok_or(ClientError::MissingCredentials)?;
+            .ok_or(RefusedRequest::MissingCredentials)?;
         let presented = presented.trim_ascii();
         // Fold over every token without stopping early, so timing says nothing of which
         // token came close.
@@ -38,7 +38,7 @@ impl ClientAuth {
         if bool::from(matched) {
             Ok(())
         } else {
-            Err(ClientError::InvalidCredentials)
+            Err(RefusedRequest::InvalidCredentials)
         }
     }
 }
@@ -72,7 +72,7 @@ mod tests {
     fn refuses_missing_and_wrong_tokens() {
         assert!(matches!(
             auth().check(&HeaderMap::new()),
-            Err(ClientError::MissingCredentials)
+            Err(RefusedRequest::MissingCredentials)
         ));
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -81,7 +81,7 @@ mod tests {
         );
         assert!(matches!(
             auth().check(&headers),
-            Err(ClientError::InvalidCredentials)
+            Err(RefusedRequest::InvalidCredentials)
         ));
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -90,7 +90,7 @@ mod tests {
         );
         assert!(matches!(
             auth().check(&headers),
-            Err(ClientError::MissingCredentials)
+            Err(RefusedRequest::MissingCredentials)
         ));
     }
 }

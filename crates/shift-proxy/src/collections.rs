@@ -4,8 +4,9 @@
 //!
 //! The client id is the id of the store where the proxy first saw the collection: the old
 //! store's id for everything that existed before the migration, so applications keep the ids
-//! they already hold, before and after a cutover. Entries are durable in the store's
-//! `Collections` table and indexed in memory by client id, by store id, and by name.
+//! they already hold, before and after a cutover. Entries are durable in a
+//! [`CollectionMapStore`] (the state's `Collections` table when embedded) and indexed in
+//! memory by client id, by store id, and by name.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,22 +14,25 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shift_config::BackendName;
-use shift_store::{MapTable, Store, StoreError};
+use shift_store::StoreError;
+
+use crate::coord::CollectionMapStore;
+use crate::ids::{BackendCollectionId, ClientCollectionId};
 
 /// One collection as the proxy knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionEntry {
     /// The id clients use.
-    pub client_id: String,
+    pub client_id: ClientCollectionId,
     /// The client's tenant and database names (the old store's).
     pub tenant: String,
     pub database: String,
     /// The current name.
     pub name: String,
     /// The old store's id, once known.
-    pub old: Option<String>,
+    pub old: Option<BackendCollectionId>,
     /// The new store's id, once known.
-    pub new: Option<String>,
+    pub new: Option<BackendCollectionId>,
     /// The body that creates the collection on a store that lacks it (metadata, schema or
     /// configuration, as the source store reported them).
     pub create: Value,
@@ -39,14 +43,15 @@ pub struct CollectionEntry {
 }
 
 impl CollectionEntry {
-    pub fn id_on(&self, backend: BackendName) -> Option<&str> {
+    /// `backend`'s own id of the collection, once known.
+    pub fn id_on(&self, backend: BackendName) -> Option<&BackendCollectionId> {
         match backend {
-            BackendName::Old => self.old.as_deref(),
-            BackendName::New => self.new.as_deref(),
+            BackendName::Old => self.old.as_ref(),
+            BackendName::New => self.new.as_ref(),
         }
     }
 
-    pub fn set_id(&mut self, backend: BackendName, id: String) {
+    pub fn set_id(&mut self, backend: BackendName, id: BackendCollectionId) {
         match backend {
             BackendName::Old => self.old = Some(id),
             BackendName::New => self.new = Some(id),
@@ -58,9 +63,9 @@ type NameKey = (String, String, String);
 
 #[derive(Debug, Default)]
 struct Index {
-    by_client: HashMap<String, Arc<CollectionEntry>>,
-    by_store: HashMap<(BackendName, String), String>,
-    by_name: HashMap<NameKey, String>,
+    by_client: HashMap<ClientCollectionId, Arc<CollectionEntry>>,
+    by_store: HashMap<(BackendName, BackendCollectionId), ClientCollectionId>,
+    by_name: HashMap<NameKey, ClientCollectionId>,
 }
 
 impl Index {
@@ -71,7 +76,7 @@ impl Index {
         for backend in [BackendName::Old, BackendName::New] {
             if let Some(id) = entry.id_on(backend) {
                 self.by_store
-                    .insert((backend, id.to_owned()), entry.client_id.clone());
+                    .insert((backend, id.clone()), entry.client_id.clone());
             }
         }
         if !entry.deleted {
@@ -84,8 +89,9 @@ impl Index {
     fn unlink(&mut self, entry: &CollectionEntry) {
         for backend in [BackendName::Old, BackendName::New] {
             if let Some(id) = entry.id_on(backend) {
-                if self.by_store.get(&(backend, id.to_owned())) == Some(&entry.client_id) {
-                    self.by_store.remove(&(backend, id.to_owned()));
+                let key = (backend, id.clone());
+                if self.by_store.get(&key) == Some(&entry.client_id) {
+                    self.by_store.remove(&key);
                 }
             }
         }
@@ -107,21 +113,18 @@ fn name_key(entry: &CollectionEntry) -> NameKey {
 /// The durable map from client ids to each store's ids.
 #[derive(Debug)]
 pub struct CollectionIdMap {
-    store: Store,
+    store: Arc<dyn CollectionMapStore>,
     index: RwLock<Index>,
     /// Serializes changes, so the durable table and the index change in the same order.
     writer: tokio::sync::Mutex<()>,
 }
 
 impl CollectionIdMap {
-    /// Loads every entry from the store.
-    pub fn load(store: Store) -> Result<CollectionIdMap, StoreError> {
+    /// Loads every entry from `store`.
+    pub async fn load(store: Arc<dyn CollectionMapStore>) -> Result<CollectionIdMap, StoreError> {
         let mut index = Index::default();
-        for (_, bytes) in store.scan(MapTable::Collections)? {
-            match serde_json::from_slice::<CollectionEntry>(&bytes) {
-                Ok(entry) => index.insert(Arc::new(entry)),
-                Err(error) => tracing::error!(%error, "unreadable collection-map entry skipped"),
-            }
+        for entry in store.load().await? {
+            index.insert(Arc::new(entry));
         }
         Ok(CollectionIdMap {
             store,
@@ -141,7 +144,9 @@ impl CollectionIdMap {
     /// The entry a store's own id belongs to.
     pub fn by_store_id(&self, backend: BackendName, id: &str) -> Option<Arc<CollectionEntry>> {
         let index = self.read();
-        let client = index.by_store.get(&(backend, id.to_owned()))?;
+        let client = index
+            .by_store
+            .get(&(backend, BackendCollectionId::from(id)))?;
         index.by_client.get(client).cloned()
     }
 
@@ -169,17 +174,26 @@ impl CollectionIdMap {
         self.put_locked(entry).await
     }
 
+    /// Stores a new collection's `entry` unless its client id is taken (by another replica,
+    /// in a cluster); the entry that holds, indexed.
+    pub async fn create(&self, entry: CollectionEntry) -> Result<Arc<CollectionEntry>, StoreError> {
+        let _writer = self.writer.lock().await;
+        let entry = self.store.create_if_absent(entry).await?;
+        Ok(self.index(entry))
+    }
+
     async fn put_locked(&self, entry: CollectionEntry) -> Result<Arc<CollectionEntry>, StoreError> {
-        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-        self.store
-            .put(MapTable::Collections, &entry.client_id, bytes)
-            .await?;
+        self.store.put(&entry).await?;
+        Ok(self.index(entry))
+    }
+
+    fn index(&self, entry: CollectionEntry) -> Arc<CollectionEntry> {
         let entry = Arc::new(entry);
         self.index
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(entry.clone());
-        Ok(entry)
+        entry
     }
 
     /// Changes the entry of `client_id` with `change`, durably; `None` when there is none.
@@ -200,7 +214,7 @@ impl CollectionIdMap {
     /// Forgets `client_id`.
     pub async fn remove(&self, client_id: &str) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        self.store.delete(MapTable::Collections, client_id).await?;
+        self.store.remove(client_id).await?;
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = index.by_client.remove(client_id) {
             index.unlink(&entry);
@@ -211,9 +225,9 @@ impl CollectionIdMap {
     /// Forgets everything (after a reset of both stores).
     pub async fn clear(&self) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        let ids: Vec<String> = self.read().by_client.keys().cloned().collect();
+        let ids: Vec<ClientCollectionId> = self.read().by_client.keys().cloned().collect();
         for id in &ids {
-            self.store.delete(MapTable::Collections, id).await?;
+            self.store.remove(id).await?;
         }
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = Index::default();
         Ok(())

@@ -16,7 +16,7 @@ use crate::body::{self, ProxyBody};
 pub enum ProxyError {
     /// The client sent something the proxy refuses; retrying the same request will not help.
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Client(#[from] RefusedRequest),
     /// A backend could not answer; a retry may help.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -42,8 +42,9 @@ pub enum StateFailure {
     Unavailable(String),
 }
 
+/// A request the proxy refuses, by the client's fault: retrying it as it is will not help.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum RefusedRequest {
     #[error("Request body is larger than the proxy's limit of {limit} bytes (server.max_body)")]
     BodyTooLarge { limit: u64 },
     #[error("Could not read the request body: {0}")]
@@ -101,15 +102,17 @@ impl BackendError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Client(ClientError::BodyTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Client(RefusedRequest::BodyTooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ProxyError::Client(
-                ClientError::BodyUnreadable(_)
-                | ClientError::Unmirrorable(_)
-                | ClientError::RequestTarget(_),
+                RefusedRequest::BodyUnreadable(_)
+                | RefusedRequest::Unmirrorable(_)
+                | RefusedRequest::RequestTarget(_),
             ) => StatusCode::BAD_REQUEST,
-            ProxyError::Client(ClientError::UnknownWriteRoute(_)) => StatusCode::NOT_FOUND,
-            ProxyError::Client(ClientError::MissingCredentials)
-            | ProxyError::Client(ClientError::InvalidCredentials) => StatusCode::UNAUTHORIZED,
+            ProxyError::Client(RefusedRequest::UnknownWriteRoute(_)) => StatusCode::NOT_FOUND,
+            ProxyError::Client(RefusedRequest::MissingCredentials)
+            | ProxyError::Client(RefusedRequest::InvalidCredentials) => StatusCode::UNAUTHORIZED,
             ProxyError::Backend(e) => match e.kind {
                 BackendErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::BAD_GATEWAY,
@@ -122,14 +125,14 @@ impl ProxyError {
     /// The label of the `reason` in rejection metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            ProxyError::Client(ClientError::BodyTooLarge { .. }) => "body_too_large",
-            ProxyError::Client(ClientError::BodyUnreadable(_)) => "body_unreadable",
-            ProxyError::Client(ClientError::MissingCredentials) => "missing_credentials",
-            ProxyError::Client(ClientError::InvalidCredentials) => "invalid_credentials",
+            ProxyError::Client(RefusedRequest::BodyTooLarge { .. }) => "body_too_large",
+            ProxyError::Client(RefusedRequest::BodyUnreadable(_)) => "body_unreadable",
+            ProxyError::Client(RefusedRequest::MissingCredentials) => "missing_credentials",
+            ProxyError::Client(RefusedRequest::InvalidCredentials) => "invalid_credentials",
             ProxyError::Backend(e) => e.label(),
-            ProxyError::Client(ClientError::Unmirrorable(_)) => "unmirrorable",
-            ProxyError::Client(ClientError::RequestTarget(_)) => "request_target",
-            ProxyError::Client(ClientError::UnknownWriteRoute(_)) => "unknown_write_route",
+            ProxyError::Client(RefusedRequest::Unmirrorable(_)) => "unmirrorable",
+            ProxyError::Client(RefusedRequest::RequestTarget(_)) => "request_target",
+            ProxyError::Client(RefusedRequest::UnknownWriteRoute(_)) => "unknown_write_route",
             ProxyError::State(_) => "state",
             ProxyError::Internal(_) => "internal",
         }
@@ -139,9 +142,9 @@ impl ProxyError {
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
         let error_kind = match &self {
-            ProxyError::Client(ClientError::MissingCredentials)
-            | ProxyError::Client(ClientError::InvalidCredentials) => kind::AUTH,
-            ProxyError::Client(ClientError::UnknownWriteRoute(_)) => kind::NOT_FOUND,
+            ProxyError::Client(RefusedRequest::MissingCredentials)
+            | ProxyError::Client(RefusedRequest::InvalidCredentials) => kind::AUTH,
+            ProxyError::Client(RefusedRequest::UnknownWriteRoute(_)) => kind::NOT_FOUND,
             ProxyError::Client(_) => kind::INVALID_ARGUMENT,
             ProxyError::Backend(_) | ProxyError::State(_) | ProxyError::Internal(_) => {
                 kind::INTERNAL

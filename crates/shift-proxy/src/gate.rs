@@ -1,16 +1,18 @@
 //! The write gate: every write passes it, and a cutover or a pause closes it. Closing waits for
 //! the writes already past the gate to finish; writes arriving meanwhile are held at the gate,
 //! in order, and go on when it opens again, to whichever store is primary by then. Nothing is
-//! rejected.
+//! rejected. [`LocalWriteGate`] is the in-process [`WriteGate`](crate::coord::WriteGate).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
-/// Shared by the write path and the control plane.
+use crate::coord::{Pending, WriteGate};
+
+/// The gate of this process, shared by the write path and the control plane.
 #[derive(Debug, Default)]
-pub struct WriteGate {
+pub struct LocalWriteGate {
     lock: Arc<RwLock<()>>,
     /// Writes waiting at the closed gate.
     held: Arc<AtomicUsize>,
@@ -22,10 +24,27 @@ pub struct WritePass {
     _guard: OwnedRwLockReadGuard<()>,
 }
 
+impl WritePass {
+    /// A pass that holds `guard`, the read side of a process's gate lock.
+    pub fn new(guard: OwnedRwLockReadGuard<()>) -> WritePass {
+        WritePass { _guard: guard }
+    }
+}
+
 /// The gate held closed; dropping it opens the gate.
 #[derive(Debug)]
 pub struct ClosedGate {
-    _guard: OwnedRwLockWriteGuard<()>,
+    _held: Box<dyn std::fmt::Debug + Send + Sync>,
+}
+
+impl ClosedGate {
+    /// A closed gate that stays closed while `held` lives (the write side of a process's gate
+    /// lock, and whatever else an implementation holds).
+    pub fn new(held: impl std::fmt::Debug + Send + Sync + 'static) -> ClosedGate {
+        ClosedGate {
+            _held: Box::new(held),
+        }
+    }
 }
 
 struct Waiting(Arc<AtomicUsize>);
@@ -36,28 +55,24 @@ impl Drop for Waiting {
     }
 }
 
-impl WriteGate {
-    /// Passes the gate, waiting while it is closed.
-    pub async fn enter(&self) -> WritePass {
-        if let Ok(guard) = self.lock.clone().try_read_owned() {
-            return WritePass { _guard: guard };
-        }
-        self.held.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(self.held.clone());
-        WritePass {
-            _guard: self.lock.clone().read_owned().await,
-        }
+impl WriteGate for LocalWriteGate {
+    fn try_enter(&self) -> Option<WritePass> {
+        self.lock.clone().try_read_owned().ok().map(WritePass::new)
     }
 
-    /// Closes the gate once every write past it has finished.
-    pub async fn close(&self) -> ClosedGate {
-        ClosedGate {
-            _guard: self.lock.clone().write_owned().await,
-        }
+    fn wait(&self) -> Pending<'_, WritePass> {
+        Box::pin(async move {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            let _waiting = Waiting(self.held.clone());
+            WritePass::new(self.lock.clone().read_owned().await)
+        })
     }
 
-    /// Writes waiting at the gate now.
-    pub fn held(&self) -> usize {
+    fn close(&self) -> Pending<'_, ClosedGate> {
+        Box::pin(async move { ClosedGate::new(self.lock.clone().write_owned().await) })
+    }
+
+    fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }
 }
@@ -81,7 +96,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn closing_waits_for_passes_and_holds_new_writes() {
-        let gate = WriteGate::default();
+        let gate: &dyn WriteGate = &LocalWriteGate::default();
         let pass = gate.enter().await;
         let mut closing = Box::pin(gate.close());
         assert!(

@@ -4,15 +4,25 @@
 //! - [`observe::AccessLog`], outermost, so every answer is logged and counted, the proxy's own
 //!   errors included;
 //! - [`service::ProxyService`]: client auth, the body limit, hop-by-hop header rules
-//!   ([`headers`]), then by operation class: [`reads`] to the primary (a canary share served
-//!   by the secondary, a shadow share also sent to it and compared by [`shadow`]), [`writes`]
-//!   to both stores, the rest passed through to the primary.
+//!   ([`headers`]), then one module per operation class, each a function of the shared
+//!   [`plane::DataPlaneState`]: [`reads`] to the primary (a canary share served by the
+//!   secondary, a shadow share also sent to it and compared by [`shadow`]), [`record_writes`]
+//!   and [`lifecycle_writes`] to both stores, [`reset`] of both, and [`passthrough`] of the
+//!   rest to the primary. [`forward`] holds what they share to send a request and relay the
+//!   answer.
 //!
-//! The write path orders writes per record ([`locks`]), records intents and journal entries
-//! in the durable store (`shift-store`), and mirrors [`mirror::MirrorOp`]s, applied to a store
-//! by [`apply`] (in sync mode at once, in journaled mode by the [`replay`] worker). Collection
-//! ids are translated through the [`collections`] map ([`resolve`] finds entries), tenant and
-//! database names through [`namespace`]. The [`topology`] says which store is primary.
+//! A write takes its order locks and hands itself to a task of its own ([`write_task`]), which
+//! records an intent, sends the write and settles it by the decision table in [`settle`];
+//! [`intents`] settles the intents a crash or a failed state write left behind. Writes mirror
+//! [`mirror::MirrorOp`]s, applied to a store by [`apply`] (in sync mode at once, in journaled
+//! mode by the [`replay`] worker). Collection ids ([`ids`]) are translated through the
+//! [`collections`] map ([`resolve`] finds entries), tenant and database names through
+//! [`namespace`]. The [`topology`] says which store is primary.
+//!
+//! What holds state or coordinates it (the order scope, the write gate, the topology, the
+//! collection map's durable side, the journal) sits behind the traits of [`coord`]; the
+//! request path uses only those. The in-process implementations ([`locks`], [`gate`],
+//! [`topology`], and [`embedded`] for the redb state of `shift-store`) are the default.
 //!
 //! [`server::serve`] runs the stack on a listener; [`error`] maps every failure to an answer
 //! in Chroma's error shape; [`metrics`] holds the Prometheus metrics; [`backend`] is the one
@@ -24,17 +34,27 @@ pub mod auth;
 pub mod backend;
 pub mod body;
 pub mod collections;
+pub mod coord;
+pub mod embedded;
 pub mod error;
 pub mod failpoints;
+pub mod forward;
 pub mod gate;
 pub mod headers;
+pub mod ids;
+pub mod intents;
+pub mod lifecycle_writes;
 pub mod locks;
 pub mod metrics;
 pub mod mirror;
 pub mod namespace;
 pub mod observe;
+pub mod passthrough;
+pub mod plane;
 pub mod reads;
+pub mod record_writes;
 pub mod replay;
+pub mod reset;
 pub mod resolve;
 pub mod server;
 pub mod service;
@@ -42,10 +62,11 @@ pub mod settle;
 pub mod shadow;
 pub mod tls;
 pub mod topology;
-pub mod writes;
+pub mod write_task;
 
 pub use backend::{Backend, Backends};
 pub use metrics::ProxyMetrics;
+pub use plane::{DataPlaneState, PlaneParts, WriteSettings};
 pub use server::{serve, Drained, ServeOptions};
 pub use service::{ProxyService, ProxySettings};
 

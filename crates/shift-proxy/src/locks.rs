@@ -6,7 +6,7 @@
 //! stripes that record ids hash to. A write by ids takes the collection lock shared and its
 //! stripes in ascending order (so two writes never wait on each other in a cycle); a delete by
 //! filter or a collection change takes the collection lock exclusively. Unrelated writes run
-//! concurrently.
+//! concurrently. [`OrderLocks`] is the in-process [`OrderScope`](crate::coord::OrderScope).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
@@ -16,6 +16,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{
     Mutex as AsyncMutex, OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock,
 };
+
+use crate::coord::{OrderScope, Pending};
+
+/// Held while a lifecycle change is ordered.
+pub type LifecycleGuard = OwnedMutexGuard<()>;
 
 /// Stripes per collection: enough that unrelated batches rarely share one.
 const STRIPES: usize = 512;
@@ -61,34 +66,55 @@ impl OrderLocks {
             })
             .clone()
     }
+}
 
-    /// Locks the records `ids` of `collection`.
-    pub async fn records(&self, collection: &str, ids: &[String]) -> OrderGuard {
+impl OrderScope for OrderLocks {
+    fn try_records(&self, collection: &str, ids: &[String]) -> Option<OrderGuard> {
         let locks = self.collection_locks(collection);
-        let whole = locks.whole.clone().read_owned().await;
+        let whole = locks.whole.clone().try_read_owned().ok()?;
         let stripes: BTreeSet<usize> = ids.iter().map(|id| stripe(id)).collect();
         let mut guards = Vec::with_capacity(stripes.len());
         for index in stripes {
-            guards.push(locks.stripes[index].clone().lock_owned().await);
+            // One held: give back what was taken, and wait in order instead.
+            guards.push(locks.stripes[index].clone().try_lock_owned().ok()?);
         }
-        OrderGuard::Records {
+        Some(OrderGuard::Records {
             _stripes: guards,
             _whole: whole,
-        }
+        })
     }
 
-    /// Locks the whole of `collection`: no record of it is written meanwhile.
-    pub async fn collection(&self, collection: &str) -> OrderGuard {
-        let locks = self.collection_locks(collection);
-        OrderGuard::Collection {
-            _whole: locks.whole.clone().write_owned().await,
-        }
+    fn wait_records<'a>(
+        &'a self,
+        collection: &'a str,
+        ids: &'a [String],
+    ) -> Pending<'a, OrderGuard> {
+        Box::pin(async move {
+            let locks = self.collection_locks(collection);
+            let whole = locks.whole.clone().read_owned().await;
+            let stripes: BTreeSet<usize> = ids.iter().map(|id| stripe(id)).collect();
+            let mut guards = Vec::with_capacity(stripes.len());
+            for index in stripes {
+                guards.push(locks.stripes[index].clone().lock_owned().await);
+            }
+            OrderGuard::Records {
+                _stripes: guards,
+                _whole: whole,
+            }
+        })
     }
 
-    /// Serializes lifecycle changes (create, rename, delete, fork; tenants and databases), so
-    /// their mirrors are queued in the order the primary applied them.
-    pub async fn lifecycle(&self) -> OwnedMutexGuard<()> {
-        self.lifecycle.clone().lock_owned().await
+    fn collection<'a>(&'a self, collection: &'a str) -> Pending<'a, OrderGuard> {
+        Box::pin(async move {
+            let locks = self.collection_locks(collection);
+            OrderGuard::Collection {
+                _whole: locks.whole.clone().write_owned().await,
+            }
+        })
+    }
+
+    fn lifecycle(&self) -> Pending<'_, LifecycleGuard> {
+        Box::pin(self.lifecycle.clone().lock_owned())
     }
 }
 
@@ -118,7 +144,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn same_records_wait_and_other_records_do_not() {
-        let locks = OrderLocks::default();
+        let locks: &dyn OrderScope = &OrderLocks::default();
         let held = locks.records("c", &["a".into()]).await;
         // An id on another stripe goes at once.
         let other = (0..)
@@ -146,7 +172,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_collection_lock_excludes_record_writes() {
-        let locks = OrderLocks::default();
+        let locks: &dyn OrderScope = &OrderLocks::default();
         let whole = locks.collection("c").await;
         let a: [String; 1] = ["a".into()];
         let mut waiting = Box::pin(locks.records("c", &a));
@@ -160,7 +186,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_record_write_holds_off_a_collection_lock() {
-        let locks = OrderLocks::default();
+        let locks: &dyn OrderScope = &OrderLocks::default();
         let record = locks.records("c", &["a".into()]).await;
         let mut whole = Box::pin(locks.collection("c"));
         assert!(poll_once(whole.as_mut()).await.is_none());

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shift_chroma::Operation;
 
+use crate::ids::ClientCollectionId;
+
 /// The four record writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,28 +53,28 @@ pub enum MirrorOp {
     /// resolved to).
     Records {
         kind: RecordKind,
-        collection: String,
+        collection: ClientCollectionId,
         body: Value,
     },
     /// Makes the target hold what the source holds for these ids: upsert the ones the source
     /// has, delete the others. Used where the outcome on the primary is unknown (a timeout, a
     /// crash between the primary write and the journal).
     Reconcile {
-        collection: String,
+        collection: ClientCollectionId,
         ids: Vec<String>,
     },
     /// Creates the collection on the target if it lacks it.
     EnsureCollection {
-        collection: String,
+        collection: ClientCollectionId,
     },
     /// Changes name, metadata or configuration (the `PUT` body).
     UpdateCollection {
-        collection: String,
+        collection: ClientCollectionId,
         body: Value,
     },
     /// Deletes the collection named `name` (Chroma deletes by name).
     DeleteCollection {
-        collection: Option<String>,
+        collection: Option<ClientCollectionId>,
         tenant: String,
         database: String,
         name: String,
@@ -80,15 +82,15 @@ pub enum MirrorOp {
     /// Brings a collection's existence, name and metadata on the target in line with the
     /// source; for lifecycle writes whose outcome is unknown.
     ReconcileCollection {
-        collection: Option<String>,
+        collection: Option<ClientCollectionId>,
         tenant: String,
         database: String,
         name: String,
     },
     /// Forks `source` into `fork` named `new_name`.
     ForkCollection {
-        source: String,
-        fork: String,
+        source: ClientCollectionId,
+        fork: ClientCollectionId,
         new_name: String,
     },
     CreateTenant {
@@ -111,14 +113,14 @@ pub enum MirrorOp {
     /// that the target fixes the collection's dimension as the primary did, and keeps nothing
     /// of the update, as the primary keeps nothing.
     ForgetMissing {
-        collection: String,
+        collection: ClientCollectionId,
         /// The update, restricted to `ids`.
         body: Value,
         ids: Vec<String>,
     },
     /// Attaches or detaches a function: `suffix` is the path after the collection id.
     Function {
-        collection: String,
+        collection: ClientCollectionId,
         suffix: String,
         body: Value,
     },
@@ -133,14 +135,16 @@ impl MirrorOp {
             | MirrorOp::EnsureCollection { collection }
             | MirrorOp::UpdateCollection { collection, .. }
             | MirrorOp::Function { collection, .. }
-            | MirrorOp::ForgetMissing { collection, .. } => collection.clone(),
-            MirrorOp::ForkCollection { fork, .. } => fork.clone(),
+            | MirrorOp::ForgetMissing { collection, .. } => collection.to_string(),
+            MirrorOp::ForkCollection { fork, .. } => fork.to_string(),
             MirrorOp::DeleteCollection {
                 collection, name, ..
             }
             | MirrorOp::ReconcileCollection {
                 collection, name, ..
-            } => collection.clone().unwrap_or_else(|| name.clone()),
+            } => collection
+                .as_ref()
+                .map_or_else(|| name.clone(), |c| c.to_string()),
             MirrorOp::CreateTenant { .. }
             | MirrorOp::UpdateTenant { .. }
             | MirrorOp::CreateDatabase { .. }
@@ -270,5 +274,16 @@ mod tests {
                 ids: vec!["a".into(), "b".into()]
             }
         );
+    }
+
+    #[test]
+    fn journal_entries_from_before_the_id_types_decode_and_encode_the_same() {
+        let old = br#"{"fork_collection":{"source":"c1","fork":"c2","new_name":"n"}}"#;
+        let op = MirrorOp::from_bytes(old).unwrap();
+        assert_eq!(op.lag_key(), "c2");
+        assert_eq!(op.to_bytes(), old.to_vec());
+        let old =
+            br#"{"delete_collection":{"collection":null,"tenant":"t","database":"d","name":"n"}}"#;
+        assert_eq!(MirrorOp::from_bytes(old).unwrap().to_bytes(), old.to_vec());
     }
 }

@@ -15,18 +15,21 @@
 use std::sync::Arc;
 
 use http::Response;
-use http_body_util::BodyExt;
 use serde_json::Value;
 use shift_chroma::Operation;
 use shift_config::BackendName;
 
 use crate::collections::CollectionEntry;
-use crate::error::{BackendError, BackendErrorKind, ProxyError};
+use crate::error::ProxyError;
+use crate::forward::{
+    backend_path, read_whole, relay, relay_bytes, relay_json, resolve_failure, send, Answered,
+    BufferedRequest,
+};
+use crate::plane::DataPlaneState;
 use crate::shadow::{
     CanaryOutcome, CollectionRef, PrimaryHandoff, ShadowRequest, ShadowedRead, SkipReason,
     MAX_COMPARED_BODY,
 };
-use crate::writes::{relay, relay_json, resolve_failure, Answered, BufferedRequest, Mirror};
 
 /// Reads whose answer holds collection objects.
 fn returns_collections(operation: Operation) -> bool {
@@ -44,241 +47,196 @@ fn roll(percent: f64) -> bool {
     percent > 0.0 && fastrand::f64() * 100.0 < percent
 }
 
-fn transport(backend: BackendName, error: impl std::fmt::Display) -> ProxyError {
-    ProxyError::Backend(BackendError {
-        backend,
-        kind: BackendErrorKind::Transport(error.to_string()),
+/// A read: to the primary, or a canary or shadow share of it to the secondary too.
+pub async fn read(
+    plane: &DataPlaneState,
+    request: BufferedRequest,
+) -> Result<Answered, ProxyError> {
+    let topology = plane.topology.current();
+    let primary = topology.primary;
+    let params = &request.route.params;
+
+    // A client id the map knows (or can find) is sent as the primary's id; anything else
+    // (a name, an id no store has) goes as it is and Chroma answers it.
+    let mut entry = None;
+    if let (Some(tenant), Some(database), Some(segment)) = (
+        params.tenant.as_deref(),
+        params.database.as_deref(),
+        params.collection.as_deref(),
+    ) {
+        if uuid::Uuid::parse_str(segment).is_ok() {
+            entry = plane
+                .resolver
+                .by_client_id(primary, tenant, database, segment)
+                .await
+                .map_err(resolve_failure)?
+                .filter(|e| !e.deleted);
+        }
+    }
+    let collection = entry.as_deref().and_then(|e| e.id_on(primary).cloned());
+
+    // A canary or a shadow, for a record read of a collection the primary has.
+    let mut shadow = None;
+    if let (Some(read), Some(entry), Some(_)) = (
+        ShadowedRead::of(request.route.operation),
+        entry.as_deref(),
+        collection.as_deref(),
+    ) {
+        let secondary = topology.secondary();
+        if roll(topology.reads.canary_percent) {
+            if let Some(answered) = canary(plane, entry, secondary, &request).await {
+                return Ok(answered);
+            }
+        } else if roll(topology.reads.shadow_percent) {
+            shadow = start_shadow(plane, read, entry, primary, secondary, &request);
+        }
+    }
+
+    let path = backend_path(plane, primary, &request, collection.as_deref());
+    let response = send(plane, primary, &request, &path, request.body.clone()).await?;
+    if let Some(shadow) = shadow {
+        if response.status().is_success() {
+            let declared = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > MAX_COMPARED_BODY) {
+                shadow.skipped(SkipReason::TooLarge);
+            } else {
+                return answer_shadowed(primary, response, shadow).await;
+            }
+        }
+        // Dropping the handoff counts the shadow as skipped: nothing to compare with.
+    }
+    if !returns_collections(request.route.operation) || !response.status().is_success() {
+        return Ok(Answered {
+            response: relay(response),
+            backend: primary,
+        });
+    }
+    let (parts, bytes) = read_whole(primary, response).await?;
+    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(Answered {
+            response: relay_bytes(parts, bytes),
+            backend: primary,
+        });
+    };
+    plane
+        .resolver
+        .rewrite_collections(primary, &mut value)
+        .await
+        .map_err(resolve_failure)?;
+    Ok(Answered {
+        response: relay_json(parts, &value),
+        backend: primary,
     })
 }
 
-impl Mirror {
-    pub async fn read(&self, request: BufferedRequest) -> Result<Answered, ProxyError> {
-        let topology = self.topology.load_full();
-        let primary = topology.primary;
-        let params = &request.route.params;
-
-        // A client id the map knows (or can find) is sent as the primary's id; anything else
-        // (a name, an id no store has) goes as it is and Chroma answers it.
-        let mut entry = None;
-        if let (Some(tenant), Some(database), Some(segment)) = (
-            params.tenant.as_deref(),
-            params.database.as_deref(),
-            params.collection.as_deref(),
-        ) {
-            if uuid::Uuid::parse_str(segment).is_ok() {
-                entry = self
-                    .resolver
-                    .by_client_id(primary, tenant, database, segment)
-                    .await
-                    .map_err(resolve_failure)?
-                    .filter(|e| !e.deleted);
-            }
-        }
-        let collection = entry
-            .as_deref()
-            .and_then(|e| e.id_on(primary).map(str::to_owned));
-
-        // A canary or a shadow, for a record read of a collection the primary has.
-        let mut shadow = None;
-        if let (Some(read), Some(entry), Some(_)) = (
-            ShadowedRead::of(request.route.operation),
-            entry.as_deref(),
-            collection.as_deref(),
-        ) {
-            let secondary = topology.secondary();
-            if roll(topology.reads.canary_percent) {
-                if let Some(answered) = self.canary(entry, secondary, &request).await {
-                    return Ok(answered);
-                }
-            } else if roll(topology.reads.shadow_percent) {
-                shadow = self.start_shadow(read, entry, primary, secondary, &request);
-            }
-        }
-
-        let path = self.backend_path(primary, &request, collection.as_deref());
-        let response = self
-            .resolver
-            .backends
-            .get(primary)
-            .send(
-                request.method.clone(),
-                &path,
-                request.headers.clone(),
-                request.body.clone(),
-            )
-            .await?;
-        if let Some(shadow) = shadow {
-            if response.status().is_success() {
-                let declared = response
-                    .headers()
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if declared.is_some_and(|len| len > MAX_COMPARED_BODY) {
-                    shadow.skipped(SkipReason::TooLarge);
-                } else {
-                    return self.answer_shadowed(primary, response, shadow).await;
-                }
-            }
-            // Dropping the handoff counts the shadow as skipped: nothing to compare with.
-        }
-        if !returns_collections(request.route.operation) || !response.status().is_success() {
-            return Ok(Answered {
+/// Serves a read from the secondary when it has caught up on the collection; `None` when
+/// the primary must answer (skipped, or the secondary failed: the client never pays for a
+/// canary).
+async fn canary(
+    plane: &DataPlaneState,
+    entry: &CollectionEntry,
+    secondary: BackendName,
+    request: &BufferedRequest,
+) -> Option<Answered> {
+    let collection = CollectionRef::of(entry);
+    let Some(id) = entry.id_on(secondary) else {
+        plane
+            .shadow
+            .canary(&collection, CanaryOutcome::SkippedUnmapped);
+        return None;
+    };
+    // A parked write (a dead letter) leaves no lag but a secondary that may differ: canaries
+    // wait until an operator has dealt with it. Coarse (any dead letter), and safe.
+    if plane.waits_in_journal(secondary, &entry.client_id) || plane.journal.dead_letter_count() > 0
+    {
+        plane
+            .shadow
+            .canary(&collection, CanaryOutcome::SkippedLagging);
+        return None;
+    }
+    let path = backend_path(plane, secondary, request, Some(id));
+    let result = send(plane, secondary, request, &path, request.body.clone()).await;
+    match result {
+        Ok(response) if response.status().is_success() => {
+            plane.shadow.canary(&collection, CanaryOutcome::Served);
+            Some(Answered {
                 response: relay(response),
-                backend: primary,
-            });
+                backend: secondary,
+            })
         }
-        let (parts, body) = response.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| transport(primary, e))?
-            .to_bytes();
-        let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
-            let mut parts = parts;
-            crate::headers::strip_hop_by_hop(&mut parts.headers);
-            return Ok(Answered {
-                response: Response::from_parts(parts, crate::body::full(bytes)),
-                backend: primary,
-            });
-        };
-        self.resolver
-            .rewrite_collections(primary, &mut value)
-            .await
-            .map_err(resolve_failure)?;
-        Ok(Answered {
-            response: relay_json(parts, &value),
-            backend: primary,
-        })
-    }
-
-    /// Whether writes of `collection` still wait in `secondary`'s journal.
-    fn lagging(&self, secondary: BackendName, collection: &str) -> bool {
-        self.store
-            .lag(secondary)
-            .collections
-            .get(collection)
-            .is_some_and(|lag| lag.entries > 0)
-    }
-
-    /// Serves a read from the secondary when it has caught up on the collection; `None` when
-    /// the primary must answer (skipped, or the secondary failed: the client never pays for a
-    /// canary).
-    async fn canary(
-        &self,
-        entry: &CollectionEntry,
-        secondary: BackendName,
-        request: &BufferedRequest,
-    ) -> Option<Answered> {
-        let collection = CollectionRef::of(entry);
-        let Some(id) = entry.id_on(secondary) else {
-            self.shadow
-                .canary(&collection, CanaryOutcome::SkippedUnmapped);
-            return None;
-        };
-        // A parked write (a dead letter) leaves no lag but a secondary that may differ: canaries
-        // wait until an operator has dealt with it. Coarse (any dead letter), and safe.
-        if self.lagging(secondary, &entry.client_id) || self.store.dead_letter_count() > 0 {
-            self.shadow
-                .canary(&collection, CanaryOutcome::SkippedLagging);
-            return None;
+        Ok(response) => {
+            tracing::warn!(
+                %secondary,
+                collection = %collection.id,
+                status = response.status().as_u16(),
+                "canary read refused by the secondary; the primary answers"
+            );
+            plane.shadow.canary(&collection, CanaryOutcome::Fallback);
+            None
         }
-        let path = self.backend_path(secondary, request, Some(id));
-        let result = self
-            .resolver
-            .backends
-            .get(secondary)
-            .send(
-                request.method.clone(),
-                &path,
-                request.headers.clone(),
-                request.body.clone(),
-            )
-            .await;
-        match result {
-            Ok(response) if response.status().is_success() => {
-                self.shadow.canary(&collection, CanaryOutcome::Served);
-                Some(Answered {
-                    response: relay(response),
-                    backend: secondary,
-                })
-            }
-            Ok(response) => {
-                tracing::warn!(
-                    %secondary,
-                    collection = %collection.id,
-                    status = response.status().as_u16(),
-                    "canary read refused by the secondary; the primary answers"
-                );
-                self.shadow.canary(&collection, CanaryOutcome::Fallback);
-                None
-            }
-            Err(error) => {
-                tracing::warn!(%error, collection = %collection.id, "canary read failed; the primary answers");
-                self.metrics
-                    .backend_errors
-                    .with_label_values(&[secondary.as_str(), error.label()])
-                    .inc();
-                self.shadow.canary(&collection, CanaryOutcome::Fallback);
-                None
-            }
+        Err(error) => {
+            tracing::warn!(%error, collection = %collection.id, "canary read failed; the primary answers");
+            plane
+                .metrics
+                .backend_errors
+                .with_label_values(&[secondary.as_str(), error.label()])
+                .inc();
+            plane.shadow.canary(&collection, CanaryOutcome::Fallback);
+            None
         }
     }
+}
 
-    /// Sends the shadow of a read to the secondary now, when the secondary can answer it
-    /// truthfully; counts it as skipped or dropped otherwise.
-    fn start_shadow(
-        &self,
-        read: ShadowedRead,
-        entry: &CollectionEntry,
-        primary: BackendName,
-        secondary: BackendName,
-        request: &BufferedRequest,
-    ) -> Option<PrimaryHandoff> {
-        let collection = CollectionRef::of(entry);
-        let Some(id) = entry.id_on(secondary) else {
-            self.shadow.skip(&collection, read, SkipReason::Unmapped);
-            return None;
-        };
-        if self.lagging(secondary, &entry.client_id) {
-            self.shadow.skip(&collection, read, SkipReason::Lagging);
-            return None;
-        }
-        let path = self.backend_path(secondary, request, Some(id));
-        self.shadow.start(
-            Arc::clone(&self.resolver.backends),
-            ShadowRequest {
-                collection,
-                read,
-                primary,
-                secondary,
-                method: request.method.clone(),
-                path,
-                headers: request.headers.clone(),
-                body: request.body.clone(),
-            },
-        )
+/// Sends the shadow of a read to the secondary now, when the secondary can answer it
+/// truthfully; counts it as skipped or dropped otherwise.
+fn start_shadow(
+    plane: &DataPlaneState,
+    read: ShadowedRead,
+    entry: &CollectionEntry,
+    primary: BackendName,
+    secondary: BackendName,
+    request: &BufferedRequest,
+) -> Option<PrimaryHandoff> {
+    let collection = CollectionRef::of(entry);
+    let Some(id) = entry.id_on(secondary) else {
+        plane.shadow.skip(&collection, read, SkipReason::Unmapped);
+        return None;
+    };
+    if plane.waits_in_journal(secondary, &entry.client_id) {
+        plane.shadow.skip(&collection, read, SkipReason::Lagging);
+        return None;
     }
+    let path = backend_path(plane, secondary, request, Some(id));
+    plane.shadow.start(
+        Arc::clone(&plane.resolver.backends),
+        ShadowRequest {
+            collection,
+            read,
+            primary,
+            secondary,
+            method: request.method.clone(),
+            path,
+            headers: request.headers.clone(),
+            body: request.body.clone(),
+        },
+    )
+}
 
-    /// The primary's answer to a shadowed read: read whole, handed to the shadow, and given to
-    /// the client without waiting for the comparison.
-    async fn answer_shadowed(
-        &self,
-        primary: BackendName,
-        response: Response<hyper::body::Incoming>,
-        shadow: PrimaryHandoff,
-    ) -> Result<Answered, ProxyError> {
-        let (mut parts, body) = response.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| transport(primary, e))?
-            .to_bytes();
-        shadow.answered(bytes.clone());
-        crate::headers::strip_hop_by_hop(&mut parts.headers);
-        Ok(Answered {
-            response: Response::from_parts(parts, crate::body::full(bytes)),
-            backend: primary,
-        })
-    }
+/// The primary's answer to a shadowed read: read whole, handed to the shadow, and given to
+/// the client without waiting for the comparison.
+async fn answer_shadowed(
+    primary: BackendName,
+    response: Response<hyper::body::Incoming>,
+    shadow: PrimaryHandoff,
+) -> Result<Answered, ProxyError> {
+    let (parts, bytes) = read_whole(primary, response).await?;
+    shadow.answered(bytes.clone());
+    Ok(Answered {
+        response: relay_bytes(parts, bytes),
+        backend: primary,
+    })
 }

@@ -28,12 +28,9 @@
 //! others; what a full lane cannot hold stays in the journal and is read again when it has room.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde_json::Value;
-use shift_chroma::payload::{append_record_body, record_count};
 use shift_chroma::retry::Backoff;
 use shift_config::BackendName;
 use shift_store::{JournalEntry, Seq, Store, StoreError};
@@ -42,8 +39,15 @@ use tokio::time::Instant;
 
 use crate::apply::{ApplyError, ApplyTarget, HaltCause};
 use crate::metrics::{ProxyMetrics, ReplayMetrics};
-use crate::mirror::{MirrorOp, RecordKind};
+use crate::mirror::MirrorOp;
 use crate::topology::SharedTopology;
+
+mod board;
+mod journal_read;
+mod lanes;
+
+pub use board::{ReplayBoard, ReplayState, ReplayStop};
+use lanes::merge_into;
 
 /// Entries read from the journal at a time, at most.
 const READ_AHEAD: usize = 512;
@@ -123,80 +127,6 @@ impl<A: ApplyTarget> std::fmt::Debug for ReplayWorker<A> {
             .field("target", &self.target)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// What the worker shows.
-
-/// The replay's state of both targets, for `/admin/status` and any check that must know
-/// whether a target's replay is stopped.
-#[derive(Debug, Default)]
-pub struct ReplayBoard {
-    old: Mutex<ReplayState>,
-    new: Mutex<ReplayState>,
-}
-
-/// One target's replay, as last reported by its worker.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReplayState {
-    /// `running`, or `stopped: unauthorized` / `stopped: misconfigured`.
-    pub state: String,
-    /// Why and since when it is stopped; `None` while running.
-    pub stopped: Option<ReplayStop>,
-    /// Collections (journal lag keys) whose next write waits for a retry, with the last
-    /// failure (the first few).
-    pub waiting: BTreeMap<String, String>,
-    /// Journal payload bytes held in memory.
-    pub held_bytes: u64,
-}
-
-/// A stopped replay.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReplayStop {
-    pub cause: HaltCause,
-    /// The store's answer that stopped it, or the last probe's.
-    pub reason: String,
-    /// When it stopped (Unix milliseconds).
-    pub since_ms: u64,
-    /// Probes sent since.
-    pub probes: u64,
-}
-
-impl ReplayBoard {
-    fn slot(&self, target: BackendName) -> std::sync::MutexGuard<'_, ReplayState> {
-        match target {
-            BackendName::Old => &self.old,
-            BackendName::New => &self.new,
-        }
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The state of `target`'s replay.
-    pub fn get(&self, target: BackendName) -> ReplayState {
-        let mut state = self.slot(target).clone();
-        if state.state.is_empty() {
-            state.state = "running".to_owned();
-        }
-        state
-    }
-
-    /// Why `target`'s replay is stopped, if it is.
-    pub fn stopped(&self, target: BackendName) -> Option<ReplayStop> {
-        self.slot(target).stopped.clone()
-    }
-
-    /// Both targets, as the `replay` section of `/admin/status`.
-    pub fn status(&self) -> Value {
-        serde_json::json!({
-            "old": self.get(BackendName::Old),
-            "new": self.get(BackendName::New),
-        })
-    }
-
-    fn update(&self, target: BackendName, change: impl FnOnce(&mut ReplayState)) {
-        change(&mut self.slot(target));
     }
 }
 
@@ -367,111 +297,6 @@ impl<A: ApplyTarget> Run<'_, A> {
         self.lanes.values().all(Lane::idle)
     }
 
-    /// Reads what the budget has room for into the lanes, and refills lanes that emptied
-    /// while entries of theirs were left in the journal.
-    fn fill(&mut self) -> Result<(), StoreError> {
-        let full: Vec<String> = self
-            .lanes
-            .iter()
-            .filter(|(_, l)| l.queue.is_empty() && l.unread_from.is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in full {
-            self.refill(&key)?;
-        }
-        // A lane whose left entries were gone (parked or removed by an operator) is done.
-        self.lanes.retain(|_, l| !l.idle());
-        if self.barrier {
-            if !self.idle() {
-                return Ok(());
-            }
-            self.barrier = false;
-        }
-        let room = self.worker.settings.max_bytes.saturating_sub(self.held);
-        if room == 0 {
-            return Ok(());
-        }
-        let entries =
-            self.worker
-                .store
-                .read_bounded(self.target(), self.cursor, READ_AHEAD, room)?;
-        let cap = self.worker.lane_cap();
-        for entry in entries {
-            if is_barrier(&entry) {
-                // A barrier: applied alone, once everything before it is done.
-                self.barrier = true;
-                if self.idle() {
-                    self.cursor = Some(entry.seq);
-                    self.held += entry.payload.len();
-                    self.lanes.entry(String::new()).or_default().push(entry);
-                }
-                break;
-            }
-            self.cursor = Some(entry.seq);
-            let size = entry.payload.len();
-            let lane = self.lanes.entry(entry.collection.clone()).or_default();
-            if lane.unread_from.is_some() {
-                continue;
-            }
-            if !lane.queue.is_empty() && lane.bytes + size > cap {
-                lane.unread_from = Some(entry.seq);
-                continue;
-            }
-            lane.push(entry);
-            self.held += size;
-        }
-        Ok(())
-    }
-
-    /// Reads `key`'s entries left in the journal (from its `unread_from` up to the cursor)
-    /// into its empty queue, as many as fit.
-    fn refill(&mut self, key: &str) -> Result<(), StoreError> {
-        let worker = self.worker;
-        let cap = worker.lane_cap();
-        let cursor = self.cursor;
-        let Some(lane) = self.lanes.get_mut(key) else {
-            return Ok(());
-        };
-        let Some(from) = lane.unread_from.take() else {
-            return Ok(());
-        };
-        let mut added = 0;
-        let mut after = Some(Seq(from.0.saturating_sub(1)));
-        let result = 'pages: loop {
-            let page = match worker
-                .store
-                .read_bounded(worker.target, after, READ_AHEAD, cap)
-            {
-                Ok(page) => page,
-                Err(error) => {
-                    // Read again from here next time.
-                    lane.unread_from = after.map(|s| Seq(s.0 + 1));
-                    break Err(error);
-                }
-            };
-            if page.is_empty() {
-                break Ok(());
-            }
-            for entry in page {
-                if Some(entry.seq) > cursor {
-                    break 'pages Ok(());
-                }
-                after = Some(entry.seq);
-                if entry.collection != key {
-                    continue;
-                }
-                if !lane.queue.is_empty() && lane.bytes + entry.payload.len() > cap {
-                    lane.unread_from = Some(entry.seq);
-                    break 'pages Ok(());
-                }
-                added += entry.payload.len();
-                lane.push(entry);
-            }
-        };
-        self.held += added;
-        result
-    }
-
     /// The next lane with work that is not waiting for a retry, taking turns.
     fn ready_lane(&self) -> Option<String> {
         let now = Instant::now();
@@ -533,7 +358,7 @@ impl<A: ApplyTarget> Run<'_, A> {
                 };
             }
         }
-        if self.worker.topology.load().primary == target {
+        if self.worker.topology.current().primary == target {
             return self.hand_over(key).await;
         }
         let batch = match self.batch(key).await {
@@ -754,47 +579,6 @@ impl<A: ApplyTarget> Run<'_, A> {
         }
     }
 
-    /// Drops the lane's held entries that are no longer in the journal; true when it dropped
-    /// any. Snapshot reads from the store's cache, one per held entry of the next batch.
-    fn drop_removed(&mut self, key: &str) -> Result<bool, StoreError> {
-        let target = self.target();
-        let Some(lane) = self.lanes.get(key) else {
-            return Ok(false);
-        };
-        let mut gone = Vec::new();
-        for held in lane.queue.iter().take(MAX_CHECKED) {
-            let after = held.seq.0.checked_sub(1).map(Seq);
-            let found = self.worker.store.read(target, after, 1)?;
-            if found.first().map(|e| e.seq) != Some(held.seq) {
-                gone.push(held.seq);
-            }
-        }
-        if gone.is_empty() {
-            return Ok(false);
-        }
-        tracing::info!(
-            target = target.as_str(),
-            entries = gone.len(),
-            "entries moved out of the journal are not applied here"
-        );
-        let lane = self.lanes.get_mut(key).expect("the lane checked");
-        let mut freed = 0;
-        lane.queue.retain(|held| {
-            let keep = !gone.contains(&held.seq);
-            if !keep {
-                freed += held.payload.len();
-            }
-            keep
-        });
-        lane.bytes -= freed;
-        self.held -= freed;
-        lane.singles = 0;
-        if lane.idle() {
-            self.lanes.remove(key);
-        }
-        Ok(true)
-    }
-
     /// This store is primary now, yet its journal holds entries: a crash in the middle of a
     /// forced switch can leave reconciliations moved here for a swap that never happened.
     /// Applied here they would copy the secondary's records into the primary; in the other
@@ -882,19 +666,6 @@ impl<A: ApplyTarget> Run<'_, A> {
     }
 }
 
-/// Whether an entry must be applied alone (see the module's doc): anything but a record write,
-/// a reconcile of records or a function op of one collection. Told from the op's serde tag,
-/// the first key of its JSON, so record payloads are not decoded twice.
-fn is_barrier(entry: &JournalEntry) -> bool {
-    const LANE_OPS: [&[u8]; 4] = [
-        b"{\"records\":",
-        b"{\"reconcile\":",
-        b"{\"function\":",
-        b"{\"forget_missing\":",
-    ];
-    entry.collection.is_empty() || !LANE_OPS.iter().any(|tag| entry.payload.starts_with(tag))
-}
-
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -906,49 +677,6 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Makes `into` do what it did and then what `next` does, in place, when that can be said in
-/// one request; false (and `into` untouched) otherwise.
-fn merge_into(into: &mut MirrorOp, next: &MirrorOp, max_records: usize) -> bool {
-    let (
-        MirrorOp::Records {
-            kind: k1,
-            collection: c1,
-            body: b1,
-        },
-        MirrorOp::Records {
-            kind: k2,
-            collection: c2,
-            body: b2,
-        },
-    ) = (into, next)
-    else {
-        return false;
-    };
-    if k1 != k2 || c1 != c2 || record_count(b1) + record_count(b2) > max_records {
-        return false;
-    }
-    match k1 {
-        RecordKind::Add | RecordKind::Upsert | RecordKind::Update => append_record_body(b1, b2),
-        // Deletes by id commute with each other: any overlap is harmless.
-        RecordKind::Delete => {
-            let only_ids = |b: &Value| b.as_object().is_some_and(|o| o.keys().all(|k| k == "ids"));
-            if !only_ids(b1) || !only_ids(b2) {
-                return false;
-            }
-            match (
-                b1.get_mut("ids").and_then(Value::as_array_mut),
-                b2["ids"].as_array(),
-            ) {
-                (Some(ids), Some(more)) => {
-                    ids.extend(more.iter().cloned());
-                    true
-                }
-                _ => false,
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Mutex;
 
 use prometheus::core::Collector;
 use serde_json::json;
 use shift_store::NewEntry;
 
+use super::lanes::is_barrier;
 use super::*;
+use crate::mirror::RecordKind;
 
 /// A store that answers as scripted, and logs every op it is sent.
 #[derive(Default)]
@@ -759,9 +762,9 @@ async fn an_entry_moved_out_of_the_journal_is_not_applied() {
 #[tokio::test(start_paused = true)]
 async fn the_primarys_journal_is_not_applied_to_it() {
     let h = Harness::start(Fake::default(), settings()).await;
-    let mut primary = (*h.topology.load_full()).clone();
+    let mut primary = (*h.topology.current()).clone();
     primary.primary = TARGET;
-    h.topology.store(Arc::new(primary.clone()));
+    h.topology.replace(Arc::new(primary.clone()));
     h.append(&reconcile("a", &["x"])).await;
     h.append(&upsert("b", &["b1"])).await;
     h.until("the reconciliation moved", |h| h.depth_of("a") == 0)
@@ -772,7 +775,7 @@ async fn the_primarys_journal_is_not_applied_to_it() {
     assert_eq!(h.depth_of("b"), 1, "the write waits");
 
     primary.primary = TARGET.other();
-    h.topology.store(Arc::new(primary));
+    h.topology.replace(Arc::new(primary));
     h.until("b applied once secondary", |h| h.depth_of("b") == 0)
         .await;
     assert_eq!(h.fake.attempts("b").len(), 1);

@@ -13,6 +13,7 @@ use shift_config::BackendName;
 use crate::backend::Backends;
 use crate::collections::{CollectionEntry, CollectionIdMap};
 use crate::error::BackendError;
+use crate::ids::{BackendCollectionId, ClientCollectionId};
 use crate::namespace::NamespaceMap;
 
 /// Why a collection could not be resolved.
@@ -152,8 +153,8 @@ impl Resolver {
             .to_client(backend, &view.tenant, Some(&view.database));
         let database = ns.database.unwrap_or_else(|| view.database.clone());
         if let Some(existing) = self.map.by_name(&ns.tenant, &database, &view.name) {
-            if existing.id_on(backend) != Some(view.id.as_str()) {
-                let id = view.id.clone();
+            if existing.id_on(backend).map(|id| id.as_str()) != Some(view.id.as_str()) {
+                let id = BackendCollectionId::from(view.id.clone());
                 if let Some(linked) = self
                     .map
                     .update(&existing.client_id, |e| e.set_id(backend, id))
@@ -166,7 +167,7 @@ impl Resolver {
             }
         }
         let mut entry = CollectionEntry {
-            client_id: view.id.clone(),
+            client_id: ClientCollectionId::from(view.id.clone()),
             tenant: ns.tenant,
             database,
             name: view.name.clone(),
@@ -175,8 +176,8 @@ impl Resolver {
             create: create_body_like(object, &view.name),
             deleted: false,
         };
-        entry.set_id(backend, view.id.clone());
-        Ok(self.map.put(entry).await?)
+        entry.set_id(backend, BackendCollectionId::from(view.id.clone()));
+        Ok(self.map.create(entry).await?)
     }
 
     /// Rewrites the collection objects of an answer from `backend` (one object or an array of
@@ -208,7 +209,7 @@ impl Resolver {
         }
         let entry = self.register(backend, object).await?;
         if let Some(map) = object.as_object_mut() {
-            map.insert("id".into(), Value::from(entry.client_id.clone()));
+            map.insert("id".into(), Value::from(entry.client_id.as_str()));
             map.insert("tenant".into(), Value::from(entry.tenant.clone()));
             map.insert("database".into(), Value::from(entry.database.clone()));
         }

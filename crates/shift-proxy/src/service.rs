@@ -23,10 +23,12 @@ use shift_config::BackendName;
 
 use crate::auth::ClientAuth;
 use crate::body::{BoxError, ProxyBody};
-use crate::error::{error_response, ClientError, ProxyError};
+use crate::error::{error_response, ProxyError, RefusedRequest};
+use crate::forward::BufferedRequest;
 use crate::headers::{strip_client_auth, strip_hop_by_hop};
 use crate::metrics::ProxyMetrics;
-use crate::writes::{BufferedRequest, Mirror};
+use crate::plane::DataPlaneState;
+use crate::{lifecycle_writes, passthrough, reads, record_writes, reset};
 
 /// What the proxy did with a request, left in the response's extensions for the access log
 /// and the metrics layer.
@@ -56,7 +58,7 @@ pub struct ProxySettings {
 /// State shared by every request.
 #[derive(Debug)]
 struct ProxyState {
-    mirror: Arc<Mirror>,
+    plane: Arc<DataPlaneState>,
     settings: ProxySettings,
     metrics: ProxyMetrics,
 }
@@ -68,10 +70,10 @@ pub struct ProxyService {
 }
 
 impl ProxyService {
-    pub fn new(mirror: Arc<Mirror>, settings: ProxySettings, metrics: ProxyMetrics) -> Self {
+    pub fn new(plane: Arc<DataPlaneState>, settings: ProxySettings, metrics: ProxyMetrics) -> Self {
         ProxyService {
             state: Arc::new(ProxyState {
-                mirror,
+                plane,
                 settings,
                 metrics,
             }),
@@ -149,7 +151,7 @@ impl ProxyState {
         // is served by its path; its authority is never used.
         let uri = request.uri();
         if !uri.path().starts_with('/') {
-            return Err(ClientError::RequestTarget(uri.to_string()).into());
+            return Err(RefusedRequest::RequestTarget(uri.to_string()).into());
         }
         if let Some(auth) = &settings.client_auth {
             if !handled.route.operation.is_liveness() {
@@ -177,12 +179,14 @@ impl ProxyState {
             body,
         };
         let started = Instant::now();
-        let mirror = &self.mirror;
+        let plane = &self.plane;
         let answered = match handled.route.class() {
-            OperationClass::Read => mirror.read(request).await?,
-            OperationClass::RecordWrite => mirror.record_write(request).await?,
-            OperationClass::LifecycleWrite => mirror.lifecycle_write(request).await?,
-            OperationClass::DestructiveAdmin => mirror.reset(request).await?,
+            OperationClass::Read => reads::read(plane, request).await?,
+            OperationClass::RecordWrite => record_writes::record_write(plane, request).await?,
+            OperationClass::LifecycleWrite => {
+                lifecycle_writes::lifecycle_write(plane, request).await?
+            }
+            OperationClass::DestructiveAdmin => reset::reset(plane, request).await?,
             // A write to a route Chroma does not have would reach the primary only.
             OperationClass::Unknown
                 if matches!(
@@ -193,11 +197,11 @@ impl ProxyState {
                         | http::Method::DELETE
                 ) =>
             {
-                return Err(ClientError::UnknownWriteRoute(described).into());
+                return Err(RefusedRequest::UnknownWriteRoute(described).into());
             }
             OperationClass::Passthrough | OperationClass::Unknown => {
-                let topology = mirror.topology.load_full();
-                mirror.passthrough(&topology, request).await?
+                let topology = plane.topology.current();
+                passthrough::passthrough(plane, &topology, request).await?
             }
         };
         handled.backend = Some(answered.backend);
@@ -231,7 +235,11 @@ impl ProxyState {
 
 /// Reads the request body, refusing one over `limit` bytes: at once when its declared length
 /// is too large, or as soon as the streamed bytes pass the limit.
-async fn read_body<B>(headers: &http::HeaderMap, body: B, limit: u64) -> Result<Bytes, ClientError>
+async fn read_body<B>(
+    headers: &http::HeaderMap,
+    body: B,
+    limit: u64,
+) -> Result<Bytes, RefusedRequest>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -241,12 +249,12 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return Err(ClientError::BodyTooLarge { limit });
+        return Err(RefusedRequest::BodyTooLarge { limit });
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
     match Limited::new(body, limit_usize).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ClientError::BodyTooLarge { limit }),
-        Err(e) => Err(ClientError::BodyUnreadable(e.to_string())),
+        Err(e) if e.is::<LengthLimitError>() => Err(RefusedRequest::BodyTooLarge { limit }),
+        Err(e) => Err(RefusedRequest::BodyUnreadable(e.to_string())),
     }
 }

@@ -25,11 +25,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shift_config::{BackendName, MirrorMode};
+use shift_proxy::coord::WriteGate;
 use shift_proxy::failpoints::failpoint;
-use shift_proxy::gate::{ClosedGate, WriteGate};
+use shift_proxy::gate::ClosedGate;
 use shift_proxy::mirror::MirrorOp;
 use shift_proxy::topology::{ReadPolicy, SharedTopology, Topology};
-use shift_proxy::writes::Mirror;
+use shift_proxy::DataPlaneState;
 use shift_store::{Seq, StoreError};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -166,7 +167,7 @@ struct SwitchCore {
     /// The live topology every request reads.
     topology: SharedTopology,
     /// The write gate a switch and a pause close.
-    gate: Arc<WriteGate>,
+    gate: Arc<dyn WriteGate>,
     /// The journal, the counts that gate a switch, the persisted topology.
     state: Arc<dyn SwitchState>,
     /// The last heartbeats; a switch reads them and never waits on a store itself.
@@ -190,15 +191,15 @@ pub enum ChangeError {
 
 impl TopologySwitch {
     pub fn new(
-        mirror: Arc<Mirror>,
+        plane: Arc<DataPlaneState>,
         health: Arc<HealthBoard>,
         alerts: Alerter,
         defaults: SwitchDefaults,
     ) -> Self {
         TopologySwitch::from_parts(
-            mirror.topology.clone(),
-            mirror.gate.clone(),
-            Arc::new(mirror.store.clone()),
+            plane.live_topology().clone(),
+            plane.gate().clone(),
+            Arc::new(plane.state().clone()),
             health,
             alerts,
             defaults,
@@ -208,7 +209,7 @@ impl TopologySwitch {
     /// A switch over the given parts (tests use a fake [`SwitchState`]).
     pub fn from_parts(
         topology: SharedTopology,
-        gate: Arc<WriteGate>,
+        gate: Arc<dyn WriteGate>,
         state: Arc<dyn SwitchState>,
         health: Arc<HealthBoard>,
         alerts: Alerter,
@@ -229,7 +230,7 @@ impl TopologySwitch {
     }
 
     pub fn current(&self) -> Arc<Topology> {
-        self.core.topology.load_full()
+        self.core.topology.current()
     }
 
     /// Runs a change on its own task, so a caller that goes away cannot stop it halfway.
@@ -359,7 +360,7 @@ struct Moved {
 
 impl SwitchCore {
     fn current(&self) -> Arc<Topology> {
-        self.topology.load_full()
+        self.topology.current()
     }
 
     /// Persists `topology`, then swaps it in: a crash between the two restarts on the new one,
@@ -367,7 +368,7 @@ impl SwitchCore {
     async fn persist_and_swap(&self, topology: Topology) -> Result<(), StoreError> {
         self.state.persist(&topology).await?;
         failpoint("switch::persisted");
-        self.topology.store(Arc::new(topology));
+        self.topology.replace(Arc::new(topology));
         Ok(())
     }
 

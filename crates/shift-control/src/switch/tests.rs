@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex as StdMutex;
 
 use serde_json::json;
+use shift_proxy::gate::LocalWriteGate;
 use shift_proxy::mirror::RecordKind;
 use shift_proxy::topology::shared;
 use shift_store::{JournalEntry, MapTable, Store};
@@ -144,14 +145,14 @@ impl SwitchState for FakeState {
 pub(crate) struct Fixture {
     pub switch: TopologySwitch,
     pub state: Arc<FakeState>,
-    pub gate: Arc<WriteGate>,
+    pub gate: Arc<dyn WriteGate>,
     pub health: Arc<HealthBoard>,
     pub topology: SharedTopology,
 }
 
 pub(crate) fn fixture(primary: BackendName) -> Fixture {
     let state = Arc::new(FakeState::default());
-    let gate = Arc::new(WriteGate::default());
+    let gate: Arc<dyn WriteGate> = Arc::new(LocalWriteGate::default());
     let health = Arc::new(HealthBoard::new());
     health.record(BackendName::Old, Ok(()), 1.0);
     health.record(BackendName::New, Ok(()), 1.0);
@@ -198,14 +199,14 @@ pub(crate) fn reconcile(collection: &str, id: &str) -> MirrorOp {
 }
 
 /// The gate lets a write through at once.
-async fn gate_is_open(gate: &WriteGate) -> bool {
+async fn gate_is_open(gate: &Arc<dyn WriteGate>) -> bool {
     tokio::time::timeout(Duration::from_millis(1), gate.enter())
         .await
         .is_ok()
 }
 
 fn assert_unchanged(f: &Fixture, primary: BackendName) {
-    let topology = f.topology.load();
+    let topology = f.topology.current();
     assert_eq!((topology.primary, topology.epoch), (primary, 1));
     assert_eq!(f.state.persisted(), None);
 }
@@ -217,9 +218,9 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
         (
             "direction",
             |f| {
-                f.topology.store(Arc::new(Topology {
+                f.topology.replace(Arc::new(Topology {
                     primary: BackendName::New,
-                    ..(**f.topology.load()).clone()
+                    ..(*f.topology.current()).clone()
                 }))
             },
             SwitchRequest::default(),
@@ -253,9 +254,9 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
         (
             "not_paused",
             |f| {
-                f.topology.store(Arc::new(Topology {
+                f.topology.replace(Arc::new(Topology {
                     paused: true,
-                    ..(**f.topology.load()).clone()
+                    ..(*f.topology.current()).clone()
                 }))
             },
             SwitchRequest::default(),
@@ -272,14 +273,14 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
     for (name, setup, request) in cases {
         let f = fixture(BackendName::Old);
         setup(&f);
-        let primary = f.topology.load().primary;
+        let primary = f.topology.current().primary;
         let report = f.switch.switch(Direction::Cutover, request).await.unwrap();
         assert!(!report.switched, "{name}");
         let refused = report.refused.unwrap_or_default();
         assert!(refused.starts_with(name), "{name}: {refused}");
         let check = report.checks.iter().find(|c| c.name == name).unwrap();
         assert!(!check.passed, "{name}");
-        assert_eq!(f.topology.load().primary, primary, "{name}");
+        assert_eq!(f.topology.current().primary, primary, "{name}");
         assert_eq!(f.state.persisted(), None, "{name}");
         assert!(
             gate_is_open(&f.gate).await,
@@ -361,7 +362,7 @@ async fn writes_are_held_while_the_journal_drains_then_go_to_the_new_primary() {
         let topology = f.topology.clone();
         tokio::spawn(async move {
             let _pass = gate.enter().await;
-            topology.load().primary
+            topology.current().primary
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -379,7 +380,7 @@ async fn writes_are_held_while_the_journal_drains_then_go_to_the_new_primary() {
     assert!(report.writes_held_ms >= 400.0, "{report:?}");
     let persisted = f.state.persisted().expect("persisted");
     assert_eq!((persisted.primary, persisted.epoch), (BackendName::New, 2));
-    assert_eq!(*f.topology.load_full(), persisted);
+    assert_eq!(*f.topology.current(), persisted);
     // The held write went on, to the new primary.
     assert_eq!(held.await.unwrap(), BackendName::New);
     assert_eq!(f.gate.held(), 0);
@@ -494,7 +495,7 @@ async fn a_forced_rollback_moves_what_needs_the_dead_store_to_its_own_queue() {
     assert!(moved.iter().all(reads_the_source), "{moved:?}");
     assert_eq!(moved[0], reconcile("c", "failed-1"));
     assert_eq!(moved[2], reconcile("c", "failed-2"));
-    assert_eq!(f.topology.load().primary, BackendName::Old);
+    assert_eq!(f.topology.current().primary, BackendName::Old);
     assert!(gate_is_open(&f.gate).await);
 }
 
@@ -522,7 +523,7 @@ async fn a_forced_rollback_that_times_out_moves_the_reconciliations_back() {
         "moved entries left behind"
     );
     assert_eq!(f.state.waiting(BackendName::Old), 5);
-    let topology = f.topology.load();
+    let topology = f.topology.current();
     assert_eq!((topology.primary, topology.epoch), (BackendName::New, 1));
 }
 
@@ -582,7 +583,7 @@ async fn a_caller_that_goes_away_does_not_stop_a_switch_halfway() {
         .state
         .persisted()
         .expect("the switch stopped with its caller");
-    assert_eq!(*f.topology.load_full(), persisted);
+    assert_eq!(*f.topology.current(), persisted);
     assert!(gate_is_open(&f.gate).await);
 }
 
@@ -591,7 +592,7 @@ async fn a_pause_that_cannot_be_persisted_leaves_the_gate_open() {
     let f = fixture(BackendName::Old);
     f.state.lock().fail_persist = true;
     assert!(f.switch.pause().await.is_err());
-    assert!(!f.topology.load().paused);
+    assert!(!f.topology.current().paused);
     assert!(gate_is_open(&f.gate).await, "writes held while not paused");
     f.state.lock().fail_persist = false;
     assert!(f.switch.pause().await.unwrap().paused);

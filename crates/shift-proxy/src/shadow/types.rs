@@ -71,7 +71,7 @@ pub struct CollectionRef {
 impl CollectionRef {
     pub fn of(entry: &CollectionEntry) -> CollectionRef {
         CollectionRef {
-            id: entry.client_id.clone(),
+            id: entry.client_id.to_string(),
             name: entry.name.clone(),
         }
     }

@@ -1,0 +1,157 @@
+//! Write intents outside their settlement task: which intents a task owns now
+//! ([`LiveIntents`]), and the ones none owns, turned into reconciliations: those a crash left
+//! ([`recover_intents`], at start) and those a state store that could not write left
+//! ([`settle_orphaned_intents`], while running). So a write in flight at a crash ends up on
+//! both stores or on neither.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use shift_config::BackendName;
+use shift_store::{IntentId, NewEntry, StoreError};
+use tokio::sync::watch;
+
+use crate::coord::WriteJournal;
+use crate::mirror::MirrorOp;
+use crate::plane::DataPlaneState;
+
+/// The intents whose settlement task is running.
+#[derive(Debug, Default)]
+pub struct LiveIntents(Mutex<HashSet<IntentId>>);
+
+/// Marks an intent live while it exists.
+pub(crate) struct LiveIntent<'a> {
+    set: &'a LiveIntents,
+    id: IntentId,
+}
+
+impl Drop for LiveIntent<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+    }
+}
+
+impl LiveIntents {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<IntentId>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn hold(&self, id: IntentId) -> LiveIntent<'_> {
+        self.lock().insert(id);
+        LiveIntent { set: self, id }
+    }
+
+    /// Whether a task owns `id`.
+    pub fn contains(&self, id: IntentId) -> bool {
+        self.lock().contains(&id)
+    }
+
+    /// Writes being settled now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Turns the intents a crash left behind into journal entries that bring the secondary in line
+/// with the primary, before any traffic is served.
+pub async fn recover_intents(
+    journal: &dyn WriteJournal,
+    secondary: BackendName,
+) -> Result<usize, StoreError> {
+    let pending = journal.pending_intents()?;
+    let count = pending.len();
+    for (id, payload) in pending {
+        settle_as_reconciliation(journal, id, &payload, secondary).await?;
+    }
+    if count > 0 {
+        tracing::warn!(count, %secondary, "recovered writes in flight at the last stop; queued reconciliations");
+    }
+    Ok(count)
+}
+
+/// An intent whose write may or may not have reached the primary becomes a reconciliation.
+async fn settle_as_reconciliation(
+    journal: &dyn WriteJournal,
+    id: IntentId,
+    payload: &[u8],
+    secondary: BackendName,
+) -> Result<(), StoreError> {
+    match MirrorOp::from_bytes(payload) {
+        Ok(op) => {
+            let op = op.recovery();
+            journal
+                .commit_intent(
+                    id,
+                    vec![NewEntry {
+                        target: secondary,
+                        collection: op.lag_key(),
+                        payload: op.to_bytes(),
+                    }],
+                )
+                .await
+        }
+        Err(error) => {
+            tracing::error!(intent = %id, %error, "unreadable intent dropped");
+            journal.discard_intent(id).await
+        }
+    }
+}
+
+/// How often [`settle_orphaned_intents`] looks.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(1);
+
+/// Settles, without a restart, the intents no task owns: those whose journal commit failed
+/// (the state store could not write) or whose task died. An intent must be seen orphaned in
+/// two sweeps in a row, so one recorded a moment before its task marked it live is left alone.
+/// Runs until `stop` turns true.
+pub async fn settle_orphaned_intents(plane: Arc<DataPlaneState>, mut stop: watch::Receiver<bool>) {
+    let mut suspects: HashSet<IntentId> = HashSet::new();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ORPHAN_SWEEP) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if plane.journal.pending_intent_count() <= plane.live_intents.len() as u64
+            && suspects.is_empty()
+        {
+            continue;
+        }
+        let pending = match plane.journal.pending_intents() {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read pending intents");
+                continue;
+            }
+        };
+        let mut seen = HashSet::new();
+        for (id, payload) in pending {
+            if plane.live_intents.contains(id) {
+                continue;
+            }
+            if !suspects.contains(&id) {
+                seen.insert(id);
+                continue;
+            }
+            let secondary = plane.topology.current().secondary();
+            match settle_as_reconciliation(&*plane.journal, id, &payload, secondary).await {
+                Ok(()) => {
+                    plane.metrics.orphaned_intents.inc();
+                    tracing::warn!(intent = %id, %secondary, "settled an orphaned write intent as a reconciliation");
+                }
+                Err(error) => {
+                    tracing::warn!(intent = %id, %error, "cannot settle an orphaned intent yet");
+                    seen.insert(id);
+                }
+            }
+        }
+        suspects = seen;
+    }
+}

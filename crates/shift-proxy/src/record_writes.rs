@@ -1,0 +1,368 @@
+//! Record writes (add, upsert, update, delete): every write the primary applies reaches the
+//! secondary too.
+//!
+//! A write takes its order locks and then hands itself to a task of its own
+//! ([`crate::write_task`]), which records an intent (durable, before the primary sees the
+//! write), sends the write, and settles it by the decision table in [`crate::settle`]: a
+//! journal entry for the secondary (in journaled mode, in the same transaction that drops the
+//! intent, before the client gets its answer), a reconciliation, or nothing. In sync mode the
+//! secondary gets the write at the same time.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use http::{Method, Response};
+use serde_json::{json, Value};
+use shift_chroma::paths;
+use shift_chroma::payload::{get_response_ids, retain_records, DeleteSelection};
+use shift_config::{BackendName, MirrorMode};
+
+use crate::body::{self, ProxyBody};
+use crate::collections::CollectionEntry;
+use crate::error::{BackendError, BackendErrorKind, ProxyError};
+use crate::failpoints::failpoint;
+use crate::forward::{backend_path, relay, resolve_failure, send, Answered, BufferedRequest};
+use crate::headers::strip_hop_by_hop;
+use crate::locks::OrderGuard;
+use crate::mirror::{ids_of, MirrorOp, RecordKind};
+use crate::passthrough::passthrough;
+use crate::plane::DataPlaneState;
+use crate::settle::{decide, PrimaryOutcome, SecondaryOutcome};
+use crate::topology::Topology;
+use crate::write_task::{
+    carry_out, classify, detach, parse_body, record_intent, refuse_before_write, secondary_outcome,
+    unmirrorable, ClientAnswerTx, Guards, PendingWrite, Queued, Settled,
+};
+
+/// What the primary also gets for ids it lacks in an update: those ids, and the op that
+/// brings the secondary in line after it.
+type Missing = (Vec<String>, Option<MirrorOp>);
+
+/// An add, upsert, update or delete.
+pub async fn record_write(
+    plane: &Arc<DataPlaneState>,
+    request: BufferedRequest,
+) -> Result<Answered, ProxyError> {
+    // Past the gate before reading the topology: a write held by a cutover goes to the
+    // new primary.
+    let pass = plane.gate.enter().await;
+    let topology = plane.topology.current();
+    let primary = topology.primary;
+    let Some(kind) = RecordKind::from_operation(request.route.operation) else {
+        return passthrough(plane, &topology, request).await;
+    };
+    // A collection the stores do not know: the primary answers (a 404), nothing changes.
+    let Some(entry) = collection_for_write(plane, &topology, &request).await? else {
+        return passthrough(plane, &topology, request).await;
+    };
+    let collection = entry.client_id.clone();
+    let primary_id = entry.id_on(primary).cloned().unwrap_or_default();
+    let path = backend_path(plane, primary, &request, Some(&primary_id));
+
+    // Lock, and find the records the write touches. A body the proxy cannot read is
+    // refused as Chroma refuses it: it could not be mirrored.
+    let (guard, mirror_body): (OrderGuard, Value) = match kind {
+        RecordKind::Delete => {
+            let selection = DeleteSelection::parse(&request.body).map_err(unmirrorable)?;
+            if selection.is_filtered() {
+                let guard = plane.locks.collection(&collection).await;
+                match resolve_filtered_delete(plane, primary, &entry, &primary_id, &selection)
+                    .await?
+                {
+                    Ok(ids) => (guard, json!({ "ids": ids })),
+                    // The primary refused the filter: pass its answer on.
+                    Err(refusal) => {
+                        return Ok(Answered {
+                            response: refusal,
+                            backend: primary,
+                        })
+                    }
+                }
+            } else {
+                let ids = selection.ids.clone().unwrap_or_default();
+                let guard = plane.locks.records(&collection, &ids).await;
+                (guard, json!({ "ids": ids }))
+            }
+        }
+        _ => {
+            let body = parse_body(&request.body)?;
+            let guard = plane.locks.records(&collection, &ids_of(&body)).await;
+            (guard, body)
+        }
+    };
+    let (mirror_body, missing) = if kind == RecordKind::Update {
+        update_of_existing(plane, primary, &entry, &primary_id, mirror_body).await?
+    } else {
+        (mirror_body, None)
+    };
+    // What the primary also gets for the ids it lacks, for the secondary after the update.
+    let missing: Missing = match missing {
+        Some((ids, body)) => (
+            ids.clone(),
+            Some(MirrorOp::ForgetMissing {
+                collection: collection.clone(),
+                body,
+                ids,
+            }),
+        ),
+        None => (Vec::new(), None),
+    };
+    let reconcile = MirrorOp::Reconcile {
+        collection: collection.clone(),
+        ids: ids_of(&mirror_body),
+    };
+    let op = MirrorOp::Records {
+        kind,
+        collection: collection.clone(),
+        body: mirror_body,
+    };
+    let secondary = topology.secondary();
+    let sync = topology.mode == MirrorMode::Sync && !plane.waits_in_journal(secondary, &collection);
+    let write = PendingWrite {
+        _pass: pass,
+        _guards: Guards::Records { _records: guard },
+        mode: topology.mode,
+        primary,
+        secondary,
+        path,
+        request,
+    };
+    let plane = plane.clone();
+    detach(move |answer| async move {
+        settle_record_write(&plane, write, op, reconcile, sync, missing, answer).await
+    })
+    .await
+}
+
+/// The entry of the collection a record write names, registered if new. `None` when the
+/// segment is not a collection id the stores know: the primary answers that itself.
+async fn collection_for_write(
+    plane: &DataPlaneState,
+    topology: &Topology,
+    request: &BufferedRequest,
+) -> Result<Option<Arc<CollectionEntry>>, ProxyError> {
+    let params = &request.route.params;
+    let (Some(tenant), Some(database), Some(segment)) = (
+        params.tenant.as_deref(),
+        params.database.as_deref(),
+        params.collection.as_deref(),
+    ) else {
+        return Ok(None);
+    };
+    // Chroma takes an id in any UUID spelling here; the map knows the canonical one.
+    let Some(id) = paths::canonical_id(segment) else {
+        return Ok(None);
+    };
+    let entry = plane
+        .resolver
+        .by_client_id(topology.primary, tenant, database, &id)
+        .await
+        .map_err(resolve_failure)?;
+    Ok(entry.filter(|e| !e.deleted && e.id_on(topology.primary).is_some()))
+}
+
+/// From the intent on: primary (and secondary in sync mode), the decision, the journal.
+async fn settle_record_write(
+    plane: &DataPlaneState,
+    write: PendingWrite,
+    op: MirrorOp,
+    reconcile: MirrorOp,
+    sync: bool,
+    (missing, forget): Missing,
+    answer: ClientAnswerTx,
+) {
+    let encoded = op.encode();
+    let Some(intent) = record_intent(plane, encoded.bytes.clone(), answer.is_closed()).await else {
+        refuse_before_write(plane, answer);
+        return;
+    };
+    let _live = plane.live_intents.hold(intent);
+    failpoint("write::after_intent");
+    let body = write.request.body.clone();
+    let (primary_result, secondary_outcome, secondary_error) = if sync {
+        let (p, s) = tokio::join!(
+            send(plane, write.primary, &write.request, &write.path, body),
+            plane.applier.apply(write.secondary, &op),
+        );
+        // What the primary also got for the ids it lacked follows on the secondary.
+        let s = match (s, &forget) {
+            (Ok(()), Some(forget)) if classify(&p) == PrimaryOutcome::Applied => {
+                plane.applier.apply(write.secondary, forget).await
+            }
+            (s, _) => s,
+        };
+        let (outcome, error) = secondary_outcome(s);
+        (p, outcome, error)
+    } else {
+        let p = send(plane, write.primary, &write.request, &write.path, body).await;
+        (p, SecondaryOutcome::NotSent, None)
+    };
+    failpoint("write::after_primary");
+    let outcome = classify(&primary_result);
+    if outcome == PrimaryOutcome::Applied && !missing.is_empty() {
+        forget_missing_updates(plane, &write, &missing).await;
+    }
+    let decision = decide(
+        outcome,
+        secondary_outcome,
+        plane.writes.on_secondary_failure,
+    );
+    let settled = Settled {
+        intent,
+        decision,
+        queued: Queued {
+            write: forget.into_iter().fold(vec![encoded], |mut ops, op| {
+                ops.push(op.encode());
+                ops
+            }),
+            reconcile,
+        },
+        primary_answer: primary_result.map(relay).map_err(ProxyError::Backend),
+        secondary_error,
+    };
+    carry_out(plane, write, settled, answer).await;
+}
+
+/// After an update the primary applied for ids it lacked, deletes those ids there (still
+/// under the records' locks). They are missing, so nothing is lost; but Chroma 1.5.9 keeps
+/// the embedding of an update of a missing id and brings it back when the id is added
+/// later (see [`update_of_existing`]), and a delete after the update clears it (seen on a
+/// real 1.5.9 server).
+async fn forget_missing_updates(plane: &DataPlaneState, write: &PendingWrite, missing: &[String]) {
+    let path = write
+        .path
+        .rsplit_once("/update")
+        .map(|(collection, _)| format!("{collection}/delete"))
+        .unwrap_or_default();
+    let result = plane
+        .resolver
+        .backends
+        .get(write.primary)
+        .call(Method::POST, &path, Some(&json!({ "ids": missing })))
+        .await;
+    match result {
+        Ok(answer) if answer.status.is_success() => {}
+        Ok(answer) => {
+            tracing::warn!(status = %answer.status, "could not clear an update of missing ids on the primary")
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not clear an update of missing ids on the primary")
+        }
+    }
+}
+
+/// The primary's `get` path of a collection.
+fn primary_get_path(
+    plane: &DataPlaneState,
+    primary: BackendName,
+    entry: &CollectionEntry,
+    primary_id: &str,
+) -> String {
+    let ns = plane
+        .resolver
+        .namespaces
+        .to_backend(primary, &entry.tenant, Some(&entry.database));
+    paths::collection_verb(
+        &ns.tenant,
+        ns.database.as_deref().unwrap_or(&entry.database),
+        primary_id,
+        "get",
+    )
+}
+
+/// An `update` carrying embeddings, restricted for the mirror to the ids the primary
+/// holds; and, when it names ids the primary lacks, those ids with the update restricted to
+/// them (one parse of the body for both). Read under the records' order locks,
+/// so no write of those ids interleaves.
+///
+/// Chroma documents that an update of a missing id is ignored, and its metadata and
+/// document are; but in Chroma 1.5.9 the embedding of such an update comes back later:
+/// after `update(ids=["r"], embeddings=[Y])` of a missing `r`, then `add(ids=["r"],
+/// embeddings=[X])`, any read of the collection followed by any write turns `r`'s embedding
+/// into `Y` (its document and metadata stay the add's). Whether that happens depends on
+/// the reads between the writes, which only the primary sees, so the two stores would end
+/// up with different embeddings for `r`. So the primary gets the update as the client sent
+/// it (Chroma checks and answers it itself: dimensions, duplicate ids, metadata shapes),
+/// then a delete of the missing ids, which clears what the bug would bring back
+/// ([`forget_missing_updates`]); the mirror never carries them.
+async fn update_of_existing(
+    plane: &DataPlaneState,
+    primary: BackendName,
+    entry: &CollectionEntry,
+    primary_id: &str,
+    body: Value,
+) -> Result<(Value, Option<(Vec<String>, Value)>), ProxyError> {
+    let carries_embeddings = body
+        .get("embeddings")
+        .and_then(Value::as_array)
+        .is_some_and(|e| !e.is_empty());
+    let ids = ids_of(&body);
+    if !carries_embeddings || ids.is_empty() {
+        return Ok((body, None));
+    }
+    let path = primary_get_path(plane, primary, entry, primary_id);
+    let answer = plane
+        .resolver
+        .backends
+        .get(primary)
+        .call(
+            Method::POST,
+            &path,
+            Some(&json!({"ids": ids, "include": []})),
+        )
+        .await?;
+    let existing: HashSet<String> = match answer
+        .status
+        .is_success()
+        .then(|| get_response_ids(&answer.body).ok())
+        .flatten()
+    {
+        Some(found) => found.into_iter().collect(),
+        // The primary answers the write itself.
+        None => return Ok((body, None)),
+    };
+    let missing: Vec<String> = ids
+        .iter()
+        .filter(|id| !existing.contains(*id))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok((body, None));
+    }
+    let for_missing = retain_records(&body, |id| !existing.contains(id)).unwrap_or(Value::Null);
+    let restricted = retain_records(&body, |id| existing.contains(id)).unwrap_or(body);
+    Ok((restricted, Some((missing, for_missing))))
+}
+
+/// The ids a filtered delete removes, read from the primary under the collection lock; or
+/// the primary's refusal of the filter.
+async fn resolve_filtered_delete(
+    plane: &DataPlaneState,
+    primary: BackendName,
+    entry: &CollectionEntry,
+    primary_id: &str,
+    selection: &DeleteSelection,
+) -> Result<Result<Vec<String>, Response<ProxyBody>>, ProxyError> {
+    let path = primary_get_path(plane, primary, entry, primary_id);
+    let answer = plane
+        .resolver
+        .backends
+        .get(primary)
+        .call(Method::POST, &path, Some(&selection.resolving_get()))
+        .await?;
+    if !answer.status.is_success() {
+        let mut response = Response::new(body::full(answer.body.clone()));
+        *response.status_mut() = answer.status;
+        *response.headers_mut() = answer.headers;
+        strip_hop_by_hop(response.headers_mut());
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        return Ok(Err(response));
+    }
+    let ids = get_response_ids(&answer.body).map_err(|e| {
+        ProxyError::Backend(BackendError {
+            backend: primary,
+            kind: BackendErrorKind::Transport(format!("unreadable get answer: {e}")),
+        })
+    })?;
+    Ok(Ok(ids))
+}
