@@ -5,17 +5,23 @@
 //! - [`switch`]: every topology change: cutover, rollback, write mode, read policy, pause.
 //! - [`alerts`]: alerts to a Slack-compatible webhook.
 //! - [`store_alerts`]: alerts when the state store cannot take writes, and when it can again.
-//! - [`admin`]: the admin HTTP API on its own listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: the admin HTTP API on its own listener: `/metrics`, `/healthz`, `/readyz`,
+//!   `/admin/...`; [`migrate_api`]: its backfill and repair routes.
+//! - [`api`]: the admin API's request and response types, shared by the server and the client;
+//!   [`client`]: a typed client of a running proxy's admin API.
 //! - [`process`]: the whole proxy assembled from the config, for the binary and the tests.
 
 pub mod admin;
 pub mod alerts;
+pub mod api;
+pub mod client;
 pub mod health;
 pub mod migrate_api;
 pub mod store_alerts;
 pub mod switch;
 
 pub use admin::{app, AdminState};
+pub use client::{AdminClient, AdminError};
 pub use health::{HealthBoard, HealthMonitor};
 pub mod process;
 pub mod supervise;

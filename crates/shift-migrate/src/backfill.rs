@@ -63,7 +63,7 @@ pub struct BackfillRequest {
 }
 
 /// Where a backfill stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackfillState {
     Idle,
@@ -75,7 +75,7 @@ pub enum BackfillState {
     Aborted,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CollectionProgress {
     pub name: String,
     pub tenant: String,
@@ -89,7 +89,7 @@ pub struct CollectionProgress {
 }
 
 /// What `/admin/backfill` and the CLI's progress bar show.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackfillProgress {
     pub state: BackfillState,
     pub request: Option<BackfillRequest>,
