@@ -42,7 +42,8 @@ use chroma_shift_benches::proc::{
 use chroma_shift_benches::proxy::{proxy_child_main, start_proxy, ProxyOptions};
 use chroma_shift_benches::report::{load_average, machine_lines};
 use chroma_shift_benches::{collection_id, count, env_var, run_bench_script};
-use serde_json::{json, Value};
+use serde_json::Value;
+use shift_control::api::{BackfillRequest, BackfillState};
 use shift_testkit::python::run_script;
 use shift_testkit::Chroma;
 
@@ -311,35 +312,35 @@ async fn copy_to(
             let pids = [old_pid, new_pid, proxy.pid()];
             let before = cpu_seconds(&pids, ticks);
             let started = Instant::now();
-            let (status, answer) = proxy
-                .admin_call(
-                    "POST",
-                    "/admin/backfill",
-                    Some(json!({"collections": [COLLECTION]})),
-                )
-                .await?;
-            ensure!(
-                status == http::StatusCode::ACCEPTED,
-                "POST /admin/backfill answered {status}: {answer}"
-            );
+            let admin = proxy.admin_api()?;
+            let request = BackfillRequest {
+                collections: vec![COLLECTION.to_owned()],
+                ..BackfillRequest::default()
+            };
+            admin
+                .start_backfill(&request)
+                .await
+                .context("POST /admin/backfill")?;
             let progress = loop {
-                let (status, progress) = proxy.admin_call("GET", "/admin/backfill", None).await?;
-                ensure!(status.is_success(), "GET /admin/backfill answered {status}");
-                if progress["state"] != "running" {
+                let progress = admin
+                    .backfill_progress()
+                    .await
+                    .context("GET /admin/backfill")?;
+                if progress.state != BackfillState::Running {
                     break progress;
                 }
                 ensure!(
                     started.elapsed() < COPY_LIMIT,
-                    "the backfill ran longer than {COPY_LIMIT:?}: {progress}"
+                    "the backfill ran longer than {COPY_LIMIT:?}: {progress:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
             let seconds = started.elapsed().as_secs_f64();
             let after = cpu_seconds(&pids, ticks);
             ensure!(
-                progress["state"] == "succeeded",
-                "the backfill ended {}: {progress}",
-                progress["state"]
+                progress.state == BackfillState::Succeeded,
+                "the backfill ended {:?}: {progress:?}",
+                progress.state
             );
             drop(proxy);
             let id = collection_id(&new.url(), COLLECTION)
@@ -359,10 +360,7 @@ async fn copy_to(
                     Some(after[1] - before[1]),
                     Some(after[2] - before[2]),
                 ],
-                reported: Some((
-                    progress["records_per_second"].as_f64().unwrap_or(f64::NAN),
-                    progress["elapsed_seconds"].as_f64().unwrap_or(f64::NAN),
-                )),
+                reported: Some((progress.records_per_second, progress.elapsed_seconds)),
             })
         }
         Variant::Naive | Variant::Ingest => {

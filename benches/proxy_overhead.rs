@@ -144,7 +144,7 @@ async fn start_nginx(dir: &Path, chroma_port: u16) -> anyhow::Result<Option<Serv
         child,
         url: format!("http://127.0.0.1:{port}"),
         admin: None,
-        admin_token: None,
+        admin_api: None,
         state: None,
     };
     wait_ready(&mut server, "nginx", &dir.join("stderr.log")).await?;

@@ -100,30 +100,9 @@ pub async fn run_bench_script(
     args: &[&str],
     limit: std::time::Duration,
 ) -> anyhow::Result<String> {
-    use anyhow::Context;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join(script);
-    let child = tokio::process::Command::new(shift_testkit::python::python()?)
-        .arg(&path)
-        .args(args)
-        .env("ANONYMIZED_TELEMETRY", "False")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot run {}", path.display()))?;
-    let output = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .with_context(|| format!("{script} ran longer than {limit:?}"))??;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        anyhow::bail!(
-            "{script} {args:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(stdout)
+    let output = shift_testkit::python::run_script_at(&path, args, limit).await?;
+    Ok(output.stdout)
 }

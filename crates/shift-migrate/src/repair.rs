@@ -359,3 +359,141 @@ pub fn state_name(state: BackfillState) -> String {
         _ => format!("{state:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::verify::Divergence;
+    use crate::verify::DivergenceKind;
+
+    /// A proxy that knows one collection id, answers a first backfill with "busy", and logs
+    /// every call.
+    #[derive(Default)]
+    struct FakeProxy {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl FakeProxy {
+        fn log(&self, call: String) -> usize {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(call);
+            calls.len()
+        }
+    }
+
+    impl ProxyControl for FakeProxy {
+        async fn journal_entries(&self, _target: BackendName) -> Result<u64, String> {
+            Ok(0)
+        }
+
+        async fn start_backfill(&self, request: &BackfillRequest) -> Result<Started, String> {
+            let n = self.log(format!("backfill {}", request.collections.join(",")));
+            Ok(if n == 1 {
+                Started::Busy
+            } else {
+                Started::Started
+            })
+        }
+
+        async fn backfill_progress(&self) -> Result<BackfillProgress, String> {
+            Ok(BackfillProgress {
+                state: BackfillState::Succeeded,
+                request: None,
+                total_records: 5,
+                done_records: 5,
+                records_per_second: 1.0,
+                eta_seconds: None,
+                elapsed_seconds: 5.0,
+                collections: Vec::new(),
+                error: None,
+            })
+        }
+
+        async fn reconcile(&self, collection: &str, ids: &[String]) -> Result<Queued, String> {
+            self.log(format!("reconcile {collection} {}", ids.join(",")));
+            Ok(if collection == "id-on-new" {
+                Queued::Queued
+            } else {
+                Queued::UnknownCollection
+            })
+        }
+    }
+
+    fn collection(name: &str, verdict: Verdict) -> CollectionReport {
+        CollectionReport {
+            tenant: "default_tenant".to_owned(),
+            database: "default_database".to_owned(),
+            name: name.to_owned(),
+            source_id: Some("id-on-old".to_owned()),
+            target_id: Some("id-on-new".to_owned()),
+            source_count: None,
+            target_count: None,
+            compared: 0,
+            missing: 0,
+            extra: 1,
+            changed: 0,
+            query: None,
+            verdict,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repair_backfills_missing_collections_and_reconciles_by_the_id_the_proxy_knows() {
+        let report = VerifyReport {
+            source: BackendName::Old,
+            target: BackendName::New,
+            collections: vec![
+                collection("gone", Verdict::Missing),
+                collection("drifted", Verdict::Diverged),
+                collection("stray", Verdict::Extra),
+            ],
+            divergences: vec![Divergence {
+                kind: DivergenceKind::MissingRecord,
+                tenant: "default_tenant".to_owned(),
+                database: "default_database".to_owned(),
+                collection: "drifted".to_owned(),
+                count: 2,
+                ids: vec!["a".to_owned(), "b".to_owned()],
+                detail: None,
+            }],
+            rechecked: 0,
+            settled_on_recheck: 0,
+            elapsed_seconds: 0.0,
+            matches: false,
+        };
+        let proxy = FakeProxy::default();
+        let actions = repair(&proxy, &report, false, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            *proxy.calls.lock().unwrap(),
+            [
+                "backfill gone",
+                "backfill gone",
+                "reconcile id-on-old a,b",
+                "reconcile id-on-new a,b"
+            ]
+        );
+        let kinds: Vec<&str> = actions
+            .iter()
+            .map(|a| match a {
+                RepairAction::None { .. } => "none",
+                RepairAction::Backfill { .. } => "backfill",
+                RepairAction::Reconcile { .. } => "reconcile",
+            })
+            .collect();
+        assert_eq!(kinds, ["none", "backfill", "reconcile"]);
+        let reconcile = serde_json::to_value(&actions[2]).unwrap();
+        assert_eq!(reconcile["action"], "reconcile");
+        assert_eq!(reconcile["client_id"], "id-on-new");
+        assert_eq!(reconcile["ids"], 2);
+        assert!(
+            actions[2].text().contains("1 records only on new left"),
+            "{}",
+            actions[2].text()
+        );
+        assert!(wait_drained(&proxy, BackendName::New, Duration::ZERO).await);
+    }
+}
