@@ -39,9 +39,9 @@ use chroma_shift_benches::load::median_min_max;
 use chroma_shift_benches::proc::{
     clock_ticks_per_second, cpu_seconds, find_chroma_pid, shutdown_chroma,
 };
-use chroma_shift_benches::proxy::{proxy_child_main, start_proxy, ProxyOptions};
+use chroma_shift_benches::proxy::{start_proxy, ProxyOptions};
 use chroma_shift_benches::report::{load_average, machine_lines};
-use chroma_shift_benches::{collection_id, count, env_var, run_bench_script};
+use chroma_shift_benches::{collection_id, count, env_var, run_bench, run_bench_script};
 use serde_json::Value;
 use shift_control::api::{BackfillRequest, BackfillState};
 use shift_testkit::python::run_script;
@@ -52,14 +52,7 @@ const COLLECTION: &str = "catalog";
 const COPY_LIMIT: Duration = Duration::from_secs(300);
 
 fn main() -> anyhow::Result<()> {
-    if let Some(result) = proxy_child_main() {
-        return result;
-    }
-    let settings = Settings::from_env()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(bench(settings))
+    run_bench(Settings::from_env, bench)
 }
 
 struct Settings {

@@ -2,14 +2,33 @@
 //! graceful stops), the closed-loop load generator and its rounds, CPU accounting from /proc,
 //! request bodies, the proxy's journal depth, and the pieces of the markdown reports.
 //!
-//! Every bench calls [`proxy::proxy_child_main`] first: the bench's own executable is what runs
-//! as the proxy process (see [`proxy::start_proxy`]).
+//! Every bench calls [`proxy::proxy_child_main`] first (through [`run_bench`], or itself): the
+//! bench's own executable is what runs as the proxy process (see [`proxy::start_proxy`]).
 
 pub mod bodies;
 pub mod load;
 pub mod proc;
 pub mod proxy;
 pub mod report;
+
+/// A bench's `main`: in the proxy child, runs the proxy (see [`proxy::proxy_child_main`]); in
+/// the bench, reads its settings and runs `bench` with them on a current-thread runtime.
+pub fn run_bench<S, F>(
+    settings: impl FnOnce() -> anyhow::Result<S>,
+    bench: impl FnOnce(S) -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if let Some(result) = proxy::proxy_child_main() {
+        return result;
+    }
+    let settings = settings()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(settings))
+}
 
 /// A setting from the environment, or `default` when unset.
 pub fn env_var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
