@@ -2,7 +2,8 @@
 //!
 //! Each backend has its own pool of keep-alive connections (HTTP/1.1, plain or rustls TLS),
 //! its own connect and request timeouts, and its own credentials, which replace whatever the
-//! client sent.
+//! client sent. [`ServiceClient`] is the same client for HTTP services that are not a store
+//! (the admin API, an alert webhook), named for the service in its errors.
 
 use std::io::BufReader;
 use std::sync::Arc;
