@@ -39,10 +39,11 @@ use chroma_shift_benches::load::median_min_max;
 use chroma_shift_benches::proc::{
     clock_ticks_per_second, cpu_seconds, find_chroma_pid, shutdown_chroma,
 };
-use chroma_shift_benches::proxy::{proxy_child_main, start_proxy, ProxyOptions};
+use chroma_shift_benches::proxy::{start_proxy, ProxyOptions};
 use chroma_shift_benches::report::{load_average, machine_lines};
-use chroma_shift_benches::{collection_id, count, env_var, run_bench_script};
-use serde_json::{json, Value};
+use chroma_shift_benches::{collection_id, count, env_var, run_bench, run_bench_script};
+use serde_json::Value;
+use shift_control::api::{BackfillRequest, BackfillState};
 use shift_testkit::python::run_script;
 use shift_testkit::Chroma;
 
@@ -51,14 +52,7 @@ const COLLECTION: &str = "catalog";
 const COPY_LIMIT: Duration = Duration::from_secs(300);
 
 fn main() -> anyhow::Result<()> {
-    if let Some(result) = proxy_child_main() {
-        return result;
-    }
-    let settings = Settings::from_env()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(bench(settings))
+    run_bench(Settings::from_env, bench)
 }
 
 struct Settings {
@@ -311,35 +305,35 @@ async fn copy_to(
             let pids = [old_pid, new_pid, proxy.pid()];
             let before = cpu_seconds(&pids, ticks);
             let started = Instant::now();
-            let (status, answer) = proxy
-                .admin_call(
-                    "POST",
-                    "/admin/backfill",
-                    Some(json!({"collections": [COLLECTION]})),
-                )
-                .await?;
-            ensure!(
-                status == http::StatusCode::ACCEPTED,
-                "POST /admin/backfill answered {status}: {answer}"
-            );
+            let admin = proxy.admin_api()?;
+            let request = BackfillRequest {
+                collections: vec![COLLECTION.to_owned()],
+                ..BackfillRequest::default()
+            };
+            admin
+                .start_backfill(&request)
+                .await
+                .context("POST /admin/backfill")?;
             let progress = loop {
-                let (status, progress) = proxy.admin_call("GET", "/admin/backfill", None).await?;
-                ensure!(status.is_success(), "GET /admin/backfill answered {status}");
-                if progress["state"] != "running" {
+                let progress = admin
+                    .backfill_progress()
+                    .await
+                    .context("GET /admin/backfill")?;
+                if progress.state != BackfillState::Running {
                     break progress;
                 }
                 ensure!(
                     started.elapsed() < COPY_LIMIT,
-                    "the backfill ran longer than {COPY_LIMIT:?}: {progress}"
+                    "the backfill ran longer than {COPY_LIMIT:?}: {progress:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
             let seconds = started.elapsed().as_secs_f64();
             let after = cpu_seconds(&pids, ticks);
             ensure!(
-                progress["state"] == "succeeded",
-                "the backfill ended {}: {progress}",
-                progress["state"]
+                progress.state == BackfillState::Succeeded,
+                "the backfill ended {:?}: {progress:?}",
+                progress.state
             );
             drop(proxy);
             let id = collection_id(&new.url(), COLLECTION)
@@ -359,10 +353,7 @@ async fn copy_to(
                     Some(after[1] - before[1]),
                     Some(after[2] - before[2]),
                 ],
-                reported: Some((
-                    progress["records_per_second"].as_f64().unwrap_or(f64::NAN),
-                    progress["elapsed_seconds"].as_f64().unwrap_or(f64::NAN),
-                )),
+                reported: Some((progress.records_per_second, progress.elapsed_seconds)),
             })
         }
         Variant::Naive | Variant::Ingest => {

@@ -45,11 +45,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use bytes::Bytes;
 use chroma_shift_benches::bodies::{AddBodies, ADD_BATCH, DIM};
 use chroma_shift_benches::load::{
-    alternate_rounds, client, median_min_max, run_round, summarize, throughput_ratios, Plan, Target,
+    alternate_rounds, client, median_min_max, run_round, summarize, throughput_ratios, Plan,
+    RoundTiming, Target,
 };
 use chroma_shift_benches::proc::{
     clock_ticks_per_second, cpu_seconds, find_chroma_pid, shutdown_chroma, Server,
@@ -147,9 +148,8 @@ struct Parts {
 }
 
 struct Settings {
-    round: Duration,
-    rounds: usize,
-    warmup: Duration,
+    /// Round length, warm-up and rounds per target.
+    timing: RoundTiming,
     add_cap: usize,
     replay_batches: usize,
     replay_reps: usize,
@@ -163,17 +163,11 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
-        let round_secs: f64 = env_var("BENCH_ROUND_SECS", 1.0)?;
-        let warmup_secs: f64 = env_var("BENCH_WARMUP_SECS", 1.0)?;
-        if !(0.1..=60.0).contains(&round_secs) || !(0.0..=60.0).contains(&warmup_secs) {
-            bail!("BENCH_ROUND_SECS must be in 0.1..=60 and BENCH_WARMUP_SECS in 0..=60");
-        }
-        let rounds: usize = env_var("BENCH_ROUNDS", 6)?;
+        let timing = RoundTiming::from_env(6)?;
         let replay_batches: usize = env_var("BENCH_REPLAY_BATCHES", 400)?;
         let replay_reps: usize = env_var("BENCH_REPLAY_REPS", 2)?;
         let journal_appends: usize = env_var("BENCH_JOURNAL_APPENDS", 2000)?;
         let journal_rounds: usize = env_var("BENCH_JOURNAL_ROUNDS", 3)?;
-        ensure!((1..=50).contains(&rounds), "BENCH_ROUNDS must be in 1..=50");
         ensure!(
             (8..=20_000).contains(&replay_batches),
             "BENCH_REPLAY_BATCHES must be in 8..=20000"
@@ -202,9 +196,7 @@ impl Settings {
         // Each proxy gets its mode here; BENCH_MIRROR_MODE does not apply.
         proxy.mirror_mode = None;
         Ok(Settings {
-            round: Duration::from_secs_f64(round_secs),
-            rounds,
-            warmup: Duration::from_secs_f64(warmup_secs),
+            timing,
             add_cap: env_var("BENCH_ADD_CAP", 3_000)?,
             replay_batches,
             replay_reps,
@@ -311,9 +303,9 @@ async fn latency_bench(
     let mut add_bodies = AddBodies::new(0xadd, "add");
     let ticks_per_second = clock_ticks_per_second();
     let plan = Plan {
-        rounds: settings.rounds,
-        round: settings.round,
-        warmup: settings.warmup,
+        rounds: settings.timing.rounds,
+        round: settings.timing.round,
+        warmup: settings.timing.warmup,
         cap: settings.add_cap,
         cap_from_warmup: true,
         catch_up_limit: Duration::from_secs(60),

@@ -60,15 +60,15 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use chroma_shift_benches::bodies::{add_body, AddBodies, Vectors};
 use chroma_shift_benches::load::{
-    alternate_rounds, summarize, throughput_ratios, Plan, Round, Target,
+    alternate_rounds, summarize, throughput_ratios, Plan, Round, RoundTiming, Target,
 };
 use chroma_shift_benches::proc::{
     clock_ticks_per_second, effective_uid, find_chroma_pid, find_program, free_port,
     shutdown_chroma, wait_ready, Server,
 };
-use chroma_shift_benches::proxy::{proxy_child_main, start_proxy, wait_replayed, ProxyOptions};
+use chroma_shift_benches::proxy::{start_proxy, wait_replayed, ProxyOptions};
 use chroma_shift_benches::report::{cores, cpu_model, load_average, utc_now};
-use chroma_shift_benches::{create_collection, env_var, COLLECTIONS};
+use chroma_shift_benches::{create_collection, env_var, run_bench, COLLECTIONS};
 use http::Uri;
 use serde_json::{json, Value};
 use shift_testkit::Chroma;
@@ -83,14 +83,7 @@ const N_RESULTS: usize = 10;
 const QUERY_BODIES: usize = 64;
 
 fn main() -> anyhow::Result<()> {
-    if let Some(result) = proxy_child_main() {
-        return result;
-    }
-    let settings = Settings::from_env()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(bench(settings))
+    run_bench(Settings::from_env, bench)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -144,7 +137,7 @@ async fn start_nginx(dir: &Path, chroma_port: u16) -> anyhow::Result<Option<Serv
         child,
         url: format!("http://127.0.0.1:{port}"),
         admin: None,
-        admin_token: None,
+        admin_api: None,
         state: None,
     };
     wait_ready(&mut server, "nginx", &dir.join("stderr.log")).await?;
@@ -155,9 +148,8 @@ async fn start_nginx(dir: &Path, chroma_port: u16) -> anyhow::Result<Option<Serv
 // Settings.
 
 struct Settings {
-    round: Duration,
-    rounds: usize,
-    warmup: Duration,
+    /// Round length, warm-up and rounds per target.
+    timing: RoundTiming,
     /// Request cap of a query round.
     query_cap: usize,
     /// Request cap of an add round (each add body is built before the round).
@@ -170,19 +162,9 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
-        let round_secs: f64 = env_var("BENCH_ROUND_SECS", 1.0)?;
-        let warmup_secs: f64 = env_var("BENCH_WARMUP_SECS", 1.0)?;
-        if !(0.1..=60.0).contains(&round_secs) || !(0.0..=60.0).contains(&warmup_secs) {
-            bail!("BENCH_ROUND_SECS must be in 0.1..=60 and BENCH_WARMUP_SECS in 0..=60");
-        }
-        let rounds: usize = env_var("BENCH_ROUNDS", 8)?;
-        if !(1..=50).contains(&rounds) {
-            bail!("BENCH_ROUNDS must be in 1..=50");
-        }
+        let timing = RoundTiming::from_env(8)?;
         Ok(Settings {
-            round: Duration::from_secs_f64(round_secs),
-            rounds,
-            warmup: Duration::from_secs_f64(warmup_secs),
+            timing,
             query_cap: env_var("BENCH_QUERY_CAP", 20_000)?,
             add_cap: env_var("BENCH_ADD_CAP", 3_000)?,
             nginx: env_var("BENCH_NGINX", 1u8)? != 0,
@@ -318,9 +300,9 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
             Workload::Add => &add_collection,
         };
         let plan = Plan {
-            rounds: settings.rounds,
-            round: settings.round,
-            warmup: settings.warmup,
+            rounds: settings.timing.rounds,
+            round: settings.timing.round,
+            warmup: settings.timing.warmup,
             cap: match workload {
                 Workload::Query => settings.query_cap,
                 Workload::Add => settings.add_cap,
@@ -336,9 +318,9 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
         eprintln!(
             "{} C={concurrency}: warm-up {:?} per target, then {} rounds of <= {:?} per target",
             workload.name(),
-            settings.warmup,
-            settings.rounds,
-            settings.round
+            settings.timing.warmup,
+            settings.timing.rounds,
+            settings.timing.round
         );
         let rounds = alternate_rounds(
             &mut targets,
@@ -445,9 +427,9 @@ fn report(
             .as_deref()
             .map_or("default".to_owned(), |m| format!("`{m}`")),
         settings.proxy.describe_state(),
-        settings.rounds,
-        settings.round,
-        settings.warmup,
+        settings.timing.rounds,
+        settings.timing.round,
+        settings.timing.warmup,
         context.wall.as_secs_f64(),
     );
     if let Some(note) = context.nginx_note {

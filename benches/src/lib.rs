@@ -2,14 +2,33 @@
 //! graceful stops), the closed-loop load generator and its rounds, CPU accounting from /proc,
 //! request bodies, the proxy's journal depth, and the pieces of the markdown reports.
 //!
-//! Every bench calls [`proxy::proxy_child_main`] first: the bench's own executable is what runs
-//! as the proxy process (see [`proxy::start_proxy`]).
+//! Every bench calls [`proxy::proxy_child_main`] first (through [`run_bench`], or itself): the
+//! bench's own executable is what runs as the proxy process (see [`proxy::start_proxy`]).
 
 pub mod bodies;
 pub mod load;
 pub mod proc;
 pub mod proxy;
 pub mod report;
+
+/// A bench's `main`: in the proxy child, runs the proxy (see [`proxy::proxy_child_main`]); in
+/// the bench, reads its settings and runs `bench` with them on a current-thread runtime.
+pub fn run_bench<S, F>(
+    settings: impl FnOnce() -> anyhow::Result<S>,
+    bench: impl FnOnce(S) -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if let Some(result) = proxy::proxy_child_main() {
+        return result;
+    }
+    let settings = settings()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(settings))
+}
 
 /// A setting from the environment, or `default` when unset.
 pub fn env_var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -100,30 +119,9 @@ pub async fn run_bench_script(
     args: &[&str],
     limit: std::time::Duration,
 ) -> anyhow::Result<String> {
-    use anyhow::Context;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join(script);
-    let child = tokio::process::Command::new(shift_testkit::python::python()?)
-        .arg(&path)
-        .args(args)
-        .env("ANONYMIZED_TELEMETRY", "False")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot run {}", path.display()))?;
-    let output = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .with_context(|| format!("{script} ran longer than {limit:?}"))??;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        anyhow::bail!(
-            "{script} {args:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(stdout)
+    let output = shift_testkit::python::run_script_at(&path, args, limit).await?;
+    Ok(output.stdout)
 }

@@ -134,6 +134,38 @@ impl Target {
     }
 }
 
+/// The timing of closed-loop rounds, from the environment: `BENCH_ROUND_SECS` (0.1 to 60,
+/// default 1), `BENCH_WARMUP_SECS` (0 to 60, default 1), `BENCH_ROUNDS` (1 to 50).
+#[derive(Debug, Clone, Copy)]
+pub struct RoundTiming {
+    /// The length of one round.
+    pub round: Duration,
+    /// The warm-up before the rounds.
+    pub warmup: Duration,
+    /// Rounds per target.
+    pub rounds: usize,
+}
+
+impl RoundTiming {
+    /// From the environment, with `default_rounds` rounds when `BENCH_ROUNDS` is unset.
+    pub fn from_env(default_rounds: usize) -> anyhow::Result<RoundTiming> {
+        let round_secs: f64 = crate::env_var("BENCH_ROUND_SECS", 1.0)?;
+        let warmup_secs: f64 = crate::env_var("BENCH_WARMUP_SECS", 1.0)?;
+        if !(0.1..=60.0).contains(&round_secs) || !(0.0..=60.0).contains(&warmup_secs) {
+            bail!("BENCH_ROUND_SECS must be in 0.1..=60 and BENCH_WARMUP_SECS in 0..=60");
+        }
+        let rounds: usize = crate::env_var("BENCH_ROUNDS", default_rounds)?;
+        if !(1..=50).contains(&rounds) {
+            bail!("BENCH_ROUNDS must be in 1..=50");
+        }
+        Ok(RoundTiming {
+            round: Duration::from_secs_f64(round_secs),
+            warmup: Duration::from_secs_f64(warmup_secs),
+            rounds,
+        })
+    }
+}
+
 /// How the rounds of one scenario run.
 #[derive(Debug, Clone)]
 pub struct Plan {

@@ -1,11 +1,12 @@
 //! Processes the benches start, and their CPU time from /proc.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-use bytes::Bytes;
+use anyhow::{bail, Context};
+use shift_control::AdminClient;
+pub use shift_local_chroma::free_port;
+use shift_testkit::process::{wait_heartbeat, NotReady};
 use shift_testkit::Chroma;
 use tokio::process::Child;
 
@@ -13,10 +14,10 @@ use tokio::process::Child;
 pub struct Server {
     pub child: Child,
     pub url: String,
-    /// The proxy's admin listener (`/metrics`, `/admin/...`).
+    /// The proxy's admin listener (`/metrics`).
     pub admin: Option<String>,
-    /// The proxy's admin token.
-    pub admin_token: Option<String>,
+    /// The proxy's admin API, with its token.
+    pub admin_api: Option<AdminClient>,
     /// The proxy's state directory when it is not inside the bench's temp dir.
     pub state: Option<tempfile::TempDir>,
 }
@@ -26,17 +27,11 @@ impl Server {
         self.child.id()
     }
 
-    /// Calls the proxy's admin API with its token; the status and the JSON answer.
-    pub async fn admin_call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
-        let (Some(admin), Some(token)) = (&self.admin, &self.admin_token) else {
-            bail!("{} has no admin API", self.url);
-        };
-        shift_testkit::admin_call(admin, token, method, path, body).await
+    /// The proxy's admin API.
+    pub fn admin_api(&self) -> anyhow::Result<&AdminClient> {
+        self.admin_api
+            .as_ref()
+            .with_context(|| format!("{} has no admin API", self.url))
     }
 }
 
@@ -72,23 +67,28 @@ fn terminate(pid: u32) {
 /// Waits until `server` answers `GET /api/v2/heartbeat` (30 s at most); fails with `log`'s
 /// text if it exits or never answers.
 pub async fn wait_ready(server: &mut Server, what: &str, log: &Path) -> anyhow::Result<()> {
-    let started = Instant::now();
     let heartbeat = format!("{}/api/v2/heartbeat", server.url);
-    while started.elapsed() < Duration::from_secs(30) {
-        if let Some(status) = server.child.try_wait()? {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            bail!("{what} exited ({status}) before it answered; its log:\n{text}");
+    let ready = wait_heartbeat(
+        &mut server.child,
+        &heartbeat,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+    )
+    .await?;
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    match ready {
+        Ok(()) => Ok(()),
+        Err(NotReady::Exited(status)) => {
+            bail!(
+                "{what} exited ({status}) before it answered; its log:\n{}",
+                text()
+            )
         }
-        if let Ok((status, _, _)) = shift_testkit::http("GET", &heartbeat, &[], Bytes::new()).await
-        {
-            if status.is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(NotReady::Silent) => bail!(
+            "{what} did not answer {heartbeat} within 30 s; its log:\n{}",
+            text()
+        ),
     }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    bail!("{what} did not answer {heartbeat} within 30 s; its log:\n{text}")
 }
 
 /// Stops a Chroma server the polite way: SIGTERM to its `chroma run` process, up to 5 s to
@@ -113,10 +113,6 @@ pub fn process_alive(pid: u32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
-}
-
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 pub fn find_program(name: &str) -> Option<PathBuf> {

@@ -17,6 +17,9 @@ use anyhow::Context;
 use bytes::Bytes;
 use tokio::process::Command;
 
+use shift_config::Secret;
+use shift_control::AdminClient;
+
 use crate::env_var;
 use crate::proc::{free_port, wait_ready, Server};
 
@@ -214,7 +217,10 @@ pub async fn start_proxy(
         child,
         url: format!("http://127.0.0.1:{port}"),
         admin: Some(format!("http://127.0.0.1:{admin_port}")),
-        admin_token: Some(admin_token),
+        admin_api: Some(AdminClient::new(
+            format!("http://127.0.0.1:{admin_port}").parse()?,
+            Secret::new(admin_token),
+        )?),
         state,
     };
     wait_ready(&mut server, &format!("the proxy ({name})"), &log_path).await?;

@@ -6,11 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
-
-use crate::admin_client::AdminClient;
+use shift_control::api::{BackfillProgress, BackfillRequest, BackfillState};
+use shift_control::AdminClient;
 
 #[derive(Debug, Args)]
 pub struct BackfillArgs {
@@ -46,25 +45,21 @@ pub struct BackfillArgs {
 pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     let config = crate::load(&args.config)?;
     let admin = AdminClient::from_config(&config)?;
-    let request = json!({
-        "tenant": args.tenant,
-        "database": args.database,
-        "collections": args.collections,
-        "batch_size": args.batch_size,
-        "concurrency": args.concurrency,
-        "rate_limit": args.rate_limit,
-        "restart": args.restart,
-    });
-    let (status, answer) = admin
-        .call(Method::POST, "/admin/backfill", Some(&request))
-        .await?;
-    match status {
-        StatusCode::ACCEPTED => {}
-        StatusCode::CONFLICT => eprintln!("a backfill is already running; following it"),
-        _ => anyhow::bail!(
-            "the proxy refused the backfill ({status}): {}",
-            answer["message"].as_str().unwrap_or("no message")
-        ),
+    let request = BackfillRequest {
+        tenant: args.tenant,
+        database: args.database,
+        collections: args.collections,
+        batch_size: args.batch_size,
+        concurrency: args.concurrency,
+        rate_limit: args.rate_limit,
+        restart: args.restart,
+    };
+    match admin.start_backfill(&request).await {
+        Ok(_) => {}
+        Err(error) if error.status() == Some(StatusCode::CONFLICT) => {
+            eprintln!("a backfill is already running; following it")
+        }
+        Err(error) => anyhow::bail!("the proxy refused the backfill: {error}"),
     }
 
     let bar = if args.no_progress {
@@ -82,71 +77,65 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     let mut last_line = std::time::Instant::now();
     let progress = loop {
         let progress = tokio::select! {
-            answer = admin.call(Method::GET, "/admin/backfill", None) => answer?.1,
+            answer = admin.backfill_progress() => answer?,
             _ = tokio::signal::ctrl_c() => {
-                admin.call(Method::POST, "/admin/backfill/cancel", None).await?;
+                admin.cancel_backfill().await?;
                 bar.abandon_with_message("cancelled; the next run resumes from the checkpoint");
                 return Ok(ExitCode::from(130));
             }
         };
-        let total = progress["total_records"].as_u64().unwrap_or(0);
-        let done = progress["done_records"].as_u64().unwrap_or(0);
+        let (total, done) = (progress.total_records, progress.done_records);
         bar.set_length(total);
         bar.set_position(done);
-        bar.set_message(current_collection(&progress));
+        bar.set_message(current_collection(&progress).to_owned());
         if args.no_progress && last_line.elapsed() > Duration::from_secs(5) {
             last_line = std::time::Instant::now();
             println!(
                 "backfill: {done}/{total} records, {:.0}/s, eta {}",
-                progress["records_per_second"].as_f64().unwrap_or(0.0),
-                progress["eta_seconds"]
-                    .as_f64()
+                progress.records_per_second,
+                progress
+                    .eta_seconds
                     .map_or("-".to_owned(), |s| format!("{s:.0}s"))
             );
         }
-        if progress["state"] != "running" {
+        if progress.state != BackfillState::Running {
             break progress;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     bar.finish_and_clear();
-    let done = progress["done_records"].as_u64().unwrap_or(0);
-    let seconds = progress["elapsed_seconds"].as_f64().unwrap_or(0.0);
-    for collection in progress["collections"].as_array().into_iter().flatten() {
+    for collection in &progress.collections {
         println!(
             "  {:<32} {:>10} records{}",
-            collection["name"].as_str().unwrap_or("?"),
-            collection["done"],
-            match collection["resumed_from_checkpoint"].as_u64() {
-                Some(n) if n > 0 => format!(" ({n} covered by an earlier run's checkpoint)"),
-                _ => String::new(),
+            collection.name,
+            collection.done,
+            match collection.resumed_from_checkpoint {
+                0 => String::new(),
+                n => format!(" ({n} covered by an earlier run's checkpoint)"),
             }
         );
     }
-    match progress["state"].as_str() {
-        Some("succeeded") => {
-            println!(
-                "backfill succeeded: {done} records in {seconds:.1}s ({:.0} records/s)",
-                progress["records_per_second"].as_f64().unwrap_or(0.0)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(state) => {
-            eprintln!(
-                "backfill {state}: {}",
-                progress["error"].as_str().unwrap_or("see the proxy's log")
-            );
-            Ok(ExitCode::from(1))
-        }
-        None => anyhow::bail!("unexpected answer from the proxy: {progress}"),
+    if progress.state == BackfillState::Succeeded {
+        println!(
+            "backfill succeeded: {} records in {:.1}s ({:.0} records/s)",
+            progress.done_records, progress.elapsed_seconds, progress.records_per_second
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "backfill {}: {}",
+            shift_migrate::repair::state_name(progress.state),
+            progress.error.as_deref().unwrap_or("see the proxy's log")
+        );
+        Ok(ExitCode::from(1))
     }
 }
 
-fn current_collection(progress: &Value) -> String {
-    progress["collections"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["finished"] != true))
-        .and_then(|c| c["name"].as_str())
-        .unwrap_or("")
-        .to_owned()
+/// The collection being copied now: the first one not finished.
+fn current_collection(progress: &BackfillProgress) -> &str {
+    progress
+        .collections
+        .iter()
+        .find(|c| !c.finished)
+        .map_or("", |c| c.name.as_str())
 }

@@ -1,13 +1,21 @@
-//! `chroma-shift ctl`: the admin API from the command line. Readable output by default,
-//! `--json` for scripts; a refused switch exits 3, an unreachable or refusing API exits 1.
+//! `chroma-shift ctl`: the admin API from the command line, through the typed client
+//! ([`shift_control::client`]). Readable output by default, `--json` for scripts (the API's
+//! answer); a refused switch exits 3, an API that refuses the call exits 1, one that cannot be
+//! reached exits 2.
+
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use http::Method;
-use serde_json::{json, Value};
-use std::process::ExitCode;
-
-use crate::admin_client::AdminClient;
+use serde::Serialize;
+use serde_json::Value;
+use shift_config::{MirrorMode, Secret};
+use shift_control::api::{
+    DeadLetter, DeadLetterPage, DeadLetters, Dropped, ReadPolicy, Retried, Status, SwitchReport,
+    SwitchRequest, Topology, TopologyChanged, TopologyStatus,
+};
+use shift_control::{AdminClient, AdminError};
 
 #[derive(Debug, Args)]
 pub struct Ctl {
@@ -48,8 +56,8 @@ enum CtlCommand {
     Resume,
     /// Set the write mode.
     WriteMode {
-        #[arg(value_parser = ["journaled", "sync"])]
-        mode: String,
+        #[arg(value_parser = parse_mode)]
+        mode: MirrorMode,
     },
     /// Set the canary and shadow shares of reads, in percent.
     ReadPolicy {
@@ -98,8 +106,8 @@ struct SwitchArgs {
     #[arg(long)]
     max_lag: Option<u64>,
     /// How long writes may be held while the journal drains, e.g. 30s.
-    #[arg(long)]
-    timeout: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
     /// Go even though the current primary is down, dead letters exist or the lag is above the
     /// bound; what only a dead primary can settle waits for it in its own queue.
     #[arg(long)]
@@ -107,16 +115,123 @@ struct SwitchArgs {
 }
 
 impl SwitchArgs {
-    fn body(&self) -> Value {
-        let mut body = json!({"dry_run": self.dry_run, "force": self.force});
-        if let Some(lag) = self.max_lag {
-            body["max_lag"] = json!(lag);
+    fn request(&self) -> SwitchRequest {
+        SwitchRequest {
+            dry_run: self.dry_run,
+            max_lag: self.max_lag,
+            timeout: self.timeout,
+            force: self.force,
         }
-        if let Some(timeout) = &self.timeout {
-            body["timeout"] = json!(timeout);
-        }
-        body
     }
+}
+
+fn parse_mode(text: &str) -> Result<MirrorMode, String> {
+    match text {
+        "journaled" => Ok(MirrorMode::Journaled),
+        "sync" => Ok(MirrorMode::Sync),
+        _ => Err(format!("{text:?} is not a write mode: journaled or sync")),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime_serde::re::humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// What the admin API answered a command.
+enum Answer {
+    Status(Box<Status>),
+    Switch(Box<SwitchReport>),
+    Topology(Topology),
+    DeadLetters(Vec<DeadLetter>),
+    Retried(Retried),
+    /// `retry --all`: what was re-driven, and the refusal that stopped it, if one did.
+    RetriedAll(Vec<Retried>, Option<AdminError>),
+    Dropped(Dropped),
+}
+
+/// The JSON of `retry --all`.
+#[derive(Serialize)]
+struct RetriedAll<'a> {
+    retried: &'a [Retried],
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    error: Option<&'a shift_control::api::ApiError>,
+}
+
+impl Answer {
+    /// The API's answer, as JSON.
+    fn json(&self) -> serde_json::Result<Value> {
+        match self {
+            Answer::Status(status) => serde_json::to_value(status),
+            Answer::Switch(report) => serde_json::to_value(report),
+            Answer::Topology(topology) => serde_json::to_value(TopologyChanged {
+                topology: topology.clone(),
+            }),
+            Answer::DeadLetters(letters) => serde_json::to_value(DeadLetters {
+                dead_letters: letters.clone(),
+            }),
+            Answer::Retried(retried) => serde_json::to_value(retried),
+            Answer::RetriedAll(retried, error) => serde_json::to_value(RetriedAll {
+                retried,
+                error: error.as_ref().and_then(AdminError::api_error),
+            }),
+            Answer::Dropped(dropped) => serde_json::to_value(dropped),
+        }
+    }
+
+    fn print(&self) {
+        match self {
+            Answer::Status(status) => print_status(status),
+            Answer::Switch(report) => print_switch(report),
+            Answer::Topology(topology) => print_topology(&TopologyStatus::from(topology)),
+            Answer::DeadLetters(letters) => print_dead_letters(letters),
+            Answer::Retried(retried) => print_retried(std::slice::from_ref(retried)),
+            Answer::RetriedAll(retried, _) => print_retried(retried),
+            Answer::Dropped(Dropped { dropped }) => println!(
+                "dropped #{} → {} collection {}: {}",
+                dropped.seq, dropped.target, dropped.collection, dropped.reason
+            ),
+        }
+    }
+}
+
+async fn call(admin: &AdminClient, command: &CtlCommand) -> Result<Answer, AdminError> {
+    Ok(match command {
+        CtlCommand::Status => Answer::Status(Box::new(admin.status().await?)),
+        CtlCommand::Cutover(args) => {
+            Answer::Switch(Box::new(admin.cutover(&args.request()).await?))
+        }
+        CtlCommand::Rollback(args) => {
+            Answer::Switch(Box::new(admin.rollback(&args.request()).await?))
+        }
+        CtlCommand::Pause => Answer::Topology(admin.pause().await?),
+        CtlCommand::Resume => Answer::Topology(admin.resume().await?),
+        CtlCommand::WriteMode { mode } => Answer::Topology(admin.set_write_mode(*mode).await?),
+        CtlCommand::ReadPolicy { canary, shadow } => Answer::Topology(
+            admin
+                .set_read_policy(ReadPolicy {
+                    canary_percent: *canary,
+                    shadow_percent: *shadow,
+                })
+                .await?,
+        ),
+        CtlCommand::DeadLetters(args) => match &args.action {
+            None => Answer::DeadLetters(
+                admin
+                    .dead_letters(DeadLetterPage {
+                        after: None,
+                        limit: Some(args.limit),
+                    })
+                    .await?,
+            ),
+            Some(DeadLetterAction::Retry { seq: Some(seq), .. }) => {
+                Answer::Retried(admin.retry_dead_letter(*seq).await?)
+            }
+            Some(DeadLetterAction::Retry { seq: None, .. }) => retry_all(admin).await?,
+            Some(DeadLetterAction::Drop { seq }) => {
+                Answer::Dropped(admin.drop_dead_letter(*seq).await?)
+            }
+        },
+    })
 }
 
 pub async fn run(ctl: Ctl) -> anyhow::Result<ExitCode> {
@@ -125,136 +240,48 @@ pub async fn run(ctl: Ctl) -> anyhow::Result<ExitCode> {
         .clone()
         .filter(|t| !t.trim().is_empty())
         .context("no admin token: set CHROMA_SHIFT_ADMIN_TOKEN (or --token)")?;
-    let admin = AdminClient::new(ctl.admin_url.clone(), token)?;
-    let call = |method: Method, path: String, body: Option<Value>| {
-        let admin = &admin;
-        async move { admin.call(method, &path, body.as_ref()).await }
-    };
-    let (status, answer) = match &ctl.command {
-        CtlCommand::Status => call(Method::GET, "/admin/status".into(), None).await?,
-        CtlCommand::Cutover(args) => {
-            call(Method::POST, "/admin/cutover".into(), Some(args.body())).await?
-        }
-        CtlCommand::Rollback(args) => {
-            call(Method::POST, "/admin/rollback".into(), Some(args.body())).await?
-        }
-        CtlCommand::Pause => call(Method::POST, "/admin/pause".into(), None).await?,
-        CtlCommand::Resume => call(Method::POST, "/admin/resume".into(), None).await?,
-        CtlCommand::WriteMode { mode } => {
-            call(
-                Method::POST,
-                "/admin/write-mode".into(),
-                Some(json!({"mode": mode})),
-            )
-            .await?
-        }
-        CtlCommand::ReadPolicy { canary, shadow } => {
-            let body = json!({"canary_percent": canary, "shadow_percent": shadow});
-            call(Method::POST, "/admin/read-policy".into(), Some(body)).await?
-        }
-        CtlCommand::DeadLetters(args) => match &args.action {
-            None => {
-                call(
-                    Method::GET,
-                    format!("/admin/dead-letters?limit={}", args.limit),
-                    None,
-                )
-                .await?
+    let admin = AdminClient::new(ctl.admin_url.clone(), Secret::new(token))?;
+    let answer = match call(&admin, &ctl.command).await {
+        Ok(answer) => answer,
+        // The API refused the call: its error, exit 1.
+        Err(error @ (AdminError::Api { .. } | AdminError::Unexpected { .. })) => {
+            match error.api_error() {
+                Some(api) if ctl.json => println!("{}", serde_json::to_string_pretty(api)?),
+                _ => eprintln!("chroma-shift ctl: {error}"),
             }
-            Some(DeadLetterAction::Retry { seq: Some(seq), .. }) => {
-                call(
-                    Method::POST,
-                    format!("/admin/dead-letters/{seq}/retry"),
-                    None,
-                )
-                .await?
-            }
-            Some(DeadLetterAction::Retry { seq: None, .. }) => retry_all(&admin).await?,
-            Some(DeadLetterAction::Drop { seq }) => {
-                call(
-                    Method::POST,
-                    format!("/admin/dead-letters/{seq}/drop"),
-                    None,
-                )
-                .await?
-            }
-        },
+            return Ok(ExitCode::from(1));
+        }
+        Err(error) => return Err(error.into()),
     };
     if ctl.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-    }
-    if status == http::StatusCode::UNAUTHORIZED
-        || (!status.is_success() && status != http::StatusCode::CONFLICT)
-    {
-        if !ctl.json {
-            eprintln!(
-                "chroma-shift ctl: the admin API answered {status}: {}",
-                answer["message"].as_str().unwrap_or("(no message)")
-            );
-        }
-        return Ok(ExitCode::from(1));
-    }
-    if !ctl.json {
-        match &ctl.command {
-            CtlCommand::Status => print_status(&answer),
-            CtlCommand::Cutover(_) | CtlCommand::Rollback(_) => print_switch(&answer),
-            CtlCommand::DeadLetters(args) => match &args.action {
-                None => print_dead_letters(&answer),
-                Some(DeadLetterAction::Retry { .. }) => print_retried(&answer),
-                Some(DeadLetterAction::Drop { .. }) => {
-                    let dropped = &answer["dropped"];
-                    println!(
-                        "dropped #{} → {} collection {}: {}",
-                        text(&dropped["seq"]),
-                        text(&dropped["target"]),
-                        text(&dropped["collection"]),
-                        text(&dropped["reason"])
-                    );
-                }
-            },
-            _ => print_topology(&answer["topology"]),
-        }
-    }
-    Ok(if answer["refused"].is_string() {
-        ExitCode::from(3)
+        println!("{}", serde_json::to_string_pretty(&answer.json()?)?);
     } else {
-        ExitCode::SUCCESS
+        answer.print();
+    }
+    Ok(match &answer {
+        Answer::Switch(report) if report.refused.is_some() => ExitCode::from(3),
+        Answer::RetriedAll(_, Some(error)) => {
+            if !ctl.json {
+                eprintln!("chroma-shift ctl: {error}");
+            }
+            ExitCode::from(1)
+        }
+        _ => ExitCode::SUCCESS,
     })
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    }
-}
-
-fn print_topology(topology: &Value) {
+fn print_topology(topology: &TopologyStatus) {
     println!(
         "primary      {} (epoch {}); {} writes; reads: canary {}%, shadow {}%{}",
-        text(&topology["primary"]),
-        text(&topology["epoch"]),
-        text(
-            &topology["write_mode"]
-                .as_str()
-                .map_or(topology["mode"].clone(), Value::from)
-        ),
-        text(
-            &topology["read_policy"]
-                .get("canary_percent")
-                .or(topology["reads"].get("canary_percent"))
-                .cloned()
-                .unwrap_or(Value::Null)
-        ),
-        text(
-            &topology["read_policy"]
-                .get("shadow_percent")
-                .or(topology["reads"].get("shadow_percent"))
-                .cloned()
-                .unwrap_or(Value::Null)
-        ),
-        if topology["paused"] == true {
+        topology.primary,
+        topology.epoch,
+        match topology.write_mode {
+            MirrorMode::Journaled => "journaled",
+            MirrorMode::Sync => "sync",
+        },
+        topology.read_policy.canary_percent,
+        topology.read_policy.shadow_percent,
+        if topology.paused {
             "; WRITES PAUSED"
         } else {
             ""
@@ -262,184 +289,165 @@ fn print_topology(topology: &Value) {
     );
 }
 
-fn print_status(status: &Value) {
-    print_topology(&status["topology"]);
-    for name in ["old", "new"] {
-        let health = &status["backends"][name];
+fn print_status(status: &Status) {
+    print_topology(&status.topology);
+    for name in [
+        shift_config::BackendName::Old,
+        shift_config::BackendName::New,
+    ] {
+        let health = status.backends.get(name);
         println!(
-            "{name:<12} {}{}",
-            if health["up"] == true { "up" } else { "DOWN" },
-            match health["error"].as_str() {
+            "{:<12} {}{}",
+            name.as_str(),
+            if health.up { "up" } else { "DOWN" },
+            match &health.error {
                 Some(error) => format!(" ({error})"),
-                None => format!(" ({:.1} ms)", health["latency_ms"].as_f64().unwrap_or(0.0)),
+                None => format!(" ({:.1} ms)", health.latency_ms),
             }
         );
     }
-    for target in ["new", "old"] {
-        let journal = &status["journal"][target];
+    for target in [
+        shift_config::BackendName::New,
+        shift_config::BackendName::Old,
+    ] {
+        let journal = status.journal.get(target);
         println!(
-            "journal→{target:<4} {} entries{}",
-            text(&journal["entries"]),
-            journal["oldest_age_s"]
-                .as_f64()
+            "journal→{:<4} {} entries{}",
+            target.as_str(),
+            journal.entries,
+            journal
+                .oldest_age_s
                 .map_or(String::new(), |age| format!(", oldest {age:.1}s"))
         );
-        if let Some(collections) = journal["collections"].as_object() {
-            for (id, lag) in collections {
-                println!(
-                    "  {:<38} {:>8} entries  {}",
-                    id,
-                    text(&lag["entries"]),
-                    lag["name"].as_str().unwrap_or("")
-                );
-            }
+        for (id, lag) in &journal.collections {
+            println!(
+                "  {:<38} {:>8} entries  {}",
+                id,
+                lag.entries,
+                lag.name.as_deref().unwrap_or("")
+            );
         }
     }
-    println!("writes held  {}", text(&status["writes_held"]));
-    println!("dead letters {}", text(&status["dead_letters"]["count"]));
-    let state = &status["state"];
-    if !state.is_null() {
+    println!("writes held  {}", status.writes_held);
+    println!("dead letters {}", status.dead_letters.count);
+    let state = &status.state;
+    println!(
+        "state store  {}; journal {} of {} bytes{}; {} intents pending",
+        match &state.unwritable_reason {
+            Some(reason) => format!("CANNOT WRITE ({reason})"),
+            None => "writable".to_owned(),
+        },
+        state.journal_bytes,
+        match state.max_journal_bytes {
+            0 => "unlimited".to_owned(),
+            max => max.to_string(),
+        },
+        if state.journal_full {
+            " (FULL: writes refused)"
+        } else {
+            ""
+        },
+        state.pending_intents
+    );
+    if let Some(shadow) = &status.shadow {
+        println!("{:<12} {shadow}", "shadow");
+    }
+    if let Some(backfill) = &status.backfill {
         println!(
-            "state store  {}; journal {} of {} bytes{}; {} intents pending",
-            match state["unwritable_reason"].as_str() {
-                Some(reason) => format!("CANNOT WRITE ({reason})"),
-                None => "writable".to_owned(),
-            },
-            text(&state["journal_bytes"]),
-            match state["max_journal_bytes"].as_u64() {
-                Some(0) => "unlimited".to_owned(),
-                _ => text(&state["max_journal_bytes"]),
-            },
-            if state["journal_full"] == true {
-                " (FULL: writes refused)"
-            } else {
-                ""
-            },
-            text(&state["pending_intents"])
+            "{:<12} {}",
+            "backfill",
+            serde_json::to_string(backfill).unwrap_or_default()
         );
-    }
-    for section in ["shadow", "backfill"] {
-        if !status[section].is_null() {
-            println!("{section:<12} {}", status[section]);
-        }
     }
 }
 
-fn print_switch(report: &Value) {
-    for check in report["checks"].as_array().into_iter().flatten() {
+fn print_switch(report: &SwitchReport) {
+    for check in &report.checks {
         println!(
             "[{}] {:<16} {}",
-            if check["passed"] == true { "ok" } else { "!!" },
-            text(&check["name"]),
-            text(&check["detail"])
+            if check.passed { "ok" } else { "!!" },
+            check.name,
+            check.detail
         );
     }
-    if report["dry_run"] == true {
+    if report.dry_run {
         println!("plan:");
-        for (i, step) in report["plan"].as_array().into_iter().flatten().enumerate() {
-            println!("  {}. {}", i + 1, text(step));
+        for (i, step) in report.plan.iter().enumerate() {
+            println!("  {}. {}", i + 1, step);
         }
     }
-    match (&report["refused"], report["switched"] == true) {
-        (Value::String(reason), _) => println!("refused: {reason}"),
-        (_, true) => println!(
+    match (&report.refused, report.switched) {
+        (Some(reason), _) => println!("refused: {reason}"),
+        (None, true) => println!(
             "switched: {} is primary (epoch {}); writes held {:.0} ms; {} journal entries drained",
-            text(&report["to"]),
-            text(&report["epoch"]),
-            report["writes_held_ms"].as_f64().unwrap_or(0.0),
-            text(&report["drained_entries"])
+            report.to, report.epoch, report.writes_held_ms, report.drained_entries
         ),
         _ => println!("dry run: nothing changed"),
     }
-    for note in report["notes"].as_array().into_iter().flatten() {
-        println!("note: {}", text(note));
+    for note in &report.notes {
+        println!("note: {note}");
     }
 }
 
 /// Re-drives every dead letter, a page at a time, oldest first. Stops at the first refusal
 /// and answers with it, listing what was re-driven before.
-async fn retry_all(admin: &AdminClient) -> anyhow::Result<(http::StatusCode, Value)> {
+async fn retry_all(admin: &AdminClient) -> Result<Answer, AdminError> {
     let mut retried = Vec::new();
     let mut after: Option<u64> = None;
     // A re-driven write gets a seq above every letter that existed then; if it is parked again
     // it comes back as a letter with that seq. Stopping there keeps this from looping on it.
     let mut ceiling = u64::MAX;
     loop {
-        let page = match after {
-            None => "/admin/dead-letters?limit=1000".to_owned(),
-            Some(after) => format!("/admin/dead-letters?limit=1000&after={after}"),
+        let page = admin
+            .dead_letters(DeadLetterPage {
+                after,
+                limit: Some(1000),
+            })
+            .await?;
+        let Some(last) = page.last().map(|letter| letter.seq) else {
+            return Ok(Answer::RetriedAll(retried, None));
         };
-        let (status, answer) = admin.call(Method::GET, &page, None).await?;
-        if !status.is_success() {
-            return Ok((status, answer));
-        }
-        let seqs: Vec<u64> = answer["dead_letters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|letter| letter["seq"].as_u64())
-            .collect();
-        let Some(&last) = seqs.last() else {
-            return Ok((http::StatusCode::OK, json!({"retried": retried})));
-        };
-        for seq in seqs {
-            if seq >= ceiling {
-                return Ok((http::StatusCode::OK, json!({"retried": retried})));
+        for letter in page {
+            if letter.seq >= ceiling {
+                return Ok(Answer::RetriedAll(retried, None));
             }
-            let path = format!("/admin/dead-letters/{seq}/retry");
-            let (status, answer) = admin.call(Method::POST, &path, None).await?;
-            // One re-driven meanwhile by someone else is not a failure.
-            if status == http::StatusCode::NOT_FOUND {
-                continue;
+            match admin.retry_dead_letter(letter.seq).await {
+                Ok(answer) => {
+                    ceiling = ceiling.min(answer.journal_seq);
+                    retried.push(answer);
+                }
+                // One re-driven meanwhile by someone else is not a failure.
+                Err(error) if error.status() == Some(http::StatusCode::NOT_FOUND) => {}
+                Err(error @ AdminError::Api { .. }) => {
+                    return Ok(Answer::RetriedAll(retried, Some(error)))
+                }
+                Err(error) => return Err(error),
             }
-            if !status.is_success() {
-                let mut answer = answer;
-                answer["retried"] = json!(retried);
-                return Ok((status, answer));
-            }
-            if let Some(requeued) = answer["journal_seq"].as_u64() {
-                ceiling = ceiling.min(requeued);
-            }
-            retried.push(answer);
         }
         after = Some(last);
     }
 }
 
-fn print_retried(answer: &Value) {
-    let retried: Vec<Value> = match answer["retried"].as_array() {
-        Some(all) => all.clone(),
-        None => vec![answer.clone()],
-    };
+fn print_retried(retried: &[Retried]) {
     if retried.is_empty() {
         println!("no dead letters to retry");
     }
     for one in retried {
         println!(
             "retried #{} → {} collection {}: back in the journal as #{}",
-            text(&one["retried"]["seq"]),
-            text(&one["retried"]["target"]),
-            text(&one["retried"]["collection"]),
-            text(&one["journal_seq"])
+            one.retried.seq, one.retried.target, one.retried.collection, one.journal_seq
         );
     }
 }
 
-fn print_dead_letters(answer: &Value) {
-    let letters = answer["dead_letters"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+fn print_dead_letters(letters: &[DeadLetter]) {
     if letters.is_empty() {
         println!("no dead letters");
     }
     for letter in letters {
         println!(
             "#{} → {} collection {}: {}",
-            text(&letter["seq"]),
-            text(&letter["target"]),
-            text(&letter["collection"]),
-            text(&letter["reason"])
+            letter.seq, letter.target, letter.collection, letter.reason
         );
     }
 }

@@ -13,7 +13,6 @@ use shift_local_chroma::{find_chroma_bin, LocalChroma, LocalChromaOptions};
 use shift_proxy::Drained;
 use tracing_subscriber::EnvFilter;
 
-mod admin_client;
 mod backfill_cmd;
 mod ctl;
 mod tools;

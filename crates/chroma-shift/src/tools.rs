@@ -1,28 +1,27 @@
 //! `chroma-shift inventory` and `chroma-shift verify`: read-only looks at the stores
 //! themselves (not through the proxy), and `verify --repair`, which asks the running proxy to
-//! bring the secondary in line under its order locks.
+//! bring the secondary in line under its order locks (the orchestration is
+//! `shift_migrate::repair`; this file parses, prints and picks the exit code).
 //!
 //! Exit codes of `verify`: 0 when the stores match (after the repair, with `--repair`), 1 when
 //! they diverge, 2 for a bad config or a store that cannot be read.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use shift_config::{BackendAuthConfig, BackendConfig, BackendName, Config, Secret, Secrets};
+use shift_control::AdminClient;
 use shift_migrate::client::ChromaClient;
 use shift_migrate::inventory::{self, Inventory};
+use shift_migrate::repair;
 use shift_migrate::verify::{DivergenceKind, Verdict, Verifier, VerifyOptions, VerifyReport};
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::{Backend, Backends};
-
-use crate::admin_client::AdminClient;
 
 /// How long a re-check waits for the proxy's journal to drain.
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
@@ -345,18 +344,10 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     // The proxy, when it runs and its token is set: it says which store is primary, its
     // journal tells when writes in flight have landed, and it carries out repairs.
     let admin = match AdminClient::from_config(&config) {
-        Ok(admin) => match admin.call(Method::GET, "/admin/status", None).await {
-            Ok((StatusCode::OK, status)) => Some((Arc::new(admin), status)),
-            Ok((code, answer)) => {
-                eprintln!(
-                    "note: the proxy's admin API at {} answered {code}: {}",
-                    admin.url,
-                    answer["message"].as_str().unwrap_or("")
-                );
-                None
-            }
+        Ok(admin) => match admin.status().await {
+            Ok(status) => Some((Arc::new(admin), status)),
             Err(error) => {
-                eprintln!("note: {error:#}");
+                eprintln!("note: {error}");
                 None
             }
         },
@@ -365,10 +356,7 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let proxy_primary = admin
-        .as_ref()
-        .and_then(|(_, status)| status["topology"]["primary"].as_str())
-        .and_then(parse_store);
+    let proxy_primary = admin.as_ref().map(|(_, status)| status.topology.primary);
     let source = match args.source.as_deref().and_then(parse_store) {
         Some(source) => source,
         None => proxy_primary.unwrap_or(config.routing.primary),
@@ -418,7 +406,7 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         verifier = verifier.with_settle(Arc::new(move || {
             let admin = admin.clone();
             Box::pin(async move {
-                wait_drained(&admin, target, SETTLE_LIMIT).await;
+                repair::wait_drained(&*admin, target, SETTLE_LIMIT).await;
             })
         }));
     }
@@ -453,16 +441,16 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         print!("{}", verify_text(&report));
         println!(
             "\nrepairing {target} from {source} through the proxy at {}",
-            admin.url
+            admin.url()
         );
     }
-    let actions = repair(&admin, &report, args.delete_extra).await?;
+    let actions = repair::repair(&*admin, &report, args.delete_extra, REPAIR_LIMIT).await?;
     if !args.json {
         for action in &actions {
-            println!("  {}", action["text"].as_str().unwrap_or(""));
+            println!("  {}", action.text());
         }
     }
-    if !wait_drained(&admin, target, REPAIR_LIMIT).await {
+    if !repair::wait_drained(&*admin, target, REPAIR_LIMIT).await {
         eprintln!("the proxy's journal toward {target} did not drain within {REPAIR_LIMIT:?}; verifying anyway");
     }
     let after = verifier.run().await.context("verify after the repair")?;
@@ -494,236 +482,6 @@ fn exit(report: &VerifyReport) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
-}
-
-/// Waits until the proxy's journal holds nothing for `target`; false when `limit` passed or
-/// the proxy could not tell.
-async fn wait_drained(admin: &AdminClient, target: BackendName, limit: Duration) -> bool {
-    let started = Instant::now();
-    loop {
-        match admin.call(Method::GET, "/admin/status", None).await {
-            Ok((StatusCode::OK, status)) => {
-                if status["journal"][target.as_str()]["entries"].as_u64() == Some(0) {
-                    return true;
-                }
-            }
-            Ok((code, _)) => {
-                tracing::warn!(%code, "the proxy's status could not be read");
-                return false;
-            }
-            Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "the proxy's status could not be read"
-                );
-                return false;
-            }
-        }
-        if started.elapsed() >= limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Asks the proxy to bring the target in line with the report: reconciliations of the
-/// diverged records (in the journal, under the order locks), a backfill of each missing
-/// collection. One JSON object per action, with a `text` line for people.
-async fn repair(
-    admin: &AdminClient,
-    report: &VerifyReport,
-    delete_extra: bool,
-) -> anyhow::Result<Vec<Value>> {
-    let mut actions = Vec::new();
-    // Missing collections: one backfill per database.
-    let mut missing: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for collection in &report.collections {
-        match collection.verdict {
-            Verdict::Missing => missing
-                .entry((collection.tenant.clone(), collection.database.clone()))
-                .or_default()
-                .push(collection.name.clone()),
-            Verdict::Extra => actions.push(json!({
-                "action": "none",
-                "collection": collection.name,
-                "text": format!("{}: only on {}; left alone (delete it there yourself if it should not exist)", collection.name, report.target),
-            })),
-            _ => {}
-        }
-    }
-    for ((tenant, database), names) in &missing {
-        let progress = backfill(admin, tenant, database, names).await?;
-        actions.push(json!({
-            "action": "backfill",
-            "tenant": tenant,
-            "database": database,
-            "collections": names,
-            "state": progress["state"],
-            "records": progress["done_records"],
-            "text": format!(
-                "{}: missing on {}; backfilled ({} records, {})",
-                names.join(", "),
-                report.target,
-                progress["done_records"],
-                progress["state"].as_str().unwrap_or("?")
-            ),
-        }));
-    }
-
-    for collection in report
-        .collections
-        .iter()
-        .filter(|c| c.verdict == Verdict::Diverged)
-    {
-        let ids = report.repair_ids(collection, delete_extra);
-        let extra_left = if delete_extra { 0 } else { collection.extra };
-        if ids.is_empty() {
-            let text = if extra_left > 0 {
-                format!(
-                    "{}: {extra_left} records only on {}; left (pass --delete-extra to delete them)",
-                    collection.name, report.target
-                )
-            } else {
-                format!(
-                    "{}: no record to repair (the query sample differs: an index difference, not a record one)",
-                    collection.name
-                )
-            };
-            actions.push(json!({"action": "none", "collection": collection.name, "text": text}));
-            continue;
-        }
-        let client_id = reconcile(admin, report, collection, &ids).await?;
-        let mut text = format!(
-            "{}: {} records queued for reconciliation (collection {client_id})",
-            collection.name,
-            ids.len()
-        );
-        if extra_left > 0 {
-            text.push_str(&format!(
-                "; {extra_left} records only on {} left (pass --delete-extra to delete them)",
-                report.target
-            ));
-        }
-        actions.push(json!({
-            "action": "reconcile",
-            "collection": collection.name,
-            "client_id": client_id,
-            "ids": ids.len(),
-            "text": text,
-        }));
-    }
-    Ok(actions)
-}
-
-/// Queues the reconciliation of `ids`; the client id it used. The proxy knows a collection by
-/// the id of the store where it first saw it: the old store's for anything that existed before
-/// the migration, the new store's for one created there. A collection the proxy has never seen
-/// is registered by a backfill first.
-async fn reconcile(
-    admin: &AdminClient,
-    report: &VerifyReport,
-    collection: &shift_migrate::verify::CollectionReport,
-    ids: &[String],
-) -> anyhow::Result<String> {
-    let id_on = |store: BackendName| {
-        if store == report.source {
-            collection.source_id.clone()
-        } else {
-            collection.target_id.clone()
-        }
-    };
-    let candidates: Vec<String> = [id_on(BackendName::Old), id_on(BackendName::New)]
-        .into_iter()
-        .flatten()
-        .collect();
-    for attempt in 0..2 {
-        for candidate in &candidates {
-            let mut known = true;
-            for chunk in ids.chunks(10_000) {
-                let body = json!({"collection": candidate, "ids": chunk});
-                let (status, answer) = admin
-                    .call(Method::POST, "/admin/repair", Some(&body))
-                    .await?;
-                match status {
-                    StatusCode::ACCEPTED | StatusCode::OK => {}
-                    StatusCode::NOT_FOUND => {
-                        known = false;
-                        break;
-                    }
-                    _ => anyhow::bail!(
-                        "the proxy refused the repair of {} ({status}): {}",
-                        collection.name,
-                        answer["message"].as_str().unwrap_or("no message")
-                    ),
-                }
-            }
-            if known {
-                return Ok(candidate.clone());
-            }
-        }
-        if attempt == 0 {
-            // Unknown to the proxy: a backfill of the collection registers it (and copies it).
-            backfill(
-                admin,
-                &collection.tenant,
-                &collection.database,
-                std::slice::from_ref(&collection.name),
-            )
-            .await?;
-        }
-    }
-    anyhow::bail!(
-        "the proxy knows collection {} by none of its ids ({})",
-        collection.name,
-        candidates.join(", ")
-    )
-}
-
-/// Runs a backfill of `names` in the proxy and waits for it to end; its final progress.
-async fn backfill(
-    admin: &AdminClient,
-    tenant: &str,
-    database: &str,
-    names: &[String],
-) -> anyhow::Result<Value> {
-    let request = json!({"tenant": tenant, "database": database, "collections": names});
-    let started = Instant::now();
-    loop {
-        let (status, answer) = admin
-            .call(Method::POST, "/admin/backfill", Some(&request))
-            .await?;
-        match status {
-            StatusCode::ACCEPTED | StatusCode::OK => break,
-            // Another backfill runs: wait for it, then start ours.
-            StatusCode::CONFLICT if started.elapsed() < REPAIR_LIMIT => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            _ => anyhow::bail!(
-                "the proxy refused the backfill of {} ({status}): {}",
-                names.join(", "),
-                answer["message"].as_str().unwrap_or("no message")
-            ),
-        }
-    }
-    loop {
-        let (_, progress) = admin.call(Method::GET, "/admin/backfill", None).await?;
-        if progress["state"] != "running" {
-            anyhow::ensure!(
-                progress["state"] == "succeeded",
-                "the backfill of {} {}: {}",
-                names.join(", "),
-                progress["state"].as_str().unwrap_or("ended"),
-                progress["error"].as_str().unwrap_or("see the proxy's log")
-            );
-            return Ok(progress);
-        }
-        anyhow::ensure!(
-            started.elapsed() < REPAIR_LIMIT,
-            "the backfill of {} did not end within {REPAIR_LIMIT:?}",
-            names.join(", ")
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

@@ -1,4 +1,5 @@
-//! The admin listener, never on the data port:
+//! The admin listener's server side, never on the data port (the wire types are in
+//! [`crate::api`], the client in [`crate::client`]):
 //! - `/metrics`, `/healthz`, `/readyz`, open, for Prometheus and probes;
 //! - `/admin/...`, JSON in and out, every call with `Authorization: Bearer <admin token>`:
 //!   status, cutover, rollback, write mode, read policy, pause and resume, dead letters (list,
@@ -14,16 +15,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::{Encoder, Registry, TextEncoder};
-use serde::Deserialize;
-use serde_json::{json, Value};
-use shift_config::{BackendName, MirrorMode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 use shift_proxy::auth::ClientAuth;
 use shift_proxy::shadow::ShadowReads;
-use shift_proxy::topology::ReadPolicy;
 use shift_proxy::DataPlaneState;
 
+use crate::api::{
+    ApiError, CollectionLag, DeadLetter, DeadLetterPage, DeadLetterRef, DeadLetterSummary,
+    DeadLetters, Direction, Dropped, ErrorKind, JournalLag, Liveness, PendingIntents, PerBackend,
+    ReadPolicy, Readiness, ReadinessState, Retried, ShadowDetail, StateStatus, Status,
+    SwitchRequest, TopologyChanged, TopologyStatus, WriteModeRequest,
+};
 use crate::health::HealthBoard;
-use crate::switch::{ChangeError, Direction, SwitchRequest, TopologySwitch};
+use crate::switch::{ChangeError, TopologySwitch};
 
 /// What the admin handlers read.
 #[derive(Debug, Clone)]
@@ -40,13 +46,15 @@ pub struct AdminState {
     pub token: Option<ClientAuth>,
     /// The backfill runner, when this process runs one.
     pub backfill: Option<Arc<shift_migrate::backfill::Backfiller>>,
-    /// Extra status sections (shadow reads, backfill), by name.
-    pub sections: Arc<Vec<(&'static str, Arc<dyn StatusSection>)>>,
+    /// Extra status sections (shadow reads, backfill, replay), each filling its own part of
+    /// [`Status`].
+    pub sections: Arc<Vec<Arc<dyn StatusSection>>>,
 }
 
 /// A part of `/admin/status` owned by another component.
 pub trait StatusSection: Send + Sync + std::fmt::Debug {
-    fn status(&self) -> Value;
+    /// Writes this component's part of the status.
+    fn fill(&self, status: &mut Status);
 }
 
 /// Shadow and canary reads: totals per collection and the recent mismatches.
@@ -54,17 +62,14 @@ pub trait StatusSection: Send + Sync + std::fmt::Debug {
 struct ShadowStatus(Arc<ShadowReads>);
 
 impl StatusSection for ShadowStatus {
-    fn status(&self) -> Value {
-        self.0.status()
+    fn fill(&self, status: &mut Status) {
+        status.shadow = Some(self.0.status());
     }
 }
 
 /// The `shadow` section of `/admin/status`.
-pub fn shadow_section(plane: &DataPlaneState) -> (&'static str, Arc<dyn StatusSection>) {
-    (
-        "shadow",
-        Arc::new(ShadowStatus(plane.shadow_reads().clone())),
-    )
+pub fn shadow_section(plane: &DataPlaneState) -> Arc<dyn StatusSection> {
+    Arc::new(ShadowStatus(plane.shadow_reads().clone()))
 }
 
 /// The replay of each target: running or stopped (and why), what waits for a retry.
@@ -72,16 +77,14 @@ pub fn shadow_section(plane: &DataPlaneState) -> (&'static str, Arc<dyn StatusSe
 struct ReplayStatus(Arc<shift_proxy::replay::ReplayBoard>);
 
 impl StatusSection for ReplayStatus {
-    fn status(&self) -> Value {
-        self.0.status()
+    fn fill(&self, status: &mut Status) {
+        status.replay = Some(self.0.status());
     }
 }
 
 /// The `replay` section of `/admin/status`.
-pub fn replay_section(
-    board: Arc<shift_proxy::replay::ReplayBoard>,
-) -> (&'static str, Arc<dyn StatusSection>) {
-    ("replay", Arc::new(ReplayStatus(board)))
+pub fn replay_section(board: Arc<shift_proxy::replay::ReplayBoard>) -> Arc<dyn StatusSection> {
+    Arc::new(ReplayStatus(board))
 }
 
 /// The admin router, callable in tests without a socket.
@@ -112,12 +115,27 @@ pub fn app(state: AdminState) -> Router {
     router.fallback(not_found).with_state(state)
 }
 
-fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": kind, "message": message.into()})),
+/// An answer with `body` as JSON.
+pub(crate) fn reply<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// An error answer in the admin API's shape.
+pub(crate) fn error(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Response {
+    let body = ApiError {
+        error: kind,
+        message: message.into(),
+    };
+    reply(status, &body)
+}
+
+/// A failure inside the proxy.
+pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::InternalError,
+        e.to_string(),
     )
-        .into_response()
 }
 
 /// Every `/admin` call needs the admin token.
@@ -125,13 +143,17 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     let Some(token) = &state.token else {
         return error(
             StatusCode::NOT_FOUND,
-            "NotFoundError",
+            ErrorKind::NotFoundError,
             "the admin API is off",
         );
     };
     match token.check(request.headers()) {
         Ok(()) => next.run(request).await,
-        Err(e) => error(StatusCode::UNAUTHORIZED, "AuthError", e.to_string()),
+        Err(e) => error(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::AuthError,
+            e.to_string(),
+        ),
     }
 }
 
@@ -143,17 +165,16 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             buffer,
         )
             .into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        ),
+        Err(e) => internal(e),
     }
 }
 
 /// Alive: the process answers.
 async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    let alive = Liveness {
+        status: "ok".to_owned(),
+    };
+    reply(StatusCode::OK, &alive)
 }
 
 /// Ready: the primary's last heartbeat succeeded and the state store can journal a write (its
@@ -161,12 +182,8 @@ async fn healthz() -> Response {
 /// does not decide, since writes to it can wait in the journal.
 async fn readyz(State(state): State<AdminState>) -> Response {
     let primary = state.plane.topology().primary;
-    let old = state.health.get(BackendName::Old);
-    let new = state.health.get(BackendName::New);
-    let primary_up = match primary {
-        BackendName::Old => old.up,
-        BackendName::New => new.up,
-    };
+    let backends = PerBackend::from_fn(|name| (*state.health.get(name)).clone());
+    let primary_up = backends.get(primary).up;
     let store = state.plane.state_health();
     let store_refusal = store.check().err().map(|e| e.to_string());
     let ready = primary_up && store_refusal.is_none();
@@ -175,109 +192,102 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "ready": ready,
-        "primary": primary,
-        "backends": {"old": *old, "new": *new},
-        "state": {
-            "writable": store.unwritable.is_none(),
-            "journal_bytes": store.journal_bytes,
-            "max_journal_bytes": store.max_journal_bytes,
-            "reason": store_refusal,
+    let body = Readiness {
+        ready,
+        primary,
+        backends,
+        state: ReadinessState {
+            writable: store.unwritable.is_none(),
+            journal_bytes: store.journal_bytes,
+            max_journal_bytes: store.max_journal_bytes,
+            reason: store_refusal,
         },
-    });
-    (status, Json(body)).into_response()
+    };
+    reply(status, &body)
 }
 
 async fn status(State(state): State<AdminState>) -> Response {
     let topology = state.plane.topology();
     let now = shift_proxy::replay::now_ms();
     let age = |oldest: u64| now.saturating_sub(oldest) as f64 / 1000.0;
-    let mut journal = serde_json::Map::new();
-    for target in [BackendName::Old, BackendName::New] {
+    let journal = PerBackend::from_fn(|target| {
         let lag = state.plane.lag(target);
-        let collections: serde_json::Map<String, Value> = lag
-            .collections
-            .iter()
-            .map(|(key, c)| {
-                let name = state.plane.collection(key).map(|e| e.name.clone());
-                (
-                    key.clone(),
-                    json!({"entries": c.entries, "oldest_age_s": age(c.oldest_created_ms), "name": name}),
-                )
-            })
-            .collect();
-        journal.insert(
-            target.as_str().to_owned(),
-            json!({
-                "entries": lag.entries,
-                "oldest_age_s": lag.oldest_created_ms.map(age),
-                "collections": collections,
-            }),
-        );
-    }
-    let recent: Vec<Value> = state
+        JournalLag {
+            entries: lag.entries,
+            oldest_age_s: lag.oldest_created_ms.map(age),
+            collections: lag
+                .collections
+                .iter()
+                .map(|(key, c)| {
+                    let name = state.plane.collection(key).map(|e| e.name.clone());
+                    let lag = CollectionLag {
+                        entries: c.entries,
+                        oldest_age_s: age(c.oldest_created_ms),
+                        name,
+                    };
+                    (key.clone(), lag)
+                })
+                .collect(),
+        }
+    });
+    let first = state
         .plane
         .dead_letters(None, 20)
         .unwrap_or_default()
         .into_iter()
-        .map(|d| json!({"seq": d.seq.0, "target": d.target, "collection": d.collection, "reason": d.reason, "parked_ms": d.parked_ms}))
+        .map(|d| DeadLetterRef {
+            seq: d.seq.0,
+            target: d.target,
+            collection: d.collection,
+            reason: d.reason,
+            parked_ms: Some(d.parked_ms),
+        })
         .collect();
-    let mut body = json!({
-        "topology": {
-            "epoch": topology.epoch,
-            "primary": topology.primary,
-            "secondary": topology.secondary(),
-            "write_mode": topology.mode,
-            "read_policy": topology.reads,
-            "paused": topology.paused,
-        },
-        "backends": {
-            "old": *state.health.get(BackendName::Old),
-            "new": *state.health.get(BackendName::New),
-        },
-        "journal": journal,
-        "writes_held": state.plane.writes_held(),
+    let mut body = Status {
+        topology: TopologyStatus::from(&*topology),
+        backends: PerBackend::from_fn(|name| (*state.health.get(name)).clone()),
+        journal,
+        writes_held: state.plane.writes_held(),
         // Writes whose intent is recorded and not yet settled: being settled by their task
         // now, or orphans the sweeper settles (the state store could not write).
-        "pending_intents": {
-            "settling": state.plane.settling(),
-            "recorded": state.plane.recorded_intents(),
+        pending_intents: PendingIntents {
+            settling: state.plane.settling(),
+            recorded: state.plane.recorded_intents(),
         },
-        "dead_letters": {"count": state.plane.dead_letter_count(), "first": recent},
-        "state": store_state(&state.plane.state_health()),
-        "collections": state.plane.collection_count(),
-    });
-    for (name, section) in state.sections.iter() {
-        body[*name] = section.status();
+        dead_letters: DeadLetterSummary {
+            count: state.plane.dead_letter_count(),
+            first,
+        },
+        state: StateStatus::from(&state.plane.state_health()),
+        collections: state.plane.collection_count(),
+        shadow: None,
+        replay: None,
+        backfill: None,
+    };
+    for section in state.sections.iter() {
+        section.fill(&mut body);
     }
-    Json(body).into_response()
+    reply(StatusCode::OK, &body)
 }
 
-/// The state store's ability to take writes, for `/admin/status`.
-fn store_state(health: &shift_store::StoreHealth) -> Value {
-    json!({
-        "writable": health.unwritable.is_none(),
-        "unwritable_reason": health.unwritable,
-        "journal_bytes": health.journal_bytes,
-        "max_journal_bytes": health.max_journal_bytes,
-        "journal_full": health.journal_full(),
-        "pending_intents": health.pending_intents,
-    })
-}
-
-/// A switch's body may be empty.
-fn switch_request(body: &Bytes) -> Result<SwitchRequest, String> {
+/// A body that may be empty: the default request then.
+pub(crate) fn optional_body<T: Default + DeserializeOwned>(body: &Bytes) -> serde_json::Result<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(SwitchRequest::default());
+        return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))
+    serde_json::from_slice(body)
 }
 
 async fn switch(state: AdminState, direction: Direction, body: Bytes) -> Response {
-    let request = match switch_request(&body) {
+    let request: SwitchRequest = match optional_body(&body) {
         Ok(request) => request,
-        Err(reason) => return error(StatusCode::BAD_REQUEST, "InvalidArgumentError", reason),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidArgumentError,
+                format!("invalid body: {e}"),
+            )
+        }
     };
     match state.switch.switch(direction, request).await {
         Ok(report) => {
@@ -287,13 +297,9 @@ async fn switch(state: AdminState, direction: Direction, body: Bytes) -> Respons
             } else {
                 StatusCode::OK
             };
-            (status, Json(report)).into_response()
+            reply(status, &report)
         }
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        ),
+        Err(e) => internal(e),
     }
 }
 
@@ -307,22 +313,19 @@ async fn rollback(State(state): State<AdminState>, body: Bytes) -> Response {
 
 fn changed(result: Result<Arc<shift_proxy::topology::Topology>, ChangeError>) -> Response {
     match result {
-        Ok(topology) => Json(json!({"topology": *topology})).into_response(),
-        Err(ChangeError::Refused(reason)) => {
-            error(StatusCode::BAD_REQUEST, "InvalidArgumentError", reason)
+        Ok(topology) => {
+            let body = TopologyChanged {
+                topology: (*topology).clone(),
+            };
+            reply(StatusCode::OK, &body)
         }
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
+        Err(ChangeError::Refused(reason)) => error(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidArgumentError,
+            reason,
         ),
+        Err(e) => internal(e),
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WriteModeRequest {
-    mode: MirrorMode,
 }
 
 async fn write_mode(State(state): State<AdminState>, body: Bytes) -> Response {
@@ -330,7 +333,7 @@ async fn write_mode(State(state): State<AdminState>, body: Bytes) -> Response {
         Ok(request) => changed(state.switch.set_mode(request.mode).await),
         Err(e) => error(
             StatusCode::BAD_REQUEST,
-            "InvalidArgumentError",
+            ErrorKind::InvalidArgumentError,
             format!("expected {{\"mode\": \"journaled\" | \"sync\"}}: {e}"),
         ),
     }
@@ -341,7 +344,7 @@ async fn read_policy(State(state): State<AdminState>, body: Bytes) -> Response {
         Ok(policy) => changed(state.switch.set_reads(policy).await),
         Err(e) => error(
             StatusCode::BAD_REQUEST,
-            "InvalidArgumentError",
+            ErrorKind::InvalidArgumentError,
             format!("expected {{\"canary_percent\": N, \"shadow_percent\": N}}: {e}"),
         ),
     }
@@ -355,42 +358,22 @@ async fn resume(State(state): State<AdminState>) -> Response {
     changed(state.switch.resume().await)
 }
 
-#[derive(Debug, Deserialize)]
-struct Page {
-    #[serde(default)]
-    after: Option<u64>,
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
-async fn dead_letters(State(state): State<AdminState>, Query(page): Query<Page>) -> Response {
+async fn dead_letters(
+    State(state): State<AdminState>,
+    Query(page): Query<DeadLetterPage>,
+) -> Response {
     let limit = page.limit.unwrap_or(100).min(1000);
     match state
         .plane
         .dead_letters(page.after.map(shift_store::Seq), limit)
     {
         Ok(letters) => {
-            let letters: Vec<Value> = letters
-                .into_iter()
-                .map(|d| {
-                    json!({
-                        "seq": d.seq.0,
-                        "target": d.target,
-                        "collection": d.collection,
-                        "created_ms": d.created_ms,
-                        "parked_ms": d.parked_ms,
-                        "reason": d.reason,
-                        "op": serde_json::from_slice::<Value>(&d.payload).unwrap_or(Value::Null),
-                    })
-                })
-                .collect();
-            Json(json!({"dead_letters": letters})).into_response()
+            let body = DeadLetters {
+                dead_letters: letters.into_iter().map(DeadLetter::from).collect(),
+            };
+            reply(StatusCode::OK, &body)
         }
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        ),
+        Err(e) => internal(e),
     }
 }
 
@@ -398,7 +381,7 @@ async fn dead_letters(State(state): State<AdminState>, Query(page): Query<Page>)
 fn bad_dead_letter_seq(raw: &str) -> Response {
     error(
         StatusCode::BAD_REQUEST,
-        "InvalidArgumentError",
+        ErrorKind::InvalidArgumentError,
         format!("a dead letter's seq is a positive integer, got {raw:?}"),
     )
 }
@@ -406,13 +389,15 @@ fn bad_dead_letter_seq(raw: &str) -> Response {
 /// A store error of the dead-letter routes in the admin API's error shape.
 fn dead_letter_error(e: shift_store::StoreError) -> Response {
     match e {
-        shift_store::StoreError::UnknownDeadLetter(_) => {
-            error(StatusCode::NOT_FOUND, "NotFoundError", e.to_string())
-        }
+        shift_store::StoreError::UnknownDeadLetter(_) => error(
+            StatusCode::NOT_FOUND,
+            ErrorKind::NotFoundError,
+            e.to_string(),
+        ),
         e if e.is_retryable_unavailable() => {
             let mut answer = error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
+                ErrorKind::Unavailable,
                 e.to_string(),
             );
             answer
@@ -420,11 +405,7 @@ fn dead_letter_error(e: shift_store::StoreError) -> Response {
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             answer
         }
-        e => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        ),
+        e => internal(e),
     }
 }
 
@@ -462,11 +443,17 @@ async fn retry_dead_letter(State(state): State<AdminState>, Path(raw): Path<Stri
                 reason = %letter.reason,
                 "an operator re-drove a dead letter: it is back in the journal"
             );
-            Json(json!({
-                "retried": {"seq": seq.0, "target": letter.target, "collection": letter.collection, "reason": letter.reason},
-                "journal_seq": requeued.0,
-            }))
-            .into_response()
+            let body = Retried {
+                retried: DeadLetterRef {
+                    seq: seq.0,
+                    target: letter.target,
+                    collection: letter.collection,
+                    reason: letter.reason,
+                    parked_ms: None,
+                },
+                journal_seq: requeued.0,
+            };
+            reply(StatusCode::OK, &body)
         }
         Err(e) => dead_letter_error(e),
     }
@@ -489,18 +476,10 @@ async fn drop_dead_letter(State(state): State<AdminState>, Path(raw): Path<Strin
                 parked_ms = letter.parked_ms,
                 "an operator dropped a dead letter: this write will not reach its target"
             );
-            Json(json!({
-                "dropped": {
-                    "seq": seq.0,
-                    "target": letter.target,
-                    "collection": letter.collection,
-                    "reason": letter.reason,
-                    "created_ms": letter.created_ms,
-                    "parked_ms": letter.parked_ms,
-                    "op": serde_json::from_slice::<Value>(&letter.payload).unwrap_or(Value::Null),
-                }
-            }))
-            .into_response()
+            let body = Dropped {
+                dropped: DeadLetter::from(letter),
+            };
+            reply(StatusCode::OK, &body)
         }
         Err(e) => dead_letter_error(e),
     }
@@ -508,15 +487,21 @@ async fn drop_dead_letter(State(state): State<AdminState>, Path(raw): Path<Strin
 
 /// Shadow and canary reads, with every mismatch sample kept and the read policy in force.
 async fn shadow(State(state): State<AdminState>) -> Response {
-    let mut body = state.plane.shadow_reads().detail();
-    body["read_policy"] = json!(state.plane.topology().reads);
-    Json(body).into_response()
+    let report = match state.plane.shadow_reads().detail() {
+        Value::Object(report) => report,
+        other => return internal(format!("the shadow report is not an object: {other}")),
+    };
+    let body = ShadowDetail {
+        report,
+        read_policy: state.plane.topology().reads,
+    };
+    reply(StatusCode::OK, &body)
 }
 
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "NotFoundError",
+        ErrorKind::NotFoundError,
         "No such admin route",
     )
 }

@@ -7,14 +7,14 @@ use std::time::Duration;
 use http::Method;
 use prometheus::IntCounterVec;
 use serde_json::json;
-use shift_proxy::Backend;
+use shift_proxy::backend::ServiceClient;
 use url::Url;
 
 /// Where alerts go.
 #[derive(Debug, Clone)]
 pub struct Alerter {
     /// The webhook, reached with the proxy's one HTTP client; `None`: logs only.
-    webhook: Option<Arc<(Backend, String)>>,
+    webhook: Option<Arc<(ServiceClient, String)>>,
     /// Alerts by outcome (`sent`, `failed`, `logged`).
     sent: Option<IntCounterVec>,
 }
@@ -28,7 +28,7 @@ impl Alerter {
                 Some(q) => format!("{}?{q}", url.path()),
                 None => url.path().to_owned(),
             };
-            match Backend::for_service(&origin, Duration::from_secs(10)) {
+            match ServiceClient::new("alert webhook", &origin, Duration::from_secs(10)) {
                 Ok(client) => Some(Arc::new((client, path))),
                 Err(error) => {
                     tracing::error!(%error, "alert webhook unusable; alerts go to the log only");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shift_config::{BackendName, HealthConfig};
 use shift_proxy::{Backends, ProxyMetrics};
 use tokio::time::Instant;
@@ -14,7 +14,7 @@ use crate::alerts::Alerter;
 use crate::switch::{Direction, SwitchRequest, TopologySwitch};
 
 /// The last heartbeat of one backend.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendHealth {
     /// The last heartbeat answered 200 in time.
     pub up: bool,
@@ -286,6 +286,13 @@ mod unix_millis {
             Some(d) => serializer.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             None => serializer.serialize_none(),
         }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        let millis: Option<u64> = serde::Deserialize::deserialize(deserializer)?;
+        Ok(millis.map(|ms| UNIX_EPOCH + std::time::Duration::from_millis(ms)))
     }
 }
 

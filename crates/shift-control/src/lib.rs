@@ -6,18 +6,24 @@
 //! - [`alerts`]: alerts to a Slack-compatible webhook.
 //! - [`audit`]: the audit log of admin actions, kept in the state store.
 //! - [`store_alerts`]: alerts when the state store cannot take writes, and when it can again.
-//! - [`admin`]: the admin HTTP API on its own listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: the admin HTTP API on its own listener: `/metrics`, `/healthz`, `/readyz`,
+//!   `/admin/...`; [`migrate_api`]: its backfill and repair routes.
+//! - [`api`]: the admin API's request and response types, shared by the server and the client;
+//!   [`client`]: a typed client of a running proxy's admin API.
 //! - [`process`]: the whole proxy assembled from the config, for the binary and the tests.
 
 pub mod admin;
 pub mod alerts;
+pub mod api;
 pub mod audit;
+pub mod client;
 pub mod health;
 pub mod migrate_api;
 pub mod store_alerts;
 pub mod switch;
 
 pub use admin::{app, AdminState};
+pub use client::{AdminClient, AdminError};
 pub use health::{HealthBoard, HealthMonitor};
 pub mod process;
 pub mod supervise;

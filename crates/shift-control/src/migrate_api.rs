@@ -1,18 +1,19 @@
 //! The migration endpoints: `/admin/backfill` starts a backfill inside the proxy, follows it,
 //! cancels it; `/admin/repair` queues reconciliations of diverged records that `verify` found.
+//! Their wire types are in [`crate::api`].
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::{json, Value};
-use shift_migrate::backfill::{BackfillRequest, Backfiller};
+use axum::Router;
+use shift_migrate::backfill::Backfiller;
 
-use crate::admin::{AdminState, StatusSection};
+use crate::admin::{error, internal, optional_body, reply, AdminState, StatusSection};
+use crate::api::{BackfillRequest, ErrorKind, RepairQueued, RepairRequest, Status};
 
 /// The backfill routes (behind the admin token, like every `/admin` route).
 pub fn routes() -> Router<AdminState> {
@@ -20,17 +21,6 @@ pub fn routes() -> Router<AdminState> {
         .route("/admin/backfill", get(progress).post(start))
         .route("/admin/backfill/cancel", post(cancel))
         .route("/admin/repair", post(repair))
-}
-
-/// Records to bring in line on the secondary.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RepairRequest {
-    /// The client's collection id.
-    collection: String,
-    /// Ids to make the secondary match the primary on: copied where the primary has them,
-    /// deleted where it does not.
-    ids: Vec<String>,
 }
 
 /// Queues a reconciliation of `ids` for the secondary, in the journal: ordered with live
@@ -45,19 +35,22 @@ async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
     let request: RepairRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return (
+            return error(
                 StatusCode::BAD_REQUEST,
-                Json(json!({"error": "InvalidArgumentError", "message": format!("expected {{\"collection\": id, \"ids\": [...]}}: {e}")})),
+                ErrorKind::InvalidArgumentError,
+                format!("expected {{\"collection\": id, \"ids\": [...]}}: {e}"),
             )
-                .into_response()
         }
     };
     if state.plane.collection(&request.collection).is_none() {
-        return (
+        return error(
             StatusCode::NOT_FOUND,
-            Json(json!({"error": "NotFoundError", "message": format!("collection {} is not in the collection map", request.collection)})),
-        )
-            .into_response();
+            ErrorKind::NotFoundError,
+            format!(
+                "collection {} is not in the collection map",
+                request.collection
+            ),
+        );
     }
     let _pass = state.plane.pass_gate().await;
     let secondary = state.plane.topology().secondary();
@@ -76,60 +69,52 @@ async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
             }
         })
         .collect();
-    let queued = entries.len();
+    let queued = RepairQueued {
+        queued_entries: entries.len(),
+        ids: request.ids.len(),
+        target: secondary,
+    };
     match state.plane.append_journal(entries).await {
-        Ok(_) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"queued_entries": queued, "ids": request.ids.len(), "target": secondary})),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": "InternalError", "message": e.to_string()})),
-        )
-            .into_response(),
+        Ok(_) => reply(StatusCode::ACCEPTED, &queued),
+        Err(e) => internal(e),
     }
 }
 
 fn no_backfill() -> Response {
-    (
+    error(
         StatusCode::NOT_FOUND,
-        Json(json!({"error": "NotFoundError", "message": "no backfill in this process"})),
+        ErrorKind::NotFoundError,
+        "no backfill in this process",
     )
-        .into_response()
 }
 
 async fn start(State(state): State<AdminState>, body: Bytes) -> Response {
     let Some(backfiller) = &state.backfill else {
         return no_backfill();
     };
-    let request: BackfillRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        BackfillRequest::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(request) => request,
-            Err(e) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    Json(json!({"error": "InvalidArgumentError", "message": format!("invalid backfill request: {e}")})),
-                )
-                    .into_response()
-            }
+    let request: BackfillRequest = match optional_body(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidArgumentError,
+                format!("invalid backfill request: {e}"),
+            )
         }
     };
     match backfiller.start(request) {
-        Ok(progress) => (StatusCode::ACCEPTED, Json(progress)).into_response(),
-        Err(e) => (
+        Ok(progress) => reply(StatusCode::ACCEPTED, &progress),
+        Err(e) => error(
             StatusCode::CONFLICT,
-            Json(json!({"error": "ConflictError", "message": e.to_string()})),
-        )
-            .into_response(),
+            ErrorKind::ConflictError,
+            e.to_string(),
+        ),
     }
 }
 
 async fn progress(State(state): State<AdminState>) -> Response {
     match &state.backfill {
-        Some(b) => Json(b.progress()).into_response(),
+        Some(b) => reply(StatusCode::OK, &b.progress()),
         None => no_backfill(),
     }
 }
@@ -138,7 +123,7 @@ async fn cancel(State(state): State<AdminState>) -> Response {
     match &state.backfill {
         Some(b) => {
             b.cancel();
-            Json(b.progress()).into_response()
+            reply(StatusCode::OK, &b.progress())
         }
         None => no_backfill(),
     }
@@ -149,7 +134,7 @@ async fn cancel(State(state): State<AdminState>) -> Response {
 pub struct BackfillSection(pub Arc<Backfiller>);
 
 impl StatusSection for BackfillSection {
-    fn status(&self) -> Value {
-        serde_json::to_value(self.0.progress()).unwrap_or(Value::Null)
+    fn fill(&self, status: &mut Status) {
+        status.backfill = Some(self.0.progress());
     }
 }

@@ -237,10 +237,9 @@ impl ChromaShift {
 
         let (admin_stop, mut admin_stopped) = watch::channel(false);
         let mut sections = vec![admin::shadow_section(&self.plane)];
-        sections.push((
-            "backfill",
-            Arc::new(crate::migrate_api::BackfillSection(self.backfill.clone())),
-        ));
+        sections.push(Arc::new(crate::migrate_api::BackfillSection(
+            self.backfill.clone(),
+        )));
         sections.push(admin::replay_section(replay_board.clone()));
         let admin_app = admin::app(AdminState {
             registry: self.registry.clone(),

@@ -68,7 +68,7 @@ pub struct BackfillRequest {
 }
 
 /// Where a backfill stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackfillState {
     Idle,
@@ -80,7 +80,7 @@ pub enum BackfillState {
     Aborted,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CollectionProgress {
     pub name: String,
     pub tenant: String,
@@ -94,7 +94,7 @@ pub struct CollectionProgress {
 }
 
 /// What `/admin/backfill` and the CLI's progress bar show.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackfillProgress {
     pub state: BackfillState,
     pub request: Option<BackfillRequest>,

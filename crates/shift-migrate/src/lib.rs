@@ -5,8 +5,10 @@
 //!   proxy so it shares the per-record order locks with live traffic.
 //! - [`inventory`]: what one store holds, tenant by tenant.
 //! - [`verify`]: compares the two stores by ids, record content and A/B queries.
+//! - [`repair`]: brings the target in line with a verify report through the running proxy.
 
 pub mod backfill;
 pub mod client;
 pub mod inventory;
+pub mod repair;
 pub mod verify;

@@ -2,7 +2,8 @@
 //!
 //! Each backend has its own pool of keep-alive connections (HTTP/1.1, plain or rustls TLS),
 //! its own connect and request timeouts, and its own credentials, which replace whatever the
-//! client sent.
+//! client sent. [`ServiceClient`] is the same client for HTTP services that are not a store
+//! (the admin API, an alert webhook), named for the service in its errors.
 
 use std::io::BufReader;
 use std::sync::Arc;
@@ -119,25 +120,6 @@ impl Backend {
             credential,
             request_timeout: config.request_timeout,
         })
-    }
-
-    /// A client for an HTTP service that is not a store (the admin API, an alert webhook),
-    /// with the same pooling, TLS and timeouts. Its errors still carry a backend name; callers
-    /// describe them by their kind.
-    pub fn for_service(url: &url::Url, timeout: Duration) -> Result<Backend, BackendBuildError> {
-        let mut base = url.clone();
-        base.set_query(None);
-        base.set_fragment(None);
-        let config = BackendConfig {
-            url: base,
-            connect_timeout: timeout.min(Duration::from_secs(5)),
-            request_timeout: timeout,
-            pool_idle_timeout: Duration::from_secs(30),
-            pool_max_idle: 2,
-            auth: None,
-            ca_file: None,
-        };
-        Backend::new(BackendName::Old, &config, None)
     }
 
     pub fn name(&self) -> BackendName {
@@ -272,6 +254,92 @@ impl Answer {
     pub fn text(&self) -> String {
         let text = String::from_utf8_lossy(&self.body);
         text.chars().take(500).collect()
+    }
+}
+
+/// A client for an HTTP service that is not a Chroma store (the admin API, an alert webhook),
+/// with the same pooling, TLS and timeouts as a [`Backend`], named for what it is: its errors
+/// and logs carry the service's name, never a store's.
+#[derive(Debug)]
+pub struct ServiceClient {
+    /// What it talks to (`admin API`, `alert webhook`), for errors.
+    service: &'static str,
+    /// The pooled client; its store name is never shown.
+    http: Backend,
+}
+
+/// A service that failed to answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the {service} {kind}")]
+pub struct ServiceError {
+    /// Which service failed.
+    pub service: &'static str,
+    /// How it failed.
+    pub kind: BackendErrorKind,
+}
+
+impl ServiceClient {
+    /// A client of the service at `url` (its query and fragment dropped), each request within
+    /// `timeout`.
+    pub fn new(
+        service: &'static str,
+        url: &url::Url,
+        timeout: Duration,
+    ) -> Result<ServiceClient, String> {
+        let mut base = url.clone();
+        base.set_query(None);
+        base.set_fragment(None);
+        let config = BackendConfig {
+            url: base,
+            connect_timeout: timeout.min(Duration::from_secs(5)),
+            request_timeout: timeout,
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle: 2,
+            auth: None,
+            ca_file: None,
+        };
+        // A build error names the store it was built as; say the service and the cause.
+        let http = Backend::new(BackendName::Old, &config, None).map_err(|e| match e {
+            BackendBuildError::Url { url, .. } => format!("{url} cannot be used as a base URI"),
+            BackendBuildError::Tls { source, .. } => format!("TLS setup failed: {source}"),
+            BackendBuildError::CaFile { reason, .. } => reason,
+            BackendBuildError::Token { .. } => "the token is not a valid header value".to_owned(),
+        })?;
+        Ok(ServiceClient { service, http })
+    }
+
+    /// Sends a request and waits for the response head; see [`Backend::send`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, ServiceError> {
+        self.http
+            .send(method, path_and_query, headers, body)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Sends a JSON request and reads the whole answer; see [`Backend::call`].
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, ServiceError> {
+        self.http
+            .call(method, path, body)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    fn error(&self, error: BackendError) -> ServiceError {
+        ServiceError {
+            service: self.service,
+            kind: error.kind,
+        }
     }
 }
 

@@ -217,31 +217,60 @@ impl ProxyProcess {
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let started = Instant::now();
         let heartbeat = format!("{}/api/v2/heartbeat", self.url());
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    anyhow::bail!(
-                        "the proxy process exited at start ({status}); its log ends with:\n{}",
-                        self.log_tail(40)
-                    );
-                }
-            }
-            if let Ok((status, _, _)) = crate::http("GET", &heartbeat, &[], Vec::new()).await {
-                if status.is_success() {
-                    return Ok(());
-                }
-            }
-            if started.elapsed() > READY_TIMEOUT {
+        let child = self
+            .child
+            .as_mut()
+            .context("the proxy process is not running")?;
+        match wait_heartbeat(child, &heartbeat, READY_TIMEOUT, Duration::from_millis(50)).await? {
+            Ok(()) => Ok(()),
+            Err(NotReady::Exited(status)) => {
+                self.child = None;
                 anyhow::bail!(
-                    "the proxy process did not answer {heartbeat} within {READY_TIMEOUT:?}; its log ends with:\n{}",
+                    "the proxy process exited at start ({status}); its log ends with:\n{}",
                     self.log_tail(40)
-                );
+                )
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(NotReady::Silent) => anyhow::bail!(
+                "the proxy process did not answer {heartbeat} within {READY_TIMEOUT:?}; its log ends with:\n{}",
+                self.log_tail(40)
+            ),
         }
+    }
+}
+
+/// Why a started server is not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// It exited first.
+    Exited(std::process::ExitStatus),
+    /// It did not answer in time.
+    Silent,
+}
+
+/// Waits until `heartbeat` (a Chroma or the proxy) answers 2xx, polling every `every`; a
+/// [`NotReady`] when `child` exits first or `limit` passes. For the callers that started the
+/// server and know where its log is (the test kit's proxy process, the benches).
+pub async fn wait_heartbeat(
+    child: &mut tokio::process::Child,
+    heartbeat: &str,
+    limit: Duration,
+    every: Duration,
+) -> anyhow::Result<Result<(), NotReady>> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Err(NotReady::Exited(status)));
+        }
+        if let Ok((status, _, _)) = crate::http("GET", heartbeat, &[], Vec::new()).await {
+            if status.is_success() {
+                return Ok(Ok(()));
+            }
+        }
+        if started.elapsed() > limit {
+            return Ok(Err(NotReady::Silent));
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

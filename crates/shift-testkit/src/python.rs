@@ -1,6 +1,6 @@
 //! Runs Python scripts with the official `chromadb` client from the repo's venv.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -36,9 +36,19 @@ pub async fn run_script(
     args: &[&str],
     limit: Duration,
 ) -> anyhow::Result<ScriptOutput> {
-    let path = repo_root().join("tests/python").join(script);
+    run_script_at(&repo_root().join("tests/python").join(script), args, limit).await
+}
+
+/// Runs the script at `path` (the benches keep theirs in `benches/python`) like
+/// [`run_script`].
+pub async fn run_script_at(
+    path: &Path,
+    args: &[&str],
+    limit: Duration,
+) -> anyhow::Result<ScriptOutput> {
+    let script = path.display();
     let child = tokio::process::Command::new(python()?)
-        .arg(&path)
+        .arg(path)
         .args(args)
         .env("ANONYMIZED_TELEMETRY", "False")
         .stdin(Stdio::null())

@@ -95,17 +95,21 @@ impl Direction {
 }
 
 /// What the caller asks of a switch.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchRequest {
     /// Only say what would happen.
     #[serde(default)]
     pub dry_run: bool,
     /// Most journal entries waiting for the target; the config's bound when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag: Option<u64>,
     /// How long writes may be held while the journal drains, e.g. "30s".
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// Go even though the current primary is down, dead letters exist or the lag is above
     /// the bound. With the primary down, what only it can settle waits for it in its own
@@ -115,15 +119,15 @@ pub struct SwitchRequest {
 }
 
 /// One check before a switch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
-    pub name: &'static str,
+    pub name: std::borrow::Cow<'static, str>,
     pub passed: bool,
     pub detail: String,
 }
 
 /// What a switch did, or would do.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwitchReport {
     pub direction: Direction,
     pub dry_run: bool,
@@ -546,7 +550,7 @@ impl SwitchCore {
         let dead = self.state.dead_letters();
         let mut checks = vec![
             Check {
-                name: "direction",
+                name: "direction".into(),
                 passed: from != to,
                 detail: if from != to {
                     format!("{from} is primary; {to} becomes primary")
@@ -555,7 +559,7 @@ impl SwitchCore {
                 },
             },
             Check {
-                name: "target_healthy",
+                name: "target_healthy".into(),
                 passed: target_health.up,
                 detail: match &target_health.error {
                     None => format!("{to} answers its heartbeat"),
@@ -568,7 +572,7 @@ impl SwitchCore {
             format!("{lag} entries wait for {to} (bound {max_lag})"),
         );
         checks.push(Check {
-            name: "journal_lag",
+            name: "journal_lag".into(),
             passed,
             detail,
         });
@@ -581,7 +585,7 @@ impl SwitchCore {
             },
         );
         checks.push(Check {
-            name: "no_dead_letters",
+            name: "no_dead_letters".into(),
             passed,
             detail,
         });
@@ -595,12 +599,12 @@ impl SwitchCore {
             Err(e) => (false, format!("cannot read the pending intents: {e}")),
         };
         checks.push(Check {
-            name: "pending_intents",
+            name: "pending_intents".into(),
             passed,
             detail,
         });
         checks.push(Check {
-            name: "not_paused",
+            name: "not_paused".into(),
             passed: !current.paused,
             detail: if current.paused {
                 "writes are paused; resume first".to_owned()
@@ -617,7 +621,7 @@ impl SwitchCore {
             },
         );
         checks.push(Check {
-            name: "primary_healthy",
+            name: "primary_healthy".into(),
             passed,
             detail,
         });

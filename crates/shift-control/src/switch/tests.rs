@@ -309,7 +309,7 @@ async fn force_overrides_dead_letters_lag_and_a_down_primary_but_not_a_down_targ
         .checks
         .iter()
         .filter(|c| c.detail.contains("overridden"))
-        .map(|c| c.name)
+        .map(|c| c.name.as_ref())
         .collect();
     assert_eq!(overridden, ["no_dead_letters", "primary_healthy"]);
 
