@@ -18,7 +18,7 @@
 //!    collection; the order of the variants is mirrored between repetitions. The proxies
 //!    retry a down secondary every 20-100 ms here (`retry_initial`/`retry_max`; the defaults
 //!    are 100 ms-30 s), so the back-off adds at most ~0.1 s to the drain.
-//! 3. **Journal appends with group commit.** `shift_store::Store` in a fresh temp dir (in
+//! 3. **Journal appends with group commit.** `shift_state::StateStore` in a fresh temp dir (in
 //!    `BENCH_STATE_PARENT` or the temp dir, like the proxy's state), entries appended one per
 //!    `append` call from 1, 8 and 64 concurrent tasks on a multi-threaded runtime until a
 //!    fixed count; appends/s, commits and appends per commit from `commit_stats()`, against
@@ -748,7 +748,7 @@ async fn journal_bench(settings: &Settings) -> anyhow::Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n### Journal appends with group commit (`shift_store::Store`, fsync per commit)\n\n\
+        "\n### Journal appends with group commit (`shift_state::StateStore`, fsync per commit)\n\n\
          {count} appends (one entry per `append` call) per variant and round, from 1, 8 or 64 \
          concurrent tasks, {} rounds in mirrored order, a fresh store in {} each time; \
          multi-threaded tokio runtime ({} workers). Payloads: the journal entry of a \
@@ -805,7 +805,7 @@ async fn journal_bench(settings: &Settings) -> anyhow::Result<String> {
     }
     let _ = writeln!(
         out,
-        "\nCommits and appends per commit from `Store::commit_stats()` over a run (the open's own \
+        "\nCommits and appends per commit from `StateStore::commit_stats()` over a run (the open's own \
          set-up transaction is not counted); `x 1 task` pairs each round with the 1-task run of \
          the same round; MB/s = median appends/s x payload size."
     );
@@ -822,7 +822,7 @@ async fn append_run(
     let dir = tempfile::Builder::new()
         .prefix("chroma-shift-bench-journal-")
         .tempdir_in(parent)?;
-    let store = shift_store::Store::open(dir.path()).await?;
+    let store = shift_state::StateStore::open(dir.path()).await?;
     let before = store.commit_stats();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -838,7 +838,7 @@ async fn append_run(
                     break;
                 }
                 store
-                    .append(vec![shift_store::NewEntry {
+                    .append(vec![shift_state::NewEntry {
                         target: BackendName::New,
                         collection: "9a4c1a34-6f3b-4f55-8d0e-5b8f0f6c2a11".to_owned(),
                         payload: payloads[i % payloads.len()].clone(),

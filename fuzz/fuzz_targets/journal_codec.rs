@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    shift_store::fuzzing::decode_values(bytes);
+    shift_state::fuzzing::decode_values(bytes);
 });

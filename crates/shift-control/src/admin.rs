@@ -365,7 +365,7 @@ async fn dead_letters(
     let limit = page.limit.unwrap_or(100).min(1000);
     match state
         .plane
-        .dead_letters(page.after.map(shift_store::Seq), limit)
+        .dead_letters(page.after.map(shift_state::Seq), limit)
     {
         Ok(letters) => {
             let body = DeadLetters {
@@ -387,9 +387,9 @@ fn bad_dead_letter_seq(raw: &str) -> Response {
 }
 
 /// A store error of the dead-letter routes in the admin API's error shape.
-fn dead_letter_error(e: shift_store::StoreError) -> Response {
+fn dead_letter_error(e: shift_state::StoreError) -> Response {
     match e {
-        shift_store::StoreError::UnknownDeadLetter(_) => error(
+        shift_state::StoreError::UnknownDeadLetter(_) => error(
             StatusCode::NOT_FOUND,
             ErrorKind::NotFoundError,
             e.to_string(),
@@ -412,20 +412,20 @@ fn dead_letter_error(e: shift_store::StoreError) -> Response {
 /// The dead letter `seq`, for the operator's record of what is re-driven or dropped.
 fn find_dead_letter(
     state: &AdminState,
-    seq: shift_store::Seq,
-) -> Result<shift_store::DeadLetter, shift_store::StoreError> {
-    let after = seq.0.checked_sub(1).map(shift_store::Seq);
+    seq: shift_state::Seq,
+) -> Result<shift_state::DeadLetter, shift_state::StoreError> {
+    let after = seq.0.checked_sub(1).map(shift_state::Seq);
     state
         .plane
         .dead_letters(after, 1)?
         .into_iter()
         .find(|letter| letter.seq == seq)
-        .ok_or(shift_store::StoreError::UnknownDeadLetter(seq))
+        .ok_or(shift_state::StoreError::UnknownDeadLetter(seq))
 }
 
 /// Puts a dead letter back at the end of its target's journal, for the replay to try again.
 async fn retry_dead_letter(State(state): State<AdminState>, Path(raw): Path<String>) -> Response {
-    let Ok(seq) = raw.parse().map(shift_store::Seq) else {
+    let Ok(seq) = raw.parse().map(shift_state::Seq) else {
         return bad_dead_letter_seq(&raw);
     };
     let letter = match find_dead_letter(&state, seq) {
@@ -461,7 +461,7 @@ async fn retry_dead_letter(State(state): State<AdminState>, Path(raw): Path<Stri
 
 /// Deletes a dead letter for good; logged as an operator action with what was dropped.
 async fn drop_dead_letter(State(state): State<AdminState>, Path(raw): Path<String>) -> Response {
-    let Ok(seq) = raw.parse().map(shift_store::Seq) else {
+    let Ok(seq) = raw.parse().map(shift_state::Seq) else {
         return bad_dead_letter_seq(&raw);
     };
     match state.plane.drop_dead_letter(seq).await {

@@ -226,8 +226,8 @@ pub struct StateStatus {
     pub pending_intents: u64,
 }
 
-impl From<&shift_store::StoreHealth> for StateStatus {
-    fn from(health: &shift_store::StoreHealth) -> StateStatus {
+impl From<&shift_state::StoreHealth> for StateStatus {
+    fn from(health: &shift_state::StoreHealth) -> StateStatus {
         StateStatus {
             writable: health.unwritable.is_none(),
             unwritable_reason: health.unwritable.clone(),
@@ -298,8 +298,8 @@ pub struct DeadLetter {
     pub op: Value,
 }
 
-impl From<shift_store::DeadLetter> for DeadLetter {
-    fn from(letter: shift_store::DeadLetter) -> DeadLetter {
+impl From<shift_state::DeadLetter> for DeadLetter {
+    fn from(letter: shift_state::DeadLetter) -> DeadLetter {
         DeadLetter {
             seq: letter.seq.0,
             target: letter.target,

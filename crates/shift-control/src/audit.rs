@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use shift_store::{MapTable, Store, StoreError};
+use shift_state::{MapTable, StateStore, StoreError};
 
 /// One admin action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +49,7 @@ impl std::fmt::Display for Outcome {
 
 /// The audit log over a state store.
 pub struct AuditLog {
-    store: Store,
+    store: StateStore,
     keep: usize,
     /// Breaks ties between entries of the same millisecond, so keys never collide.
     counter: AtomicU64,
@@ -59,7 +59,7 @@ pub struct AuditLog {
 pub const DEFAULT_KEEP: usize = 10_000;
 
 impl AuditLog {
-    pub fn new(store: Store, keep: usize) -> AuditLog {
+    pub fn new(store: StateStore, keep: usize) -> AuditLog {
         AuditLog {
             store,
             keep: keep.max(1),
@@ -140,7 +140,7 @@ mod tests {
     async fn entries_survive_a_reopen_newest_first_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).await.unwrap();
+            let store = StateStore::open(dir.path()).await.unwrap();
             let log = AuditLog::new(store, 3);
             log.record("alice", "pause", "", Outcome::Done)
                 .await
@@ -159,7 +159,7 @@ mod tests {
                     .unwrap();
             }
         }
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = StateStore::open(dir.path()).await.unwrap();
         let log = AuditLog::new(store, 3);
         let recent = log.recent(10).unwrap();
         let actions: Vec<&str> = recent.iter().map(|e| e.action.as_str()).collect();

@@ -54,7 +54,7 @@ async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
     }
     let _pass = state.plane.pass_gate().await;
     let secondary = state.plane.topology().secondary();
-    let entries: Vec<shift_store::NewEntry> = request
+    let entries: Vec<shift_state::NewEntry> = request
         .ids
         .chunks(1000)
         .map(|ids| {
@@ -62,7 +62,7 @@ async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
                 collection: request.collection.clone().into(),
                 ids: ids.to_vec(),
             };
-            shift_store::NewEntry {
+            shift_state::NewEntry {
                 target: secondary,
                 collection: op.lag_key(),
                 payload: op.to_bytes(),

@@ -23,7 +23,7 @@ use shift_proxy::{
     Backends, DataPlaneState, Drained, PlaneParts, ProxyMetrics, ProxyService, ProxySettings,
     ServeOptions, WriteSettings,
 };
-use shift_store::{Store, StoreError};
+use shift_state::{StateStore, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -77,9 +77,9 @@ impl ChromaShift {
         let backends = Arc::new(Backends::from_config(&config.backends, &secrets)?);
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
-        let store = Store::open_with(
+        let store = StateStore::open_with(
             &config.state.dir,
-            shift_store::StoreOptions::from_config(&config.state),
+            shift_state::StoreOptions::from_config(&config.state),
         )
         .await?;
         registry.register(Box::new(JournalCollector::new(store.clone())?))?;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use shift_store::{Store, StoreHealth};
+use shift_state::{StateStore, StoreHealth};
 use tokio::task::JoinHandle;
 
 use crate::alerts::Alerter;
@@ -20,7 +20,7 @@ struct Seen {
 }
 
 /// Watches `store` until the task is aborted, alerting on each change of either condition.
-pub fn spawn(store: Store, alerts: Alerter) -> JoinHandle<()> {
+pub fn spawn(store: StateStore, alerts: Alerter) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut unwritable = store.watch_unwritable();
         let mut seen = Seen::default();

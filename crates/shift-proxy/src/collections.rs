@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shift_config::BackendName;
-use shift_store::StoreError;
+use shift_state::StoreError;
 
 use crate::coord::CollectionMapStore;
 use crate::ids::{BackendCollectionId, ClientCollectionId};

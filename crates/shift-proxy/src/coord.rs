@@ -8,7 +8,7 @@
 //! default and the only ones today: [`OrderLocks`](crate::locks::OrderLocks),
 //! [`LocalWriteGate`](crate::gate::LocalWriteGate),
 //! [`LocalTopology`](crate::topology::LocalTopology), and the redb state
-//! ([`shift_store::Store`]) for the map and the journal (in [`crate::embedded`]). A cluster
+//! ([`shift_state::StateStore`]) for the map and the journal (in [`crate::embedded`]). A cluster
 //! mode (etcd for the topology, the gate's coordination and the map; NATS JetStream for the
 //! journal) plugs in here.
 //!
@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use shift_config::BackendName;
-use shift_store::{IntentId, Lag, NewEntry, StoreError};
+use shift_state::{IntentId, Lag, NewEntry, StoreError};
 use tokio::sync::watch;
 
 use crate::collections::CollectionEntry;

@@ -1,12 +1,12 @@
 //! The embedded (single-process) implementations of [`crate::coord`]'s traits: the redb state
-//! ([`Store`]) as the collection map's durable side and as the journal, and
+//! ([`StateStore`]) as the collection map's durable side and as the journal, and
 //! [`Coordination::embedded`], which puts them together with the in-process order locks, gate
 //! and topology.
 
 use std::sync::Arc;
 
 use shift_config::BackendName;
-use shift_store::{IntentId, Lag, MapTable, NewEntry, Store, StoreError};
+use shift_state::{IntentId, Lag, MapTable, NewEntry, StateStore, StoreError};
 
 use crate::collections::CollectionEntry;
 use crate::coord::{CollectionMapStore, Coordination, StateCall, WriteJournal};
@@ -14,11 +14,11 @@ use crate::gate::LocalWriteGate;
 use crate::locks::OrderLocks;
 use crate::topology::{LocalTopology, Topology};
 
-impl CollectionMapStore for Store {
+impl CollectionMapStore for StateStore {
     fn load(&self) -> StateCall<'_, Vec<CollectionEntry>> {
         Box::pin(async move {
             let mut entries = Vec::new();
-            for (key, bytes) in Store::scan(self, MapTable::Collections)? {
+            for (key, bytes) in StateStore::scan(self, MapTable::Collections)? {
                 match serde_json::from_slice::<CollectionEntry>(&bytes) {
                     Ok(entry) => entries.push(entry),
                     Err(error) => {
@@ -34,13 +34,13 @@ impl CollectionMapStore for Store {
     /// before the write is enough.
     fn create_if_absent(&self, entry: CollectionEntry) -> StateCall<'_, CollectionEntry> {
         Box::pin(async move {
-            if let Some(bytes) = Store::get(self, MapTable::Collections, &entry.client_id)? {
+            if let Some(bytes) = StateStore::get(self, MapTable::Collections, &entry.client_id)? {
                 match serde_json::from_slice::<CollectionEntry>(&bytes) {
                     Ok(existing) if !existing.deleted => return Ok(existing),
                     _ => {}
                 }
             }
-            Store::put(
+            StateStore::put(
                 self,
                 MapTable::Collections,
                 &entry.client_id,
@@ -52,7 +52,7 @@ impl CollectionMapStore for Store {
     }
 
     fn put<'a>(&'a self, entry: &'a CollectionEntry) -> StateCall<'a, ()> {
-        Box::pin(Store::put(
+        Box::pin(StateStore::put(
             self,
             MapTable::Collections,
             &entry.client_id,
@@ -61,7 +61,7 @@ impl CollectionMapStore for Store {
     }
 
     fn remove<'a>(&'a self, client_id: &'a str) -> StateCall<'a, ()> {
-        Box::pin(Store::delete(self, MapTable::Collections, client_id))
+        Box::pin(StateStore::delete(self, MapTable::Collections, client_id))
     }
 }
 
@@ -69,44 +69,48 @@ fn encode(entry: &CollectionEntry) -> Vec<u8> {
     serde_json::to_vec(entry).unwrap_or_default()
 }
 
-impl WriteJournal for Store {
+impl WriteJournal for StateStore {
     fn record_intent(&self, payload: Vec<u8>) -> StateCall<'_, IntentId> {
-        Box::pin(Store::record_intent(self, payload))
+        Box::pin(StateStore::record_intent(self, payload))
     }
 
     fn commit_intent(&self, id: IntentId, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
-        Box::pin(async move { Store::commit_intent(self, id, entries).await.map(|_| ()) })
+        Box::pin(async move {
+            StateStore::commit_intent(self, id, entries)
+                .await
+                .map(|_| ())
+        })
     }
 
     fn discard_intent(&self, id: IntentId) -> StateCall<'_, ()> {
-        Box::pin(Store::discard_intent(self, id))
+        Box::pin(StateStore::discard_intent(self, id))
     }
 
     fn append(&self, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
-        Box::pin(async move { Store::append(self, entries).await.map(|_| ()) })
+        Box::pin(async move { StateStore::append(self, entries).await.map(|_| ()) })
     }
 
     fn pending_intents(&self) -> Result<Vec<(IntentId, Vec<u8>)>, StoreError> {
-        Store::pending_intents(self)
+        StateStore::pending_intents(self)
     }
 
     fn pending_intent_count(&self) -> u64 {
-        Store::pending_intent_count(self)
+        StateStore::pending_intent_count(self)
     }
 
     fn lag(&self, target: BackendName) -> Lag {
-        Store::lag(self, target)
+        StateStore::lag(self, target)
     }
 
     fn dead_letter_count(&self) -> u64 {
-        Store::dead_letter_count(self)
+        StateStore::dead_letter_count(self)
     }
 }
 
 impl Coordination {
     /// Everything in this process: the order locks, the gate and the topology in memory, the
     /// collection map and the journal in the redb `state`.
-    pub fn embedded(state: &Store, topology: Topology) -> Coordination {
+    pub fn embedded(state: &StateStore, topology: Topology) -> Coordination {
         Coordination {
             order: Arc::new(OrderLocks::default()),
             gate: Arc::new(LocalWriteGate::default()),
@@ -129,8 +133,8 @@ mod tests {
     #[tokio::test]
     async fn a_state_dir_from_before_opens_and_a_live_entry_is_kept_on_create() {
         let dir = tempfile::tempdir().unwrap();
-        let state = Store::open(dir.path()).await.unwrap();
-        Store::put(
+        let state = StateStore::open(dir.path()).await.unwrap();
+        StateStore::put(
             &state,
             MapTable::Collections,
             "c1",
@@ -152,7 +156,7 @@ mod tests {
         );
         // Written back, it is the same bytes.
         map.put((*entry).clone()).await.unwrap();
-        let bytes = Store::get(&state, MapTable::Collections, "c1")
+        let bytes = StateStore::get(&state, MapTable::Collections, "c1")
             .unwrap()
             .unwrap();
         assert_eq!(String::from_utf8(bytes).unwrap(), OLD_ENTRY);

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use shift_chroma::{paths, Route};
 use shift_config::BackendName;
-use shift_store::StoreError;
+use shift_state::StoreError;
 
 use crate::body::{self, ProxyBody};
 use crate::error::{BackendError, BackendErrorKind, ProxyError, StateFailure};
@@ -128,6 +128,6 @@ pub(crate) fn state_failure(error: StoreError) -> ProxyError {
 pub(crate) fn resolve_failure(error: ResolveError) -> ProxyError {
     match error {
         ResolveError::Backend(e) => ProxyError::Backend(e),
-        ResolveError::Store(e) => state_failure(e),
+        ResolveError::StateStore(e) => state_failure(e),
     }
 }

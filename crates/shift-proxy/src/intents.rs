@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shift_config::BackendName;
-use shift_store::{IntentId, NewEntry, StoreError};
+use shift_state::{IntentId, NewEntry, StoreError};
 use tokio::sync::watch;
 
 use crate::coord::WriteJournal;

@@ -22,7 +22,7 @@
 //! What holds state or coordinates it (the order scope, the write gate, the topology, the
 //! collection map's durable side, the journal) sits behind the traits of [`coord`]; the
 //! request path uses only those. The in-process implementations ([`locks`], [`gate`],
-//! [`topology`], and [`embedded`] for the redb state of `shift-store`) are the default.
+//! [`topology`], and [`embedded`] for the redb state of `shift-state`) are the default.
 //!
 //! [`server::serve`] runs the stack on a listener; [`error`] maps every failure to an answer
 //! in Chroma's error shape; [`metrics`] holds the Prometheus metrics; [`backend`] is the one

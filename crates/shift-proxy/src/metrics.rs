@@ -8,7 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 use shift_config::BackendName;
-use shift_store::Store;
+use shift_state::StateStore;
 
 /// Metrics of requests through the data plane.
 #[derive(Debug, Clone)]
@@ -203,12 +203,12 @@ impl ProxyMetrics {
 /// they are exact whenever they are read and cost nothing on the write path.
 #[derive(Debug)]
 pub struct JournalCollector {
-    store: Store,
+    store: StateStore,
     descs: Vec<Desc>,
 }
 
 impl JournalCollector {
-    pub fn new(store: Store) -> prometheus::Result<JournalCollector> {
+    pub fn new(store: StateStore) -> prometheus::Result<JournalCollector> {
         let descs = Self::families()?
             .iter()
             .flat_map(|family| family.desc().into_iter().cloned().collect::<Vec<_>>())

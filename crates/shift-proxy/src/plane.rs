@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shift_config::{BackendName, SecondaryFailure};
-use shift_store::{DeadLetter, Lag, MapTable, NewEntry, Seq, Store, StoreError, StoreHealth};
+use shift_state::{DeadLetter, Lag, MapTable, NewEntry, Seq, StateStore, StoreError, StoreHealth};
 
 use crate::coord::{Coordination, OrderScope, WriteGate, WriteJournal};
 
@@ -48,7 +48,7 @@ pub struct PlaneParts {
     pub coordination: Coordination,
     /// The durable state, for what is not on the request path: dead letters and backfill
     /// checkpoints, and the control plane's switch and alerts.
-    pub state: Store,
+    pub state: StateStore,
     /// The one HTTP client of each store.
     pub backends: Arc<Backends>,
     /// Tenant and database renames between the stores.
@@ -70,7 +70,7 @@ pub struct DataPlaneState {
     /// Write intents and the journals of mirrored writes.
     pub(crate) journal: Arc<dyn WriteJournal>,
     /// The durable state, off the request path (see [`PlaneParts::state`]).
-    pub(crate) state: Store,
+    pub(crate) state: StateStore,
     /// Collection lookups and registration, with the stores' clients and the namespace map.
     pub(crate) resolver: Arc<Resolver>,
     /// Applies mirrored ops to a store (sync mode at once; the replay worker later).
@@ -234,7 +234,7 @@ impl DataPlaneState {
 
     /// The durable state, for the tasks that own parts of it off the request path (the switch
     /// moves journals, the replay applies them, the state alerts watch its health).
-    pub fn state(&self) -> &Store {
+    pub fn state(&self) -> &StateStore {
         &self.state
     }
 

@@ -22,7 +22,7 @@
 //!   entries stay in the journal, so its lag keeps counting.
 //!
 //! Memory: the worker holds at most `max_bytes` of journal payload (plus one entry), read with
-//! [`Store::read_bounded`], as the raw bytes of each entry, once; a merged request is decoded
+//! [`StateStore::read_bounded`], as the raw bytes of each entry, once; a merged request is decoded
 //! from them for the time of one apply.
 //! One lane holds at most a quarter of the budget, so a lane that waits cannot starve the
 //! others; what a full lane cannot hold stays in the journal and is read again when it has room.
@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use shift_chroma::retry::Backoff;
 use shift_config::BackendName;
-use shift_store::{JournalEntry, Seq, Store, StoreError};
+use shift_state::{JournalEntry, Seq, StateStore, StoreError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -91,7 +91,7 @@ pub type AlertSink = Arc<dyn Fn(String) + Send + Sync>;
 /// Applies `target`'s journal to it until `stop` turns true.
 pub struct ReplayWorker<A: ApplyTarget> {
     pub target: BackendName,
-    pub store: Store,
+    pub store: StateStore,
     pub applier: Arc<A>,
     pub metrics: ProxyMetrics,
     pub replay_metrics: ReplayMetrics,

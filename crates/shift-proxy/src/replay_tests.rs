@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use prometheus::core::Collector;
 use serde_json::json;
-use shift_store::NewEntry;
+use shift_state::NewEntry;
 
 use super::lanes::is_barrier;
 use super::*;
@@ -134,7 +134,7 @@ fn settings() -> ReplaySettings {
 struct Harness {
     /// The worker's view of which store is primary (the other one, unless a test says so).
     topology: crate::topology::SharedTopology,
-    store: Store,
+    store: StateStore,
     _dir: tempfile::TempDir,
     fake: Arc<Fake>,
     board: Arc<ReplayBoard>,
@@ -150,7 +150,7 @@ const TARGET: BackendName = BackendName::New;
 impl Harness {
     async fn start(fake: Fake, settings: ReplaySettings) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = StateStore::open(dir.path()).await.unwrap();
         let fake = Arc::new(fake);
         let board = Arc::new(ReplayBoard::default());
         let alerts = Arc::new(Mutex::new(Vec::new()));

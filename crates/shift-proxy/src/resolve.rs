@@ -22,7 +22,7 @@ pub enum ResolveError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("the collection map could not be written: {0}")]
-    Store(#[from] shift_store::StoreError),
+    StateStore(#[from] shift_state::StoreError),
 }
 
 /// Resolves collections against the map, asking the stores on a miss.

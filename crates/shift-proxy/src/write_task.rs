@@ -14,7 +14,7 @@ use http::Response;
 use hyper::body::Incoming;
 use serde_json::Value;
 use shift_config::{BackendName, MirrorMode};
-use shift_store::{IntentId, NewEntry};
+use shift_state::{IntentId, NewEntry};
 use tokio::sync::{oneshot, OwnedMutexGuard};
 
 use crate::apply::ApplyError;

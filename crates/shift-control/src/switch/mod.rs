@@ -31,7 +31,7 @@ use shift_proxy::gate::ClosedGate;
 use shift_proxy::mirror::MirrorOp;
 use shift_proxy::topology::{ReadPolicy, SharedTopology, Topology};
 use shift_proxy::DataPlaneState;
-use shift_store::{Seq, StoreError};
+use shift_state::{Seq, StoreError};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -190,7 +190,7 @@ pub enum ChangeError {
     #[error("{0}")]
     Refused(String),
     #[error("cannot persist the topology: {0}")]
-    Store(#[from] StoreError),
+    StateStore(#[from] StoreError),
 }
 
 impl TopologySwitch {
@@ -449,7 +449,7 @@ impl SwitchCore {
         let before = self.state.waiting(to);
         let moved = match self.drain(to, from, may_move, deadline).await {
             Ok(moved) => moved,
-            Err(DrainError::Store(error, moved)) => {
+            Err(DrainError::StateStore(error, moved)) => {
                 let restored = self.move_back(from, moved.entries, to).await;
                 drop(gate);
                 restored?;
@@ -721,7 +721,7 @@ impl SwitchCore {
             if may_move && moved.is_none() && !self.health.get(from).up {
                 match self.move_source_readers(target, from).await {
                     Ok(m) => moved = Some(m),
-                    Err(error) => return Err(DrainError::Store(error, Moved::default())),
+                    Err(error) => return Err(DrainError::StateStore(error, Moved::default())),
                 }
             }
             let waiting = self.state.waiting(target);
@@ -740,7 +740,7 @@ impl SwitchCore {
 /// Why a drain stopped, with what it had moved by then.
 enum DrainError {
     Timeout(u64, Moved),
-    Store(StoreError, Moved),
+    StateStore(StoreError, Moved),
 }
 
 mod state;

@@ -1,5 +1,5 @@
 //! What a switch needs of the durable state, narrowed to a trait so the switch's phases can be
-//! tested against an in-memory fake with paused time; [`Store`] is the one real implementation.
+//! tested against an in-memory fake with paused time; [`StateStore`] is the one real implementation.
 
 use std::fmt;
 use std::future::Future;
@@ -7,14 +7,14 @@ use std::pin::Pin;
 
 use shift_config::BackendName;
 use shift_proxy::topology::Topology;
-use shift_store::{JournalEntry, MapTable, Seq, Store, StoreError};
+use shift_state::{JournalEntry, MapTable, Seq, StateStore, StoreError};
 
 /// The key of the topology in the store's `Topology` table.
 pub(crate) const TOPOLOGY_KEY: &str = "current";
 /// The topology persisted by an earlier run, if any. One that cannot be read stops the start:
 /// falling back on the config's primary after a cutover would send writes to the store that
 /// stopped being primary.
-pub fn restore(store: &Store) -> Result<Option<Topology>, StoreError> {
+pub fn restore(store: &StateStore) -> Result<Option<Topology>, StoreError> {
     store
         .get(MapTable::Topology, TOPOLOGY_KEY)?
         .map(|bytes| {
@@ -32,7 +32,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 
 /// What a switch needs of the durable state: the journal's depth and entries, the counts that
 /// gate a switch, the move of entries between journals, and the persisted topology. Narrow so
-/// the switch's phases can be tested with paused time; [`Store`] is the one real implementation.
+/// the switch's phases can be tested with paused time; [`StateStore`] is the one real implementation.
 pub trait SwitchState: Send + Sync + fmt::Debug {
     /// Journal entries waiting for `target`.
     fn waiting(&self, target: BackendName) -> u64;
@@ -59,7 +59,7 @@ pub trait SwitchState: Send + Sync + fmt::Debug {
     fn persist(&self, topology: &Topology) -> StoreFuture<'_, ()>;
 }
 
-impl SwitchState for Store {
+impl SwitchState for StateStore {
     fn waiting(&self, target: BackendName) -> u64 {
         self.lag(target).entries
     }
@@ -78,7 +78,7 @@ impl SwitchState for Store {
         after: Option<Seq>,
         limit: usize,
     ) -> Result<Vec<JournalEntry>, StoreError> {
-        Store::read(self, target, after, limit)
+        StateStore::read(self, target, after, limit)
     }
 
     fn retarget(
@@ -87,7 +87,7 @@ impl SwitchState for Store {
         moves: Vec<(Seq, Vec<u8>)>,
         to: BackendName,
     ) -> StoreFuture<'_, Vec<Seq>> {
-        Box::pin(Store::retarget(self, from, moves, to))
+        Box::pin(StateStore::retarget(self, from, moves, to))
     }
 
     fn persist(&self, topology: &Topology) -> StoreFuture<'_, ()> {

@@ -8,7 +8,7 @@ use serde_json::json;
 use shift_proxy::gate::LocalWriteGate;
 use shift_proxy::mirror::RecordKind;
 use shift_proxy::topology::shared;
-use shift_store::{JournalEntry, MapTable, Store};
+use shift_state::{JournalEntry, MapTable, StateStore};
 
 use super::*;
 
@@ -662,7 +662,7 @@ fn only_reconciliations_read_the_source() {
 #[tokio::test]
 async fn an_unreadable_persisted_topology_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(restore(&store).unwrap(), None);
     let topology = Topology {
         epoch: 4,

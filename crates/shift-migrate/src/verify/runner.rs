@@ -24,7 +24,7 @@ use crate::client::{ChromaClient, ClientError, Collection};
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("the {store} store: {source}")]
-    Store {
+    StateStore {
         store: BackendName,
         #[source]
         source: ClientError,
@@ -56,7 +56,7 @@ impl std::fmt::Debug for Verifier {
 
 /// Which side an error came from.
 pub(super) fn on(store: BackendName) -> impl Fn(ClientError) -> VerifyError {
-    move |source| VerifyError::Store { store, source }
+    move |source| VerifyError::StateStore { store, source }
 }
 
 impl Verifier {
@@ -236,7 +236,7 @@ impl Verifier {
                 match &pair {
                     (Some(s), Some(t)) => {
                         match self.compare_collection(tenant, database, s, t, run).await {
-                            Err(VerifyError::Store {
+                            Err(VerifyError::StateStore {
                                 source: ClientError::NotFound(_),
                                 ..
                             }) if round < self.options.recheck_rounds => {

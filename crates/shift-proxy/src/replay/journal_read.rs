@@ -1,7 +1,7 @@
 //! How the worker reads the journal into its lanes within its memory budget, and notices
 //! entries moved out of the journal under it.
 
-use shift_store::{Seq, StoreError};
+use shift_state::{Seq, StoreError};
 
 use super::lanes::is_barrier;
 use super::{ApplyTarget, Run, MAX_CHECKED, READ_AHEAD};

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use shift_chroma::payload::{append_record_body, record_count};
-use shift_store::JournalEntry;
+use shift_state::JournalEntry;
 
 use crate::mirror::{MirrorOp, RecordKind};
 

@@ -1,4 +1,4 @@
-//! Store-level tests of what fails: a disk that stops taking writes (a storage backend that
+//! StateStore-level tests of what fails: a disk that stops taking writes (a storage backend that
 //! fails on demand under a real file), the journal's byte cap, and the format migration.
 
 use std::path::Path;
@@ -79,7 +79,7 @@ impl redb::StorageBackend for FullDiskFile {
 async fn open_on_full_disk(
     dir: &Path,
     options: StoreOptions,
-) -> (Store, Arc<std::sync::atomic::AtomicBool>) {
+) -> (StateStore, Arc<std::sync::atomic::AtomicBool>) {
     let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = full.clone();
     let opener: open::Opener = Arc::new(move |path: &Path| {
@@ -95,12 +95,12 @@ async fn open_on_full_disk(
             full: flag.clone(),
         })
     });
-    let store = Store::open_inner(dir, options, opener).await.unwrap();
+    let store = StateStore::open_inner(dir, options, opener).await.unwrap();
     (store, full)
 }
 
 /// Waits (bounded, so a hang fails) until the store says it can write again.
-async fn until_writable(store: &Store) {
+async fn until_writable(store: &StateStore) {
     let mut health = store.watch_unwritable();
     tokio::time::timeout(
         std::time::Duration::from_secs(60),
@@ -186,7 +186,7 @@ async fn an_io_error_refuses_writes_until_the_store_reopens_by_itself() {
     drop(store);
 
     // What the counters said is what is on disk.
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(
         payloads(&store.read(New, None, 10).unwrap()),
         ["kept 1", "kept 2", "after"]
@@ -203,7 +203,7 @@ async fn the_journal_cap_refuses_new_writes_until_it_drains() {
     let options = StoreOptions {
         max_journal_bytes: 100,
     };
-    let store = Store::open_with(dir.path(), options).await.unwrap();
+    let store = StateStore::open_with(dir.path(), options).await.unwrap();
     let admitted = store.record_intent(b"admitted".to_vec()).await.unwrap();
     let s = store
         .append(vec![entry(New, "a", &"x".repeat(60))])
@@ -251,7 +251,7 @@ async fn the_journal_cap_refuses_new_writes_until_it_drains() {
     drop(store);
 
     // The byte count is rebuilt at open.
-    let store = Store::open_with(dir.path(), options).await.unwrap();
+    let store = StateStore::open_with(dir.path(), options).await.unwrap();
     assert_eq!(store.journal_bytes(), 118);
     assert!(store.writable().is_err());
     store.remove(New, &[s[0]]).await.unwrap();
@@ -293,7 +293,7 @@ async fn a_format_1_file_is_migrated_once_with_its_lag() {
         txn.commit().unwrap();
     }
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     let lag = store.lag(New);
     assert_eq!(lag.entries, 3);
     assert_eq!(lag.oldest_created_ms, Some(300));
@@ -314,7 +314,7 @@ async fn a_format_1_file_is_migrated_once_with_its_lag() {
     assert_eq!(next, [Seq(10)]);
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(store.lag(New).collections["a"].entries, 2);
     assert_eq!(store.lag(New).collections["a"].oldest_created_ms, 700);
     let db_format = {

@@ -7,7 +7,7 @@
 //! of [`PROBE_BYTES`] goes through, and reads the counters back from the file, so that they
 //! match what is on disk whatever the failed commit left there. Meanwhile every call fails
 //! fast with [`StoreError::Unwritable`] (changes) or [`StoreError::Unavailable`] (reads), and
-//! [`crate::Store::health`] says why.
+//! [`crate::StateStore::health`] says why.
 
 use std::sync::atomic::Ordering;
 use std::thread;

@@ -9,17 +9,17 @@
 //! Reads run on the caller's thread against a redb snapshot and never wait for the writer.
 //!
 //! How the proxy uses it, in journaled mode:
-//! 1. [`Store::record_intent`] before sending a write to the primary, so a crash between the
-//!    primary's answer and the journal append can be found at start ([`Store::pending_intents`]);
-//! 2. on the primary's answer, [`Store::commit_intent`] appends the mirrored write to the
-//!    journal and drops the intent in one transaction (or [`Store::discard_intent`] if the
+//! 1. [`StateStore::record_intent`] before sending a write to the primary, so a crash between the
+//!    primary's answer and the journal append can be found at start ([`StateStore::pending_intents`]);
+//! 2. on the primary's answer, [`StateStore::commit_intent`] appends the mirrored write to the
+//!    journal and drops the intent in one transaction (or [`StateStore::discard_intent`] if the
 //!    primary refused it);
-//! 3. the replay worker pages the journal with [`Store::read`], applies entries to the
-//!    secondary, [`Store::remove`]s them, [`Store::park`]s permanent failures as dead letters,
-//!    and sleeps on [`Store::watch_appends`] when it has caught up.
+//! 3. the replay worker pages the journal with [`StateStore::read`], applies entries to the
+//!    secondary, [`StateStore::remove`]s them, [`StateStore::park`]s permanent failures as dead letters,
+//!    and sleeps on [`StateStore::watch_appends`] when it has caught up.
 //!
 //! Layout:
-//! - `lib.rs`: [`Store`], the public types and the reads;
+//! - `lib.rs`: [`StateStore`], the public types and the reads;
 //! - `open.rs`: opening the file, the format check and migration, the counters read back;
 //! - `ops.rs`: the requests a change sends to the writer;
 //! - `writer.rs`: the group-commit writer thread;
@@ -158,7 +158,7 @@ impl Shared {
 /// for it (one commit at most, plus the queue) so that the file lock is released when the drop
 /// returns and the directory can be opened again at once.
 #[derive(Clone)]
-pub struct Store {
+pub struct StateStore {
     inner: Arc<Handle>,
 }
 
@@ -186,15 +186,15 @@ impl Drop for WriterThread {
     }
 }
 
-impl fmt::Debug for Store {
+impl fmt::Debug for StateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("StateStore")
             .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
 }
 
-impl Store {
+impl StateStore {
     /// Opens (creating if needed) `dir` and its `chroma-shift.redb`, reads the lag counters
     /// back from their summary table (no journal scan, except once to migrate a format-1
     /// file), and starts the writer thread. The journal's cap is the default; see
@@ -203,20 +203,20 @@ impl Store {
     /// Fails with [`StoreError::Locked`] if another process, or another open handle in this
     /// one, has the file. Must be called within a tokio runtime (the blocking work runs on its
     /// blocking pool).
-    pub async fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, StoreOptions::default()).await
+    pub async fn open(dir: &Path) -> Result<StateStore, StoreError> {
+        StateStore::open_with(dir, StoreOptions::default()).await
     }
 
     /// [`open`](Self::open) with options (the journal's size cap).
-    pub async fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        Store::open_inner(dir, options, open::file_opener()).await
+    pub async fn open_with(dir: &Path, options: StoreOptions) -> Result<StateStore, StoreError> {
+        StateStore::open_inner(dir, options, open::file_opener()).await
     }
 
     async fn open_inner(
         dir: &Path,
         options: StoreOptions,
         opener: Opener,
-    ) -> Result<Store, StoreError> {
+    ) -> Result<StateStore, StoreError> {
         let dir = dir.to_owned();
         let opened =
             tokio::task::spawn_blocking(move || open_blocking(&dir, options, opener)).await;
@@ -229,7 +229,7 @@ impl Store {
         let (queue, ops) = mpsc::channel(writer::QUEUE_DEPTH);
         let thread = writer::spawn(shared.clone(), ops, counters)
             .map_err(|err| StoreError::Storage(Arc::new(redb::Error::Io(err))))?;
-        Ok(Store {
+        Ok(StateStore {
             inner: Arc::new(Handle {
                 queue,
                 shared,

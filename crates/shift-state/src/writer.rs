@@ -40,7 +40,7 @@ pub(crate) fn spawn(
     counters: Counters,
 ) -> io::Result<JoinHandle<()>> {
     thread::Builder::new()
-        .name("shift-store-writer".into())
+        .name("shift-state-writer".into())
         .spawn(move || run(&shared, queue, counters))
 }
 

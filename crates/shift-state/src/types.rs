@@ -84,7 +84,7 @@ impl fmt::Display for Seq {
     }
 }
 
-/// A pending write intent. Increasing, so [`crate::Store::pending_intents`] returns them in the order
+/// A pending write intent. Increasing, so [`crate::StateStore::pending_intents`] returns them in the order
 /// they were recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IntentId(pub u64);
@@ -124,7 +124,7 @@ pub struct NewEntry {
 /// A journal entry as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalEntry {
-    /// Its position; pass it to [`crate::Store::remove`] once applied.
+    /// Its position; pass it to [`crate::StateStore::remove`] once applied.
     pub seq: Seq,
     /// The backend it must be applied to.
     pub target: BackendName,
@@ -149,7 +149,7 @@ pub struct DeadLetter {
     pub created_ms: u64,
     /// When it was parked (Unix milliseconds).
     pub parked_ms: u64,
-    /// Why it was parked, as given to [`crate::Store::park`] (for example the backend's answer).
+    /// Why it was parked, as given to [`crate::StateStore::park`] (for example the backend's answer).
     pub reason: String,
     /// The write, as journaled.
     pub payload: Vec<u8>,

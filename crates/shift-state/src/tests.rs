@@ -1,4 +1,4 @@
-//! Store-level tests over real files in temporary directories.
+//! StateStore-level tests over real files in temporary directories.
 
 use std::sync::Arc;
 
@@ -7,9 +7,9 @@ use shift_config::BackendName::{New, Old};
 use super::*;
 
 /// A store in a new temporary directory (kept alive by the returned guard).
-pub(crate) async fn fresh_store() -> (tempfile::TempDir, Store) {
+pub(crate) async fn fresh_store() -> (tempfile::TempDir, StateStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     (dir, store)
 }
 
@@ -57,7 +57,7 @@ async fn seqs_keep_increasing_across_reopen_even_when_the_journal_was_emptied() 
     store.remove(Old, &[Seq(2)]).await.unwrap();
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert!(store.read(New, None, 10).unwrap().is_empty());
     let third = store
         .append(vec![entry(New, "a", "5"), entry(New, "a", "6")])
@@ -66,7 +66,7 @@ async fn seqs_keep_increasing_across_reopen_even_when_the_journal_was_emptied() 
     assert_eq!(third, vec![Seq(5), Seq(6)]);
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     let read = store.read(New, None, 10).unwrap();
     assert_eq!(seqs(&read), [Seq(5), Seq(6)]);
     assert_eq!(payloads(&read), ["5", "6"]);
@@ -94,7 +94,7 @@ async fn commit_intent_swaps_the_intent_for_entries_atomically() {
     assert_eq!(appended.len(), 1);
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert!(store.pending_intents().unwrap().is_empty());
     let read = store.read(New, None, 10).unwrap();
     assert_eq!(seqs(&read), appended);
@@ -119,7 +119,7 @@ async fn pending_intents_survive_reopen_in_order_and_discard_drops_them() {
     assert!(a < b && b < c);
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(
         store.pending_intents().unwrap(),
         vec![(a, b"a".to_vec()), (b, b"b".to_vec()), (c, b"c".to_vec())]
@@ -130,7 +130,7 @@ async fn pending_intents_survive_reopen_in_order_and_discard_drops_them() {
     assert!(d > c, "intent ids are not reused");
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     let ids: Vec<IntentId> = store
         .pending_intents()
         .unwrap()
@@ -222,7 +222,7 @@ async fn remove_and_park_update_lag_and_dead_letters() {
     drop(store);
 
     // The counters are rebuilt from the tables.
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(store.dead_letter_count(), 1);
     let lag = store.lag(New);
     assert_eq!(lag.entries, 2);
@@ -291,14 +291,14 @@ async fn lag_counts_per_collection_with_the_oldest_creation_time() {
     );
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(store.lag(New), lag, "the same after a rebuild at open");
 }
 
 #[tokio::test]
 async fn a_second_open_fails_while_the_first_is_open() {
     let (dir, store) = fresh_store().await;
-    let err = Store::open(dir.path()).await.unwrap_err();
+    let err = StateStore::open(dir.path()).await.unwrap_err();
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     assert!(err
         .to_string()
@@ -308,11 +308,11 @@ async fn a_second_open_fails_while_the_first_is_open() {
     let clone = store.clone();
     drop(store);
     assert!(matches!(
-        Store::open(dir.path()).await,
+        StateStore::open(dir.path()).await,
         Err(StoreError::Locked { .. })
     ));
     drop(clone);
-    Store::open(dir.path()).await.unwrap();
+    StateStore::open(dir.path()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -475,7 +475,7 @@ async fn watch_appends_wakes_a_waiting_worker() {
     drop(store);
 
     // After a restart the watch starts from the journal's last entry.
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(*store.watch_appends(New).borrow(), Some(seqs[0]));
 }
 
@@ -509,7 +509,7 @@ async fn map_put_get_delete_scan_survive_reopen() {
         .unwrap();
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(
         store.get(MapTable::Collections, "client-2").unwrap(),
         Some(b"old-2,new-2".to_vec())
@@ -533,7 +533,7 @@ async fn map_put_get_delete_scan_survive_reopen() {
 #[tokio::test]
 async fn a_newer_file_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    drop(Store::open(dir.path()).await.unwrap());
+    drop(StateStore::open(dir.path()).await.unwrap());
     {
         let db = Database::create(dir.path().join(schema::FILE_NAME)).unwrap();
         let txn = db.begin_write().unwrap();
@@ -543,7 +543,7 @@ async fn a_newer_file_format_is_refused() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let err = Store::open(dir.path()).await.unwrap_err();
+    let err = StateStore::open(dir.path()).await.unwrap_err();
     assert!(
         matches!(err, StoreError::UnsupportedFormat { found, .. } if found == schema::FORMAT + 1),
         "{err:?}"
@@ -568,7 +568,7 @@ async fn pending_intent_count_follows_record_commit_discard_and_reopen() {
     assert_eq!(store.pending_intent_count(), 1);
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(store.pending_intent_count(), 1);
     store.discard_intent(c).await.unwrap();
     assert_eq!(store.pending_intent_count(), 0);
@@ -681,7 +681,7 @@ async fn retarget_moves_entries_in_one_transaction_and_skips_missing_ones() {
     assert!(again.is_empty());
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(
         payloads(&store.read(Old, None, 10).unwrap()),
         ["3 for old", "1 for old"]
@@ -732,7 +732,7 @@ async fn dead_letters_are_redriven_to_the_end_of_the_journal_or_dropped() {
     ));
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = StateStore::open(dir.path()).await.unwrap();
     assert_eq!(store.dead_letter_count(), 0);
     assert_eq!(seqs(&store.read(New, None, 10).unwrap()), [s[2], redriven]);
     // Seqs stay unique: the next append comes after the re-driven entry.

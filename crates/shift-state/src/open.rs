@@ -1,5 +1,5 @@
 //! Opening the file: the format check (and the one-time migration of an older format), the
-//! tables, and the in-memory counters read back from it. Used at [`crate::Store::open`] and
+//! tables, and the in-memory counters read back from it. Used at [`crate::StateStore::open`] and
 //! again by the writer when it reopens the file after an I/O error.
 //!
 //! Nothing here scans a journal in the current format: the lag book comes from `lag.summary`
