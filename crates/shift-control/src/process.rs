@@ -69,6 +69,9 @@ pub struct ChromaShift {
     admin_token: Option<ClientAuth>,
     /// Runs backfills inside the proxy, sharing its order locks.
     backfill: Arc<Backfiller>,
+    /// Until when the replay applies nothing: the unknown-outcome grace after a start that
+    /// recovered writes in flight at the last stop (see [`ReplaySettings::hold_until`]).
+    replay_hold: Option<tokio::time::Instant>,
 }
 
 impl ChromaShift {
@@ -108,8 +111,13 @@ impl ChromaShift {
                 paused: false,
             },
         };
-        // Writes in flight at the last stop are settled before any traffic is served.
-        recover_intents(&store, initial.secondary()).await?;
+        // Writes in flight at the last stop are settled before any traffic is served. Their
+        // outcome on the primary is unknown: one may still commit there (a request the killed
+        // process had sent), so their reconciliations wait out the same grace as a live write
+        // whose answer was lost before they read the primary.
+        let recovered = recover_intents(&store, initial.secondary()).await?;
+        let replay_hold = (recovered > 0)
+            .then(|| tokio::time::Instant::now() + config.mirror.unknown_outcome_grace);
         let plane = DataPlaneState::new(PlaneParts {
             coordination: Coordination::embedded(&store, initial),
             state: store,
@@ -159,6 +167,7 @@ impl ChromaShift {
                 .clone()
                 .map(|t| ClientAuth::new(vec![t])),
             backfill,
+            replay_hold,
         })
     }
 
@@ -274,6 +283,7 @@ impl ChromaShift {
             rate_limit: self.config.mirror.replay_rate_limit,
             max_bytes: usize::try_from(self.config.mirror.replay_memory.as_u64())
                 .unwrap_or(usize::MAX),
+            hold_until: self.replay_hold,
         };
         let replay_metrics = ReplayMetrics::register(&self.registry)
             .or_else(|_| ReplayMetrics::unregistered())

@@ -75,6 +75,10 @@ pub struct ReplaySettings {
     pub rate_limit: u32,
     /// Journal payload bytes held in memory at once, at most (one entry may pass it).
     pub max_bytes: usize,
+    /// Nothing is applied before this instant. Set after a start that recovered writes in
+    /// flight at the last stop: their outcome on the primary is unknown, and their
+    /// reconciliations must not read the primary before a commit it finishes late.
+    pub hold_until: Option<Instant>,
 }
 
 impl ReplaySettings {
@@ -243,6 +247,12 @@ impl<A: ApplyTarget> Run<'_, A> {
     }
 
     async fn go(&mut self) {
+        if let Some(until) = self.worker.settings.hold_until {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                _ = self.stop.changed() => return,
+            }
+        }
         let mut appended = self.worker.store.watch_appends(self.target());
         let mut appends_open = true;
         loop {

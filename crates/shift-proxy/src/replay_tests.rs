@@ -128,6 +128,7 @@ fn settings() -> ReplaySettings {
         retry_max: Duration::from_secs(2),
         rate_limit: 0,
         max_bytes: 1024 * 1024,
+        hold_until: None,
     }
 }
 
@@ -298,6 +299,32 @@ async fn a_failure_worth_retrying_is_retried_with_growing_backoff() {
         h.counter(&h.metrics.replay_applied, &["new"]) == 1
     })
     .await;
+    h.stop().await;
+}
+
+/// After a start that recovered writes of unknown outcome, nothing is applied before the
+/// grace ends: their reconciliations must not read the primary before a late commit there.
+#[tokio::test(start_paused = true)]
+async fn nothing_is_applied_before_the_hold_after_a_recovery_ends() {
+    let hold = Duration::from_secs(2);
+    let until = Instant::now() + hold;
+    let h = Harness::start(
+        Fake::default(),
+        ReplaySettings {
+            hold_until: Some(until),
+            ..settings()
+        },
+    )
+    .await;
+    h.append(&upsert("a", &["a1"])).await;
+    h.until("drained", |h| h.depth() == 0).await;
+    let attempts = h.fake.attempts("a");
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert!(
+        attempts[0].at >= until,
+        "applied {:?} before the hold ended",
+        until - attempts[0].at
+    );
     h.stop().await;
 }
 
