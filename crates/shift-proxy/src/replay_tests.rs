@@ -76,6 +76,12 @@ impl Fake {
         Ok(())
     }
 
+    /// Scripts `times` retryable 503s for the collection `key`.
+    fn fail_503(&self, key: &str, times: usize) {
+        let answers = (0..times).map(|_| retry("503")).collect();
+        lock(&self.script).insert(key.into(), answers);
+    }
+
     fn attempts(&self, key: &str) -> Vec<Attempt> {
         lock(&self.log)
             .iter()
@@ -273,10 +279,7 @@ fn gaps(attempts: &[Attempt]) -> Vec<Duration> {
 #[tokio::test(start_paused = true)]
 async fn a_failure_worth_retrying_is_retried_with_growing_backoff() {
     let fake = Fake::default();
-    lock(&fake.script).insert(
-        "a".into(),
-        VecDeque::from([retry("503"), retry("503"), retry("503")]),
-    );
+    fake.fail_503("a", 3);
     let h = Harness::start(fake, settings()).await;
     h.append(&upsert("a", &["a1"])).await;
     h.until("drained", |h| h.depth() == 0).await;
@@ -435,10 +438,7 @@ async fn a_collection_waiting_for_retries_does_not_block_another() {
 #[tokio::test(start_paused = true)]
 async fn a_barrier_waits_for_everything_before_it_and_holds_everything_after() {
     let fake = Fake::default();
-    lock(&fake.script).insert(
-        "a".into(),
-        VecDeque::from([retry("503"), retry("503"), retry("503")]),
-    );
+    fake.fail_503("a", 3);
     let h = Harness::start(fake, settings()).await;
     h.append(&upsert("a", &["a1"])).await;
     h.append(&MirrorOp::CreateTenant { name: "t".into() }).await;
@@ -522,7 +522,7 @@ async fn memory_held_stays_within_the_budget_and_order_is_kept_per_collection() 
     const BUDGET: usize = 64 * 1024;
     let fake = Fake::default();
     // `b` fails for a while: its lane fills to its share and the rest waits in the journal.
-    lock(&fake.script).insert("b".into(), (0..5).map(|_| retry("503")).collect());
+    fake.fail_503("b", 5);
     let h = Harness::start(
         fake,
         ReplaySettings {
@@ -688,7 +688,7 @@ fn barriers_are_told_from_the_serde_tag() {
 #[tokio::test(start_paused = true)]
 async fn a_collection_delete_waits_for_other_collections_before_a_recreate_follows() {
     let fake = Fake::default();
-    lock(&fake.script).insert("old".into(), VecDeque::from([retry("503"), retry("503")]));
+    fake.fail_503("old", 2);
     let h = Harness::start(fake, settings()).await;
     h.append_all(&[
         upsert("old", &["o1"]),

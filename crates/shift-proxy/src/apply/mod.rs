@@ -231,18 +231,21 @@ impl Applier {
                 tenant,
                 database,
                 name,
-            } => {
-                self.delete_collection(target, collection.as_deref(), tenant, database, name)
-                    .await
             }
-            MirrorOp::ReconcileCollection {
+            | MirrorOp::ReconcileCollection {
                 collection,
                 tenant,
                 database,
                 name,
             } => {
-                self.reconcile_collection(target, collection.as_deref(), tenant, database, name)
-                    .await
+                let collection = collection.as_deref();
+                if matches!(op, MirrorOp::DeleteCollection { .. }) {
+                    self.delete_collection(target, collection, tenant, database, name)
+                        .await
+                } else {
+                    self.reconcile_collection(target, collection, tenant, database, name)
+                        .await
+                }
             }
             MirrorOp::ForkCollection {
                 source,
