@@ -150,6 +150,32 @@ pub(crate) struct Fixture {
     pub topology: SharedTopology,
 }
 
+/// Starts a switch on its own task, as an admin request does.
+fn spawn_switch(
+    f: &Fixture,
+    direction: Direction,
+    request: SwitchRequest,
+) -> tokio::task::JoinHandle<Result<SwitchReport, ChangeError>> {
+    let switch = f.switch.clone();
+    tokio::spawn(async move { switch.switch(direction, request).await })
+}
+
+/// A switch request that gives up after `seconds`.
+fn within(seconds: u64) -> SwitchRequest {
+    SwitchRequest {
+        timeout: Some(Duration::from_secs(seconds)),
+        ..SwitchRequest::default()
+    }
+}
+
+/// A switch request with `force` set.
+fn forced() -> SwitchRequest {
+    SwitchRequest {
+        force: true,
+        ..SwitchRequest::default()
+    }
+}
+
 pub(crate) fn fixture(primary: BackendName) -> Fixture {
     let state = Arc::new(FakeState::default());
     let gate: Arc<dyn WriteGate> = Arc::new(LocalWriteGate::default());
@@ -295,10 +321,7 @@ async fn force_overrides_dead_letters_lag_and_a_down_primary_but_not_a_down_targ
     f.state.lock().dead_letters = 2;
     f.health
         .record(BackendName::New, Err("refused".into()), 1.0);
-    let forced = SwitchRequest {
-        force: true,
-        ..SwitchRequest::default()
-    };
+    let forced = forced();
     let report = f
         .switch
         .switch(Direction::Rollback, forced.clone())
@@ -347,14 +370,7 @@ async fn writes_are_held_while_the_journal_drains_then_go_to_the_new_primary() {
     let f = fixture(BackendName::Old);
     f.state.push(BackendName::New, &records("c", "a"));
     f.state.push(BackendName::New, &records("c", "b"));
-    let running = {
-        let switch = f.switch.clone();
-        tokio::spawn(async move {
-            switch
-                .switch(Direction::Cutover, SwitchRequest::default())
-                .await
-        })
-    };
+    let running = spawn_switch(&f, Direction::Cutover, SwitchRequest::default());
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Gate closed, journal not drained: a write waits, and nothing has changed yet.
     let held = {
@@ -392,13 +408,7 @@ async fn a_journal_that_does_not_drain_in_time_leaves_everything_as_it_was() {
     f.state.push(BackendName::New, &records("c", "a"));
     let report = f
         .switch
-        .switch(
-            Direction::Cutover,
-            SwitchRequest {
-                timeout: Some(Duration::from_secs(2)),
-                ..SwitchRequest::default()
-            },
-        )
+        .switch(Direction::Cutover, within(2))
         .await
         .unwrap();
     assert!(!report.switched);
@@ -418,13 +428,7 @@ async fn writes_in_flight_that_do_not_settle_in_time_abandon_the_switch() {
     f.state.lock().pending_intents = 1;
     let report = f
         .switch
-        .switch(
-            Direction::Cutover,
-            SwitchRequest {
-                timeout: Some(Duration::from_secs(1)),
-                ..SwitchRequest::default()
-            },
-        )
+        .switch(Direction::Cutover, within(1))
         .await
         .unwrap();
     assert!(!report.switched);
@@ -469,13 +473,7 @@ async fn a_forced_rollback_moves_what_needs_the_dead_store_to_its_own_queue() {
     };
     let report = f
         .switch
-        .switch(
-            Direction::Rollback,
-            SwitchRequest {
-                force: true,
-                ..SwitchRequest::default()
-            },
-        )
+        .switch(Direction::Rollback, forced())
         .await
         .unwrap();
     replay.abort();
@@ -531,20 +529,7 @@ async fn a_forced_rollback_that_times_out_moves_the_reconciliations_back() {
 async fn a_rollback_with_both_stores_up_drains_reconciliations_where_they_are() {
     let f = fixture(BackendName::New);
     f.state.push(BackendName::Old, &reconcile("c", "x"));
-    let running = {
-        let switch = f.switch.clone();
-        tokio::spawn(async move {
-            switch
-                .switch(
-                    Direction::Rollback,
-                    SwitchRequest {
-                        force: true,
-                        ..SwitchRequest::default()
-                    },
-                )
-                .await
-        })
-    };
+    let running = spawn_switch(&f, Direction::Rollback, forced());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         f.state.waiting(BackendName::New),
@@ -560,14 +545,7 @@ async fn a_rollback_with_both_stores_up_drains_reconciliations_where_they_are() 
 async fn a_caller_that_goes_away_does_not_stop_a_switch_halfway() {
     let f = fixture(BackendName::Old);
     f.state.push(BackendName::New, &records("c", "a"));
-    let caller = {
-        let switch = f.switch.clone();
-        tokio::spawn(async move {
-            switch
-                .switch(Direction::Cutover, SwitchRequest::default())
-                .await
-        })
-    };
+    let caller = spawn_switch(&f, Direction::Cutover, SwitchRequest::default());
     tokio::time::sleep(Duration::from_millis(100)).await;
     caller.abort();
     f.state.lock().journals.clear();
@@ -688,20 +666,7 @@ async fn an_unreadable_persisted_topology_stops_the_start() {
 async fn a_forced_switch_moves_once_the_primary_is_seen_down_during_the_drain() {
     let f = fixture(BackendName::New);
     f.state.push(BackendName::Old, &reconcile("c", "x"));
-    let running = {
-        let switch = f.switch.clone();
-        tokio::spawn(async move {
-            switch
-                .switch(
-                    Direction::Rollback,
-                    SwitchRequest {
-                        force: true,
-                        ..SwitchRequest::default()
-                    },
-                )
-                .await
-        })
-    };
+    let running = spawn_switch(&f, Direction::Rollback, forced());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!running.is_finished());
     assert_eq!(f.state.waiting(BackendName::New), 0);
