@@ -30,7 +30,6 @@
 //! (SIGTERM, then SIGKILL after 5 s).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
@@ -40,7 +39,7 @@ use chroma_shift_benches::proc::{
     clock_ticks_per_second, cpu_seconds, find_chroma_pid, shutdown_chroma,
 };
 use chroma_shift_benches::proxy::{start_proxy, ProxyOptions};
-use chroma_shift_benches::report::{load_average, machine_lines};
+use chroma_shift_benches::report::{load_average, machine_lines, publish};
 use chroma_shift_benches::{collection_id, count, env_var, run_bench, run_bench_script};
 use serde_json::Value;
 use shift_control::api::{BackfillRequest, BackfillState};
@@ -59,7 +58,6 @@ struct Settings {
     records: usize,
     reps: usize,
     proxy: ProxyOptions,
-    out: Option<PathBuf>,
 }
 
 impl Settings {
@@ -80,7 +78,6 @@ impl Settings {
             records,
             reps,
             proxy,
-            out: std::env::var_os("BENCH_OUT").map(PathBuf::from),
         })
     }
 }
@@ -261,12 +258,7 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     for note in notes {
         let _ = writeln!(out, "- {note}");
     }
-    println!("{out}");
-    if let Some(path) = &settings.out {
-        std::fs::write(path, &out).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    publish(&out)
 }
 
 /// One copy of the seeded collection to a fresh new Chroma, which is stopped afterwards.

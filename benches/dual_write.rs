@@ -41,7 +41,6 @@
 //! then SIGKILL after 5 s).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,8 +48,8 @@ use anyhow::{ensure, Context};
 use bytes::Bytes;
 use chroma_shift_benches::bodies::{AddBodies, ADD_BATCH, DIM};
 use chroma_shift_benches::load::{
-    alternate_rounds, client, median_min_max, run_round, summarize, throughput_ratios, Plan,
-    RoundTiming, Target,
+    alternate_rounds, client, median_min_max, run_round, summarize, throughput_ratios, RoundTiming,
+    Target,
 };
 use chroma_shift_benches::proc::{
     clock_ticks_per_second, cpu_seconds, find_chroma_pid, shutdown_chroma, Server,
@@ -58,7 +57,7 @@ use chroma_shift_benches::proc::{
 use chroma_shift_benches::proxy::{
     journal_depth, proxy_child_main, start_proxy, wait_replayed, ProxyOptions,
 };
-use chroma_shift_benches::report::{load_average, machine_lines};
+use chroma_shift_benches::report::{load_average, machine_lines, publish};
 use chroma_shift_benches::{count, create_collection, env_var, max_batch_size, COLLECTIONS};
 use http::Uri;
 use serde_json::Value;
@@ -130,12 +129,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(text) = journal {
         out.push_str(&text);
     }
-    println!("{out}");
-    if let Some(path) = &settings.out {
-        std::fs::write(path, &out).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    publish(&out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,7 +152,6 @@ struct Settings {
     parts: Parts,
     /// The proxies' common options (each gets its own name and mirror mode).
     proxy: ProxyOptions,
-    out: Option<PathBuf>,
 }
 
 impl Settings {
@@ -208,7 +201,6 @@ impl Settings {
                 journal: parts.contains(&"journal"),
             },
             proxy,
-            out: std::env::var_os("BENCH_OUT").map(PathBuf::from),
         })
     }
 
@@ -302,14 +294,7 @@ async fn latency_bench(
     wait_replayed(journaled.admin.as_deref(), Duration::from_secs(30)).await;
     let mut add_bodies = AddBodies::new(0xadd, "add");
     let ticks_per_second = clock_ticks_per_second();
-    let plan = Plan {
-        rounds: settings.timing.rounds,
-        round: settings.timing.round,
-        warmup: settings.timing.warmup,
-        cap: settings.add_cap,
-        cap_from_warmup: true,
-        catch_up_limit: Duration::from_secs(60),
-    };
+    let plan = settings.timing.plan(settings.add_cap, true);
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -2,6 +2,19 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
+
+/// Prints a bench's markdown report, and writes it to the file `BENCH_OUT` names, if any.
+pub fn publish(report: &str) -> anyhow::Result<()> {
+    println!("{report}");
+    if let Some(path) = std::env::var_os("BENCH_OUT").map(std::path::PathBuf::from) {
+        std::fs::write(&path, report)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// `YYYY-MM-DD HH:MM` in UTC.
 pub fn utc_now() -> String {
     let secs = SystemTime::now()
