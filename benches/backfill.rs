@@ -40,7 +40,7 @@ use chroma_shift_benches::proc::{
 };
 use chroma_shift_benches::proxy::{start_proxy, ProxyOptions};
 use chroma_shift_benches::report::{load_average, machine_lines, publish};
-use chroma_shift_benches::{collection_id, count, env_var, run_bench, run_bench_script};
+use chroma_shift_benches::{collection_id, count, env_count, run_bench, run_bench_script};
 use serde_json::Value;
 use shift_control::api::{BackfillRequest, BackfillState};
 use shift_testkit::python::run_script;
@@ -62,16 +62,8 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
-        let records: usize = env_var("BENCH_BACKFILL_RECORDS", 20_000)?;
-        let reps: usize = env_var("BENCH_BACKFILL_REPS", 2)?;
-        ensure!(
-            (1_000..=1_000_000).contains(&records),
-            "BENCH_BACKFILL_RECORDS must be in 1000..=1000000"
-        );
-        ensure!(
-            (1..=10).contains(&reps),
-            "BENCH_BACKFILL_REPS must be in 1..=10"
-        );
+        let records = env_count("BENCH_BACKFILL_RECORDS", 20_000, 1_000..=1_000_000)?;
+        let reps = env_count("BENCH_BACKFILL_REPS", 2, 1..=10)?;
         let mut proxy = ProxyOptions::from_env("proxy")?;
         proxy.mirror_mode = Some("journaled".to_owned());
         Ok(Settings {

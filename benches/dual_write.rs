@@ -58,7 +58,9 @@ use chroma_shift_benches::proxy::{
     journal_depth, proxy_child_main, start_proxy, wait_replayed, ProxyOptions,
 };
 use chroma_shift_benches::report::{load_average, machine_lines, publish};
-use chroma_shift_benches::{count, create_collection, env_var, max_batch_size, COLLECTIONS};
+use chroma_shift_benches::{
+    count, create_collection, env_count, env_var, max_batch_size, COLLECTIONS,
+};
 use http::Uri;
 use serde_json::Value;
 use shift_config::BackendName;
@@ -157,26 +159,10 @@ struct Settings {
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
         let timing = RoundTiming::from_env(6)?;
-        let replay_batches: usize = env_var("BENCH_REPLAY_BATCHES", 400)?;
-        let replay_reps: usize = env_var("BENCH_REPLAY_REPS", 2)?;
-        let journal_appends: usize = env_var("BENCH_JOURNAL_APPENDS", 2000)?;
-        let journal_rounds: usize = env_var("BENCH_JOURNAL_ROUNDS", 3)?;
-        ensure!(
-            (8..=20_000).contains(&replay_batches),
-            "BENCH_REPLAY_BATCHES must be in 8..=20000"
-        );
-        ensure!(
-            (1..=10).contains(&replay_reps),
-            "BENCH_REPLAY_REPS must be in 1..=10"
-        );
-        ensure!(
-            (64..=100_000).contains(&journal_appends),
-            "BENCH_JOURNAL_APPENDS must be in 64..=100000"
-        );
-        ensure!(
-            (1..=20).contains(&journal_rounds),
-            "BENCH_JOURNAL_ROUNDS must be in 1..=20"
-        );
+        let replay_batches = env_count("BENCH_REPLAY_BATCHES", 400, 8..=20_000)?;
+        let replay_reps = env_count("BENCH_REPLAY_REPS", 2, 1..=10)?;
+        let journal_appends = env_count("BENCH_JOURNAL_APPENDS", 2000, 64..=100_000)?;
+        let journal_rounds = env_count("BENCH_JOURNAL_ROUNDS", 3, 1..=20)?;
         let parts_text: String = env_var("BENCH_PARTS", "latency,replay,journal".to_owned())?;
         let parts: Vec<&str> = parts_text.split(',').map(str::trim).collect();
         for part in &parts {

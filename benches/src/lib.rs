@@ -40,6 +40,22 @@ pub fn env_var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T
     }
 }
 
+/// A count from the environment, or `default` when unset; refused outside `range`.
+pub fn env_count(
+    name: &str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> anyhow::Result<usize> {
+    let value: usize = env_var(name, default)?;
+    anyhow::ensure!(
+        range.contains(&value),
+        "{name} must be in {}..={}",
+        range.start(),
+        range.end()
+    );
+    Ok(value)
+}
+
 /// Chroma's collections path in the default tenant and database.
 pub const COLLECTIONS: &str =
     "/api/v2/tenants/default_tenant/databases/default_database/collections";
