@@ -103,6 +103,19 @@ impl Applier {
     }
 
     /// The target's tenant and database for a client's.
+    /// The target's tenant, database and id for the client's `collection`, created on the
+    /// target first when it is missing there.
+    async fn locate(
+        &self,
+        target: BackendName,
+        collection: &str,
+    ) -> Result<(String, String, BackendCollectionId), ApplyError> {
+        let entry = self.entry(collection)?;
+        let id = self.ensure(target, &entry).await?;
+        let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+        Ok((tenant, database, id))
+    }
+
     fn namespace(&self, target: BackendName, tenant: &str, database: &str) -> (String, String) {
         let ns = self
             .resolver
@@ -163,10 +176,7 @@ impl Applier {
             .map
             .update(&entry.client_id, |e| e.set_id(target, stored))
             .await
-            .map_err(|e| ApplyError::Retry {
-                reason: e.to_string(),
-                retry_after: None,
-            })?;
+            .map_err(ApplyError::retry_later)?;
         Ok(id)
     }
 
@@ -213,9 +223,7 @@ impl Applier {
                 self.ensure(target, &entry).await.map(|_| ())
             }
             MirrorOp::UpdateCollection { collection, body } => {
-                let entry = self.entry(collection)?;
-                let id = self.ensure(target, &entry).await?;
-                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let (tenant, database, id) = self.locate(target, collection).await?;
                 let answer = self
                     .call(
                         target,
@@ -238,13 +246,16 @@ impl Applier {
                 database,
                 name,
             } => {
-                let collection = collection.as_deref();
+                let named = NamedCollection {
+                    client_id: collection.as_deref(),
+                    tenant,
+                    database,
+                    name,
+                };
                 if matches!(op, MirrorOp::DeleteCollection { .. }) {
-                    self.delete_collection(target, collection, tenant, database, name)
-                        .await
+                    self.delete_collection(target, named).await
                 } else {
-                    self.reconcile_collection(target, collection, tenant, database, name)
-                        .await
+                    self.reconcile_collection(target, named).await
                 }
             }
             MirrorOp::ForkCollection {
@@ -252,9 +263,7 @@ impl Applier {
                 fork,
                 new_name,
             } => {
-                let entry = self.entry(source)?;
-                let id = self.ensure(target, &entry).await?;
-                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let (tenant, database, id) = self.locate(target, source).await?;
                 let path = paths::collection_verb(&tenant, &database, &id, "fork");
                 let answer = self
                     .call(
@@ -271,10 +280,7 @@ impl Applier {
                         .map
                         .update(fork, |e| e.set_id(target, fork_id))
                         .await
-                        .map_err(|e| ApplyError::Retry {
-                            reason: e.to_string(),
-                            retry_after: None,
-                        })?;
+                        .map_err(ApplyError::retry_later)?;
                 }
                 Ok(())
             }
@@ -331,9 +337,7 @@ impl Applier {
                 body,
                 ids,
             } => {
-                let entry = self.entry(collection)?;
-                let id = self.ensure(target, &entry).await?;
-                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let (tenant, database, id) = self.locate(target, collection).await?;
                 for (verb, body) in [("update", body.clone()), ("delete", json!({ "ids": ids }))] {
                     let path = paths::collection_verb(&tenant, &database, &id, verb);
                     let answer = self.call(target, Method::POST, &path, Some(&body)).await?;
@@ -346,9 +350,7 @@ impl Applier {
                 suffix,
                 body,
             } => {
-                let entry = self.entry(collection)?;
-                let id = self.ensure(target, &entry).await?;
-                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let (tenant, database, id) = self.locate(target, collection).await?;
                 let path = format!("{}/{suffix}", paths::collection(&tenant, &database, &id));
                 let answer = self.call(target, Method::POST, &path, Some(body)).await?;
                 // A 404 here names the function, not the collection (just ensured).
@@ -374,9 +376,7 @@ impl Applier {
         {
             return Ok(());
         }
-        let entry = self.entry(collection)?;
-        let id = self.ensure(target, &entry).await?;
-        let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+        let (tenant, database, id) = self.locate(target, collection).await?;
         let path = paths::collection_verb(&tenant, &database, &id, kind.verb());
         let max = self.max_batch(target).await;
         for part in split_record_body(body, max) {
@@ -519,10 +519,12 @@ impl Applier {
     async fn delete_collection(
         &self,
         target: BackendName,
-        collection: Option<&str>,
-        tenant: &str,
-        database: &str,
-        name: &str,
+        NamedCollection {
+            client_id,
+            tenant,
+            database,
+            name,
+        }: NamedCollection<'_>,
     ) -> Result<(), ApplyError> {
         let (t_tenant, t_database) = self.namespace(target, tenant, database);
         let answer = self
@@ -534,16 +536,13 @@ impl Applier {
             )
             .await?;
         accept(target, "delete collection", answer, StatusCode::NOT_FOUND)?;
-        if let Some(client_id) = collection {
+        if let Some(client_id) = client_id {
             if self.resolver.map.get(client_id).is_some_and(|e| e.deleted) {
                 self.resolver
                     .map
                     .remove(client_id)
                     .await
-                    .map_err(|e| ApplyError::Retry {
-                        reason: e.to_string(),
-                        retry_after: None,
-                    })?;
+                    .map_err(ApplyError::retry_later)?;
             }
         }
         Ok(())
@@ -554,16 +553,17 @@ impl Applier {
     async fn reconcile_collection(
         &self,
         target: BackendName,
-        collection: Option<&str>,
-        tenant: &str,
-        database: &str,
-        name: &str,
+        named: NamedCollection<'_>,
     ) -> Result<(), ApplyError> {
         let source = target.other();
-        let known = collection.and_then(|c| self.resolver.map.get(c));
+        let known = named.client_id.and_then(|c| self.resolver.map.get(c));
         let (tenant, database, name) = match &known {
             Some(e) => (e.tenant.clone(), e.database.clone(), e.name.clone()),
-            None => (tenant.to_owned(), database.to_owned(), name.to_owned()),
+            None => (
+                named.tenant.to_owned(),
+                named.database.to_owned(),
+                named.name.to_owned(),
+            ),
         };
         // By id when the source's id is known: `.../collections/{x}` takes `x` as a name, and a
         // UUID-shaped name is found nowhere, which would read as "deleted".
@@ -599,8 +599,13 @@ impl Applier {
                 check(target, "update collection", answer).map(|_| ())
             }
             None => {
-                self.delete_collection(target, collection, &tenant, &database, &name)
-                    .await
+                let gone = NamedCollection {
+                    tenant: &tenant,
+                    database: &database,
+                    name: &name,
+                    ..named
+                };
+                self.delete_collection(target, gone).await
             }
         }
     }
@@ -629,4 +634,13 @@ impl ApplyTarget for Applier {
     fn max_batch(&self, target: BackendName) -> impl std::future::Future<Output = usize> + Send {
         Applier::max_batch(self, target)
     }
+}
+
+/// A collection as a lifecycle entry names it: the client's id when known, and its names.
+#[derive(Clone, Copy)]
+struct NamedCollection<'a> {
+    client_id: Option<&'a str>,
+    tenant: &'a str,
+    database: &'a str,
+    name: &'a str,
 }
