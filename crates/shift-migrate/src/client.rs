@@ -46,11 +46,8 @@ pub struct Collection {
     pub name: String,
     pub tenant: String,
     pub database: String,
-    #[serde(default)]
     pub metadata: Option<Value>,
-    #[serde(default)]
     pub dimension: Option<i64>,
-    #[serde(default)]
     pub configuration_json: Option<Value>,
     /// The whole object, for recreating the collection elsewhere.
     #[serde(skip)]
