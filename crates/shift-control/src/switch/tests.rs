@@ -150,6 +150,25 @@ pub(crate) struct Fixture {
     pub topology: SharedTopology,
 }
 
+impl Fixture {
+    /// Replaces the live topology with `change` of it.
+    fn change_topology(&self, change: impl FnOnce(&mut Topology)) {
+        let mut topology = (*self.topology.current()).clone();
+        change(&mut topology);
+        self.topology.replace(Arc::new(topology));
+    }
+
+    /// Runs a switch to its end; its report.
+    async fn run(&self, direction: Direction, request: SwitchRequest) -> SwitchReport {
+        self.switch.switch(direction, request).await.unwrap()
+    }
+
+    /// Records a failed heartbeat of `backend`.
+    fn down(&self, backend: BackendName) {
+        self.health.record(backend, Err("refused".into()), 1.0);
+    }
+}
+
 /// Starts a switch on its own task, as an admin request does.
 fn spawn_switch(
     f: &Fixture,
@@ -243,20 +262,12 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
     let cases: [(&str, Setup, SwitchRequest); 6] = [
         (
             "direction",
-            |f| {
-                f.topology.replace(Arc::new(Topology {
-                    primary: BackendName::New,
-                    ..(*f.topology.current()).clone()
-                }))
-            },
+            |f| f.change_topology(|t| t.primary = BackendName::New),
             SwitchRequest::default(),
         ),
         (
             "target_healthy",
-            |f| {
-                f.health
-                    .record(BackendName::New, Err("refused".into()), 1.0)
-            },
+            |f| f.down(BackendName::New),
             SwitchRequest::default(),
         ),
         (
@@ -279,20 +290,12 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
         ),
         (
             "not_paused",
-            |f| {
-                f.topology.replace(Arc::new(Topology {
-                    paused: true,
-                    ..(*f.topology.current()).clone()
-                }))
-            },
+            |f| f.change_topology(|t| t.paused = true),
             SwitchRequest::default(),
         ),
         (
             "primary_healthy",
-            |f| {
-                f.health
-                    .record(BackendName::Old, Err("refused".into()), 1.0)
-            },
+            |f| f.down(BackendName::Old),
             SwitchRequest::default(),
         ),
     ];
@@ -300,7 +303,7 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
         let f = fixture(BackendName::Old);
         setup(&f);
         let primary = f.topology.current().primary;
-        let report = f.switch.switch(Direction::Cutover, request).await.unwrap();
+        let report = f.run(Direction::Cutover, request).await;
         assert!(!report.switched, "{name}");
         let refused = report.refused.unwrap_or_default();
         assert!(refused.starts_with(name), "{name}: {refused}");
@@ -319,14 +322,9 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
 async fn force_overrides_dead_letters_lag_and_a_down_primary_but_not_a_down_target() {
     let f = fixture(BackendName::New);
     f.state.lock().dead_letters = 2;
-    f.health
-        .record(BackendName::New, Err("refused".into()), 1.0);
+    f.down(BackendName::New);
     let forced = forced();
-    let report = f
-        .switch
-        .switch(Direction::Rollback, forced.clone())
-        .await
-        .unwrap();
+    let report = f.run(Direction::Rollback, forced.clone()).await;
     assert!(report.switched, "{report:?}");
     let overridden: Vec<_> = report
         .checks
@@ -337,9 +335,8 @@ async fn force_overrides_dead_letters_lag_and_a_down_primary_but_not_a_down_targ
     assert_eq!(overridden, ["no_dead_letters", "primary_healthy"]);
 
     let f = fixture(BackendName::New);
-    f.health
-        .record(BackendName::Old, Err("refused".into()), 1.0);
-    let report = f.switch.switch(Direction::Rollback, forced).await.unwrap();
+    f.down(BackendName::Old);
+    let report = f.run(Direction::Rollback, forced).await;
     assert!(!report.switched);
     assert!(report.refused.unwrap().starts_with("target_healthy"));
 }
@@ -349,16 +346,14 @@ async fn a_dry_run_says_the_plan_and_changes_nothing() {
     let f = fixture(BackendName::Old);
     f.state.push(BackendName::New, &records("c", "a"));
     let report = f
-        .switch
-        .switch(
+        .run(
             Direction::Cutover,
             SwitchRequest {
                 dry_run: true,
                 ..SwitchRequest::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
     assert!(!report.switched && report.refused.is_none());
     assert!(report.plan.len() >= 5, "{:?}", report.plan);
     assert_unchanged(&f, BackendName::Old);
@@ -406,11 +401,7 @@ async fn writes_are_held_while_the_journal_drains_then_go_to_the_new_primary() {
 async fn a_journal_that_does_not_drain_in_time_leaves_everything_as_it_was() {
     let f = fixture(BackendName::Old);
     f.state.push(BackendName::New, &records("c", "a"));
-    let report = f
-        .switch
-        .switch(Direction::Cutover, within(2))
-        .await
-        .unwrap();
+    let report = f.run(Direction::Cutover, within(2)).await;
     assert!(!report.switched);
     let refused = report.refused.unwrap();
     assert!(
@@ -426,11 +417,7 @@ async fn a_journal_that_does_not_drain_in_time_leaves_everything_as_it_was() {
 async fn writes_in_flight_that_do_not_settle_in_time_abandon_the_switch() {
     let f = fixture(BackendName::Old);
     f.state.lock().pending_intents = 1;
-    let report = f
-        .switch
-        .switch(Direction::Cutover, within(1))
-        .await
-        .unwrap();
+    let report = f.run(Direction::Cutover, within(1)).await;
     assert!(!report.switched);
     assert!(report.refused.unwrap().contains("did not settle"));
     assert_unchanged(&f, BackendName::Old);
@@ -471,11 +458,7 @@ async fn a_forced_rollback_moves_what_needs_the_dead_store_to_its_own_queue() {
             }
         })
     };
-    let report = f
-        .switch
-        .switch(Direction::Rollback, forced())
-        .await
-        .unwrap();
+    let report = f.run(Direction::Rollback, forced()).await;
     replay.abort();
     assert!(report.switched, "{report:?}");
     assert_eq!(report.moved_entries, 3);
@@ -502,8 +485,7 @@ async fn a_forced_rollback_that_times_out_moves_the_reconciliations_back() {
     let f = dead_new_primary();
     // No replay: the acknowledged writes never drain.
     let report = f
-        .switch
-        .switch(
+        .run(
             Direction::Rollback,
             SwitchRequest {
                 force: true,
@@ -511,8 +493,7 @@ async fn a_forced_rollback_that_times_out_moves_the_reconciliations_back() {
                 ..SwitchRequest::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
     assert!(!report.switched);
     assert!(report.refused.unwrap().contains("2 entries left"));
     assert_eq!(
