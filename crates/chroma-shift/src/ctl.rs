@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
-use shift_config::{MirrorMode, Secret};
+use shift_config::{BackendName, MirrorMode, Secret};
 use shift_control::api::{
     DeadLetter, DeadLetterPage, DeadLetters, Dropped, ReadPolicy, Retried, Status, SwitchReport,
     SwitchRequest, Topology, TopologyChanged, TopologyStatus,
@@ -291,10 +291,7 @@ fn print_topology(topology: &TopologyStatus) {
 
 fn print_status(status: &Status) {
     print_topology(&status.topology);
-    for name in [
-        shift_config::BackendName::Old,
-        shift_config::BackendName::New,
-    ] {
+    for name in [BackendName::Old, BackendName::New] {
         let health = status.backends.get(name);
         println!(
             "{:<12} {}{}",
@@ -306,10 +303,7 @@ fn print_status(status: &Status) {
             }
         );
     }
-    for target in [
-        shift_config::BackendName::New,
-        shift_config::BackendName::Old,
-    ] {
+    for target in [BackendName::New, BackendName::Old] {
         let journal = status.journal.get(target);
         println!(
             "journal→{:<4} {} entries{}",
