@@ -144,7 +144,11 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
             let mut results = Vec::new();
             for variant in order {
                 eprintln!("rep {rep}: {}...", variant.name());
-                let copy = copy_once(&settings, &old, variant, rep, dir.path()).await?;
+                // Each copy goes to a fresh new Chroma, stopped afterwards.
+                let new = Chroma::spawn().await?;
+                let copy = copy_to(&settings, &old, &new, variant, rep, dir.path()).await;
+                shutdown_chroma(new).await;
+                let copy = copy?;
                 eprintln!(
                     "  {} records in {:.2} s = {:.0} records/s",
                     copy.records,
@@ -253,20 +257,7 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     publish(&out)
 }
 
-/// One copy of the seeded collection to a fresh new Chroma, which is stopped afterwards.
-async fn copy_once(
-    settings: &Settings,
-    old: &Chroma,
-    variant: Variant,
-    rep: usize,
-    dir: &std::path::Path,
-) -> anyhow::Result<Copy> {
-    let new = Chroma::spawn().await?;
-    let result = copy_to(settings, old, &new, variant, rep, dir).await;
-    shutdown_chroma(new).await;
-    result
-}
-
+/// One copy of the seeded collection from `old` to `new`.
 async fn copy_to(
     settings: &Settings,
     old: &Chroma,

@@ -215,21 +215,15 @@ async fn servers_bench(settings: &Settings) -> anyhow::Result<(Option<String>, O
     let mut new = new;
     eprintln!("starting the proxies (journaled, sync)...");
     let result = async {
-        let journaled = start_proxy(
-            &settings.proxy("journaled", "journaled"),
-            dir.path(),
-            &old.url(),
-            &new.url(),
-        )
-        .await?;
+        // A proxy in `mode`, named after it.
+        let start = |mode: &'static str| {
+            let (options, dir) = (settings.proxy(mode, mode), dir.path());
+            let (old, new) = (old.url(), new.url());
+            async move { start_proxy(&options, dir, &old, &new).await }
+        };
+        let journaled = start("journaled").await?;
         let latency = if settings.parts.latency {
-            let sync = start_proxy(
-                &settings.proxy("sync", "sync"),
-                dir.path(),
-                &old.url(),
-                &new.url(),
-            )
-            .await?;
+            let sync = start("sync").await?;
             let text = latency_bench(settings, &old, &new, &journaled, &sync).await;
             drop(sync);
             Some(text?)
