@@ -39,7 +39,7 @@ use chroma_shift_benches::proc::{
     clock_ticks_per_second, cpu_seconds, find_chroma_pid, shutdown_chroma,
 };
 use chroma_shift_benches::proxy::{start_proxy, ProxyOptions};
-use chroma_shift_benches::report::{load_average, machine_lines, publish};
+use chroma_shift_benches::report::{load_average, machine_lines, print_rate, publish};
 use chroma_shift_benches::{collection_id, count, env_count, run_bench, run_bench_script};
 use serde_json::Value;
 use shift_control::api::{BackfillRequest, BackfillState};
@@ -149,12 +149,7 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
                 let copy = copy_to(&settings, &old, &new, variant, rep, dir.path()).await;
                 shutdown_chroma(new).await;
                 let copy = copy?;
-                eprintln!(
-                    "  {} records in {:.2} s = {:.0} records/s",
-                    copy.records,
-                    copy.seconds,
-                    copy.records as f64 / copy.seconds
-                );
+                print_rate(copy.records, copy.seconds);
                 results.push(copy);
             }
             results.sort_by_key(|c| c.variant as u8);

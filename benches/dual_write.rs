@@ -57,7 +57,7 @@ use chroma_shift_benches::proc::{
 use chroma_shift_benches::proxy::{
     journal_depth, proxy_child_main, start_proxy, wait_replayed, ProxyOptions,
 };
-use chroma_shift_benches::report::{load_average, machine_lines, publish};
+use chroma_shift_benches::report::{load_average, machine_lines, print_rate, publish};
 use chroma_shift_benches::{
     count, create_collection, env_count, env_var, max_batch_size, COLLECTIONS,
 };
@@ -483,12 +483,7 @@ async fn replay_bench(
                     .await?
                 }
             };
-            eprintln!(
-                "  {} records in {:.2} s = {:.0} records/s",
-                ingest.records,
-                ingest.seconds,
-                ingest.records as f64 / ingest.seconds
-            );
+            print_rate(ingest.records, ingest.seconds);
             results.push(ingest);
         }
         results.sort_by_key(|i| i.variant as u8);
