@@ -179,6 +179,17 @@ fn spawn_switch(
     tokio::spawn(async move { switch.switch(direction, request).await })
 }
 
+/// New is the primary and old's journal holds a reconciliation: a forced rollback, started.
+fn rolling_back_over_a_reconciliation() -> (
+    Fixture,
+    tokio::task::JoinHandle<Result<SwitchReport, ChangeError>>,
+) {
+    let f = fixture(BackendName::New);
+    f.state.push(BackendName::Old, &reconcile("c", "x"));
+    let running = spawn_switch(&f, Direction::Rollback, forced());
+    (f, running)
+}
+
 /// A switch request that gives up after `seconds`.
 fn within(seconds: u64) -> SwitchRequest {
     SwitchRequest {
@@ -508,9 +519,7 @@ async fn a_forced_rollback_that_times_out_moves_the_reconciliations_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rollback_with_both_stores_up_drains_reconciliations_where_they_are() {
-    let f = fixture(BackendName::New);
-    f.state.push(BackendName::Old, &reconcile("c", "x"));
-    let running = spawn_switch(&f, Direction::Rollback, forced());
+    let (f, running) = rolling_back_over_a_reconciliation();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         f.state.waiting(BackendName::New),
@@ -645,9 +654,7 @@ async fn an_unreadable_persisted_topology_stops_the_start() {
 
 #[tokio::test(start_paused = true)]
 async fn a_forced_switch_moves_once_the_primary_is_seen_down_during_the_drain() {
-    let f = fixture(BackendName::New);
-    f.state.push(BackendName::Old, &reconcile("c", "x"));
-    let running = spawn_switch(&f, Direction::Rollback, forced());
+    let (f, running) = rolling_back_over_a_reconciliation();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!running.is_finished());
     assert_eq!(f.state.waiting(BackendName::New), 0);
