@@ -99,6 +99,20 @@ impl ChromaClient {
         self.store
     }
 
+    /// POSTs `body` to the collection's `verb` (`get`, `query`) and reads the answer as a `T`;
+    /// `what` names the call in errors.
+    async fn post_verb<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        (tenant, database, id): (&str, &str, &str),
+        verb: &str,
+        body: &Value,
+    ) -> Result<T, ClientError> {
+        let path = paths::collection_verb(tenant, database, id, verb);
+        let answer = self.call(what, Method::POST, &path, Some(body)).await?;
+        parse(what, &answer)
+    }
+
     async fn call(
         &self,
         what: &str,
@@ -239,15 +253,10 @@ impl ChromaClient {
         offset: usize,
     ) -> Result<Vec<String>, ClientError> {
         let body = json!({"include": [], "limit": limit, "offset": offset});
-        let answer = self
-            .call(
-                "get ids",
-                Method::POST,
-                &paths::collection_verb(tenant, database, id, "get"),
-                Some(&body),
-            )
+        let page: Records = self
+            .post_verb("get ids", (tenant, database, id), "get", &body)
             .await?;
-        Ok(parse::<Records>("get ids", &answer)?.ids)
+        Ok(page.ids)
     }
 
     /// Every id of a collection, sorted: a snapshot to page the records by.
@@ -281,15 +290,8 @@ impl ChromaClient {
         ids: &[String],
     ) -> Result<Records, ClientError> {
         let body = json!({"ids": ids, "include": ["embeddings", "metadatas", "documents", "uris"]});
-        let answer = self
-            .call(
-                "get",
-                Method::POST,
-                &paths::collection_verb(tenant, database, id, "get"),
-                Some(&body),
-            )
-            .await?;
-        parse("get", &answer)
+        self.post_verb("get", (tenant, database, id), "get", &body)
+            .await
     }
 
     pub async fn upsert(
@@ -329,14 +331,7 @@ impl ChromaClient {
     ) -> Result<QueryResult, ClientError> {
         let body =
             json!({"query_embeddings": embeddings, "n_results": k, "include": ["distances"]});
-        let answer = self
-            .call(
-                "query",
-                Method::POST,
-                &paths::collection_verb(tenant, database, id, "query"),
-                Some(&body),
-            )
-            .await?;
-        parse("query", &answer)
+        self.post_verb("query", (tenant, database, id), "query", &body)
+            .await
     }
 }
