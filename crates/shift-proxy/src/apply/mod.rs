@@ -186,25 +186,29 @@ impl Applier {
         tenant: &str,
         database: &str,
     ) -> Result<(), ApplyError> {
+        self.create_tenant(target, tenant).await?;
+        self.create_database(target, tenant, database).await
+    }
+
+    /// Creates a tenant (target's names); one that exists already is fine.
+    async fn create_tenant(&self, target: BackendName, tenant: &str) -> Result<(), ApplyError> {
+        let body = json!({ "name": tenant });
         let answer = self
-            .call(
-                target,
-                Method::POST,
-                &paths::tenants(),
-                Some(&json!({"name": tenant})),
-            )
+            .call(target, Method::POST, &paths::tenants(), Some(&body))
             .await?;
-        accept(target, "create tenant", answer, StatusCode::CONFLICT)?;
-        let answer = self
-            .call(
-                target,
-                Method::POST,
-                &paths::databases(tenant),
-                Some(&json!({"name": database})),
-            )
-            .await?;
-        accept(target, "create database", answer, StatusCode::CONFLICT)?;
-        Ok(())
+        accept(target, "create tenant", answer, StatusCode::CONFLICT)
+    }
+
+    /// Creates a database (target's names); one that exists already is fine.
+    async fn create_database(
+        &self,
+        target: BackendName,
+        tenant: &str,
+        database: &str,
+    ) -> Result<(), ApplyError> {
+        let (path, body) = (paths::databases(tenant), json!({ "name": database }));
+        let answer = self.call(target, Method::POST, &path, Some(&body)).await?;
+        accept(target, "create database", answer, StatusCode::CONFLICT)
     }
 
     /// Applies `op` to `target`.
@@ -286,50 +290,22 @@ impl Applier {
             }
             MirrorOp::CreateTenant { name } => {
                 let ns = self.resolver.namespaces.to_backend(target, name, None);
-                let answer = self
-                    .call(
-                        target,
-                        Method::POST,
-                        &paths::tenants(),
-                        Some(&json!({"name": ns.tenant})),
-                    )
-                    .await?;
-                accept(target, "create tenant", answer, StatusCode::CONFLICT)
+                self.create_tenant(target, &ns.tenant).await
             }
             MirrorOp::UpdateTenant { tenant, body } => {
                 let ns = self.resolver.namespaces.to_backend(target, tenant, None);
-                let answer = self
-                    .call(
-                        target,
-                        Method::PATCH,
-                        &paths::tenant(&ns.tenant),
-                        Some(body),
-                    )
-                    .await?;
+                let path = paths::tenant(&ns.tenant);
+                let answer = self.call(target, Method::PATCH, &path, Some(body)).await?;
                 check(target, "update tenant", answer).map(|_| ())
             }
             MirrorOp::CreateDatabase { tenant, name } => {
                 let (tenant, database) = self.namespace(target, tenant, name);
-                let answer = self
-                    .call(
-                        target,
-                        Method::POST,
-                        &paths::databases(&tenant),
-                        Some(&json!({"name": database})),
-                    )
-                    .await?;
-                accept(target, "create database", answer, StatusCode::CONFLICT)
+                self.create_database(target, &tenant, &database).await
             }
             MirrorOp::DeleteDatabase { tenant, database } => {
                 let (tenant, database) = self.namespace(target, tenant, database);
-                let answer = self
-                    .call(
-                        target,
-                        Method::DELETE,
-                        &paths::database(&tenant, &database),
-                        None,
-                    )
-                    .await?;
+                let path = paths::database(&tenant, &database);
+                let answer = self.call(target, Method::DELETE, &path, None).await?;
                 accept(target, "delete database", answer, StatusCode::NOT_FOUND)
             }
             MirrorOp::ForgetMissing {
