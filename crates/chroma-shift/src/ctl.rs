@@ -423,25 +423,30 @@ async fn retry_all(admin: &AdminClient) -> Result<Answer, AdminError> {
 }
 
 fn print_retried(retried: &[Retried]) {
-    if retried.is_empty() {
-        println!("no dead letters to retry");
-    }
-    for one in retried {
-        println!(
+    print_lines(retried, "no dead letters to retry", |one| {
+        let letter = &one.retried;
+        format!(
             "retried #{} → {} collection {}: back in the journal as #{}",
-            one.retried.seq, one.retried.target, one.retried.collection, one.journal_seq
-        );
-    }
+            letter.seq, letter.target, letter.collection, one.journal_seq
+        )
+    });
 }
 
 fn print_dead_letters(letters: &[DeadLetter]) {
-    if letters.is_empty() {
-        println!("no dead letters");
-    }
-    for letter in letters {
-        println!(
+    print_lines(letters, "no dead letters", |letter| {
+        format!(
             "#{} → {} collection {}: {}",
             letter.seq, letter.target, letter.collection, letter.reason
-        );
+        )
+    });
+}
+
+/// One line per item, or `none` when there are none.
+fn print_lines<T>(items: &[T], none: &str, line: impl Fn(&T) -> String) {
+    if items.is_empty() {
+        println!("{none}");
+    }
+    for item in items {
+        println!("{}", line(item));
     }
 }
