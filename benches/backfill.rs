@@ -40,7 +40,9 @@ use chroma_shift_benches::proc::{
 };
 use chroma_shift_benches::proxy::{start_proxy, ProxyOptions};
 use chroma_shift_benches::report::{load_average, machine_lines, print_rate, publish};
-use chroma_shift_benches::{collection_id, count, env_count, run_bench, run_bench_script};
+use chroma_shift_benches::{
+    collection_id, count, env_count, run_bench, run_bench_script, scratch_dir,
+};
 use serde_json::Value;
 use shift_control::api::{BackfillRequest, BackfillState};
 use shift_testkit::python::run_script;
@@ -106,9 +108,7 @@ struct Copy {
 async fn bench(settings: Settings) -> anyhow::Result<()> {
     let wall = Instant::now();
     let load_before = load_average();
-    let dir = tempfile::Builder::new()
-        .prefix("chroma-shift-bench-backfill-")
-        .tempdir()?;
+    let dir = scratch_dir("backfill-")?;
     let n = settings.records;
     eprintln!("starting the old Chroma and seeding {n} records of {DIM} dims...");
     let old = Chroma::spawn().await?;

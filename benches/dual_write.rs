@@ -59,7 +59,7 @@ use chroma_shift_benches::proxy::{
 };
 use chroma_shift_benches::report::{load_average, machine_lines, print_rate, publish};
 use chroma_shift_benches::{
-    count, create_collection, env_count, env_var, max_batch_size, COLLECTIONS,
+    count, create_collection, env_count, env_var, max_batch_size, scratch_dir, COLLECTIONS,
 };
 use http::Uri;
 use serde_json::Value;
@@ -207,9 +207,7 @@ async fn servers_bench(settings: &Settings) -> anyhow::Result<(Option<String>, O
     if !settings.parts.latency && !settings.parts.replay {
         return Ok((None, None));
     }
-    let dir = tempfile::Builder::new()
-        .prefix("chroma-shift-bench-dw-")
-        .tempdir()?;
+    let dir = scratch_dir("dw-")?;
     eprintln!("starting two Chroma servers (old, new)...");
     let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
     let mut new = new;

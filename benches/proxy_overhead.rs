@@ -68,7 +68,7 @@ use chroma_shift_benches::proc::{
 };
 use chroma_shift_benches::proxy::{start_proxy, wait_replayed, ProxyOptions};
 use chroma_shift_benches::report::{cores, cpu_model, load_average, publish, utc_now};
-use chroma_shift_benches::{create_collection, env_var, run_bench, COLLECTIONS};
+use chroma_shift_benches::{create_collection, env_var, run_bench, scratch_dir, COLLECTIONS};
 use http::Uri;
 use serde_json::{json, Value};
 use shift_testkit::Chroma;
@@ -211,9 +211,7 @@ struct Results {
 async fn bench(settings: Settings) -> anyhow::Result<()> {
     let wall = Instant::now();
     let load_before = load_average();
-    let dir = tempfile::Builder::new()
-        .prefix("chroma-shift-bench-")
-        .tempdir()?;
+    let dir = scratch_dir("")?;
 
     // The proxy's topology: `old` is primary and is also what `direct` and nginx reach; `new`
     // is the secondary the proxy mirrors writes to.

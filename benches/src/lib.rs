@@ -30,6 +30,13 @@ where
     runtime.block_on(bench(settings))
 }
 
+/// A scratch directory for one bench run, named `chroma-shift-bench-{what}…`; removed on drop.
+pub fn scratch_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("chroma-shift-bench-{what}"))
+        .tempdir()?)
+}
+
 /// A setting from the environment, or `default` when unset.
 pub fn env_var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
     match std::env::var(name) {
