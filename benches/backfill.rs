@@ -30,7 +30,6 @@
 //! (SIGTERM, then SIGKILL after 5 s).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
@@ -40,8 +39,10 @@ use chroma_shift_benches::proc::{
     clock_ticks_per_second, cpu_seconds, find_chroma_pid, shutdown_chroma,
 };
 use chroma_shift_benches::proxy::{start_proxy, ProxyOptions};
-use chroma_shift_benches::report::{load_average, machine_lines};
-use chroma_shift_benches::{collection_id, count, env_var, run_bench, run_bench_script};
+use chroma_shift_benches::report::{load_average, machine_lines, print_rate, publish};
+use chroma_shift_benches::{
+    collection_id, count, env_count, run_bench, run_bench_script, scratch_dir,
+};
 use serde_json::Value;
 use shift_control::api::{BackfillRequest, BackfillState};
 use shift_testkit::python::run_script;
@@ -59,28 +60,18 @@ struct Settings {
     records: usize,
     reps: usize,
     proxy: ProxyOptions,
-    out: Option<PathBuf>,
 }
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
-        let records: usize = env_var("BENCH_BACKFILL_RECORDS", 20_000)?;
-        let reps: usize = env_var("BENCH_BACKFILL_REPS", 2)?;
-        ensure!(
-            (1_000..=1_000_000).contains(&records),
-            "BENCH_BACKFILL_RECORDS must be in 1000..=1000000"
-        );
-        ensure!(
-            (1..=10).contains(&reps),
-            "BENCH_BACKFILL_REPS must be in 1..=10"
-        );
+        let records = env_count("BENCH_BACKFILL_RECORDS", 20_000, 1_000..=1_000_000)?;
+        let reps = env_count("BENCH_BACKFILL_REPS", 2, 1..=10)?;
         let mut proxy = ProxyOptions::from_env("proxy")?;
         proxy.mirror_mode = Some("journaled".to_owned());
         Ok(Settings {
             records,
             reps,
             proxy,
-            out: std::env::var_os("BENCH_OUT").map(PathBuf::from),
         })
     }
 }
@@ -117,9 +108,7 @@ struct Copy {
 async fn bench(settings: Settings) -> anyhow::Result<()> {
     let wall = Instant::now();
     let load_before = load_average();
-    let dir = tempfile::Builder::new()
-        .prefix("chroma-shift-bench-backfill-")
-        .tempdir()?;
+    let dir = scratch_dir("backfill-")?;
     let n = settings.records;
     eprintln!("starting the old Chroma and seeding {n} records of {DIM} dims...");
     let old = Chroma::spawn().await?;
@@ -155,13 +144,12 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
             let mut results = Vec::new();
             for variant in order {
                 eprintln!("rep {rep}: {}...", variant.name());
-                let copy = copy_once(&settings, &old, variant, rep, dir.path()).await?;
-                eprintln!(
-                    "  {} records in {:.2} s = {:.0} records/s",
-                    copy.records,
-                    copy.seconds,
-                    copy.records as f64 / copy.seconds
-                );
+                // Each copy goes to a fresh new Chroma, stopped afterwards.
+                let new = Chroma::spawn().await?;
+                let copy = copy_to(&settings, &old, &new, variant, rep, dir.path()).await;
+                shutdown_chroma(new).await;
+                let copy = copy?;
+                print_rate(copy.records, copy.seconds);
                 results.push(copy);
             }
             results.sort_by_key(|c| c.variant as u8);
@@ -261,28 +249,10 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     for note in notes {
         let _ = writeln!(out, "- {note}");
     }
-    println!("{out}");
-    if let Some(path) = &settings.out {
-        std::fs::write(path, &out).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    publish(&out)
 }
 
-/// One copy of the seeded collection to a fresh new Chroma, which is stopped afterwards.
-async fn copy_once(
-    settings: &Settings,
-    old: &Chroma,
-    variant: Variant,
-    rep: usize,
-    dir: &std::path::Path,
-) -> anyhow::Result<Copy> {
-    let new = Chroma::spawn().await?;
-    let result = copy_to(settings, old, &new, variant, rep, dir).await;
-    shutdown_chroma(new).await;
-    result
-}
-
+/// One copy of the seeded collection from `old` to `new`.
 async fn copy_to(
     settings: &Settings,
     old: &Chroma,

@@ -41,7 +41,6 @@
 //! then SIGKILL after 5 s).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,8 +48,8 @@ use anyhow::{ensure, Context};
 use bytes::Bytes;
 use chroma_shift_benches::bodies::{AddBodies, ADD_BATCH, DIM};
 use chroma_shift_benches::load::{
-    alternate_rounds, client, median_min_max, run_round, summarize, throughput_ratios, Plan,
-    RoundTiming, Target,
+    alternate_rounds, client, median_min_max, run_round, summarize, throughput_ratios, RoundTiming,
+    Target,
 };
 use chroma_shift_benches::proc::{
     clock_ticks_per_second, cpu_seconds, find_chroma_pid, shutdown_chroma, Server,
@@ -58,8 +57,10 @@ use chroma_shift_benches::proc::{
 use chroma_shift_benches::proxy::{
     journal_depth, proxy_child_main, start_proxy, wait_replayed, ProxyOptions,
 };
-use chroma_shift_benches::report::{load_average, machine_lines};
-use chroma_shift_benches::{count, create_collection, env_var, max_batch_size, COLLECTIONS};
+use chroma_shift_benches::report::{load_average, machine_lines, print_rate, publish};
+use chroma_shift_benches::{
+    count, create_collection, env_count, env_var, max_batch_size, scratch_dir, COLLECTIONS,
+};
 use http::Uri;
 use serde_json::Value;
 use shift_config::BackendName;
@@ -130,12 +131,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(text) = journal {
         out.push_str(&text);
     }
-    println!("{out}");
-    if let Some(path) = &settings.out {
-        std::fs::write(path, &out).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    publish(&out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,32 +154,15 @@ struct Settings {
     parts: Parts,
     /// The proxies' common options (each gets its own name and mirror mode).
     proxy: ProxyOptions,
-    out: Option<PathBuf>,
 }
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
         let timing = RoundTiming::from_env(6)?;
-        let replay_batches: usize = env_var("BENCH_REPLAY_BATCHES", 400)?;
-        let replay_reps: usize = env_var("BENCH_REPLAY_REPS", 2)?;
-        let journal_appends: usize = env_var("BENCH_JOURNAL_APPENDS", 2000)?;
-        let journal_rounds: usize = env_var("BENCH_JOURNAL_ROUNDS", 3)?;
-        ensure!(
-            (8..=20_000).contains(&replay_batches),
-            "BENCH_REPLAY_BATCHES must be in 8..=20000"
-        );
-        ensure!(
-            (1..=10).contains(&replay_reps),
-            "BENCH_REPLAY_REPS must be in 1..=10"
-        );
-        ensure!(
-            (64..=100_000).contains(&journal_appends),
-            "BENCH_JOURNAL_APPENDS must be in 64..=100000"
-        );
-        ensure!(
-            (1..=20).contains(&journal_rounds),
-            "BENCH_JOURNAL_ROUNDS must be in 1..=20"
-        );
+        let replay_batches = env_count("BENCH_REPLAY_BATCHES", 400, 8..=20_000)?;
+        let replay_reps = env_count("BENCH_REPLAY_REPS", 2, 1..=10)?;
+        let journal_appends = env_count("BENCH_JOURNAL_APPENDS", 2000, 64..=100_000)?;
+        let journal_rounds = env_count("BENCH_JOURNAL_ROUNDS", 3, 1..=20)?;
         let parts_text: String = env_var("BENCH_PARTS", "latency,replay,journal".to_owned())?;
         let parts: Vec<&str> = parts_text.split(',').map(str::trim).collect();
         for part in &parts {
@@ -208,7 +187,6 @@ impl Settings {
                 journal: parts.contains(&"journal"),
             },
             proxy,
-            out: std::env::var_os("BENCH_OUT").map(PathBuf::from),
         })
     }
 
@@ -229,29 +207,21 @@ async fn servers_bench(settings: &Settings) -> anyhow::Result<(Option<String>, O
     if !settings.parts.latency && !settings.parts.replay {
         return Ok((None, None));
     }
-    let dir = tempfile::Builder::new()
-        .prefix("chroma-shift-bench-dw-")
-        .tempdir()?;
+    let dir = scratch_dir("dw-")?;
     eprintln!("starting two Chroma servers (old, new)...");
     let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
     let mut new = new;
     eprintln!("starting the proxies (journaled, sync)...");
     let result = async {
-        let journaled = start_proxy(
-            &settings.proxy("journaled", "journaled"),
-            dir.path(),
-            &old.url(),
-            &new.url(),
-        )
-        .await?;
+        // A proxy in `mode`, named after it.
+        let start = |mode: &'static str| {
+            let (options, dir) = (settings.proxy(mode, mode), dir.path());
+            let (old, new) = (old.url(), new.url());
+            async move { start_proxy(&options, dir, &old, &new).await }
+        };
+        let journaled = start("journaled").await?;
         let latency = if settings.parts.latency {
-            let sync = start_proxy(
-                &settings.proxy("sync", "sync"),
-                dir.path(),
-                &old.url(),
-                &new.url(),
-            )
-            .await?;
+            let sync = start("sync").await?;
             let text = latency_bench(settings, &old, &new, &journaled, &sync).await;
             drop(sync);
             Some(text?)
@@ -302,14 +272,7 @@ async fn latency_bench(
     wait_replayed(journaled.admin.as_deref(), Duration::from_secs(30)).await;
     let mut add_bodies = AddBodies::new(0xadd, "add");
     let ticks_per_second = clock_ticks_per_second();
-    let plan = Plan {
-        rounds: settings.timing.rounds,
-        round: settings.timing.round,
-        warmup: settings.timing.warmup,
-        cap: settings.add_cap,
-        cap_from_warmup: true,
-        catch_up_limit: Duration::from_secs(60),
-    };
+    let plan = settings.timing.plan(settings.add_cap, true);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -518,12 +481,7 @@ async fn replay_bench(
                     .await?
                 }
             };
-            eprintln!(
-                "  {} records in {:.2} s = {:.0} records/s",
-                ingest.records,
-                ingest.seconds,
-                ingest.records as f64 / ingest.seconds
-            );
+            print_rate(ingest.records, ingest.seconds);
             results.push(ingest);
         }
         results.sort_by_key(|i| i.variant as u8);

@@ -51,7 +51,7 @@
 //! `SHIFT_BENCH_PROXY_BIN`, `BENCH_OUT` (also write the markdown report to this file).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,15 +60,15 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use chroma_shift_benches::bodies::{add_body, AddBodies, Vectors};
 use chroma_shift_benches::load::{
-    alternate_rounds, summarize, throughput_ratios, Plan, Round, RoundTiming, Target,
+    alternate_rounds, summarize, throughput_ratios, Round, RoundTiming, Target,
 };
 use chroma_shift_benches::proc::{
     clock_ticks_per_second, effective_uid, find_chroma_pid, find_program, free_port,
     shutdown_chroma, wait_ready, Server,
 };
 use chroma_shift_benches::proxy::{start_proxy, wait_replayed, ProxyOptions};
-use chroma_shift_benches::report::{cores, cpu_model, load_average, utc_now};
-use chroma_shift_benches::{create_collection, env_var, run_bench, COLLECTIONS};
+use chroma_shift_benches::report::{cores, cpu_model, load_average, publish, utc_now};
+use chroma_shift_benches::{create_collection, env_var, run_bench, scratch_dir, COLLECTIONS};
 use http::Uri;
 use serde_json::{json, Value};
 use shift_testkit::Chroma;
@@ -157,7 +157,6 @@ struct Settings {
     nginx: bool,
     /// The proxy's process, log level, mirror mode and state dir.
     proxy: ProxyOptions,
-    out: Option<PathBuf>,
 }
 
 impl Settings {
@@ -169,7 +168,6 @@ impl Settings {
             add_cap: env_var("BENCH_ADD_CAP", 3_000)?,
             nginx: env_var("BENCH_NGINX", 1u8)? != 0,
             proxy: ProxyOptions::from_env("proxy")?,
-            out: std::env::var_os("BENCH_OUT").map(PathBuf::from),
         })
     }
 }
@@ -213,9 +211,7 @@ struct Results {
 async fn bench(settings: Settings) -> anyhow::Result<()> {
     let wall = Instant::now();
     let load_before = load_average();
-    let dir = tempfile::Builder::new()
-        .prefix("chroma-shift-bench-")
-        .tempdir()?;
+    let dir = scratch_dir("")?;
 
     // The proxy's topology: `old` is primary and is also what `direct` and nginx reach; `new`
     // is the secondary the proxy mirrors writes to.
@@ -299,17 +295,11 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
             Workload::Query => &query_collection,
             Workload::Add => &add_collection,
         };
-        let plan = Plan {
-            rounds: settings.timing.rounds,
-            round: settings.timing.round,
-            warmup: settings.timing.warmup,
-            cap: match workload {
-                Workload::Query => settings.query_cap,
-                Workload::Add => settings.add_cap,
-            },
-            cap_from_warmup: workload == Workload::Add,
-            catch_up_limit: Duration::from_secs(60),
+        let cap = match workload {
+            Workload::Query => settings.query_cap,
+            Workload::Add => settings.add_cap,
         };
+        let plan = settings.timing.plan(cap, workload == Workload::Add);
         let uris: Vec<Uri> = targets
             .iter()
             .map(|t| format!("{}{COLLECTIONS}/{collection}/{}", t.url, workload.name()).parse())
@@ -355,11 +345,7 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
             wall: wall.elapsed(),
         },
     );
-    println!("{report}");
-    if let Some(out) = &settings.out {
-        std::fs::write(out, &report).with_context(|| format!("cannot write {}", out.display()))?;
-        eprintln!("wrote {}", out.display());
-    }
+    publish(&report)?;
     // Clients first (their idle connections), then the servers.
     drop(targets);
     drop(nginx);

@@ -30,6 +30,13 @@ where
     runtime.block_on(bench(settings))
 }
 
+/// A scratch directory for one bench run, named `chroma-shift-bench-{what}…`; removed on drop.
+pub fn scratch_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("chroma-shift-bench-{what}"))
+        .tempdir()?)
+}
+
 /// A setting from the environment, or `default` when unset.
 pub fn env_var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
     match std::env::var(name) {
@@ -38,6 +45,22 @@ pub fn env_var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T
             .map_err(|_| anyhow::anyhow!("{name}={v} is not a valid value")),
         Err(_) => Ok(default),
     }
+}
+
+/// A count from the environment, or `default` when unset; refused outside `range`.
+pub fn env_count(
+    name: &str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> anyhow::Result<usize> {
+    let value: usize = env_var(name, default)?;
+    anyhow::ensure!(
+        range.contains(&value),
+        "{name} must be in {}..={}",
+        range.start(),
+        range.end()
+    );
+    Ok(value)
 }
 
 /// Chroma's collections path in the default tenant and database.

@@ -147,6 +147,19 @@ pub struct RoundTiming {
 }
 
 impl RoundTiming {
+    /// These rounds with at most `cap` requests each (see [`Plan::cap_from_warmup`]), waiting up
+    /// to a minute after each for a proxy's journal to drain.
+    pub fn plan(&self, cap: usize, cap_from_warmup: bool) -> Plan {
+        Plan {
+            rounds: self.rounds,
+            round: self.round,
+            warmup: self.warmup,
+            cap,
+            cap_from_warmup,
+            catch_up_limit: Duration::from_secs(60),
+        }
+    }
+
     /// From the environment, with `default_rounds` rounds when `BENCH_ROUNDS` is unset.
     pub fn from_env(default_rounds: usize) -> anyhow::Result<RoundTiming> {
         let round_secs: f64 = crate::env_var("BENCH_ROUND_SECS", 1.0)?;

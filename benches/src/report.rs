@@ -2,6 +2,27 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
+
+/// Tells the operator how fast one copy of `records` records went.
+pub fn print_rate(records: u64, seconds: f64) {
+    eprintln!(
+        "  {records} records in {seconds:.2} s = {:.0} records/s",
+        records as f64 / seconds
+    );
+}
+
+/// Prints a bench's markdown report, and writes it to the file `BENCH_OUT` names, if any.
+pub fn publish(report: &str) -> anyhow::Result<()> {
+    println!("{report}");
+    if let Some(path) = std::env::var_os("BENCH_OUT").map(std::path::PathBuf::from) {
+        std::fs::write(&path, report)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// `YYYY-MM-DD HH:MM` in UTC.
 pub fn utc_now() -> String {
     let secs = SystemTime::now()

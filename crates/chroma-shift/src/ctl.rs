@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
-use shift_config::{MirrorMode, Secret};
+use shift_config::{BackendName, MirrorMode, Secret};
 use shift_control::api::{
     DeadLetter, DeadLetterPage, DeadLetters, Dropped, ReadPolicy, Retried, Status, SwitchReport,
     SwitchRequest, Topology, TopologyChanged, TopologyStatus,
@@ -291,10 +291,7 @@ fn print_topology(topology: &TopologyStatus) {
 
 fn print_status(status: &Status) {
     print_topology(&status.topology);
-    for name in [
-        shift_config::BackendName::Old,
-        shift_config::BackendName::New,
-    ] {
+    for name in [BackendName::Old, BackendName::New] {
         let health = status.backends.get(name);
         println!(
             "{:<12} {}{}",
@@ -306,10 +303,7 @@ fn print_status(status: &Status) {
             }
         );
     }
-    for target in [
-        shift_config::BackendName::New,
-        shift_config::BackendName::Old,
-    ] {
+    for target in [BackendName::New, BackendName::Old] {
         let journal = status.journal.get(target);
         println!(
             "journal→{:<4} {} entries{}",
@@ -429,25 +423,30 @@ async fn retry_all(admin: &AdminClient) -> Result<Answer, AdminError> {
 }
 
 fn print_retried(retried: &[Retried]) {
-    if retried.is_empty() {
-        println!("no dead letters to retry");
-    }
-    for one in retried {
-        println!(
+    print_lines(retried, "no dead letters to retry", |one| {
+        let letter = &one.retried;
+        format!(
             "retried #{} → {} collection {}: back in the journal as #{}",
-            one.retried.seq, one.retried.target, one.retried.collection, one.journal_seq
-        );
-    }
+            letter.seq, letter.target, letter.collection, one.journal_seq
+        )
+    });
 }
 
 fn print_dead_letters(letters: &[DeadLetter]) {
-    if letters.is_empty() {
-        println!("no dead letters");
-    }
-    for letter in letters {
-        println!(
+    print_lines(letters, "no dead letters", |letter| {
+        format!(
             "#{} → {} collection {}: {}",
             letter.seq, letter.target, letter.collection, letter.reason
-        );
+        )
+    });
+}
+
+/// One line per item, or `none` when there are none.
+fn print_lines<T>(items: &[T], none: &str, line: impl Fn(&T) -> String) {
+    if items.is_empty() {
+        println!("{none}");
+    }
+    for item in items {
+        println!("{}", line(item));
     }
 }

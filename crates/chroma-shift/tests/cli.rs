@@ -123,22 +123,22 @@ async fn logs_carry_one_line_per_request_and_no_secret() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, _, _) = http(
-        "GET",
-        &format!("{url}/api/v2/tenants/default_tenant/databases/default_database/collections"),
-        &[("authorization", "Bearer client-token-s3cr3t")],
-        "",
-    )
-    .await?;
-    assert_eq!(status, 200);
-    let (status, _, _) = http(
-        "GET",
-        &format!("{url}/api/v2/pre-flight-checks"),
-        &[("x-chroma-token", "wrong-token-s3cr3t")],
-        "",
-    )
-    .await?;
-    assert_eq!(status, 401);
+    // The client token opens the data plane; a wrong one is refused.
+    for (path, credential, expected) in [
+        (
+            "/api/v2/tenants/default_tenant/databases/default_database/collections",
+            ("authorization", "Bearer client-token-s3cr3t"),
+            200,
+        ),
+        (
+            "/api/v2/pre-flight-checks",
+            ("x-chroma-token", "wrong-token-s3cr3t"),
+            401,
+        ),
+    ] {
+        let (status, _, _) = http("GET", &format!("{url}{path}"), &[credential], "").await?;
+        assert_eq!(status, expected, "{path}");
+    }
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

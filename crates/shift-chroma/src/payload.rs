@@ -26,14 +26,12 @@ pub fn record_ids(body: &[u8]) -> Result<Vec<String>, PayloadError> {
 
 /// What a delete body selects.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct DeleteSelection {
-    #[serde(default)]
     pub ids: Option<Vec<String>>,
-    #[serde(default, rename = "where")]
+    #[serde(rename = "where")]
     pub where_: Option<Value>,
-    #[serde(default)]
     pub where_document: Option<Value>,
-    #[serde(default)]
     pub limit: Option<u32>,
 }
 

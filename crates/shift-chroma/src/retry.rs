@@ -144,32 +144,22 @@ mod tests {
         assert_eq!(result, Ok(3));
         assert_eq!(heard, [1, 2]);
 
-        calls.set(0);
-        let refused: Result<u32, &str> = BACKOFF
-            .retry(
-                6,
-                |e| *e == "busy",
-                |_, _, _| {},
-                || {
-                    calls.set(calls.get() + 1);
-                    async { Err("refused") }
-                },
-            )
-            .await;
-        assert_eq!((refused, calls.get()), (Err("refused"), 1));
-
-        calls.set(0);
-        let exhausted: Result<u32, &str> = BACKOFF
-            .retry(
-                4,
-                |_| true,
-                |_, _, _| {},
-                || {
-                    calls.set(calls.get() + 1);
-                    async { Err("busy") }
-                },
-            )
-            .await;
-        assert_eq!((exhausted, calls.get()), (Err("busy"), 4));
+        // A final error ends at once; a retryable one after the attempts: (attempts, the
+        // error every call answers, calls made).
+        for (attempts, error, calls_made) in [(6, "refused", 1), (4, "busy", 4)] {
+            calls.set(0);
+            let ended: Result<u32, &str> = BACKOFF
+                .retry(
+                    attempts,
+                    |e| *e == "busy",
+                    |_, _, _| {},
+                    || {
+                        calls.set(calls.get() + 1);
+                        async move { Err(error) }
+                    },
+                )
+                .await;
+            assert_eq!((ended, calls.get()), (Err(error), calls_made));
+        }
     }
 }

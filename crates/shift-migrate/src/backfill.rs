@@ -42,28 +42,21 @@ mod batching;
 
 /// What to backfill and how fast.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BackfillRequest {
     /// The client's tenant; `default_tenant` when absent.
-    #[serde(default)]
     pub tenant: Option<String>,
     /// One database; every database of the tenant when absent.
-    #[serde(default)]
     pub database: Option<String>,
     /// Only these collections (names); all when empty.
-    #[serde(default)]
     pub collections: Vec<String>,
     /// Records per batch; the smaller store's `max_batch_size` at most.
-    #[serde(default)]
     pub batch_size: Option<usize>,
     /// Batches in flight at once.
-    #[serde(default)]
     pub concurrency: Option<usize>,
     /// Records per second at most; unlimited when absent.
-    #[serde(default)]
     pub rate_limit: Option<u32>,
     /// Ignore checkpoints and copy everything again.
-    #[serde(default)]
     pub restart: bool,
 }
 

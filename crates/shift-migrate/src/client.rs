@@ -46,11 +46,8 @@ pub struct Collection {
     pub name: String,
     pub tenant: String,
     pub database: String,
-    #[serde(default)]
     pub metadata: Option<Value>,
-    #[serde(default)]
     pub dimension: Option<i64>,
-    #[serde(default)]
     pub configuration_json: Option<Value>,
     /// The whole object, for recreating the collection elsewhere.
     #[serde(skip)]
@@ -100,6 +97,20 @@ impl ChromaClient {
 
     pub fn store(&self) -> BackendName {
         self.store
+    }
+
+    /// POSTs `body` to the collection's `verb` (`get`, `query`) and reads the answer as a `T`;
+    /// `what` names the call in errors.
+    async fn post_verb<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        (tenant, database, id): (&str, &str, &str),
+        verb: &str,
+        body: &Value,
+    ) -> Result<T, ClientError> {
+        let path = paths::collection_verb(tenant, database, id, verb);
+        let answer = self.call(what, Method::POST, &path, Some(body)).await?;
+        parse(what, &answer)
     }
 
     async fn call(
@@ -242,15 +253,10 @@ impl ChromaClient {
         offset: usize,
     ) -> Result<Vec<String>, ClientError> {
         let body = json!({"include": [], "limit": limit, "offset": offset});
-        let answer = self
-            .call(
-                "get ids",
-                Method::POST,
-                &paths::collection_verb(tenant, database, id, "get"),
-                Some(&body),
-            )
+        let page: Records = self
+            .post_verb("get ids", (tenant, database, id), "get", &body)
             .await?;
-        Ok(parse::<Records>("get ids", &answer)?.ids)
+        Ok(page.ids)
     }
 
     /// Every id of a collection, sorted: a snapshot to page the records by.
@@ -284,15 +290,8 @@ impl ChromaClient {
         ids: &[String],
     ) -> Result<Records, ClientError> {
         let body = json!({"ids": ids, "include": ["embeddings", "metadatas", "documents", "uris"]});
-        let answer = self
-            .call(
-                "get",
-                Method::POST,
-                &paths::collection_verb(tenant, database, id, "get"),
-                Some(&body),
-            )
-            .await?;
-        parse("get", &answer)
+        self.post_verb("get", (tenant, database, id), "get", &body)
+            .await
     }
 
     pub async fn upsert(
@@ -332,14 +331,7 @@ impl ChromaClient {
     ) -> Result<QueryResult, ClientError> {
         let body =
             json!({"query_embeddings": embeddings, "n_results": k, "include": ["distances"]});
-        let answer = self
-            .call(
-                "query",
-                Method::POST,
-                &paths::collection_verb(tenant, database, id, "query"),
-                Some(&body),
-            )
-            .await?;
-        parse("query", &answer)
+        self.post_verb("query", (tenant, database, id), "query", &body)
+            .await
     }
 }

@@ -55,17 +55,18 @@ mod tests {
         ])
     }
 
+    /// Headers holding only `name: value`.
+    fn headers(name: impl header::IntoHeaderName, value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_static(value));
+        headers
+    }
+
     #[test]
     fn accepts_either_header_and_any_configured_token() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer beta"),
-        );
-        assert!(auth().check(&headers).is_ok());
-        let mut headers = HeaderMap::new();
-        headers.insert(X_CHROMA_TOKEN, HeaderValue::from_static("alpha"));
-        assert!(auth().check(&headers).is_ok());
+        let bearer = headers(header::AUTHORIZATION, "Bearer beta");
+        assert!(auth().check(&bearer).is_ok());
+        assert!(auth().check(&headers(X_CHROMA_TOKEN, "alpha")).is_ok());
     }
 
     #[test]
@@ -74,22 +75,14 @@ mod tests {
             auth().check(&HeaderMap::new()),
             Err(RefusedRequest::MissingCredentials)
         ));
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer alph"),
-        );
+        let wrong = headers(header::AUTHORIZATION, "Bearer alph");
         assert!(matches!(
-            auth().check(&headers),
+            auth().check(&wrong),
             Err(RefusedRequest::InvalidCredentials)
         ));
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic alpha"),
-        );
+        let basic = headers(header::AUTHORIZATION, "Basic alpha");
         assert!(matches!(
-            auth().check(&headers),
+            auth().check(&basic),
             Err(RefusedRequest::MissingCredentials)
         ));
     }

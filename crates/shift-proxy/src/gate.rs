@@ -80,19 +80,7 @@ impl WriteGate for LocalWriteGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::Poll;
-
-    /// Polls a future once: its output if it is ready (no clock involved).
-    async fn poll_once<F: Future>(future: Pin<&mut F>) -> Option<F::Output> {
-        let mut future = future;
-        std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
-            Poll::Ready(output) => Poll::Ready(Some(output)),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await
-    }
+    use crate::locks::tests::poll_once;
 
     #[tokio::test(start_paused = true)]
     async fn closing_waits_for_passes_and_holds_new_writes() {

@@ -125,7 +125,7 @@ fn stripe(id: &str) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::future::Future;
     use std::pin::Pin;
@@ -133,7 +133,7 @@ mod tests {
 
     /// Polls a future once: its output if it is ready. A lock that is free is taken on the
     /// first poll; one that is held leaves the future pending, with no clock involved.
-    async fn poll_once<F: Future>(future: Pin<&mut F>) -> Option<F::Output> {
+    pub(crate) async fn poll_once<F: Future>(future: Pin<&mut F>) -> Option<F::Output> {
         let mut future = future;
         std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
             Poll::Ready(output) => Poll::Ready(Some(output)),

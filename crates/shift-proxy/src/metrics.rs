@@ -66,13 +66,7 @@ impl ProxyMetrics {
         // large query or batch add in seconds.
         let buckets = exponential_buckets(0.0005, 2.0, 17)?;
         let metrics = ProxyMetrics {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "chroma_shift_requests_total",
-                    "Requests answered, by operation, answering backend and status.",
-                ),
-                &["operation", "backend", "status"],
-            )?,
+            requests: counters("chroma_shift_requests_total", "Requests answered, by operation, answering backend and status.", &["operation", "backend", "status"])?,
             request_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "chroma_shift_request_duration_seconds",
@@ -93,59 +87,17 @@ impl ProxyMetrics {
                 "chroma_shift_requests_in_flight",
                 "Requests being handled now.",
             )?,
-            rejected: IntCounterVec::new(
-                Opts::new(
-                    "chroma_shift_rejected_requests_total",
-                    "Requests the proxy refused or could not forward, by reason.",
-                ),
-                &["reason"],
-            )?,
-            backend_up: IntGaugeVec::new(
-                Opts::new(
-                    "chroma_shift_backend_up",
-                    "1 when the backend's last heartbeat succeeded.",
-                ),
-                &["backend"],
-            )?,
-            backend_errors: IntCounterVec::new(
-                Opts::new(
-                    "chroma_shift_backend_errors_total",
-                    "Failed requests and heartbeats to a backend, by kind.",
-                ),
-                &["backend", "kind"],
-            )?,
-            mirrored_writes: IntCounterVec::new(
-                Opts::new("chroma_shift_mirrored_writes_total", "Writes by mirror mode and outcome of their mirror (applied, journaled, fallback_journaled, reconcile_queued, not_mirrored, failed)."),
-                &["mode", "outcome"],
-            )?,
-            replay_applied: IntCounterVec::new(
-                Opts::new("chroma_shift_replay_applied_total", "Journal entries applied to a target."),
-                &["target"],
-            )?,
-            replay_requests: IntCounterVec::new(
-                Opts::new("chroma_shift_replay_requests_total", "Requests the replay sent to a target; merged batches count once."),
-                &["target"],
-            )?,
-            replay_retries: IntCounterVec::new(
-                Opts::new("chroma_shift_replay_retries_total", "Replay attempts that failed and are retried."),
-                &["target"],
-            )?,
-            dead_letters: IntCounterVec::new(
-                Opts::new("chroma_shift_dead_letters_total", "Journal entries parked as dead letters, by target and kind."),
-                &["target", "kind"],
-            )?,
-            dimension_mismatches: IntCounterVec::new(
-                Opts::new("chroma_shift_dimension_mismatches_total", "Mirrored writes refused for an embedding dimension that differs from the target collection's."),
-                &["target", "collection"],
-            )?,
-            shadow_reads: IntCounterVec::new(
-                Opts::new("chroma_shift_shadow_reads_total", "Shadow reads by collection, operation and outcome (match, mismatch, error, timeout, dropped, skipped)."),
-                &["collection", "operation", "outcome"],
-            )?,
-            shadow_skipped: IntCounterVec::new(
-                Opts::new("chroma_shift_shadow_skipped_total", "Shadow reads not sent or not compared, by reason (lagging, unmapped, primary_failed, too_large)."),
-                &["reason"],
-            )?,
+            rejected: counters("chroma_shift_rejected_requests_total", "Requests the proxy refused or could not forward, by reason.", &["reason"])?,
+            backend_up: gauges("chroma_shift_backend_up", "1 when the backend's last heartbeat succeeded.", &["backend"])?,
+            backend_errors: counters("chroma_shift_backend_errors_total", "Failed requests and heartbeats to a backend, by kind.", &["backend", "kind"])?,
+            mirrored_writes: counters("chroma_shift_mirrored_writes_total", "Writes by mirror mode and outcome of their mirror (applied, journaled, fallback_journaled, reconcile_queued, not_mirrored, failed).", &["mode", "outcome"])?,
+            replay_applied: counters("chroma_shift_replay_applied_total", "Journal entries applied to a target.", &["target"])?,
+            replay_requests: counters("chroma_shift_replay_requests_total", "Requests the replay sent to a target; merged batches count once.", &["target"])?,
+            replay_retries: counters("chroma_shift_replay_retries_total", "Replay attempts that failed and are retried.", &["target"])?,
+            dead_letters: counters("chroma_shift_dead_letters_total", "Journal entries parked as dead letters, by target and kind.", &["target", "kind"])?,
+            dimension_mismatches: counters("chroma_shift_dimension_mismatches_total", "Mirrored writes refused for an embedding dimension that differs from the target collection's.", &["target", "collection"])?,
+            shadow_reads: counters("chroma_shift_shadow_reads_total", "Shadow reads by collection, operation and outcome (match, mismatch, error, timeout, dropped, skipped).", &["collection", "operation", "outcome"])?,
+            shadow_skipped: counters("chroma_shift_shadow_skipped_total", "Shadow reads not sent or not compared, by reason (lagging, unmapped, primary_failed, too_large).", &["reason"])?,
             shadow_recall: HistogramVec::new(
                 HistogramOpts::new(
                     "chroma_shift_shadow_recall",
@@ -166,37 +118,49 @@ impl ProxyMetrics {
                 "chroma_shift_shadow_reads_in_flight",
                 "Shadow reads running now.",
             )?,
-            canary_reads: IntCounterVec::new(
-                Opts::new("chroma_shift_canary_reads_total", "Canary reads by collection and outcome (served, fallback, skipped_lagging, skipped_unmapped)."),
-                &["collection", "outcome"],
-            )?,
+            canary_reads: counters("chroma_shift_canary_reads_total", "Canary reads by collection and outcome (served, fallback, skipped_lagging, skipped_unmapped).", &["collection", "outcome"])?,
             orphaned_intents: prometheus::IntCounter::new(
                 "chroma_shift_orphaned_intents_settled_total",
                 "Write intents settled as reconciliations by the sweeper rather than by their own task.",
             )?,
         };
-        registry.register(Box::new(metrics.orphaned_intents.clone()))?;
-        registry.register(Box::new(metrics.shadow_reads.clone()))?;
-        registry.register(Box::new(metrics.shadow_skipped.clone()))?;
-        registry.register(Box::new(metrics.shadow_recall.clone()))?;
-        registry.register(Box::new(metrics.shadow_distance_drift.clone()))?;
-        registry.register(Box::new(metrics.shadow_in_flight.clone()))?;
-        registry.register(Box::new(metrics.canary_reads.clone()))?;
-        registry.register(Box::new(metrics.mirrored_writes.clone()))?;
-        registry.register(Box::new(metrics.replay_applied.clone()))?;
-        registry.register(Box::new(metrics.replay_requests.clone()))?;
-        registry.register(Box::new(metrics.replay_retries.clone()))?;
-        registry.register(Box::new(metrics.dead_letters.clone()))?;
-        registry.register(Box::new(metrics.dimension_mismatches.clone()))?;
-        registry.register(Box::new(metrics.requests.clone()))?;
-        registry.register(Box::new(metrics.request_duration.clone()))?;
-        registry.register(Box::new(metrics.upstream_duration.clone()))?;
-        registry.register(Box::new(metrics.in_flight.clone()))?;
-        registry.register(Box::new(metrics.rejected.clone()))?;
-        registry.register(Box::new(metrics.backend_up.clone()))?;
-        registry.register(Box::new(metrics.backend_errors.clone()))?;
+        let collectors: [Box<dyn Collector>; 20] = [
+            Box::new(metrics.orphaned_intents.clone()),
+            Box::new(metrics.shadow_reads.clone()),
+            Box::new(metrics.shadow_skipped.clone()),
+            Box::new(metrics.shadow_recall.clone()),
+            Box::new(metrics.shadow_distance_drift.clone()),
+            Box::new(metrics.shadow_in_flight.clone()),
+            Box::new(metrics.canary_reads.clone()),
+            Box::new(metrics.mirrored_writes.clone()),
+            Box::new(metrics.replay_applied.clone()),
+            Box::new(metrics.replay_requests.clone()),
+            Box::new(metrics.replay_retries.clone()),
+            Box::new(metrics.dead_letters.clone()),
+            Box::new(metrics.dimension_mismatches.clone()),
+            Box::new(metrics.requests.clone()),
+            Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.upstream_duration.clone()),
+            Box::new(metrics.in_flight.clone()),
+            Box::new(metrics.rejected.clone()),
+            Box::new(metrics.backend_up.clone()),
+            Box::new(metrics.backend_errors.clone()),
+        ];
+        for collector in collectors {
+            registry.register(collector)?;
+        }
         Ok(metrics)
     }
+}
+
+/// A counter family labelled by `labels`.
+fn counters(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+/// A gauge family labelled by `labels`.
+fn gauges(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
 }
 
 /// The journal's depth and age and the dead letters, read from the store at each scrape, so

@@ -46,12 +46,9 @@ impl NamespaceMap {
         tenant: &str,
         database: Option<&str>,
     ) -> Namespace {
-        match backend {
-            BackendName::Old => Namespace::of(tenant, database),
-            BackendName::New => {
-                self.rename(tenant, database, |(ot, od, nt, nd)| ((ot, od), (nt, nd)))
-            }
-        }
+        self.rename(backend, tenant, database, |(ot, od, nt, nd)| {
+            ((ot, od), (nt, nd))
+        })
     }
 
     /// The client's names for a tenant (and database) as `backend` calls them.
@@ -61,21 +58,23 @@ impl NamespaceMap {
         tenant: &str,
         database: Option<&str>,
     ) -> Namespace {
-        match backend {
-            BackendName::Old => Namespace::of(tenant, database),
-            BackendName::New => {
-                self.rename(tenant, database, |(ot, od, nt, nd)| ((nt, nd), (ot, od)))
-            }
-        }
+        self.rename(backend, tenant, database, |(ot, od, nt, nd)| {
+            ((nt, nd), (ot, od))
+        })
     }
 
     /// Applies the first rule whose `from` side matches; `sides` picks (from, to) of a rule.
+    /// The old backend keeps the client's names.
     fn rename<'a>(
         &'a self,
+        backend: BackendName,
         tenant: &str,
         database: Option<&str>,
         sides: impl Fn(Side<'a>) -> (Names<'a>, Names<'a>),
     ) -> Namespace {
+        if backend == BackendName::Old {
+            return Namespace::of(tenant, database);
+        }
         for (ot, od, nt, nd) in &self.rules {
             let ((from_tenant, from_db), (to_tenant, to_db)) = sides((ot, od, nt, nd));
             if from_tenant != tenant {

@@ -76,6 +76,22 @@ impl Fake {
         Ok(())
     }
 
+    /// A fake that fails every write to the collection `key` until told otherwise.
+    fn failing(key: &str) -> Fake {
+        let fake = Fake::default();
+        lock(&fake.failing).insert(key.into());
+        fake
+    }
+
+    /// A fake that answers its first `times` writes to the collection `key` with a
+    /// retryable 503.
+    fn failing_503(key: &str, times: usize) -> Fake {
+        let fake = Fake::default();
+        let answers = (0..times).map(|_| retry("503")).collect();
+        lock(&fake.script).insert(key.into(), answers);
+        fake
+    }
+
     fn attempts(&self, key: &str) -> Vec<Attempt> {
         lock(&self.log)
             .iter()
@@ -273,12 +289,7 @@ fn gaps(attempts: &[Attempt]) -> Vec<Duration> {
 
 #[tokio::test(start_paused = true)]
 async fn a_failure_worth_retrying_is_retried_with_growing_backoff() {
-    let fake = Fake::default();
-    lock(&fake.script).insert(
-        "a".into(),
-        VecDeque::from([retry("503"), retry("503"), retry("503")]),
-    );
-    let h = Harness::start(fake, settings()).await;
+    let h = Harness::start(Fake::failing_503("a", 3), settings()).await;
     h.append(&upsert("a", &["a1"])).await;
     h.until("drained", |h| h.depth() == 0).await;
 
@@ -424,9 +435,7 @@ async fn a_permanent_refusal_is_parked_with_its_reason_and_later_writes_follow()
 
 #[tokio::test(start_paused = true)]
 async fn a_collection_waiting_for_retries_does_not_block_another() {
-    let fake = Fake::default();
-    lock(&fake.failing).insert("a".into());
-    let h = Harness::start(fake, settings()).await;
+    let h = Harness::start(Fake::failing("a"), settings()).await;
     h.append(&upsert("a", &["a1"])).await;
     h.append(&upsert("b", &["b1"])).await;
     h.append(&MirrorOp::Records {
@@ -461,12 +470,7 @@ async fn a_collection_waiting_for_retries_does_not_block_another() {
 
 #[tokio::test(start_paused = true)]
 async fn a_barrier_waits_for_everything_before_it_and_holds_everything_after() {
-    let fake = Fake::default();
-    lock(&fake.script).insert(
-        "a".into(),
-        VecDeque::from([retry("503"), retry("503"), retry("503")]),
-    );
-    let h = Harness::start(fake, settings()).await;
+    let h = Harness::start(Fake::failing_503("a", 3), settings()).await;
     h.append(&upsert("a", &["a1"])).await;
     h.append(&MirrorOp::CreateTenant { name: "t".into() }).await;
     h.append(&upsert("b", &["b1"])).await;
@@ -547,9 +551,8 @@ async fn unauthorized_stops_the_target_without_dead_letters_and_resumes_by_itsel
 async fn memory_held_stays_within_the_budget_and_order_is_kept_per_collection() {
     const ENTRY: usize = 10 * 1024;
     const BUDGET: usize = 64 * 1024;
-    let fake = Fake::default();
     // `b` fails for a while: its lane fills to its share and the rest waits in the journal.
-    lock(&fake.script).insert("b".into(), (0..5).map(|_| retry("503")).collect());
+    let fake = Fake::failing_503("b", 5);
     let h = Harness::start(
         fake,
         ReplaySettings {
@@ -592,9 +595,7 @@ async fn memory_held_stays_within_the_budget_and_order_is_kept_per_collection() 
 
 #[tokio::test(start_paused = true)]
 async fn stop_ends_the_worker_while_a_collection_waits_and_while_stopped() {
-    let fake = Fake::default();
-    lock(&fake.failing).insert("a".into());
-    let h = Harness::start(fake, settings()).await;
+    let h = Harness::start(Fake::failing("a"), settings()).await;
     h.append(&upsert("a", &["a1"])).await;
     h.until("retrying", |h| h.fake.attempts("a").len() >= 2)
         .await;
@@ -714,9 +715,7 @@ fn barriers_are_told_from_the_serde_tag() {
 
 #[tokio::test(start_paused = true)]
 async fn a_collection_delete_waits_for_other_collections_before_a_recreate_follows() {
-    let fake = Fake::default();
-    lock(&fake.script).insert("old".into(), VecDeque::from([retry("503"), retry("503")]));
-    let h = Harness::start(fake, settings()).await;
+    let h = Harness::start(Fake::failing_503("old", 2), settings()).await;
     h.append_all(&[
         upsert("old", &["o1"]),
         MirrorOp::DeleteCollection {
@@ -755,9 +754,7 @@ fn reconcile(collection: &str, ids: &[&str]) -> MirrorOp {
 /// the copy the worker holds is never applied again.
 #[tokio::test(start_paused = true)]
 async fn an_entry_moved_out_of_the_journal_is_not_applied() {
-    let fake = Fake::default();
-    lock(&fake.failing).insert("a".into());
-    let h = Harness::start(fake, settings()).await;
+    let h = Harness::start(Fake::failing("a"), settings()).await;
     let op = reconcile("a", &["x"]);
     let seq = h.append(&op).await;
     h.until("first attempt", |h| !h.fake.attempts("a").is_empty())

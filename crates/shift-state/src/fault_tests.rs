@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use shift_config::BackendName::{New, Old};
 
-use crate::tests::{entry, payloads, seqs};
+use crate::tests::{append, commit, entry, payloads, seqs};
 use crate::*;
 
 /// A real file whose writes, resizes and syncs fail with "no space left" while `full` is set:
@@ -116,10 +116,11 @@ async fn until_writable(store: &StateStore) {
 async fn an_io_error_refuses_writes_until_the_store_reopens_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (store, full) = open_on_full_disk(dir.path(), StoreOptions::default()).await;
-    let before = store
-        .append(vec![entry(New, "a", "kept 1"), entry(New, "b", "kept 2")])
-        .await
-        .unwrap();
+    let before = append(
+        &store,
+        vec![entry(New, "a", "kept 1"), entry(New, "b", "kept 2")],
+    )
+    .await;
     let intent = store.record_intent(b"in flight".to_vec()).await.unwrap();
     let lag_before = store.lag(New);
     let bytes_before = store.journal_bytes();
@@ -169,7 +170,7 @@ async fn an_io_error_refuses_writes_until_the_store_reopens_by_itself() {
     // Space is back: the store recovers without being reopened by its owner.
     full.store(false, Ordering::SeqCst);
     until_writable(&store).await;
-    let after = store.append(vec![entry(New, "a", "after")]).await.unwrap();
+    let after = append(&store, vec![entry(New, "a", "after")]).await;
     let read = store.read(New, None, 10).unwrap();
     assert_eq!(payloads(&read), ["kept 1", "kept 2", "after"]);
     assert_eq!(seqs(&read)[..2], before[..]);
@@ -178,10 +179,7 @@ async fn an_io_error_refuses_writes_until_the_store_reopens_by_itself() {
     assert_eq!(store.journal_bytes(), bytes_before + 5);
     // The intent survived, and still commits.
     assert_eq!(store.pending_intent_count(), 1);
-    store
-        .commit_intent(intent, vec![entry(Old, "a", "committed")])
-        .await
-        .unwrap();
+    commit(&store, intent, vec![entry(Old, "a", "committed")]).await;
     assert_eq!(store.pending_intent_count(), 0);
     drop(store);
 
@@ -205,14 +203,8 @@ async fn the_journal_cap_refuses_new_writes_until_it_drains() {
     };
     let store = StateStore::open_with(dir.path(), options).await.unwrap();
     let admitted = store.record_intent(b"admitted".to_vec()).await.unwrap();
-    let s = store
-        .append(vec![entry(New, "a", &"x".repeat(60))])
-        .await
-        .unwrap();
-    store
-        .append(vec![entry(Old, "a", &"y".repeat(50))])
-        .await
-        .unwrap();
+    let s = append(&store, vec![entry(New, "a", &"x".repeat(60))]).await;
+    append(&store, vec![entry(Old, "a", &"y".repeat(50))]).await;
     assert_eq!(store.journal_bytes(), 110);
     assert!(store.health().journal_full());
 
@@ -243,10 +235,7 @@ async fn the_journal_cap_refuses_new_writes_until_it_drains() {
     assert_eq!(store.pending_intent_count(), 1);
     // An intent admitted before the cap was reached still commits: its write may be on the
     // primary already.
-    store
-        .commit_intent(admitted, vec![entry(New, "a", "admitted")])
-        .await
-        .unwrap();
+    commit(&store, admitted, vec![entry(New, "a", "admitted")]).await;
     assert_eq!(store.journal_bytes(), 118);
     drop(store);
 
@@ -257,10 +246,7 @@ async fn the_journal_cap_refuses_new_writes_until_it_drains() {
     store.remove(New, &[s[0]]).await.unwrap();
     assert_eq!(store.journal_bytes(), 58);
     assert!(store.writable().is_ok());
-    store
-        .append(vec![entry(New, "a", "accepted again")])
-        .await
-        .unwrap();
+    append(&store, vec![entry(New, "a", "accepted again")]).await;
 }
 
 #[tokio::test]
@@ -310,7 +296,7 @@ async fn a_format_1_file_is_migrated_once_with_its_lag() {
     // The index follows later changes: removing the oldest of "a" finds the next.
     store.remove(New, &[Seq(3)]).await.unwrap();
     assert_eq!(store.lag(New).collections["a"].oldest_created_ms, 700);
-    let next = store.append(vec![entry(New, "a", "n")]).await.unwrap();
+    let next = append(&store, vec![entry(New, "a", "n")]).await;
     assert_eq!(next, [Seq(10)]);
     drop(store);
 

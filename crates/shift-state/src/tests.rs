@@ -21,6 +21,16 @@ pub(crate) fn entry(target: BackendName, collection: &str, payload: &str) -> New
     }
 }
 
+/// Appends `entries`; their seqs.
+pub(crate) async fn append(store: &Store, entries: Vec<NewEntry>) -> Vec<Seq> {
+    store.append(entries).await.unwrap()
+}
+
+/// Commits `intent` as `entries`; their seqs.
+pub(crate) async fn commit(store: &Store, intent: IntentId, entries: Vec<NewEntry>) -> Vec<Seq> {
+    store.commit_intent(intent, entries).await.unwrap()
+}
+
 pub(crate) fn payloads(entries: &[JournalEntry]) -> Vec<String> {
     entries
         .iter()
@@ -35,16 +45,17 @@ pub(crate) fn seqs(entries: &[JournalEntry]) -> Vec<Seq> {
 #[tokio::test]
 async fn seqs_keep_increasing_across_reopen_even_when_the_journal_was_emptied() {
     let (dir, store) = fresh_store().await;
-    let first = store
-        .append(vec![
+    let first = append(
+        &store,
+        vec![
             entry(New, "a", "1"),
             entry(Old, "a", "2"),
             entry(New, "b", "3"),
-        ])
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(first, vec![Seq(1), Seq(2), Seq(3)]);
-    let second = store.append(vec![entry(New, "a", "4")]).await.unwrap();
+    let second = append(&store, vec![entry(New, "a", "4")]).await;
     assert_eq!(second, vec![Seq(4)]);
     assert_eq!(
         payloads(&store.read(New, None, 10).unwrap()),
@@ -59,10 +70,7 @@ async fn seqs_keep_increasing_across_reopen_even_when_the_journal_was_emptied() 
 
     let store = StateStore::open(dir.path()).await.unwrap();
     assert!(store.read(New, None, 10).unwrap().is_empty());
-    let third = store
-        .append(vec![entry(New, "a", "5"), entry(New, "a", "6")])
-        .await
-        .unwrap();
+    let third = append(&store, vec![entry(New, "a", "5"), entry(New, "a", "6")]).await;
     assert_eq!(third, vec![Seq(5), Seq(6)]);
     drop(store);
 
@@ -87,10 +95,7 @@ async fn commit_intent_swaps_the_intent_for_entries_atomically() {
     );
     assert!(store.read(New, None, 10).unwrap().is_empty());
 
-    let appended = store
-        .commit_intent(id, vec![entry(New, "c1", "upsert x")])
-        .await
-        .unwrap();
+    let appended = commit(&store, id, vec![entry(New, "c1", "upsert x")]).await;
     assert_eq!(appended.len(), 1);
     drop(store);
 
@@ -146,13 +151,8 @@ async fn read_pages_with_after_and_limit() {
     let mut written = Vec::new();
     for i in 0..10 {
         // Interleave the other target, so seqs of one journal have gaps.
-        written.extend(
-            store
-                .append(vec![entry(New, "c", &i.to_string())])
-                .await
-                .unwrap(),
-        );
-        store.append(vec![entry(Old, "c", "other")]).await.unwrap();
+        written.extend(append(&store, vec![entry(New, "c", &i.to_string())]).await);
+        append(&store, vec![entry(Old, "c", "other")]).await;
     }
 
     let mut cursor = None;
@@ -180,15 +180,16 @@ async fn read_pages_with_after_and_limit() {
 #[tokio::test]
 async fn remove_and_park_update_lag_and_dead_letters() {
     let (dir, store) = fresh_store().await;
-    let s = store
-        .append(vec![
+    let s = append(
+        &store,
+        vec![
             entry(New, "a", "1"),
             entry(New, "a", "2"),
             entry(New, "b", "3"),
             entry(New, "b", "4"),
-        ])
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(store.lag(New).entries, 4);
 
     store.remove(New, &[s[0]]).await.unwrap();
@@ -234,19 +235,21 @@ async fn remove_and_park_update_lag_and_dead_letters() {
 #[tokio::test]
 async fn lag_counts_per_collection_with_the_oldest_creation_time() {
     let (dir, store) = fresh_store().await;
-    let first = store
-        .append(vec![entry(New, "a", "1"), entry(New, "", "no collection")])
-        .await
-        .unwrap();
+    let first = append(
+        &store,
+        vec![entry(New, "a", "1"), entry(New, "", "no collection")],
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let later = store
-        .append(vec![
+    let later = append(
+        &store,
+        vec![
             entry(New, "a", "2"),
             entry(New, "b", "3"),
             entry(Old, "a", "x"),
-        ])
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     let created = |seq: Seq| {
         store
             .read(New, None, 10)
@@ -327,10 +330,11 @@ async fn concurrent_appends_each_get_their_own_seq() {
             let start = start.clone();
             tokio::spawn(async move {
                 start.wait().await;
-                store
-                    .append(vec![entry(New, &format!("c{}", i % 7), &i.to_string())])
-                    .await
-                    .unwrap()
+                append(
+                    &store,
+                    vec![entry(New, &format!("c{}", i % 7), &i.to_string())],
+                )
+                .await
             })
         })
         .collect();
@@ -466,11 +470,8 @@ async fn watch_appends_wakes_a_waiting_worker() {
         appended.changed().await.unwrap();
         *appended.borrow_and_update()
     });
-    store
-        .append(vec![entry(Old, "c", "other target")])
-        .await
-        .unwrap();
-    let seqs = store.append(vec![entry(New, "c", "x")]).await.unwrap();
+    append(&store, vec![entry(Old, "c", "other target")]).await;
+    let seqs = append(&store, vec![entry(New, "c", "x")]).await;
     assert_eq!(worker.await.unwrap(), Some(seqs[0]));
     drop(store);
 
@@ -558,10 +559,7 @@ async fn pending_intent_count_follows_record_commit_discard_and_reopen() {
     let b = store.record_intent(b"b".to_vec()).await.unwrap();
     let c = store.record_intent(b"c".to_vec()).await.unwrap();
     assert_eq!(store.pending_intent_count(), 3);
-    store
-        .commit_intent(a, vec![entry(New, "x", "a")])
-        .await
-        .unwrap();
+    commit(&store, a, vec![entry(New, "x", "a")]).await;
     store.discard_intent(b).await.unwrap();
     store.discard_intent(b).await.unwrap(); // twice: counted once
     assert!(store.commit_intent(a, vec![]).await.is_err()); // refused: no change
@@ -581,15 +579,16 @@ async fn read_bounded_stops_at_the_byte_bound_but_returns_at_least_one() {
     let mut written = Vec::new();
     for (i, size) in sizes.iter().enumerate() {
         written.extend(
-            store
-                .append(vec![
+            append(
+                &store,
+                vec![
                     entry(New, "c", &"x".repeat(*size)),
                     entry(Old, "c", &i.to_string()),
-                ])
-                .await
-                .unwrap()
-                .into_iter()
-                .step_by(2),
+                ],
+            )
+            .await
+            .into_iter()
+            .step_by(2),
         );
     }
     let lens = |page: &[JournalEntry]| page.iter().map(|e| e.payload.len()).collect::<Vec<_>>();
@@ -633,14 +632,15 @@ async fn read_bounded_stops_at_the_byte_bound_but_returns_at_least_one() {
 #[tokio::test]
 async fn retarget_moves_entries_in_one_transaction_and_skips_missing_ones() {
     let (dir, store) = fresh_store().await;
-    let s = store
-        .append(vec![
+    let s = append(
+        &store,
+        vec![
             entry(New, "a", "1"),
             entry(New, "b", "2"),
             entry(New, "a", "3"),
-        ])
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     store.remove(New, &[s[1]]).await.unwrap();
     let mut appended = store.watch_appends(Old);
     appended.borrow_and_update();
@@ -693,14 +693,15 @@ async fn retarget_moves_entries_in_one_transaction_and_skips_missing_ones() {
 #[tokio::test]
 async fn dead_letters_are_redriven_to_the_end_of_the_journal_or_dropped() {
     let (dir, store) = fresh_store().await;
-    let s = store
-        .append(vec![
+    let s = append(
+        &store,
+        vec![
             entry(New, "a", "parked 1"),
             entry(New, "b", "parked 2"),
             entry(New, "a", "waiting"),
-        ])
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     store.park(New, s[0], "400: bad".into()).await.unwrap();
     store.park(New, s[1], "400: worse".into()).await.unwrap();
     assert_eq!(store.dead_letter_count(), 2);
@@ -736,6 +737,6 @@ async fn dead_letters_are_redriven_to_the_end_of_the_journal_or_dropped() {
     assert_eq!(store.dead_letter_count(), 0);
     assert_eq!(seqs(&store.read(New, None, 10).unwrap()), [s[2], redriven]);
     // Seqs stay unique: the next append comes after the re-driven entry.
-    let next = store.append(vec![entry(New, "a", "n")]).await.unwrap();
+    let next = append(&store, vec![entry(New, "a", "n")]).await;
     assert!(next[0] > redriven);
 }

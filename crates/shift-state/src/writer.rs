@@ -155,6 +155,25 @@ impl From<redb::StorageError> for Failure {
     }
 }
 
+/// A request's outcome as its answer, and the error that abandons the batch when it is fatal.
+fn settle<T>(
+    result: Result<T, Failure>,
+    done: impl FnOnce(Result<T, StoreError>) -> Done,
+) -> (Done, Option<StoreError>) {
+    match result {
+        Ok(value) => (done(Ok(value)), None),
+        Err(Failure::Refused(err)) => (done(Err(err)), None),
+        Err(Failure::Fatal(err)) => (done(Err(err.clone())), Some(err)),
+    }
+}
+
+/// What happened to a journal entry, for its index and the lag counts.
+#[derive(Clone, Copy)]
+enum Change {
+    Added,
+    Removed,
+}
+
 /// A request applied (or not) inside the transaction, waiting for the commit to answer it.
 enum Done {
     Intent(Reply<IntentId>, Result<IntentId, StoreError>),
@@ -355,101 +374,62 @@ impl Batch {
 
     /// Applies one request; `Err` only when the whole batch must be abandoned.
     fn apply(&mut self, t: &mut Tables<'_>, op: Op) -> Result<(), StoreError> {
-        match op {
+        let (done, fatal) = match op {
             Op::RecordIntent { payload, reply } => {
-                let r = self.record_intent(t, &payload);
-                self.settle(r, |r| Done::Intent(reply, r))
+                settle(self.record_intent(t, &payload), |r| Done::Intent(reply, r))
             }
             Op::CommitIntent { id, entries, reply } => {
-                let r = self.commit_intent(t, id, entries);
-                self.settle(r, |r| Done::Seqs(reply, r))
+                settle(self.commit_intent(t, id, entries), |r| Done::Seqs(reply, r))
             }
             Op::DiscardIntent { id, reply } => {
-                let r = self.discard_intent(t, id);
-                self.settle(r, |r| Done::Unit(reply, r))
+                settle(self.discard_intent(t, id), |r| Done::Unit(reply, r))
             }
             Op::Append { entries, reply } => {
-                let r = self.append_new(t, entries);
-                self.settle(r, |r| Done::Seqs(reply, r))
+                settle(self.append_new(t, entries), |r| Done::Seqs(reply, r))
             }
             Op::Remove {
                 target,
                 seqs,
                 reply,
-            } => {
-                let r = self.remove(t, target, &seqs);
-                self.settle(r, |r| Done::Unit(reply, r))
-            }
+            } => settle(self.remove(t, target, &seqs), |r| Done::Unit(reply, r)),
             Op::Park {
                 target,
                 seq,
                 reason,
                 reply,
-            } => {
-                let r = self.park(t, target, seq, &reason);
-                self.settle(r, |r| Done::Unit(reply, r))
-            }
+            } => settle(self.park(t, target, seq, &reason), |r| Done::Unit(reply, r)),
             Op::Put {
                 table,
                 key,
                 value,
                 reply,
             } => {
-                let r = t
-                    .map(table)
-                    .insert(key.as_str(), value.as_slice())
-                    .map(|_| ())
-                    .map_err(Failure::from);
-                self.settle(r, |r| Done::Unit(reply, r))
+                let r = t.map(table).insert(key.as_str(), value.as_slice());
+                settle(r.map(|_| ()).map_err(Failure::from), |r| {
+                    Done::Unit(reply, r)
+                })
             }
             Op::Delete { table, key, reply } => {
-                let r = t
-                    .map(table)
-                    .remove(key.as_str())
-                    .map(|_| ())
-                    .map_err(Failure::from);
-                self.settle(r, |r| Done::Unit(reply, r))
+                let r = t.map(table).remove(key.as_str());
+                settle(r.map(|_| ()).map_err(Failure::from), |r| {
+                    Done::Unit(reply, r)
+                })
             }
             Op::Retarget {
                 from,
                 moves,
                 to,
                 reply,
-            } => {
-                let r = self.retarget(t, from, moves, to);
-                self.settle(r, |r| Done::Seqs(reply, r))
-            }
+            } => settle(self.retarget(t, from, moves, to), |r| Done::Seqs(reply, r)),
             Op::RedriveDeadLetter { seq, reply } => {
-                let r = self.redrive(t, seq);
-                self.settle(r, |r| Done::Seq(reply, r))
+                settle(self.redrive(t, seq), |r| Done::Seq(reply, r))
             }
             Op::DropDeadLetter { seq, reply } => {
-                let r = self.drop_dead_letter(t, seq);
-                self.settle(r, |r| Done::Letter(reply, r))
+                settle(self.drop_dead_letter(t, seq), |r| Done::Letter(reply, r))
             }
-        }
-    }
-
-    /// Records a request's outcome; passes a fatal error up to abandon the batch.
-    fn settle<T>(
-        &mut self,
-        result: Result<T, Failure>,
-        done: impl FnOnce(Result<T, StoreError>) -> Done,
-    ) -> Result<(), StoreError> {
-        match result {
-            Ok(value) => {
-                self.done.push(done(Ok(value)));
-                Ok(())
-            }
-            Err(Failure::Refused(err)) => {
-                self.done.push(done(Err(err)));
-                Ok(())
-            }
-            Err(Failure::Fatal(err)) => {
-                self.done.push(done(Err(err.clone())));
-                Err(err)
-            }
-        }
+        };
+        self.done.push(done);
+        fatal.map_or(Ok(()), Err)
     }
 
     fn record_intent(&mut self, t: &mut Tables<'_>, payload: &[u8]) -> Result<IntentId, Failure> {
@@ -519,51 +499,40 @@ impl Batch {
                 .insert(seq.0, entry.bytes.as_slice())?;
             self.last_appended[schema::slot(entry.target)] = Some(seq);
             self.appended += 1;
-            self.added(t, entry.target, &entry.collection, seq, entry.payload_len)?;
+            let at = (entry.target, entry.collection.as_str(), seq);
+            self.reindex(t, Change::Added, at, entry.payload_len)?;
             seqs.push(seq);
         }
         Ok(seqs)
     }
 
-    /// Indexes a journal entry just inserted.
-    fn added(
+    /// Indexes a journal entry just inserted, or unindexes one just removed.
+    fn reindex(
         &mut self,
         t: &mut Tables<'_>,
-        target: BackendName,
-        collection: &str,
-        seq: Seq,
+        change: Change,
+        (target, collection, seq): (BackendName, &str, Seq),
         payload_len: u64,
     ) -> Result<(), Failure> {
-        t.index
-            .insert((schema::slot_key(target), collection, seq.0), self.now_ms)?;
-        self.journal_bytes += payload_len;
+        let key = (schema::slot_key(target), collection, seq.0);
+        let sign = match change {
+            Change::Added => {
+                t.index.insert(key, self.now_ms)?;
+                self.journal_bytes += payload_len;
+                1
+            }
+            Change::Removed => {
+                t.index.remove(key)?;
+                self.journal_bytes = self.journal_bytes.saturating_sub(payload_len);
+                -1
+            }
+        };
         let delta = self
             .touched
             .entry((schema::slot(target), collection.to_owned()))
             .or_default();
-        delta.0 += 1;
-        delta.1 += payload_len as i64;
-        Ok(())
-    }
-
-    /// Unindexes a journal entry just removed.
-    fn removed(
-        &mut self,
-        t: &mut Tables<'_>,
-        target: BackendName,
-        collection: &str,
-        seq: Seq,
-        payload_len: u64,
-    ) -> Result<(), Failure> {
-        t.index
-            .remove((schema::slot_key(target), collection, seq.0))?;
-        self.journal_bytes = self.journal_bytes.saturating_sub(payload_len);
-        let delta = self
-            .touched
-            .entry((schema::slot(target), collection.to_owned()))
-            .or_default();
-        delta.0 -= 1;
-        delta.1 -= payload_len as i64;
+        delta.0 += sign;
+        delta.1 += sign * payload_len as i64;
         Ok(())
     }
 
@@ -608,15 +577,29 @@ impl Batch {
         for &seq in seqs {
             // Removing an entry that is already gone is not an error: a replay worker that
             // restarted may remove twice.
-            let Some(old) = t.journal(target).remove(seq.0)? else {
-                continue;
-            };
-            let entry = decode_journal(target, seq, old.value()).map_err(Failure::Fatal)?;
-            let (collection, len) = (entry.collection.to_owned(), entry.payload.len() as u64);
-            drop(old);
-            self.removed(t, target, &collection, seq, len)?;
+            self.take(t, target, seq, |_| ())?;
         }
         Ok(())
+    }
+
+    /// Removes `seq` from `target`'s journal and unindexes it: its collection and what `with`
+    /// makes of it, or `None` when it is gone already.
+    fn take<R>(
+        &mut self,
+        t: &mut Tables<'_>,
+        target: BackendName,
+        seq: Seq,
+        with: impl FnOnce(&codec::EntryView<'_>) -> R,
+    ) -> Result<Option<(String, R)>, Failure> {
+        let Some(old) = t.journal(target).remove(seq.0)? else {
+            return Ok(None);
+        };
+        let entry = decode_journal(target, seq, old.value()).map_err(Failure::Fatal)?;
+        let made = with(&entry);
+        let (collection, len) = (entry.collection.to_owned(), entry.payload.len() as u64);
+        drop(old);
+        self.reindex(t, Change::Removed, (target, &collection, seq), len)?;
+        Ok(Some((collection, made)))
     }
 
     fn park(
@@ -626,16 +609,15 @@ impl Batch {
         seq: Seq,
         reason: &str,
     ) -> Result<(), Failure> {
-        let Some(old) = t.journals[schema::slot(target)].remove(seq.0)? else {
+        let now_ms = self.now_ms;
+        let Some((_, letter)) = self.take(t, target, seq, |e| {
+            codec::encode_dead_letter(e, now_ms, reason)
+        })?
+        else {
             return Err(Failure::Refused(StoreError::UnknownEntry { target, seq }));
         };
-        let entry = decode_journal(target, seq, old.value()).map_err(Failure::Fatal)?;
-        let letter = codec::encode_dead_letter(&entry, self.now_ms, reason);
-        let (collection, len) = (entry.collection.to_owned(), entry.payload.len() as u64);
-        drop(old);
         t.dead.insert(seq.0, letter.as_slice())?;
         self.dead_letters += 1;
-        self.removed(t, target, &collection, seq, len)?;
         Ok(())
     }
 }
@@ -652,13 +634,9 @@ impl Batch {
         let mut appended = Vec::with_capacity(moves.len());
         for (seq, payload) in moves {
             // An entry already applied, parked or moved is skipped, like a second remove.
-            let Some(old) = t.journal(from).remove(seq.0)? else {
+            let Some((collection, ())) = self.take(t, from, seq, |_| ())? else {
                 continue;
             };
-            let entry = decode_journal(from, seq, old.value()).map_err(Failure::Fatal)?;
-            let (collection, len) = (entry.collection.to_owned(), entry.payload.len() as u64);
-            drop(old);
-            self.removed(t, from, &collection, seq, len)?;
             let bytes = codec::encode_entry(to, &collection, &payload).map_err(Failure::Fatal)?;
             let mut seqs = self.append(
                 t,

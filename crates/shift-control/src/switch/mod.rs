@@ -274,16 +274,8 @@ impl TopologySwitch {
 
     /// Sets the write mode.
     pub async fn set_mode(&self, mode: MirrorMode) -> Result<Arc<Topology>, ChangeError> {
-        self.detached(move |core| async move {
-            let _changing = core.changing.lock().await;
-            let next = Topology {
-                mode,
-                ..(*core.current()).clone()
-            };
-            core.persist_and_swap(next).await?;
-            Ok(core.current())
-        })
-        .await
+        self.change_topology(move |topology| Topology { mode, ..topology })
+            .await
     }
 
     /// Sets the read policy.
@@ -295,12 +287,18 @@ impl TopologySwitch {
                 ));
             }
         }
+        self.change_topology(move |topology| Topology { reads, ..topology })
+            .await
+    }
+
+    /// Persists and installs `change` of the current topology, one change at a time.
+    async fn change_topology(
+        &self,
+        change: impl FnOnce(Topology) -> Topology + Send + 'static,
+    ) -> Result<Arc<Topology>, ChangeError> {
         self.detached(move |core| async move {
             let _changing = core.changing.lock().await;
-            let next = Topology {
-                reads,
-                ..(*core.current()).clone()
-            };
+            let next = change((*core.current()).clone());
             core.persist_and_swap(next).await?;
             Ok(core.current())
         })

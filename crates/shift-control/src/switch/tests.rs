@@ -150,6 +150,62 @@ pub(crate) struct Fixture {
     pub topology: SharedTopology,
 }
 
+impl Fixture {
+    /// Replaces the live topology with `change` of it.
+    fn change_topology(&self, change: impl FnOnce(&mut Topology)) {
+        let mut topology = (*self.topology.current()).clone();
+        change(&mut topology);
+        self.topology.replace(Arc::new(topology));
+    }
+
+    /// Runs a switch to its end; its report.
+    async fn run(&self, direction: Direction, request: SwitchRequest) -> SwitchReport {
+        self.switch.switch(direction, request).await.unwrap()
+    }
+
+    /// Records a failed heartbeat of `backend`.
+    fn down(&self, backend: BackendName) {
+        self.health.record(backend, Err("refused".into()), 1.0);
+    }
+}
+
+/// Starts a switch on its own task, as an admin request does.
+fn spawn_switch(
+    f: &Fixture,
+    direction: Direction,
+    request: SwitchRequest,
+) -> tokio::task::JoinHandle<Result<SwitchReport, ChangeError>> {
+    let switch = f.switch.clone();
+    tokio::spawn(async move { switch.switch(direction, request).await })
+}
+
+/// New is the primary and old's journal holds a reconciliation: a forced rollback, started.
+fn rolling_back_over_a_reconciliation() -> (
+    Fixture,
+    tokio::task::JoinHandle<Result<SwitchReport, ChangeError>>,
+) {
+    let f = fixture(BackendName::New);
+    f.state.push(BackendName::Old, &reconcile("c", "x"));
+    let running = spawn_switch(&f, Direction::Rollback, forced());
+    (f, running)
+}
+
+/// A switch request that gives up after `seconds`.
+fn within(seconds: u64) -> SwitchRequest {
+    SwitchRequest {
+        timeout: Some(Duration::from_secs(seconds)),
+        ..SwitchRequest::default()
+    }
+}
+
+/// A switch request with `force` set.
+fn forced() -> SwitchRequest {
+    SwitchRequest {
+        force: true,
+        ..SwitchRequest::default()
+    }
+}
+
 pub(crate) fn fixture(primary: BackendName) -> Fixture {
     let state = Arc::new(FakeState::default());
     let gate: Arc<dyn WriteGate> = Arc::new(LocalWriteGate::default());
@@ -217,20 +273,12 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
     let cases: [(&str, Setup, SwitchRequest); 6] = [
         (
             "direction",
-            |f| {
-                f.topology.replace(Arc::new(Topology {
-                    primary: BackendName::New,
-                    ..(*f.topology.current()).clone()
-                }))
-            },
+            |f| f.change_topology(|t| t.primary = BackendName::New),
             SwitchRequest::default(),
         ),
         (
             "target_healthy",
-            |f| {
-                f.health
-                    .record(BackendName::New, Err("refused".into()), 1.0)
-            },
+            |f| f.down(BackendName::New),
             SwitchRequest::default(),
         ),
         (
@@ -253,20 +301,12 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
         ),
         (
             "not_paused",
-            |f| {
-                f.topology.replace(Arc::new(Topology {
-                    paused: true,
-                    ..(*f.topology.current()).clone()
-                }))
-            },
+            |f| f.change_topology(|t| t.paused = true),
             SwitchRequest::default(),
         ),
         (
             "primary_healthy",
-            |f| {
-                f.health
-                    .record(BackendName::Old, Err("refused".into()), 1.0)
-            },
+            |f| f.down(BackendName::Old),
             SwitchRequest::default(),
         ),
     ];
@@ -274,7 +314,7 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
         let f = fixture(BackendName::Old);
         setup(&f);
         let primary = f.topology.current().primary;
-        let report = f.switch.switch(Direction::Cutover, request).await.unwrap();
+        let report = f.run(Direction::Cutover, request).await;
         assert!(!report.switched, "{name}");
         let refused = report.refused.unwrap_or_default();
         assert!(refused.starts_with(name), "{name}: {refused}");
@@ -293,17 +333,9 @@ async fn each_failed_check_refuses_the_switch_and_changes_nothing() {
 async fn force_overrides_dead_letters_lag_and_a_down_primary_but_not_a_down_target() {
     let f = fixture(BackendName::New);
     f.state.lock().dead_letters = 2;
-    f.health
-        .record(BackendName::New, Err("refused".into()), 1.0);
-    let forced = SwitchRequest {
-        force: true,
-        ..SwitchRequest::default()
-    };
-    let report = f
-        .switch
-        .switch(Direction::Rollback, forced.clone())
-        .await
-        .unwrap();
+    f.down(BackendName::New);
+    let forced = forced();
+    let report = f.run(Direction::Rollback, forced.clone()).await;
     assert!(report.switched, "{report:?}");
     let overridden: Vec<_> = report
         .checks
@@ -314,9 +346,8 @@ async fn force_overrides_dead_letters_lag_and_a_down_primary_but_not_a_down_targ
     assert_eq!(overridden, ["no_dead_letters", "primary_healthy"]);
 
     let f = fixture(BackendName::New);
-    f.health
-        .record(BackendName::Old, Err("refused".into()), 1.0);
-    let report = f.switch.switch(Direction::Rollback, forced).await.unwrap();
+    f.down(BackendName::Old);
+    let report = f.run(Direction::Rollback, forced).await;
     assert!(!report.switched);
     assert!(report.refused.unwrap().starts_with("target_healthy"));
 }
@@ -326,16 +357,14 @@ async fn a_dry_run_says_the_plan_and_changes_nothing() {
     let f = fixture(BackendName::Old);
     f.state.push(BackendName::New, &records("c", "a"));
     let report = f
-        .switch
-        .switch(
+        .run(
             Direction::Cutover,
             SwitchRequest {
                 dry_run: true,
                 ..SwitchRequest::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
     assert!(!report.switched && report.refused.is_none());
     assert!(report.plan.len() >= 5, "{:?}", report.plan);
     assert_unchanged(&f, BackendName::Old);
@@ -347,14 +376,7 @@ async fn writes_are_held_while_the_journal_drains_then_go_to_the_new_primary() {
     let f = fixture(BackendName::Old);
     f.state.push(BackendName::New, &records("c", "a"));
     f.state.push(BackendName::New, &records("c", "b"));
-    let running = {
-        let switch = f.switch.clone();
-        tokio::spawn(async move {
-            switch
-                .switch(Direction::Cutover, SwitchRequest::default())
-                .await
-        })
-    };
+    let running = spawn_switch(&f, Direction::Cutover, SwitchRequest::default());
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Gate closed, journal not drained: a write waits, and nothing has changed yet.
     let held = {
@@ -390,17 +412,7 @@ async fn writes_are_held_while_the_journal_drains_then_go_to_the_new_primary() {
 async fn a_journal_that_does_not_drain_in_time_leaves_everything_as_it_was() {
     let f = fixture(BackendName::Old);
     f.state.push(BackendName::New, &records("c", "a"));
-    let report = f
-        .switch
-        .switch(
-            Direction::Cutover,
-            SwitchRequest {
-                timeout: Some(Duration::from_secs(2)),
-                ..SwitchRequest::default()
-            },
-        )
-        .await
-        .unwrap();
+    let report = f.run(Direction::Cutover, within(2)).await;
     assert!(!report.switched);
     let refused = report.refused.unwrap();
     assert!(
@@ -416,17 +428,7 @@ async fn a_journal_that_does_not_drain_in_time_leaves_everything_as_it_was() {
 async fn writes_in_flight_that_do_not_settle_in_time_abandon_the_switch() {
     let f = fixture(BackendName::Old);
     f.state.lock().pending_intents = 1;
-    let report = f
-        .switch
-        .switch(
-            Direction::Cutover,
-            SwitchRequest {
-                timeout: Some(Duration::from_secs(1)),
-                ..SwitchRequest::default()
-            },
-        )
-        .await
-        .unwrap();
+    let report = f.run(Direction::Cutover, within(1)).await;
     assert!(!report.switched);
     assert!(report.refused.unwrap().contains("did not settle"));
     assert_unchanged(&f, BackendName::Old);
@@ -467,17 +469,7 @@ async fn a_forced_rollback_moves_what_needs_the_dead_store_to_its_own_queue() {
             }
         })
     };
-    let report = f
-        .switch
-        .switch(
-            Direction::Rollback,
-            SwitchRequest {
-                force: true,
-                ..SwitchRequest::default()
-            },
-        )
-        .await
-        .unwrap();
+    let report = f.run(Direction::Rollback, forced()).await;
     replay.abort();
     assert!(report.switched, "{report:?}");
     assert_eq!(report.moved_entries, 3);
@@ -504,8 +496,7 @@ async fn a_forced_rollback_that_times_out_moves_the_reconciliations_back() {
     let f = dead_new_primary();
     // No replay: the acknowledged writes never drain.
     let report = f
-        .switch
-        .switch(
+        .run(
             Direction::Rollback,
             SwitchRequest {
                 force: true,
@@ -513,8 +504,7 @@ async fn a_forced_rollback_that_times_out_moves_the_reconciliations_back() {
                 ..SwitchRequest::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
     assert!(!report.switched);
     assert!(report.refused.unwrap().contains("2 entries left"));
     assert_eq!(
@@ -529,22 +519,7 @@ async fn a_forced_rollback_that_times_out_moves_the_reconciliations_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rollback_with_both_stores_up_drains_reconciliations_where_they_are() {
-    let f = fixture(BackendName::New);
-    f.state.push(BackendName::Old, &reconcile("c", "x"));
-    let running = {
-        let switch = f.switch.clone();
-        tokio::spawn(async move {
-            switch
-                .switch(
-                    Direction::Rollback,
-                    SwitchRequest {
-                        force: true,
-                        ..SwitchRequest::default()
-                    },
-                )
-                .await
-        })
-    };
+    let (f, running) = rolling_back_over_a_reconciliation();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         f.state.waiting(BackendName::New),
@@ -560,14 +535,7 @@ async fn a_rollback_with_both_stores_up_drains_reconciliations_where_they_are() 
 async fn a_caller_that_goes_away_does_not_stop_a_switch_halfway() {
     let f = fixture(BackendName::Old);
     f.state.push(BackendName::New, &records("c", "a"));
-    let caller = {
-        let switch = f.switch.clone();
-        tokio::spawn(async move {
-            switch
-                .switch(Direction::Cutover, SwitchRequest::default())
-                .await
-        })
-    };
+    let caller = spawn_switch(&f, Direction::Cutover, SwitchRequest::default());
     tokio::time::sleep(Duration::from_millis(100)).await;
     caller.abort();
     f.state.lock().journals.clear();
@@ -686,22 +654,7 @@ async fn an_unreadable_persisted_topology_stops_the_start() {
 
 #[tokio::test(start_paused = true)]
 async fn a_forced_switch_moves_once_the_primary_is_seen_down_during_the_drain() {
-    let f = fixture(BackendName::New);
-    f.state.push(BackendName::Old, &reconcile("c", "x"));
-    let running = {
-        let switch = f.switch.clone();
-        tokio::spawn(async move {
-            switch
-                .switch(
-                    Direction::Rollback,
-                    SwitchRequest {
-                        force: true,
-                        ..SwitchRequest::default()
-                    },
-                )
-                .await
-        })
-    };
+    let (f, running) = rolling_back_over_a_reconciliation();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!running.is_finished());
     assert_eq!(f.state.waiting(BackendName::New), 0);

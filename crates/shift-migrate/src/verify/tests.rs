@@ -71,14 +71,7 @@ fn the_sample_is_deterministic_and_bounded() {
 fn classify_names_each_kind() {
     let source = Records {
         ids: ids(&["same", "emb", "meta", "doc", "uri", "gone"]),
-        embeddings: Some(vec![
-            Some(vec![1.0, 2.0]),
-            Some(vec![1.0, 2.0]),
-            Some(vec![1.0, 2.0]),
-            Some(vec![1.0, 2.0]),
-            Some(vec![1.0, 2.0]),
-            Some(vec![1.0, 2.0]),
-        ]),
+        embeddings: Some(vec![Some(vec![1.0, 2.0]); 6]),
         metadatas: Some(vec![
             Some(json!({"a": 1, "b": "x"})),
             None,

@@ -103,6 +103,19 @@ impl Applier {
     }
 
     /// The target's tenant and database for a client's.
+    /// The target's tenant, database and id for the client's `collection`, created on the
+    /// target first when it is missing there.
+    async fn locate(
+        &self,
+        target: BackendName,
+        collection: &str,
+    ) -> Result<(String, String, BackendCollectionId), ApplyError> {
+        let entry = self.entry(collection)?;
+        let id = self.ensure(target, &entry).await?;
+        let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+        Ok((tenant, database, id))
+    }
+
     fn namespace(&self, target: BackendName, tenant: &str, database: &str) -> (String, String) {
         let ns = self
             .resolver
@@ -163,10 +176,7 @@ impl Applier {
             .map
             .update(&entry.client_id, |e| e.set_id(target, stored))
             .await
-            .map_err(|e| ApplyError::Retry {
-                reason: e.to_string(),
-                retry_after: None,
-            })?;
+            .map_err(ApplyError::retry_later)?;
         Ok(id)
     }
 
@@ -176,25 +186,29 @@ impl Applier {
         tenant: &str,
         database: &str,
     ) -> Result<(), ApplyError> {
+        self.create_tenant(target, tenant).await?;
+        self.create_database(target, tenant, database).await
+    }
+
+    /// Creates a tenant (target's names); one that exists already is fine.
+    async fn create_tenant(&self, target: BackendName, tenant: &str) -> Result<(), ApplyError> {
+        let body = json!({ "name": tenant });
         let answer = self
-            .call(
-                target,
-                Method::POST,
-                &paths::tenants(),
-                Some(&json!({"name": tenant})),
-            )
+            .call(target, Method::POST, &paths::tenants(), Some(&body))
             .await?;
-        accept(target, "create tenant", answer, StatusCode::CONFLICT)?;
-        let answer = self
-            .call(
-                target,
-                Method::POST,
-                &paths::databases(tenant),
-                Some(&json!({"name": database})),
-            )
-            .await?;
-        accept(target, "create database", answer, StatusCode::CONFLICT)?;
-        Ok(())
+        accept(target, "create tenant", answer, StatusCode::CONFLICT)
+    }
+
+    /// Creates a database (target's names); one that exists already is fine.
+    async fn create_database(
+        &self,
+        target: BackendName,
+        tenant: &str,
+        database: &str,
+    ) -> Result<(), ApplyError> {
+        let (path, body) = (paths::databases(tenant), json!({ "name": database }));
+        let answer = self.call(target, Method::POST, &path, Some(&body)).await?;
+        accept(target, "create database", answer, StatusCode::CONFLICT)
     }
 
     /// Applies `op` to `target`.
@@ -213,9 +227,7 @@ impl Applier {
                 self.ensure(target, &entry).await.map(|_| ())
             }
             MirrorOp::UpdateCollection { collection, body } => {
-                let entry = self.entry(collection)?;
-                let id = self.ensure(target, &entry).await?;
-                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let (tenant, database, id) = self.locate(target, collection).await?;
                 let answer = self
                     .call(
                         target,
@@ -231,27 +243,31 @@ impl Applier {
                 tenant,
                 database,
                 name,
-            } => {
-                self.delete_collection(target, collection.as_deref(), tenant, database, name)
-                    .await
             }
-            MirrorOp::ReconcileCollection {
+            | MirrorOp::ReconcileCollection {
                 collection,
                 tenant,
                 database,
                 name,
             } => {
-                self.reconcile_collection(target, collection.as_deref(), tenant, database, name)
-                    .await
+                let named = NamedCollection {
+                    client_id: collection.as_deref(),
+                    tenant,
+                    database,
+                    name,
+                };
+                if matches!(op, MirrorOp::DeleteCollection { .. }) {
+                    self.delete_collection(target, named).await
+                } else {
+                    self.reconcile_collection(target, named).await
+                }
             }
             MirrorOp::ForkCollection {
                 source,
                 fork,
                 new_name,
             } => {
-                let entry = self.entry(source)?;
-                let id = self.ensure(target, &entry).await?;
-                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let (tenant, database, id) = self.locate(target, source).await?;
                 let path = paths::collection_verb(&tenant, &database, &id, "fork");
                 let answer = self
                     .call(
@@ -268,59 +284,28 @@ impl Applier {
                         .map
                         .update(fork, |e| e.set_id(target, fork_id))
                         .await
-                        .map_err(|e| ApplyError::Retry {
-                            reason: e.to_string(),
-                            retry_after: None,
-                        })?;
+                        .map_err(ApplyError::retry_later)?;
                 }
                 Ok(())
             }
             MirrorOp::CreateTenant { name } => {
                 let ns = self.resolver.namespaces.to_backend(target, name, None);
-                let answer = self
-                    .call(
-                        target,
-                        Method::POST,
-                        &paths::tenants(),
-                        Some(&json!({"name": ns.tenant})),
-                    )
-                    .await?;
-                accept(target, "create tenant", answer, StatusCode::CONFLICT)
+                self.create_tenant(target, &ns.tenant).await
             }
             MirrorOp::UpdateTenant { tenant, body } => {
                 let ns = self.resolver.namespaces.to_backend(target, tenant, None);
-                let answer = self
-                    .call(
-                        target,
-                        Method::PATCH,
-                        &paths::tenant(&ns.tenant),
-                        Some(body),
-                    )
-                    .await?;
+                let path = paths::tenant(&ns.tenant);
+                let answer = self.call(target, Method::PATCH, &path, Some(body)).await?;
                 check(target, "update tenant", answer).map(|_| ())
             }
             MirrorOp::CreateDatabase { tenant, name } => {
                 let (tenant, database) = self.namespace(target, tenant, name);
-                let answer = self
-                    .call(
-                        target,
-                        Method::POST,
-                        &paths::databases(&tenant),
-                        Some(&json!({"name": database})),
-                    )
-                    .await?;
-                accept(target, "create database", answer, StatusCode::CONFLICT)
+                self.create_database(target, &tenant, &database).await
             }
             MirrorOp::DeleteDatabase { tenant, database } => {
                 let (tenant, database) = self.namespace(target, tenant, database);
-                let answer = self
-                    .call(
-                        target,
-                        Method::DELETE,
-                        &paths::database(&tenant, &database),
-                        None,
-                    )
-                    .await?;
+                let path = paths::database(&tenant, &database);
+                let answer = self.call(target, Method::DELETE, &path, None).await?;
                 accept(target, "delete database", answer, StatusCode::NOT_FOUND)
             }
             MirrorOp::ForgetMissing {
@@ -328,9 +313,7 @@ impl Applier {
                 body,
                 ids,
             } => {
-                let entry = self.entry(collection)?;
-                let id = self.ensure(target, &entry).await?;
-                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let (tenant, database, id) = self.locate(target, collection).await?;
                 for (verb, body) in [("update", body.clone()), ("delete", json!({ "ids": ids }))] {
                     let path = paths::collection_verb(&tenant, &database, &id, verb);
                     let answer = self.call(target, Method::POST, &path, Some(&body)).await?;
@@ -343,9 +326,7 @@ impl Applier {
                 suffix,
                 body,
             } => {
-                let entry = self.entry(collection)?;
-                let id = self.ensure(target, &entry).await?;
-                let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+                let (tenant, database, id) = self.locate(target, collection).await?;
                 let path = format!("{}/{suffix}", paths::collection(&tenant, &database, &id));
                 let answer = self.call(target, Method::POST, &path, Some(body)).await?;
                 // A 404 here names the function, not the collection (just ensured).
@@ -371,9 +352,7 @@ impl Applier {
         {
             return Ok(());
         }
-        let entry = self.entry(collection)?;
-        let id = self.ensure(target, &entry).await?;
-        let (tenant, database) = self.namespace(target, &entry.tenant, &entry.database);
+        let (tenant, database, id) = self.locate(target, collection).await?;
         let path = paths::collection_verb(&tenant, &database, &id, kind.verb());
         let max = self.max_batch(target).await;
         for part in split_record_body(body, max) {
@@ -516,10 +495,12 @@ impl Applier {
     async fn delete_collection(
         &self,
         target: BackendName,
-        collection: Option<&str>,
-        tenant: &str,
-        database: &str,
-        name: &str,
+        NamedCollection {
+            client_id,
+            tenant,
+            database,
+            name,
+        }: NamedCollection<'_>,
     ) -> Result<(), ApplyError> {
         let (t_tenant, t_database) = self.namespace(target, tenant, database);
         let answer = self
@@ -531,16 +512,13 @@ impl Applier {
             )
             .await?;
         accept(target, "delete collection", answer, StatusCode::NOT_FOUND)?;
-        if let Some(client_id) = collection {
+        if let Some(client_id) = client_id {
             if self.resolver.map.get(client_id).is_some_and(|e| e.deleted) {
                 self.resolver
                     .map
                     .remove(client_id)
                     .await
-                    .map_err(|e| ApplyError::Retry {
-                        reason: e.to_string(),
-                        retry_after: None,
-                    })?;
+                    .map_err(ApplyError::retry_later)?;
             }
         }
         Ok(())
@@ -551,16 +529,17 @@ impl Applier {
     async fn reconcile_collection(
         &self,
         target: BackendName,
-        collection: Option<&str>,
-        tenant: &str,
-        database: &str,
-        name: &str,
+        named: NamedCollection<'_>,
     ) -> Result<(), ApplyError> {
         let source = target.other();
-        let known = collection.and_then(|c| self.resolver.map.get(c));
+        let known = named.client_id.and_then(|c| self.resolver.map.get(c));
         let (tenant, database, name) = match &known {
             Some(e) => (e.tenant.clone(), e.database.clone(), e.name.clone()),
-            None => (tenant.to_owned(), database.to_owned(), name.to_owned()),
+            None => (
+                named.tenant.to_owned(),
+                named.database.to_owned(),
+                named.name.to_owned(),
+            ),
         };
         // By id when the source's id is known: `.../collections/{x}` takes `x` as a name, and a
         // UUID-shaped name is found nowhere, which would read as "deleted".
@@ -596,8 +575,13 @@ impl Applier {
                 check(target, "update collection", answer).map(|_| ())
             }
             None => {
-                self.delete_collection(target, collection, &tenant, &database, &name)
-                    .await
+                let gone = NamedCollection {
+                    tenant: &tenant,
+                    database: &database,
+                    name: &name,
+                    ..named
+                };
+                self.delete_collection(target, gone).await
             }
         }
     }
@@ -626,4 +610,13 @@ impl ApplyTarget for Applier {
     fn max_batch(&self, target: BackendName) -> impl std::future::Future<Output = usize> + Send {
         Applier::max_batch(self, target)
     }
+}
+
+/// A collection as a lifecycle entry names it: the client's id when known, and its names.
+#[derive(Clone, Copy)]
+struct NamedCollection<'a> {
+    client_id: Option<&'a str>,
+    tenant: &'a str,
+    database: &'a str,
+    name: &'a str,
 }

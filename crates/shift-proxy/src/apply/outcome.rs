@@ -114,6 +114,14 @@ impl ApplyError {
             dimension_mismatch: false,
         }
     }
+
+    /// Worth retrying later, with no hint of when: a local failure such as the state's.
+    pub(super) fn retry_later(error: impl std::fmt::Display) -> ApplyError {
+        ApplyError::Retry {
+            reason: error.to_string(),
+            retry_after: None,
+        }
+    }
 }
 
 impl From<BackendError> for ApplyError {

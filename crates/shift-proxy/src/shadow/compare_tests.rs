@@ -7,6 +7,11 @@ fn query(ids: &[&[&str]], distances: &[&[f64]]) -> QueryResult {
         .unwrap()
 }
 
+/// The mismatch a comparison reports, if any.
+fn said(c: &Comparison) -> Option<&str> {
+    c.mismatch.as_deref()
+}
+
 fn typed<T: DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).unwrap()
 }
@@ -33,10 +38,7 @@ fn a_missing_record_lowers_recall_and_is_named() {
     );
     let c = compare_query(&primary, &secondary);
     assert_eq!(c.recall, Some(0.8));
-    assert_eq!(
-        c.mismatch.as_deref(),
-        Some("recall@10 0.80, missing [b, i]")
-    );
+    assert_eq!(said(&c), Some("recall@10 0.80, missing [b, i]"));
 }
 
 #[test]
@@ -45,18 +47,12 @@ fn recall_is_over_all_query_embeddings() {
     let secondary = query(&[&["a", "b"], &["c", "z"]], &[&[0.1, 0.2], &[0.1, 0.9]]);
     let c = compare_query(&primary, &secondary);
     assert_eq!(c.recall, Some(0.75));
-    assert_eq!(
-        c.mismatch.as_deref(),
-        Some("recall@2 0.75 over 2 queries, missing [d]")
-    );
+    assert_eq!(said(&c), Some("recall@2 0.75 over 2 queries, missing [d]"));
     // A record missing from several queries is named once.
     let primary = query(&[&["a", "b"], &["b", "c"]], &[&[0.1, 0.2], &[0.1, 0.2]]);
     let secondary = query(&[&["a", "x"], &["c", "y"]], &[&[0.1, 0.9], &[0.2, 0.9]]);
     let c = compare_query(&primary, &secondary);
-    assert_eq!(
-        c.mismatch.as_deref(),
-        Some("recall@2 0.50 over 2 queries, missing [b]")
-    );
+    assert_eq!(said(&c), Some("recall@2 0.50 over 2 queries, missing [b]"));
 }
 
 #[test]
@@ -72,10 +68,7 @@ fn drift_below_epsilon_is_noise_and_above_is_a_mismatch() {
     let drift = c.drift.unwrap();
     assert!((drift - 0.05).abs() < 1e-6, "relative to 2.0: {drift}");
     assert_eq!(c.recall, Some(1.0));
-    assert_eq!(
-        c.mismatch.as_deref(),
-        Some("distance drift 0.0500 (above 0.001)")
-    );
+    assert_eq!(said(&c), Some("distance drift 0.0500 (above 0.001)"));
 }
 
 #[test]
@@ -97,7 +90,7 @@ fn a_closer_record_only_on_the_secondary_is_no_tie() {
     let primary = query(&[&["a", "b", "c"]], &[&[0.1, 0.2, 0.3]]);
     let secondary = query(&[&["z", "a", "b"]], &[&[0.05, 0.1, 0.2]]);
     let c = compare_query(&primary, &secondary);
-    assert_eq!(c.mismatch.as_deref(), Some("recall@3 0.66, missing [c]"));
+    assert_eq!(said(&c), Some("recall@3 0.66, missing [c]"));
 }
 
 #[test]
@@ -109,7 +102,7 @@ fn queries_without_distances_compare_ids_only() {
     assert_eq!(c.drift, None);
     let secondary = typed(json!({"ids": [["b"]], "distances": null}));
     let c = compare_query(&primary, &secondary);
-    assert_eq!(c.mismatch.as_deref(), Some("recall@2 0.50, missing [a]"));
+    assert_eq!(said(&c), Some("recall@2 0.50, missing [a]"));
 }
 
 #[test]
@@ -225,7 +218,7 @@ fn long_id_lists_are_cut() {
     let primary = typed(json!({ "ids": ids }));
     let c = compare_get(&primary, &Records::default(), true);
     assert_eq!(
-        c.mismatch.as_deref(),
+        said(&c),
         Some("get: 8 ids only on primary [r0, r1, r2, r3, r4, ...]")
     );
 }
