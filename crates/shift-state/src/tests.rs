@@ -22,12 +22,16 @@ pub(crate) fn entry(target: BackendName, collection: &str, payload: &str) -> New
 }
 
 /// Appends `entries`; their seqs.
-pub(crate) async fn append(store: &Store, entries: Vec<NewEntry>) -> Vec<Seq> {
+pub(crate) async fn append(store: &StateStore, entries: Vec<NewEntry>) -> Vec<Seq> {
     store.append(entries).await.unwrap()
 }
 
 /// Commits `intent` as `entries`; their seqs.
-pub(crate) async fn commit(store: &Store, intent: IntentId, entries: Vec<NewEntry>) -> Vec<Seq> {
+pub(crate) async fn commit(
+    store: &StateStore,
+    intent: IntentId,
+    entries: Vec<NewEntry>,
+) -> Vec<Seq> {
     store.commit_intent(intent, entries).await.unwrap()
 }
 
