@@ -193,7 +193,9 @@ impl Admission {
         B: Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
-        let limit = self.limits.max_body;
+        // A body the whole budget cannot hold would be refused as overload on every retry:
+        // it is too large, whatever else is in flight.
+        let limit = self.limits.max_body.min(self.limits.body_budget);
         let declared = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -319,6 +321,19 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(refusal.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_whole_budget_is_too_large_not_overload() {
+        let admission = Admission::new(Limits {
+            max_body: 500,
+            ..limits()
+        });
+        let body = Full::new(Bytes::from(vec![0u8; 150]));
+        let refusal = admission.read_body(&length(150), body).await.unwrap_err();
+        assert_eq!(refusal, Refusal::BodyTooLarge { limit: 100 });
+        assert!(!refusal.is_overload(), "a retry could never succeed");
+        assert_eq!(admission.body_bytes(), 0);
     }
 
     #[tokio::test(start_paused = true)]
