@@ -21,6 +21,7 @@ mod alerts;
 mod backends;
 mod cutover;
 mod health;
+mod identities;
 mod log;
 mod mirror;
 mod namespaces;
@@ -41,12 +42,13 @@ pub use alerts::AlertsConfig;
 pub use backends::{AuthHeader, BackendAuthConfig, BackendConfig, BackendName, BackendsConfig};
 pub use cutover::CutoverConfig;
 pub use health::HealthConfig;
+pub use identities::{valid_identity_name, ClientIdentityConfig, IdentityBackendTokens};
 pub use log::{LogConfig, LogFormat};
 pub use mirror::{MirrorConfig, MirrorMode, SecondaryFailure, MAX_REPLAY_RATE};
 pub use namespaces::NamespaceRule;
 pub use reads::ReadsConfig;
 pub use routing::RoutingConfig;
-pub use secrets::{Secret, Secrets};
+pub use secrets::{IdentitySecrets, Secret, Secrets};
 pub use server::{ClientAuthConfig, ServerConfig};
 pub use state::StateConfig;
 
@@ -150,6 +152,7 @@ impl Config {
         self.alerts.validate()?;
         self.mirror.validate()?;
         self.health.validate()?;
+        self.validate_credentials()?;
         Ok(())
     }
 }
