@@ -296,6 +296,10 @@ pub struct DeadLetter {
     pub reason: String,
     /// The write as journaled (`null` when it cannot be read as JSON).
     pub op: Value,
+    /// The client identity that wrote it, whose backend token it is applied with (`None`:
+    /// the operator's credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl From<shift_state::DeadLetter> for DeadLetter {
@@ -303,7 +307,9 @@ impl From<shift_state::DeadLetter> for DeadLetter {
         DeadLetter {
             seq: letter.seq.0,
             target: letter.target,
-            op: serde_json::from_slice(&letter.payload).unwrap_or(Value::Null),
+            op: serde_json::from_slice(shift_proxy::mirror::op_json(&letter.payload))
+                .unwrap_or(Value::Null),
+            identity: shift_proxy::mirror::identity_of(&letter.payload).map(str::to_owned),
             collection: letter.collection,
             created_ms: letter.created_ms,
             parked_ms: letter.parked_ms,

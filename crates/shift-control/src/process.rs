@@ -144,11 +144,9 @@ impl ChromaShift {
         }
         let settings = ProxySettings {
             max_body: config.server.max_body.as_u64(),
-            client_auth: config
-                .server
-                .client_auth
-                .enabled
-                .then(|| ClientAuth::new(secrets.client_tokens.clone())),
+            client_auth: config.server.client_auth.enabled.then(|| {
+                ClientAuth::new(secrets.client_tokens.clone()).with_identities(&secrets.identities)
+            }),
             forward_client_auth: config.server.client_auth.forward_client_auth,
         };
         let data_listener = bind("data listener", config.server.listen).await?;

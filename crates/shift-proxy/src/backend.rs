@@ -5,6 +5,7 @@
 //! client sent. [`ServiceClient`] is the same client for HTTP services that are not a store
 //! (the admin API, an alert webhook), named for the service in its errors.
 
+use std::collections::HashMap;
 use std::io::BufReader;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,9 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use shift_config::{AuthHeader, BackendConfig, BackendName, Secret, Secrets};
+use shift_config::{AuthHeader, BackendConfig, BackendName, IdentitySecrets, Secret, Secrets};
 
+use crate::auth::{Caller, IdentityName};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::headers::X_CHROMA_TOKEN;
 
@@ -41,6 +43,11 @@ pub enum BackendBuildError {
     },
     #[error("backend {backend}: the token is not a valid header value")]
     Token { backend: BackendName },
+    #[error("backend {backend}: the token of identity `{identity}` is not a valid header value")]
+    IdentityToken {
+        backend: BackendName,
+        identity: String,
+    },
     #[error("backend {backend}: url {url} cannot be used as a base URI")]
     Url { backend: BackendName, url: String },
 }
@@ -56,8 +63,12 @@ pub struct Backend {
     path_prefix: String,
     /// The pooled client.
     client: HttpClient,
-    /// The credential header sent on every request, marked sensitive.
+    /// The operator's credential header (`[backends.X.auth]`), marked sensitive.
     credential: Option<(HeaderName, HeaderValue)>,
+    /// The header a token goes in: the one of `[backends.X.auth]`, else `Authorization: Bearer`.
+    header: AuthHeader,
+    /// Each client identity's credential header for this backend (`None`: it sends none).
+    identities: HashMap<IdentityName, Option<(HeaderName, HeaderValue)>>,
     /// Limit on a request, from sending it to the response head.
     request_timeout: Duration,
 }
@@ -96,18 +107,10 @@ impl Backend {
             .timer(TokioTimer::new())
             .build(connector);
 
+        let header = config.auth.as_ref().map(|a| a.header).unwrap_or_default();
         let credential = match (token, config.auth.as_ref()) {
-            (Some(token), Some(auth)) => {
-                let (name_, value) = match auth.header {
-                    AuthHeader::Bearer => {
-                        (header::AUTHORIZATION, format!("Bearer {}", token.expose()))
-                    }
-                    AuthHeader::XChromaToken => (X_CHROMA_TOKEN, token.expose().to_owned()),
-                };
-                let mut value = HeaderValue::from_str(&value)
-                    .map_err(|_| BackendBuildError::Token { backend: name })?;
-                value.set_sensitive(true);
-                Some((name_, value))
+            (Some(token), Some(_)) => {
+                Some(credential(header, token).ok_or(BackendBuildError::Token { backend: name })?)
             }
             _ => None,
         };
@@ -118,8 +121,37 @@ impl Backend {
             path_prefix,
             client,
             credential,
+            header,
+            identities: HashMap::new(),
             request_timeout: config.request_timeout,
         })
+    }
+
+    /// Adds the client identities' tokens for this backend.
+    pub fn with_identities(
+        mut self,
+        identities: &[IdentitySecrets],
+    ) -> Result<Backend, BackendBuildError> {
+        for identity in identities {
+            let header = identity
+                .backend(self.name)
+                .map(|token| {
+                    credential(self.header, token).ok_or_else(|| BackendBuildError::IdentityToken {
+                        backend: self.name,
+                        identity: identity.name.clone(),
+                    })
+                })
+                .transpose()?;
+            self.identities
+                .insert(identity.name.as_str().into(), header);
+        }
+        Ok(self)
+    }
+
+    /// Whether this backend knows the identity `name` (the config may have dropped one a
+    /// journal entry still names).
+    pub fn knows_identity(&self, name: &str) -> bool {
+        self.identities.contains_key(name)
     }
 
     pub fn name(&self) -> BackendName {
@@ -142,12 +174,26 @@ impl Backend {
         }
     }
 
-    /// Sends a request and waits for the response head; the body streams afterwards.
-    ///
-    /// `headers` are sent as they are, plus this backend's credential; the caller has already
-    /// removed hop-by-hop headers and, unless configured otherwise, the client's credentials.
+    /// Sends a request as the operator; see [`Backend::send_as`].
     pub async fn send(
         &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, BackendError> {
+        self.send_as(&Caller::Operator, method, path_and_query, headers, body)
+            .await
+    }
+
+    /// Sends a request on behalf of `caller` and waits for the response head; the body
+    /// streams afterwards.
+    ///
+    /// `headers` are sent as they are, plus the credential `caller` has on this backend; the
+    /// caller has already removed hop-by-hop headers and the client's credentials.
+    pub async fn send_as(
+        &self,
+        caller: &Caller,
         method: Method,
         path_and_query: &str,
         mut headers: HeaderMap,
@@ -156,8 +202,28 @@ impl Backend {
         let uri = self.uri(path_and_query)?;
         headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
-        if let Some((name, value)) = &self.credential {
-            headers.insert(name.clone(), value.clone());
+        match caller {
+            Caller::Operator => {
+                if let Some((name, value)) = &self.credential {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+            Caller::Identity(identity) => match self.identities.get(identity) {
+                Some(Some((name, value))) => {
+                    headers.insert(name.clone(), value.clone());
+                }
+                Some(None) => {}
+                None => {
+                    return Err(self.error(BackendErrorKind::Request(format!(
+                        "the identity `{identity}` is not in server.client_auth.identities"
+                    ))))
+                }
+            },
+            Caller::Forwarded(credentials) => {
+                for (name, value) in credentials {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
         }
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
@@ -174,10 +240,22 @@ impl Backend {
         }
     }
 
-    /// Sends a JSON request the proxy made itself (the mirror, the resolver) and reads the whole
-    /// answer.
+    /// Sends a JSON request the proxy made itself (the resolver, probes) as the operator; see
+    /// [`Backend::call_as`].
     pub async fn call(
         &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, BackendError> {
+        self.call_as(&Caller::Operator, method, path, body).await
+    }
+
+    /// Sends a JSON request the proxy made itself (the mirror, a client write's lookups) on
+    /// behalf of `caller`, and reads the whole answer.
+    pub async fn call_as(
+        &self,
+        caller: &Caller,
         method: Method,
         path: &str,
         body: Option<&serde_json::Value>,
@@ -193,7 +271,7 @@ impl Backend {
             }
             None => Bytes::new(),
         };
-        let response = self.send(method, path, headers, bytes).await?;
+        let response = self.send_as(caller, method, path, headers, bytes).await?;
         let (parts, body) = response.into_parts();
         let body = tokio::time::timeout(self.request_timeout, body.collect())
             .await
@@ -303,7 +381,9 @@ impl ServiceClient {
             BackendBuildError::Url { url, .. } => format!("{url} cannot be used as a base URI"),
             BackendBuildError::Tls { source, .. } => format!("TLS setup failed: {source}"),
             BackendBuildError::CaFile { reason, .. } => reason,
-            BackendBuildError::Token { .. } => "the token is not a valid header value".to_owned(),
+            BackendBuildError::Token { .. } | BackendBuildError::IdentityToken { .. } => {
+                "the token is not a valid header value".to_owned()
+            }
         })?;
         Ok(ServiceClient { service, http })
     }
@@ -341,6 +421,18 @@ impl ServiceClient {
             kind: error.kind,
         }
     }
+}
+
+/// The header carrying `token` as `kind` says, marked sensitive; `None` when the token cannot be
+/// a header value.
+fn credential(kind: AuthHeader, token: &Secret) -> Option<(HeaderName, HeaderValue)> {
+    let (name, value) = match kind {
+        AuthHeader::Bearer => (header::AUTHORIZATION, format!("Bearer {}", token.expose())),
+        AuthHeader::XChromaToken => (X_CHROMA_TOKEN, token.expose().to_owned()),
+    };
+    let mut value = HeaderValue::from_str(&value).ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
 }
 
 /// The error and its sources in one line (hyper's top-level message alone says little).
@@ -417,12 +509,14 @@ impl Backends {
                 BackendName::Old,
                 &config.old,
                 secrets.backend(BackendName::Old),
-            )?,
+            )?
+            .with_identities(&secrets.identities)?,
             new: Backend::new(
                 BackendName::New,
                 &config.new,
                 secrets.backend(BackendName::New),
-            )?,
+            )?
+            .with_identities(&secrets.identities)?,
         })
     }
 

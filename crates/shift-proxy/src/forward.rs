@@ -10,6 +10,7 @@ use shift_chroma::{paths, Route};
 use shift_config::BackendName;
 use shift_state::StoreError;
 
+use crate::auth::Caller;
 use crate::body::{self, ProxyBody};
 use crate::error::{BackendError, BackendErrorKind, ProxyError, StateFailure};
 use crate::headers::strip_hop_by_hop;
@@ -23,9 +24,11 @@ pub struct BufferedRequest {
     pub method: Method,
     /// The client's path and query.
     pub path: String,
-    /// Headers to forward (hop-by-hop and, unless configured, client credentials removed).
+    /// Headers to forward (hop-by-hop headers and the client's credentials removed).
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// On whose behalf it reaches the backends: decides the credential each one gets.
+    pub caller: Caller,
 }
 
 /// The answer for the client, and the store that gave it.
@@ -106,7 +109,13 @@ pub(crate) async fn send(
         .resolver
         .backends
         .get(backend)
-        .send(request.method.clone(), path, request.headers.clone(), body)
+        .send_as(
+            &request.caller,
+            request.method.clone(),
+            path,
+            request.headers.clone(),
+            body,
+        )
         .await
 }
 

@@ -90,7 +90,8 @@ async fn settle_as_reconciliation(
                     vec![NewEntry {
                         target: secondary,
                         collection: op.lag_key(),
-                        payload: op.to_bytes(),
+                        // The reconciliation runs as the identity that wrote.
+                        payload: op.to_bytes_as(crate::mirror::identity_of(payload)),
                     }],
                 )
                 .await

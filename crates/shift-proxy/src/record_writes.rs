@@ -17,6 +17,7 @@ use shift_chroma::paths;
 use shift_chroma::payload::{get_response_ids, retain_records, DeleteSelection};
 use shift_config::{BackendName, MirrorMode};
 
+use crate::auth::Caller;
 use crate::body::{self, ProxyBody};
 use crate::collections::CollectionEntry;
 use crate::error::{BackendError, BackendErrorKind, ProxyError};
@@ -66,9 +67,14 @@ pub async fn record_write(
             let selection = DeleteSelection::parse(&request.body).map_err(unmirrorable)?;
             if selection.is_filtered() {
                 let guard = plane.locks.collection(&collection).await;
-                match resolve_filtered_delete(plane, primary, &entry, &primary_id, &selection)
-                    .await?
-                {
+                let found = resolve_filtered_delete(
+                    plane,
+                    &request.caller,
+                    (primary, &entry, &primary_id),
+                    &selection,
+                )
+                .await?;
+                match found {
                     Ok(ids) => (guard, json!({ "ids": ids })),
                     // The primary refused the filter: pass its answer on.
                     Err(refusal) => {
@@ -91,7 +97,8 @@ pub async fn record_write(
         }
     };
     let (mirror_body, missing) = if kind == RecordKind::Update {
-        update_of_existing(plane, primary, &entry, &primary_id, mirror_body).await?
+        let on_primary = (primary, &*entry, primary_id.as_str());
+        update_of_existing(plane, &request.caller, on_primary, mirror_body).await?
     } else {
         (mirror_body, None)
     };
@@ -171,7 +178,8 @@ async fn settle_record_write(
     (missing, forget): Missing,
     answer: ClientAnswerTx,
 ) {
-    let encoded = op.encode();
+    let caller = write.request.caller.clone();
+    let encoded = op.encode_as(&caller);
     let Some(intent) = record_intent(plane, encoded.bytes.clone(), answer.is_closed()).await else {
         refuse_before_write(plane, answer);
         return;
@@ -182,12 +190,12 @@ async fn settle_record_write(
     let (primary_result, secondary_outcome, secondary_error) = if sync {
         let (p, s) = tokio::join!(
             send(plane, write.primary, &write.request, &write.path, body),
-            plane.applier.apply(write.secondary, &op),
+            plane.applier.apply(write.secondary, &op, &caller),
         );
         // What the primary also got for the ids it lacked follows on the secondary.
         let s = match (s, &forget) {
             (Ok(()), Some(forget)) if classify(&p) == PrimaryOutcome::Applied => {
-                plane.applier.apply(write.secondary, forget).await
+                plane.applier.apply(write.secondary, forget, &caller).await
             }
             (s, _) => s,
         };
@@ -212,7 +220,7 @@ async fn settle_record_write(
         decision,
         queued: Queued {
             write: forget.into_iter().fold(vec![encoded], |mut ops, op| {
-                ops.push(op.encode());
+                ops.push(op.encode_as(&caller));
                 ops
             }),
             reconcile,
@@ -238,7 +246,12 @@ async fn forget_missing_updates(plane: &DataPlaneState, write: &PendingWrite, mi
         .resolver
         .backends
         .get(write.primary)
-        .call(Method::POST, &path, Some(&json!({ "ids": missing })))
+        .call_as(
+            &write.request.caller,
+            Method::POST,
+            &path,
+            Some(&json!({ "ids": missing })),
+        )
         .await;
     match result {
         Ok(answer) if answer.status.is_success() => {}
@@ -250,6 +263,9 @@ async fn forget_missing_updates(plane: &DataPlaneState, write: &PendingWrite, mi
         }
     }
 }
+
+/// A collection on the primary: the primary, the collection's entry and its id there.
+type OnPrimary<'a> = (BackendName, &'a CollectionEntry, &'a str);
 
 /// The primary's `get` path of a collection.
 fn primary_get_path(
@@ -287,9 +303,8 @@ fn primary_get_path(
 /// ([`forget_missing_updates`]); the mirror never carries them.
 async fn update_of_existing(
     plane: &DataPlaneState,
-    primary: BackendName,
-    entry: &CollectionEntry,
-    primary_id: &str,
+    caller: &Caller,
+    (primary, entry, primary_id): OnPrimary<'_>,
     body: Value,
 ) -> Result<(Value, Option<(Vec<String>, Value)>), ProxyError> {
     let carries_embeddings = body
@@ -305,7 +320,8 @@ async fn update_of_existing(
         .resolver
         .backends
         .get(primary)
-        .call(
+        .call_as(
+            caller,
             Method::POST,
             &path,
             Some(&json!({"ids": ids, "include": []})),
@@ -338,9 +354,8 @@ async fn update_of_existing(
 /// the primary's refusal of the filter.
 async fn resolve_filtered_delete(
     plane: &DataPlaneState,
-    primary: BackendName,
-    entry: &CollectionEntry,
-    primary_id: &str,
+    caller: &Caller,
+    (primary, entry, primary_id): OnPrimary<'_>,
     selection: &DeleteSelection,
 ) -> Result<Result<Vec<String>, Response<ProxyBody>>, ProxyError> {
     let path = primary_get_path(plane, primary, entry, primary_id);
@@ -348,7 +363,12 @@ async fn resolve_filtered_delete(
         .resolver
         .backends
         .get(primary)
-        .call(Method::POST, &path, Some(&selection.resolving_get()))
+        .call_as(
+            caller,
+            Method::POST,
+            &path,
+            Some(&selection.resolving_get()),
+        )
         .await?;
     if !answer.status.is_success() {
         let mut response = Response::new(body::full(answer.body.clone()));
