@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::Value;
 use shift_config::{Config, IdentitySecrets, Secret, Secrets};
+use shift_proxy::mirror::ids_of;
 use shift_testkit::faulty::Received;
 use shift_testkit::python::run_script;
 use shift_testkit::scrape::wait_drained;
@@ -107,15 +108,7 @@ fn credential(request: &Received) -> String {
 
 /// The ids of a record write's body.
 fn ids(request: &Received) -> Vec<String> {
-    serde_json::from_slice::<Value>(&request.body).unwrap_or_default()["ids"]
-        .as_array()
-        .map(|ids| {
-            ids.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    ids_of(&serde_json::from_slice(&request.body).unwrap_or_default())
 }
 
 fn is_write(request: &Received) -> bool {
