@@ -52,6 +52,11 @@ impl Config {
     fn identity_secrets(&self) -> Result<Vec<IdentitySecrets>, ConfigError> {
         const KEY: &str = "server.client_auth.identities";
         let auth = &self.server.client_auth;
+        // Identities need client auth (checked at load); a tool that turns client auth off
+        // (inventory, verify) needs none of their tokens.
+        if !auth.enabled {
+            return Ok(Vec::new());
+        }
         let mut seen: Vec<(Secret, String)> = self
             .operator_client_tokens()?
             .into_iter()
@@ -236,6 +241,10 @@ mod tests {
             let config = Config::from_toml(TWO_TEAMS).unwrap();
             let err = config.secrets().unwrap_err().to_string();
             assert!(err.contains("TEAM_A"), "{err}");
+            // Inventory and verify turn client auth off: they need no identity's token.
+            let mut tools = config.clone();
+            tools.server.client_auth.enabled = false;
+            assert!(tools.secrets().unwrap().identities.is_empty());
             jail.set_env("TEAM_A", "client-a1, client-a2");
             jail.set_env("TEAM_A_OLD", "old-key-a");
             jail.set_env("TEAM_A_NEW", "new-key-a");
