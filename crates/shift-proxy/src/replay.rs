@@ -492,6 +492,11 @@ impl<A: ApplyTarget> Run<'_, A> {
         reason: String,
     ) -> Option<Result<(), ApplyError>> {
         let (op, caller) = (&batch.op, &batch.caller);
+        // Say whose key the store refused: the operator's or one identity's.
+        let reason = match caller.identity() {
+            Some(name) => format!("{reason} (sent with the token of client identity `{name}`)"),
+            None => reason,
+        };
         let target = self.target();
         let name = target.as_str();
         let gauge = self
