@@ -17,7 +17,9 @@ use shift_testkit::faulty::Received;
 use shift_testkit::python::run_script;
 use shift_testkit::scrape::wait_drained;
 use shift_testkit::wait::wait_until;
-use shift_testkit::{admin_call, http, Chroma, Fault, FaultyBackend, Proxy, ADMIN_TOKEN};
+use shift_testkit::{
+    admin_call, http, Chroma, Fault, FaultyBackend, Proxy, ProxyProcess, ADMIN_TOKEN,
+};
 
 const SCRIPT_LIMIT: Duration = Duration::from_secs(120);
 /// Only catches a hang.
@@ -58,10 +60,12 @@ fn config(stores: &Stores, extra: &str) -> anyhow::Result<Config> {
 const OPERATOR_AUTH: &str = "[backends.old.auth]\ntoken_env = \"OLD_KEY\"\n\
     [backends.new.auth]\ntoken_env = \"NEW_KEY\"\nheader = \"x-chroma-token\"\n";
 
+/// The identity `name`, its tokens in `TEAM_A_TOKEN`, `TEAM_A_OLD`, `TEAM_A_NEW` (for `team-a`).
 fn identity_toml(name: &str) -> String {
+    let env = name.to_uppercase().replace('-', "_");
     format!(
-        "[[server.client_auth.identities]]\nname = \"{name}\"\ntoken_env = \"{name}_TOKEN\"\n\
-         backend_tokens = {{ old = \"{name}_OLD\", new = \"{name}_NEW\" }}\n"
+        "[[server.client_auth.identities]]\nname = \"{name}\"\ntoken_env = \"{env}_TOKEN\"\n\
+         backend_tokens = {{ old = \"{env}_OLD\", new = \"{env}_NEW\" }}\n"
     )
 }
 
@@ -147,12 +151,13 @@ fn credentials_of(store: &FaultyBackend, suffix: &str) -> Vec<String> {
     found
 }
 
-async fn client(proxy: &Proxy, token: &str, prefix: &str, extra: &[&str]) -> anyhow::Result<Value> {
-    let url = proxy.url();
+/// The official client at `url` as `token`: adds `prefix-0..2` to `coll-prefix` (unless
+/// `--query-only` in `extra`) and queries.
+async fn client(url: &str, token: &str, prefix: &str, extra: &[&str]) -> anyhow::Result<Value> {
     let collection = format!("coll-{prefix}");
     let mut args = vec![
         "--url",
-        &url,
+        url,
         "--token",
         token,
         "--collection",
@@ -176,11 +181,12 @@ async fn two_identities_reach_each_store_with_their_own_tokens_including_the_rep
         identity_toml("team-b")
     );
     let proxy = Proxy::start_fresh(config(&stores, &toml)?, secrets(&["team-a", "team-b"])).await?;
+    let url = proxy.url();
 
     // Two official clients, each with its own token, at the same time.
     let (a, b) = tokio::join!(
-        client(&proxy, "token-a", "a", &[]),
-        client(&proxy, "token-b", "b", &[])
+        client(&url, "token-a", "a", &[]),
+        client(&url, "token-b", "b", &[])
     );
     let (a, b) = (a?, b?);
     assert_eq!(a["count"], 3, "{a}");
@@ -211,7 +217,7 @@ async fn two_identities_reach_each_store_with_their_own_tokens_including_the_rep
     );
 
     // Once the secondary caught up, a query is shadowed there, as the client.
-    client(&proxy, "token-a", "a", &["--query-only"]).await?;
+    client(&url, "token-a", "a", &["--query-only"]).await?;
     wait_until(
         "a shadow query reached the new store",
         DRAIN_LIMIT,
@@ -273,7 +279,8 @@ async fn forwarding_passes_the_clients_own_header_to_both_stores_in_sync_mode() 
         "{OPERATOR_AUTH}[server.client_auth]\nforward_client_auth = true\n[mirror]\nmode = \"sync\"\n"
     );
     let proxy = Proxy::start_fresh(config(&stores, &toml)?, secrets(&[])).await?;
-    let out = client(&proxy, "the-clients-own", "f", &[]).await?;
+    let url = proxy.url();
+    let out = client(&url, "the-clients-own", "f", &[]).await?;
     assert_eq!(out["count"], 3, "{out}");
     // The primary's write and the sync mirror's both carried the client's header alone.
     assert_eq!(write_credentials(&stores.old, "f-"), ["the-clients-own"]);
@@ -305,7 +312,8 @@ async fn a_journaled_write_whose_identity_left_the_config_is_parked_naming_it() 
         r#"{"error":"Unavailable","message":"down for the test"}"#.into(),
     ));
     let proxy = Proxy::start(first, secrets(&["team-a", "team-b"])).await?;
-    client(&proxy, "token-b", "b", &[]).await?;
+    let url = proxy.url();
+    client(&url, "token-b", "b", &[]).await?;
     proxy.shutdown().await?;
 
     // team-b leaves the config; the secondary is back.
@@ -349,6 +357,48 @@ async fn a_journaled_write_whose_identity_left_the_config_is_parked_naming_it() 
         .all(|r| ids(r).iter().all(|id| !id.starts_with("b-"))));
     proxy.shutdown().await?;
     Ok(())
+}
+
+/// The binary reads each identity's tokens from the environment the config names.
+#[tokio::test]
+async fn the_binary_maps_a_client_token_read_from_the_environment() -> anyhow::Result<()> {
+    let stores = stores().await?;
+    let builder = Proxy::builder()
+        .old(stores.old.url())
+        .new_store(stores.new.url())
+        .client_tokens(&["operator-client"])
+        .toml(&format!("{OPERATOR_AUTH}{}", identity_toml("team-a")));
+    let env = [
+        ("OLD_KEY", "operator-old-key"),
+        ("NEW_KEY", "operator-new-key"),
+        ("TEAM_A_TOKEN", "token-a"),
+        ("TEAM_A_OLD", "a-old-key"),
+        ("TEAM_A_NEW", "a-new-key"),
+    ];
+    let mut proxy = ProxyProcess::start_with_env(builder, &env).await?;
+    let url = proxy.url();
+    let out = client(&url, "token-a", "a", &[]).await?;
+    assert_eq!(out["count"], 3, "{out}");
+    wait_drained(&proxy.admin_url(), "new", DRAIN_LIMIT).await?;
+    assert_eq!(write_credentials(&stores.old, "a-"), ["a-old-key"]);
+    assert_eq!(write_credentials(&stores.new, "a-"), ["a-new-key"]);
+    // The operator's client token still works, with the operator's backend key.
+    let out = client(&url, "operator-client", "o", &[]).await?;
+    assert_eq!(out["count"], 3, "{out}");
+    assert_eq!(write_credentials(&stores.old, "o-"), ["operator-old-key"]);
+    let log = proxy.log_tail(400);
+    let access = log
+        .lines()
+        .filter(|l| l.contains("chroma_shift::access") && l.contains("collection_add"))
+        .collect::<Vec<_>>();
+    assert!(
+        access.iter().any(|l| l.contains("identity=\"team-a\"")),
+        "no identity in the access log: {access:?}"
+    );
+    for secret in ["token-a", "a-old-key", "a-new-key", "operator-old-key"] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+    proxy.stop().await
 }
 
 #[tokio::test]
