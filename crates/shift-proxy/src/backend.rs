@@ -1,8 +1,9 @@
 //! The one HTTP client for Chroma backends.
 //!
 //! Each backend has its own pool of keep-alive connections (HTTP/1.1, plain or rustls TLS),
-//! its own connect and request timeouts, and its own credentials, which replace whatever the
-//! client sent. [`ServiceClient`] is the same client for HTTP services that are not a store
+//! its own connect and request timeouts, and its own credentials: the operator's, and each
+//! client identity's; a request carries the one of its [`Caller`] (see [`crate::auth`]).
+//! [`ServiceClient`] is the same client for HTTP services that are not a store
 //! (the admin API, an alert webhook), named for the service in its errors.
 
 use std::collections::HashMap;
