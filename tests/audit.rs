@@ -31,20 +31,8 @@ const LIMIT: u32 = 3;
 
 /// `chroma-shift ctl ARGS` with `token`; exit code, stdout, stderr.
 async fn ctl(admin: &str, token: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let output = tokio::process::Command::new(shift_testkit::process::chroma_shift_bin()?)
-        .arg("ctl")
-        .args(args)
-        .env("CHROMA_SHIFT_ADMIN_URL", admin)
-        .env("CHROMA_SHIFT_ADMIN_TOKEN", token)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    let args: Vec<&str> = ["ctl"].iter().chain(args).copied().collect();
+    shift_testkit::process::run_chroma_shift(admin, token, &args).await
 }
 
 /// `GET /admin/status` with `token` from the local address `from` (another loopback address
