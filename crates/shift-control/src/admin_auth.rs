@@ -160,7 +160,9 @@ pub(crate) async fn authorize(
             .with_label_values(&["rate_limited"])
             .inc();
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        tracing::warn!(
+        // The warning was given when the peer reached its limit; one line per refused call
+        // would let a guesser flood the log.
+        tracing::debug!(
             peer = ?peer,
             retry_after_s = seconds,
             "admin call refused: too many failed admin logins from this peer"
@@ -186,6 +188,8 @@ pub(crate) async fn authorize(
             auth.failures_total
                 .with_label_values(&[failure.as_str()])
                 .inc();
+            // At most `auth_failure_limit` lines per peer and window: past it the peer is
+            // refused before its token is looked at.
             tracing::warn!(
                 peer = ?peer,
                 reason = failure.as_str(),
@@ -194,6 +198,13 @@ pub(crate) async fn authorize(
                 path = request.uri().path(),
                 "admin login failed"
             );
+            if failures == auth.failures.limits.limit {
+                tracing::warn!(
+                    peer = ?peer,
+                    window_s = auth.failures.limits.window.as_secs_f64(),
+                    "too many failed admin logins: this peer is refused (429) until its window ends"
+                );
+            }
             let message = match failure {
                 AuthFailure::MissingToken => "an admin token is required",
                 AuthFailure::WrongToken => "the admin token is not valid",

@@ -113,7 +113,9 @@ async fn outcome(response: Response) -> (Outcome, Response) {
         return (Outcome::Done, response);
     }
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
+    // The admin API's answers are built whole in memory: reading one takes nothing more, and
+    // no limit can cut an answer short on its way to the caller.
+    let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
     let mut reason = serde_json::from_slice::<ApiError>(&bytes)
