@@ -2,7 +2,8 @@
 //! process in front of two real Chroma servers: two operators with named admin tokens
 //! (`alice` through `chroma-shift ctl`, `ci` through the admin API) cut over (a dry run first),
 //! try a second cutover (refused), pause, resume, roll back, repair (once for a collection the
-//! proxy does not know: refused), start and cancel a backfill; every action is in
+//! proxy does not know: refused), start and cancel a backfill, set the write mode, drop a dead
+//! letter that does not exist (refused); every action is in
 //! `/admin/audit` with its actor, action and outcome, in `/admin/status`, and still in
 //! `ctl audit` after a restart on the same state. Then wrong tokens from one address are
 //! counted in `/metrics` and, past the limit, answered 429 with `Retry-After` even for the
@@ -65,6 +66,11 @@ async fn status_from(
     Ok((code, retry_after))
 }
 
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Actor, action and outcome status of each entry, oldest first.
 fn summary(entries: &Value) -> Vec<(String, String, String)> {
     let mut rows: Vec<_> = entries
@@ -89,6 +95,7 @@ fn summary(entries: &Value) -> Vec<(String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_actions_are_audited_by_name_survive_a_restart_and_failed_logins_are_limited(
 ) -> anyhow::Result<()> {
+    let started_ms = now_ms();
     let (old, new) = two_stores().await?;
     let builder = Proxy::in_front_of(&old, &new).toml(&format!(
         "[admin]\nauth_failure_limit = {LIMIT}\nauth_failure_window = \"3s\"\n"
@@ -133,6 +140,13 @@ async fn admin_actions_are_audited_by_name_survive_a_restart_and_failed_logins_a
     let (status, answer) =
         admin_call(&admin, ALICE, "POST", "/admin/backfill/cancel", None).await?;
     assert_eq!(status, StatusCode::OK, "{answer}");
+    let sync = json!({"mode": "sync"});
+    let (status, answer) =
+        admin_call(&admin, ALICE, "POST", "/admin/write-mode", Some(sync)).await?;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, _) = admin_call(&admin, CI, "POST", "/admin/dead-letters/999/drop", None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let finished_ms = now_ms();
 
     let expected: Vec<(String, String, String)> = [
         ("alice", "cutover", "done"),
@@ -145,6 +159,8 @@ async fn admin_actions_are_audited_by_name_survive_a_restart_and_failed_logins_a
         ("ci", "repair", "refused"),
         ("alice", "backfill", "done"),
         ("alice", "backfill-cancel", "done"),
+        ("alice", "write-mode", "done"),
+        ("ci", "dead-letters-drop", "refused"),
     ]
     .iter()
     .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
@@ -180,11 +196,21 @@ async fn admin_actions_are_audited_by_name_survive_a_restart_and_failed_logins_a
         oldest_first[6]["detail"],
         format!("collection={collection} ids=1")
     );
+    assert_eq!(oldest_first[11]["detail"], "seq=999");
+    // When: in the order they were made, within the test's run.
+    let times: Vec<u64> = oldest_first
+        .iter()
+        .map(|e| e["at_ms"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(
+        times[0] >= started_ms && times[11] <= finished_ms,
+        "{times:?}"
+    );
     // Reads are not actions: the audit listing above added nothing.
     let (_, status) = admin_call(&admin, ALICE, "GET", "/admin/status", None).await?;
     let recent = summary(&status["audit"]);
-    assert_eq!(recent.len(), 10, "{status:#}");
-    assert_eq!(recent.last(), expected.last());
+    assert_eq!(recent, expected[expected.len() - 10..], "{status:#}");
 
     // A restart on the same state: `ctl audit` still shows every action.
     proxy.stop().await?;

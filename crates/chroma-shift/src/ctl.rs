@@ -379,7 +379,7 @@ fn print_audit(entries: &[AuditEntry]) {
         let detail = if entry.detail.is_empty() {
             String::new()
         } else {
-            format!("  {}", entry.detail)
+            format!("  [{}]", entry.detail)
         };
         format!(
             "{}  {:<14} {:<20} {}{detail}",

@@ -36,9 +36,16 @@ pub(crate) fn with_detail(mut response: Response, detail: impl Into<String>) -> 
     response
 }
 
-/// A request as the detail of its action: its compact JSON.
+/// A request as the detail of its action: its compact JSON, without the fields left unset
+/// (`null`, `[]`).
 pub(crate) fn detail_of<T: serde::Serialize>(request: &T) -> String {
-    serde_json::to_string(request).unwrap_or_default()
+    let mut value = serde_json::to_value(request).unwrap_or_default();
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.retain(|_, field| {
+            !field.is_null() && field.as_array().is_none_or(|list| !list.is_empty())
+        });
+    }
+    value.to_string()
 }
 
 /// The header an answer carries when its action could not be recorded.
@@ -152,6 +159,13 @@ mod tests {
     /// An error answer in the admin API's shape.
     fn answer(status: StatusCode, message: &str) -> Response {
         crate::admin::error(status, crate::api::ErrorKind::InvalidArgumentError, message)
+    }
+
+    #[test]
+    fn a_detail_leaves_out_what_was_not_set() {
+        let request = serde_json::json!({"tenant": null, "collections": [], "restart": false});
+        assert_eq!(detail_of(&request), r#"{"restart":false}"#);
+        assert_eq!(detail_of(&"plain"), r#""plain""#);
     }
 
     #[test]
