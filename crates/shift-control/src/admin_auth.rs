@@ -7,11 +7,13 @@
 //! Failed logins are counted (`chroma_shift_admin_auth_failures_total`, by reason, never by
 //! token) and limited per peer IP ([`FailureLimiter`]): past `auth_failure_limit` failures in
 //! `auth_failure_window`, that peer's calls are answered 429 with `Retry-After` until the window
-//! ends, while other peers go on. The peer comes from axum's `ConnectInfo<SocketAddr>`, which
-//! the admin listener must serve with; without it every caller counts as one peer.
+//! ends, while other peers go on. The peer comes from axum's `ConnectInfo<SocketAddr>` in the
+//! request's extensions, which the admin listener's server must put there. Without it,
+//! failures are still counted and logged but not limited: one count shared by every caller
+//! would let anyone lock every operator out.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -242,10 +244,10 @@ impl FailureLimiter {
         }
     }
 
-    /// How long `peer` is still refused, if it is.
+    /// How long `peer` is still refused, if it is; never an unknown peer.
     pub fn blocked(&self, peer: Option<IpAddr>, now: Instant) -> Option<Duration> {
         let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        let (started, failures) = *windows.get(&key(peer))?;
+        let (started, failures) = *windows.get(&key(peer?))?;
         let left = self
             .limits
             .window
@@ -253,8 +255,12 @@ impl FailureLimiter {
         (failures >= self.limits.limit && !left.is_zero()).then_some(left)
     }
 
-    /// Counts a failure of `peer`; the failures in its window now.
+    /// Counts a failure of `peer`; the failures in its window now (0 for an unknown peer,
+    /// which is not kept).
     pub fn fail(&self, peer: Option<IpAddr>, now: Instant) -> u32 {
+        let Some(peer) = peer else {
+            return 0;
+        };
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let key = key(peer);
         if !windows.contains_key(&key) && windows.len() >= self.limits.peers {
@@ -280,8 +286,10 @@ impl FailureLimiter {
 
     /// Forgets `peer`'s failures (it logged in).
     pub fn forgive(&self, peer: Option<IpAddr>) {
-        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        windows.remove(&key(peer));
+        if let Some(peer) = peer {
+            let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+            windows.remove(&key(peer));
+        }
     }
 
     /// Peers with failures kept now.
@@ -294,15 +302,14 @@ impl FailureLimiter {
 }
 
 /// The key of a peer: IPv4 as is (an IPv4-mapped IPv6 address as IPv4), IPv6 by its /64, as
-/// one host usually holds a whole /64; an unknown peer as 0.0.0.0.
-fn key(peer: Option<IpAddr>) -> IpAddr {
-    match peer.map(|ip| ip.to_canonical()) {
-        Some(IpAddr::V6(v6)) => {
+/// one host usually holds a whole /64.
+fn key(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(prefix.into())
         }
-        Some(v4) => v4,
-        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        v4 => v4,
     }
 }
 
@@ -374,6 +381,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_table_of_peers_stays_bounded() {
+        use std::net::Ipv4Addr;
+
         let limiter = FailureLimiter::new(limits(2, 60, 4));
         for i in 0..50u8 {
             let peer = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 1, i)));
@@ -391,8 +400,19 @@ mod tests {
     fn ipv6_peers_count_by_their_64_and_mapped_ipv4_as_ipv4() {
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
-        assert_eq!(key(Some(a)), key(Some(b)));
+        assert_eq!(key(a), key(b));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(key(Some(mapped)), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn an_unknown_peer_is_never_limited_so_it_cannot_lock_others_out() {
+        let limiter = FailureLimiter::new(limits(1, 60, 100));
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(limiter.fail(None, now), 0);
+        }
+        assert_eq!(limiter.blocked(None, now), None);
+        assert_eq!(limiter.peers(), 0);
     }
 }
