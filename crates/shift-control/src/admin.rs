@@ -10,7 +10,6 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,7 +20,7 @@ use serde_json::Value;
 use shift_proxy::shadow::ShadowReads;
 use shift_proxy::DataPlaneState;
 
-use crate::admin_auth::{authorize, AdminAuth};
+use crate::admin_auth::AdminAuth;
 use crate::api::{
     ApiError, AuditEntries, AuditPage, CollectionLag, DeadLetter, DeadLetterPage, DeadLetterRef,
     DeadLetterSummary, DeadLetters, Direction, Dropped, ErrorKind, JournalLag, Liveness,
@@ -29,7 +28,7 @@ use crate::api::{
     StateStatus, Status, SwitchRequest, TopologyChanged, TopologyStatus, WriteModeRequest,
 };
 use crate::audit::{AuditLog, Outcome};
-use crate::audit_layer::{audit, detail_of, with_detail, with_outcome};
+use crate::audit_layer::{detail_of, guard, with_detail, with_outcome};
 use crate::health::HealthBoard;
 use crate::switch::{ChangeError, TopologySwitch};
 
@@ -110,11 +109,8 @@ pub fn app(state: AdminState) -> Router {
         .route("/admin/dead-letters/{seq}/drop", post(drop_dead_letter))
         .merge(crate::migrate_api::routes())
         .route("/admin/shadow", get(shadow))
-        .route("/admin/audit", get(audit_entries))
-        // Inside `authorize`, so an action is recorded with who asked, and a call refused for
-        // its token is not an action (it is counted and logged by `authorize`).
-        .route_layer(middleware::from_fn_with_state(state.clone(), audit))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+        .route("/admin/audit", get(audit_entries));
+    let admin = guard(admin, state.auth.clone(), state.audit.clone());
     let router = if state.auth.is_some() {
         open.merge(admin)
     } else {

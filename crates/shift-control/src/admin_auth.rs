@@ -26,7 +26,7 @@ use shift_config::{AdminConfig, Secret, Secrets, SINGLE_ADMIN_TOKEN_NAME};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tokio::time::Instant;
 
-use crate::admin::{error, AdminState};
+use crate::admin::error;
 use crate::api::ErrorKind;
 
 /// Who made an admin call: the name of the token presented.
@@ -141,11 +141,11 @@ impl AdminAuth {
 /// extensions as an [`Actor`]. A peer past its failure limit is answered 429 before its token
 /// is looked at, so guessing goes no faster with a right token in between.
 pub(crate) async fn authorize(
-    State(state): State<AdminState>,
+    State(auth): State<Option<AdminAuth>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(auth) = &state.auth else {
+    let Some(auth) = &auth else {
         return error(
             StatusCode::NOT_FOUND,
             ErrorKind::NotFoundError,

@@ -15,16 +15,19 @@
 //! `x-chroma-shift-audit: not-recorded`; the log line under the `audit` target is written
 //! either way.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method};
-use axum::middleware::Next;
+use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::Router;
 
-use crate::admin::{internal, AdminState};
-use crate::admin_auth::Actor;
+use crate::admin::internal;
+use crate::admin_auth::{authorize, Actor, AdminAuth};
 use crate::api::ApiError;
-use crate::audit::Outcome;
+use crate::audit::{AuditLog, Outcome};
 
 /// The detail of an admin action, put by its handler in its answer's extensions.
 #[derive(Debug, Clone, Default)]
@@ -54,9 +57,22 @@ pub const AUDIT_HEADER: &str = "x-chroma-shift-audit";
 /// The longest error message kept in an entry.
 const MAX_REASON: usize = 500;
 
+/// The two layers every `/admin` route passes: `authorize` (outer) finds who calls, then
+/// [`audit`] records what the call changed; a call refused for its token is not an action (it
+/// is counted and logged by `authorize`).
+pub(crate) fn guard<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    auth: Option<AdminAuth>,
+    log: Arc<AuditLog>,
+) -> Router<S> {
+    routes
+        .route_layer(middleware::from_fn_with_state(log, audit))
+        .route_layer(middleware::from_fn_with_state(auth, authorize))
+}
+
 /// Records the admin action of a changing call (see the module's doc).
 pub(crate) async fn audit(
-    State(state): State<AdminState>,
+    State(log): State<Arc<AuditLog>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -79,7 +95,7 @@ pub(crate) async fn audit(
             .cloned()
             .unwrap_or_default();
         let (outcome, mut response) = outcome(response).await;
-        if let Err(error) = state.audit.record(&actor, &action, detail.0, outcome).await {
+        if let Err(error) = log.record(&actor, &action, detail.0, outcome).await {
             tracing::error!(
                 target: "audit",
                 %error,
@@ -159,6 +175,160 @@ mod tests {
     /// An error answer in the admin API's shape.
     fn answer(status: StatusCode, message: &str) -> Response {
         crate::admin::error(status, crate::api::ErrorKind::InvalidArgumentError, message)
+    }
+
+    /// The admin router's layers around stand-in handlers, without a socket; calls come from
+    /// 10.0.0.9.
+    async fn guarded() -> (Router, Arc<AuditLog>, tempfile::TempDir) {
+        use axum::extract::ConnectInfo;
+        use axum::extract::Path;
+        use axum::response::IntoResponse;
+        use axum::routing::{get, post};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = shift_state::StateStore::open(dir.path()).await.unwrap();
+        let log = Arc::new(AuditLog::new(store, 100));
+        let tokens = vec![
+            (
+                "alice".to_owned(),
+                shift_config::Secret::new("tok-a".into()),
+            ),
+            ("ci".to_owned(), shift_config::Secret::new("tok-c".into())),
+        ];
+        let limits = crate::admin_auth::FailureLimits {
+            limit: 2,
+            window: std::time::Duration::from_secs(60),
+            peers: 10,
+        };
+        let routes = Router::new()
+            .route(
+                "/admin/things/{id}/poke",
+                post(|Path(id): Path<String>| async move {
+                    with_detail(StatusCode::OK.into_response(), format!("id={id}"))
+                }),
+            )
+            .route(
+                "/admin/refuse",
+                post(|| async {
+                    let kind = crate::api::ErrorKind::ConflictError;
+                    crate::admin::error(StatusCode::CONFLICT, kind, "not now")
+                }),
+            )
+            .route("/admin/look", get(|| async { StatusCode::OK }))
+            .route(
+                "/admin/slow",
+                post(|| async {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    StatusCode::OK
+                }),
+            );
+        let auth = AdminAuth::new(tokens, limits);
+        // What `into_make_service_with_connect_info` puts in every request.
+        let peer = ConnectInfo(std::net::SocketAddr::from(([10, 0, 0, 9], 4000)));
+        let router = guard(routes, Some(auth), log.clone()).layer(axum::Extension(peer));
+        (router, log, dir)
+    }
+
+    async fn call(router: &Router, method: &str, path: &str, token: &str) -> Response {
+        use tower::ServiceExt;
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        router.clone().oneshot(request).await.unwrap()
+    }
+
+    /// Actor, action, detail and outcome of each entry, oldest first.
+    fn entries(log: &AuditLog) -> Vec<(String, String, String, Outcome)> {
+        let mut rows: Vec<_> = log
+            .recent(100)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.actor, e.action, e.detail, e.outcome))
+            .collect();
+        rows.reverse();
+        rows
+    }
+
+    fn row(
+        actor: &str,
+        action: &str,
+        detail: &str,
+        outcome: Outcome,
+    ) -> (String, String, String, Outcome) {
+        (actor.into(), action.into(), detail.into(), outcome)
+    }
+
+    #[tokio::test]
+    async fn changing_calls_are_recorded_by_actor_and_reads_and_refused_logins_are_not() {
+        let (router, log, _dir) = guarded().await;
+        assert_eq!(
+            call(&router, "POST", "/admin/things/7/poke", "tok-a")
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            call(&router, "GET", "/admin/look", "tok-a").await.status(),
+            200
+        );
+        assert_eq!(
+            call(&router, "POST", "/admin/refuse", "tok-c")
+                .await
+                .status(),
+            409
+        );
+        assert_eq!(
+            call(&router, "POST", "/admin/refuse", "nope")
+                .await
+                .status(),
+            401
+        );
+        assert_eq!(
+            entries(&log),
+            [
+                row("alice", "things-poke", "id=7", Outcome::Done),
+                row("ci", "refuse", "", Outcome::Refused("not now".into())),
+            ]
+        );
+        // Past the limit the peer is refused, right token or not, and nothing is recorded.
+        assert_eq!(
+            call(&router, "POST", "/admin/refuse", "nope")
+                .await
+                .status(),
+            401
+        );
+        let limited = call(&router, "POST", "/admin/things/8/poke", "tok-a").await;
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after = limited.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            retry_after
+                .parse::<u64>()
+                .is_ok_and(|s| (1..=60).contains(&s)),
+            "{retry_after}"
+        );
+        assert_eq!(entries(&log).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_action_whose_caller_hangs_up_still_ends_and_is_recorded() {
+        let (router, log, _dir) = guarded().await;
+        let gone = std::time::Duration::from_millis(20);
+        let call = tokio::time::timeout(gone, call(&router, "POST", "/admin/slow", "tok-c"));
+        assert!(call.await.is_err(), "the caller hung up first");
+        // Bounded only to turn a hang into a failure.
+        for _ in 0..500 {
+            if !entries(&log).is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(entries(&log), [row("ci", "slow", "", Outcome::Done)]);
     }
 
     #[test]
