@@ -7,8 +7,9 @@
 //! Failed logins are counted (`chroma_shift_admin_auth_failures_total`, by reason, never by
 //! token) and limited per peer IP ([`FailureLimiter`]): past `auth_failure_limit` failures in
 //! `auth_failure_window`, that peer's calls are answered 429 with `Retry-After` until the window
-//! ends, while other peers go on. The peer comes from axum's `ConnectInfo<SocketAddr>` in the
-//! request's extensions, which the admin listener's server must put there. Without it,
+//! ends, while other peers go on. The peer comes from the request's extensions (axum's
+//! `ConnectInfo<SocketAddr>`, or a plain `SocketAddr`), which the admin listener's server must
+//! put there. Without it,
 //! failures are still counted and logged but not limited: one count shared by every caller
 //! would let anyone lock every operator out.
 
@@ -152,10 +153,7 @@ pub(crate) async fn authorize(
             "the admin API is off",
         );
     };
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip());
+    let peer = peer_of(&request);
     let now = Instant::now();
     if let Some(wait) = auth.failures.blocked(peer, now) {
         auth.failures_total
@@ -214,6 +212,18 @@ pub(crate) async fn authorize(
             error(StatusCode::UNAUTHORIZED, ErrorKind::AuthError, message)
         }
     }
+}
+
+/// The caller's IP address: from axum's `ConnectInfo<SocketAddr>` (`axum::serve` with
+/// `into_make_service_with_connect_info`), or a plain `SocketAddr` in the request's extensions
+/// (what an accept loop without axum puts there).
+fn peer_of(request: &Request) -> Option<IpAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+        .or_else(|| extensions.get::<SocketAddr>().copied())
+        .map(|addr| addr.ip())
 }
 
 /// How failed logins are limited.
@@ -403,6 +413,18 @@ mod tests {
         assert_eq!(key(a), key(b));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_peer_comes_from_connect_info_or_a_plain_address() {
+        let addr = SocketAddr::from(([10, 0, 0, 7], 5000));
+        let mut request = Request::new(axum::body::Body::empty());
+        assert_eq!(peer_of(&request), None);
+        request.extensions_mut().insert(addr);
+        assert_eq!(peer_of(&request), Some(addr.ip()));
+        let mut request = Request::new(axum::body::Body::empty());
+        request.extensions_mut().insert(ConnectInfo(addr));
+        assert_eq!(peer_of(&request), Some(addr.ip()));
     }
 
     #[test]
