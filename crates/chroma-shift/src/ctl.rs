@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde_json::Value;
 use shift_config::{BackendName, MirrorMode, Secret};
 use shift_control::api::{
-    DeadLetter, DeadLetterPage, DeadLetters, Dropped, ReadPolicy, Retried, Status, SwitchReport,
-    SwitchRequest, Topology, TopologyChanged, TopologyStatus,
+    AuditEntries, AuditEntry, DeadLetter, DeadLetterPage, DeadLetters, Dropped, ReadPolicy,
+    Retried, Status, SwitchReport, SwitchRequest, Topology, TopologyChanged, TopologyStatus,
 };
 use shift_control::{AdminClient, AdminError};
 
@@ -68,6 +68,13 @@ enum CtlCommand {
     },
     /// List dead letters (mirrored writes a store refused); `retry` or `drop` them.
     DeadLetters(DeadLettersArgs),
+    /// The newest admin actions, newest first: when, who (the admin token's name), what, how
+    /// it ended.
+    Audit {
+        /// How many to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +154,7 @@ enum Answer {
     /// `retry --all`: what was re-driven, and the refusal that stopped it, if one did.
     RetriedAll(Vec<Retried>, Option<AdminError>),
     Dropped(Dropped),
+    Audit(Vec<AuditEntry>),
 }
 
 /// The JSON of `retry --all`.
@@ -175,6 +183,9 @@ impl Answer {
                 error: error.as_ref().and_then(AdminError::api_error),
             }),
             Answer::Dropped(dropped) => serde_json::to_value(dropped),
+            Answer::Audit(entries) => serde_json::to_value(AuditEntries {
+                entries: entries.clone(),
+            }),
         }
     }
 
@@ -190,6 +201,7 @@ impl Answer {
                 "dropped #{} → {} collection {}: {}",
                 dropped.seq, dropped.target, dropped.collection, dropped.reason
             ),
+            Answer::Audit(entries) => print_audit(entries),
         }
     }
 }
@@ -231,6 +243,7 @@ async fn call(admin: &AdminClient, command: &CtlCommand) -> Result<Answer, Admin
                 Answer::Dropped(admin.drop_dead_letter(*seq).await?)
             }
         },
+        CtlCommand::Audit { limit } => Answer::Audit(admin.audit(Some(*limit)).await?),
     })
 }
 
@@ -353,6 +366,29 @@ fn print_status(status: &Status) {
             serde_json::to_string(backfill).unwrap_or_default()
         );
     }
+    if let Some(entries) = status.audit.as_ref().filter(|e| !e.is_empty()) {
+        println!("admin actions (newest first):");
+        print_audit(entries);
+    }
+}
+
+/// One line per admin action: when (UTC), who, what, how it ended, and its parameters.
+fn print_audit(entries: &[AuditEntry]) {
+    print_lines(entries, "no admin actions recorded", |entry| {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(entry.at_ms);
+        let detail = if entry.detail.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", entry.detail)
+        };
+        format!(
+            "{}  {:<14} {:<20} {}{detail}",
+            humantime_serde::re::humantime::format_rfc3339_seconds(at),
+            entry.actor,
+            entry.action,
+            entry.outcome,
+        )
+    });
 }
 
 fn print_switch(report: &SwitchReport) {

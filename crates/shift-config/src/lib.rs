@@ -37,7 +37,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, SINGLE_ADMIN_TOKEN_NAME};
 pub use alerts::AlertsConfig;
 pub use backends::{AuthHeader, BackendAuthConfig, BackendConfig, BackendName, BackendsConfig};
 pub use cutover::CutoverConfig;
@@ -63,6 +63,13 @@ pub enum ConfigError {
         "configuration key `{key}` names the environment variable {env}, which is not set or empty"
     )]
     MissingSecret { key: &'static str, env: String },
+    /// A secret's value cannot be used; the reason never holds the value.
+    #[error("the environment variable {env} (configuration key `{key}`): {reason}")]
+    InvalidSecret {
+        key: &'static str,
+        env: String,
+        reason: String,
+    },
 }
 
 pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -153,6 +160,7 @@ impl Config {
         self.mirror.validate()?;
         self.health.validate()?;
         self.validate_credentials()?;
+        self.admin.validate()?;
         Ok(())
     }
 }

@@ -15,11 +15,63 @@ impl Config {
             client_tokens: self.operator_client_tokens()?,
             identities: self.identity_secrets()?,
             admin_token: if self.admin.enabled {
-                Some(read_env("admin.token_env", &self.admin.token_env)?)
+                self.single_admin_token()?
             } else {
                 None
             },
+            admin_named_tokens: if self.admin.enabled {
+                self.named_admin_tokens()?
+            } else {
+                Vec::new()
+            },
         })
+    }
+
+    /// The token of `[admin] token_env`: optional when named tokens are set, required if not.
+    fn single_admin_token(&self) -> Result<Option<Secret>, ConfigError> {
+        match read_env("admin.token_env", &self.admin.token_env) {
+            Ok(token) => Ok(Some(token)),
+            Err(_) if !self.named_admin_tokens()?.is_empty() => Ok(None),
+            Err(_) => Err(ConfigError::MissingSecret {
+                key: "admin.token_env",
+                env: format!("{} (or {})", self.admin.token_env, self.admin.tokens_env),
+            }),
+        }
+    }
+
+    /// The `name=token` pairs of `[admin] tokens_env`; none when it is unset or empty.
+    fn named_admin_tokens(&self) -> Result<Vec<(String, Secret)>, ConfigError> {
+        let Ok(raw) = std::env::var(&self.admin.tokens_env) else {
+            return Ok(Vec::new());
+        };
+        let invalid = |reason: String| ConfigError::InvalidSecret {
+            key: "admin.tokens_env",
+            env: self.admin.tokens_env.clone(),
+            reason,
+        };
+        let named = crate::admin::parse_named_tokens(&raw).map_err(invalid)?;
+        let single = read_env("admin.token_env", &self.admin.token_env).ok();
+        if single.is_some()
+            && named
+                .iter()
+                .any(|(name, _)| name == crate::SINGLE_ADMIN_TOKEN_NAME)
+        {
+            return Err(invalid(format!(
+                "the name {} is taken by the token in {}",
+                crate::SINGLE_ADMIN_TOKEN_NAME,
+                self.admin.token_env
+            )));
+        }
+        if single.is_some_and(|single| named.iter().any(|(_, t)| t == single.expose())) {
+            return Err(invalid(format!(
+                "a named token is the same as the token in {}",
+                self.admin.token_env
+            )));
+        }
+        Ok(named
+            .into_iter()
+            .map(|(name, token)| (name, Secret::new(token)))
+            .collect())
     }
 }
 
@@ -145,8 +197,11 @@ pub struct Secrets {
     pub client_tokens: Vec<Secret>,
     /// The client identities of `[[server.client_auth.identities]]`, with their tokens.
     pub identities: Vec<IdentitySecrets>,
-    /// The admin API's token; `None` when the admin API is off.
+    /// The admin API's single token (its holder is named `admin`); `None` when the admin API
+    /// is off or only named tokens are set.
     pub admin_token: Option<Secret>,
+    /// The admin API's named tokens (`[admin] tokens_env`): who holds each, for the audit log.
+    pub admin_named_tokens: Vec<(String, Secret)>,
 }
 
 impl Secrets {
@@ -290,6 +345,39 @@ mod tests {
             jail.set_env("CHROMA_SHIFT_CLIENT_TOKENS", "shared");
             let err = config.secrets().unwrap_err().to_string();
             assert!(err.contains("tokens_env"), "{err}");
+            Ok(())
+        });
+    }
+
+
+    const MINIMAL: &str = "[server]\nlisten = \"127.0.0.1:8000\"\nadmin_listen = \"127.0.0.1:9100\"\n[backends.old]\nurl = \"http://127.0.0.1:8001\"\n[backends.new]\nurl = \"http://127.0.0.1:8002\"\n";
+
+    #[test]
+    fn named_admin_tokens_stand_beside_the_single_one_or_alone() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::from_toml(MINIMAL).unwrap();
+            let err = config.secrets().unwrap_err().to_string();
+            assert!(err.contains("CHROMA_SHIFT_ADMIN_TOKENS"), "{err}");
+            jail.set_env("CHROMA_SHIFT_ADMIN_TOKENS", "alice=s3cret-a, ci=s3cret-c");
+            let secrets = config.secrets().unwrap();
+            assert!(secrets.admin_token.is_none());
+            let names: Vec<&str> = secrets
+                .admin_named_tokens
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect();
+            assert_eq!(names, ["alice", "ci"]);
+            assert_eq!(secrets.admin_named_tokens[1].1.expose(), "s3cret-c");
+            assert!(!format!("{secrets:?}").contains("s3cret"));
+
+            jail.set_env("CHROMA_SHIFT_ADMIN_TOKEN", "s3cret-single");
+            assert!(config.secrets().unwrap().admin_token.is_some());
+            for bad in ["admin=s3cret-x", "bob=s3cret-single", "bob"] {
+                jail.set_env("CHROMA_SHIFT_ADMIN_TOKENS", bad);
+                let err = config.secrets().unwrap_err().to_string();
+                assert!(err.contains("CHROMA_SHIFT_ADMIN_TOKENS"), "{bad}: {err}");
+                assert!(!err.contains("s3cret"), "{bad}: {err}");
+            }
             Ok(())
         });
     }

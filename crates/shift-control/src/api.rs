@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shift_config::{BackendName, MirrorMode};
 
+pub use crate::audit::{AuditEntry, Outcome};
 pub use crate::health::BackendHealth;
 pub use crate::switch::{Check, Direction, SwitchReport, SwitchRequest};
 pub use shift_migrate::backfill::{
@@ -38,6 +39,8 @@ pub enum ErrorKind {
     ConflictError,
     /// The state store cannot answer now; a retry may help (503).
     Unavailable,
+    /// Too many failed admin logins from the caller's address; retry after `Retry-After` (429).
+    RateLimitError,
     /// A failure inside the proxy (500).
     InternalError,
 }
@@ -148,6 +151,9 @@ pub struct Status {
     /// The backfill of this process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillProgress>,
+    /// The newest admin actions, newest first (`None` when the state store cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Vec<AuditEntry>>,
 }
 
 /// The topology as `/admin/status` shows it: with the secondary spelled out.
@@ -386,6 +392,23 @@ pub struct RepairQueued {
     pub ids: usize,
     /// The store they are brought in line on.
     pub target: BackendName,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit log.
+
+/// `GET /admin/audit?limit=N`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// The newest this many (100 when absent; `[admin] audit_keep` at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The answer of `GET /admin/audit`: admin actions, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntries {
+    pub entries: Vec<AuditEntry>,
 }
 
 #[cfg(test)]

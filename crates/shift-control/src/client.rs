@@ -13,9 +13,10 @@ use shift_migrate::repair::{Queued, Started};
 use shift_proxy::backend::ServiceClient;
 
 use crate::api::{
-    ApiError, BackfillProgress, BackfillRequest, DeadLetter, DeadLetterPage, DeadLetters,
-    Direction, Dropped, ReadPolicy, Readiness, RepairQueued, RepairRequest, Retried, ShadowDetail,
-    Status, SwitchReport, SwitchRequest, Topology, TopologyChanged, WriteModeRequest,
+    ApiError, AuditEntries, AuditEntry, BackfillProgress, BackfillRequest, DeadLetter,
+    DeadLetterPage, DeadLetters, Direction, Dropped, ReadPolicy, Readiness, RepairQueued,
+    RepairRequest, Retried, ShadowDetail, Status, SwitchReport, SwitchRequest, Topology,
+    TopologyChanged, WriteModeRequest,
 };
 
 /// How long a call may take: a switch may hold writes for its whole timeout, so longer than
@@ -199,6 +200,16 @@ impl AdminClient {
     pub async fn drop_dead_letter(&self, seq: u64) -> Result<Dropped, AdminError> {
         self.post(&format!("/admin/dead-letters/{seq}/drop"), None::<&()>)
             .await
+    }
+
+    /// `GET /admin/audit`: the newest `limit` admin actions (100 when `None`), newest first.
+    pub async fn audit(&self, limit: Option<usize>) -> Result<Vec<AuditEntry>, AdminError> {
+        let path = match limit {
+            Some(limit) => format!("/admin/audit?limit={limit}"),
+            None => "/admin/audit".to_owned(),
+        };
+        let page: AuditEntries = self.get(&path).await?;
+        Ok(page.entries)
     }
 
     /// `GET /admin/shadow`.

@@ -30,7 +30,9 @@ use tokio::sync::watch;
 use shift_migrate::backfill::Backfiller;
 
 use crate::admin::{self, AdminState};
+use crate::admin_auth::AdminAuth;
 use crate::alerts::Alerter;
+use crate::audit::AuditLog;
 use crate::health::HealthMonitor;
 use crate::switch::{SwitchDefaults, TopologySwitch};
 
@@ -65,8 +67,10 @@ pub struct ChromaShift {
     settings: ProxySettings,
     /// The data plane's shared state.
     plane: Arc<DataPlaneState>,
-    /// The admin token, checked like a client token.
-    admin_token: Option<ClientAuth>,
+    /// The admin tokens and their holders' names; `None` when the admin API is off.
+    admin_auth: Option<AdminAuth>,
+    /// Where admin actions (and the automatic rollback) are recorded.
+    audit: Arc<AuditLog>,
     /// Runs backfills inside the proxy, sharing its order locks.
     backfill: Arc<Backfiller>,
     /// Until when the replay applies nothing: the unknown-outcome grace after a start that
@@ -118,6 +122,7 @@ impl ChromaShift {
         let recovered = recover_intents(&store, initial.secondary()).await?;
         let replay_hold = (recovered > 0)
             .then(|| tokio::time::Instant::now() + config.mirror.unknown_outcome_grace);
+        let audit = Arc::new(AuditLog::new(store.clone(), config.admin.audit_keep));
         let plane = DataPlaneState::new(PlaneParts {
             coordination: Coordination::embedded(&store, initial),
             state: store,
@@ -137,7 +142,12 @@ impl ChromaShift {
         })
         .await?;
         let backfill = Backfiller::new(plane.clone(), &registry)?;
-        if config.admin.enabled && secrets.admin_token.is_none() {
+        let admin_auth = if config.admin.enabled {
+            AdminAuth::from_secrets(&config.admin, &secrets, &registry)?
+        } else {
+            None
+        };
+        if config.admin.enabled && admin_auth.is_none() {
             return Err(ProxyStartError::NoAdminToken(
                 config.admin.token_env.clone(),
             ));
@@ -160,10 +170,8 @@ impl ChromaShift {
             metrics,
             settings,
             plane,
-            admin_token: secrets
-                .admin_token
-                .clone()
-                .map(|t| ClientAuth::new(vec![t])),
+            admin_auth,
+            audit,
             backfill,
             replay_hold,
         })
@@ -227,7 +235,7 @@ impl ChromaShift {
         });
         let task_grace = self.config.server.shutdown_grace;
         let monitor_task = {
-            let (switch, alerts) = (switch.clone(), alerts.clone());
+            let (switch, alerts, audit) = (switch.clone(), alerts.clone(), self.audit.clone());
             // The monitor holds nothing to finish: it is aborted at once on stop.
             crate::supervise::supervise(
                 "health",
@@ -235,7 +243,11 @@ impl ChromaShift {
                 restarts.clone(),
                 tasks_stopped.clone(),
                 Duration::ZERO,
-                move |_| monitor.clone().spawn(switch.clone(), alerts.clone()),
+                move |_| {
+                    monitor
+                        .clone()
+                        .spawn(switch.clone(), alerts.clone(), audit.clone())
+                },
             )
         };
         let replay_board = Arc::new(ReplayBoard::default());
@@ -253,7 +265,8 @@ impl ChromaShift {
             health: board,
             plane: self.plane.clone(),
             switch,
-            token: self.admin_token.clone(),
+            auth: self.admin_auth.clone(),
+            audit: self.audit.clone(),
             backfill: Some(self.backfill.clone()),
             sections: Arc::new(sections),
         });
@@ -261,6 +274,8 @@ impl ChromaShift {
             let stop = async move {
                 let _ = admin_stopped.wait_for(|stopped| *stopped).await;
             };
+            // With the peer's address: failed admin logins are limited per peer.
+            let admin_app = admin_app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(error) = axum::serve(self.admin_listener, admin_app)
                 .with_graceful_shutdown(stop)
                 .await
