@@ -13,11 +13,14 @@ use shift_proxy::auth::ClientAuth;
 use shift_proxy::backend::BackendBuildError;
 use shift_proxy::coord::Coordination;
 use shift_proxy::intents::recover_intents;
+use shift_proxy::metrics::ConnectionMetrics;
 use shift_proxy::metrics::JournalCollector;
 use shift_proxy::metrics::ReplayMetrics;
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::replay::{ReplayBoard, ReplaySettings, ReplayWorker};
+use shift_proxy::server::ListenerTls;
 use shift_proxy::shadow::{ShadowReads, ShadowSettings};
+use shift_proxy::tls::{ServerTls, TlsError};
 use shift_proxy::topology::{ReadPolicy, Topology};
 use shift_proxy::{
     Backends, DataPlaneState, Drained, PlaneParts, ProxyMetrics, ProxyService, ProxySettings,
@@ -51,6 +54,11 @@ pub enum ProxyStartError {
     State(#[from] StoreError),
     #[error("the admin API needs a token in {0}; set it, or turn the API off with [admin] enabled = false")]
     NoAdminToken(String),
+    #[error("[{section}]: {source}")]
+    Tls {
+        section: &'static str,
+        source: TlsError,
+    },
 }
 
 /// A proxy with its listeners bound, ready to run.
@@ -72,6 +80,12 @@ pub struct ChromaShift {
     /// Until when the replay applies nothing: the unknown-outcome grace after a start that
     /// recovered writes in flight at the last stop (see [`ReplaySettings::hold_until`]).
     replay_hold: Option<tokio::time::Instant>,
+    /// TLS of the data listener (`[server.tls]`), loaded before binding.
+    data_tls: Option<ListenerTls>,
+    /// TLS of the admin listener (`[admin.tls]`), loaded before binding.
+    admin_tls: Option<ListenerTls>,
+    /// Open and refused connections of both listeners.
+    connection_metrics: ConnectionMetrics,
 }
 
 impl ChromaShift {
@@ -151,6 +165,14 @@ impl ChromaShift {
                 .then(|| ClientAuth::new(secrets.client_tokens.clone())),
             forward_client_auth: config.server.client_auth.forward_client_auth,
         };
+        // Certificates are read before binding, so a bad file stops the start with its name.
+        let data_tls = listener_tls(
+            "server.tls",
+            config.server.tls.as_ref(),
+            config.server.http2,
+        )?;
+        let admin_tls = listener_tls("admin.tls", config.admin.tls.as_ref(), config.server.http2)?;
+        let connection_metrics = ConnectionMetrics::register(&registry, &["data", "admin"])?;
         let data_listener = bind("data listener", config.server.listen).await?;
         let admin_listener = bind("admin listener", config.server.admin_listen).await?;
         Ok(ChromaShift {
@@ -168,6 +190,9 @@ impl ChromaShift {
                 .map(|t| ClientAuth::new(vec![t])),
             backfill,
             replay_hold,
+            data_tls,
+            admin_tls,
+            connection_metrics,
         })
     }
 
@@ -259,23 +284,27 @@ impl ChromaShift {
             backfill: Some(self.backfill.clone()),
             sections: Arc::new(sections),
         });
+        // The admin listener has the data listener's accept loop (connection cap, timeouts),
+        // its own slots, and its own TLS.
+        let admin_options = ServeOptions::from_config(
+            "admin",
+            &self.config.server,
+            self.admin_tls,
+            self.connection_metrics.clone(),
+        );
         let admin_task = tokio::spawn(async move {
             let stop = async move {
                 let _ = admin_stopped.wait_for(|stopped| *stopped).await;
             };
-            if let Err(error) = axum::serve(self.admin_listener, admin_app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(%error, "admin listener failed");
-            }
+            shift_proxy::serve(self.admin_listener, admin_app, admin_options, stop).await
         });
 
-        let options = ServeOptions {
-            header_read_timeout: self.config.server.header_read_timeout,
-            http2: self.config.server.http2,
-            shutdown_grace: self.config.server.shutdown_grace,
-        };
+        let options = ServeOptions::from_config(
+            "data",
+            &self.config.server,
+            self.data_tls,
+            self.connection_metrics,
+        );
         // One replay worker per store: the journal of whichever is secondary has the work.
         let replay_settings = ReplaySettings {
             retry_initial: self.config.mirror.retry_initial,
@@ -362,6 +391,28 @@ impl ChromaShift {
         let _ = admin_task.await;
         drained
     }
+}
+
+/// Loads a listener's TLS from its `[*.tls]` section; ALPN offers h2 first when HTTP/2 is on.
+fn listener_tls(
+    section: &'static str,
+    config: Option<&shift_config::TlsConfig>,
+    http2: bool,
+) -> Result<Option<ListenerTls>, ProxyStartError> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let alpn: &[&[u8]] = if http2 {
+        &[b"h2", b"http/1.1"]
+    } else {
+        &[b"http/1.1"]
+    };
+    let tls = ServerTls::load(&config.into(), alpn)
+        .map_err(|source| ProxyStartError::Tls { section, source })?;
+    Ok(Some(ListenerTls {
+        tls,
+        reload_interval: config.reload_interval,
+    }))
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyStartError> {

@@ -28,6 +28,16 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+impl From<&shift_config::TlsConfig> for TlsFiles {
+    fn from(config: &shift_config::TlsConfig) -> TlsFiles {
+        TlsFiles {
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+            client_ca: config.client_ca.clone(),
+        }
+    }
+}
+
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -225,12 +235,12 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
+/// A test certificate authority: issues server and client certificates into a temp dir.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    struct Pki {
+    pub(crate) struct Pki {
         dir: tempfile::TempDir,
         ca: rcgen::Certificate,
         ca_params: rcgen::CertificateParams,
@@ -238,7 +248,7 @@ mod tests {
     }
 
     impl Pki {
-        fn new() -> Pki {
+        pub(crate) fn new() -> Pki {
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -254,7 +264,7 @@ mod tests {
         }
 
         /// Writes a certificate for `name` signed by the CA to `name.pem` / `name.key`.
-        fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        pub(crate) fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
             let key = rcgen::KeyPair::generate().unwrap();
             let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
             let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
@@ -268,11 +278,16 @@ mod tests {
             (cert_path, key_path)
         }
 
-        fn path(&self, file: &str) -> PathBuf {
+        pub(crate) fn path(&self, file: &str) -> PathBuf {
             self.dir.path().join(file)
         }
 
-        fn client(&self, identity: Option<&str>) -> tokio_rustls::TlsConnector {
+        pub(crate) fn client(&self, identity: Option<&str>) -> tokio_rustls::TlsConnector {
+            tokio_rustls::TlsConnector::from(Arc::new(self.client_config(identity)))
+        }
+
+        /// A client trusting this CA, presenting a certificate for `identity` when given.
+        pub(crate) fn client_config(&self, identity: Option<&str>) -> rustls::ClientConfig {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(self.ca.der().clone()).unwrap();
             let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -280,7 +295,7 @@ mod tests {
                 .with_safe_default_protocol_versions()
                 .unwrap()
                 .with_root_certificates(roots);
-            let config = match identity {
+            match identity {
                 None => builder.with_no_client_auth(),
                 Some(name) => {
                     let (cert, key) = self.issue(name);
@@ -288,10 +303,16 @@ mod tests {
                         .with_client_auth_cert(read_certs(&cert).unwrap(), read_key(&key).unwrap())
                         .unwrap()
                 }
-            };
-            tokio_rustls::TlsConnector::from(Arc::new(config))
+            }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Pki;
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Serves one connection at a time: reads a line, answers "ok\n".
     async fn serve(tls: ServerTls) -> std::net::SocketAddr {
