@@ -93,7 +93,7 @@ fn https(url: &str) -> String {
     url.replacen("http://", "https://", 1)
 }
 
-/// Runs `chroma-shift ctl ARGS --json`: its exit success and stdout (stderr on failure).
+/// Runs `chroma-shift ctl ARGS --json`: its exit success and stdout (and stderr on failure).
 async fn ctl(args: &[&str]) -> anyhow::Result<(bool, String)> {
     let bin = tokio::task::spawn_blocking(shift_testkit::process::chroma_shift_bin).await??;
     let output = tokio::process::Command::new(bin)
@@ -109,11 +109,11 @@ async fn ctl(args: &[&str]) -> anyhow::Result<(bool, String)> {
     let output = tokio::time::timeout(Duration::from_secs(120), output)
         .await
         .context("ctl hung")??;
-    let text = if output.status.success() {
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    } else {
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    };
+    // With --json an API error is printed on stdout; other failures go to stderr.
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+    }
     Ok((output.status.success(), text))
 }
 
@@ -167,9 +167,16 @@ async fn python_over_https_and_ctl_over_mutual_tls() -> anyhow::Result<()> {
     let admin = https(&proxy.admin_url());
     let (ok, text) = ctl(&["--admin-url", &admin, "--ca-file", path(&ca), "status"]).await?;
     assert!(
-        !ok && text.contains("CertificateRequired"),
-        "status without a client certificate is refused by the TLS layer: {text}"
+        !ok && text.contains("AuthError") && text.contains("client certificate"),
+        "status without a client certificate: {text}"
     );
+    // Probes and Prometheus present no certificate, and still reach the open routes.
+    let admin_addr: std::net::SocketAddr =
+        proxy.admin_url().trim_start_matches("http://").parse()?;
+    for (route, expected) in [("/healthz", 200), ("/metrics", 200), ("/admin/status", 401)] {
+        let status = https_get(admin_addr, &ca, route).await?;
+        assert_eq!(status, expected, "{route} without a client certificate");
+    }
     let (ops_cert, ops_key) = pki.pair("ops");
     let with_cert = [
         "--admin-url",
@@ -200,8 +207,12 @@ async fn python_over_https_and_ctl_over_mutual_tls() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The leaf certificate a fresh TLS handshake with `addr` gets (no session resumption).
-async fn served_leaf(addr: std::net::SocketAddr, ca: &Path) -> anyhow::Result<Vec<u8>> {
+/// A fresh TLS connection to `addr` trusting `ca` (no session resumption), with no client
+/// certificate.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(ca)?)) {
         roots.add(cert?)?;
@@ -214,7 +225,23 @@ async fn served_leaf(addr: std::net::SocketAddr, ca: &Path) -> anyhow::Result<Ve
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
-    let stream = connector.connect(name, tcp).await?;
+    Ok(connector.connect(name, tcp).await?)
+}
+
+/// `GET route` over https without a client certificate: the status.
+async fn https_get(addr: std::net::SocketAddr, ca: &Path, route: &str) -> anyhow::Result<u16> {
+    let io = hyper_util::rt::TokioIo::new(tls_connect(addr, ca).await?);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(connection);
+    let request = http::Request::get(route)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    Ok(sender.send_request(request).await?.status().as_u16())
+}
+
+/// The leaf certificate a fresh TLS handshake with `addr` gets.
+async fn served_leaf(addr: std::net::SocketAddr, ca: &Path) -> anyhow::Result<Vec<u8>> {
+    let stream = tls_connect(addr, ca).await?;
     let leaf = stream
         .get_ref()
         .1

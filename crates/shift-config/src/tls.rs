@@ -15,8 +15,10 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-    /// Only in `[admin.tls]`: when set, admin clients must present a certificate signed by one
-    /// of these CAs (PEM), besides the admin token.
+    /// Only in `[admin.tls]`: when set, every `/admin/*` call needs a client certificate signed
+    /// by one of these CAs (PEM), besides the admin token. The handshake itself does not demand
+    /// one, so `/healthz`, `/readyz` and `/metrics` stay reachable for the kubelet's probes and
+    /// Prometheus; a certificate from another CA fails the handshake.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
     /// How often the files' modification times are checked; a changed pair that parses is

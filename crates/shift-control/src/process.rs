@@ -18,7 +18,7 @@ use shift_proxy::metrics::JournalCollector;
 use shift_proxy::metrics::ReplayMetrics;
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::replay::{ReplayBoard, ReplaySettings, ReplayWorker};
-use shift_proxy::server::ListenerTls;
+use shift_proxy::server::{ListenerTls, VerifiedClientCert};
 use shift_proxy::shadow::{ShadowReads, ShadowSettings};
 use shift_proxy::tls::{ServerTls, TlsError};
 use shift_proxy::topology::{ReadPolicy, Topology};
@@ -284,6 +284,16 @@ impl ChromaShift {
             backfill: Some(self.backfill.clone()),
             sections: Arc::new(sections),
         });
+        let client_ca = self
+            .config
+            .admin
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.client_ca.as_ref());
+        let admin_app = match client_ca {
+            Some(_) => admin_app.layer(axum::middleware::from_fn(require_client_cert)),
+            None => admin_app,
+        };
         // The admin listener has the data listener's accept loop (connection cap, timeouts),
         // its own slots, and its own TLS.
         let admin_options = ServeOptions::from_config(
@@ -391,6 +401,25 @@ impl ChromaShift {
         let _ = admin_task.await;
         drained
     }
+}
+
+/// With `[admin.tls] client_ca`, every `/admin` call needs a verified client certificate as
+/// well as the token. The handshake does not demand one, so the kubelet's probes and
+/// Prometheus, which present none, still reach `/healthz`, `/readyz` and `/metrics`.
+async fn require_client_cert(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    let admin = path == "/admin" || path.starts_with("/admin/");
+    if admin && request.extensions().get::<VerifiedClientCert>().is_none() {
+        return admin::error(
+            http::StatusCode::UNAUTHORIZED,
+            crate::api::ErrorKind::AuthError,
+            "the admin API needs a client certificate signed by [admin.tls] client_ca",
+        );
+    }
+    next.run(request).await
 }
 
 /// Loads a listener's TLS from its `[*.tls]` section; ALPN offers h2 first when HTTP/2 is on.

@@ -80,6 +80,11 @@ pub struct ListenerTls {
     pub reload_interval: Duration,
 }
 
+/// Put on every request of a TLS connection whose client presented a certificate the
+/// listener's `client_ca` verified (only the admin listener takes one; see [`crate::tls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedClientCert;
+
 /// How a shutdown went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {
@@ -89,24 +94,43 @@ pub enum Drained {
     GraceExpired,
 }
 
-/// Serves `service` on a listener the caller bound (tests bind port 0), until `shutdown`
-/// completes; then stops accepting and drains.
-pub async fn serve<S, B>(
-    listener: TcpListener,
-    service: S,
-    options: ServeOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Drained
+/// What a listener serves: a tower service of hyper requests that answers every one (errors
+/// are responses by then), with a body hyper can send. The data plane's stack and the admin
+/// API's router both are.
+pub trait ListenerService:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<Self::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The response body.
+    type Body: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> ListenerService for S
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
 {
+    type Body = B;
+}
+
+/// Serves `service` on a listener the caller bound (tests bind port 0), until `shutdown`
+/// completes; then stops accepting and drains.
+pub async fn serve<S: ListenerService>(
+    listener: TcpListener,
+    service: S,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Drained {
     let builder = Arc::new(http_builder(&options));
     let slots = Arc::new(Semaphore::new(options.connections.max_connections));
     let open = options.metrics.open.with_label_values(&[options.listener]);
@@ -161,7 +185,7 @@ where
             None => {
                 connections.spawn(async move {
                     let _slot = slot;
-                    connection.run(stream, service).await;
+                    connection.run(stream, service, false).await;
                 });
             }
             Some(tls) => {
@@ -175,7 +199,11 @@ where
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                             .await
                         {
-                            Ok(Ok(stream)) => return connection.run(stream, service).await,
+                            Ok(Ok(stream)) => {
+                                // Any certificate presented has passed the verifier by now.
+                                let verified = stream.get_ref().1.peer_certificates().is_some();
+                                return connection.run(stream, service, verified).await;
+                            }
                             Ok(Err(error)) => {
                                 tracing::debug!(listener = connection.listener, %peer, %error, "TLS handshake failed");
                                 "tls_handshake"
@@ -264,22 +292,17 @@ struct Connection {
 impl Connection {
     /// Serves requests until the client leaves, the connection idles past its timeout, or
     /// shutdown asks it to finish (the last two gracefully: requests in flight complete).
-    async fn run<I, S, B>(mut self, io: I, service: S)
+    /// `client_cert`: the client presented a verified certificate.
+    async fn run<I, S>(mut self, io: I, service: S, client_cert: bool)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: ListenerService,
     {
         let activity = Arc::new(Activity::new());
         let service = Tracked {
             inner: service,
             activity: activity.clone(),
+            client_cert,
         };
         let connection = self
             .builder
@@ -357,11 +380,14 @@ impl Activity {
     }
 }
 
-/// Counts a connection's requests in and out of its [`Activity`].
+/// Counts a connection's requests in and out of its [`Activity`], and marks them with the
+/// connection's client certificate.
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// Mark each request with [`VerifiedClientCert`].
+    client_cert: bool,
 }
 
 /// Marks a request finished when dropped (answered, or cancelled by a reset).
@@ -387,7 +413,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        if self.client_cert {
+            request.extensions_mut().insert(VerifiedClientCert);
+        }
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         self.activity.touch();
         let guard = InFlight(self.activity.clone());
