@@ -278,3 +278,22 @@ async fn a_replaced_certificate_is_served_without_a_restart() -> anyhow::Result<
     proxy.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_certificate_that_does_not_parse_stops_the_start_with_its_name() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    pki.issue("server", &["localhost"])?;
+    let (cert, _) = pki.pair("server");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nAAAA")?;
+    let error = Proxy::builder()
+        .toml(&tls_toml(&pki, false))
+        .spawn()
+        .await
+        .expect_err("a broken certificate is refused at start");
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("server.tls") && text.contains(path(&cert)),
+        "{text}"
+    );
+    Ok(())
+}

@@ -54,7 +54,7 @@ pub enum ProxyStartError {
     State(#[from] StoreError),
     #[error("the admin API needs a token in {0}; set it, or turn the API off with [admin] enabled = false")]
     NoAdminToken(String),
-    #[error("[{section}]: {source}")]
+    #[error("[{section}] certificate or key")]
     Tls {
         section: &'static str,
         source: TlsError,
@@ -91,6 +91,13 @@ pub struct ChromaShift {
 impl ChromaShift {
     /// Builds the backends and binds both listeners (port 0 picks a free port).
     pub async fn bind(config: Config, secrets: Secrets) -> Result<ChromaShift, ProxyStartError> {
+        // Certificates are read first, so a bad file stops the start with its name.
+        let data_tls = listener_tls(
+            "server.tls",
+            config.server.tls.as_ref(),
+            config.server.http2,
+        )?;
+        let admin_tls = listener_tls("admin.tls", config.admin.tls.as_ref(), config.server.http2)?;
         let backends = Arc::new(Backends::from_config(&config.backends, &secrets)?);
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
@@ -165,13 +172,6 @@ impl ChromaShift {
                 .then(|| ClientAuth::new(secrets.client_tokens.clone())),
             forward_client_auth: config.server.client_auth.forward_client_auth,
         };
-        // Certificates are read before binding, so a bad file stops the start with its name.
-        let data_tls = listener_tls(
-            "server.tls",
-            config.server.tls.as_ref(),
-            config.server.http2,
-        )?;
-        let admin_tls = listener_tls("admin.tls", config.admin.tls.as_ref(), config.server.http2)?;
         let connection_metrics = ConnectionMetrics::register(&registry, &["data", "admin"])?;
         let data_listener = bind("data listener", config.server.listen).await?;
         let admin_listener = bind("admin listener", config.server.admin_listen).await?;
