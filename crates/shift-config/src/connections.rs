@@ -18,7 +18,10 @@ pub struct ConnectionsConfig {
     pub max_connections: usize,
     /// A keep-alive connection with no request for this long is closed (gracefully: a request
     /// in flight finishes first; HTTP/2 gets a GOAWAY). Above the usual client pool expiry
-    /// (httpx 5s, undici 4s), so clients drop idle connections before the proxy does.
+    /// (httpx 5s, undici 4s), so clients drop idle connections before the proxy does. An idle
+    /// HTTP/1.1 connection ends earlier, at `header_read_timeout`: hyper runs that clock while
+    /// it waits for the next request head too (measured with hyper 1.12); this bound is the
+    /// one that holds for HTTP/2.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// HTTP/2: most requests (streams) open at once on one connection.
