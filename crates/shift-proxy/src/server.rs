@@ -141,10 +141,11 @@ pub async fn serve<S: ListenerService>(
             .with_label_values(&[options.listener, reason])
             .inc();
     };
-    let reload = options
+    // Ends with this function, however it ends (the connections' JoinSet does the same).
+    let _reload = options
         .tls
         .as_ref()
-        .map(|tls| tls.tls.watch(tls.reload_interval));
+        .map(|tls| AbortOnDrop(tls.tls.watch(tls.reload_interval)));
     // Each connection task watches this; `true` asks it to finish gracefully.
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -220,9 +221,6 @@ pub async fn serve<S: ListenerService>(
     }
 
     drop(listener);
-    if let Some(reload) = reload {
-        reload.abort();
-    }
     tracing::info!(listener = options.listener, grace = ?options.shutdown_grace, "stopped accepting; draining in-flight requests");
     let _ = stop.send(true);
     let drained = tokio::time::timeout(options.shutdown_grace, async {
@@ -256,6 +254,15 @@ fn http_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
         builder = builder.http1_only();
     }
     builder
+}
+
+/// The certificate watcher, stopped when the listener stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A connection's place under the cap, counted in the open-connections gauge while held.
