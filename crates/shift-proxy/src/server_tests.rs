@@ -1,5 +1,5 @@
-//! The listener over real sockets: the connection cap, the idle timeout, the bounded TLS
-//! handshake and ALPN. Real time, with bounds that only catch a hang.
+//! The listener over real sockets: the connection cap, the HTTP/2 stream limit, the idle
+//! timeout, the bounded TLS handshake and ALPN. Real time, with bounds that only catch a hang.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,18 +68,17 @@ impl Running {
 }
 
 async fn start(options: ServeOptions) -> Running {
+    start_with(options, tower::service_fn(answer)).await
+}
+
+async fn start_with(options: ServeOptions, service: impl ListenerService) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = options.metrics.clone();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(
-        listener,
-        tower::service_fn(answer),
-        options,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let task = tokio::spawn(serve(listener, service, options, async move {
+        let _ = stopped.await;
+    }));
     Running {
         addr,
         metrics,
@@ -236,6 +235,55 @@ async fn a_silent_tls_client_loses_its_slot_and_alpn_offers_h2() {
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
+    drop(sender);
+    assert_eq!(running.stop().await, Drained::Clean);
+}
+
+#[tokio::test]
+async fn http2_streams_past_the_limit_wait_for_a_free_one() {
+    // Counts the requests being handled at once, and the most seen.
+    let running_now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let (running_now, most) = (running_now.clone(), most.clone());
+        tower::service_fn(move |request: Request<Incoming>| {
+            let (running_now, most) = (running_now.clone(), most.clone());
+            async move {
+                let now = running_now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let answer = answer(request).await;
+                running_now.fetch_sub(1, Ordering::SeqCst);
+                answer
+            }
+        })
+    };
+    let mut options = options(8, None);
+    options.connections.http2_max_concurrent_streams = 1;
+    options.connections.idle_timeout = Duration::from_secs(30);
+    let running = start_with(options, service).await;
+    let io = TokioIo::new(TcpStream::connect(running.addr).await.unwrap());
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    // One request first, so the client has the server's SETTINGS (a stream opened before
+    // them, past the limit, is refused with REFUSED_STREAM, which a client may retry).
+    let request = Request::get("http://localhost/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    sender.clone().send_request(request).await.unwrap();
+    // Two slow requests on one connection: the second waits for the first's stream.
+    let calls = (0..2).map(|_| {
+        let mut sender = sender.clone();
+        tokio::spawn(async move {
+            let request = Request::get("http://localhost/slow")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            sender.send_request(request).await.map(|r| r.status())
+        })
+    });
+    for call in calls.collect::<Vec<_>>() {
+        assert_eq!(call.await.unwrap().unwrap(), http::StatusCode::OK);
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 1, "one stream at a time");
     drop(sender);
     assert_eq!(running.stop().await, Drained::Clean);
 }
