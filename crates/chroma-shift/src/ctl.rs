@@ -3,6 +3,7 @@
 //! answer); a refused switch exits 3, an API that refuses the call exits 1, one that cannot be
 //! reached exits 2.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use shift_control::api::{
     AuditEntries, AuditEntry, DeadLetter, DeadLetterPage, DeadLetters, Dropped, ReadPolicy,
     Retried, Status, SwitchReport, SwitchRequest, Topology, TopologyChanged, TopologyStatus,
 };
-use shift_control::{AdminClient, AdminError};
+use shift_control::{AdminClient, AdminError, AdminTls};
 
 #[derive(Debug, Args)]
 pub struct Ctl {
@@ -35,6 +36,17 @@ pub struct Ctl {
         global = true
     )]
     token: Option<String>,
+    /// For an https:// admin URL: the PEM CA certificate(s) that signed the admin listener's
+    /// certificate ([admin.tls] cert), trusted beside the system's roots.
+    #[arg(long, env = shift_control::client::ADMIN_CA_ENV, global = true)]
+    ca_file: Option<PathBuf>,
+    /// For an admin listener that asks for client certificates ([admin.tls] client_ca): the
+    /// PEM certificate to present (with --client-key).
+    #[arg(long, env = shift_control::client::ADMIN_CLIENT_CERT_ENV, global = true, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The private key of --client-cert, PEM.
+    #[arg(long, env = shift_control::client::ADMIN_CLIENT_KEY_ENV, global = true, requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// Print the API's JSON answer instead of a summary.
     #[arg(long, global = true)]
     json: bool,
@@ -253,7 +265,12 @@ pub async fn run(ctl: Ctl) -> anyhow::Result<ExitCode> {
         .clone()
         .filter(|t| !t.trim().is_empty())
         .context("no admin token: set CHROMA_SHIFT_ADMIN_TOKEN (or --token)")?;
-    let admin = AdminClient::new(ctl.admin_url.clone(), Secret::new(token))?;
+    let tls = AdminTls::new(
+        ctl.ca_file.clone(),
+        ctl.client_cert.clone(),
+        ctl.client_key.clone(),
+    )?;
+    let admin = AdminClient::with_tls(ctl.admin_url.clone(), Secret::new(token), &tls)?;
     let answer = match call(&admin, &ctl.command).await {
         Ok(answer) => answer,
         // The API refused the call: its error, exit 1.

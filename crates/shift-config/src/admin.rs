@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::tls::{TlsConfig, TlsListener};
 use crate::{invalid, ConfigError};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -30,6 +31,9 @@ pub struct AdminConfig {
     /// How many peer IPs the failure counts are kept for (about 64 bytes each); when full,
     /// the peer whose window started first is forgotten.
     pub auth_failure_peers: usize,
+    /// TLS on the admin listener (off when absent), with optional client certificates
+    /// (`client_ca`). The admin token crosses the network in clear text without it.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for AdminConfig {
@@ -42,6 +46,7 @@ impl Default for AdminConfig {
             auth_failure_limit: 10,
             auth_failure_window: Duration::from_secs(60),
             auth_failure_peers: 4096,
+            tls: None,
         }
     }
 }
@@ -59,6 +64,9 @@ impl AdminConfig {
         }
         if self.auth_failure_peers == 0 {
             return Err(invalid("admin.auth_failure_peers", "must be at least 1"));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(TlsListener::Admin)?;
         }
         Ok(())
     }

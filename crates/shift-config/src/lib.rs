@@ -8,9 +8,11 @@
 //! prints its value.
 //!
 //! Layout: one module per section of the file (`server`, `backends`, `routing`, `mirror`,
-//! `state`, `log`, `health`, `namespaces`, `admin`, `cutover`, `reads`, `alerts`), each with
-//! its section's type, its defaults (written once: the section's `Default`, or a default
-//! function for a key of a section that has required keys) and its validation; `secrets`
+//! `state`, `log`, `health`, `namespaces`, `admin`, `cutover`, `reads`, `alerts`; the
+//! sub-sections `server.connections` in `connections`, `server.tls` and `admin.tls` in
+//! `tls`), each with its section's type, its defaults (written once: the section's
+//! `Default`, or a default function for a key of a section that has required keys) and its
+//! validation; `secrets`
 //! reads the secrets the config names. This file holds [`Config`] and the loader.
 //!
 //! `config/chroma-shift.example.toml` documents every key; a test checks that its values are
@@ -19,6 +21,7 @@
 mod admin;
 mod alerts;
 mod backends;
+mod connections;
 mod cutover;
 mod health;
 mod identities;
@@ -30,6 +33,7 @@ mod routing;
 mod secrets;
 mod server;
 mod state;
+mod tls;
 
 use std::path::Path;
 
@@ -40,6 +44,7 @@ use serde::Deserialize;
 pub use admin::{AdminConfig, SINGLE_ADMIN_TOKEN_NAME};
 pub use alerts::AlertsConfig;
 pub use backends::{AuthHeader, BackendAuthConfig, BackendConfig, BackendName, BackendsConfig};
+pub use connections::ConnectionsConfig;
 pub use cutover::CutoverConfig;
 pub use health::HealthConfig;
 pub use identities::{valid_identity_name, ClientIdentityConfig, IdentityBackendTokens};
@@ -51,6 +56,7 @@ pub use routing::RoutingConfig;
 pub use secrets::{IdentitySecrets, Secret, Secrets};
 pub use server::{ClientAuthConfig, ServerConfig};
 pub use state::StateConfig;
+pub use tls::TlsConfig;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -230,11 +236,13 @@ mod tests {
             assert_eq!(minimal, example);
             // An empty section is that section's default.
             let empty_sections = Config::from_toml(&format!(
-                "{MINIMAL}\n[server.client_auth]\n[routing]\n[mirror]\n[state]\n[log]\n[health]\n[admin]\n[cutover]\n[reads]\n[alerts]\n"
+                "{MINIMAL}\n[server.client_auth]\n[server.connections]\n[routing]\n[mirror]\n[state]\n[log]\n[health]\n[admin]\n[cutover]\n[reads]\n[alerts]\n"
             ))
             .unwrap();
             assert_eq!(empty_sections, minimal);
             assert_eq!(minimal.server.client_auth, ClientAuthConfig::default());
+            assert_eq!(minimal.server.connections, ConnectionsConfig::default());
+            assert_eq!((&minimal.server.tls, &minimal.admin.tls), (&None, &None));
             assert_eq!(minimal.routing, RoutingConfig::default());
             assert_eq!(minimal.mirror, MirrorConfig::default());
             assert_eq!(minimal.state, StateConfig::default());

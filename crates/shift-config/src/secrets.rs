@@ -349,7 +349,6 @@ mod tests {
         });
     }
 
-
     const MINIMAL: &str = "[server]\nlisten = \"127.0.0.1:8000\"\nadmin_listen = \"127.0.0.1:9100\"\n[backends.old]\nurl = \"http://127.0.0.1:8001\"\n[backends.new]\nurl = \"http://127.0.0.1:8002\"\n";
 
     #[test]

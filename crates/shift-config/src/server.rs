@@ -6,6 +6,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::connections::ConnectionsConfig;
+use crate::tls::{TlsConfig, TlsListener};
 use crate::{invalid, ClientIdentityConfig, ConfigError};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -30,6 +32,12 @@ pub struct ServerConfig {
     /// Optional authentication of clients at the proxy.
     #[serde(default)]
     pub client_auth: ClientAuthConfig,
+    /// Connection cap, idle timeout and HTTP/2 limits, for both listeners.
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+    /// TLS on the data listener (off when absent); ALPN offers h2 when `http2` is on.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// The defaults of the keys of `[server]` that have one. `listen` and `admin_listen` have
@@ -62,6 +70,10 @@ impl ServerConfig {
         }
         if self.max_body.as_u64() == 0 {
             return Err(invalid("server.max_body", "must be above zero"));
+        }
+        self.connections.validate()?;
+        if let Some(tls) = &self.tls {
+            tls.validate(TlsListener::Data)?;
         }
         Ok(())
     }

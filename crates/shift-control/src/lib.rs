@@ -27,7 +27,7 @@ pub mod store_alerts;
 pub mod switch;
 
 pub use admin::{app, AdminState};
-pub use client::{AdminClient, AdminError};
+pub use client::{AdminClient, AdminError, AdminTls};
 pub use health::{HealthBoard, HealthMonitor};
 pub mod process;
 pub mod supervise;

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::BufReader;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,21 @@ pub enum BackendBuildError {
     },
     #[error("backend {backend}: url {url} cannot be used as a base URI")]
     Url { backend: BackendName, url: String },
+    #[error("backend {backend}: the client certificate: {reason}")]
+    ClientIdentity {
+        backend: BackendName,
+        reason: String,
+    },
+}
+
+/// A client certificate and its key (PEM files), presented to a server that asks for one:
+/// the admin listener with `[admin.tls] client_ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// A Chroma server the proxy talks to.
@@ -80,6 +96,16 @@ impl Backend {
         config: &BackendConfig,
         token: Option<&Secret>,
     ) -> Result<Backend, BackendBuildError> {
+        Backend::with_identity(name, config, token, None)
+    }
+
+    /// [`Backend::new`], presenting `identity` to a server that asks for a client certificate.
+    pub fn with_identity(
+        name: BackendName,
+        config: &BackendConfig,
+        token: Option<&Secret>,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Backend, BackendBuildError> {
         let url = &config.url;
         let host = url.host_str().ok_or_else(|| BackendBuildError::Url {
             backend: name,
@@ -95,7 +121,7 @@ impl Backend {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
-        let tls = tls_config(name, config)?;
+        let tls = tls_config(name, config, identity)?;
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -365,6 +391,19 @@ impl ServiceClient {
         url: &url::Url,
         timeout: Duration,
     ) -> Result<ServiceClient, String> {
+        ServiceClient::with_tls(service, url, timeout, None, None)
+    }
+
+    /// [`ServiceClient::new`] for an `https://` service whose certificate is signed by the CA
+    /// in `ca_file` (beside the system's roots), presenting `identity` when it asks for a
+    /// client certificate.
+    pub fn with_tls(
+        service: &'static str,
+        url: &url::Url,
+        timeout: Duration,
+        ca_file: Option<PathBuf>,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<ServiceClient, String> {
         let mut base = url.clone();
         base.set_query(None);
         base.set_fragment(None);
@@ -375,17 +414,22 @@ impl ServiceClient {
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 2,
             auth: None,
-            ca_file: None,
+            ca_file,
         };
         // A build error names the store it was built as; say the service and the cause.
-        let http = Backend::new(BackendName::Old, &config, None).map_err(|e| match e {
-            BackendBuildError::Url { url, .. } => format!("{url} cannot be used as a base URI"),
-            BackendBuildError::Tls { source, .. } => format!("TLS setup failed: {source}"),
-            BackendBuildError::CaFile { reason, .. } => reason,
-            BackendBuildError::Token { .. } | BackendBuildError::IdentityToken { .. } => {
-                "the token is not a valid header value".to_owned()
-            }
-        })?;
+        let http = Backend::with_identity(BackendName::Old, &config, None, identity).map_err(
+            |e| match e {
+                BackendBuildError::Url { url, .. } => format!("{url} cannot be used as a base URI"),
+                BackendBuildError::Tls { source, .. } => format!("TLS setup failed: {source}"),
+                BackendBuildError::CaFile { reason, .. } => reason,
+                BackendBuildError::Token { .. } | BackendBuildError::IdentityToken { .. } => {
+                    "the token is not a valid header value".to_owned()
+                }
+                BackendBuildError::ClientIdentity { reason, .. } => {
+                    format!("the client certificate: {reason}")
+                }
+            },
+        )?;
         Ok(ServiceClient { service, http })
     }
 
@@ -451,6 +495,7 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 fn tls_config(
     name: BackendName,
     config: &BackendConfig,
+    identity: Option<&ClientIdentity>,
 ) -> Result<rustls::ClientConfig, BackendBuildError> {
     let mut roots = rustls::RootCertStore::empty();
     if config.url.scheme() == "https" {
@@ -488,8 +533,23 @@ fn tls_config(
             backend: name,
             source,
         })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => config.with_no_client_auth(),
+        Some(identity) => {
+            let identity_error = |reason: String| BackendBuildError::ClientIdentity {
+                backend: name,
+                reason,
+            };
+            let certs = crate::tls::read_certs(&identity.cert)
+                .map_err(|e| identity_error(e.to_string()))?;
+            let key =
+                crate::tls::read_key(&identity.key).map_err(|e| identity_error(e.to_string()))?;
+            config
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| identity_error(e.to_string()))?
+        }
+    };
     Ok(config)
 }
 
