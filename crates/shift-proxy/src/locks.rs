@@ -7,6 +7,12 @@
 //! stripes in ascending order (so two writes never wait on each other in a cycle); a delete by
 //! filter or a collection change takes the collection lock exclusively. Unrelated writes run
 //! concurrently. [`OrderLocks`] is the in-process [`OrderScope`](crate::coord::OrderScope).
+//!
+//! A collection's table (512 stripes, about 40 KiB) lives only while a write holds or waits
+//! for one of its locks: every holder and waiter carries a [`TableRef`], and the last one to
+//! let go removes the table. 25,000 collections written once would otherwise keep about
+//! 1 GiB; an idle collection keeps nothing, and the next write makes a fresh table (no lock
+//! of it is held, so nothing is reordered).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
@@ -35,26 +41,67 @@ struct CollectionLocks {
 /// lifecycle changes.
 #[derive(Debug, Default)]
 pub struct OrderLocks {
-    collections: Mutex<HashMap<String, Arc<CollectionLocks>>>,
+    /// Shared with every [`TableRef`], which removes its collection's entry when it is the last.
+    collections: Arc<Mutex<HashMap<String, Arc<CollectionLocks>>>>,
     lifecycle: Arc<AsyncMutex<()>>,
 }
 
 /// Held while a write is ordered; dropping it lets the next write of the same records go.
+/// Fields drop in order: the locks first, then the table reference (which may free the table).
 #[derive(Debug)]
 pub enum OrderGuard {
     Records {
         _stripes: Vec<OwnedMutexGuard<()>>,
         _whole: OwnedRwLockReadGuard<()>,
+        _table: TableRef,
     },
     Collection {
         _whole: OwnedRwLockWriteGuard<()>,
+        _table: TableRef,
     },
 }
 
+/// A use of one collection's lock table, by a write that holds or waits for its locks. The
+/// last use to end removes the table from [`OrderLocks`].
+pub struct TableRef {
+    owner: Arc<Mutex<HashMap<String, Arc<CollectionLocks>>>>,
+    collection: String,
+    locks: Option<Arc<CollectionLocks>>,
+}
+
+impl Drop for TableRef {
+    fn drop(&mut self) {
+        let mut table = self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        self.locks.take();
+        // Every reference is cloned under this mutex, so one left (the table's own) means no
+        // write holds or waits for this collection's locks, and none can start meanwhile.
+        if table
+            .get(&self.collection)
+            .is_some_and(|locks| Arc::strong_count(locks) == 1)
+        {
+            table.remove(&self.collection);
+        }
+    }
+}
+
+impl std::fmt::Debug for TableRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableRef")
+            .field("collection", &self.collection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableRef {
+    fn locks(&self) -> &Arc<CollectionLocks> {
+        self.locks.as_ref().expect("held until dropped")
+    }
+}
+
 impl OrderLocks {
-    fn collection_locks(&self, collection: &str) -> Arc<CollectionLocks> {
+    fn collection_locks(&self, collection: &str) -> TableRef {
         let mut table = self.collections.lock().unwrap_or_else(|e| e.into_inner());
-        table
+        let locks = table
             .entry(collection.to_owned())
             .or_insert_with(|| {
                 Arc::new(CollectionLocks {
@@ -64,13 +111,27 @@ impl OrderLocks {
                         .collect(),
                 })
             })
-            .clone()
+            .clone();
+        TableRef {
+            owner: self.collections.clone(),
+            collection: collection.to_owned(),
+            locks: Some(locks),
+        }
+    }
+
+    /// Collections whose lock table exists now: those a write holds or waits for.
+    pub fn tables(&self) -> usize {
+        self.collections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
 impl OrderScope for OrderLocks {
     fn try_records(&self, collection: &str, ids: &[String]) -> Option<OrderGuard> {
-        let locks = self.collection_locks(collection);
+        let table = self.collection_locks(collection);
+        let locks = table.locks();
         let whole = locks.whole.clone().try_read_owned().ok()?;
         let stripes: BTreeSet<usize> = ids.iter().map(|id| stripe(id)).collect();
         let mut guards = Vec::with_capacity(stripes.len());
@@ -81,6 +142,7 @@ impl OrderScope for OrderLocks {
         Some(OrderGuard::Records {
             _stripes: guards,
             _whole: whole,
+            _table: table,
         })
     }
 
@@ -90,7 +152,8 @@ impl OrderScope for OrderLocks {
         ids: &'a [String],
     ) -> Pending<'a, OrderGuard> {
         Box::pin(async move {
-            let locks = self.collection_locks(collection);
+            let table = self.collection_locks(collection);
+            let locks = table.locks();
             let whole = locks.whole.clone().read_owned().await;
             let stripes: BTreeSet<usize> = ids.iter().map(|id| stripe(id)).collect();
             let mut guards = Vec::with_capacity(stripes.len());
@@ -100,21 +163,28 @@ impl OrderScope for OrderLocks {
             OrderGuard::Records {
                 _stripes: guards,
                 _whole: whole,
+                _table: table,
             }
         })
     }
 
     fn collection<'a>(&'a self, collection: &'a str) -> Pending<'a, OrderGuard> {
         Box::pin(async move {
-            let locks = self.collection_locks(collection);
+            let table = self.collection_locks(collection);
+            let whole = table.locks().whole.clone();
             OrderGuard::Collection {
-                _whole: locks.whole.clone().write_owned().await,
+                _whole: whole.write_owned().await,
+                _table: table,
             }
         })
     }
 
     fn lifecycle(&self) -> Pending<'_, LifecycleGuard> {
         Box::pin(self.lifecycle.clone().lock_owned())
+    }
+
+    fn tracked_collections(&self) -> usize {
+        self.tables()
     }
 }
 
@@ -192,5 +262,47 @@ pub(crate) mod tests {
         assert!(poll_once(whole.as_mut()).await.is_none());
         drop(record);
         assert!(poll_once(whole.as_mut()).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_lives_while_a_write_holds_or_waits_and_no_longer() {
+        let order = OrderLocks::default();
+        let locks: &dyn OrderScope = &order;
+        let a: [String; 1] = ["a".into()];
+        let held = locks.records("c", &a).await;
+        let whole = locks.collection("d").await;
+        assert_eq!(order.tables(), 2);
+        // A waiter keeps the table too; it was not made twice.
+        let mut waiting = Box::pin(locks.records("c", &a));
+        assert!(poll_once(waiting.as_mut()).await.is_none());
+        drop(held);
+        assert_eq!(order.tables(), 2, "the waiter's table went away");
+        let second = poll_once(waiting.as_mut())
+            .await
+            .expect("the waiter did not get the freed record");
+        drop(waiting);
+        drop(second);
+        drop(whole);
+        assert_eq!(order.tables(), 0, "an idle collection kept its lock table");
+        // A refused try and a cancelled wait leave nothing behind either.
+        let held = locks.records("c", &a).await;
+        assert!(locks.try_records("c", &a).is_none());
+        let mut cancelled = Box::pin(locks.collection("c"));
+        assert!(poll_once(cancelled.as_mut()).await.is_none());
+        drop(cancelled);
+        assert_eq!(order.tables(), 1);
+        drop(held);
+        assert_eq!(locks.tracked_collections(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_collections_written_once_keep_no_tables() {
+        let order = OrderLocks::default();
+        let locks: &dyn OrderScope = &order;
+        for i in 0..10_000 {
+            let guard = locks.records(&format!("c{i}"), &[format!("id{i}")]).await;
+            drop(guard);
+        }
+        assert_eq!(order.tables(), 0);
     }
 }
