@@ -8,7 +8,7 @@
 //! prints its value.
 //!
 //! Layout: one module per section of the file (`server`, `backends`, `routing`, `mirror`,
-//! `state`, `log`, `health`, `namespaces`, `admin`, `cutover`, `reads`, `alerts`), each with
+//! `state`, `log`, `health`, `namespaces`, `admin`, `cutover`, `reads`, `alerts`, `metrics`), each with
 //! its section's type, its defaults (written once: the section's `Default`, or a default
 //! function for a key of a section that has required keys) and its validation; `secrets`
 //! reads the secrets the config names. This file holds [`Config`] and the loader.
@@ -22,6 +22,7 @@ mod backends;
 mod cutover;
 mod health;
 mod log;
+mod metrics;
 mod mirror;
 mod namespaces;
 mod reads;
@@ -42,6 +43,7 @@ pub use backends::{AuthHeader, BackendAuthConfig, BackendConfig, BackendName, Ba
 pub use cutover::CutoverConfig;
 pub use health::HealthConfig;
 pub use log::{LogConfig, LogFormat};
+pub use metrics::MetricsConfig;
 pub use mirror::{MirrorConfig, MirrorMode, SecondaryFailure, MAX_REPLAY_RATE};
 pub use namespaces::NamespaceRule;
 pub use reads::ReadsConfig;
@@ -108,6 +110,9 @@ pub struct Config {
     /// Where alerts go.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Bounds on per-collection metric series.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// The prefix of environment overrides.
@@ -150,6 +155,7 @@ impl Config {
         self.alerts.validate()?;
         self.mirror.validate()?;
         self.health.validate()?;
+        self.metrics.validate()?;
         Ok(())
     }
 }
