@@ -409,3 +409,60 @@ impl ReplayMetrics {
         Ok(metrics)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shift_state::NewEntry;
+    use std::collections::BTreeMap;
+
+    #[tokio::test]
+    async fn journal_depth_series_are_capped_the_deepest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).await.unwrap();
+        // Collection c{i} has i + 1 entries waiting.
+        let entries = (0..10)
+            .flat_map(|i| {
+                (0..=i).map(move |_| NewEntry {
+                    target: BackendName::New,
+                    collection: format!("c{i}"),
+                    payload: b"{}".to_vec(),
+                })
+            })
+            .collect();
+        store.append(entries).await.unwrap();
+        let collector = JournalCollector::new(store)
+            .unwrap()
+            .max_collection_series(3);
+        let depth = collector
+            .collect()
+            .into_iter()
+            .find(|f| f.name() == "chroma_shift_journal_depth")
+            .unwrap();
+        let series: BTreeMap<String, f64> = depth
+            .get_metric()
+            .iter()
+            .filter(|m| m.get_label().iter().any(|l| l.value() == "new"))
+            .map(|m| {
+                let collection = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "collection")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                (collection, m.get_gauge().get_value())
+            })
+            .collect();
+        let expected: BTreeMap<String, f64> = [
+            ("", 55.0),
+            ("c9", 10.0),
+            ("c8", 9.0),
+            ("c7", 8.0),
+            (OTHER, 28.0),
+        ]
+        .into_iter()
+        .map(|(c, n)| (c.to_owned(), n))
+        .collect();
+        assert_eq!(series, expected);
+    }
+}
