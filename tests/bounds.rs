@@ -18,7 +18,7 @@ use shift_testkit::faulty::two_stores_one_faulty;
 use shift_testkit::knobs::env_or;
 use shift_testkit::scrape::{metrics_text, samples, wait_drained};
 use shift_testkit::stores::two_stores;
-use shift_testkit::{http_json, Fault, Hold, Proxy};
+use shift_testkit::{http_json, Fault, FaultyBackend, Hold, Proxy, ProxyProcess, Responder};
 use tokio::time::Instant;
 
 const COLLECTIONS: &str = "/api/v2/tenants/default_tenant/databases/default_database/collections";
@@ -216,6 +216,104 @@ async fn collections_written_once_then_idle_give_their_memory_back() -> anyhow::
     }
     let status = http_json("GET", &format!("{}/api/v2/heartbeat", url), None).await?;
     assert!(status.0.is_success());
+    Ok(())
+}
+
+/// A fake Chroma that keeps nothing: every create answers a new collection (ids numbered
+/// from `prefix`), the pre-flight check a batch size, everything else success.
+fn forgetful_chroma(prefix: u32) -> Responder {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    Responder(Arc::new(move |method, path, body| {
+        if method == http::Method::POST && path.ends_with("/collections") {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let asked: Value = serde_json::from_slice(body).unwrap_or_default();
+            let answer = json!({
+                "id": format!("{prefix:08x}-0000-4000-8000-{n:012x}"),
+                "name": asked["name"],
+                "tenant": "default_tenant",
+                "database": "default_database",
+                "configuration_json": {},
+                "metadata": null,
+                "dimension": null,
+                "log_position": 0,
+                "version": 0,
+            });
+            (http::StatusCode::OK, answer.to_string())
+        } else if path.ends_with("/pre-flight-checks") {
+            (
+                http::StatusCode::OK,
+                json!({"max_batch_size": 5461}).to_string(),
+            )
+        } else {
+            (http::StatusCode::OK, "{}".to_owned())
+        }
+    }))
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+/// The count, 10,000 collections written once, through the proxy process in front of
+/// two fake stores that keep nothing (real Chroma is too slow for this count; the test above
+/// is the real-Chroma control): the proxy's memory grows by the collection map alone. Each
+/// collection's lock table was about 50 KiB before (512 stripes), 500 MiB for 10,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_collections_cost_the_proxy_only_their_map_entries() -> anyhow::Result<()> {
+    let count: usize = env_or("BOUNDS_FAKE_COLLECTIONS", 10_000);
+    const WARM: usize = 200;
+    let old = FaultyBackend::spawn(Fault::Computed(forgetful_chroma(1))).await?;
+    let new = FaultyBackend::spawn(Fault::Computed(forgetful_chroma(2))).await?;
+    // The journal's fsyncs are not what this measures: keep the state in memory when possible.
+    let shm = std::path::Path::new("/dev/shm");
+    let state = if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("bounds-state-")
+            .tempdir_in(shm)?
+    } else {
+        tempfile::Builder::new().prefix("bounds-state-").tempdir()?
+    };
+    let builder = Proxy::builder()
+        .old(old.url())
+        .new_store(new.url())
+        .state_dir(state.path().join("state"))
+        .toml("[mirror]\nmode = \"journaled\"\n");
+    let proxy = ProxyProcess::start(builder).await?;
+    let pid = proxy.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let client: Pooled = Client::builder(TokioExecutor::new()).build_http();
+    // Warm the pools and caches first, so the baseline is not the cost of a first request.
+    write_all(&client, &proxy.url(), "warm", WARM, 16).await?;
+    wait_drained(&proxy.admin_url(), "new", WAIT).await?;
+    let before = rss(pid)?;
+    let started = Instant::now();
+    write_all(&client, &proxy.url(), "fake", count, 16).await?;
+    let written = started.elapsed();
+    wait_drained(&proxy.admin_url(), "new", WAIT).await?;
+    let after = rss(pid)?;
+
+    let text = metrics_text(&proxy.admin_url()).await?;
+    assert_eq!(tracked(&text, "collection_map"), (count + WARM) as f64);
+    assert_eq!(tracked(&text, "order_locks"), 0.0);
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "{count} collections through the proxy process in {:.1} s: RSS {:.1} MiB -> {:.1} MiB, {:.0} bytes a collection",
+        written.as_secs_f64(),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        grown as f64 / count as f64
+    );
+    // Generous: the map entry and allocator slack; the old lock tables alone were ~50 KiB each.
+    assert!(
+        grown < count as u64 * 10 * 1024,
+        "the proxy grew {grown} bytes for {count} idle collections"
+    );
     Ok(())
 }
 

@@ -50,6 +50,23 @@ pub enum Fault {
     /// once, and the rest only once the [`Hold`] is released: the write is applied, its
     /// answer stalls mid-body (past any limit on the response head).
     StalledBody(Hold),
+    /// Answers what the [`Responder`] computes from the request: a fake as smart as a test
+    /// needs (one that answers every create with a new collection, say).
+    Computed(Responder),
+}
+
+/// Computes a [`Fault::Computed`] answer, a status and a JSON body, from the request's
+/// method, path and body.
+#[derive(Clone)]
+pub struct Responder(pub Arc<Respond>);
+
+/// What a [`Responder`] runs: method, path and body in; status and JSON body out.
+pub type Respond = dyn Fn(&http::Method, &str, &Bytes) -> (StatusCode, String) + Send + Sync;
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder")
+    }
 }
 
 /// A latch a test holds requests on ([`Fault::Held`]) and releases when it has seen what it
@@ -130,6 +147,7 @@ impl Fault {
             Fault::ForwardThen(inner) => format!("ForwardThen({})", inner.kind()),
             Fault::Held(_, inner) => format!("Held({})", inner.kind()),
             Fault::StalledBody(_) => "StalledBody".to_owned(),
+            Fault::Computed(_) => "Computed".to_owned(),
         }
     }
 
@@ -440,6 +458,10 @@ async fn answer(
                 return Ok(response);
             }
             Fault::Status(status, body) => return Ok(json(status, body)),
+            Fault::Computed(responder) => {
+                let (status, answer) = (responder.0)(&parts.method, parts.uri.path(), &body);
+                return Ok(json(status, answer));
+            }
         }
     }
 }
