@@ -8,11 +8,14 @@
 //! filter or a collection change takes the collection lock exclusively. Unrelated writes run
 //! concurrently. [`OrderLocks`] is the in-process [`OrderScope`](crate::coord::OrderScope).
 //!
-//! A collection's table (512 stripes, about 40 KiB) lives only while a write holds or waits
-//! for one of its locks: every holder and waiter carries a [`TableRef`], and the last one to
-//! let go removes the table. 25,000 collections written once would otherwise keep about
-//! 1 GiB; an idle collection keeps nothing, and the next write makes a fresh table (no lock
-//! of it is held, so nothing is reordered).
+//! A collection's table (512 stripes, about 45 KiB) is kept only while it may be in use:
+//! every holder and waiter of its locks keeps a reference to it, and a sweep drops the tables
+//! nobody references. The sweep runs when the table has doubled since the last one (so its
+//! cost is constant per new table, and it never holds more than twice the collections in use,
+//! plus [`MIN_SWEEP`]) and when its size is read. A collection written again keeps its table
+//! between sweeps, so the way every uncontended write goes allocates nothing; 25,000
+//! collections written once no longer keep about 1 GiB, and a table swept away had no lock
+//! held or awaited, so a fresh one reorders nothing.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
@@ -31,28 +34,64 @@ pub type LifecycleGuard = OwnedMutexGuard<()>;
 /// Stripes per collection: enough that unrelated batches rarely share one.
 const STRIPES: usize = 512;
 
-#[derive(Debug)]
+/// Tables kept before the first sweep: a sweep of fewer is not worth its scan.
+const MIN_SWEEP: usize = 64;
+
+/// One collection's locks. Shared by the table and by every write that holds or waits for
+/// one of them; the sweep drops the tables only the table references.
 struct CollectionLocks {
     whole: Arc<RwLock<()>>,
     stripes: Vec<Arc<AsyncMutex<()>>>,
 }
 
-/// The lock table of every collection, and one lock for tenant, database and collection
-/// lifecycle changes.
+impl std::fmt::Debug for CollectionLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectionLocks").finish_non_exhaustive()
+    }
+}
+
+/// The lock tables of the collections in use.
+#[derive(Debug)]
+struct Tables {
+    by_collection: HashMap<String, Arc<CollectionLocks>>,
+    /// The next sweep runs when a new table would make this many.
+    sweep_at: usize,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            by_collection: HashMap::new(),
+            sweep_at: MIN_SWEEP,
+        }
+    }
+}
+
+impl Tables {
+    /// Drops the tables no write holds or waits for. Every reference is cloned under the
+    /// mutex this runs under, so a count of one (the table's own) cannot grow meanwhile.
+    fn sweep(&mut self) {
+        self.by_collection
+            .retain(|_, locks| Arc::strong_count(locks) > 1);
+        self.sweep_at = (self.by_collection.len() * 2).max(MIN_SWEEP);
+    }
+}
+
+/// The lock table of every collection in use, and one lock for tenant, database and
+/// collection lifecycle changes.
 #[derive(Debug, Default)]
 pub struct OrderLocks {
-    /// Shared with every [`TableRef`], which removes its collection's entry when it is the last.
-    collections: Arc<Mutex<HashMap<String, Arc<CollectionLocks>>>>,
+    tables: Mutex<Tables>,
     lifecycle: Arc<AsyncMutex<()>>,
 }
 
 /// Held while a write is ordered; dropping it lets the next write of the same records go.
-/// Fields drop in order: the locks first, then the table reference (which may free the table).
 #[derive(Debug)]
 pub enum OrderGuard {
     Records {
         _stripes: Vec<OwnedMutexGuard<()>>,
         _whole: OwnedRwLockReadGuard<()>,
+        /// Keeps the table from the sweep.
         _table: TableRef,
     },
     Collection {
@@ -61,77 +100,44 @@ pub enum OrderGuard {
     },
 }
 
-/// A use of one collection's lock table, by a write that holds or waits for its locks. The
-/// last use to end removes the table from [`OrderLocks`].
-pub struct TableRef {
-    owner: Arc<Mutex<HashMap<String, Arc<CollectionLocks>>>>,
-    collection: String,
-    locks: Option<Arc<CollectionLocks>>,
-}
-
-impl Drop for TableRef {
-    fn drop(&mut self) {
-        let mut table = self.owner.lock().unwrap_or_else(|e| e.into_inner());
-        self.locks.take();
-        // Every reference is cloned under this mutex, so one left (the table's own) means no
-        // write holds or waits for this collection's locks, and none can start meanwhile.
-        if table
-            .get(&self.collection)
-            .is_some_and(|locks| Arc::strong_count(locks) == 1)
-        {
-            table.remove(&self.collection);
-        }
-    }
-}
-
-impl std::fmt::Debug for TableRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TableRef")
-            .field("collection", &self.collection)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TableRef {
-    fn locks(&self) -> &Arc<CollectionLocks> {
-        self.locks.as_ref().expect("held until dropped")
-    }
-}
+/// A write's reference to its collection's lock table: while any is out, the sweep keeps it.
+#[derive(Debug)]
+pub struct TableRef(Arc<CollectionLocks>);
 
 impl OrderLocks {
     fn collection_locks(&self, collection: &str) -> TableRef {
-        let mut table = self.collections.lock().unwrap_or_else(|e| e.into_inner());
-        let locks = table
-            .entry(collection.to_owned())
-            .or_insert_with(|| {
-                Arc::new(CollectionLocks {
-                    whole: Arc::new(RwLock::new(())),
-                    stripes: (0..STRIPES)
-                        .map(|_| Arc::new(AsyncMutex::new(())))
-                        .collect(),
-                })
-            })
-            .clone();
-        TableRef {
-            owner: self.collections.clone(),
-            collection: collection.to_owned(),
-            locks: Some(locks),
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(locks) = tables.by_collection.get(collection) {
+            return TableRef(locks.clone());
         }
+        if tables.by_collection.len() >= tables.sweep_at {
+            tables.sweep();
+        }
+        let locks = Arc::new(CollectionLocks {
+            whole: Arc::new(RwLock::new(())),
+            stripes: (0..STRIPES)
+                .map(|_| Arc::new(AsyncMutex::new(())))
+                .collect(),
+        });
+        tables
+            .by_collection
+            .insert(collection.to_owned(), locks.clone());
+        TableRef(locks)
     }
 
-    /// Collections whose lock table exists now: those a write holds or waits for.
+    /// Collections with a lock table once the unused ones are swept: those a write holds or
+    /// waits for.
     pub fn tables(&self) -> usize {
-        self.collections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        tables.sweep();
+        tables.by_collection.len()
     }
 }
 
 impl OrderScope for OrderLocks {
     fn try_records(&self, collection: &str, ids: &[String]) -> Option<OrderGuard> {
         let table = self.collection_locks(collection);
-        let locks = table.locks();
+        let locks = &table.0;
         let whole = locks.whole.clone().try_read_owned().ok()?;
         let stripes: BTreeSet<usize> = ids.iter().map(|id| stripe(id)).collect();
         let mut guards = Vec::with_capacity(stripes.len());
@@ -153,7 +159,7 @@ impl OrderScope for OrderLocks {
     ) -> Pending<'a, OrderGuard> {
         Box::pin(async move {
             let table = self.collection_locks(collection);
-            let locks = table.locks();
+            let locks = &table.0;
             let whole = locks.whole.clone().read_owned().await;
             let stripes: BTreeSet<usize> = ids.iter().map(|id| stripe(id)).collect();
             let mut guards = Vec::with_capacity(stripes.len());
@@ -171,7 +177,7 @@ impl OrderScope for OrderLocks {
     fn collection<'a>(&'a self, collection: &'a str) -> Pending<'a, OrderGuard> {
         Box::pin(async move {
             let table = self.collection_locks(collection);
-            let whole = table.locks().whole.clone();
+            let whole = table.0.whole.clone();
             OrderGuard::Collection {
                 _whole: whole.write_owned().await,
                 _table: table,
@@ -302,7 +308,24 @@ pub(crate) mod tests {
         for i in 0..10_000 {
             let guard = locks.records(&format!("c{i}"), &[format!("id{i}")]).await;
             drop(guard);
+            let kept = order.tables.lock().unwrap().by_collection.len();
+            assert!(
+                kept <= MIN_SWEEP,
+                "{kept} tables kept for one collection in use"
+            );
         }
         assert_eq!(order.tables(), 0);
+        // One collection written over and over keeps its one table: no allocation per write.
+        let first = locks.records("hot", &["a".into()]).await;
+        let table = match &first {
+            OrderGuard::Records { _table, .. } => Arc::as_ptr(&_table.0),
+            OrderGuard::Collection { .. } => unreachable!(),
+        };
+        drop(first);
+        let again = locks.records("hot", &["a".into()]).await;
+        match &again {
+            OrderGuard::Records { _table, .. } => assert_eq!(Arc::as_ptr(&_table.0), table),
+            OrderGuard::Collection { .. } => unreachable!(),
+        }
     }
 }
