@@ -50,7 +50,10 @@ pub struct BackendConfig {
     /// Limit on establishing a connection (TCP and TLS).
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Limit on a request, from sending it to the response head.
+    /// Limit on a request, from sending it to the response head; for an answer the proxy reads
+    /// whole (a lifecycle write's, a mirrored write's, its own lookups), to the answer's last
+    /// byte. A write past it has an unknown outcome and is reconciled after
+    /// `[mirror] unknown_outcome_grace`.
     #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Idle pooled connections are closed after this time.

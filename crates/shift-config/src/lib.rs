@@ -8,8 +8,8 @@
 //! prints its value.
 //!
 //! Layout: one module per section of the file (`server`, `backends`, `routing`, `mirror`,
-//! `state`, `log`, `health`, `namespaces`, `admin`, `cutover`, `reads`, `alerts`; the
-//! sub-sections `server.connections` in `connections`, `server.tls` and `admin.tls` in
+//! `state`, `log`, `health`, `namespaces`, `admin`, `cutover`, `reads`, `alerts`, `metrics`;
+//! the sub-sections `server.connections` in `connections`, `server.tls` and `admin.tls` in
 //! `tls`), each with its section's type, its defaults (written once: the section's
 //! `Default`, or a default function for a key of a section that has required keys) and its
 //! validation; `secrets`
@@ -26,6 +26,7 @@ mod cutover;
 mod health;
 mod identities;
 mod log;
+mod metrics;
 mod mirror;
 mod namespaces;
 mod reads;
@@ -49,6 +50,7 @@ pub use cutover::CutoverConfig;
 pub use health::HealthConfig;
 pub use identities::{valid_identity_name, ClientIdentityConfig, IdentityBackendTokens};
 pub use log::{LogConfig, LogFormat};
+pub use metrics::MetricsConfig;
 pub use mirror::{MirrorConfig, MirrorMode, SecondaryFailure, MAX_REPLAY_RATE};
 pub use namespaces::NamespaceRule;
 pub use reads::ReadsConfig;
@@ -123,6 +125,9 @@ pub struct Config {
     /// Where alerts go.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Bounds on per-collection metric series.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// The prefix of environment overrides.
@@ -167,6 +172,7 @@ impl Config {
         self.health.validate()?;
         self.validate_credentials()?;
         self.admin.validate()?;
+        self.metrics.validate()?;
         Ok(())
     }
 }

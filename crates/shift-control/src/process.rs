@@ -11,6 +11,7 @@ use shift_config::BackendName;
 use shift_config::{Config, Secrets};
 use shift_proxy::auth::ClientAuth;
 use shift_proxy::backend::BackendBuildError;
+use shift_proxy::collection_series::{SeriesLimits, TrackedCollector};
 use shift_proxy::coord::Coordination;
 use shift_proxy::intents::recover_intents;
 use shift_proxy::metrics::ConnectionMetrics;
@@ -105,12 +106,18 @@ impl ChromaShift {
         let backends = Arc::new(Backends::from_config(&config.backends, &secrets)?);
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
+        metrics
+            .collection_series
+            .set_limits(SeriesLimits::from_config(&config.metrics));
         let store = StateStore::open_with(
             &config.state.dir,
             shift_state::StoreOptions::from_config(&config.state),
         )
         .await?;
-        registry.register(Box::new(JournalCollector::new(store.clone())?))?;
+        registry.register(Box::new(
+            JournalCollector::new(store.clone())?
+                .max_collection_series(config.metrics.max_collection_series),
+        ))?;
         // A topology changed through the admin API outlives restarts; the config only seeds the
         // first one.
         let initial = match crate::switch::restore(&store)? {
@@ -162,6 +169,7 @@ impl ChromaShift {
             },
         })
         .await?;
+        registry.register(Box::new(TrackedCollector::new(&plane)?))?;
         let backfill = Backfiller::new(plane.clone(), &registry)?;
         let admin_auth = if config.admin.enabled {
             AdminAuth::from_secrets(&config.admin, &secrets, &registry)?

@@ -185,6 +185,25 @@ impl Backend {
         self.name
     }
 
+    /// The limit on a request: from sending it to the response head, and for a call that reads
+    /// the answer whole, to its last byte.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Reads an answer's body until `deadline`: a body that stalls is a timeout, never a hang.
+    pub async fn read_body(
+        &self,
+        body: Incoming,
+        deadline: tokio::time::Instant,
+    ) -> Result<Bytes, BackendError> {
+        match tokio::time::timeout_at(deadline, body.collect()).await {
+            Err(_) => Err(self.error(BackendErrorKind::Timeout(self.request_timeout))),
+            Ok(Err(e)) => Err(self.error(BackendErrorKind::Transport(describe(&e)))),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        }
+    }
+
     /// The URI of `path_and_query` on this backend.
     fn uri(&self, path_and_query: &str) -> Result<Uri, BackendError> {
         format!("{}{}{}", self.origin, self.path_prefix, path_and_query)
@@ -267,8 +286,8 @@ impl Backend {
         }
     }
 
-    /// Sends a JSON request the proxy made itself (the resolver, probes) as the operator; see
-    /// [`Backend::call_as`].
+    /// Sends a JSON request the proxy made itself (the resolver, probes) as the operator and
+    /// reads the whole answer, all within `request_timeout`; see [`Backend::call_as`].
     pub async fn call(
         &self,
         method: Method,
@@ -298,13 +317,11 @@ impl Backend {
             }
             None => Bytes::new(),
         };
+        // One limit for the whole call, head and body.
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         let response = self.send_as(caller, method, path, headers, bytes).await?;
         let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(self.request_timeout, body.collect())
-            .await
-            .map_err(|_| self.error(BackendErrorKind::Timeout(self.request_timeout)))?
-            .map_err(|e| self.error(BackendErrorKind::Transport(describe(&e))))?
-            .to_bytes();
+        let body = self.read_body(body, deadline).await?;
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,

@@ -163,6 +163,16 @@ impl CollectionIdMap {
         index.by_client.get(client).cloned()
     }
 
+    /// How many collections the map holds.
+    pub fn len(&self) -> usize {
+        self.read().by_client.len()
+    }
+
+    /// Whether the map holds no collection.
+    pub fn is_empty(&self) -> bool {
+        self.read().by_client.is_empty()
+    }
+
     /// Every entry (for status pages and tests).
     pub fn entries(&self) -> Vec<Arc<CollectionEntry>> {
         self.read().by_client.values().cloned().collect()

@@ -58,6 +58,8 @@ pub trait OrderScope: Send + Sync + Debug {
     /// Serializes lifecycle changes (tenants, databases, collections), so their mirrors are
     /// queued in the order the primary applied them.
     fn lifecycle(&self) -> Pending<'_, LifecycleGuard>;
+    /// Collections whose order state is kept now (held or waited for); idle ones keep none.
+    fn tracked_collections(&self) -> usize;
 }
 
 impl dyn OrderScope + '_ {

@@ -1,6 +1,8 @@
 //! Forwarding helpers every operation module shares: the request as read, a backend's path for
 //! it, sending it, relaying the answer, and the errors of a lookup on the way.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
@@ -52,17 +54,43 @@ pub fn relay_json(mut parts: http::response::Parts, value: &Value) -> Response<P
     Response::from_parts(parts, body::full(bytes))
 }
 
-/// Reads a backend's answer whole: its head and its body.
+/// When the answer to a request [`send`] sent must be read whole by: its backend's
+/// `request_timeout` after sending. Kept in the response's extensions, so the read that
+/// follows (maybe under the lifecycle lock) is bounded by the same limit as the request.
+#[derive(Debug, Clone, Copy)]
+struct AnswerDeadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+}
+
+/// The limit of an answer that did not come through [`send`] (none does today): the
+/// default `request_timeout`.
+const UNSENT_ANSWER_LIMIT: Duration = Duration::from_secs(60);
+
+/// Reads a backend's answer whole: its head and its body, by the request's deadline. A body
+/// that stalls is a timeout (a write's outcome is then unknown), never a hang.
 pub(crate) async fn read_whole(
     backend: BackendName,
     response: Response<Incoming>,
 ) -> Result<(http::response::Parts, Bytes), ProxyError> {
     let (parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map_err(|e| transport(backend, e))?
-        .to_bytes();
+    let deadline = parts
+        .extensions
+        .get::<AnswerDeadline>()
+        .copied()
+        .unwrap_or_else(|| AnswerDeadline {
+            at: tokio::time::Instant::now() + UNSENT_ANSWER_LIMIT,
+            limit: UNSENT_ANSWER_LIMIT,
+        });
+    let bytes = match tokio::time::timeout_at(deadline.at, body.collect()).await {
+        Err(_) => {
+            return Err(ProxyError::Backend(BackendError {
+                backend,
+                kind: BackendErrorKind::Timeout(deadline.limit),
+            }))
+        }
+        Ok(read) => read.map_err(|e| transport(backend, e))?.to_bytes(),
+    };
     Ok((parts, bytes))
 }
 
@@ -97,7 +125,8 @@ pub(crate) fn backend_path(
     )
 }
 
-/// Sends the request to `backend` at `path` with `body`.
+/// Sends the request to `backend` at `path` with `body`; its answer is due within the
+/// backend's `request_timeout` (the head here, the whole body in [`read_whole`]).
 pub(crate) async fn send(
     plane: &DataPlaneState,
     backend: BackendName,
@@ -105,10 +134,10 @@ pub(crate) async fn send(
     path: &str,
     body: Bytes,
 ) -> Result<Response<Incoming>, BackendError> {
-    plane
-        .resolver
-        .backends
-        .get(backend)
+    let client = plane.resolver.backends.get(backend);
+    let limit = client.request_timeout();
+    let at = tokio::time::Instant::now() + limit;
+    let mut response = client
         .send_as(
             &request.caller,
             request.method.clone(),
@@ -116,7 +145,11 @@ pub(crate) async fn send(
             request.headers.clone(),
             body,
         )
-        .await
+        .await?;
+    response
+        .extensions_mut()
+        .insert(AnswerDeadline { at, limit });
+    Ok(response)
 }
 
 /// A backend that failed mid-answer.
@@ -138,5 +171,88 @@ pub(crate) fn resolve_failure(error: ResolveError) -> ProxyError {
     match error {
         ResolveError::Backend(e) => ProxyError::Backend(e),
         ResolveError::StateStore(e) => state_failure(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request with a head and the start of a body, then stalls.
+    async fn stalling_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    let _ = stream.read(&mut buffer).await;
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":";
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    std::future::pending::<()>().await;
+                    drop(stream);
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn backend(url: &str) -> Backend {
+        let config = shift_config::Config::from_toml(&format!(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            admin_listen = "127.0.0.1:1"
+            [backends.old]
+            url = "{url}"
+            request_timeout = "300ms"
+            [backends.new]
+            url = "http://127.0.0.1:9"
+            "#
+        ))
+        .unwrap();
+        Backend::new(BackendName::Old, &config.backends.old, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stalled_answer_body_is_a_timeout_not_a_hang() {
+        let backend = backend(&stalling_server().await);
+        let limit = Duration::from_secs(30);
+        // The proxy's own calls: one limit for head and body.
+        let called = tokio::time::timeout(limit, backend.call(Method::GET, "/x", None))
+            .await
+            .expect("a call hung on a stalled body");
+        assert!(
+            matches!(
+                called,
+                Err(BackendError {
+                    kind: BackendErrorKind::Timeout(_),
+                    ..
+                })
+            ),
+            "{called:?}"
+        );
+        // A forwarded request's answer read whole, by the deadline `send` set.
+        let at = tokio::time::Instant::now() + backend.request_timeout();
+        let mut response = backend
+            .send(Method::GET, "/x", HeaderMap::new(), Bytes::new())
+            .await
+            .unwrap();
+        response.extensions_mut().insert(AnswerDeadline {
+            at,
+            limit: backend.request_timeout(),
+        });
+        let read = tokio::time::timeout(limit, read_whole(BackendName::Old, response))
+            .await
+            .expect("read_whole hung on a stalled body");
+        match read {
+            Err(ProxyError::Backend(BackendError {
+                kind: BackendErrorKind::Timeout(timeout),
+                ..
+            })) => assert_eq!(timeout, Duration::from_millis(300)),
+            other => panic!("expected a timeout, got {:?}", other.map(|(p, _)| p)),
+        }
     }
 }

@@ -25,7 +25,8 @@
 //! [`topology`], and [`embedded`] for the redb state of `shift-state`) are the default.
 //!
 //! [`server::serve`] runs the stack on a listener; [`error`] maps every failure to an answer
-//! in Chroma's error shape; [`metrics`] holds the Prometheus metrics; [`backend`] is the one
+//! in Chroma's error shape; [`metrics`] holds the Prometheus metrics ([`collection_series`]
+//! bounds their per-collection labels); [`backend`] is the one
 //! HTTP client for the stores.
 
 pub mod admission;
@@ -33,6 +34,7 @@ pub mod apply;
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod collection_series;
 pub mod collections;
 pub mod coord;
 pub mod embedded;

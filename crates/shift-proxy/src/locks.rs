@@ -7,6 +7,15 @@
 //! stripes in ascending order (so two writes never wait on each other in a cycle); a delete by
 //! filter or a collection change takes the collection lock exclusively. Unrelated writes run
 //! concurrently. [`OrderLocks`] is the in-process [`OrderScope`](crate::coord::OrderScope).
+//!
+//! A collection's table (512 stripes, about 45 KiB) is kept only while it may be in use:
+//! every holder and waiter of its locks keeps a reference to it, and a sweep drops the tables
+//! nobody references. The sweep runs when the table has doubled since the last one (so its
+//! cost is constant per new table, and it never holds more than twice the collections in use,
+//! plus [`MIN_SWEEP`]) and when its size is read. A collection written again keeps its table
+//! between sweeps, so the way every uncontended write goes allocates nothing; 25,000
+//! collections written once no longer keep about 1 GiB, and a table swept away had no lock
+//! held or awaited, so a fresh one reorders nothing.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
@@ -25,17 +34,54 @@ pub type LifecycleGuard = OwnedMutexGuard<()>;
 /// Stripes per collection: enough that unrelated batches rarely share one.
 const STRIPES: usize = 512;
 
-#[derive(Debug)]
+/// Tables kept before the first sweep: a sweep of fewer is not worth its scan.
+const MIN_SWEEP: usize = 64;
+
+/// One collection's locks. Shared by the table and by every write that holds or waits for
+/// one of them; the sweep drops the tables only the table references.
 struct CollectionLocks {
     whole: Arc<RwLock<()>>,
     stripes: Vec<Arc<AsyncMutex<()>>>,
 }
 
-/// The lock table of every collection, and one lock for tenant, database and collection
-/// lifecycle changes.
+impl std::fmt::Debug for CollectionLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectionLocks").finish_non_exhaustive()
+    }
+}
+
+/// The lock tables of the collections in use.
+#[derive(Debug)]
+struct Tables {
+    by_collection: HashMap<String, Arc<CollectionLocks>>,
+    /// The next sweep runs when a new table would make this many.
+    sweep_at: usize,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            by_collection: HashMap::new(),
+            sweep_at: MIN_SWEEP,
+        }
+    }
+}
+
+impl Tables {
+    /// Drops the tables no write holds or waits for. Every reference is cloned under the
+    /// mutex this runs under, so a count of one (the table's own) cannot grow meanwhile.
+    fn sweep(&mut self) {
+        self.by_collection
+            .retain(|_, locks| Arc::strong_count(locks) > 1);
+        self.sweep_at = (self.by_collection.len() * 2).max(MIN_SWEEP);
+    }
+}
+
+/// The lock table of every collection in use, and one lock for tenant, database and
+/// collection lifecycle changes.
 #[derive(Debug, Default)]
 pub struct OrderLocks {
-    collections: Mutex<HashMap<String, Arc<CollectionLocks>>>,
+    tables: Mutex<Tables>,
     lifecycle: Arc<AsyncMutex<()>>,
 }
 
@@ -45,32 +91,53 @@ pub enum OrderGuard {
     Records {
         _stripes: Vec<OwnedMutexGuard<()>>,
         _whole: OwnedRwLockReadGuard<()>,
+        /// Keeps the table from the sweep.
+        _table: TableRef,
     },
     Collection {
         _whole: OwnedRwLockWriteGuard<()>,
+        _table: TableRef,
     },
 }
 
+/// A write's reference to its collection's lock table: while any is out, the sweep keeps it.
+#[derive(Debug)]
+pub struct TableRef(Arc<CollectionLocks>);
+
 impl OrderLocks {
-    fn collection_locks(&self, collection: &str) -> Arc<CollectionLocks> {
-        let mut table = self.collections.lock().unwrap_or_else(|e| e.into_inner());
-        table
-            .entry(collection.to_owned())
-            .or_insert_with(|| {
-                Arc::new(CollectionLocks {
-                    whole: Arc::new(RwLock::new(())),
-                    stripes: (0..STRIPES)
-                        .map(|_| Arc::new(AsyncMutex::new(())))
-                        .collect(),
-                })
-            })
-            .clone()
+    fn collection_locks(&self, collection: &str) -> TableRef {
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(locks) = tables.by_collection.get(collection) {
+            return TableRef(locks.clone());
+        }
+        if tables.by_collection.len() >= tables.sweep_at {
+            tables.sweep();
+        }
+        let locks = Arc::new(CollectionLocks {
+            whole: Arc::new(RwLock::new(())),
+            stripes: (0..STRIPES)
+                .map(|_| Arc::new(AsyncMutex::new(())))
+                .collect(),
+        });
+        tables
+            .by_collection
+            .insert(collection.to_owned(), locks.clone());
+        TableRef(locks)
+    }
+
+    /// Collections with a lock table once the unused ones are swept: those a write holds or
+    /// waits for.
+    pub fn tables(&self) -> usize {
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        tables.sweep();
+        tables.by_collection.len()
     }
 }
 
 impl OrderScope for OrderLocks {
     fn try_records(&self, collection: &str, ids: &[String]) -> Option<OrderGuard> {
-        let locks = self.collection_locks(collection);
+        let table = self.collection_locks(collection);
+        let locks = &table.0;
         let whole = locks.whole.clone().try_read_owned().ok()?;
         let stripes: BTreeSet<usize> = ids.iter().map(|id| stripe(id)).collect();
         let mut guards = Vec::with_capacity(stripes.len());
@@ -81,6 +148,7 @@ impl OrderScope for OrderLocks {
         Some(OrderGuard::Records {
             _stripes: guards,
             _whole: whole,
+            _table: table,
         })
     }
 
@@ -90,7 +158,8 @@ impl OrderScope for OrderLocks {
         ids: &'a [String],
     ) -> Pending<'a, OrderGuard> {
         Box::pin(async move {
-            let locks = self.collection_locks(collection);
+            let table = self.collection_locks(collection);
+            let locks = &table.0;
             let whole = locks.whole.clone().read_owned().await;
             let stripes: BTreeSet<usize> = ids.iter().map(|id| stripe(id)).collect();
             let mut guards = Vec::with_capacity(stripes.len());
@@ -100,21 +169,28 @@ impl OrderScope for OrderLocks {
             OrderGuard::Records {
                 _stripes: guards,
                 _whole: whole,
+                _table: table,
             }
         })
     }
 
     fn collection<'a>(&'a self, collection: &'a str) -> Pending<'a, OrderGuard> {
         Box::pin(async move {
-            let locks = self.collection_locks(collection);
+            let table = self.collection_locks(collection);
+            let whole = table.0.whole.clone();
             OrderGuard::Collection {
-                _whole: locks.whole.clone().write_owned().await,
+                _whole: whole.write_owned().await,
+                _table: table,
             }
         })
     }
 
     fn lifecycle(&self) -> Pending<'_, LifecycleGuard> {
         Box::pin(self.lifecycle.clone().lock_owned())
+    }
+
+    fn tracked_collections(&self) -> usize {
+        self.tables()
     }
 }
 
@@ -192,5 +268,64 @@ pub(crate) mod tests {
         assert!(poll_once(whole.as_mut()).await.is_none());
         drop(record);
         assert!(poll_once(whole.as_mut()).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_lives_while_a_write_holds_or_waits_and_no_longer() {
+        let order = OrderLocks::default();
+        let locks: &dyn OrderScope = &order;
+        let a: [String; 1] = ["a".into()];
+        let held = locks.records("c", &a).await;
+        let whole = locks.collection("d").await;
+        assert_eq!(order.tables(), 2);
+        // A waiter keeps the table too; it was not made twice.
+        let mut waiting = Box::pin(locks.records("c", &a));
+        assert!(poll_once(waiting.as_mut()).await.is_none());
+        drop(held);
+        assert_eq!(order.tables(), 2, "the waiter's table went away");
+        let second = poll_once(waiting.as_mut())
+            .await
+            .expect("the waiter did not get the freed record");
+        drop(waiting);
+        drop(second);
+        drop(whole);
+        assert_eq!(order.tables(), 0, "an idle collection kept its lock table");
+        // A refused try and a cancelled wait leave nothing behind either.
+        let held = locks.records("c", &a).await;
+        assert!(locks.try_records("c", &a).is_none());
+        let mut cancelled = Box::pin(locks.collection("c"));
+        assert!(poll_once(cancelled.as_mut()).await.is_none());
+        drop(cancelled);
+        assert_eq!(order.tables(), 1);
+        drop(held);
+        assert_eq!(locks.tracked_collections(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_collections_written_once_keep_no_tables() {
+        let order = OrderLocks::default();
+        let locks: &dyn OrderScope = &order;
+        for i in 0..10_000 {
+            let guard = locks.records(&format!("c{i}"), &[format!("id{i}")]).await;
+            drop(guard);
+            let kept = order.tables.lock().unwrap().by_collection.len();
+            assert!(
+                kept <= MIN_SWEEP,
+                "{kept} tables kept for one collection in use"
+            );
+        }
+        assert_eq!(order.tables(), 0);
+        // One collection written over and over keeps its one table: no allocation per write.
+        let first = locks.records("hot", &["a".into()]).await;
+        let table = match &first {
+            OrderGuard::Records { _table, .. } => Arc::as_ptr(&_table.0),
+            OrderGuard::Collection { .. } => unreachable!(),
+        };
+        drop(first);
+        let again = locks.records("hot", &["a".into()]).await;
+        match &again {
+            OrderGuard::Records { _table, .. } => assert_eq!(Arc::as_ptr(&_table.0), table),
+            OrderGuard::Collection { .. } => unreachable!(),
+        }
     }
 }

@@ -7,8 +7,12 @@ use prometheus::{
     exponential_buckets, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
+use std::sync::Arc;
+
 use shift_config::BackendName;
 use shift_state::StateStore;
+
+use crate::collection_series::{CollectionSeries, Families, OTHER};
 
 /// Metrics of requests through the data plane.
 #[derive(Debug, Clone)]
@@ -39,24 +43,32 @@ pub struct ProxyMetrics {
     /// Entries parked as dead letters, by target and kind.
     pub dead_letters: IntCounterVec,
     /// Mirrored writes whose embeddings' dimension the target collection refused.
+    /// Per collection: written through `collection_series` only (a bounded set of labels).
     pub dimension_mismatches: IntCounterVec,
     /// Shadow reads by collection (client id), operation and outcome (match, mismatch, error,
     /// timeout, dropped, skipped).
+    /// Per collection: written through `collection_series` only (a bounded set of labels).
     pub shadow_reads: IntCounterVec,
     /// Shadow reads not sent or not compared, by reason (lagging, unmapped, primary_failed).
     pub shadow_skipped: IntCounterVec,
     /// Recall at k of the secondary's query answers against the primary's, per collection.
+    /// Per collection: written through `collection_series` only (a bounded set of labels).
     pub shadow_recall: HistogramVec,
     /// The largest relative distance drift of each shadowed query, per collection.
+    /// Per collection: written through `collection_series` only (a bounded set of labels).
     pub shadow_distance_drift: HistogramVec,
     /// Shadow reads running now.
     pub shadow_in_flight: IntGauge,
     /// Canary reads by collection and outcome (served, fallback, skipped_lagging,
     /// skipped_unmapped).
+    /// Per collection: written through `collection_series` only (a bounded set of labels).
     pub canary_reads: IntCounterVec,
     /// Write intents settled by the sweeper, not by their own task (the state store could not
     /// write when the task settled, or the task died).
     pub orphaned_intents: prometheus::IntCounter,
+    /// Writes the per-collection families above (shadow reads, recall, drift, canary reads,
+    /// dimension mismatches) with a bounded number of collection labels.
+    pub collection_series: Arc<CollectionSeries>,
 }
 
 impl ProxyMetrics {
@@ -65,6 +77,26 @@ impl ProxyMetrics {
         // 0.5 ms to about 33 s: Chroma answers heartbeats in well under a millisecond and a
         // large query or batch add in seconds.
         let buckets = exponential_buckets(0.0005, 2.0, 17)?;
+        // The per-collection families, written only through `collection_series`.
+        let dimension_mismatches = counters("chroma_shift_dimension_mismatches_total", "Mirrored writes refused for an embedding dimension that differs from the target collection's.", &["target", "collection"])?;
+        let shadow_reads = counters("chroma_shift_shadow_reads_total", "Shadow reads by collection, operation and outcome (match, mismatch, error, timeout, dropped, skipped).", &["collection", "operation", "outcome"])?;
+        let shadow_recall = HistogramVec::new(
+            HistogramOpts::new(
+                "chroma_shift_shadow_recall",
+                "Recall at k of the secondary's shadowed query answers against the primary's.",
+            )
+            .buckets(vec![0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0]),
+            &["collection"],
+        )?;
+        let shadow_distance_drift = HistogramVec::new(
+            HistogramOpts::new(
+                "chroma_shift_shadow_distance_drift",
+                "Largest relative distance drift of each shadowed query (absolute below a distance of 1).",
+            )
+            .buckets(vec![1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0]),
+            &["collection"],
+        )?;
+        let canary_reads = counters("chroma_shift_canary_reads_total", "Canary reads by collection and outcome (served, fallback, skipped_lagging, skipped_unmapped).", &["collection", "outcome"])?;
         let metrics = ProxyMetrics {
             requests: counters("chroma_shift_requests_total", "Requests answered, by operation, answering backend and status.", &["operation", "backend", "status"])?,
             request_duration: HistogramVec::new(
@@ -95,30 +127,23 @@ impl ProxyMetrics {
             replay_requests: counters("chroma_shift_replay_requests_total", "Requests the replay sent to a target; merged batches count once.", &["target"])?,
             replay_retries: counters("chroma_shift_replay_retries_total", "Replay attempts that failed and are retried.", &["target"])?,
             dead_letters: counters("chroma_shift_dead_letters_total", "Journal entries parked as dead letters, by target and kind.", &["target", "kind"])?,
-            dimension_mismatches: counters("chroma_shift_dimension_mismatches_total", "Mirrored writes refused for an embedding dimension that differs from the target collection's.", &["target", "collection"])?,
-            shadow_reads: counters("chroma_shift_shadow_reads_total", "Shadow reads by collection, operation and outcome (match, mismatch, error, timeout, dropped, skipped).", &["collection", "operation", "outcome"])?,
+            dimension_mismatches: dimension_mismatches.clone(),
+            shadow_reads: shadow_reads.clone(),
             shadow_skipped: counters("chroma_shift_shadow_skipped_total", "Shadow reads not sent or not compared, by reason (lagging, unmapped, primary_failed, too_large).", &["reason"])?,
-            shadow_recall: HistogramVec::new(
-                HistogramOpts::new(
-                    "chroma_shift_shadow_recall",
-                    "Recall at k of the secondary's shadowed query answers against the primary's.",
-                )
-                .buckets(vec![0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0]),
-                &["collection"],
-            )?,
-            shadow_distance_drift: HistogramVec::new(
-                HistogramOpts::new(
-                    "chroma_shift_shadow_distance_drift",
-                    "Largest relative distance drift of each shadowed query (absolute below a distance of 1).",
-                )
-                .buckets(vec![1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0]),
-                &["collection"],
-            )?,
+            shadow_recall: shadow_recall.clone(),
+            shadow_distance_drift: shadow_distance_drift.clone(),
             shadow_in_flight: IntGauge::new(
                 "chroma_shift_shadow_reads_in_flight",
                 "Shadow reads running now.",
             )?,
-            canary_reads: counters("chroma_shift_canary_reads_total", "Canary reads by collection and outcome (served, fallback, skipped_lagging, skipped_unmapped).", &["collection", "outcome"])?,
+            canary_reads: canary_reads.clone(),
+            collection_series: Arc::new(CollectionSeries::new(Families {
+                shadow_reads,
+                shadow_recall,
+                shadow_distance_drift,
+                canary_reads,
+                dimension_mismatches,
+            })),
             orphaned_intents: prometheus::IntCounter::new(
                 "chroma_shift_orphaned_intents_settled_total",
                 "Write intents settled as reconciliations by the sweeper rather than by their own task.",
@@ -169,6 +194,9 @@ fn gauges(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaug
 pub struct JournalCollector {
     store: StateStore,
     descs: Vec<Desc>,
+    /// Collections with their own depth and age series, the deepest first; the rest are
+    /// summed under `collection="_other"`.
+    max_collections: usize,
 }
 
 impl JournalCollector {
@@ -177,7 +205,18 @@ impl JournalCollector {
             .iter()
             .flat_map(|family| family.desc().into_iter().cloned().collect::<Vec<_>>())
             .collect();
-        Ok(JournalCollector { store, descs })
+        Ok(JournalCollector {
+            store,
+            descs,
+            max_collections: shift_config::MetricsConfig::default().max_collection_series,
+        })
+    }
+
+    /// Caps the collections with depth and age series of their own (`[metrics]
+    /// max_collection_series`).
+    pub fn max_collection_series(mut self, max: usize) -> JournalCollector {
+        self.max_collections = max;
+        self
     }
 
     fn families() -> prometheus::Result<[Box<dyn Collector>; 7]> {
@@ -228,12 +267,27 @@ impl JournalCollector {
                 .set(i64::try_from(lag.entries).unwrap_or(i64::MAX));
             age.with_label_values(&[name, ""])
                 .set(lag.oldest_created_ms.map_or(0.0, seconds));
-            for (collection, entry) in lag.collections.iter().filter(|(c, _)| !c.is_empty()) {
+            let mut lagging: Vec<_> = lag
+                .collections
+                .iter()
+                .filter(|(c, _)| !c.is_empty())
+                .collect();
+            // The deepest collections get series of their own; the rest are summed.
+            lagging.sort_by_key(|(_, lag)| std::cmp::Reverse(lag.entries));
+            let rest = lagging.split_off(self.max_collections.min(lagging.len()));
+            for (collection, entry) in lagging {
                 depth
                     .with_label_values(&[name, collection])
                     .set(i64::try_from(entry.entries).unwrap_or(i64::MAX));
                 age.with_label_values(&[name, collection])
                     .set(seconds(entry.oldest_created_ms));
+            }
+            if let Some(oldest) = rest.iter().map(|(_, e)| e.oldest_created_ms).min() {
+                let entries: u64 = rest.iter().map(|(_, e)| e.entries).sum();
+                depth
+                    .with_label_values(&[name, OTHER])
+                    .set(i64::try_from(entries).unwrap_or(i64::MAX));
+                age.with_label_values(&[name, OTHER]).set(seconds(oldest));
             }
         }
         dead.set(i64::try_from(self.store.dead_letter_count()).unwrap_or(i64::MAX));
@@ -404,5 +458,62 @@ impl ConnectionMetrics {
             }
         }
         Ok(metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shift_state::NewEntry;
+    use std::collections::BTreeMap;
+
+    #[tokio::test]
+    async fn journal_depth_series_are_capped_the_deepest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).await.unwrap();
+        // Collection c{i} has i + 1 entries waiting.
+        let entries = (0..10)
+            .flat_map(|i| {
+                (0..=i).map(move |_| NewEntry {
+                    target: BackendName::New,
+                    collection: format!("c{i}"),
+                    payload: b"{}".to_vec(),
+                })
+            })
+            .collect();
+        store.append(entries).await.unwrap();
+        let collector = JournalCollector::new(store)
+            .unwrap()
+            .max_collection_series(3);
+        let depth = collector
+            .collect()
+            .into_iter()
+            .find(|f| f.name() == "chroma_shift_journal_depth")
+            .unwrap();
+        let series: BTreeMap<String, f64> = depth
+            .get_metric()
+            .iter()
+            .filter(|m| m.get_label().iter().any(|l| l.value() == "new"))
+            .map(|m| {
+                let collection = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "collection")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                (collection, m.get_gauge().get_value())
+            })
+            .collect();
+        let expected: BTreeMap<String, f64> = [
+            ("", 55.0),
+            ("c9", 10.0),
+            ("c8", 9.0),
+            ("c7", 8.0),
+            (OTHER, 28.0),
+        ]
+        .into_iter()
+        .map(|(c, n)| (c.to_owned(), n))
+        .collect();
+        assert_eq!(series, expected);
     }
 }

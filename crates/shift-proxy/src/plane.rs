@@ -181,6 +181,16 @@ impl DataPlaneState {
         self.resolver.map.entries().len()
     }
 
+    /// How many collections each per-collection structure holds now.
+    pub fn tracked_collections(&self) -> crate::collection_series::TrackedCollections {
+        crate::collection_series::TrackedCollections {
+            order_locks: self.locks.tracked_collections(),
+            metric_series: self.metrics.collection_series.tracked(),
+            shadow_scores: self.shadow.tracked(),
+            collection_map: self.resolver.map.len(),
+        }
+    }
+
     /// Registers (or finds) the collection a store answered with.
     pub async fn register_collection(
         &self,

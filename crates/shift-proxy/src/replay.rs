@@ -460,9 +460,8 @@ impl<A: ApplyTarget> Run<'_, A> {
                 if dimension_mismatch {
                     self.worker
                         .metrics
-                        .dimension_mismatches
-                        .with_label_values(&[target.as_str(), &collection])
-                        .inc();
+                        .collection_series
+                        .dimension_mismatch(target.as_str(), &collection);
                 }
                 tracing::error!(
                     target = target.as_str(),
@@ -682,6 +681,7 @@ impl<A: ApplyTarget> Run<'_, A> {
             .set(i64::try_from(waiting.len()).unwrap_or(i64::MAX));
         self.worker.board.update(self.target(), |s| {
             s.held_bytes = self.held as u64;
+            s.lanes = self.lanes.len();
             s.waiting = waiting
                 .iter()
                 .take(BOARD_WAITING)

@@ -46,6 +46,27 @@ pub enum Fault {
     /// Waits until the test releases the [`Hold`], then answers with the inner fault: a
     /// backend exactly as slow as a test needs, with no clock involved.
     Held(Hold, Box<Fault>),
+    /// Forwards the request, answers the upstream's head and the first half of its body at
+    /// once, and the rest only once the [`Hold`] is released: the write is applied, its
+    /// answer stalls mid-body (past any limit on the response head).
+    StalledBody(Hold),
+    /// Answers what the [`Responder`] computes from the request: a fake as smart as a test
+    /// needs (one that answers every create with a new collection, say).
+    Computed(Responder),
+}
+
+/// Computes a [`Fault::Computed`] answer, a status and a JSON body, from the request's
+/// method, path and body.
+#[derive(Clone)]
+pub struct Responder(pub Arc<Respond>);
+
+/// What a [`Responder`] runs: method, path and body in; status and JSON body out.
+pub type Respond = dyn Fn(&http::Method, &str, &Bytes) -> (StatusCode, String) + Send + Sync;
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder")
+    }
 }
 
 /// A latch a test holds requests on ([`Fault::Held`]) and releases when it has seen what it
@@ -125,6 +146,8 @@ impl Fault {
             Fault::SlowAnswer(_) => "SlowAnswer".to_owned(),
             Fault::ForwardThen(inner) => format!("ForwardThen({})", inner.kind()),
             Fault::Held(_, inner) => format!("Held({})", inner.kind()),
+            Fault::StalledBody(_) => "StalledBody".to_owned(),
+            Fault::Computed(_) => "Computed".to_owned(),
         }
     }
 
@@ -352,7 +375,7 @@ async fn answer(
     script: Arc<Mutex<Script>>,
     upstream: Arc<Option<Upstream>>,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ResetConnection> {
+) -> Result<Response<FakeBody>, ResetConnection> {
     let (parts, body) = request.into_parts();
     let body = collected(body).await;
     let mut fault = {
@@ -410,6 +433,19 @@ async fn answer(
                 hold.pass().await;
                 fault = *inner;
             }
+            Fault::StalledBody(hold) => {
+                let (head, whole) = forward(upstream.as_ref().as_ref(), &parts, body)
+                    .await
+                    .into_parts();
+                let FakeBody { now, .. } = whole;
+                let bytes = now.unwrap_or_default();
+                let rest = bytes.slice(bytes.len() / 2..);
+                let stalled = FakeBody {
+                    now: Some(bytes.slice(..bytes.len() / 2)),
+                    later: Some((Box::pin(async move { hold.pass().await }), rest)),
+                };
+                return Ok(Response::from_parts(head, stalled));
+            }
             Fault::Reset => return Err(ResetConnection),
             Fault::TooManyRequests { retry_after_secs } => {
                 let mut response = json(
@@ -422,6 +458,10 @@ async fn answer(
                 return Ok(response);
             }
             Fault::Status(status, body) => return Ok(json(status, body)),
+            Fault::Computed(responder) => {
+                let (status, answer) = (responder.0)(&parts.method, parts.uri.path(), &body);
+                return Ok(json(status, answer));
+            }
         }
     }
 }
@@ -432,7 +472,7 @@ async fn forward(
     upstream: Option<&Upstream>,
     parts: &http::request::Parts,
     body: Bytes,
-) -> Response<Full<Bytes>> {
+) -> Response<FakeBody> {
     let Some(upstream) = upstream else {
         return json(
             StatusCode::BAD_GATEWAY,
@@ -470,7 +510,7 @@ async fn forward(
     };
     let (parts, body) = response.into_parts();
     let bytes = collected(body).await;
-    let mut answer = Response::new(Full::new(bytes));
+    let mut answer = Response::new(FakeBody::whole(bytes));
     *answer.status_mut() = parts.status;
     for (name, value) in &parts.headers {
         if name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING {
@@ -480,8 +520,52 @@ async fn forward(
     answer
 }
 
-fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+/// A body the fake answers with: whole, or its first part at once and the rest after a wait
+/// ([`Fault::StalledBody`]).
+pub struct FakeBody {
+    now: Option<Bytes>,
+    /// What to wait for, and the bytes that follow it.
+    later: Option<(Wait, Bytes)>,
+}
+
+/// What a stalled body waits for before its last bytes.
+type Wait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl FakeBody {
+    fn whole(bytes: Bytes) -> FakeBody {
+        FakeBody {
+            now: Some(bytes),
+            later: None,
+        }
+    }
+}
+
+impl hyper::body::Body for FakeBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Some(bytes) = this.now.take() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes))));
+        }
+        let Some((wait, _)) = this.later.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if wait.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let rest = this.later.take().map(|(_, rest)| rest).unwrap_or_default();
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(rest))))
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<FakeBody> {
+    let mut response = Response::new(FakeBody::whole(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         "content-type",

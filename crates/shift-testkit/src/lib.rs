@@ -31,7 +31,7 @@ use shift_proxy::Drained;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faulty::{Fault, FaultyBackend, Hold};
+pub use faulty::{Fault, FaultyBackend, Hold, Responder};
 pub use process::ProxyProcess;
 
 /// The repository's root (where `.venv` and `tests/python` live).

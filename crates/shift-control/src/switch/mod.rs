@@ -18,6 +18,12 @@
 //! between persisting the topology and swapping it in (the two would then disagree until the
 //! next start), nor leave a pause's gate closed with a topology that says it is open.
 //! Every change is persisted before it takes effect and restored at start.
+//!
+//! Every wait is bounded: a change waits for the one under way, the gate, the intents and the
+//! drain within its timeout, then says why it gave up and holds nothing. A write in flight
+//! ends on its own: each of its backend calls (the answer's body included) is bounded by its
+//! store's `request_timeout`, and one that times out is an unknown outcome (reconciled after
+//! the grace), so a stalled store delays a switch by at most that, never forever.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -297,7 +303,7 @@ impl TopologySwitch {
         change: impl FnOnce(Topology) -> Topology + Send + 'static,
     ) -> Result<Arc<Topology>, ChangeError> {
         self.detached(move |core| async move {
-            let _changing = core.changing.lock().await;
+            let _changing = core.one_change_at_a_time(core.defaults.timeout).await?;
             let next = change((*core.current()).clone());
             core.persist_and_swap(next).await?;
             Ok(core.current())
@@ -308,11 +314,19 @@ impl TopologySwitch {
     /// Holds every write at the gate until [`TopologySwitch::resume`].
     pub async fn pause(&self) -> Result<Arc<Topology>, ChangeError> {
         self.detached(|core| async move {
-            let _changing = core.changing.lock().await;
+            let limit = core.defaults.timeout;
+            let _changing = core.one_change_at_a_time(limit).await?;
             let mut pause = core.pause.lock().await;
             let closed_here = pause.is_none();
             if closed_here {
-                *pause = Some(core.gate.close().await);
+                // A write whose store stalls holds its pass until its own limit: wait no longer
+                // than a switch would, and say so.
+                let Ok(closed) = tokio::time::timeout(limit, core.gate.close()).await else {
+                    return Err(ChangeError::Refused(format!(
+                        "writes in flight did not finish within {limit:?}; not paused"
+                    )));
+                };
+                *pause = Some(closed);
             }
             let next = Topology {
                 paused: true,
@@ -336,7 +350,7 @@ impl TopologySwitch {
     /// Lets held writes go.
     pub async fn resume(&self) -> Result<Arc<Topology>, ChangeError> {
         self.detached(|core| async move {
-            let _changing = core.changing.lock().await;
+            let _changing = core.one_change_at_a_time(core.defaults.timeout).await?;
             let next = Topology {
                 paused: false,
                 ..(*core.current()).clone()
@@ -365,6 +379,21 @@ impl SwitchCore {
         self.topology.current()
     }
 
+    /// Waits (at most `limit`) for the change under way, if any, to end: every change waits
+    /// within its own bound, so one stuck behind a stalled store cannot hold the next forever.
+    async fn one_change_at_a_time(
+        &self,
+        limit: Duration,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, ChangeError> {
+        tokio::time::timeout(limit, self.changing.lock())
+            .await
+            .map_err(|_| {
+                ChangeError::Refused(format!(
+                    "another topology change is still running after {limit:?}; try again"
+                ))
+            })
+    }
+
     /// Persists `topology`, then swaps it in: a crash between the two restarts on the new one,
     /// which nothing has used yet (a switch holds the gate closed meanwhile).
     async fn persist_and_swap(&self, topology: Topology) -> Result<(), StoreError> {
@@ -379,13 +408,13 @@ impl SwitchCore {
         direction: Direction,
         request: SwitchRequest,
     ) -> Result<SwitchReport, ChangeError> {
-        let _changing = self.changing.lock().await;
+        let timeout = request.timeout.unwrap_or(self.defaults.timeout);
+        let _changing = self.one_change_at_a_time(timeout).await?;
         let current = self.current();
         let to = direction.target();
         let from = current.primary;
         let force = request.force;
         let max_lag = request.max_lag.unwrap_or(self.defaults.max_lag);
-        let timeout = request.timeout.unwrap_or(self.defaults.timeout);
         // Forced away from a store that is down: what needs it moves to its own journal.
         let may_move = force && from != to;
         let checks = self.checks(direction, &current, &request, max_lag);

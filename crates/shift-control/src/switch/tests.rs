@@ -569,6 +569,35 @@ async fn a_pause_that_cannot_be_persisted_leaves_the_gate_open() {
     assert!(gate_is_open(&f.gate).await);
 }
 
+/// A write whose store stalls keeps its gate pass: every change waits for it within its own
+/// bound, says why it gave up, and leaves no lock held; once the write ends, a switch goes.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_write_in_flight_bounds_every_change_and_holds_nothing_after() {
+    let f = fixture(BackendName::Old);
+    let stalled = f.gate.enter().await;
+    let pausing = {
+        let switch = f.switch.clone();
+        tokio::spawn(async move { switch.pause().await })
+    };
+    tokio::task::yield_now().await;
+    // Behind the pause (which holds the change lock while it waits): refused in its own time.
+    let behind = spawn_switch(&f, Direction::Cutover, within(1));
+    let refused = behind.await.unwrap().unwrap_err().to_string();
+    assert!(refused.contains("another topology change"), "{refused}");
+    let refused = pausing.await.unwrap().unwrap_err().to_string();
+    assert!(refused.contains("did not finish"), "{refused}");
+    assert!(!f.topology.current().paused);
+    let report = f.run(Direction::Cutover, within(1)).await;
+    assert!(report.refused.unwrap().contains("did not finish"));
+    assert_unchanged(&f, BackendName::Old);
+    assert!(
+        gate_is_open(&f.gate).await,
+        "a refused change left the gate closed"
+    );
+    drop(stalled);
+    assert!(f.run(Direction::Cutover, within(1)).await.switched);
+}
+
 #[test]
 fn only_reconciliations_read_the_source() {
     let ops = [

@@ -29,6 +29,8 @@ pub struct ReplayState {
     pub waiting: BTreeMap<String, String>,
     /// Journal payload bytes held in memory.
     pub held_bytes: u64,
+    /// Collections with a lane now (entries held for them); an idle collection has none.
+    pub lanes: usize,
 }
 
 /// A stopped replay.

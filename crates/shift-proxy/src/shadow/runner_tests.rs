@@ -183,3 +183,36 @@ fn backends_at(new: &str) -> Backends {
 fn test_backends() -> Backends {
     backends_at("http://127.0.0.1:10")
 }
+
+#[tokio::test]
+async fn the_score_keeps_at_most_the_cap_of_collections_and_exact_totals() {
+    let shadows = shadows(4, 10);
+    shadows
+        .metrics
+        .collection_series
+        .set_limits(crate::collection_series::SeriesLimits {
+            max: 3,
+            idle: Duration::from_secs(600),
+        });
+    for i in 0..50 {
+        let other = CollectionRef {
+            id: format!("c{i}"),
+            name: format!("n{i}"),
+        };
+        shadows.canary(&other, CanaryOutcome::Served);
+        // c0 stays the most recent: it keeps its own row.
+        shadows.canary(&collection(), CanaryOutcome::Served);
+    }
+    // c1 plus the two most recent, and _other.
+    assert_eq!(shadows.tracked(), 4);
+    let status = shadows.status();
+    let rows = status["collections"].as_array().unwrap();
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["collection"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["_other", "c1", "c48", "c49"]);
+    assert_eq!(status["canary"]["served"], 100, "a folded row lost counts");
+    let other = &rows[0];
+    assert_eq!(other["canary"]["served"], 47);
+}

@@ -11,6 +11,7 @@ use super::runner::ShadowReads;
 use super::types::{
     CanaryOutcome, CollectionRef, MismatchSample, ShadowOutcome, ShadowedRead, SkipReason,
 };
+use crate::collection_series::OTHER;
 
 /// Mismatch samples `/admin/status` shows (all of them are at `/admin/shadow`).
 const STATUS_SAMPLES: usize = 10;
@@ -30,21 +31,97 @@ struct CollectionScore {
     last_mismatch_ms: Option<u64>,
     /// The latest error or timeout, so a failing secondary can be told from a diverging one.
     last_error: Option<String>,
+    /// The scoreboard's clock at the last update: the least recent row is the one folded into
+    /// `_other` when a new collection needs a place.
+    touched: u64,
 }
 
+impl CollectionScore {
+    /// Adds `other`'s counts to this row (a collection folded into `_other`).
+    fn absorb(&mut self, other: CollectionScore) {
+        for (key, n) in other.shadow {
+            *self.shadow.entry(key).or_default() += n;
+        }
+        for (key, n) in other.skipped {
+            *self.skipped.entry(key).or_default() += n;
+        }
+        for (key, n) in other.canary {
+            *self.canary.entry(key).or_default() += n;
+        }
+        let pick = |a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64| match (a, b) {
+            (Some(a), Some(b)) => Some(f(a, b)),
+            (a, b) => a.or(b),
+        };
+        self.min_recall = pick(self.min_recall, other.min_recall, f64::min);
+        self.max_drift = pick(self.max_drift, other.max_drift, f64::max);
+        self.last_recall = self.last_recall.or(other.last_recall);
+        self.last_mismatch_ms = self.last_mismatch_ms.max(other.last_mismatch_ms);
+        if self.last_error.is_none() {
+            self.last_error = other.last_error;
+        }
+    }
+}
+
+/// Shadow and canary counts per collection, at most `[metrics] max_collection_series` rows
+/// plus one for `_other`: a new collection past the cap takes the place of the least recently
+/// updated one, whose counts go to `_other` (totals stay exact).
 #[derive(Debug, Default)]
 pub(super) struct Scoreboard {
     collections: BTreeMap<String, CollectionScore>,
     samples: VecDeque<MismatchSample>,
+    /// Counts updates, to tell the least recently updated row.
+    clock: u64,
 }
 
 impl Scoreboard {
-    fn collection(&mut self, collection: &CollectionRef) -> &mut CollectionScore {
-        let score = self.collections.entry(collection.id.clone()).or_default();
-        if score.name != collection.name {
-            score.name.clone_from(&collection.name);
+    fn collection(&mut self, collection: &CollectionRef, max: usize) -> &mut CollectionScore {
+        self.clock += 1;
+        let clock = self.clock;
+        let mut id = collection.id.as_str();
+        if !self.collections.contains_key(id) {
+            let own = self.collections.len() - usize::from(self.collections.contains_key(OTHER));
+            if own >= max {
+                let oldest = self
+                    .collections
+                    .iter()
+                    .filter(|(id, _)| id.as_str() != OTHER)
+                    .min_by_key(|(_, score)| score.touched)
+                    .map(|(id, _)| id.clone());
+                match oldest {
+                    Some(oldest) => {
+                        let folded = self.collections.remove(&oldest).unwrap_or_default();
+                        self.other().absorb(folded);
+                    }
+                    // A cap of zero: every collection is counted under `_other`.
+                    None => id = OTHER,
+                }
+            }
         }
+        let score = if id == OTHER {
+            self.other()
+        } else {
+            let score = self.collections.entry(id.to_owned()).or_default();
+            if score.name != collection.name {
+                score.name.clone_from(&collection.name);
+            }
+            score
+        };
+        score.touched = clock;
         score
+    }
+
+    fn other(&mut self) -> &mut CollectionScore {
+        self.collections
+            .entry(OTHER.to_owned())
+            .or_insert_with(|| CollectionScore {
+                name: "(other collections)".to_owned(),
+                ..CollectionScore::default()
+            })
+    }
+
+    /// Rows kept now, `_other` included.
+    pub(super) fn len(&self) -> usize {
+        self.collections.len()
     }
 }
 
@@ -71,10 +148,8 @@ impl ShadowReads {
         error: Option<String>,
     ) {
         let metrics = &self.metrics;
-        metrics
-            .shadow_reads
-            .with_label_values(&[&collection.id, read.name(), outcome.label()])
-            .inc();
+        let series = &metrics.collection_series;
+        series.shadow_read(&collection.id, read.name(), outcome.label());
         if let ShadowOutcome::Skipped(reason) = outcome {
             metrics
                 .shadow_skipped
@@ -83,20 +158,15 @@ impl ShadowReads {
         }
         if let Some(c) = comparison {
             if let Some(recall) = c.recall {
-                metrics
-                    .shadow_recall
-                    .with_label_values(&[&collection.id])
-                    .observe(recall);
+                series.recall(&collection.id, recall);
             }
             if let Some(drift) = c.drift {
-                metrics
-                    .shadow_distance_drift
-                    .with_label_values(&[&collection.id])
-                    .observe(drift);
+                series.drift(&collection.id, drift);
             }
         }
+        let max = self.metrics.collection_series.limits().max;
         let mut board = self.scoreboard();
-        let score = board.collection(collection);
+        let score = board.collection(collection, max);
         *score
             .shadow
             .entry((read.name(), outcome.label()))
@@ -130,15 +200,20 @@ impl ShadowReads {
     /// Counts a canary read.
     pub fn canary(&self, collection: &CollectionRef, outcome: CanaryOutcome) {
         self.metrics
-            .canary_reads
-            .with_label_values(&[&collection.id, outcome.label()])
-            .inc();
+            .collection_series
+            .canary(&collection.id, outcome.label());
+        let max = self.metrics.collection_series.limits().max;
         let mut board = self.scoreboard();
         *board
-            .collection(collection)
+            .collection(collection, max)
             .canary
             .entry(outcome.label())
             .or_default() += 1;
+    }
+
+    /// Collections with a row in the score now (`_other` included).
+    pub fn tracked(&self) -> usize {
+        self.scoreboard().len()
     }
 
     /// The most recent mismatches, newest first.
