@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::{invalid, ConfigError};
+use crate::{invalid, ConfigError, LimitsConfig};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +30,9 @@ pub struct ServerConfig {
     /// Optional authentication of clients at the proxy.
     #[serde(default)]
     pub client_auth: ClientAuthConfig,
+    /// Load shedding and body limits (`[server.limits]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// The defaults of the keys of `[server]` that have one. `listen` and `admin_listen` have
@@ -63,6 +66,7 @@ impl ServerConfig {
         if self.max_body.as_u64() == 0 {
             return Err(invalid("server.max_body", "must be above zero"));
         }
+        self.limits.validate(self.max_body)?;
         Ok(())
     }
 }

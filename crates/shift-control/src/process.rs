@@ -143,7 +143,7 @@ impl ChromaShift {
             ));
         }
         let settings = ProxySettings {
-            max_body: config.server.max_body.as_u64(),
+            limits: shift_proxy::admission::Limits::from_config(&config.server),
             client_auth: config
                 .server
                 .client_auth

@@ -10,6 +10,12 @@
 //!   request's [`BodyPermit`], so the budget counts what is really held.
 //! - A body read timeout: a client that stops sending mid-body is answered 408 and cut off,
 //!   instead of holding its share of the budget forever.
+//! - Routes that take no body (heartbeat, gets by path, deletes) accept at most
+//!   [`NO_BODY_ALLOWANCE`] bytes: Chroma 1.5.9 ignores a body there, and a client may send a
+//!   stray `{}`, but nothing larger is read.
+//!
+//! [`crate::shed`] applies the in-flight limit as a tower layer; the service reads bodies with
+//! [`Admission::read_body`] after client auth, so an unauthenticated client buffers nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,25 +24,29 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;
+use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// Too many requests in flight.
-    #[error("the proxy has {limit} requests in flight, its limit: retry later")]
+    #[error("the proxy has {limit} requests in flight, its limit (server.limits.max_in_flight): retry later")]
     InFlight { limit: usize },
     /// The body does not fit in what is left of the body budget.
     #[error(
-        "request bodies in flight fill the proxy's body budget of {budget} bytes: retry later"
+        "request bodies in flight fill the proxy's body budget of {budget} bytes (server.limits.body_budget): retry later"
     )]
     BodyBudget { budget: u64 },
     /// The declared or streamed body is larger than one request may be.
-    #[error("request body larger than the limit of {limit} bytes")]
+    #[error("Request body is larger than the proxy's limit of {limit} bytes (server.max_body, or server.limits.body_budget when smaller)")]
     BodyTooLarge { limit: u64 },
     /// The client stopped sending the body.
-    #[error("the request body was not received within {}s", .timeout.as_secs_f64())]
+    #[error("the request body was not received within {}s (server.limits.body_read_timeout)", .timeout.as_secs_f64())]
     BodyTimeout { timeout: Duration },
+    /// A route that takes no body got more than a stray one.
+    #[error("this route takes no request body (at most {limit} bytes are accepted and ignored)")]
+    UnexpectedBody { limit: u64 },
     /// The client's connection failed mid-body.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
@@ -49,7 +59,9 @@ impl Refusal {
             Refusal::InFlight { .. } | Refusal::BodyBudget { .. } => {
                 http::StatusCode::SERVICE_UNAVAILABLE
             }
-            Refusal::BodyTooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTooLarge { .. } | Refusal::UnexpectedBody { .. } => {
+                http::StatusCode::PAYLOAD_TOO_LARGE
+            }
             Refusal::BodyTimeout { .. } => http::StatusCode::REQUEST_TIMEOUT,
             Refusal::BodyRead(_) => http::StatusCode::BAD_REQUEST,
         }
@@ -60,16 +72,36 @@ impl Refusal {
         matches!(self, Refusal::InFlight { .. } | Refusal::BodyBudget { .. })
     }
 
-    /// The label of the shed-requests metric.
+    /// Whether the connection must be closed after the answer: a body left half sent cannot
+    /// be told apart from the next request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Refusal::BodyTimeout { .. } | Refusal::BodyRead(_))
+    }
+
+    /// The label of the shed-requests metric (the rejected-requests metric shares it).
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::InFlight { .. } => "in_flight",
             Refusal::BodyBudget { .. } => "body_budget",
             Refusal::BodyTooLarge { .. } => "body_too_large",
+            Refusal::UnexpectedBody { .. } => "unexpected_body",
             Refusal::BodyTimeout { .. } => "body_timeout",
-            Refusal::BodyRead(_) => "body_read",
+            Refusal::BodyRead(_) => "body_unreadable",
         }
     }
+}
+
+/// Bytes a route that takes no body may still carry (and the proxy ignores): enough for a
+/// stray `{}` or `null` from a generic client, far too little to hold memory.
+pub const NO_BODY_ALLOWANCE: u64 = 1024;
+
+/// Whether the route of a request takes a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// A JSON body, up to the size limit (also unknown routes, passed through as they are).
+    Body,
+    /// No body: at most [`NO_BODY_ALLOWANCE`] bytes are read.
+    NoBody,
 }
 
 /// The limits, from the config.
@@ -85,6 +117,18 @@ pub struct Limits {
     pub body_timeout: Duration,
 }
 
+impl Limits {
+    /// The limits of `[server]` and `[server.limits]`.
+    pub fn from_config(server: &shift_config::ServerConfig) -> Limits {
+        Limits {
+            max_in_flight: server.limits.max_in_flight,
+            body_budget: server.limits.body_budget.as_u64(),
+            max_body: server.max_body.as_u64(),
+            body_timeout: server.limits.body_read_timeout,
+        }
+    }
+}
+
 /// The shared admission state of one data plane.
 #[derive(Debug, Clone)]
 pub struct Admission {
@@ -97,6 +141,8 @@ pub struct Admission {
 struct Budget {
     total: u64,
     used: AtomicU64,
+    /// `chroma_shift_body_bytes_buffered`, moved with `used`.
+    gauge: IntGauge,
 }
 
 /// A request's place among those in flight; released when dropped.
@@ -115,6 +161,7 @@ pub struct BodyPermit {
 impl Drop for BodyPermit {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.gauge.sub(gauge_value(self.bytes));
     }
 }
 
@@ -137,22 +184,33 @@ impl BodyPermit {
 
 impl Budget {
     fn try_take(&self, bytes: u64) -> bool {
-        self.used
+        let taken = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&after| after <= self.total)
             })
-            .is_ok()
+            .is_ok();
+        if taken {
+            self.gauge.add(gauge_value(bytes));
+        }
+        taken
     }
 }
 
+fn gauge_value(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 impl Admission {
-    pub fn new(limits: Limits) -> Admission {
+    /// The admission state for `limits`; `body_bytes` is the gauge of buffered body bytes.
+    pub fn new(limits: Limits, body_bytes: IntGauge) -> Admission {
         Admission {
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             budget: Arc::new(Budget {
                 total: limits.body_budget,
                 used: AtomicU64::new(0),
+                gauge: body_bytes,
             }),
         }
     }
@@ -188,6 +246,7 @@ impl Admission {
         &self,
         headers: &http::HeaderMap,
         body: B,
+        expect: Expect,
     ) -> Result<(Bytes, BodyPermit), Refusal>
     where
         B: Body<Data = Bytes>,
@@ -195,13 +254,20 @@ impl Admission {
     {
         // A body the whole budget cannot hold would be refused as overload on every retry:
         // it is too large, whatever else is in flight.
-        let limit = self.limits.max_body.min(self.limits.body_budget);
+        let limit = match expect {
+            Expect::Body => self.limits.max_body.min(self.limits.body_budget),
+            Expect::NoBody => NO_BODY_ALLOWANCE,
+        };
+        let too_large = || match expect {
+            Expect::Body => Refusal::BodyTooLarge { limit },
+            Expect::NoBody => Refusal::UnexpectedBody { limit },
+        };
         let declared = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            return Err(Refusal::BodyTooLarge { limit });
+            return Err(too_large());
         }
         let mut permit = BodyPermit {
             budget: self.budget.clone(),
@@ -224,7 +290,7 @@ impl Admission {
                 };
                 let after = (buf.len() + chunk.len()) as u64;
                 if after > limit {
-                    return Err(Refusal::BodyTooLarge { limit });
+                    return Err(too_large());
                 }
                 if after > permit.bytes() && !permit.grow(after - permit.bytes()) {
                     return Err(Refusal::BodyBudget {
@@ -258,6 +324,10 @@ mod tests {
         }
     }
 
+    fn admission(limits: Limits) -> Admission {
+        Admission::new(limits, IntGauge::new("buffered", "body bytes").unwrap())
+    }
+
     fn length(n: usize) -> http::HeaderMap {
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::CONTENT_LENGTH, n.into());
@@ -266,7 +336,7 @@ mod tests {
 
     #[test]
     fn requests_past_the_in_flight_limit_are_shed_and_readmitted_after() {
-        let admission = Admission::new(limits());
+        let admission = admission(limits());
         let first = admission.enter().unwrap();
         let _second = admission.enter().unwrap();
         assert_eq!(admission.in_flight(), 2);
@@ -279,33 +349,45 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_share_one_budget_and_give_it_back() {
-        let admission = Admission::new(limits());
+        let admission = admission(limits());
         let body = Full::new(Bytes::from(vec![1u8; 50]));
-        let (bytes, held) = admission.read_body(&length(50), body).await.unwrap();
+        let (bytes, held) = admission
+            .read_body(&length(50), body, Expect::Body)
+            .await
+            .unwrap();
         assert_eq!((bytes.len(), admission.body_bytes()), (50, 50));
 
         // 50 more fit exactly; a further 10 do not, and are not left counted.
         let body = Full::new(Bytes::from(vec![2u8; 50]));
-        let (_, held_too) = admission.read_body(&length(50), body).await.unwrap();
+        let (_, held_too) = admission
+            .read_body(&length(50), body, Expect::Body)
+            .await
+            .unwrap();
         let body = Full::new(Bytes::from(vec![3u8; 10]));
-        let refusal = admission.read_body(&length(10), body).await.unwrap_err();
+        let refusal = admission
+            .read_body(&length(10), body, Expect::Body)
+            .await
+            .unwrap_err();
         assert_eq!(refusal, Refusal::BodyBudget { budget: 100 });
         assert_eq!(admission.body_bytes(), 100);
 
         drop((held, held_too));
         assert_eq!(admission.body_bytes(), 0);
         let body = Full::new(Bytes::from(vec![3u8; 10]));
-        assert!(admission.read_body(&length(10), body).await.is_ok());
+        assert!(admission
+            .read_body(&length(10), body, Expect::Body)
+            .await
+            .is_ok());
     }
 
     #[tokio::test]
     async fn streamed_bodies_count_as_they_arrive_and_stop_at_the_limit() {
-        let admission = Admission::new(limits());
+        let admission = admission(limits());
         let chunks =
             (0..7).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![0u8; 10]))));
         let body = StreamBody::new(futures_util::stream::iter(chunks));
         let refusal = admission
-            .read_body(&http::HeaderMap::new(), body)
+            .read_body(&http::HeaderMap::new(), body, Expect::Body)
             .await
             .unwrap_err();
         assert_eq!(refusal, Refusal::BodyTooLarge { limit: 60 });
@@ -317,7 +399,7 @@ mod tests {
 
         let declared_too_large = Full::new(Bytes::new());
         let refusal = admission
-            .read_body(&length(61), declared_too_large)
+            .read_body(&length(61), declared_too_large, Expect::Body)
             .await
             .unwrap_err();
         assert_eq!(refusal.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
@@ -325,20 +407,75 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_larger_than_the_whole_budget_is_too_large_not_overload() {
-        let admission = Admission::new(Limits {
+        let admission = admission(Limits {
             max_body: 500,
             ..limits()
         });
         let body = Full::new(Bytes::from(vec![0u8; 150]));
-        let refusal = admission.read_body(&length(150), body).await.unwrap_err();
+        let refusal = admission
+            .read_body(&length(150), body, Expect::Body)
+            .await
+            .unwrap_err();
         assert_eq!(refusal, Refusal::BodyTooLarge { limit: 100 });
         assert!(!refusal.is_overload(), "a retry could never succeed");
         assert_eq!(admission.body_bytes(), 0);
     }
 
+    #[tokio::test]
+    async fn the_gauge_follows_the_bytes_held() {
+        let gauge = IntGauge::new("buffered", "body bytes").unwrap();
+        let admission = Admission::new(limits(), gauge.clone());
+        let body = Full::new(Bytes::from(vec![1u8; 40]));
+        let (_, held) = admission
+            .read_body(&length(40), body, Expect::Body)
+            .await
+            .unwrap();
+        assert_eq!(gauge.get(), 40);
+        drop(held);
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_route_without_a_body_takes_a_stray_one_and_refuses_more_before_reading() {
+        let admission = admission(Limits {
+            max_body: 10_000,
+            body_budget: 10_000,
+            ..limits()
+        });
+        let stray = Full::new(Bytes::from_static(b"{}"));
+        let (bytes, held) = admission
+            .read_body(&length(2), stray, Expect::NoBody)
+            .await
+            .unwrap();
+        assert_eq!(&bytes[..], b"{}");
+        drop(held);
+
+        // Refused on its declared length: the body itself is never polled.
+        let never_read = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, std::io::Error>,
+        >());
+        let refusal = admission
+            .read_body(&length(2000), never_read, Expect::NoBody)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal, Refusal::UnexpectedBody { limit: 1024 });
+        assert_eq!(refusal.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+
+        // A streamed one stops at the allowance.
+        let chunks =
+            (0..3).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![0u8; 500]))));
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        let refusal = admission
+            .read_body(&http::HeaderMap::new(), body, Expect::NoBody)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal, Refusal::UnexpectedBody { limit: 1024 });
+        assert_eq!(admission.body_bytes(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_times_out_with_408_and_frees_its_bytes() {
-        let admission = Admission::new(limits());
+        let admission = admission(limits());
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
         tx.send(Ok(Frame::data(Bytes::from(vec![0u8; 30]))))
             .await
@@ -346,7 +483,7 @@ mod tests {
         let body = StreamBody::new(tokio_stream_from(rx));
         let read = {
             let admission = admission.clone();
-            tokio::spawn(async move { admission.read_body(&length(40), body).await })
+            tokio::spawn(async move { admission.read_body(&length(40), body, Expect::Body).await })
         };
         // The sender stays open and silent: the read can only end by its timeout, which the
         // paused clock reaches as soon as every task is idle.

@@ -10,6 +10,7 @@ use shift_chroma::{paths, Route};
 use shift_config::BackendName;
 use shift_state::StoreError;
 
+use crate::admission::BodyPermit;
 use crate::body::{self, ProxyBody};
 use crate::error::{BackendError, BackendErrorKind, ProxyError, StateFailure};
 use crate::headers::strip_hop_by_hop;
@@ -26,6 +27,9 @@ pub struct BufferedRequest {
     /// Headers to forward (hop-by-hop and, unless configured, client credentials removed).
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body's share of the body budget, given back when the request is dropped (after
+    /// the write task that owns it settled the write).
+    pub body_permit: BodyPermit,
 }
 
 /// The answer for the client, and the store that gave it.
