@@ -35,6 +35,7 @@ pub mod apply;
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod body_ids;
 pub mod collections;
 pub mod coord;
 pub mod embedded;
