@@ -453,3 +453,108 @@ async fn requests_past_the_in_flight_limit_get_503_while_heartbeats_answer() -> 
     assert_eq!(records_on(&old.url(), "slow").await?, 2);
     Ok(())
 }
+
+/// Chroma 1.5.9 ignores a body on a route that takes none (a heartbeat with 50 MB answered
+/// 200 without reading it). The proxy takes a stray one of at most 1 KiB and passes it on, and
+/// refuses a larger one with 413 before reading it.
+#[tokio::test]
+async fn routes_that_take_no_body_refuse_a_large_one_before_reading_it() -> anyhow::Result<()> {
+    let (old, new) = two_stores().await?;
+    let proxy = Proxy::in_front_of(&old, &new).spawn().await?;
+    let id = create_collection(&proxy.url(), json!({"name": "no-body"})).await?;
+    let heartbeat = format!("{}/api/v2/heartbeat", proxy.url());
+    let (status, _, _) = http("GET", &heartbeat, JSON, "{}").await?;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a stray body is taken, as Chroma takes it"
+    );
+    let (status, _, _) = http(
+        "GET",
+        &format!("{}{COLLECTIONS}/{id}/count", proxy.url()),
+        JSON,
+        "{}",
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK);
+
+    // A declared 50 MB on a heartbeat: refused on its head, the body never sent.
+    let mut stream = TcpStream::connect(proxy.addr()).await?;
+    stream
+        .write_all(
+            b"GET /api/v2/heartbeat HTTP/1.1\r\nHost: proxy\r\nContent-Length: 50000000\r\n\r\n",
+        )
+        .await?;
+    let answer = read_answer(&mut stream).await?;
+    assert_refused(&answer, 413);
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("takes no request body"),
+        "{}",
+        answer.body
+    );
+    // Chunked, no declared length: refused once past the allowance.
+    let mut stream = TcpStream::connect(proxy.addr()).await?;
+    stream
+        .write_all(format!("DELETE {COLLECTIONS}/no-body HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes())
+        .await?;
+    for _ in 0..4 {
+        stream.write_all(b"200\r\n").await?;
+        stream.write_all(&[b' '; 512]).await?;
+        stream.write_all(b"\r\n").await?;
+    }
+    let answer = read_answer(&mut stream).await?;
+    assert_refused(&answer, 413);
+    assert_eq!(
+        counter(
+            &proxy.admin_url(),
+            "chroma_shift_shed_requests_total",
+            &[("reason", "unexpected_body")]
+        )
+        .await?,
+        2.0
+    );
+    // The delete was refused: the collection is still on both stores.
+    assert!(collection_id(&old.url(), "no-body").await.is_ok());
+    assert_eq!(heartbeat_status(&proxy.url()).await?, StatusCode::OK);
+    Ok(())
+}
+
+/// A write belongs to its own task once its locks are taken: its body stays counted in the
+/// budget after the client hung up, until the write settled.
+#[tokio::test]
+async fn a_write_keeps_its_share_of_the_budget_until_it_settles() -> anyhow::Result<()> {
+    let (_old, _new, faulty, builder) = two_stores_one_faulty(BackendName::Old).await?;
+    let proxy = builder.spawn().await?;
+    let id = create_collection(&proxy.url(), json!({"name": "settling"})).await?;
+    let body = add_body(Form::Base64, "held", 1000, 64);
+    let hold = Hold::new();
+    faulty.push_write_faults([Fault::Held(hold.clone(), Box::new(Fault::Forward))]);
+    let send = {
+        let (url, body) = (
+            format!("{}{COLLECTIONS}/{id}/add", proxy.url()),
+            body.clone(),
+        );
+        tokio::spawn(async move { http("POST", &url, JSON, body).await })
+    };
+    hold.wait_arrived(1, HANG).await?;
+    // The client gives up; the primary still has the write.
+    send.abort();
+    let _ = send.await;
+    let admin = proxy.admin_url();
+    // The client's request is over for the proxy (its connection gone) ...
+    wait_until("the client's request to end", HANG, || async {
+        Ok(metric(&admin, "chroma_shift_requests_in_flight", &[]).await? == Some(0.0))
+    })
+    .await?;
+    // ... and the write still holds its body.
+    assert_eq!(buffered(&admin).await?, body.len() as f64);
+    hold.release();
+    wait_until("the settled write's bytes given back", HANG, || async {
+        Ok(buffered(&admin).await? == 0.0)
+    })
+    .await?;
+    Ok(())
+}
