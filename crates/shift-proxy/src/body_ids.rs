@@ -12,6 +12,22 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+/// Each visitor here is also its own seed: it reads any JSON value.
+macro_rules! seed_of_visitor {
+    ($visitor:ident) => {
+        impl<'de> DeserializeSeed<'de> for $visitor {
+            type Value = <$visitor as Visitor<'de>>::Value;
+
+            fn deserialize<D: Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<Self::Value, D::Error> {
+                deserializer.deserialize_any(self)
+            }
+        }
+    };
+}
+
 /// The visitor methods of the scalars other than strings, each answering `$value`.
 macro_rules! scalars {
     ($value:expr) => {
@@ -87,13 +103,7 @@ impl<'de> Visitor<'de> for TopLevel {
 /// A key of the top-level object: whether it is `ids`.
 struct Key;
 
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
+seed_of_visitor!(Key);
 
 impl<'de> Visitor<'de> for Key {
     type Value = bool;
@@ -110,13 +120,7 @@ impl<'de> Visitor<'de> for Key {
 /// The value of `ids`: its strings when it is an array.
 struct Ids;
 
-impl<'de> DeserializeSeed<'de> for Ids {
-    type Value = Vec<String>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<String>, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
+seed_of_visitor!(Ids);
 
 impl<'de> Visitor<'de> for Ids {
     type Value = Vec<String>;
@@ -147,13 +151,7 @@ impl<'de> Visitor<'de> for Ids {
 /// One element of `ids`: a string, or anything else (checked, skipped).
 struct Id;
 
-impl<'de> DeserializeSeed<'de> for Id {
-    type Value = Option<String>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
+seed_of_visitor!(Id);
 
 impl<'de> Visitor<'de> for Id {
     type Value = Option<String>;
@@ -180,13 +178,7 @@ impl<'de> Visitor<'de> for Id {
 /// Any value, read through (strings decoded, so escapes are checked) and kept nowhere.
 struct Checked;
 
-impl<'de> DeserializeSeed<'de> for Checked {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
+seed_of_visitor!(Checked);
 
 impl<'de> Visitor<'de> for Checked {
     type Value = ();
