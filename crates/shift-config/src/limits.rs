@@ -16,10 +16,13 @@ use crate::{invalid, ConfigError};
 pub struct LimitsConfig {
     /// Requests handled at once; past it a request is answered 503 with `Retry-After` at once,
     /// never queued. Heartbeat, healthcheck and version never count and are never refused.
+    /// Writes held by a cutover or a pause count too: this also bounds that queue.
     pub max_in_flight: usize,
     /// Bytes of request bodies buffered at once, all requests together. A body that does not
-    /// fit in what is left is answered 503 with `Retry-After`. Must be at least
-    /// `server.max_body`, or a body of the largest allowed size could never be admitted.
+    /// fit in what is left is answered 503 with `Retry-After`. The last eighth (at most what
+    /// the budget has beyond `server.max_body`) is kept for bodies of at most 1 MiB, so large
+    /// bodies cannot shut out queries and small writes. Must be at least `server.max_body`, or
+    /// a body of the largest allowed size could never be admitted.
     pub body_budget: ByteSize,
     /// How long a request body may take to arrive once its head did; a client that stalls
     /// mid-body is answered 408 and its connection closed.

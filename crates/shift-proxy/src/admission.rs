@@ -7,7 +7,9 @@
 //!   declared length reserves it before the first byte is read; a streamed body reserves as
 //!   its chunks arrive. A body the budget cannot hold is refused (503 with `Retry-After`), and
 //!   its bytes are released as soon as it is refused. A reservation lives as long as the
-//!   request's [`BodyPermit`], so the budget counts what is really held.
+//!   request's [`BodyPermit`], so the budget counts what is really held. The last eighth of
+//!   the budget (at most what the budget has beyond `max_body`) is kept for bodies of at most
+//!   [`SMALL_BODY`]: a flood of large bodies cannot shut out queries and small writes.
 //! - A body read timeout: a client that stops sending mid-body is answered 408 and cut off,
 //!   instead of holding its share of the budget forever.
 //! - Routes that take no body (heartbeat, gets by path, deletes) accept at most
@@ -95,6 +97,15 @@ impl Refusal {
 /// stray `{}` or `null` from a generic client, far too little to hold memory.
 pub const NO_BODY_ALLOWANCE: u64 = 1024;
 
+/// The largest body the reserve at the end of the budget is kept for.
+pub const SMALL_BODY: u64 = 1 << 20;
+
+/// The part of the budget only bodies of at most [`SMALL_BODY`] may fill: an eighth, but never
+/// so much that a body of `max_body` could not fit.
+fn small_reserve(limits: Limits) -> u64 {
+    (limits.body_budget / 8).min(limits.body_budget.saturating_sub(limits.max_body))
+}
+
 /// Whether the route of a request takes a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
@@ -140,6 +151,9 @@ pub struct Admission {
 #[derive(Debug)]
 struct Budget {
     total: u64,
+    /// What a body larger than [`SMALL_BODY`] may fill up to: `total` less the reserve for
+    /// small ones.
+    for_large: u64,
     used: AtomicU64,
     /// `chroma_shift_body_bytes_buffered`, moved with `used`.
     gauge: IntGauge,
@@ -173,7 +187,8 @@ impl BodyPermit {
 
     /// Holds `more` bytes too, if the budget has them.
     fn grow(&mut self, more: u64) -> bool {
-        if self.budget.try_take(more) {
+        let large = self.bytes + more > SMALL_BODY;
+        if self.budget.try_take(more, large) {
             self.bytes += more;
             true
         } else {
@@ -183,11 +198,17 @@ impl BodyPermit {
 }
 
 impl Budget {
-    fn try_take(&self, bytes: u64) -> bool {
+    /// The largest body that fits in an empty budget.
+    fn largest(&self) -> u64 {
+        self.total.min(SMALL_BODY).max(self.for_large)
+    }
+
+    fn try_take(&self, bytes: u64, large: bool) -> bool {
+        let limit = if large { self.for_large } else { self.total };
         let taken = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&after| after <= self.total)
+                used.checked_add(bytes).filter(|&after| after <= limit)
             })
             .is_ok();
         if taken {
@@ -209,6 +230,7 @@ impl Admission {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             budget: Arc::new(Budget {
                 total: limits.body_budget,
+                for_large: limits.body_budget - small_reserve(limits),
                 used: AtomicU64::new(0),
                 gauge: body_bytes,
             }),
@@ -255,7 +277,7 @@ impl Admission {
         // A body the whole budget cannot hold would be refused as overload on every retry:
         // it is too large, whatever else is in flight.
         let limit = match expect {
-            Expect::Body => self.limits.max_body.min(self.limits.body_budget),
+            Expect::Body => self.limits.max_body.min(self.budget.largest()),
             Expect::NoBody => NO_BODY_ALLOWANCE,
         };
         let too_large = || match expect {
@@ -418,6 +440,39 @@ mod tests {
             .unwrap_err();
         assert_eq!(refusal, Refusal::BodyTooLarge { limit: 100 });
         assert!(!refusal.is_overload(), "a retry could never succeed");
+        assert_eq!(admission.body_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_budget_is_kept_for_small_bodies() {
+        const MIB: u64 = 1 << 20;
+        let admission = admission(Limits {
+            max_in_flight: 8,
+            body_budget: 16 * MIB,
+            max_body: 8 * MIB,
+            body_timeout: Duration::from_secs(10),
+        });
+        let read = |size: u64| {
+            let admission = admission.clone();
+            async move {
+                let body = Full::new(Bytes::from(vec![0u8; size as usize]));
+                let headers = length(size as usize);
+                admission.read_body(&headers, body, Expect::Body).await
+            }
+        };
+        // Large bodies fill 14 MiB (16 less a reserve of 2) and no more.
+        let large = read(8 * MIB).await.unwrap();
+        let large_too = read(6 * MIB).await.unwrap();
+        assert_eq!(
+            read(MIB + 1).await.unwrap_err(),
+            Refusal::BodyBudget { budget: 16 * MIB }
+        );
+        // Small ones still pass, up to the whole budget.
+        let small = read(MIB).await.unwrap();
+        let small_too = read(MIB).await.unwrap();
+        assert_eq!(admission.body_bytes(), 16 * MIB);
+        assert!(read(1).await.is_err());
+        drop((large, large_too, small, small_too));
         assert_eq!(admission.body_bytes(), 0);
     }
 
