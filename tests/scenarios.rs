@@ -533,20 +533,7 @@ async fn rename_and_delete_racing_record_writes_leave_the_stores_equal() -> anyh
 /// Runs the `chroma-shift` binary with the admin URL and token in its environment; exit code,
 /// stdout, stderr.
 async fn chroma_shift(admin_url: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let output = tokio::process::Command::new(shift_testkit::process::chroma_shift_bin()?)
-        .args(args)
-        .env("CHROMA_SHIFT_ADMIN_URL", admin_url)
-        .env("CHROMA_SHIFT_ADMIN_TOKEN", shift_testkit::ADMIN_TOKEN)
-        .env("ANONYMIZED_TELEMETRY", "False")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    shift_testkit::process::run_chroma_shift(admin_url, shift_testkit::ADMIN_TOKEN, args).await
 }
 
 /// The README's migration walk-through, step by step, against a proxy process: inventory,

@@ -3,6 +3,7 @@
 //! answer); a refused switch exits 3, an API that refuses the call exits 1, one that cannot be
 //! reached exits 2.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,10 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 use shift_config::{BackendName, MirrorMode, Secret};
 use shift_control::api::{
-    DeadLetter, DeadLetterPage, DeadLetters, Dropped, ReadPolicy, Retried, Status, SwitchReport,
-    SwitchRequest, Topology, TopologyChanged, TopologyStatus,
+    AuditEntries, AuditEntry, DeadLetter, DeadLetterPage, DeadLetters, Dropped, ReadPolicy,
+    Retried, Status, SwitchReport, SwitchRequest, Topology, TopologyChanged, TopologyStatus,
 };
-use shift_control::{AdminClient, AdminError};
+use shift_control::{AdminClient, AdminError, AdminTls};
 
 #[derive(Debug, Args)]
 pub struct Ctl {
@@ -35,6 +36,17 @@ pub struct Ctl {
         global = true
     )]
     token: Option<String>,
+    /// For an https:// admin URL: the PEM CA certificate(s) that signed the admin listener's
+    /// certificate ([admin.tls] cert), trusted beside the system's roots.
+    #[arg(long, env = shift_control::client::ADMIN_CA_ENV, global = true)]
+    ca_file: Option<PathBuf>,
+    /// For an admin listener that asks for client certificates ([admin.tls] client_ca): the
+    /// PEM certificate to present (with --client-key).
+    #[arg(long, env = shift_control::client::ADMIN_CLIENT_CERT_ENV, global = true, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The private key of --client-cert, PEM.
+    #[arg(long, env = shift_control::client::ADMIN_CLIENT_KEY_ENV, global = true, requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// Print the API's JSON answer instead of a summary.
     #[arg(long, global = true)]
     json: bool,
@@ -68,6 +80,13 @@ enum CtlCommand {
     },
     /// List dead letters (mirrored writes a store refused); `retry` or `drop` them.
     DeadLetters(DeadLettersArgs),
+    /// The newest admin actions, newest first: when, who (the admin token's name), what, how
+    /// it ended.
+    Audit {
+        /// How many to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +166,7 @@ enum Answer {
     /// `retry --all`: what was re-driven, and the refusal that stopped it, if one did.
     RetriedAll(Vec<Retried>, Option<AdminError>),
     Dropped(Dropped),
+    Audit(Vec<AuditEntry>),
 }
 
 /// The JSON of `retry --all`.
@@ -175,6 +195,9 @@ impl Answer {
                 error: error.as_ref().and_then(AdminError::api_error),
             }),
             Answer::Dropped(dropped) => serde_json::to_value(dropped),
+            Answer::Audit(entries) => serde_json::to_value(AuditEntries {
+                entries: entries.clone(),
+            }),
         }
     }
 
@@ -190,6 +213,7 @@ impl Answer {
                 "dropped #{} → {} collection {}: {}",
                 dropped.seq, dropped.target, dropped.collection, dropped.reason
             ),
+            Answer::Audit(entries) => print_audit(entries),
         }
     }
 }
@@ -231,6 +255,7 @@ async fn call(admin: &AdminClient, command: &CtlCommand) -> Result<Answer, Admin
                 Answer::Dropped(admin.drop_dead_letter(*seq).await?)
             }
         },
+        CtlCommand::Audit { limit } => Answer::Audit(admin.audit(Some(*limit)).await?),
     })
 }
 
@@ -240,7 +265,12 @@ pub async fn run(ctl: Ctl) -> anyhow::Result<ExitCode> {
         .clone()
         .filter(|t| !t.trim().is_empty())
         .context("no admin token: set CHROMA_SHIFT_ADMIN_TOKEN (or --token)")?;
-    let admin = AdminClient::new(ctl.admin_url.clone(), Secret::new(token))?;
+    let tls = AdminTls::new(
+        ctl.ca_file.clone(),
+        ctl.client_cert.clone(),
+        ctl.client_key.clone(),
+    )?;
+    let admin = AdminClient::with_tls(ctl.admin_url.clone(), Secret::new(token), &tls)?;
     let answer = match call(&admin, &ctl.command).await {
         Ok(answer) => answer,
         // The API refused the call: its error, exit 1.
@@ -353,6 +383,29 @@ fn print_status(status: &Status) {
             serde_json::to_string(backfill).unwrap_or_default()
         );
     }
+    if let Some(entries) = status.audit.as_ref().filter(|e| !e.is_empty()) {
+        println!("admin actions (newest first):");
+        print_audit(entries);
+    }
+}
+
+/// One line per admin action: when (UTC), who, what, how it ended, and its parameters.
+fn print_audit(entries: &[AuditEntry]) {
+    print_lines(entries, "no admin actions recorded", |entry| {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(entry.at_ms);
+        let detail = if entry.detail.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", entry.detail)
+        };
+        format!(
+            "{}  {:<14} {:<20} {}{detail}",
+            humantime_serde::re::humantime::format_rfc3339_seconds(at),
+            entry.actor,
+            entry.action,
+            entry.outcome,
+        )
+    });
 }
 
 fn print_switch(report: &SwitchReport) {

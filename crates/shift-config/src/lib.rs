@@ -8,9 +8,11 @@
 //! prints its value.
 //!
 //! Layout: one module per section of the file (`server`, `backends`, `routing`, `mirror`,
-//! `state`, `log`, `health`, `namespaces`, `admin`, `cutover`, `reads`, `alerts`), each with
-//! its section's type, its defaults (written once: the section's `Default`, or a default
-//! function for a key of a section that has required keys) and its validation; `secrets`
+//! `state`, `log`, `health`, `namespaces`, `admin`, `cutover`, `reads`, `alerts`; the
+//! sub-sections `server.connections` in `connections`, `server.tls` and `admin.tls` in
+//! `tls`), each with its section's type, its defaults (written once: the section's
+//! `Default`, or a default function for a key of a section that has required keys) and its
+//! validation; `secrets`
 //! reads the secrets the config names. This file holds [`Config`] and the loader.
 //!
 //! `config/chroma-shift.example.toml` documents every key; a test checks that its values are
@@ -19,8 +21,10 @@
 mod admin;
 mod alerts;
 mod backends;
+mod connections;
 mod cutover;
 mod health;
+mod identities;
 mod limits;
 mod log;
 mod mirror;
@@ -30,6 +34,7 @@ mod routing;
 mod secrets;
 mod server;
 mod state;
+mod tls;
 
 use std::path::Path;
 
@@ -37,20 +42,23 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, SINGLE_ADMIN_TOKEN_NAME};
 pub use alerts::AlertsConfig;
 pub use backends::{AuthHeader, BackendAuthConfig, BackendConfig, BackendName, BackendsConfig};
+pub use connections::ConnectionsConfig;
 pub use cutover::CutoverConfig;
 pub use health::HealthConfig;
+pub use identities::{valid_identity_name, ClientIdentityConfig, IdentityBackendTokens};
 pub use limits::LimitsConfig;
 pub use log::{LogConfig, LogFormat};
 pub use mirror::{MirrorConfig, MirrorMode, SecondaryFailure, MAX_REPLAY_RATE};
 pub use namespaces::NamespaceRule;
 pub use reads::ReadsConfig;
 pub use routing::RoutingConfig;
-pub use secrets::{Secret, Secrets};
+pub use secrets::{IdentitySecrets, Secret, Secrets};
 pub use server::{ClientAuthConfig, ServerConfig};
 pub use state::StateConfig;
+pub use tls::TlsConfig;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +71,13 @@ pub enum ConfigError {
         "configuration key `{key}` names the environment variable {env}, which is not set or empty"
     )]
     MissingSecret { key: &'static str, env: String },
+    /// A secret's value cannot be used; the reason never holds the value.
+    #[error("the environment variable {env} (configuration key `{key}`): {reason}")]
+    InvalidSecret {
+        key: &'static str,
+        env: String,
+        reason: String,
+    },
 }
 
 pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -152,6 +167,8 @@ impl Config {
         self.alerts.validate()?;
         self.mirror.validate()?;
         self.health.validate()?;
+        self.validate_credentials()?;
+        self.admin.validate()?;
         Ok(())
     }
 }
@@ -221,12 +238,14 @@ mod tests {
             assert_eq!(minimal, example);
             // An empty section is that section's default.
             let empty_sections = Config::from_toml(&format!(
-                "{MINIMAL}\n[server.client_auth]\n[routing]\n[mirror]\n[state]\n[log]\n[health]\n[admin]\n[cutover]\n[reads]\n[alerts]\n"
+                "{MINIMAL}\n[server.client_auth]\n[server.connections]\n[routing]\n[mirror]\n[state]\n[log]\n[health]\n[admin]\n[cutover]\n[reads]\n[alerts]\n"
             ))
             .unwrap();
             assert_eq!(empty_sections, minimal);
             assert_eq!(minimal.server.client_auth, ClientAuthConfig::default());
             assert_eq!(minimal.server.limits, LimitsConfig::default());
+            assert_eq!(minimal.server.connections, ConnectionsConfig::default());
+            assert_eq!((&minimal.server.tls, &minimal.admin.tls), (&None, &None));
             assert_eq!(minimal.routing, RoutingConfig::default());
             assert_eq!(minimal.mirror, MirrorConfig::default());
             assert_eq!(minimal.state, StateConfig::default());

@@ -6,7 +6,9 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::{invalid, ConfigError, LimitsConfig};
+use crate::connections::ConnectionsConfig;
+use crate::tls::{TlsConfig, TlsListener};
+use crate::{invalid, ClientIdentityConfig, ConfigError, LimitsConfig};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +32,12 @@ pub struct ServerConfig {
     /// Optional authentication of clients at the proxy.
     #[serde(default)]
     pub client_auth: ClientAuthConfig,
+    /// Connection cap, idle timeout and HTTP/2 limits, for both listeners.
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+    /// TLS on the data listener (off when absent); ALPN offers h2 when `http2` is on.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Load shedding and body limits (`[server.limits]`).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -66,6 +74,10 @@ impl ServerConfig {
         if self.max_body.as_u64() == 0 {
             return Err(invalid("server.max_body", "must be above zero"));
         }
+        self.connections.validate()?;
+        if let Some(tls) = &self.tls {
+            tls.validate(TlsListener::Data)?;
+        }
         self.limits.validate(self.max_body)?;
         Ok(())
     }
@@ -78,9 +90,18 @@ pub struct ClientAuthConfig {
     pub enabled: bool,
     /// The environment variable holding the accepted tokens, comma-separated.
     pub tokens_env: String,
-    /// Forward the client's own `Authorization` / `X-Chroma-Token` headers to the backends.
-    /// Off by default: backends get the credentials of `[backends.*.auth]` only.
+    /// Forward the client's own `Authorization` / `X-Chroma-Token` headers to the backends
+    /// (on the client's reads and writes, the sync mirror and shadow reads; the journaled
+    /// mirror's replay, which runs later, uses `[backends.*.auth]`). Off by default: backends
+    /// get the credentials of `[backends.*.auth]` or of the client's identity only.
     pub forward_client_auth: bool,
+    /// Client identities, each with its own backend tokens (the token map). A client
+    /// presenting an identity's token reaches the backends with that identity's tokens; one
+    /// presenting a token of `tokens_env` with `[backends.*.auth]` (the operator's).
+    pub identities: Vec<ClientIdentityConfig>,
+    /// Start even though `[backends.*.auth]` is set, client auth is off and `listen` is not a
+    /// loopback address: only for a network that already restricts who reaches the data port.
+    pub allow_unauthenticated_with_backend_credentials: bool,
 }
 
 impl Default for ClientAuthConfig {
@@ -89,6 +110,8 @@ impl Default for ClientAuthConfig {
             enabled: false,
             tokens_env: "CHROMA_SHIFT_CLIENT_TOKENS".to_owned(),
             forward_client_auth: false,
+            identities: Vec::new(),
+            allow_unauthenticated_with_backend_credentials: false,
         }
     }
 }

@@ -8,9 +8,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,16 +17,18 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use shift_proxy::auth::ClientAuth;
 use shift_proxy::shadow::ShadowReads;
 use shift_proxy::DataPlaneState;
 
+use crate::admin_auth::AdminAuth;
 use crate::api::{
-    ApiError, CollectionLag, DeadLetter, DeadLetterPage, DeadLetterRef, DeadLetterSummary,
-    DeadLetters, Direction, Dropped, ErrorKind, JournalLag, Liveness, PendingIntents, PerBackend,
-    ReadPolicy, Readiness, ReadinessState, Retried, ShadowDetail, StateStatus, Status,
-    SwitchRequest, TopologyChanged, TopologyStatus, WriteModeRequest,
+    ApiError, AuditEntries, AuditPage, CollectionLag, DeadLetter, DeadLetterPage, DeadLetterRef,
+    DeadLetterSummary, DeadLetters, Direction, Dropped, ErrorKind, JournalLag, Liveness,
+    PendingIntents, PerBackend, ReadPolicy, Readiness, ReadinessState, Retried, ShadowDetail,
+    StateStatus, Status, SwitchRequest, TopologyChanged, TopologyStatus, WriteModeRequest,
 };
+use crate::audit::{AuditLog, Outcome};
+use crate::audit_layer::{detail_of, guard, with_detail, with_outcome};
 use crate::health::HealthBoard;
 use crate::switch::{ChangeError, TopologySwitch};
 
@@ -42,8 +43,10 @@ pub struct AdminState {
     pub plane: Arc<DataPlaneState>,
     /// Every topology change goes through it.
     pub switch: Arc<TopologySwitch>,
-    /// The admin token; `None` when the admin API is off.
-    pub token: Option<ClientAuth>,
+    /// The admin tokens and their holders' names; `None` when the admin API is off.
+    pub auth: Option<AdminAuth>,
+    /// Where every admin action is recorded.
+    pub audit: Arc<AuditLog>,
     /// The backfill runner, when this process runs one.
     pub backfill: Option<Arc<shift_migrate::backfill::Backfiller>>,
     /// Extra status sections (shadow reads, backfill, replay), each filling its own part of
@@ -106,8 +109,9 @@ pub fn app(state: AdminState) -> Router {
         .route("/admin/dead-letters/{seq}/drop", post(drop_dead_letter))
         .merge(crate::migrate_api::routes())
         .route("/admin/shadow", get(shadow))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    let router = if state.token.is_some() {
+        .route("/admin/audit", get(audit_entries));
+    let admin = guard(admin, state.auth.clone(), state.audit.clone());
+    let router = if state.auth.is_some() {
         open.merge(admin)
     } else {
         open
@@ -136,25 +140,6 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
         ErrorKind::InternalError,
         e.to_string(),
     )
-}
-
-/// Every `/admin` call needs the admin token.
-async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let Some(token) = &state.token else {
-        return error(
-            StatusCode::NOT_FOUND,
-            ErrorKind::NotFoundError,
-            "the admin API is off",
-        );
-    };
-    match token.check(request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(e) => error(
-            StatusCode::UNAUTHORIZED,
-            ErrorKind::AuthError,
-            e.to_string(),
-        ),
-    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -263,11 +248,25 @@ async fn status(State(state): State<AdminState>) -> Response {
         shadow: None,
         replay: None,
         backfill: None,
+        // The newest admin actions; the whole log is `GET /admin/audit`.
+        audit: state.audit.recent(STATUS_AUDIT_ENTRIES).ok(),
     };
     for section in state.sections.iter() {
         section.fill(&mut body);
     }
     reply(StatusCode::OK, &body)
+}
+
+/// How many of the newest audit entries `/admin/status` shows.
+const STATUS_AUDIT_ENTRIES: usize = 10;
+
+/// `GET /admin/audit?limit=N`: the newest admin actions, newest first.
+async fn audit_entries(State(state): State<AdminState>, Query(page): Query<AuditPage>) -> Response {
+    let limit = page.limit.unwrap_or(100).min(state.audit.keep());
+    match state.audit.recent(limit) {
+        Ok(entries) => reply(StatusCode::OK, &AuditEntries { entries }),
+        Err(e) => internal(e),
+    }
 }
 
 /// A body that may be empty: the default request then.
@@ -289,18 +288,19 @@ async fn switch(state: AdminState, direction: Direction, body: Bytes) -> Respons
             )
         }
     };
-    match state.switch.switch(direction, request).await {
-        Ok(report) => {
-            // A refusal is an answer, not a failure of the API: 409 says "not now".
-            let status = if report.refused.is_some() {
-                StatusCode::CONFLICT
-            } else {
-                StatusCode::OK
-            };
-            reply(status, &report)
-        }
+    let detail = detail_of(&request);
+    let answer = match state.switch.switch(direction, request).await {
+        // A refusal is an answer, not a failure of the API: 409 says "not now".
+        Ok(report) => match &report.refused {
+            Some(reason) => with_outcome(
+                reply(StatusCode::CONFLICT, &report),
+                Outcome::Refused(reason.clone()),
+            ),
+            None => reply(StatusCode::OK, &report),
+        },
         Err(e) => internal(e),
-    }
+    };
+    with_detail(answer, detail)
 }
 
 async fn cutover(State(state): State<AdminState>, body: Bytes) -> Response {
@@ -330,7 +330,10 @@ fn changed(result: Result<Arc<shift_proxy::topology::Topology>, ChangeError>) ->
 
 async fn write_mode(State(state): State<AdminState>, body: Bytes) -> Response {
     match serde_json::from_slice::<WriteModeRequest>(&body) {
-        Ok(request) => changed(state.switch.set_mode(request.mode).await),
+        Ok(request) => with_detail(
+            changed(state.switch.set_mode(request.mode).await),
+            detail_of(&request),
+        ),
         Err(e) => error(
             StatusCode::BAD_REQUEST,
             ErrorKind::InvalidArgumentError,
@@ -341,7 +344,10 @@ async fn write_mode(State(state): State<AdminState>, body: Bytes) -> Response {
 
 async fn read_policy(State(state): State<AdminState>, body: Bytes) -> Response {
     match serde_json::from_slice::<ReadPolicy>(&body) {
-        Ok(policy) => changed(state.switch.set_reads(policy).await),
+        Ok(policy) => with_detail(
+            changed(state.switch.set_reads(policy).await),
+            detail_of(&policy),
+        ),
         Err(e) => error(
             StatusCode::BAD_REQUEST,
             ErrorKind::InvalidArgumentError,
@@ -425,10 +431,17 @@ fn find_dead_letter(
 
 /// Puts a dead letter back at the end of its target's journal, for the replay to try again.
 async fn retry_dead_letter(State(state): State<AdminState>, Path(raw): Path<String>) -> Response {
+    with_detail(
+        redrive(&state, &raw).await,
+        format!("seq={}", raw.chars().take(40).collect::<String>()),
+    )
+}
+
+async fn redrive(state: &AdminState, raw: &str) -> Response {
     let Ok(seq) = raw.parse().map(shift_state::Seq) else {
-        return bad_dead_letter_seq(&raw);
+        return bad_dead_letter_seq(raw);
     };
-    let letter = match find_dead_letter(&state, seq) {
+    let letter = match find_dead_letter(state, seq) {
         Ok(letter) => letter,
         Err(e) => return dead_letter_error(e),
     };
@@ -461,8 +474,15 @@ async fn retry_dead_letter(State(state): State<AdminState>, Path(raw): Path<Stri
 
 /// Deletes a dead letter for good; logged as an operator action with what was dropped.
 async fn drop_dead_letter(State(state): State<AdminState>, Path(raw): Path<String>) -> Response {
+    with_detail(
+        drop_letter(&state, &raw).await,
+        format!("seq={}", raw.chars().take(40).collect::<String>()),
+    )
+}
+
+async fn drop_letter(state: &AdminState, raw: &str) -> Response {
     let Ok(seq) = raw.parse().map(shift_state::Seq) else {
-        return bad_dead_letter_seq(&raw);
+        return bad_dead_letter_seq(raw);
     };
     match state.plane.drop_dead_letter(seq).await {
         Ok(letter) => {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shift_config::{BackendName, MirrorMode};
 
+pub use crate::audit::{AuditEntry, Outcome};
 pub use crate::health::BackendHealth;
 pub use crate::switch::{Check, Direction, SwitchReport, SwitchRequest};
 pub use shift_migrate::backfill::{
@@ -38,6 +39,8 @@ pub enum ErrorKind {
     ConflictError,
     /// The state store cannot answer now; a retry may help (503).
     Unavailable,
+    /// Too many failed admin logins from the caller's address; retry after `Retry-After` (429).
+    RateLimitError,
     /// A failure inside the proxy (500).
     InternalError,
 }
@@ -148,6 +151,9 @@ pub struct Status {
     /// The backfill of this process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillProgress>,
+    /// The newest admin actions, newest first (`None` when the state store cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Vec<AuditEntry>>,
 }
 
 /// The topology as `/admin/status` shows it: with the secondary spelled out.
@@ -296,6 +302,10 @@ pub struct DeadLetter {
     pub reason: String,
     /// The write as journaled (`null` when it cannot be read as JSON).
     pub op: Value,
+    /// The client identity that wrote it, whose backend token it is applied with (`None`:
+    /// the operator's credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl From<shift_state::DeadLetter> for DeadLetter {
@@ -303,7 +313,9 @@ impl From<shift_state::DeadLetter> for DeadLetter {
         DeadLetter {
             seq: letter.seq.0,
             target: letter.target,
-            op: serde_json::from_slice(&letter.payload).unwrap_or(Value::Null),
+            op: serde_json::from_slice(shift_proxy::mirror::op_json(&letter.payload))
+                .unwrap_or(Value::Null),
+            identity: shift_proxy::mirror::identity_of(&letter.payload).map(str::to_owned),
             collection: letter.collection,
             created_ms: letter.created_ms,
             parked_ms: letter.parked_ms,
@@ -380,6 +392,23 @@ pub struct RepairQueued {
     pub ids: usize,
     /// The store they are brought in line on.
     pub target: BackendName,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit log.
+
+/// `GET /admin/audit?limit=N`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// The newest this many (100 when absent; `[admin] audit_keep` at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The answer of `GET /admin/audit`: admin actions, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntries {
+    pub entries: Vec<AuditEntry>,
 }
 
 #[cfg(test)]

@@ -48,8 +48,11 @@ impl std::fmt::Display for Outcome {
 }
 
 /// The audit log over a state store.
+#[derive(Debug)]
 pub struct AuditLog {
+    /// Where the entries are kept.
     store: StateStore,
+    /// How many entries are kept.
     keep: usize,
     /// Breaks ties between entries of the same millisecond, so keys never collide.
     counter: AtomicU64,
@@ -106,21 +109,19 @@ impl AuditLog {
 
     /// The newest `limit` entries, newest first.
     pub fn recent(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = self.store.scan(MapTable::Audit)?;
+        let rows = self.store.scan_end(MapTable::Audit, limit, true)?;
         Ok(rows
             .iter()
-            .rev()
             .filter_map(|(_, value)| serde_json::from_slice(value).ok())
-            .take(limit)
             .collect())
     }
 
     /// Removes the oldest entries beyond `keep`.
     async fn prune(&self) -> Result<(), StoreError> {
-        let rows = self.store.scan(MapTable::Audit)?;
-        let excess = rows.len().saturating_sub(self.keep);
-        for (key, _) in rows.iter().take(excess) {
-            self.store.delete(MapTable::Audit, key).await?;
+        let count = usize::try_from(self.store.count(MapTable::Audit)?).unwrap_or(usize::MAX);
+        let excess = count.saturating_sub(self.keep);
+        for (key, _) in self.store.scan_end(MapTable::Audit, excess, false)? {
+            self.store.delete(MapTable::Audit, &key).await?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! the benches. It speaks the types of [`crate::api`], over the proxy's one HTTP client
 //! ([`ServiceClient`], named `admin API` in its errors).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -10,12 +11,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shift_config::{BackendName, Config, MirrorMode, Secret};
 use shift_migrate::repair::{Queued, Started};
-use shift_proxy::backend::ServiceClient;
+use shift_proxy::backend::{ClientIdentity, ServiceClient};
 
 use crate::api::{
-    ApiError, BackfillProgress, BackfillRequest, DeadLetter, DeadLetterPage, DeadLetters,
-    Direction, Dropped, ReadPolicy, Readiness, RepairQueued, RepairRequest, Retried, ShadowDetail,
-    Status, SwitchReport, SwitchRequest, Topology, TopologyChanged, WriteModeRequest,
+    ApiError, AuditEntries, AuditEntry, BackfillProgress, BackfillRequest, DeadLetter,
+    DeadLetterPage, DeadLetters, Direction, Dropped, ReadPolicy, Readiness, RepairQueued,
+    RepairRequest, Retried, ShadowDetail, Status, SwitchReport, SwitchRequest, Topology,
+    TopologyChanged, WriteModeRequest,
 };
 
 /// How long a call may take: a switch may hold writes for its whole timeout, so longer than
@@ -65,6 +67,64 @@ impl AdminError {
     }
 }
 
+/// The environment variable naming the CA file that signed an `https://` admin listener's
+/// certificate (`chroma-shift ctl --ca-file`).
+pub const ADMIN_CA_ENV: &str = "CHROMA_SHIFT_ADMIN_CA";
+/// The environment variable naming the client certificate for an admin listener that asks
+/// for one (`[admin.tls] client_ca`; `chroma-shift ctl --client-cert`).
+pub const ADMIN_CLIENT_CERT_ENV: &str = "CHROMA_SHIFT_ADMIN_CLIENT_CERT";
+/// The environment variable naming that certificate's key (`chroma-shift ctl --client-key`).
+pub const ADMIN_CLIENT_KEY_ENV: &str = "CHROMA_SHIFT_ADMIN_CLIENT_KEY";
+
+/// How the client reaches an `https://` admin listener: the CA that signed its certificate
+/// (beside the system's roots) and, when the listener asks for one, a client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminTls {
+    /// PEM root certificates to trust for the admin listener.
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate and key presented to it.
+    pub identity: Option<ClientIdentity>,
+}
+
+impl AdminTls {
+    /// From [`ADMIN_CA_ENV`], [`ADMIN_CLIENT_CERT_ENV`] and [`ADMIN_CLIENT_KEY_ENV`].
+    pub fn from_env() -> Result<AdminTls, AdminError> {
+        let path = |name: &str| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        };
+        AdminTls::new(
+            path(ADMIN_CA_ENV),
+            path(ADMIN_CLIENT_CERT_ENV),
+            path(ADMIN_CLIENT_KEY_ENV),
+        )
+    }
+
+    /// A CA file and a client certificate with its key; a certificate without its key (or
+    /// the reverse) is refused.
+    pub fn new(
+        ca_file: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Result<AdminTls, AdminError> {
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(AdminError::Setup(
+                    "a client certificate needs its key, and a key its certificate".to_owned(),
+                ))
+            }
+        };
+        Ok(AdminTls { ca_file, identity })
+    }
+
+    fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.identity.is_some()
+    }
+}
+
 /// A client of one proxy's admin API.
 #[derive(Debug)]
 pub struct AdminClient {
@@ -77,20 +137,44 @@ pub struct AdminClient {
 impl AdminClient {
     /// A client of the admin API at `url`, calling with `token`.
     pub fn new(url: url::Url, token: Secret) -> Result<AdminClient, AdminError> {
-        let http = ServiceClient::new("admin API", &url, CALL_TIMEOUT).map_err(|reason| {
-            AdminError::Setup(format!("cannot use the admin URL {url}: {reason}"))
-        })?;
+        AdminClient::with_tls(url, token, &AdminTls::default())
+    }
+
+    /// A client of the admin API at an `https://` `url` (TLS settings need one).
+    pub fn with_tls(
+        url: url::Url,
+        token: Secret,
+        tls: &AdminTls,
+    ) -> Result<AdminClient, AdminError> {
+        if tls.is_set() && url.scheme() != "https" {
+            return Err(AdminError::Setup(format!(
+                "a CA file or a client certificate needs an https:// admin URL, not {url}"
+            )));
+        }
+        let http = ServiceClient::with_tls(
+            "admin API",
+            &url,
+            CALL_TIMEOUT,
+            tls.ca_file.clone(),
+            tls.identity.as_ref(),
+        )
+        .map_err(|reason| AdminError::Setup(format!("cannot use the admin URL {url}: {reason}")))?;
         Ok(AdminClient { http, token, url })
     }
 
     /// The admin API of the proxy a config describes, with the token from the environment
-    /// variable the config names.
+    /// variable the config names; over TLS when the config has `[admin.tls]`, with the CA
+    /// file and client certificate from [`AdminTls::from_env`].
     pub fn from_config(config: &Config) -> Result<AdminClient, AdminError> {
         let mut addr = config.server.admin_listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let url: url::Url = format!("http://{addr}")
+        let (scheme, tls) = match config.admin.tls {
+            Some(_) => ("https", AdminTls::from_env()?),
+            None => ("http", AdminTls::default()),
+        };
+        let url: url::Url = format!("{scheme}://{addr}")
             .parse()
             .map_err(|e| AdminError::Setup(format!("the admin address {addr}: {e}")))?;
         let token = std::env::var(&config.admin.token_env)
@@ -99,7 +183,7 @@ impl AdminClient {
             .ok_or_else(|| {
                 AdminError::Setup(format!("no admin token: set {}", config.admin.token_env))
             })?;
-        AdminClient::new(url, Secret::new(token))
+        AdminClient::with_tls(url, Secret::new(token), &tls)
     }
 
     /// Where it points.
@@ -199,6 +283,16 @@ impl AdminClient {
     pub async fn drop_dead_letter(&self, seq: u64) -> Result<Dropped, AdminError> {
         self.post(&format!("/admin/dead-letters/{seq}/drop"), None::<&()>)
             .await
+    }
+
+    /// `GET /admin/audit`: the newest `limit` admin actions (100 when `None`), newest first.
+    pub async fn audit(&self, limit: Option<usize>) -> Result<Vec<AuditEntry>, AdminError> {
+        let path = match limit {
+            Some(limit) => format!("/admin/audit?limit={limit}"),
+            None => "/admin/audit".to_owned(),
+        };
+        let page: AuditEntries = self.get(&path).await?;
+        Ok(page.entries)
     }
 
     /// `GET /admin/shadow`.

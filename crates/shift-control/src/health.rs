@@ -11,6 +11,7 @@ use shift_proxy::{Backends, ProxyMetrics};
 use tokio::time::Instant;
 
 use crate::alerts::Alerter;
+use crate::audit::{AuditLog, Outcome};
 use crate::switch::{Direction, SwitchRequest, TopologySwitch};
 
 /// The last heartbeat of one backend.
@@ -174,6 +175,7 @@ impl HealthMonitor {
         self,
         switch: Arc<TopologySwitch>,
         alerts: Alerter,
+        audit: Arc<AuditLog>,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(self.config.interval);
@@ -201,7 +203,7 @@ impl HealthMonitor {
                     }
                 }
                 if self.config.auto_rollback {
-                    auto_rollback(&self.config, &self.board, &switch, &alerts).await;
+                    auto_rollback(&self.config, &self.board, &switch, &alerts, &audit).await;
                 }
             }
         })
@@ -211,12 +213,14 @@ impl HealthMonitor {
 /// Rolls back by itself when the new store is primary and has been down for
 /// `auto_rollback_after` while the old store answers: a forced rollback, which moves what
 /// only the new store can settle to its own journal, so it goes through while the new store
-/// is dead (see [`TopologySwitch::switch`]). Returns whether it switched.
+/// is dead (see [`TopologySwitch::switch`]). Returns whether it switched. A try is an admin
+/// action of its own: the audit log gets it with the actor [`AUTO_ROLLBACK_ACTOR`].
 pub async fn auto_rollback(
     config: &HealthConfig,
     board: &HealthBoard,
     switch: &TopologySwitch,
     alerts: &Alerter,
+    audit: &AuditLog,
 ) -> bool {
     let topology = switch.current();
     if topology.primary != BackendName::New {
@@ -238,7 +242,24 @@ pub async fn auto_rollback(
         force: true,
         ..SwitchRequest::default()
     };
-    match switch.switch(Direction::Rollback, request).await {
+    let detail = format!(
+        "{} (the new store unhealthy for {}s)",
+        crate::audit_layer::detail_of(&request),
+        down.as_secs()
+    );
+    let result = switch.switch(Direction::Rollback, request).await;
+    let outcome = match &result {
+        Ok(report) if report.switched => Outcome::Done,
+        Ok(report) => Outcome::Refused(report.refused.clone().unwrap_or_default()),
+        Err(error) => Outcome::Failed(error.to_string()),
+    };
+    if let Err(error) = audit
+        .record(AUTO_ROLLBACK_ACTOR, "rollback", detail, outcome)
+        .await
+    {
+        tracing::error!(target: "audit", %error, "the automatic rollback is not in the audit log");
+    }
+    match result {
         Ok(report) if report.switched => {
             let mut text = format!(
                 "chroma-shift auto-rollback: the new store was unhealthy for {}s ({}); the old store is primary again (epoch {})",
@@ -266,6 +287,9 @@ pub async fn auto_rollback(
         }
     }
 }
+
+/// Who the audit log says rolled back when the health monitor did.
+pub const AUTO_ROLLBACK_ACTOR: &str = "auto-rollback";
 
 /// How long a backend has been unhealthy, if it is, on the runtime's clock.
 fn down_for(health: &BackendHealth) -> Option<std::time::Duration> {
@@ -303,6 +327,13 @@ mod tests {
     use super::*;
     use crate::switch::tests::{fixture, reconcile};
 
+    /// An audit log in a fresh temp dir (kept while the guard lives).
+    async fn audit_log() -> (AuditLog, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = shift_state::StateStore::open(dir.path()).await.unwrap();
+        (AuditLog::new(store, 100), dir)
+    }
+
     fn config(after: Duration) -> HealthConfig {
         HealthConfig {
             auto_rollback: true,
@@ -317,6 +348,7 @@ mod tests {
         // A write failed on the dead primary: its reconciliation reads the new store.
         f.state.push(BackendName::Old, &reconcile("c", "failed"));
         let alerts = Alerter::log_only();
+        let (audit, _dir) = audit_log().await;
         let config = config(Duration::from_secs(60));
         f.health
             .record(BackendName::New, Err("connection refused".into()), 1.0);
@@ -324,33 +356,42 @@ mod tests {
         // Later failures keep the time the outage began.
         f.health
             .record(BackendName::New, Err("connection refused".into()), 1.0);
-        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts, &audit).await);
         assert_eq!(f.topology.current().primary, BackendName::New);
 
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        assert!(auto_rollback(&config, &f.health, &f.switch, &alerts, &audit).await);
         assert_eq!(f.topology.current().primary, BackendName::Old);
         assert_eq!(f.state.ops(BackendName::New), [reconcile("c", "failed")]);
         // Old is primary now: nothing more to do.
-        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts, &audit).await);
+        // The one try is in the audit log, by the monitor.
+        let entries = audit.recent(10).unwrap();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].actor, AUTO_ROLLBACK_ACTOR);
+        assert_eq!(entries[0].action, "rollback");
+        assert_eq!(entries[0].outcome, Outcome::Done);
+        assert!(entries[0].detail.contains("\"force\":true"), "{entries:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_auto_rollback_while_the_old_store_is_down_too_or_the_new_one_recovered() {
         let f = fixture(BackendName::New);
         let alerts = Alerter::log_only();
+        let (audit, _dir) = audit_log().await;
         let config = config(Duration::from_secs(10));
         f.health.record(BackendName::New, Err("down".into()), 1.0);
         f.health.record(BackendName::Old, Err("down".into()), 1.0);
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts, &audit).await);
         f.health.record(BackendName::Old, Ok(()), 1.0);
         f.health.record(BackendName::New, Ok(()), 1.0);
-        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts, &audit).await);
         // A new outage starts its own clock.
         f.health.record(BackendName::New, Err("down".into()), 1.0);
         tokio::time::advance(Duration::from_secs(9)).await;
-        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts).await);
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts, &audit).await);
         assert_eq!(f.topology.current().primary, BackendName::New);
+        assert!(audit.recent(10).unwrap().is_empty(), "nothing was tried");
     }
 }

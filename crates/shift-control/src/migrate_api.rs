@@ -14,6 +14,7 @@ use shift_migrate::backfill::Backfiller;
 
 use crate::admin::{error, internal, optional_body, reply, AdminState, StatusSection};
 use crate::api::{BackfillRequest, ErrorKind, RepairQueued, RepairRequest, Status};
+use crate::audit_layer::{detail_of, with_detail};
 
 /// The backfill routes (behind the admin token, like every `/admin` route).
 pub fn routes() -> Router<AdminState> {
@@ -42,6 +43,12 @@ async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
             )
         }
     };
+    // The ids may be many: the detail names how many.
+    let detail = format!(
+        "collection={} ids={}",
+        request.collection,
+        request.ids.len()
+    );
     if state.plane.collection(&request.collection).is_none() {
         return error(
             StatusCode::NOT_FOUND,
@@ -74,10 +81,11 @@ async fn repair(State(state): State<AdminState>, body: Bytes) -> Response {
         ids: request.ids.len(),
         target: secondary,
     };
-    match state.plane.append_journal(entries).await {
+    let answer = match state.plane.append_journal(entries).await {
         Ok(_) => reply(StatusCode::ACCEPTED, &queued),
         Err(e) => internal(e),
-    }
+    };
+    with_detail(answer, detail)
 }
 
 fn no_backfill() -> Response {
@@ -102,14 +110,16 @@ async fn start(State(state): State<AdminState>, body: Bytes) -> Response {
             )
         }
     };
-    match backfiller.start(request) {
+    let detail = detail_of(&request);
+    let answer = match backfiller.start(request) {
         Ok(progress) => reply(StatusCode::ACCEPTED, &progress),
         Err(e) => error(
             StatusCode::CONFLICT,
             ErrorKind::ConflictError,
             e.to_string(),
         ),
-    }
+    };
+    with_detail(answer, detail)
 }
 
 async fn progress(State(state): State<AdminState>) -> Response {

@@ -13,11 +13,14 @@ use shift_proxy::auth::ClientAuth;
 use shift_proxy::backend::BackendBuildError;
 use shift_proxy::coord::Coordination;
 use shift_proxy::intents::recover_intents;
+use shift_proxy::metrics::ConnectionMetrics;
 use shift_proxy::metrics::JournalCollector;
 use shift_proxy::metrics::ReplayMetrics;
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::replay::{ReplayBoard, ReplaySettings, ReplayWorker};
+use shift_proxy::server::{ListenerTls, VerifiedClientCert};
 use shift_proxy::shadow::{ShadowReads, ShadowSettings};
+use shift_proxy::tls::{ServerTls, TlsError};
 use shift_proxy::topology::{ReadPolicy, Topology};
 use shift_proxy::{
     Backends, DataPlaneState, Drained, PlaneParts, ProxyMetrics, ProxyService, ProxySettings,
@@ -30,7 +33,9 @@ use tokio::sync::watch;
 use shift_migrate::backfill::Backfiller;
 
 use crate::admin::{self, AdminState};
+use crate::admin_auth::AdminAuth;
 use crate::alerts::Alerter;
+use crate::audit::AuditLog;
 use crate::health::HealthMonitor;
 use crate::switch::{SwitchDefaults, TopologySwitch};
 
@@ -51,6 +56,11 @@ pub enum ProxyStartError {
     State(#[from] StoreError),
     #[error("the admin API needs a token in {0}; set it, or turn the API off with [admin] enabled = false")]
     NoAdminToken(String),
+    #[error("[{section}] certificate or key")]
+    Tls {
+        section: &'static str,
+        source: TlsError,
+    },
 }
 
 /// A proxy with its listeners bound, ready to run.
@@ -65,18 +75,33 @@ pub struct ChromaShift {
     settings: ProxySettings,
     /// The data plane's shared state.
     plane: Arc<DataPlaneState>,
-    /// The admin token, checked like a client token.
-    admin_token: Option<ClientAuth>,
+    /// The admin tokens and their holders' names; `None` when the admin API is off.
+    admin_auth: Option<AdminAuth>,
+    /// Where admin actions (and the automatic rollback) are recorded.
+    audit: Arc<AuditLog>,
     /// Runs backfills inside the proxy, sharing its order locks.
     backfill: Arc<Backfiller>,
     /// Until when the replay applies nothing: the unknown-outcome grace after a start that
     /// recovered writes in flight at the last stop (see [`ReplaySettings::hold_until`]).
     replay_hold: Option<tokio::time::Instant>,
+    /// TLS of the data listener (`[server.tls]`), loaded before binding.
+    data_tls: Option<ListenerTls>,
+    /// TLS of the admin listener (`[admin.tls]`), loaded before binding.
+    admin_tls: Option<ListenerTls>,
+    /// Open and refused connections of both listeners.
+    connection_metrics: ConnectionMetrics,
 }
 
 impl ChromaShift {
     /// Builds the backends and binds both listeners (port 0 picks a free port).
     pub async fn bind(config: Config, secrets: Secrets) -> Result<ChromaShift, ProxyStartError> {
+        // Certificates are read first, so a bad file stops the start with its name.
+        let data_tls = listener_tls(
+            "server.tls",
+            config.server.tls.as_ref(),
+            config.server.http2,
+        )?;
+        let admin_tls = listener_tls("admin.tls", config.admin.tls.as_ref(), config.server.http2)?;
         let backends = Arc::new(Backends::from_config(&config.backends, &secrets)?);
         let registry = Registry::new();
         let metrics = ProxyMetrics::register(&registry)?;
@@ -118,6 +143,7 @@ impl ChromaShift {
         let recovered = recover_intents(&store, initial.secondary()).await?;
         let replay_hold = (recovered > 0)
             .then(|| tokio::time::Instant::now() + config.mirror.unknown_outcome_grace);
+        let audit = Arc::new(AuditLog::new(store.clone(), config.admin.audit_keep));
         let plane = DataPlaneState::new(PlaneParts {
             coordination: Coordination::embedded(&store, initial),
             state: store,
@@ -137,20 +163,24 @@ impl ChromaShift {
         })
         .await?;
         let backfill = Backfiller::new(plane.clone(), &registry)?;
-        if config.admin.enabled && secrets.admin_token.is_none() {
+        let admin_auth = if config.admin.enabled {
+            AdminAuth::from_secrets(&config.admin, &secrets, &registry)?
+        } else {
+            None
+        };
+        if config.admin.enabled && admin_auth.is_none() {
             return Err(ProxyStartError::NoAdminToken(
                 config.admin.token_env.clone(),
             ));
         }
         let settings = ProxySettings {
             limits: shift_proxy::admission::Limits::from_config(&config.server),
-            client_auth: config
-                .server
-                .client_auth
-                .enabled
-                .then(|| ClientAuth::new(secrets.client_tokens.clone())),
+            client_auth: config.server.client_auth.enabled.then(|| {
+                ClientAuth::new(secrets.client_tokens.clone()).with_identities(&secrets.identities)
+            }),
             forward_client_auth: config.server.client_auth.forward_client_auth,
         };
+        let connection_metrics = ConnectionMetrics::register(&registry, &["data", "admin"])?;
         let data_listener = bind("data listener", config.server.listen).await?;
         let admin_listener = bind("admin listener", config.server.admin_listen).await?;
         Ok(ChromaShift {
@@ -162,12 +192,13 @@ impl ChromaShift {
             metrics,
             settings,
             plane,
-            admin_token: secrets
-                .admin_token
-                .clone()
-                .map(|t| ClientAuth::new(vec![t])),
+            admin_auth,
+            audit,
             backfill,
             replay_hold,
+            data_tls,
+            admin_tls,
+            connection_metrics,
         })
     }
 
@@ -229,7 +260,7 @@ impl ChromaShift {
         });
         let task_grace = self.config.server.shutdown_grace;
         let monitor_task = {
-            let (switch, alerts) = (switch.clone(), alerts.clone());
+            let (switch, alerts, audit) = (switch.clone(), alerts.clone(), self.audit.clone());
             // The monitor holds nothing to finish: it is aborted at once on stop.
             crate::supervise::supervise(
                 "health",
@@ -237,7 +268,11 @@ impl ChromaShift {
                 restarts.clone(),
                 tasks_stopped.clone(),
                 Duration::ZERO,
-                move |_| monitor.clone().spawn(switch.clone(), alerts.clone()),
+                move |_| {
+                    monitor
+                        .clone()
+                        .spawn(switch.clone(), alerts.clone(), audit.clone())
+                },
             )
         };
         let replay_board = Arc::new(ReplayBoard::default());
@@ -255,27 +290,44 @@ impl ChromaShift {
             health: board,
             plane: self.plane.clone(),
             switch,
-            token: self.admin_token.clone(),
+            auth: self.admin_auth.clone(),
+            audit: self.audit.clone(),
             backfill: Some(self.backfill.clone()),
             sections: Arc::new(sections),
         });
+        let client_ca = self
+            .config
+            .admin
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.client_ca.as_ref());
+        let admin_app = match client_ca {
+            Some(_) => admin_app.layer(axum::middleware::from_fn(require_client_cert)),
+            None => admin_app,
+        };
+        // The admin listener has the data listener's accept loop (connection cap, timeouts),
+        // its own slots, and its own TLS.
+        let admin_options = ServeOptions::from_config(
+            "admin",
+            &self.config.server,
+            self.admin_tls,
+            self.connection_metrics.clone(),
+        );
         let admin_task = tokio::spawn(async move {
             let stop = async move {
                 let _ = admin_stopped.wait_for(|stopped| *stopped).await;
             };
-            if let Err(error) = axum::serve(self.admin_listener, admin_app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(%error, "admin listener failed");
-            }
+            // Failed admin logins are limited per peer: the accept loop puts each
+            // request's peer address in its extensions.
+            shift_proxy::serve(self.admin_listener, admin_app, admin_options, stop).await
         });
 
-        let options = ServeOptions {
-            header_read_timeout: self.config.server.header_read_timeout,
-            http2: self.config.server.http2,
-            shutdown_grace: self.config.server.shutdown_grace,
-        };
+        let options = ServeOptions::from_config(
+            "data",
+            &self.config.server,
+            self.data_tls,
+            self.connection_metrics,
+        );
         // One replay worker per store: the journal of whichever is secondary has the work.
         let replay_settings = ReplaySettings {
             retry_initial: self.config.mirror.retry_initial,
@@ -362,6 +414,47 @@ impl ChromaShift {
         let _ = admin_task.await;
         drained
     }
+}
+
+/// With `[admin.tls] client_ca`, every `/admin` call needs a verified client certificate as
+/// well as the token. The handshake does not demand one, so the kubelet's probes and
+/// Prometheus, which present none, still reach `/healthz`, `/readyz` and `/metrics`.
+async fn require_client_cert(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    let admin = path == "/admin" || path.starts_with("/admin/");
+    if admin && request.extensions().get::<VerifiedClientCert>().is_none() {
+        return admin::error(
+            http::StatusCode::UNAUTHORIZED,
+            crate::api::ErrorKind::AuthError,
+            "the admin API needs a client certificate signed by [admin.tls] client_ca",
+        );
+    }
+    next.run(request).await
+}
+
+/// Loads a listener's TLS from its `[*.tls]` section; ALPN offers h2 first when HTTP/2 is on.
+fn listener_tls(
+    section: &'static str,
+    config: Option<&shift_config::TlsConfig>,
+    http2: bool,
+) -> Result<Option<ListenerTls>, ProxyStartError> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let alpn: &[&[u8]] = if http2 {
+        &[b"h2", b"http/1.1"]
+    } else {
+        &[b"http/1.1"]
+    };
+    let tls = ServerTls::load(&config.into(), alpn)
+        .map_err(|source| ProxyStartError::Tls { section, source })?;
+    Ok(Some(ListenerTls {
+        tls,
+        reload_interval: config.reload_interval,
+    }))
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyStartError> {

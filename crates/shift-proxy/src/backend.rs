@@ -1,11 +1,14 @@
 //! The one HTTP client for Chroma backends.
 //!
 //! Each backend has its own pool of keep-alive connections (HTTP/1.1, plain or rustls TLS),
-//! its own connect and request timeouts, and its own credentials, which replace whatever the
-//! client sent. [`ServiceClient`] is the same client for HTTP services that are not a store
+//! its own connect and request timeouts, and its own credentials: the operator's, and each
+//! client identity's; a request carries the one of its [`Caller`] (see [`crate::auth`]).
+//! [`ServiceClient`] is the same client for HTTP services that are not a store
 //! (the admin API, an alert webhook), named for the service in its errors.
 
+use std::collections::HashMap;
 use std::io::BufReader;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +21,9 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use shift_config::{AuthHeader, BackendConfig, BackendName, Secret, Secrets};
+use shift_config::{AuthHeader, BackendConfig, BackendName, IdentitySecrets, Secret, Secrets};
 
+use crate::auth::{Caller, IdentityName};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::headers::X_CHROMA_TOKEN;
 
@@ -41,8 +45,28 @@ pub enum BackendBuildError {
     },
     #[error("backend {backend}: the token is not a valid header value")]
     Token { backend: BackendName },
+    #[error("backend {backend}: the token of identity `{identity}` is not a valid header value")]
+    IdentityToken {
+        backend: BackendName,
+        identity: String,
+    },
     #[error("backend {backend}: url {url} cannot be used as a base URI")]
     Url { backend: BackendName, url: String },
+    #[error("backend {backend}: the client certificate: {reason}")]
+    ClientIdentity {
+        backend: BackendName,
+        reason: String,
+    },
+}
+
+/// A client certificate and its key (PEM files), presented to a server that asks for one:
+/// the admin listener with `[admin.tls] client_ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// A Chroma server the proxy talks to.
@@ -56,8 +80,12 @@ pub struct Backend {
     path_prefix: String,
     /// The pooled client.
     client: HttpClient,
-    /// The credential header sent on every request, marked sensitive.
+    /// The operator's credential header (`[backends.X.auth]`), marked sensitive.
     credential: Option<(HeaderName, HeaderValue)>,
+    /// The header a token goes in: the one of `[backends.X.auth]`, else `Authorization: Bearer`.
+    header: AuthHeader,
+    /// Each client identity's credential header for this backend (`None`: it sends none).
+    identities: HashMap<IdentityName, Option<(HeaderName, HeaderValue)>>,
     /// Limit on a request, from sending it to the response head.
     request_timeout: Duration,
 }
@@ -67,6 +95,16 @@ impl Backend {
         name: BackendName,
         config: &BackendConfig,
         token: Option<&Secret>,
+    ) -> Result<Backend, BackendBuildError> {
+        Backend::with_identity(name, config, token, None)
+    }
+
+    /// [`Backend::new`], presenting `identity` to a server that asks for a client certificate.
+    pub fn with_identity(
+        name: BackendName,
+        config: &BackendConfig,
+        token: Option<&Secret>,
+        identity: Option<&ClientIdentity>,
     ) -> Result<Backend, BackendBuildError> {
         let url = &config.url;
         let host = url.host_str().ok_or_else(|| BackendBuildError::Url {
@@ -83,7 +121,7 @@ impl Backend {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
-        let tls = tls_config(name, config)?;
+        let tls = tls_config(name, config, identity)?;
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -96,18 +134,10 @@ impl Backend {
             .timer(TokioTimer::new())
             .build(connector);
 
+        let header = config.auth.as_ref().map(|a| a.header).unwrap_or_default();
         let credential = match (token, config.auth.as_ref()) {
-            (Some(token), Some(auth)) => {
-                let (name_, value) = match auth.header {
-                    AuthHeader::Bearer => {
-                        (header::AUTHORIZATION, format!("Bearer {}", token.expose()))
-                    }
-                    AuthHeader::XChromaToken => (X_CHROMA_TOKEN, token.expose().to_owned()),
-                };
-                let mut value = HeaderValue::from_str(&value)
-                    .map_err(|_| BackendBuildError::Token { backend: name })?;
-                value.set_sensitive(true);
-                Some((name_, value))
+            (Some(token), Some(_)) => {
+                Some(credential(header, token).ok_or(BackendBuildError::Token { backend: name })?)
             }
             _ => None,
         };
@@ -118,8 +148,37 @@ impl Backend {
             path_prefix,
             client,
             credential,
+            header,
+            identities: HashMap::new(),
             request_timeout: config.request_timeout,
         })
+    }
+
+    /// Adds the client identities' tokens for this backend.
+    pub fn with_identities(
+        mut self,
+        identities: &[IdentitySecrets],
+    ) -> Result<Backend, BackendBuildError> {
+        for identity in identities {
+            let header = identity
+                .backend(self.name)
+                .map(|token| {
+                    credential(self.header, token).ok_or_else(|| BackendBuildError::IdentityToken {
+                        backend: self.name,
+                        identity: identity.name.clone(),
+                    })
+                })
+                .transpose()?;
+            self.identities
+                .insert(identity.name.as_str().into(), header);
+        }
+        Ok(self)
+    }
+
+    /// Whether this backend knows the identity `name` (the config may have dropped one a
+    /// journal entry still names).
+    pub fn knows_identity(&self, name: &str) -> bool {
+        self.identities.contains_key(name)
     }
 
     pub fn name(&self) -> BackendName {
@@ -142,12 +201,26 @@ impl Backend {
         }
     }
 
-    /// Sends a request and waits for the response head; the body streams afterwards.
-    ///
-    /// `headers` are sent as they are, plus this backend's credential; the caller has already
-    /// removed hop-by-hop headers and, unless configured otherwise, the client's credentials.
+    /// Sends a request as the operator; see [`Backend::send_as`].
     pub async fn send(
         &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, BackendError> {
+        self.send_as(&Caller::Operator, method, path_and_query, headers, body)
+            .await
+    }
+
+    /// Sends a request on behalf of `caller` and waits for the response head; the body
+    /// streams afterwards.
+    ///
+    /// `headers` are sent as they are, plus the credential `caller` has on this backend; the
+    /// caller has already removed hop-by-hop headers and the client's credentials.
+    pub async fn send_as(
+        &self,
+        caller: &Caller,
         method: Method,
         path_and_query: &str,
         mut headers: HeaderMap,
@@ -156,8 +229,28 @@ impl Backend {
         let uri = self.uri(path_and_query)?;
         headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
-        if let Some((name, value)) = &self.credential {
-            headers.insert(name.clone(), value.clone());
+        match caller {
+            Caller::Operator => {
+                if let Some((name, value)) = &self.credential {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+            Caller::Identity(identity) => match self.identities.get(identity) {
+                Some(Some((name, value))) => {
+                    headers.insert(name.clone(), value.clone());
+                }
+                Some(None) => {}
+                None => {
+                    return Err(self.error(BackendErrorKind::Request(format!(
+                        "the identity `{identity}` is not in server.client_auth.identities"
+                    ))))
+                }
+            },
+            Caller::Forwarded(credentials) => {
+                for (name, value) in credentials {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
         }
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
@@ -174,10 +267,22 @@ impl Backend {
         }
     }
 
-    /// Sends a JSON request the proxy made itself (the mirror, the resolver) and reads the whole
-    /// answer.
+    /// Sends a JSON request the proxy made itself (the resolver, probes) as the operator; see
+    /// [`Backend::call_as`].
     pub async fn call(
         &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, BackendError> {
+        self.call_as(&Caller::Operator, method, path, body).await
+    }
+
+    /// Sends a JSON request the proxy made itself (the mirror, a client write's lookups) on
+    /// behalf of `caller`, and reads the whole answer.
+    pub async fn call_as(
+        &self,
+        caller: &Caller,
         method: Method,
         path: &str,
         body: Option<&serde_json::Value>,
@@ -193,7 +298,7 @@ impl Backend {
             }
             None => Bytes::new(),
         };
-        let response = self.send(method, path, headers, bytes).await?;
+        let response = self.send_as(caller, method, path, headers, bytes).await?;
         let (parts, body) = response.into_parts();
         let body = tokio::time::timeout(self.request_timeout, body.collect())
             .await
@@ -286,6 +391,19 @@ impl ServiceClient {
         url: &url::Url,
         timeout: Duration,
     ) -> Result<ServiceClient, String> {
+        ServiceClient::with_tls(service, url, timeout, None, None)
+    }
+
+    /// [`ServiceClient::new`] for an `https://` service whose certificate is signed by the CA
+    /// in `ca_file` (beside the system's roots), presenting `identity` when it asks for a
+    /// client certificate.
+    pub fn with_tls(
+        service: &'static str,
+        url: &url::Url,
+        timeout: Duration,
+        ca_file: Option<PathBuf>,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<ServiceClient, String> {
         let mut base = url.clone();
         base.set_query(None);
         base.set_fragment(None);
@@ -296,15 +414,22 @@ impl ServiceClient {
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 2,
             auth: None,
-            ca_file: None,
+            ca_file,
         };
         // A build error names the store it was built as; say the service and the cause.
-        let http = Backend::new(BackendName::Old, &config, None).map_err(|e| match e {
-            BackendBuildError::Url { url, .. } => format!("{url} cannot be used as a base URI"),
-            BackendBuildError::Tls { source, .. } => format!("TLS setup failed: {source}"),
-            BackendBuildError::CaFile { reason, .. } => reason,
-            BackendBuildError::Token { .. } => "the token is not a valid header value".to_owned(),
-        })?;
+        let http = Backend::with_identity(BackendName::Old, &config, None, identity).map_err(
+            |e| match e {
+                BackendBuildError::Url { url, .. } => format!("{url} cannot be used as a base URI"),
+                BackendBuildError::Tls { source, .. } => format!("TLS setup failed: {source}"),
+                BackendBuildError::CaFile { reason, .. } => reason,
+                BackendBuildError::Token { .. } | BackendBuildError::IdentityToken { .. } => {
+                    "the token is not a valid header value".to_owned()
+                }
+                BackendBuildError::ClientIdentity { reason, .. } => {
+                    format!("the client certificate: {reason}")
+                }
+            },
+        )?;
         Ok(ServiceClient { service, http })
     }
 
@@ -343,6 +468,18 @@ impl ServiceClient {
     }
 }
 
+/// The header carrying `token` as `kind` says, marked sensitive; `None` when the token cannot be
+/// a header value.
+fn credential(kind: AuthHeader, token: &Secret) -> Option<(HeaderName, HeaderValue)> {
+    let (name, value) = match kind {
+        AuthHeader::Bearer => (header::AUTHORIZATION, format!("Bearer {}", token.expose())),
+        AuthHeader::XChromaToken => (X_CHROMA_TOKEN, token.expose().to_owned()),
+    };
+    let mut value = HeaderValue::from_str(&value).ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
+}
+
 /// The error and its sources in one line (hyper's top-level message alone says little).
 fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -358,6 +495,7 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 fn tls_config(
     name: BackendName,
     config: &BackendConfig,
+    identity: Option<&ClientIdentity>,
 ) -> Result<rustls::ClientConfig, BackendBuildError> {
     let mut roots = rustls::RootCertStore::empty();
     if config.url.scheme() == "https" {
@@ -395,8 +533,23 @@ fn tls_config(
             backend: name,
             source,
         })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => config.with_no_client_auth(),
+        Some(identity) => {
+            let identity_error = |reason: String| BackendBuildError::ClientIdentity {
+                backend: name,
+                reason,
+            };
+            let certs = crate::tls::read_certs(&identity.cert)
+                .map_err(|e| identity_error(e.to_string()))?;
+            let key =
+                crate::tls::read_key(&identity.key).map_err(|e| identity_error(e.to_string()))?;
+            config
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| identity_error(e.to_string()))?
+        }
+    };
     Ok(config)
 }
 
@@ -417,12 +570,14 @@ impl Backends {
                 BackendName::Old,
                 &config.old,
                 secrets.backend(BackendName::Old),
-            )?,
+            )?
+            .with_identities(&secrets.identities)?,
             new: Backend::new(
                 BackendName::New,
                 &config.new,
                 secrets.backend(BackendName::New),
-            )?,
+            )?
+            .with_identities(&secrets.identities)?,
         })
     }
 

@@ -11,6 +11,7 @@ use shift_config::BackendName;
 use shift_state::StoreError;
 
 use crate::admission::BodyPermit;
+use crate::auth::Caller;
 use crate::body::{self, ProxyBody};
 use crate::error::{BackendError, BackendErrorKind, ProxyError, StateFailure};
 use crate::headers::strip_hop_by_hop;
@@ -24,12 +25,14 @@ pub struct BufferedRequest {
     pub method: Method,
     /// The client's path and query.
     pub path: String,
-    /// Headers to forward (hop-by-hop and, unless configured, client credentials removed).
+    /// Headers to forward (hop-by-hop headers and the client's credentials removed).
     pub headers: HeaderMap,
     pub body: Bytes,
     /// The body's share of the body budget, given back when the request is dropped (after
     /// the write task that owns it settled the write).
     pub body_permit: BodyPermit,
+    /// On whose behalf it reaches the backends: decides the credential each one gets.
+    pub caller: Caller,
 }
 
 /// The answer for the client, and the store that gave it.
@@ -110,7 +113,13 @@ pub(crate) async fn send(
         .resolver
         .backends
         .get(backend)
-        .send(request.method.clone(), path, request.headers.clone(), body)
+        .send_as(
+            &request.caller,
+            request.method.clone(),
+            path,
+            request.headers.clone(),
+            body,
+        )
         .await
 }
 

@@ -90,7 +90,8 @@ async fn settle_as_reconciliation(
                     vec![NewEntry {
                         target: secondary,
                         collection: op.lag_key(),
-                        payload: op.to_bytes(),
+                        // The reconciliation runs as the identity that wrote.
+                        payload: op.to_bytes_as(crate::mirror::identity_of(payload)),
                     }],
                 )
                 .await
@@ -153,5 +154,52 @@ pub async fn settle_orphaned_intents(plane: Arc<DataPlaneState>, mut stop: watch
             }
         }
         suspects = seen;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use shift_state::StateStore;
+
+    use super::*;
+    use crate::auth::Caller;
+    use crate::mirror::{identity_of, RecordKind};
+
+    /// A write an identity left in flight at a crash is reconciled as that identity; an
+    /// intent the previous version wrote (the op's JSON alone) as the operator.
+    #[tokio::test]
+    async fn a_recovered_intent_keeps_the_identity_that_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).await.unwrap();
+        let op = MirrorOp::Records {
+            kind: RecordKind::Upsert,
+            collection: "c1".into(),
+            body: json!({"ids": ["a"], "embeddings": [[1.0]]}),
+        };
+        let team_a = Caller::Identity("team-a".into());
+        store
+            .record_intent(op.encode_as(&team_a).bytes)
+            .await
+            .unwrap();
+        store.record_intent(op.to_bytes()).await.unwrap();
+        let secondary = BackendName::New;
+        assert_eq!(recover_intents(&store, secondary).await.unwrap(), 2);
+        let entries = store.read(secondary, None, 10).unwrap();
+        let recovered: Vec<(Option<&str>, MirrorOp)> = entries
+            .iter()
+            .map(|e| {
+                let op = MirrorOp::from_bytes(&e.payload).unwrap();
+                (identity_of(&e.payload), op)
+            })
+            .collect();
+        let reconcile = MirrorOp::Reconcile {
+            collection: "c1".into(),
+            ids: vec!["a".into()],
+        };
+        assert_eq!(
+            recovered,
+            vec![(Some("team-a"), reconcile.clone()), (None, reconcile)]
+        );
     }
 }

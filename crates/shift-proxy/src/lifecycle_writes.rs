@@ -316,8 +316,9 @@ async fn settle_lifecycle_write(
     plan: LifecyclePlan,
     answer: ClientAnswerTx,
 ) {
-    let Some(intent) = record_intent(plane, plan.intent_op.to_bytes(), answer.is_closed()).await
-    else {
+    let caller = write.request.caller.clone();
+    let intent_bytes = plan.intent_op.to_bytes_as(caller.identity());
+    let Some(intent) = record_intent(plane, intent_bytes, answer.is_closed()).await else {
         refuse_before_write(plane, answer);
         return;
     };
@@ -359,7 +360,7 @@ async fn settle_lifecycle_write(
             if write.mode == MirrorMode::Sync
                 && !plane.waits_in_journal(write.secondary, &op.lag_key()) =>
         {
-            secondary_outcome(plane.applier.apply(write.secondary, op).await)
+            secondary_outcome(plane.applier.apply(write.secondary, op, &caller).await)
         }
         _ => (SecondaryOutcome::NotSent, None),
     };
@@ -369,7 +370,7 @@ async fn settle_lifecycle_write(
         plane.writes.on_secondary_failure,
     );
     let queued = Queued {
-        write: vec![op.as_ref().unwrap_or(&plan.intent_op).encode()],
+        write: vec![op.as_ref().unwrap_or(&plan.intent_op).encode_as(&caller)],
         reconcile: plan.intent_op,
     };
     let settled = Settled {

@@ -367,3 +367,54 @@ impl ReplayMetrics {
         Ok(metrics)
     }
 }
+
+/// Metrics of the listeners' connections (data and admin, by the `listener` label).
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    /// Client connections open now, TLS handshakes included.
+    pub open: IntGaugeVec,
+    /// Connections closed without being served, by reason: `at_capacity` (the listener held
+    /// `max_connections`), `tls_handshake` (the handshake failed), `handshake_timeout` (it did
+    /// not finish within `header_read_timeout`).
+    pub refused: IntCounterVec,
+}
+
+impl ConnectionMetrics {
+    /// The reasons of [`ConnectionMetrics::refused`].
+    pub const REFUSED_REASONS: [&'static str; 3] =
+        ["at_capacity", "tls_handshake", "handshake_timeout"];
+
+    /// Creates the metrics, not registered anywhere (tests, or a registry added later).
+    pub fn new() -> prometheus::Result<ConnectionMetrics> {
+        Ok(ConnectionMetrics {
+            open: gauges(
+                "chroma_shift_client_connections",
+                "Client connections open now, by listener (data, admin).",
+                &["listener"],
+            )?,
+            refused: counters(
+                "chroma_shift_connections_refused_total",
+                "Client connections closed without being served, by listener and reason (at_capacity, tls_handshake, handshake_timeout).",
+                &["listener", "reason"],
+            )?,
+        })
+    }
+
+    /// Creates the metrics and registers them in `registry`, with a zero series for each of
+    /// `listeners`, so a dashboard reads 0 rather than nothing.
+    pub fn register(
+        registry: &Registry,
+        listeners: &[&str],
+    ) -> prometheus::Result<ConnectionMetrics> {
+        let metrics = ConnectionMetrics::new()?;
+        registry.register(Box::new(metrics.open.clone()))?;
+        registry.register(Box::new(metrics.refused.clone()))?;
+        for listener in listeners {
+            metrics.open.with_label_values(&[listener]).set(0);
+            for reason in Self::REFUSED_REASONS {
+                metrics.refused.with_label_values(&[listener, reason]);
+            }
+        }
+        Ok(metrics)
+    }
+}

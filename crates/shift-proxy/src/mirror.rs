@@ -1,6 +1,11 @@
 //! What the mirror applies to a store: one [`MirrorOp`] per write, serialized into the journal
 //! (and into the intent recorded before the primary write).
 //!
+//! An op a client identity wrote is stored with that identity's name (never a token), so the
+//! replay sends it with the identity's backend token: the payload is then `@name\n` before the
+//! op's JSON. An op with no identity is the JSON alone, as every version wrote it, so a journal
+//! written before identities existed replays unchanged (as the operator).
+//!
 //! Ops name collections by the client's id and tenants and databases by the client's names;
 //! both are translated for the target store when the op is applied, so an op queued before a
 //! collection existed on the target, or before a cutover, still lands in the right place.
@@ -9,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shift_chroma::Operation;
 
+use crate::auth::Caller;
 use crate::ids::ClientCollectionId;
 
 /// The four record writes.
@@ -207,33 +213,82 @@ impl MirrorOp {
         }
     }
 
-    /// Serializes once, for the intent and the journal entry alike.
+    /// Serializes once, for the intent and the journal entry alike, as the operator's.
     pub fn encode(&self) -> EncodedOp {
+        self.encode_as(&Caller::Operator)
+    }
+
+    /// Serializes once, for the intent and the journal entry alike, with `caller`'s identity.
+    pub fn encode_as(&self, caller: &Caller) -> EncodedOp {
         EncodedOp {
             lag_key: self.lag_key(),
-            bytes: self.to_bytes(),
+            bytes: self.to_bytes_as(caller.identity()),
         }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        // A tree of strings and JSON values always serializes.
-        serde_json::to_vec(self).unwrap_or_default()
+        self.to_bytes_as(None)
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<MirrorOp, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    /// The payload of the op, written by `identity` when given.
+    pub fn to_bytes_as(&self, identity: Option<&str>) -> Vec<u8> {
+        let mut bytes = match identity {
+            Some(name) => format!("{IDENTITY_MARK}{name}\n").into_bytes(),
+            None => Vec::new(),
+        };
+        // A tree of strings and JSON values always serializes.
+        let _ = serde_json::to_writer(&mut bytes, self);
+        bytes
     }
+
+    /// The op of a payload, with or without an identity.
+    pub fn from_bytes(bytes: &[u8]) -> Result<MirrorOp, serde_json::Error> {
+        serde_json::from_slice(split_identity(bytes).1)
+    }
+}
+
+/// What starts a payload that names an identity; an op's JSON starts with `{`.
+const IDENTITY_MARK: char = '@';
+
+/// The identity a payload names, and the op's JSON after it.
+fn split_identity(bytes: &[u8]) -> (Option<&str>, &[u8]) {
+    let named = bytes.strip_prefix(&[IDENTITY_MARK as u8]).and_then(|rest| {
+        let end = rest.iter().position(|b| *b == b'\n')?;
+        let name = std::str::from_utf8(&rest[..end]).ok()?;
+        Some((name, &rest[end + 1..]))
+    });
+    match named {
+        Some((name, op)) => (Some(name), op),
+        None => (None, bytes),
+    }
+}
+
+/// The identity a journal or intent payload was written by; `None` for the operator's (and
+/// for every entry written before identities existed).
+pub fn identity_of(payload: &[u8]) -> Option<&str> {
+    split_identity(payload).0
+}
+
+/// The op's JSON in a journal or intent payload, after the identity if it names one.
+pub fn op_json(payload: &[u8]) -> &[u8] {
+    split_identity(payload).1
+}
+
+/// The caller to apply a payload as.
+pub fn caller_of(payload: &[u8]) -> Caller {
+    Caller::from_journal(identity_of(payload))
 }
 
 impl MirrorOp {
     /// A record write encoded around its body exactly as the client sent it, with no parse
-    /// tree in between: the same journal format as [`MirrorOp::encode`] of the op with that
+    /// tree in between: the same journal format as [`MirrorOp::encode_as`] of the op with that
     /// body parsed. `body` must be JSON that [`MirrorOp::from_bytes`] reads: the write path
     /// parsed it once already (to find its ids, and to refuse what it could not mirror).
     pub fn encode_records(
         kind: RecordKind,
         collection: &ClientCollectionId,
         body: &[u8],
+        caller: &Caller,
     ) -> EncodedOp {
         const TAIL: &[u8] = b"null}}";
         let envelope = MirrorOp::Records {
@@ -241,7 +296,7 @@ impl MirrorOp {
             collection: collection.clone(),
             body: Value::Null,
         }
-        .to_bytes();
+        .to_bytes_as(caller.identity());
         // `{"records":{"kind":..,"collection":..,"body":null}}`: the body goes where the null
         // is (it is the last field).
         debug_assert!(envelope.ends_with(TAIL));
@@ -297,14 +352,17 @@ mod tests {
         let sent = br#" {"ids": ["a", "b"], "embeddings": [[1.5, 2e3], "AACAPw=="],
             "metadatas": [{"k": "\u00e9"}, null], "ids": ["a", "b"]} "#;
         let collection: ClientCollectionId = "c1".into();
-        let raw = MirrorOp::encode_records(RecordKind::Add, &collection, sent);
         let parsed = MirrorOp::Records {
             kind: RecordKind::Add,
             collection: collection.clone(),
             body: serde_json::from_slice(sent).unwrap(),
         };
-        assert_eq!(MirrorOp::from_bytes(&raw.bytes).unwrap(), parsed);
-        assert_eq!(raw.lag_key, parsed.encode().lag_key);
+        for caller in [Caller::Operator, Caller::from_journal(Some("team-a"))] {
+            let raw = MirrorOp::encode_records(RecordKind::Add, &collection, sent, &caller);
+            assert_eq!(MirrorOp::from_bytes(&raw.bytes).unwrap(), parsed);
+            assert_eq!(caller_of(&raw.bytes), caller);
+            assert_eq!(raw.lag_key, parsed.encode_as(&caller).lag_key);
+        }
     }
 
     #[test]
@@ -321,6 +379,34 @@ mod tests {
                 ids: vec!["a".into(), "b".into()]
             }
         );
+    }
+
+    #[test]
+    fn an_identity_rides_with_the_op_and_entries_without_one_read_as_before() {
+        let op = MirrorOp::Records {
+            kind: RecordKind::Add,
+            collection: "c1".into(),
+            body: json!({"ids": ["a"]}),
+        };
+        let caller = Caller::Identity("team-a".into());
+        let encoded = op.encode_as(&caller);
+        assert!(encoded.bytes.starts_with(b"@team-a\n{"));
+        assert_eq!(MirrorOp::from_bytes(&encoded.bytes).unwrap(), op);
+        assert_eq!(identity_of(&encoded.bytes), Some("team-a"));
+        assert_eq!(caller_of(&encoded.bytes), caller);
+        // The operator's entries are the JSON alone: what the previous version wrote and reads.
+        let operator = op.encode_as(&Caller::Operator).bytes;
+        assert_eq!(operator, serde_json::to_vec(&op).unwrap());
+        assert_eq!(caller_of(&operator), Caller::Operator);
+        // A forwarded client credential is never stored.
+        let forwarded = Caller::Forwarded(vec![(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer s3cret"),
+        )]);
+        assert_eq!(op.encode_as(&forwarded).bytes, operator);
+        let old = br#"{"reconcile":{"collection":"c1","ids":["a"]}}"#;
+        assert_eq!(identity_of(old), None);
+        assert!(MirrorOp::from_bytes(old).is_ok());
     }
 
     #[test]

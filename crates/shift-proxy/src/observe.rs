@@ -112,6 +112,7 @@ where
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 upstream_ms = handled.upstream.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
                 error = handled.error.unwrap_or(""),
+                identity = handled.identity.as_deref().unwrap_or(""),
                 "request"
             );
             Ok(response)

@@ -222,6 +222,7 @@ fn start_shadow(
             path,
             headers: request.headers.clone(),
             body: request.body.clone(),
+            caller: request.caller.clone(),
         },
     )
 }

@@ -18,6 +18,7 @@ use shift_chroma::paths;
 use shift_chroma::payload::{get_response_ids, retain_records, DeleteSelection};
 use shift_config::{BackendName, MirrorMode};
 
+use crate::auth::Caller;
 use crate::body::{self, ProxyBody};
 use crate::body_ids::record_ids;
 use crate::collections::CollectionEntry;
@@ -70,9 +71,14 @@ pub async fn record_write(
             let selection = DeleteSelection::parse(&request.body).map_err(unmirrorable)?;
             if selection.is_filtered() {
                 let guard = plane.locks.collection(&collection).await;
-                match resolve_filtered_delete(plane, primary, &entry, &primary_id, &selection)
-                    .await?
-                {
+                let found = resolve_filtered_delete(
+                    plane,
+                    &request.caller,
+                    (primary, &entry, &primary_id),
+                    &selection,
+                )
+                .await?;
+                match found {
                     Ok(ids) => {
                         let body = json!({ "ids": ids });
                         (guard, ids, Some(body))
@@ -108,7 +114,8 @@ pub async fn record_write(
     // goes to the mirror as it was sent.
     let (rewritten, missing) = match rewritten {
         Some(body) if kind == RecordKind::Update => {
-            match update_of_existing(plane, primary, &entry, &primary_id, body).await? {
+            let on_primary = (primary, &*entry, primary_id.as_str());
+            match update_of_existing(plane, &request.caller, on_primary, body).await? {
                 (restricted, Some(missing)) => (Some(restricted), Some(missing)),
                 (_, None) => (None, None),
             }
@@ -202,12 +209,13 @@ enum Mirrored {
 }
 
 impl Mirrored {
-    fn encode(&self, body: &[u8]) -> EncodedOp {
+    /// The payload for the intent and the journal, written by `caller`.
+    fn encode(&self, body: &[u8], caller: &Caller) -> EncodedOp {
         match self {
             Mirrored::AsSent { kind, collection } => {
-                MirrorOp::encode_records(*kind, collection, body)
+                MirrorOp::encode_records(*kind, collection, body, caller)
             }
-            Mirrored::Rewritten(op) => op.encode(),
+            Mirrored::Rewritten(op) => op.encode_as(caller),
         }
     }
 
@@ -235,7 +243,8 @@ async fn settle_record_write(
     (missing, forget): Missing,
     answer: ClientAnswerTx,
 ) {
-    let encoded = mirrored.encode(&write.request.body);
+    let caller = write.request.caller.clone();
+    let encoded = mirrored.encode(&write.request.body, &caller);
     let Some(intent) = record_intent(plane, encoded.bytes, answer.is_closed()).await else {
         refuse_before_write(plane, answer);
         return;
@@ -247,13 +256,13 @@ async fn settle_record_write(
         let op = mirrored.op(&write.request.body);
         let (p, s) = tokio::join!(
             send(plane, write.primary, &write.request, &write.path, body),
-            plane.applier.apply(write.secondary, &op),
+            plane.applier.apply(write.secondary, &op, &caller),
         );
         drop(op);
         // What the primary also got for the ids it lacked follows on the secondary.
         let s = match (s, &forget) {
             (Ok(()), Some(forget)) if classify(&p) == PrimaryOutcome::Applied => {
-                plane.applier.apply(write.secondary, forget).await
+                plane.applier.apply(write.secondary, forget, &caller).await
             }
             (s, _) => s,
         };
@@ -279,9 +288,9 @@ async fn settle_record_write(
         queued: Queued {
             // Encoded again now rather than held through the primary's work.
             write: forget.into_iter().fold(
-                vec![mirrored.encode(&write.request.body)],
+                vec![mirrored.encode(&write.request.body, &caller)],
                 |mut ops, op| {
-                    ops.push(op.encode());
+                    ops.push(op.encode_as(&caller));
                     ops
                 },
             ),
@@ -308,7 +317,12 @@ async fn forget_missing_updates(plane: &DataPlaneState, write: &PendingWrite, mi
         .resolver
         .backends
         .get(write.primary)
-        .call(Method::POST, &path, Some(&json!({ "ids": missing })))
+        .call_as(
+            &write.request.caller,
+            Method::POST,
+            &path,
+            Some(&json!({ "ids": missing })),
+        )
         .await;
     match result {
         Ok(answer) if answer.status.is_success() => {}
@@ -320,6 +334,9 @@ async fn forget_missing_updates(plane: &DataPlaneState, write: &PendingWrite, mi
         }
     }
 }
+
+/// A collection on the primary: the primary, the collection's entry and its id there.
+type OnPrimary<'a> = (BackendName, &'a CollectionEntry, &'a str);
 
 /// The primary's `get` path of a collection.
 fn primary_get_path(
@@ -357,9 +374,8 @@ fn primary_get_path(
 /// ([`forget_missing_updates`]); the mirror never carries them.
 async fn update_of_existing(
     plane: &DataPlaneState,
-    primary: BackendName,
-    entry: &CollectionEntry,
-    primary_id: &str,
+    caller: &Caller,
+    (primary, entry, primary_id): OnPrimary<'_>,
     body: Value,
 ) -> Result<(Value, Option<(Vec<String>, Value)>), ProxyError> {
     let carries_embeddings = body
@@ -375,7 +391,8 @@ async fn update_of_existing(
         .resolver
         .backends
         .get(primary)
-        .call(
+        .call_as(
+            caller,
             Method::POST,
             &path,
             Some(&json!({"ids": ids, "include": []})),
@@ -408,9 +425,8 @@ async fn update_of_existing(
 /// the primary's refusal of the filter.
 async fn resolve_filtered_delete(
     plane: &DataPlaneState,
-    primary: BackendName,
-    entry: &CollectionEntry,
-    primary_id: &str,
+    caller: &Caller,
+    (primary, entry, primary_id): OnPrimary<'_>,
     selection: &DeleteSelection,
 ) -> Result<Result<Vec<String>, Response<ProxyBody>>, ProxyError> {
     let path = primary_get_path(plane, primary, entry, primary_id);
@@ -418,7 +434,12 @@ async fn resolve_filtered_delete(
         .resolver
         .backends
         .get(primary)
-        .call(Method::POST, &path, Some(&selection.resolving_get()))
+        .call_as(
+            caller,
+            Method::POST,
+            &path,
+            Some(&selection.resolving_get()),
+        )
         .await?;
     if !answer.status.is_success() {
         let mut response = Response::new(body::full(answer.body.clone()));

@@ -9,7 +9,10 @@
 //! then a re-create under the same name), or read another collection (a fork).
 //!
 //! Within a lane, consecutive compatible record writes are merged into one request (disjoint
-//! ids, same kind, within the store's `max_batch_size` and [`MERGED_BYTES`]). What a failure
+//! ids, same kind, same client identity, within the store's `max_batch_size` and
+//! [`MERGED_BYTES`]). Each entry is applied as the identity that wrote it (its backend token);
+//! an entry of an identity no longer in the config is refused, so parked as a dead letter
+//! whose reason names the identity. What a failure
 //! does (see [`crate::apply::classify`]):
 //! - worth retrying (unreachable, 408, 429, 5xx but 501 and 505): that lane retries with
 //!   exponential backoff and jitter ([`shift_chroma::retry::Backoff`]), honouring
@@ -38,8 +41,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::apply::{ApplyError, ApplyTarget, HaltCause};
+use crate::auth::Caller;
 use crate::metrics::{ProxyMetrics, ReplayMetrics};
-use crate::mirror::MirrorOp;
+use crate::mirror::{identity_of, MirrorOp};
 use crate::topology::SharedTopology;
 
 mod board;
@@ -189,6 +193,8 @@ enum Flow {
 struct Batch {
     op: MirrorOp,
     count: usize,
+    /// The identity its entries were written by (all the same).
+    caller: Caller,
 }
 
 /// The worker's state while it runs.
@@ -329,13 +335,16 @@ impl<A: ApplyTarget> Run<'_, A> {
         let mut op = MirrorOp::from_bytes(&head.payload)
             .map_err(|e| (head.seq, format!("unreadable journal entry: {e}")))?;
         let mut count = 1;
+        let identity = identity_of(&head.payload);
+        let caller = Caller::from_journal(identity);
         if lane.singles > 0 || !matches!(op, MirrorOp::Records { .. }) {
-            return Ok(Batch { op, count });
+            return Ok(Batch { op, count, caller });
         }
         let max_records = self.worker.applier.max_batch(self.target()).await;
         let mut bytes = head.payload.len();
         for next in lane.queue.iter().skip(1) {
-            if bytes + next.payload.len() > MERGED_BYTES {
+            // One request carries one identity's credential.
+            if bytes + next.payload.len() > MERGED_BYTES || identity_of(&next.payload) != identity {
                 break;
             }
             let Ok(next_op) = MirrorOp::from_bytes(&next.payload) else {
@@ -347,7 +356,7 @@ impl<A: ApplyTarget> Run<'_, A> {
             bytes += next.payload.len();
             count += 1;
         }
-        Ok(Batch { op, count })
+        Ok(Batch { op, count, caller })
     }
 
     /// Applies the batch at the head of `key`'s lane once, and does what its outcome says.
@@ -379,11 +388,11 @@ impl<A: ApplyTarget> Run<'_, A> {
             }
         };
         let mut result = tokio::select! {
-            result = self.worker.applier.apply(target, &batch.op) => result,
+            result = self.worker.applier.apply(target, &batch.op, &batch.caller) => result,
             _ = self.stop.changed() => return Flow::Stop,
         };
         if let Err(ApplyError::Halted { reason, cause }) = result {
-            result = match self.halted(&batch.op, cause, reason).await {
+            result = match self.halted(&batch, cause, reason).await {
                 Some(result) => result,
                 None => return Flow::Stop,
             };
@@ -478,10 +487,16 @@ impl<A: ApplyTarget> Run<'_, A> {
     /// backoff until the store answers anything else, which is returned. `None`: asked to stop.
     async fn halted(
         &mut self,
-        op: &MirrorOp,
+        batch: &Batch,
         cause: HaltCause,
         reason: String,
     ) -> Option<Result<(), ApplyError>> {
+        let (op, caller) = (&batch.op, &batch.caller);
+        // Say whose key the store refused: the operator's or one identity's.
+        let reason = match caller.identity() {
+            Some(name) => format!("{reason} (sent with the token of client identity `{name}`)"),
+            None => reason,
+        };
         let target = self.target();
         let name = target.as_str();
         let gauge = self
@@ -512,7 +527,7 @@ impl<A: ApplyTarget> Run<'_, A> {
             }
             failures = failures.saturating_add(1);
             let result = tokio::select! {
-                result = self.worker.applier.apply(target, op) => result,
+                result = self.worker.applier.apply(target, op, caller) => result,
                 _ = self.stop.changed() => break None,
             };
             match result {
@@ -692,3 +707,6 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 #[path = "replay_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod identity_tests;

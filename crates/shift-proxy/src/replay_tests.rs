@@ -115,6 +115,7 @@ impl ApplyTarget for Fake {
         &self,
         _target: BackendName,
         op: &MirrorOp,
+        _caller: &Caller,
     ) -> impl Future<Output = Result<(), ApplyError>> + Send {
         let result = self.answer(op);
         if let Some(gauge) = lock(&self.held).as_ref() {

@@ -58,7 +58,8 @@ pub async fn reset(
             .resolver
             .backends
             .get(secondary)
-            .call(Method::POST, "/api/v2/reset", None)
+            // As the client: its reset must not run with the operator's key.
+            .call_as(&request.caller, Method::POST, "/api/v2/reset", None)
             .await?;
         if !answer.status.is_success() {
             return Err(ProxyError::Backend(BackendError {

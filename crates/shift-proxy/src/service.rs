@@ -25,7 +25,7 @@ use shift_chroma::{classify, Operation, OperationClass, Route};
 use shift_config::BackendName;
 
 use crate::admission::{Admission, Expect, Limits};
-use crate::auth::ClientAuth;
+use crate::auth::{Caller, ClientAuth};
 use crate::body::{BoxError, ProxyBody};
 use crate::error::{error_response, ProxyError, RefusedRequest};
 use crate::forward::BufferedRequest;
@@ -46,6 +46,8 @@ pub struct Handled {
     pub upstream: Option<Duration>,
     /// Why the proxy answered itself, when it did.
     pub error: Option<&'static str>,
+    /// The client identity the request was authenticated as (a name, never a token).
+    pub identity: Option<crate::auth::IdentityName>,
 }
 
 /// How the data plane behaves; built once from the config.
@@ -55,7 +57,8 @@ pub struct ProxySettings {
     pub limits: Limits,
     /// Client authentication, when enabled.
     pub client_auth: Option<ClientAuth>,
-    /// Whether the client's credential headers go on to the backends.
+    /// Whether the client's credential headers go on to the backends (instead of the
+    /// operator's or an identity's credential).
     pub forward_client_auth: bool,
 }
 
@@ -129,6 +132,7 @@ impl ProxyState {
             backend: None,
             upstream: None,
             error: None,
+            identity: None,
         };
         let mut response = match self.forward(request, &mut handled).await {
             Ok(response) => response,
@@ -176,10 +180,17 @@ impl ProxyState {
         if !uri.path().starts_with('/') {
             return Err(RefusedRequest::RequestTarget(uri.to_string()).into());
         }
+        let mut caller = Caller::Operator;
         if let Some(auth) = &settings.client_auth {
             if !handled.route.operation.is_liveness() {
-                auth.check(request.headers())?;
+                caller = auth.identify(request.headers())?;
             }
+        }
+        if settings.forward_client_auth {
+            caller = Caller::forwarded(request.headers());
+        }
+        if let Caller::Identity(name) = &caller {
+            handled.identity = Some(name.clone());
         }
         let (parts, body) = request.into_parts();
         // Routes Chroma defines without a body get none read; an unknown route may be a
@@ -200,9 +211,8 @@ impl ProxyState {
 
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        if !settings.forward_client_auth {
-            strip_client_auth(&mut headers);
-        }
+        // The caller decides what credential each backend gets.
+        strip_client_auth(&mut headers);
         let described = format!("{} {}", parts.method, parts.uri.path());
         let request = BufferedRequest {
             route: handled.route.clone(),
@@ -215,6 +225,7 @@ impl ProxyState {
             headers,
             body,
             body_permit,
+            caller,
         };
         let started = Instant::now();
         let plane = &self.plane;

@@ -108,6 +108,8 @@ pub(crate) fn refused(
         backend: None,
         upstream: None,
         error: Some(reason),
+        // Shed before client auth: nobody is identified yet.
+        identity: None,
     });
     response
 }

@@ -240,8 +240,8 @@ pub(crate) async fn carry_out(
         ));
         tokio::time::sleep(plane.writes.unknown_outcome_grace).await;
         failpoint("write::before_reconcile");
-        if let Err(error) = journal(plane, intent, secondary, vec![queued.reconcile.encode()]).await
-        {
+        let reconcile = queued.reconcile.encode_as(&write.request.caller);
+        if let Err(error) = journal(plane, intent, secondary, vec![reconcile]).await {
             tracing::error!(%error, %intent, "cannot queue a reconciliation; the intent is settled once the state store can write");
         }
         count(plane, write.mode, decision.label);
@@ -252,7 +252,8 @@ pub(crate) async fn carry_out(
     let result = match decision.journal {
         JournalAction::Write => journal(plane, intent, secondary, queued.write).await,
         JournalAction::Reconcile => {
-            journal(plane, intent, secondary, vec![queued.reconcile.encode()]).await
+            let reconcile = queued.reconcile.encode_as(&write.request.caller);
+            journal(plane, intent, secondary, vec![reconcile]).await
         }
         JournalAction::Discard => discard(plane, intent).await,
     };

@@ -601,6 +601,38 @@ impl StateStore {
         }
         Ok(out)
     }
+
+    /// At most `limit` keys and values of `table` from one end: the first in key order, or,
+    /// with `last`, the last ones, last first. For tables kept in key order of age (the audit
+    /// log), where only the newest or the oldest are wanted.
+    pub fn scan_end(
+        &self,
+        table: MapTable,
+        limit: usize,
+        last: bool,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.shared().begin_read()?;
+        let table = txn.open_table(schema::map(table))?;
+        let rows = table.iter()?;
+        let rows: Box<dyn Iterator<Item = _>> = if last {
+            Box::new(rows.rev())
+        } else {
+            Box::new(rows)
+        };
+        let mut out = Vec::new();
+        for row in rows.take(limit) {
+            let (key, value) = row?;
+            out.push((key.value().to_owned(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// How many keys `table` holds.
+    pub fn count(&self, table: MapTable) -> Result<u64, StoreError> {
+        let txn = self.shared().begin_read()?;
+        let table = txn.open_table(schema::map(table))?;
+        Ok(redb::ReadableTableMetadata::len(&table)?)
+    }
 }
 
 /// Encodes entries on the caller's task, keeping the copy of each payload off the writer.

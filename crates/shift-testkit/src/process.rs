@@ -279,6 +279,29 @@ fn note(text: &str) {
     eprintln!("[shift-testkit] {text}");
 }
 
+/// Runs `chroma-shift ARGS` (`ctl ...`, `backfill ...`) as an operator would, with the admin
+/// API's URL and the admin `token` in the environment; its exit code, stdout and stderr.
+pub async fn run_chroma_shift(
+    admin_url: &str,
+    token: &str,
+    args: &[&str],
+) -> anyhow::Result<(i32, String, String)> {
+    let output = tokio::process::Command::new(chroma_shift_bin()?)
+        .args(args)
+        .env("CHROMA_SHIFT_ADMIN_URL", admin_url)
+        .env("CHROMA_SHIFT_ADMIN_TOKEN", token)
+        .env("ANONYMIZED_TELEMETRY", "False")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
 /// The `chroma-shift` binary: `$CHROMA_SHIFT_BIN`, or the one cargo builds next to the test
 /// executable (`target/<profile>/chroma-shift`).
 ///

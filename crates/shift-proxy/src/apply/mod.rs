@@ -19,12 +19,19 @@ use shift_chroma::paths;
 use shift_chroma::payload::split_record_body;
 use shift_config::BackendName;
 
+use crate::auth::Caller;
 use crate::backend::Answer;
 use crate::collections::CollectionEntry;
 use crate::coord::OrderScope;
 use crate::ids::BackendCollectionId;
 use crate::mirror::{MirrorOp, RecordKind};
 use crate::resolve::Resolver;
+
+tokio::task_local! {
+    /// On whose behalf the op [`Applier::apply`] is applying reaches the stores. Scoped to
+    /// that one call, so the op's many helpers need not each carry it; `call` reads it.
+    static CALLER: Caller;
+}
 
 /// Records per request when a store does not say its `max_batch_size`.
 const FALLBACK_BATCH: usize = 1000;
@@ -127,6 +134,8 @@ impl Applier {
         )
     }
 
+    /// Sends a request of the op being applied, as its caller (the operator outside
+    /// [`Applier::apply`]: a collection created for the backfill).
     async fn call(
         &self,
         target: BackendName,
@@ -134,11 +143,12 @@ impl Applier {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Answer, ApplyError> {
+        let caller = CALLER.try_with(Caller::clone).unwrap_or_default();
         Ok(self
             .resolver
             .backends
             .get(target)
-            .call(method, path, body)
+            .call_as(&caller, method, path, body)
             .await?)
     }
 
@@ -211,8 +221,30 @@ impl Applier {
         accept(target, "create database", answer, StatusCode::CONFLICT)
     }
 
-    /// Applies `op` to `target`.
-    pub async fn apply(&self, target: BackendName, op: &MirrorOp) -> Result<(), ApplyError> {
+    /// Applies `op` to `target` on behalf of `caller`: every request it makes to either
+    /// store (the target, and the source a reconciliation reads) carries `caller`'s
+    /// credential.
+    ///
+    /// An op of an identity the config no longer has is refused (the replay parks it as a dead
+    /// letter naming the identity): it would otherwise reach the store with a credential the
+    /// client never had, the operator's.
+    pub async fn apply(
+        &self,
+        target: BackendName,
+        op: &MirrorOp,
+        caller: &Caller,
+    ) -> Result<(), ApplyError> {
+        if let Some(name) = caller.identity() {
+            if !self.resolver.backends.get(target).knows_identity(name) {
+                return Err(ApplyError::refused(gone_identity(name)));
+            }
+        }
+        CALLER
+            .scope(caller.clone(), self.apply_op(target, op))
+            .await
+    }
+
+    async fn apply_op(&self, target: BackendName, op: &MirrorOp) -> Result<(), ApplyError> {
         match op {
             MirrorOp::Records {
                 kind,
@@ -594,6 +626,7 @@ pub trait ApplyTarget: Send + Sync + 'static {
         &self,
         target: BackendName,
         op: &MirrorOp,
+        caller: &Caller,
     ) -> impl std::future::Future<Output = Result<(), ApplyError>> + Send;
     fn max_batch(&self, target: BackendName) -> impl std::future::Future<Output = usize> + Send;
 }
@@ -603,13 +636,23 @@ impl ApplyTarget for Applier {
         &self,
         target: BackendName,
         op: &MirrorOp,
+        caller: &Caller,
     ) -> impl std::future::Future<Output = Result<(), ApplyError>> + Send {
-        Applier::apply(self, target, op)
+        Applier::apply(self, target, op, caller)
     }
 
     fn max_batch(&self, target: BackendName) -> impl std::future::Future<Output = usize> + Send {
         Applier::max_batch(self, target)
     }
+}
+
+/// Why an op of the identity `name`, gone from the config, is not applied.
+pub fn gone_identity(name: &str) -> String {
+    format!(
+        "written by the client identity `{name}`, which is no longer in \
+         server.client_auth.identities: not applied with another credential; add the identity \
+         back and retry the dead letter, or apply it by hand"
+    )
 }
 
 /// A collection as a lifecycle entry names it: the client's id when known, and its names.

@@ -16,7 +16,8 @@ pub(super) fn is_barrier(entry: &JournalEntry) -> bool {
         b"{\"function\":",
         b"{\"forget_missing\":",
     ];
-    entry.collection.is_empty() || !LANE_OPS.iter().any(|tag| entry.payload.starts_with(tag))
+    let op = crate::mirror::op_json(&entry.payload);
+    entry.collection.is_empty() || !LANE_OPS.iter().any(|tag| op.starts_with(tag))
 }
 
 /// Makes `into` do what it did and then what `next` does, in place, when that can be said in

@@ -164,7 +164,8 @@ async fn fetch(
 ) -> Result<(StatusCode, Bytes), String> {
     let response = backends
         .get(request.secondary)
-        .send(
+        .send_as(
+            &request.caller,
             request.method.clone(),
             &request.path,
             request.headers.clone(),

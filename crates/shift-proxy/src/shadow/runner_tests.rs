@@ -41,6 +41,7 @@ fn request(read: ShadowedRead) -> ShadowRequest {
         path: "/".into(),
         headers: HeaderMap::new(),
         body: Bytes::new(),
+        caller: crate::auth::Caller::Operator,
     }
 }
 

@@ -9,6 +9,7 @@ use shift_chroma::Operation;
 use shift_config::{BackendName, ReadsConfig};
 use tokio::sync::oneshot;
 
+use crate::auth::Caller;
 use crate::collections::CollectionEntry;
 
 /// The reads that are shadowed and canaried: those that read records of one collection.
@@ -179,6 +180,8 @@ pub struct ShadowRequest {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The client's caller: the shadow reaches the secondary with the same identity.
+    pub caller: Caller,
 }
 
 /// The primary's side of a running shadow. Hand it the primary's answer; dropping it instead
