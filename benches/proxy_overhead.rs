@@ -70,15 +70,14 @@ use chroma_shift_benches::proxy::{start_proxy, wait_replayed, ProxyOptions};
 use chroma_shift_benches::report::{cores, cpu_model, load_average, publish, utc_now};
 use chroma_shift_benches::{create_collection, env_var, run_bench, scratch_dir, COLLECTIONS};
 use http::Uri;
-use serde_json::{json, Value};
+use serde_json::Value;
 use shift_testkit::Chroma;
 use tokio::process::Command;
 
-use chroma_shift_benches::bodies::{ADD_BATCH, DIM};
+use chroma_shift_benches::bodies::{query_body, ADD_BATCH, DIM, N_RESULTS};
 
 const PRELOAD: usize = 2_000;
 const PRELOAD_BATCH: usize = 100;
-const N_RESULTS: usize = 10;
 /// Distinct query vectors, used in turn.
 const QUERY_BODIES: usize = 64;
 
@@ -173,15 +172,7 @@ impl Settings {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Request bodies.
-
-fn query_body(vectors: &mut Vectors) -> Value {
-    json!({
-        "query_embeddings": [vectors.embedding()],
-        "n_results": N_RESULTS,
-        "include": ["documents", "metadatas", "distances"],
-    })
-}
+// Workloads.
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Workload {

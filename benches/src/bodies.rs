@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 pub const DIM: usize = 384;
 /// Records in one `add` request.
 pub const ADD_BATCH: usize = 10;
+/// Results of one query.
+pub const N_RESULTS: usize = 10;
 
 /// A deterministic generator of embeddings (splitmix64), so every run sends the same vectors.
 pub struct Vectors(pub u64);
@@ -48,6 +50,15 @@ pub fn add_body(vectors: &mut Vectors, ids: &[String]) -> Value {
         "embeddings": embeddings,
         "documents": documents,
         "metadatas": metadatas,
+    })
+}
+
+/// A query of one embedding for [`N_RESULTS`] results with documents, metadatas, distances.
+pub fn query_body(vectors: &mut Vectors) -> Value {
+    json!({
+        "query_embeddings": [vectors.embedding()],
+        "n_results": N_RESULTS,
+        "include": ["documents", "metadatas", "distances"],
     })
 }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::connections::ConnectionsConfig;
 use crate::tls::{TlsConfig, TlsListener};
-use crate::{invalid, ClientIdentityConfig, ConfigError};
+use crate::{invalid, ClientIdentityConfig, ConfigError, LimitsConfig};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +38,9 @@ pub struct ServerConfig {
     /// TLS on the data listener (off when absent); ALPN offers h2 when `http2` is on.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Load shedding and body limits (`[server.limits]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// The defaults of the keys of `[server]` that have one. `listen` and `admin_listen` have
@@ -75,6 +78,7 @@ impl ServerConfig {
         if let Some(tls) = &self.tls {
             tls.validate(TlsListener::Data)?;
         }
+        self.limits.validate(self.max_body)?;
         Ok(())
     }
 }

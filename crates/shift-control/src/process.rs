@@ -182,7 +182,7 @@ impl ChromaShift {
             ));
         }
         let settings = ProxySettings {
-            max_body: config.server.max_body.as_u64(),
+            limits: shift_proxy::admission::Limits::from_config(&config.server),
             client_auth: config.server.client_auth.enabled.then(|| {
                 ClientAuth::new(secrets.client_tokens.clone()).with_identities(&secrets.identities)
             }),

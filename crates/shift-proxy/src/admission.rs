@@ -7,9 +7,17 @@
 //!   declared length reserves it before the first byte is read; a streamed body reserves as
 //!   its chunks arrive. A body the budget cannot hold is refused (503 with `Retry-After`), and
 //!   its bytes are released as soon as it is refused. A reservation lives as long as the
-//!   request's [`BodyPermit`], so the budget counts what is really held.
+//!   request's [`BodyPermit`], so the budget counts what is really held. The last eighth of
+//!   the budget (at most what the budget has beyond `max_body`) is kept for bodies of at most
+//!   [`SMALL_BODY`]: a flood of large bodies cannot shut out queries and small writes.
 //! - A body read timeout: a client that stops sending mid-body is answered 408 and cut off,
 //!   instead of holding its share of the budget forever.
+//! - Routes that take no body (heartbeat, gets by path, deletes) accept at most
+//!   [`NO_BODY_ALLOWANCE`] bytes: Chroma 1.5.9 ignores a body there, and a client may send a
+//!   stray `{}`, but nothing larger is read.
+//!
+//! [`crate::shed`] applies the in-flight limit as a tower layer; the service reads bodies with
+//! [`Admission::read_body`] after client auth, so an unauthenticated client buffers nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,25 +26,29 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;
+use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// Too many requests in flight.
-    #[error("the proxy has {limit} requests in flight, its limit: retry later")]
+    #[error("the proxy has {limit} requests in flight, its limit (server.limits.max_in_flight): retry later")]
     InFlight { limit: usize },
     /// The body does not fit in what is left of the body budget.
     #[error(
-        "request bodies in flight fill the proxy's body budget of {budget} bytes: retry later"
+        "request bodies in flight fill the proxy's body budget of {budget} bytes (server.limits.body_budget): retry later"
     )]
     BodyBudget { budget: u64 },
     /// The declared or streamed body is larger than one request may be.
-    #[error("request body larger than the limit of {limit} bytes")]
+    #[error("Request body is larger than the proxy's limit of {limit} bytes (server.max_body, or server.limits.body_budget when smaller)")]
     BodyTooLarge { limit: u64 },
     /// The client stopped sending the body.
-    #[error("the request body was not received within {}s", .timeout.as_secs_f64())]
+    #[error("the request body was not received within {}s (server.limits.body_read_timeout)", .timeout.as_secs_f64())]
     BodyTimeout { timeout: Duration },
+    /// A route that takes no body got more than a stray one.
+    #[error("this route takes no request body (at most {limit} bytes are accepted and ignored)")]
+    UnexpectedBody { limit: u64 },
     /// The client's connection failed mid-body.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
@@ -49,7 +61,9 @@ impl Refusal {
             Refusal::InFlight { .. } | Refusal::BodyBudget { .. } => {
                 http::StatusCode::SERVICE_UNAVAILABLE
             }
-            Refusal::BodyTooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTooLarge { .. } | Refusal::UnexpectedBody { .. } => {
+                http::StatusCode::PAYLOAD_TOO_LARGE
+            }
             Refusal::BodyTimeout { .. } => http::StatusCode::REQUEST_TIMEOUT,
             Refusal::BodyRead(_) => http::StatusCode::BAD_REQUEST,
         }
@@ -60,16 +74,45 @@ impl Refusal {
         matches!(self, Refusal::InFlight { .. } | Refusal::BodyBudget { .. })
     }
 
-    /// The label of the shed-requests metric.
+    /// Whether the connection must be closed after the answer: a body left half sent cannot
+    /// be told apart from the next request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Refusal::BodyTimeout { .. } | Refusal::BodyRead(_))
+    }
+
+    /// The label of the shed-requests metric (the rejected-requests metric shares it).
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::InFlight { .. } => "in_flight",
             Refusal::BodyBudget { .. } => "body_budget",
             Refusal::BodyTooLarge { .. } => "body_too_large",
+            Refusal::UnexpectedBody { .. } => "unexpected_body",
             Refusal::BodyTimeout { .. } => "body_timeout",
-            Refusal::BodyRead(_) => "body_read",
+            Refusal::BodyRead(_) => "body_unreadable",
         }
     }
+}
+
+/// Bytes a route that takes no body may still carry (and the proxy ignores): enough for a
+/// stray `{}` or `null` from a generic client, far too little to hold memory.
+pub const NO_BODY_ALLOWANCE: u64 = 1024;
+
+/// The largest body the reserve at the end of the budget is kept for.
+pub const SMALL_BODY: u64 = 1 << 20;
+
+/// The part of the budget only bodies of at most [`SMALL_BODY`] may fill: an eighth, but never
+/// so much that a body of `max_body` could not fit.
+fn small_reserve(limits: Limits) -> u64 {
+    (limits.body_budget / 8).min(limits.body_budget.saturating_sub(limits.max_body))
+}
+
+/// Whether the route of a request takes a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// A JSON body, up to the size limit (also unknown routes, passed through as they are).
+    Body,
+    /// No body: at most [`NO_BODY_ALLOWANCE`] bytes are read.
+    NoBody,
 }
 
 /// The limits, from the config.
@@ -85,6 +128,18 @@ pub struct Limits {
     pub body_timeout: Duration,
 }
 
+impl Limits {
+    /// The limits of `[server]` and `[server.limits]`.
+    pub fn from_config(server: &shift_config::ServerConfig) -> Limits {
+        Limits {
+            max_in_flight: server.limits.max_in_flight,
+            body_budget: server.limits.body_budget.as_u64(),
+            max_body: server.max_body.as_u64(),
+            body_timeout: server.limits.body_read_timeout,
+        }
+    }
+}
+
 /// The shared admission state of one data plane.
 #[derive(Debug, Clone)]
 pub struct Admission {
@@ -96,7 +151,12 @@ pub struct Admission {
 #[derive(Debug)]
 struct Budget {
     total: u64,
+    /// What a body larger than [`SMALL_BODY`] may fill up to: `total` less the reserve for
+    /// small ones.
+    for_large: u64,
     used: AtomicU64,
+    /// `chroma_shift_body_bytes_buffered`, moved with `used`.
+    gauge: IntGauge,
 }
 
 /// A request's place among those in flight; released when dropped.
@@ -115,6 +175,7 @@ pub struct BodyPermit {
 impl Drop for BodyPermit {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.gauge.sub(gauge_value(self.bytes));
     }
 }
 
@@ -126,7 +187,8 @@ impl BodyPermit {
 
     /// Holds `more` bytes too, if the budget has them.
     fn grow(&mut self, more: u64) -> bool {
-        if self.budget.try_take(more) {
+        let large = self.bytes + more > SMALL_BODY;
+        if self.budget.try_take(more, large) {
             self.bytes += more;
             true
         } else {
@@ -136,23 +198,41 @@ impl BodyPermit {
 }
 
 impl Budget {
-    fn try_take(&self, bytes: u64) -> bool {
-        self.used
+    /// The largest body that fits in an empty budget.
+    fn largest(&self) -> u64 {
+        self.total.min(SMALL_BODY).max(self.for_large)
+    }
+
+    fn try_take(&self, bytes: u64, large: bool) -> bool {
+        let limit = if large { self.for_large } else { self.total };
+        let taken = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&after| after <= self.total)
+                used.checked_add(bytes).filter(|&after| after <= limit)
             })
-            .is_ok()
+            .is_ok();
+        if taken {
+            self.gauge.add(gauge_value(bytes));
+        }
+        taken
     }
 }
 
+fn gauge_value(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 impl Admission {
-    pub fn new(limits: Limits) -> Admission {
+    /// The admission state for `limits`; `body_bytes` is the gauge of buffered body bytes.
+    pub fn new(limits: Limits, body_bytes: IntGauge) -> Admission {
         Admission {
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             budget: Arc::new(Budget {
                 total: limits.body_budget,
+                for_large: limits.body_budget - small_reserve(limits),
                 used: AtomicU64::new(0),
+                gauge: body_bytes,
             }),
         }
     }
@@ -188,6 +268,7 @@ impl Admission {
         &self,
         headers: &http::HeaderMap,
         body: B,
+        expect: Expect,
     ) -> Result<(Bytes, BodyPermit), Refusal>
     where
         B: Body<Data = Bytes>,
@@ -195,13 +276,20 @@ impl Admission {
     {
         // A body the whole budget cannot hold would be refused as overload on every retry:
         // it is too large, whatever else is in flight.
-        let limit = self.limits.max_body.min(self.limits.body_budget);
+        let limit = match expect {
+            Expect::Body => self.limits.max_body.min(self.budget.largest()),
+            Expect::NoBody => NO_BODY_ALLOWANCE,
+        };
+        let too_large = || match expect {
+            Expect::Body => Refusal::BodyTooLarge { limit },
+            Expect::NoBody => Refusal::UnexpectedBody { limit },
+        };
         let declared = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            return Err(Refusal::BodyTooLarge { limit });
+            return Err(too_large());
         }
         let mut permit = BodyPermit {
             budget: self.budget.clone(),
@@ -224,7 +312,7 @@ impl Admission {
                 };
                 let after = (buf.len() + chunk.len()) as u64;
                 if after > limit {
-                    return Err(Refusal::BodyTooLarge { limit });
+                    return Err(too_large());
                 }
                 if after > permit.bytes() && !permit.grow(after - permit.bytes()) {
                     return Err(Refusal::BodyBudget {
@@ -258,6 +346,10 @@ mod tests {
         }
     }
 
+    fn admission(limits: Limits) -> Admission {
+        Admission::new(limits, IntGauge::new("buffered", "body bytes").unwrap())
+    }
+
     fn length(n: usize) -> http::HeaderMap {
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::CONTENT_LENGTH, n.into());
@@ -266,7 +358,7 @@ mod tests {
 
     #[test]
     fn requests_past_the_in_flight_limit_are_shed_and_readmitted_after() {
-        let admission = Admission::new(limits());
+        let admission = admission(limits());
         let first = admission.enter().unwrap();
         let _second = admission.enter().unwrap();
         assert_eq!(admission.in_flight(), 2);
@@ -279,33 +371,45 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_share_one_budget_and_give_it_back() {
-        let admission = Admission::new(limits());
+        let admission = admission(limits());
         let body = Full::new(Bytes::from(vec![1u8; 50]));
-        let (bytes, held) = admission.read_body(&length(50), body).await.unwrap();
+        let (bytes, held) = admission
+            .read_body(&length(50), body, Expect::Body)
+            .await
+            .unwrap();
         assert_eq!((bytes.len(), admission.body_bytes()), (50, 50));
 
         // 50 more fit exactly; a further 10 do not, and are not left counted.
         let body = Full::new(Bytes::from(vec![2u8; 50]));
-        let (_, held_too) = admission.read_body(&length(50), body).await.unwrap();
+        let (_, held_too) = admission
+            .read_body(&length(50), body, Expect::Body)
+            .await
+            .unwrap();
         let body = Full::new(Bytes::from(vec![3u8; 10]));
-        let refusal = admission.read_body(&length(10), body).await.unwrap_err();
+        let refusal = admission
+            .read_body(&length(10), body, Expect::Body)
+            .await
+            .unwrap_err();
         assert_eq!(refusal, Refusal::BodyBudget { budget: 100 });
         assert_eq!(admission.body_bytes(), 100);
 
         drop((held, held_too));
         assert_eq!(admission.body_bytes(), 0);
         let body = Full::new(Bytes::from(vec![3u8; 10]));
-        assert!(admission.read_body(&length(10), body).await.is_ok());
+        assert!(admission
+            .read_body(&length(10), body, Expect::Body)
+            .await
+            .is_ok());
     }
 
     #[tokio::test]
     async fn streamed_bodies_count_as_they_arrive_and_stop_at_the_limit() {
-        let admission = Admission::new(limits());
+        let admission = admission(limits());
         let chunks =
             (0..7).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![0u8; 10]))));
         let body = StreamBody::new(futures_util::stream::iter(chunks));
         let refusal = admission
-            .read_body(&http::HeaderMap::new(), body)
+            .read_body(&http::HeaderMap::new(), body, Expect::Body)
             .await
             .unwrap_err();
         assert_eq!(refusal, Refusal::BodyTooLarge { limit: 60 });
@@ -317,7 +421,7 @@ mod tests {
 
         let declared_too_large = Full::new(Bytes::new());
         let refusal = admission
-            .read_body(&length(61), declared_too_large)
+            .read_body(&length(61), declared_too_large, Expect::Body)
             .await
             .unwrap_err();
         assert_eq!(refusal.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
@@ -325,20 +429,108 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_larger_than_the_whole_budget_is_too_large_not_overload() {
-        let admission = Admission::new(Limits {
+        let admission = admission(Limits {
             max_body: 500,
             ..limits()
         });
         let body = Full::new(Bytes::from(vec![0u8; 150]));
-        let refusal = admission.read_body(&length(150), body).await.unwrap_err();
+        let refusal = admission
+            .read_body(&length(150), body, Expect::Body)
+            .await
+            .unwrap_err();
         assert_eq!(refusal, Refusal::BodyTooLarge { limit: 100 });
         assert!(!refusal.is_overload(), "a retry could never succeed");
         assert_eq!(admission.body_bytes(), 0);
     }
 
+    #[tokio::test]
+    async fn the_end_of_the_budget_is_kept_for_small_bodies() {
+        const MIB: u64 = 1 << 20;
+        let admission = admission(Limits {
+            max_in_flight: 8,
+            body_budget: 16 * MIB,
+            max_body: 8 * MIB,
+            body_timeout: Duration::from_secs(10),
+        });
+        let read = |size: u64| {
+            let admission = admission.clone();
+            async move {
+                let body = Full::new(Bytes::from(vec![0u8; size as usize]));
+                let headers = length(size as usize);
+                admission.read_body(&headers, body, Expect::Body).await
+            }
+        };
+        // Large bodies fill 14 MiB (16 less a reserve of 2) and no more.
+        let large = read(8 * MIB).await.unwrap();
+        let large_too = read(6 * MIB).await.unwrap();
+        assert_eq!(
+            read(MIB + 1).await.unwrap_err(),
+            Refusal::BodyBudget { budget: 16 * MIB }
+        );
+        // Small ones still pass, up to the whole budget.
+        let small = read(MIB).await.unwrap();
+        let small_too = read(MIB).await.unwrap();
+        assert_eq!(admission.body_bytes(), 16 * MIB);
+        assert!(read(1).await.is_err());
+        drop((large, large_too, small, small_too));
+        assert_eq!(admission.body_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_gauge_follows_the_bytes_held() {
+        let gauge = IntGauge::new("buffered", "body bytes").unwrap();
+        let admission = Admission::new(limits(), gauge.clone());
+        let body = Full::new(Bytes::from(vec![1u8; 40]));
+        let (_, held) = admission
+            .read_body(&length(40), body, Expect::Body)
+            .await
+            .unwrap();
+        assert_eq!(gauge.get(), 40);
+        drop(held);
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_route_without_a_body_takes_a_stray_one_and_refuses_more_before_reading() {
+        let admission = admission(Limits {
+            max_body: 10_000,
+            body_budget: 10_000,
+            ..limits()
+        });
+        let stray = Full::new(Bytes::from_static(b"{}"));
+        let (bytes, held) = admission
+            .read_body(&length(2), stray, Expect::NoBody)
+            .await
+            .unwrap();
+        assert_eq!(&bytes[..], b"{}");
+        drop(held);
+
+        // Refused on its declared length: the body itself is never polled.
+        let never_read = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, std::io::Error>,
+        >());
+        let refusal = admission
+            .read_body(&length(2000), never_read, Expect::NoBody)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal, Refusal::UnexpectedBody { limit: 1024 });
+        assert_eq!(refusal.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+
+        // A streamed one stops at the allowance.
+        let chunks =
+            (0..3).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![0u8; 500]))));
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        let refusal = admission
+            .read_body(&http::HeaderMap::new(), body, Expect::NoBody)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal, Refusal::UnexpectedBody { limit: 1024 });
+        assert_eq!(admission.body_bytes(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_times_out_with_408_and_frees_its_bytes() {
-        let admission = Admission::new(limits());
+        let admission = admission(limits());
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
         tx.send(Ok(Frame::data(Bytes::from(vec![0u8; 30]))))
             .await
@@ -346,7 +538,7 @@ mod tests {
         let body = StreamBody::new(tokio_stream_from(rx));
         let read = {
             let admission = admission.clone();
-            tokio::spawn(async move { admission.read_body(&length(40), body).await })
+            tokio::spawn(async move { admission.read_body(&length(40), body, Expect::Body).await })
         };
         // The sender stays open and silent: the read can only end by its timeout, which the
         // paused clock reaches as soon as every task is idle.

@@ -9,6 +9,7 @@ use http::{header, Response, StatusCode};
 use shift_chroma::error::{kind, ChromaError};
 use shift_config::BackendName;
 
+use crate::admission::Refusal;
 use crate::body::{self, ProxyBody};
 
 /// An error answered by the proxy instead of a backend.
@@ -23,6 +24,10 @@ pub enum ProxyError {
     /// The proxy's durable state could not be written; a retry may help.
     #[error(transparent)]
     State(#[from] StateFailure),
+    /// Admission refused the request: overload (a retry after a pause may pass) or a body
+    /// outside the limits.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// A bug in the proxy; the log says more.
     #[error("chroma-shift failed: {0}")]
     Internal(String),
@@ -118,6 +123,7 @@ impl ProxyError {
                 _ => StatusCode::BAD_GATEWAY,
             },
             ProxyError::State(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Refused(refusal) => refusal.status(),
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -134,6 +140,7 @@ impl ProxyError {
             ProxyError::Client(RefusedRequest::RequestTarget(_)) => "request_target",
             ProxyError::Client(RefusedRequest::UnknownWriteRoute(_)) => "unknown_write_route",
             ProxyError::State(_) => "state",
+            ProxyError::Refused(refusal) => refusal.reason(),
             ProxyError::Internal(_) => "internal",
         }
     }
@@ -149,14 +156,34 @@ impl ProxyError {
             ProxyError::Backend(_) | ProxyError::State(_) | ProxyError::Internal(_) => {
                 kind::INTERNAL
             }
+            // Overload reads as "slow down" to the clients that map kinds to exceptions.
+            ProxyError::Refused(refusal) if refusal.is_overload() => kind::RATE_LIMIT,
+            ProxyError::Refused(Refusal::BodyTooLarge { .. } | Refusal::UnexpectedBody { .. }) => {
+                kind::INVALID_ARGUMENT
+            }
+            ProxyError::Refused(_) => kind::CHROMA,
         };
-        let retry_after = matches!(self, ProxyError::State(_));
+        let retry_after = match &self {
+            ProxyError::State(_) => true,
+            ProxyError::Refused(refusal) => refusal.is_overload(),
+            _ => false,
+        };
+        let close = matches!(&self, ProxyError::Refused(refusal) if refusal.closes_connection());
         let mut response = error_response(status, ChromaError::new(error_kind, self.to_string()));
         if retry_after {
-            // Long enough for a state disk to get room or a journal to drain a little.
+            // Long enough for a state disk to get room, a journal to drain a little, or the
+            // requests in flight to finish.
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if close {
+            // HTTP/1.1 closes the connection after this answer (HTTP/2 drops the header and
+            // resets only the stream).
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         response
     }

@@ -12,6 +12,7 @@ use shift_chroma::{paths, Route};
 use shift_config::BackendName;
 use shift_state::StoreError;
 
+use crate::admission::BodyPermit;
 use crate::auth::Caller;
 use crate::body::{self, ProxyBody};
 use crate::error::{BackendError, BackendErrorKind, ProxyError, StateFailure};
@@ -29,6 +30,9 @@ pub struct BufferedRequest {
     /// Headers to forward (hop-by-hop headers and the client's credentials removed).
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body's share of the body budget, given back when the request is dropped (after
+    /// the write task that owns it settled the write).
+    pub body_permit: BodyPermit,
     /// On whose behalf it reaches the backends: decides the credential each one gets.
     pub caller: Caller,
 }

@@ -3,7 +3,9 @@
 //! A request goes through a short tower stack, built by [`data_plane`]:
 //! - [`observe::AccessLog`], outermost, so every answer is logged and counted, the proxy's own
 //!   errors included;
-//! - [`service::ProxyService`]: client auth, the body limit, hop-by-hop header rules
+//! - [`shed::Shed`], the in-flight limit of [`admission`]: past it, 503 before any work;
+//! - [`service::ProxyService`]: client auth, the body read within [`admission`]'s budget,
+//!   size limit and read timeout, hop-by-hop header rules
 //!   ([`headers`]), then one module per operation class, each a function of the shared
 //!   [`plane::DataPlaneState`]: [`reads`] to the primary (a canary share served by the
 //!   secondary, a shadow share also sent to it and compared by [`shadow`]), [`record_writes`]
@@ -34,6 +36,7 @@ pub mod apply;
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod body_ids;
 pub mod collection_series;
 pub mod collections;
 pub mod coord;
@@ -62,6 +65,7 @@ pub mod server;
 pub mod service;
 pub mod settle;
 pub mod shadow;
+pub mod shed;
 pub mod tls;
 pub mod topology;
 pub mod write_task;
@@ -73,11 +77,16 @@ pub use server::{serve, Drained, ServeOptions};
 pub use service::{ProxyService, ProxySettings};
 
 /// The whole data-plane service.
-pub type DataPlane = observe::AccessLog<ProxyService>;
+pub type DataPlane = observe::AccessLog<shed::Shed<ProxyService>>;
 
-/// Builds the data-plane stack around a [`ProxyService`].
+/// Builds the data-plane stack around a [`ProxyService`]: the access log outermost (every
+/// answer is logged and counted, shed ones too), then the in-flight limit (a shed request
+/// costs nothing more), then the service, which reads bodies within the body budget after
+/// client auth.
 pub fn data_plane(service: ProxyService, metrics: ProxyMetrics) -> DataPlane {
+    let shed = shed::ShedLayer::new(service.admission().clone(), metrics.clone());
     tower::ServiceBuilder::new()
         .layer(observe::AccessLogLayer::new(metrics))
+        .layer(shed)
         .service(service)
 }

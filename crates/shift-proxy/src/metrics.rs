@@ -69,6 +69,11 @@ pub struct ProxyMetrics {
     /// Writes the per-collection families above (shadow reads, recall, drift, canary reads,
     /// dimension mismatches) with a bounded number of collection labels.
     pub collection_series: Arc<CollectionSeries>,
+    /// Requests refused by admission, by reason (in_flight, body_budget, body_too_large,
+    /// unexpected_body, body_timeout, body_unreadable); also counted in `rejected`.
+    pub shed: IntCounterVec,
+    /// Bytes of request bodies held now, against `[server.limits] body_budget`.
+    pub body_bytes_buffered: IntGauge,
 }
 
 impl ProxyMetrics {
@@ -148,8 +153,15 @@ impl ProxyMetrics {
                 "chroma_shift_orphaned_intents_settled_total",
                 "Write intents settled as reconciliations by the sweeper rather than by their own task.",
             )?,
+            shed: counters("chroma_shift_shed_requests_total", "Requests refused by admission (load shedding and body limits), by reason: in_flight, body_budget, body_too_large, unexpected_body, body_timeout, body_unreadable.", &["reason"])?,
+            body_bytes_buffered: IntGauge::new(
+                "chroma_shift_body_bytes_buffered",
+                "Bytes of request bodies held now, against [server.limits] body_budget.",
+            )?,
         };
-        let collectors: [Box<dyn Collector>; 20] = [
+        let collectors: [Box<dyn Collector>; 22] = [
+            Box::new(metrics.shed.clone()),
+            Box::new(metrics.body_bytes_buffered.clone()),
             Box::new(metrics.orphaned_intents.clone()),
             Box::new(metrics.shadow_reads.clone()),
             Box::new(metrics.shadow_skipped.clone()),

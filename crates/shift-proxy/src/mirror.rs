@@ -279,6 +279,39 @@ pub fn caller_of(payload: &[u8]) -> Caller {
     Caller::from_journal(identity_of(payload))
 }
 
+impl MirrorOp {
+    /// A record write encoded around its body exactly as the client sent it, with no parse
+    /// tree in between: the same journal format as [`MirrorOp::encode_as`] of the op with that
+    /// body parsed. `body` must be JSON that [`MirrorOp::from_bytes`] reads: the write path
+    /// parsed it once already (to find its ids, and to refuse what it could not mirror).
+    pub fn encode_records(
+        kind: RecordKind,
+        collection: &ClientCollectionId,
+        body: &[u8],
+        caller: &Caller,
+    ) -> EncodedOp {
+        const TAIL: &[u8] = b"null}}";
+        let envelope = MirrorOp::Records {
+            kind,
+            collection: collection.clone(),
+            body: Value::Null,
+        }
+        .to_bytes_as(caller.identity());
+        // `{"records":{"kind":..,"collection":..,"body":null}}`: the body goes where the null
+        // is (it is the last field).
+        debug_assert!(envelope.ends_with(TAIL));
+        let head = envelope.len() - TAIL.len();
+        let mut bytes = Vec::with_capacity(head + body.len() + 2);
+        bytes.extend_from_slice(&envelope[..head]);
+        bytes.extend_from_slice(body);
+        bytes.extend_from_slice(b"}}");
+        EncodedOp {
+            lag_key: collection.to_string(),
+            bytes,
+        }
+    }
+}
+
 /// An op serialized, with the collection it is about.
 #[derive(Debug, Clone)]
 pub struct EncodedOp {
@@ -312,6 +345,24 @@ mod tests {
             body: json!({"ids": ["a"], "embeddings": ["AACAPw=="]}),
         };
         assert_eq!(MirrorOp::from_bytes(&op.to_bytes()).unwrap(), op);
+    }
+
+    #[test]
+    fn a_body_encoded_as_sent_decodes_as_the_parsed_body_encoded() {
+        let sent = br#" {"ids": ["a", "b"], "embeddings": [[1.5, 2e3], "AACAPw=="],
+            "metadatas": [{"k": "\u00e9"}, null], "ids": ["a", "b"]} "#;
+        let collection: ClientCollectionId = "c1".into();
+        let parsed = MirrorOp::Records {
+            kind: RecordKind::Add,
+            collection: collection.clone(),
+            body: serde_json::from_slice(sent).unwrap(),
+        };
+        for caller in [Caller::Operator, Caller::from_journal(Some("team-a"))] {
+            let raw = MirrorOp::encode_records(RecordKind::Add, &collection, sent, &caller);
+            assert_eq!(MirrorOp::from_bytes(&raw.bytes).unwrap(), parsed);
+            assert_eq!(caller_of(&raw.bytes), caller);
+            assert_eq!(raw.lag_key, parsed.encode_as(&caller).lag_key);
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! intent, before the client gets its answer), a reconciliation, or nothing. In sync mode the
 //! secondary gets the write at the same time.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -19,13 +20,15 @@ use shift_config::{BackendName, MirrorMode};
 
 use crate::auth::Caller;
 use crate::body::{self, ProxyBody};
+use crate::body_ids::record_ids;
 use crate::collections::CollectionEntry;
 use crate::error::{BackendError, BackendErrorKind, ProxyError};
 use crate::failpoints::failpoint;
 use crate::forward::{backend_path, relay, resolve_failure, send, Answered, BufferedRequest};
 use crate::headers::strip_hop_by_hop;
+use crate::ids::ClientCollectionId;
 use crate::locks::OrderGuard;
-use crate::mirror::{ids_of, MirrorOp, RecordKind};
+use crate::mirror::{ids_of, EncodedOp, MirrorOp, RecordKind};
 use crate::passthrough::passthrough;
 use crate::plane::DataPlaneState;
 use crate::settle::{decide, PrimaryOutcome, SecondaryOutcome};
@@ -61,8 +64,9 @@ pub async fn record_write(
     let path = backend_path(plane, primary, &request, Some(&primary_id));
 
     // Lock, and find the records the write touches. A body the proxy cannot read is
-    // refused as Chroma refuses it: it could not be mirrored.
-    let (guard, mirror_body): (OrderGuard, Value) = match kind {
+    // refused as Chroma refuses it: it could not be mirrored. An add or upsert is mirrored
+    // as it was sent, so only its ids are read (no parse tree); other bodies are rewritten.
+    let (guard, ids, rewritten): (OrderGuard, Vec<String>, Option<Value>) = match kind {
         RecordKind::Delete => {
             let selection = DeleteSelection::parse(&request.body).map_err(unmirrorable)?;
             if selection.is_filtered() {
@@ -75,7 +79,10 @@ pub async fn record_write(
                 )
                 .await?;
                 match found {
-                    Ok(ids) => (guard, json!({ "ids": ids })),
+                    Ok(ids) => {
+                        let body = json!({ "ids": ids });
+                        (guard, ids, Some(body))
+                    }
                     // The primary refused the filter: pass its answer on.
                     Err(refusal) => {
                         return Ok(Answered {
@@ -87,20 +94,33 @@ pub async fn record_write(
             } else {
                 let ids = selection.ids.clone().unwrap_or_default();
                 let guard = plane.locks.records(&collection, &ids).await;
-                (guard, json!({ "ids": ids }))
+                let body = json!({ "ids": ids });
+                (guard, ids, Some(body))
             }
         }
-        _ => {
+        RecordKind::Add | RecordKind::Upsert => {
+            let ids = record_ids(&request.body).map_err(unmirrorable)?;
+            let guard = plane.locks.records(&collection, &ids).await;
+            (guard, ids, None)
+        }
+        RecordKind::Update => {
             let body = parse_body(&request.body)?;
-            let guard = plane.locks.records(&collection, &ids_of(&body)).await;
-            (guard, body)
+            let ids = ids_of(&body);
+            let guard = plane.locks.records(&collection, &ids).await;
+            (guard, ids, Some(body))
         }
     };
-    let (mirror_body, missing) = if kind == RecordKind::Update {
-        let on_primary = (primary, &*entry, primary_id.as_str());
-        update_of_existing(plane, &request.caller, on_primary, mirror_body).await?
-    } else {
-        (mirror_body, None)
+    // An update of ids the primary lacks is restricted to those it holds; any other update
+    // goes to the mirror as it was sent.
+    let (rewritten, missing) = match rewritten {
+        Some(body) if kind == RecordKind::Update => {
+            let on_primary = (primary, &*entry, primary_id.as_str());
+            match update_of_existing(plane, &request.caller, on_primary, body).await? {
+                (restricted, Some(missing)) => (Some(restricted), Some(missing)),
+                (_, None) => (None, None),
+            }
+        }
+        rewritten => (rewritten, None),
     };
     // What the primary also gets for the ids it lacks, for the secondary after the update.
     let missing: Missing = match missing {
@@ -116,12 +136,20 @@ pub async fn record_write(
     };
     let reconcile = MirrorOp::Reconcile {
         collection: collection.clone(),
-        ids: ids_of(&mirror_body),
+        ids: rewritten.as_ref().map_or(ids, ids_of),
     };
-    let op = MirrorOp::Records {
-        kind,
-        collection: collection.clone(),
-        body: mirror_body,
+    // Unless the body was rewritten, the request's bytes are the only copy of it held while
+    // the primary works: the journal's copy is encoded from them when needed.
+    let op = match rewritten {
+        None => Mirrored::AsSent {
+            kind,
+            collection: collection.clone(),
+        },
+        Some(body) => Mirrored::Rewritten(MirrorOp::Records {
+            kind,
+            collection: collection.clone(),
+            body,
+        }),
     };
     let secondary = topology.secondary();
     let sync = topology.mode == MirrorMode::Sync && !plane.waits_in_journal(secondary, &collection);
@@ -168,19 +196,56 @@ async fn collection_for_write(
     Ok(entry.filter(|e| !e.deleted && e.id_on(topology.primary).is_some()))
 }
 
+/// What a record write mirrors: the client's body as it was sent, or a body the proxy
+/// rewrote. Encoded when needed rather than held encoded, so a large write holds one copy of
+/// its body (the request's bytes) while the primary works on it.
+enum Mirrored {
+    /// The op is `Records` of `kind` with the request's own body.
+    AsSent {
+        kind: RecordKind,
+        collection: ClientCollectionId,
+    },
+    Rewritten(MirrorOp),
+}
+
+impl Mirrored {
+    /// The payload for the intent and the journal, written by `caller`.
+    fn encode(&self, body: &[u8], caller: &Caller) -> EncodedOp {
+        match self {
+            Mirrored::AsSent { kind, collection } => {
+                MirrorOp::encode_records(*kind, collection, body, caller)
+            }
+            Mirrored::Rewritten(op) => op.encode_as(caller),
+        }
+    }
+
+    /// The op, for a sync-mode apply.
+    fn op(&self, body: &[u8]) -> Cow<'_, MirrorOp> {
+        match self {
+            Mirrored::AsSent { kind, collection } => Cow::Owned(MirrorOp::Records {
+                kind: *kind,
+                collection: collection.clone(),
+                // Parsed before, on the write path: it reads.
+                body: serde_json::from_slice(body).unwrap_or(Value::Null),
+            }),
+            Mirrored::Rewritten(op) => Cow::Borrowed(op),
+        }
+    }
+}
+
 /// From the intent on: primary (and secondary in sync mode), the decision, the journal.
 async fn settle_record_write(
     plane: &DataPlaneState,
     write: PendingWrite,
-    op: MirrorOp,
+    mirrored: Mirrored,
     reconcile: MirrorOp,
     sync: bool,
     (missing, forget): Missing,
     answer: ClientAnswerTx,
 ) {
     let caller = write.request.caller.clone();
-    let encoded = op.encode_as(&caller);
-    let Some(intent) = record_intent(plane, encoded.bytes.clone(), answer.is_closed()).await else {
+    let encoded = mirrored.encode(&write.request.body, &caller);
+    let Some(intent) = record_intent(plane, encoded.bytes, answer.is_closed()).await else {
         refuse_before_write(plane, answer);
         return;
     };
@@ -188,10 +253,12 @@ async fn settle_record_write(
     failpoint("write::after_intent");
     let body = write.request.body.clone();
     let (primary_result, secondary_outcome, secondary_error) = if sync {
+        let op = mirrored.op(&write.request.body);
         let (p, s) = tokio::join!(
             send(plane, write.primary, &write.request, &write.path, body),
             plane.applier.apply(write.secondary, &op, &caller),
         );
+        drop(op);
         // What the primary also got for the ids it lacked follows on the secondary.
         let s = match (s, &forget) {
             (Ok(()), Some(forget)) if classify(&p) == PrimaryOutcome::Applied => {
@@ -219,10 +286,14 @@ async fn settle_record_write(
         intent,
         decision,
         queued: Queued {
-            write: forget.into_iter().fold(vec![encoded], |mut ops, op| {
-                ops.push(op.encode_as(&caller));
-                ops
-            }),
+            // Encoded again now rather than held through the primary's work.
+            write: forget.into_iter().fold(
+                vec![mirrored.encode(&write.request.body, &caller)],
+                |mut ops, op| {
+                    ops.push(op.encode_as(&caller));
+                    ops
+                },
+            ),
             reconcile,
         },
         primary_answer: primary_result.map(relay).map_err(ProxyError::Backend),

@@ -1,10 +1,13 @@
-//! The innermost service: authenticate, read the body within its limit, forward to the
-//! primary, pass the answer back.
+//! The innermost service: authenticate, read the body within the admission limits, forward
+//! to the primary, pass the answer back.
 //!
 //! Request bodies are read whole before forwarding: Chroma's requests are JSON documents that
 //! the write path must look inside and may send twice (to both stores, or again after a
 //! failure), and a body over the limit must be refused before any byte reaches a backend.
-//! Response bodies are streamed back untouched.
+//! The body is read after client auth, within the shared body budget and the body read
+//! timeout ([`crate::admission`]); its share of the budget travels with the
+//! [`BufferedRequest`] until the last copy of the body is dropped. Response bodies are
+//! streamed back untouched.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,11 +19,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use shift_chroma::error::{kind, ChromaError};
 use shift_chroma::{classify, Operation, OperationClass, Route};
 use shift_config::BackendName;
 
+use crate::admission::{Admission, Expect, Limits};
 use crate::auth::{Caller, ClientAuth};
 use crate::body::{BoxError, ProxyBody};
 use crate::error::{error_response, ProxyError, RefusedRequest};
@@ -49,8 +53,8 @@ pub struct Handled {
 /// How the data plane behaves; built once from the config.
 #[derive(Debug)]
 pub struct ProxySettings {
-    /// Largest request body accepted.
-    pub max_body: u64,
+    /// Requests in flight, the body budget, the largest body, the body read timeout.
+    pub limits: Limits,
     /// Client authentication, when enabled.
     pub client_auth: Option<ClientAuth>,
     /// Whether the client's credential headers go on to the backends (instead of the
@@ -64,6 +68,8 @@ struct ProxyState {
     plane: Arc<DataPlaneState>,
     settings: ProxySettings,
     metrics: ProxyMetrics,
+    /// Shared with the shedding layer ([`crate::shed`]) in front of this service.
+    admission: Admission,
 }
 
 /// Serves Chroma requests: reads from the primary, writes to both stores.
@@ -74,13 +80,20 @@ pub struct ProxyService {
 
 impl ProxyService {
     pub fn new(plane: Arc<DataPlaneState>, settings: ProxySettings, metrics: ProxyMetrics) -> Self {
+        let admission = Admission::new(settings.limits, metrics.body_bytes_buffered.clone());
         ProxyService {
             state: Arc::new(ProxyState {
                 plane,
                 settings,
                 metrics,
+                admission,
             }),
         }
+    }
+
+    /// The admission state the service reads bodies with, for the layers in front of it.
+    pub fn admission(&self) -> &Admission {
+        &self.state.admission
     }
 }
 
@@ -104,12 +117,16 @@ where
 }
 
 impl ProxyState {
-    async fn handle<B>(&self, request: Request<B>) -> Response<ProxyBody>
+    async fn handle<B>(&self, mut request: Request<B>) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        let route = classify(request.method(), request.uri().path());
+        // Classified by the shedding layer when there is one.
+        let route = request
+            .extensions_mut()
+            .remove::<Route>()
+            .unwrap_or_else(|| classify(request.method(), request.uri().path()));
         let mut handled = Handled {
             route,
             backend: None,
@@ -124,6 +141,12 @@ impl ProxyState {
                     .rejected
                     .with_label_values(&[error.reason()])
                     .inc();
+                if let ProxyError::Refused(refusal) = &error {
+                    self.metrics
+                        .shed
+                        .with_label_values(&[refusal.reason()])
+                        .inc();
+                }
                 if let ProxyError::Backend(e) = &error {
                     self.metrics
                         .backend_errors
@@ -170,7 +193,21 @@ impl ProxyState {
             handled.identity = Some(name.clone());
         }
         let (parts, body) = request.into_parts();
-        let body = read_body(&parts.headers, body, settings.max_body).await?;
+        // Routes Chroma defines without a body get none read; an unknown route may be a
+        // newer Chroma's, so its body is passed on.
+        let expect = match handled.route.operation {
+            Operation::Unknown => Expect::Body,
+            operation if operation.has_json_body() => Expect::Body,
+            _ => Expect::NoBody,
+        };
+        let (body, body_permit) = self
+            .admission
+            .read_body(
+                &parts.headers,
+                body.map_err(|e| -> BoxError { e.into() }),
+                expect,
+            )
+            .await?;
 
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
@@ -187,6 +224,7 @@ impl ProxyState {
                 .to_owned(),
             headers,
             body,
+            body_permit,
             caller,
         };
         let started = Instant::now();
@@ -241,31 +279,5 @@ impl ProxyState {
             return Ok(answer);
         }
         Ok(response)
-    }
-}
-
-/// Reads the request body, refusing one over `limit` bytes: at once when its declared length
-/// is too large, or as soon as the streamed bytes pass the limit.
-async fn read_body<B>(
-    headers: &http::HeaderMap,
-    body: B,
-    limit: u64,
-) -> Result<Bytes, RefusedRequest>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(RefusedRequest::BodyTooLarge { limit });
-    }
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit_usize).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(RefusedRequest::BodyTooLarge { limit }),
-        Err(e) => Err(RefusedRequest::BodyUnreadable(e.to_string())),
     }
 }

@@ -434,3 +434,20 @@ fn locate_and_build() -> anyhow::Result<PathBuf> {
     );
     Ok(bin)
 }
+
+/// The resident set of process `pid` (`VmRSS` in /proc/PID/status), in bytes.
+pub fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib * 1024)
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
