@@ -317,7 +317,7 @@ async fn faulty_secondary_loses_nothing_and_keeps_order() -> anyhow::Result<()> 
         );
     }
 
-    let metrics = wait_drained(&admin).await?;
+    let metrics = wait_parks_counted(&admin, wait_drained(&admin).await?).await?;
     assert_eq!(
         faulty.pending_write_faults(),
         0,
@@ -772,6 +772,26 @@ async fn wait_drained(admin: &str) -> anyhow::Result<String> {
             mirror_metrics(&metrics)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The journal drains when the store commits a park, a moment before the replay worker counts
+/// it in `chroma_shift_dead_letters_total`: waits until every dead letter the store holds is
+/// counted (a proxy started fresh, so the two agree once the worker caught up).
+async fn wait_parks_counted(admin: &str, mut metrics: String) -> anyhow::Result<String> {
+    let started = Instant::now();
+    loop {
+        let counted = metric_sum(&metrics, "chroma_shift_dead_letters_total", &[]);
+        if counted >= dead_letters(&metrics) {
+            return Ok(metrics);
+        }
+        anyhow::ensure!(
+            started.elapsed() < DRAIN_LIMIT,
+            "{counted} dead letters counted of those parked:\n{}",
+            mirror_metrics(&metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = metrics_text(admin).await?;
     }
 }
 
