@@ -173,8 +173,9 @@ async fn run(settings: &Settings, proxy: &Server, old: &str, new: &str) -> anyho
             }
         };
         eprintln!(
-            "  {direction:?}: switched {}, held {:.1} ms, drained {} entries while held{}",
+            "  {direction:?}: switched {}, catch-up {:?}, held {:.1} ms, drained {} entries while held{}",
             report.switched,
+            report.catch_up,
             report.writes_held_ms,
             report.drained_entries,
             report
@@ -240,9 +241,9 @@ fn table(switched: &[Switched], spans: &[Span], acked: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| # | direction | writes held (ms) | drained while held | switch call (ms) | writers' longest add during it (ms) |"
+        "| # | direction | catch-up (ms) | lag before -> after catch-up | writes held (ms) | of which closing the gate (ms) | drained while held | switch call (ms) | writers' longest add during it (ms) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     let mut holds = Vec::new();
     for (i, s) in switched.iter().enumerate() {
         let longest = spans
@@ -251,12 +252,27 @@ fn table(switched: &[Switched], spans: &[Span], acked: u64) -> String {
             .map(|span| ms(span.0, span.1))
             .fold(0.0, f64::max);
         holds.push(s.report.writes_held_ms);
+        let (catch_up_ms, lags) = s.report.catch_up.as_ref().map_or_else(
+            || ("off".to_owned(), "-".to_owned()),
+            |c| {
+                (
+                    format!("{:.0}", c.ms),
+                    format!(
+                        "{} -> {}{}",
+                        c.lag_before,
+                        c.lag_after,
+                        if c.caught_up { "" } else { " (timed out)" }
+                    ),
+                )
+            },
+        );
         let _ = writeln!(
             out,
-            "| {} | {:?} | {:.1} | {} | {:.0} | {:.0} |",
+            "| {} | {:?} | {catch_up_ms} | {lags} | {:.1} | {:.1} | {} | {:.0} | {:.0} |",
             i + 1,
             s.report.direction,
             s.report.writes_held_ms,
+            s.report.closing_ms,
             s.report.drained_entries,
             ms(s.started, s.ended),
             longest
