@@ -9,11 +9,16 @@
 //! median outside any switch. At the end the writers stop, the journal drains, and both stores
 //! must hold every acknowledged record (nothing lost).
 //!
-//! Run: `cargo bench -p chroma-shift-benches --bench switch_hold` (about 30 s plus the build).
+//! It runs twice against the same two Chroma servers, each time with a fresh proxy and
+//! collection: with the catch-up off (`[cutover] catch_up_timeout = "0s"`, the switch as it was
+//! before the catch-up) and with the shipped defaults, so both are measured under the same load.
+//!
+//! Run: `cargo bench -p chroma-shift-benches --bench switch_hold` (about 45 s plus the build).
 //!
 //! Knobs (environment): `BENCH_WRITERS` (default 8), `BENCH_SWITCHES` (default 6),
 //! `BENCH_SWITCH_GAP_SECS` (writes between switches, default 2), `BENCH_WARMUP_SECS`
-//! (default 2), `BENCH_PROXY_LOG`, `BENCH_STATE_PARENT`, `SHIFT_BENCH_PROXY_BIN`, `BENCH_OUT`
+//! (default 2), `BENCH_CATCH_UP` (`off,on` by default: which variants, in order),
+//! `BENCH_PROXY_LOG`, `BENCH_STATE_PARENT`, `SHIFT_BENCH_PROXY_BIN`, `BENCH_OUT`
 //! (also write the report there). Traffic goes to 127.0.0.1 only; every process it starts is
 //! stopped at the end.
 
@@ -37,8 +42,6 @@ use http_body_util::{BodyExt, Full};
 use shift_control::switch::{Direction, SwitchReport, SwitchRequest};
 use shift_testkit::Chroma;
 
-/// The collection the writers add to.
-const COLLECTION: &str = "switch_hold";
 /// Bounds that only catch a hang.
 const SWITCH_LIMIT: Duration = Duration::from_secs(60);
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
@@ -48,18 +51,29 @@ struct Settings {
     switches: usize,
     gap: Duration,
     warmup: Duration,
+    /// Catch-up off, on (the defaults), in the order to run them.
+    variants: Vec<bool>,
     proxy: ProxyOptions,
 }
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
         let mut proxy = ProxyOptions::from_env("switch-hold")?;
+        let variants = env_var("BENCH_CATCH_UP", "off,on".to_owned())?
+            .split(',')
+            .map(|v| match v.trim() {
+                "off" => Ok(false),
+                "on" => Ok(true),
+                other => Err(anyhow::anyhow!("BENCH_CATCH_UP: {other} is not off or on")),
+            })
+            .collect::<anyhow::Result<Vec<bool>>>()?;
         proxy.mirror_mode = Some("journaled".to_owned());
         Ok(Settings {
             writers: env_count("BENCH_WRITERS", 8, 1..=64)?,
             switches: env_count("BENCH_SWITCHES", 6, 1..=100)?,
             gap: Duration::from_secs_f64(env_var("BENCH_SWITCH_GAP_SECS", 2.0)?),
             warmup: Duration::from_secs_f64(env_var("BENCH_WARMUP_SECS", 2.0)?),
+            variants,
             proxy,
         })
     }
@@ -86,10 +100,35 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     eprintln!("starting two Chroma servers (old, new) and the proxy (journaled)...");
     let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
     let result = async {
-        let proxy = start_proxy(&settings.proxy, dir.path(), &old.url(), &new.url()).await?;
-        let text = run(&settings, &proxy, &old.url(), &new.url()).await;
-        drop(proxy);
-        text
+        let mut text = String::new();
+        for &catch_up in &settings.variants {
+            let variant = if catch_up { "on" } else { "off" };
+            eprintln!("catch-up {variant}:");
+            let options = ProxyOptions {
+                name: format!("switch-hold-{variant}"),
+                extra_tables: if catch_up {
+                    String::new()
+                } else {
+                    "[cutover]\ncatch_up_timeout = \"0s\"\n".to_owned()
+                },
+                ..settings.proxy.clone()
+            };
+            let proxy = start_proxy(&options, dir.path(), &old.url(), &new.url()).await?;
+            let collection = format!("switch_hold_{variant}");
+            let table = run(&settings, &proxy, &collection, &old.url(), &new.url()).await;
+            drop(proxy);
+            let _ = writeln!(
+                text,
+                "### catch-up {}\n\n{}",
+                if catch_up {
+                    "on (the defaults: `catch_up_lag = 2`, `catch_up_timeout = \"10s\"`)"
+                } else {
+                    "off (`catch_up_timeout = \"0s\"`: the switch as before)"
+                },
+                table?
+            );
+        }
+        anyhow::Ok(text)
     }
     .await;
     tokio::join!(shutdown_chroma(old), shutdown_chroma(new));
@@ -112,9 +151,15 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     publish(&out)
 }
 
-async fn run(settings: &Settings, proxy: &Server, old: &str, new: &str) -> anyhow::Result<String> {
+async fn run(
+    settings: &Settings,
+    proxy: &Server,
+    collection: &str,
+    old: &str,
+    new: &str,
+) -> anyhow::Result<String> {
     let admin = proxy.admin_api()?;
-    let id = create_collection(&proxy.url, COLLECTION).await?;
+    let id = create_collection(&proxy.url, collection).await?;
     let uri: Uri = format!("{}{COLLECTIONS}/{id}/add", proxy.url).parse()?;
     let stop = Arc::new(AtomicBool::new(false));
     let spans = Arc::new(Mutex::new(Vec::<Span>::new()));
@@ -211,9 +256,9 @@ async fn run(settings: &Settings, proxy: &Server, old: &str, new: &str) -> anyho
     let acked = spans.len() as u64 * ADD_BATCH as u64;
     wait_replayed(proxy.admin.as_deref(), DRAIN_LIMIT).await;
     for (name, url) in [("old", old), ("new", new)] {
-        let id = collection_id(url, COLLECTION)
+        let id = collection_id(url, collection)
             .await?
-            .with_context(|| format!("no {COLLECTION} on {name}"))?;
+            .with_context(|| format!("no {collection} on {name}"))?;
         let held = count(url, &id).await?;
         ensure!(
             held == acked,
