@@ -18,7 +18,8 @@
 //! Knobs (environment): `BENCH_WRITERS` (default 8), `BENCH_SWITCHES` (default 6),
 //! `BENCH_SWITCH_GAP_SECS` (writes between switches, default 2), `BENCH_WARMUP_SECS`
 //! (default 2), `BENCH_CATCH_UP` (`off,on` by default: which variants, in order),
-//! `BENCH_PROXY_LOG`, `BENCH_STATE_PARENT`, `SHIFT_BENCH_PROXY_BIN`, `BENCH_OUT`
+//! `BENCH_MIRROR_EXTRA` (more `[mirror]` keys, e.g. `replay_batch_records = 30` for a replay
+//! that falls behind), `BENCH_PROXY_LOG`, `BENCH_STATE_PARENT`, `SHIFT_BENCH_PROXY_BIN`, `BENCH_OUT`
 //! (also write the report there). Traffic goes to 127.0.0.1 only; every process it starts is
 //! stopped at the end.
 
@@ -68,6 +69,8 @@ impl Settings {
             })
             .collect::<anyhow::Result<Vec<bool>>>()?;
         proxy.mirror_mode = Some("journaled".to_owned());
+        proxy.mirror_extra =
+            env_var("BENCH_MIRROR_EXTRA", String::new())?.replace("\\n", "\n") + "\n";
         Ok(Settings {
             writers: env_count("BENCH_WRITERS", 8, 1..=64)?,
             switches: env_count("BENCH_SWITCHES", 6, 1..=100)?,
@@ -137,11 +140,12 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     let _ = writeln!(out, "## switch_hold\n");
     let _ = writeln!(
         out,
-        "{}\n- Chroma 1.5.9 x 2, proxy journaled ({}, log level `{}`); {} writers of adds of \
+        "{}\n- Chroma 1.5.9 x 2, proxy journaled ({}, log level `{}`, `[mirror]` extra: `{}`); {} writers of adds of \
          {ADD_BATCH} records x {DIM} dims; {} switches {} s apart; wall time {:.0} s\n",
         machine_lines(&load_before, &load_average()),
         settings.proxy.describe_process(),
         settings.proxy.log_level,
+        settings.proxy.mirror_extra.trim(),
         settings.writers,
         settings.switches,
         settings.gap.as_secs_f64(),
