@@ -83,21 +83,14 @@ where
             let Some(handled) = response.extensions().get::<Handled>() else {
                 return Ok(response);
             };
-            let operation = handled.route.operation.name();
+            let op = handled.route.operation;
+            let operation = op.name();
             let backend = handled.backend.map_or("proxy", |b| b.as_str());
-            metrics
-                .requests
-                .with_label_values(&[operation, backend, status.as_str()])
-                .inc();
-            metrics
-                .request_duration
-                .with_label_values(&[operation])
-                .observe(elapsed.as_secs_f64());
-            if let Some(upstream) = handled.upstream {
-                metrics
-                    .upstream_duration
-                    .with_label_values(&[backend, operation])
-                    .observe(upstream.as_secs_f64());
+            let series = &metrics.request_series;
+            series.count(op, handled.backend, status);
+            series.observe_duration(op, elapsed.as_secs_f64());
+            if let (Some(upstream), Some(answered)) = (handled.upstream, handled.backend) {
+                series.observe_upstream(op, answered, upstream.as_secs_f64());
             }
             let params = &handled.route.params;
             tracing::info!(
