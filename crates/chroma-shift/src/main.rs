@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use shift_config::{Config, LogFormat};
 use shift_control::ChromaShift;
 use shift_local_chroma::{find_chroma_bin, LocalChroma, LocalChromaOptions};
-use shift_proxy::log_writer::{log_writer, LogFlushGuard};
+use shift_proxy::log_writer::{log_writer, stdout_with_access_log, LogFlushGuard};
 use shift_proxy::Drained;
 use tracing_subscriber::EnvFilter;
 
@@ -128,8 +128,9 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Sets up logging. Lines are written out by a thread of their own (off the request path,
-/// see `shift_proxy::log_writer`); keep the guard until the end, it writes out the last ones.
+/// Sets up logging. The access log's lines are written out by a thread of their own (off the
+/// request path, see `shift_proxy::log_writer`); keep the guard until the end, it writes out
+/// the last ones.
 fn init_logging(config: &Config) -> anyhow::Result<LogFlushGuard> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
@@ -138,7 +139,7 @@ fn init_logging(config: &Config) -> anyhow::Result<LogFlushGuard> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_writer(move || writer.clone());
+        .with_writer(stdout_with_access_log(writer));
     let _ = match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -1,6 +1,8 @@
-//! The log's writer: log lines (the access log's above all) are appended to a buffer in memory
-//! and written out by a thread of their own, a batch at a time, so a request pays for
-//! formatting its line but not for a `write` system call.
+//! The access log's writer: its lines (one per request) are appended to a buffer in memory and
+//! written out by a thread of their own, a batch at a time, so a request pays for formatting
+//! its line but not for a `write` system call. Every other log line (rare, and some read at
+//! once by operators and tests) is written as it comes ([`stdout_with_access_log`]), so an
+//! access line may come out up to [`BATCH_INTERVAL`] after lines logged later.
 //!
 //! Nothing is dropped: a writer that falls more than [`BUFFER_LIMIT`] behind makes the threads
 //! that log wait until it has caught up. The lines of the last moments (at most
@@ -8,12 +10,16 @@
 //! until the process exits (lines logged after it is dropped are lost, as are those of the
 //! last moments of a process that crashes).
 //!
-//! Use it as the fmt subscriber's writer: `.with_writer(move || writer.clone())`.
+//! Use [`stdout_with_access_log`] as the fmt subscriber's writer.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use tracing_subscriber::fmt::writer::{MakeWriter, MakeWriterExt};
+
+use crate::observe::ACCESS_LOG_TARGET;
 
 /// How far (in bytes) the writer may fall behind before logging threads wait for it.
 pub const BUFFER_LIMIT: usize = 4 << 20;
@@ -59,6 +65,25 @@ impl Shared {
         // A panic while holding the lock leaves a buffer that is still whole.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The fmt subscriber's writer: access-log lines through `writer`, every other line straight
+/// to standard output.
+pub fn stdout_with_access_log(
+    writer: LogWriter,
+) -> impl for<'a> MakeWriter<'a> + Send + Sync + 'static {
+    split_access_log(writer, std::io::stdout)
+}
+
+/// Access-log lines through `writer`, every other line through `other`.
+fn split_access_log<M>(writer: LogWriter, other: M) -> impl for<'a> MakeWriter<'a> + Send + Sync
+where
+    M: for<'a> MakeWriter<'a> + Send + Sync,
+{
+    let access = move || writer.clone();
+    access
+        .with_filter(|meta: &tracing::Metadata<'_>| meta.target() == ACCESS_LOG_TARGET)
+        .or_else(other)
 }
 
 /// Starts the background writer over `out` (standard output in the proxy).
@@ -232,6 +257,34 @@ mod tests {
             writes < 8_000,
             "{writes} writes for 8000 lines: not batched"
         );
+    }
+
+    /// Access-log lines go through the background writer, the others straight through.
+    #[test]
+    fn only_access_lines_are_batched() {
+        let access_sink = Sink::default();
+        let other_sink = Sink::default();
+        let (writer, guard) =
+            log_writer_with(access_sink.clone(), BUFFER_LIMIT, BATCH_INTERVAL).unwrap();
+        let other = other_sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(split_access_log(writer, move || other.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: ACCESS_LOG_TARGET, operation = "heartbeat", "request");
+            tracing::warn!("something else");
+        });
+        let other_text = String::from_utf8(other_sink.0.lock().unwrap().0.clone()).unwrap();
+        assert!(other_text.contains("something else"), "{other_text}");
+        assert!(!other_text.contains("heartbeat"), "{other_text}");
+        drop(guard);
+        let access_text = String::from_utf8(access_sink.0.lock().unwrap().0.clone()).unwrap();
+        assert!(
+            access_text.contains("operation=\"heartbeat\""),
+            "{access_text}"
+        );
+        assert!(!access_text.contains("something else"), "{access_text}");
     }
 
     /// A writer far behind makes loggers wait; nothing is lost.

@@ -15,6 +15,9 @@ use crate::body::ProxyBody;
 use crate::metrics::ProxyMetrics;
 use crate::service::Handled;
 
+/// The target of the access log's lines (one per request).
+pub const ACCESS_LOG_TARGET: &str = "chroma_shift::access";
+
 /// Adds [`AccessLog`] around a service.
 #[derive(Debug, Clone)]
 pub struct AccessLogLayer {
@@ -94,7 +97,7 @@ where
             }
             let params = &handled.route.params;
             tracing::info!(
-                target: "chroma_shift::access",
+                target: ACCESS_LOG_TARGET,
                 %method,
                 operation,
                 tenant = params.tenant.as_deref().unwrap_or(""),
