@@ -244,6 +244,7 @@ enum SegmentRepr {
 }
 
 impl Segment {
+    /// A segment holding `text` (inline when it fits, else on the heap).
     pub fn new(text: &str) -> Segment {
         let mut bytes = [0u8; INLINE];
         match bytes.get_mut(..text.len()) {
@@ -258,6 +259,7 @@ impl Segment {
         }
     }
 
+    /// The segment's text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
             // Always whole characters: the bytes were a `str`.
