@@ -18,7 +18,9 @@
 //!   skipped with a note otherwise).
 //!
 //! `query` sends one 384-dimension query embedding with n_results=10; `add` sends 10 records
-//! with ids never used before. Rounds alternate between the targets in mirrored order (D P N,
+//! with ids never used before; `heartbeat` is `GET /api/v2/heartbeat`. By default: query and
+//! add at C=1 and C=8, then heartbeat and query at C=32; `BENCH_WORKLOADS=heartbeat:32,query:32`
+//! runs only the scenarios listed. Rounds alternate between the targets in mirrored order (D P N,
 //! N P D, ...), so that drift (the add collection growing, other work on the machine) falls on
 //! all of them alike. After each proxy round the bench waits until the proxy's journal to the
 //! new store is empty (read from its `/metrics`), so one round's replay does not run into the
@@ -45,7 +47,7 @@
 //!
 //! Knobs (environment): `BENCH_ROUND_SECS`, `BENCH_ROUNDS` (rounds per target and workload,
 //! default 8), `BENCH_WARMUP_SECS` (default 1), `BENCH_NGINX=0` (skip nginx),
-//! `BENCH_PROXY_LOG` (the proxy's log level, default `info` like the shipped default),
+//! `BENCH_WORKLOADS` (see above), `BENCH_PROXY_LOG` (the proxy's log level, default `info` like the shipped default),
 //! `BENCH_MIRROR_MODE` (`journaled` or `sync`; the proxy's default otherwise),
 //! `BENCH_STATE_PARENT` (where the proxy's state dir goes, e.g. `/dev/shm` to take fsync out),
 //! `SHIFT_BENCH_PROXY_BIN`, `BENCH_OUT` (also write the markdown report to this file).
@@ -176,6 +178,8 @@ impl Settings {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Workload {
+    /// `GET /api/v2/heartbeat`: the proxy's own cost, with the least work behind it.
+    Heartbeat,
     Query,
     Add,
 }
@@ -183,10 +187,47 @@ enum Workload {
 impl Workload {
     fn name(self) -> &'static str {
         match self {
+            Workload::Heartbeat => "heartbeat",
             Workload::Query => "query",
             Workload::Add => "add",
         }
     }
+
+    fn parse(name: &str) -> Option<Workload> {
+        [Workload::Heartbeat, Workload::Query, Workload::Add]
+            .into_iter()
+            .find(|w| w.name() == name)
+    }
+}
+
+/// The scenarios to run: `BENCH_WORKLOADS`, a comma-separated list of `workload:C`
+/// (`heartbeat:32,query:32`), or all of them.
+fn scenarios() -> anyhow::Result<Vec<(Workload, usize)>> {
+    let Ok(list) = std::env::var("BENCH_WORKLOADS") else {
+        return Ok(vec![
+            (Workload::Query, 1),
+            (Workload::Query, 8),
+            (Workload::Add, 1),
+            (Workload::Add, 8),
+            (Workload::Heartbeat, 32),
+            (Workload::Query, 32),
+        ]);
+    };
+    list.split(',')
+        .map(|item| {
+            let parsed = item.trim().split_once(':').and_then(|(w, c)| {
+                Some((
+                    Workload::parse(w)?,
+                    c.parse::<usize>().ok().filter(|c| (1..=256).contains(c))?,
+                ))
+            });
+            parsed.with_context(|| {
+                format!(
+                    "BENCH_WORKLOADS: {item:?} is not `heartbeat|query|add:C` with C in 1..=256"
+                )
+            })
+        })
+        .collect()
 }
 
 struct Results {
@@ -273,27 +314,25 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
         }
     }
 
-    let scenarios = [
-        (Workload::Query, 1),
-        (Workload::Query, 8),
-        (Workload::Add, 1),
-        (Workload::Add, 8),
-    ];
+    let scenarios = scenarios()?;
     let ticks_per_second = clock_ticks_per_second();
     let mut all = Vec::new();
     for (workload, concurrency) in scenarios {
         let collection = match workload {
-            Workload::Query => &query_collection,
+            Workload::Heartbeat | Workload::Query => &query_collection,
             Workload::Add => &add_collection,
         };
         let cap = match workload {
-            Workload::Query => settings.query_cap,
+            Workload::Heartbeat | Workload::Query => settings.query_cap,
             Workload::Add => settings.add_cap,
         };
         let plan = settings.timing.plan(cap, workload == Workload::Add);
         let uris: Vec<Uri> = targets
             .iter()
-            .map(|t| format!("{}{COLLECTIONS}/{collection}/{}", t.url, workload.name()).parse())
+            .map(|t| match workload {
+                Workload::Heartbeat => format!("{}/api/v2/heartbeat", t.url).parse(),
+                _ => format!("{}{COLLECTIONS}/{collection}/{}", t.url, workload.name()).parse(),
+            })
             .collect::<Result<_, _>>()?;
 
         eprintln!(
@@ -310,6 +349,8 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
             &plan,
             [old_pid, new_pid],
             |n| match workload {
+                // An empty body is sent as a GET.
+                Workload::Heartbeat => Ok(Arc::new(vec![Bytes::new()])),
                 Workload::Query => Ok(query_bodies.clone()),
                 Workload::Add => Ok(Arc::new(add_bodies.take(n)?)),
             },

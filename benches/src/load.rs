@@ -48,7 +48,8 @@ pub fn client() -> HttpClient {
 }
 
 /// Runs `clients.len()` closed-loop clients against `uri` until `cap` requests were sent or
-/// `limit` passed. Request `i` sends `bodies[i % bodies.len()]`. Any answer that is not a
+/// `limit` passed. Request `i` sends `bodies[i % bodies.len()]` (POSTed; an empty body is
+/// sent as a GET instead). Any answer that is not a
 /// success fails the round.
 pub async fn run_round(
     clients: &[HttpClient],
@@ -73,11 +74,19 @@ pub async fn run_round(
                 if i >= cap || started.elapsed() >= limit {
                     break;
                 }
-                let request = Request::builder()
-                    .method(Method::POST)
-                    .uri(uri.clone())
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(bodies[i % bodies.len()].clone()))?;
+                let body = bodies[i % bodies.len()].clone();
+                let request = if body.is_empty() {
+                    Request::builder()
+                        .method(Method::GET)
+                        .uri(uri.clone())
+                        .body(Full::new(body))?
+                } else {
+                    Request::builder()
+                        .method(Method::POST)
+                        .uri(uri.clone())
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(body))?
+                };
                 let sent = Instant::now();
                 let response = client.request(request).await?;
                 let status = response.status();

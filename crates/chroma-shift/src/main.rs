@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use shift_config::{Config, LogFormat};
 use shift_control::ChromaShift;
 use shift_local_chroma::{find_chroma_bin, LocalChroma, LocalChromaOptions};
+use shift_proxy::log_writer::{log_writer, stdout_with_access_log, LogFlushGuard};
 use shift_proxy::Drained;
 use tracing_subscriber::EnvFilter;
 
@@ -127,21 +128,27 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(config: &Config) {
+/// Sets up logging. The access log's lines are written out by a thread of their own (off the
+/// request path, see `shift_proxy::log_writer`); keep the guard until the end, it writes out
+/// the last ones.
+fn init_logging(config: &Config) -> anyhow::Result<LogFlushGuard> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let (writer, guard) = log_writer(std::io::stdout()).context("cannot start the log writer")?;
     // Colours only for a terminal: a log file or a pipeline gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_writer(stdout_with_access_log(writer));
     let _ = match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    Ok(guard)
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    init_logging(&config);
+    let _log = init_logging(&config)?;
     let secrets = config.secrets().context("missing secret")?;
     let proxy = ChromaShift::bind(config, secrets).await?;
     tracing::info!(data = %proxy.data_addr(), admin = %proxy.admin_addr(), "listening");
@@ -190,7 +197,7 @@ dir = "{state}"
         state = dir.join("state").display(),
     );
     let config = Config::from_toml(&text).context("the dev configuration")?;
-    init_logging(&config);
+    let _log = init_logging(&config)?;
     // The admin API needs a token: the environment's, or one made up for this run.
     let (admin_token, shown) = match std::env::var("CHROMA_SHIFT_ADMIN_TOKEN") {
         Ok(token) if !token.trim().is_empty() => {

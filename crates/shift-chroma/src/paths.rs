@@ -30,6 +30,9 @@ pub struct SegmentRewrite<'a> {
     pub collection: Option<&'a str>,
 }
 
+/// Slots [`rewrite`] splits a path into: the segments up to a collection's verb, then the rest.
+const REWRITE_SLOTS: usize = 11;
+
 /// The client's path and query with the tenant, database and collection segments replaced.
 /// Paths of another shape come back unchanged.
 pub fn rewrite(path_and_query: &str, rewrite: SegmentRewrite<'_>) -> String {
@@ -37,30 +40,51 @@ pub fn rewrite(path_and_query: &str, rewrite: SegmentRewrite<'_>) -> String {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let mut segments: Vec<String> = path.split('/').map(str::to_owned).collect();
-    // ["", "api", "v2", "tenants", T, "databases", D, "collections", C, ...]
-    let is = |segments: &[String], i: usize, word: &str| segments.get(i).is_some_and(|s| s == word);
-    if is(&segments, 1, "api") && is(&segments, 2, "v2") && is(&segments, 3, "tenants") {
-        if let (Some(t), true) = (rewrite.tenant, segments.len() > 4) {
-            segments[4] = encode(t);
+    // ["", "api", "v2", "tenants", T, "databases", D, "collections", C, ...], on the stack:
+    // the last slot holds the rest of the path, which is never replaced. `count` is the number
+    // of segments, or REWRITE_SLOTS when there are more.
+    let mut segments = [""; REWRITE_SLOTS];
+    let mut count = 0;
+    for (slot, segment) in segments.iter_mut().zip(path.splitn(REWRITE_SLOTS, '/')) {
+        *slot = segment;
+        count += 1;
+    }
+    let segments = &segments[..count];
+    let is = |i: usize, word: &str| segments.get(i) == Some(&word);
+    let mut replace: [Option<&str>; REWRITE_SLOTS] = [None; REWRITE_SLOTS];
+    if is(1, "api") && is(2, "v2") && is(3, "tenants") {
+        if count > 4 {
+            replace[4] = rewrite.tenant;
         }
-        if is(&segments, 5, "databases") {
-            if let (Some(d), true) = (rewrite.database, segments.len() > 6) {
-                segments[6] = encode(d);
+        if is(5, "databases") {
+            if count > 6 {
+                replace[6] = rewrite.database;
             }
-            if is(&segments, 7, "collections") {
+            if is(7, "collections") {
                 // `collections/by-id/{id}` keeps its id one segment further. Told apart by
                 // shape alone: a record route naming a collection id "by-id" would read the same,
                 // but that is not a UUID, so the proxy never asks to replace its segment.
-                let by_id = is(&segments, 8, "by-id") && segments.len() == 10;
+                let by_id = is(8, "by-id") && count == 10;
                 let index = if by_id { 9 } else { 8 };
-                if let (Some(c), true) = (rewrite.collection, segments.len() > index) {
-                    segments[index] = encode(c);
+                if count > index {
+                    replace[index] = rewrite.collection;
                 }
             }
         }
     }
-    let mut out = segments.join("/");
+    if replace.iter().all(Option::is_none) {
+        return path_and_query.to_owned();
+    }
+    let mut out = String::with_capacity(path_and_query.len() + 32);
+    for (i, (segment, with)) in segments.iter().zip(replace).enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        match with {
+            Some(with) => out.extend(utf8_percent_encode(with, SEGMENT)),
+            None => out.push_str(segment),
+        }
+    }
     if let Some(q) = query {
         out.push('?');
         out.push_str(q);

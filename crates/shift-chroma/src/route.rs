@@ -110,6 +110,15 @@ impl Operation {
         Operation::CollectionSearch,
     ];
 
+    /// How many operations there are, [`Operation::Unknown`] included.
+    pub const COUNT: usize = Operation::ALL.len() + 1;
+
+    /// A dense index in `0..Operation::COUNT` (the order of [`Operation::ALL`], then
+    /// `Unknown`), for tables indexed by operation.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The `operationId` of Chroma's OpenAPI spec; also the `operation` label in metrics and logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -209,14 +218,113 @@ impl Operation {
 /// The path parameters of a request, percent-decoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PathParams {
-    pub tenant: Option<String>,
-    pub database: Option<String>,
+    pub tenant: Option<Segment>,
+    pub database: Option<Segment>,
     /// The `{collection_id}` segment: an id on most routes, an id or a name on `GetCollection`.
-    pub collection: Option<String>,
+    pub collection: Option<Segment>,
     /// The function name of the attached-function routes.
-    pub function: Option<String>,
+    pub function: Option<Segment>,
     /// `tenant:database:collection` of `GetCollectionByCrn`.
-    pub crn: Option<String>,
+    pub crn: Option<Segment>,
+}
+
+/// A path segment, percent-decoded: kept inline when it is short (every default name, a UUID),
+/// so classifying a request allocates nothing; a longer one goes to the heap. Reads as a `str`.
+#[derive(Clone)]
+pub struct Segment(SegmentRepr);
+
+/// Bytes a [`Segment`] holds without allocating: a hyphenated UUID (36) and Chroma's default
+/// names fit.
+const INLINE: usize = 46;
+
+#[derive(Clone)]
+enum SegmentRepr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl Segment {
+    /// A segment holding `text` (inline when it fits, else on the heap).
+    pub fn new(text: &str) -> Segment {
+        let mut bytes = [0u8; INLINE];
+        match bytes.get_mut(..text.len()) {
+            Some(head) => {
+                head.copy_from_slice(text.as_bytes());
+                Segment(SegmentRepr::Inline {
+                    len: text.len() as u8,
+                    bytes,
+                })
+            }
+            None => Segment(SegmentRepr::Heap(text.into())),
+        }
+    }
+
+    /// The segment's text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Always whole characters: the bytes were a `str`.
+            SegmentRepr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            SegmentRepr::Heap(text) => text,
+        }
+    }
+}
+
+impl From<String> for Segment {
+    fn from(text: String) -> Segment {
+        if text.len() <= INLINE {
+            Segment::new(&text)
+        } else {
+            Segment(SegmentRepr::Heap(text.into_boxed_str()))
+        }
+    }
+}
+
+impl std::ops::Deref for Segment {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Segment {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Segment {
+    fn eq(&self, other: &Segment) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Segment {}
+
+impl PartialEq<str> for Segment {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Segment {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A classified request.
@@ -245,32 +353,42 @@ pub fn classify(method: &Method, path: &str) -> Route {
     let Some(rest) = path.strip_prefix("/api/v2/") else {
         return Route::unknown();
     };
-    let segments: Vec<&str> = rest.split('/').collect();
-    if segments.iter().any(|s| s.is_empty()) {
-        return Route::unknown();
+    // On the stack: no route has more segments than this.
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for segment in rest.split('/') {
+        if segment.is_empty() || count == MAX_SEGMENTS {
+            return Route::unknown();
+        }
+        segments[count] = segment;
+        count += 1;
     }
-    classify_segments(method, &segments).unwrap_or_else(Route::unknown)
+    classify_segments(method, &segments[..count]).unwrap_or_else(Route::unknown)
 }
+
+/// More segments after `/api/v2/` than any route has
+/// (`tenants/{t}/databases/{d}/collections/{c}/attached_functions/{name}/detach` has 9).
+const MAX_SEGMENTS: usize = 10;
 
 fn classify_segments(method: &Method, segments: &[&str]) -> Option<Route> {
     use Operation::*;
-    let m = method.clone();
+    let m = method;
     let mut params = PathParams::default();
     let operation = match segments {
-        ["auth", "identity"] if m == Method::GET => GetUserIdentity,
-        ["healthcheck"] if m == Method::GET => Healthcheck,
-        ["heartbeat"] if m == Method::GET => Heartbeat,
-        ["pre-flight-checks"] if m == Method::GET => PreFlightChecks,
-        ["version"] if m == Method::GET => Version,
-        ["reset"] if m == Method::POST => Reset,
-        ["collections", crn] if m == Method::GET => {
+        ["auth", "identity"] if *m == Method::GET => GetUserIdentity,
+        ["healthcheck"] if *m == Method::GET => Healthcheck,
+        ["heartbeat"] if *m == Method::GET => Heartbeat,
+        ["pre-flight-checks"] if *m == Method::GET => PreFlightChecks,
+        ["version"] if *m == Method::GET => Version,
+        ["reset"] if *m == Method::POST => Reset,
+        ["collections", crn] if *m == Method::GET => {
             params.crn = Some(decode(crn));
             GetCollectionByCrn
         }
-        ["tenants"] if m == Method::POST => CreateTenant,
+        ["tenants"] if *m == Method::POST => CreateTenant,
         ["tenants", tenant] => {
             params.tenant = Some(decode(tenant));
-            match m {
+            match *m {
                 Method::GET => GetTenant,
                 Method::PATCH => UpdateTenant,
                 _ => return None,
@@ -278,7 +396,7 @@ fn classify_segments(method: &Method, segments: &[&str]) -> Option<Route> {
         }
         ["tenants", tenant, "databases", tail @ ..] => {
             params.tenant = Some(decode(tenant));
-            classify_database(&m, tail, &mut params)?
+            classify_database(m, tail, &mut params)?
         }
         _ => return None,
     };
@@ -364,12 +482,12 @@ fn classify_collection(m: &Method, tail: &[&str], params: &mut PathParams) -> Op
     Some(op)
 }
 
-fn decode(segment: &str) -> String {
+fn decode(segment: &str) -> Segment {
     match percent_decode_str(segment).decode_utf8() {
-        Ok(Cow::Borrowed(s)) => s.to_owned(),
-        Ok(Cow::Owned(s)) => s,
+        Ok(Cow::Borrowed(s)) => Segment::new(s),
+        Ok(Cow::Owned(s)) => Segment::from(s),
         // Not UTF-8 once decoded: keep the raw segment, the backend will refuse it.
-        Err(_) => segment.to_owned(),
+        Err(_) => Segment::new(segment),
     }
 }
 
@@ -430,6 +548,59 @@ mod tests {
             assert!(seen.contains(&op), "{op:?} is not in the spec");
         }
         assert_eq!(seen.len(), Operation::ALL.len());
+    }
+
+    #[test]
+    fn operation_indexes_are_dense() {
+        for (i, op) in Operation::ALL.into_iter().enumerate() {
+            assert_eq!(op.index(), i, "{op:?}");
+        }
+        assert_eq!(Operation::Unknown.index(), Operation::COUNT - 1);
+    }
+
+    /// Segments read back as they were, short (inline) or long (on the heap), decoded or not.
+    #[test]
+    fn segments_read_back_whatever_their_length() {
+        let long = "c".repeat(200);
+        for name in [
+            "",
+            "a",
+            "default_database",
+            &"x".repeat(INLINE),
+            &"y".repeat(INLINE + 1),
+            &long,
+        ] {
+            let path =
+                format!("/api/v2/tenants/{name}%20t/databases/{name}/collections/{name}/count");
+            let route = classify(&Method::GET, &path);
+            if name.is_empty() {
+                assert_eq!(route.operation, Operation::Unknown);
+                continue;
+            }
+            assert_eq!(route.operation, Operation::CollectionCount, "{path}");
+            assert_eq!(
+                route.params.tenant.as_deref(),
+                Some(format!("{name} t").as_str())
+            );
+            assert_eq!(route.params.database.as_deref(), Some(name));
+            assert_eq!(
+                route.params.collection.as_ref().map(|c| c.to_string()),
+                Some(name.to_owned())
+            );
+            assert_eq!(route.clone(), route);
+        }
+        assert_ne!(Segment::new("a"), Segment::new("ab"));
+        assert_eq!(Segment::from("z".repeat(3)), Segment::new("zzz"));
+        assert_eq!(format!("{:?}", Segment::new("q\"")), format!("{:?}", "q\""));
+    }
+
+    #[test]
+    fn more_segments_than_any_route_are_unknown() {
+        let path = format!(
+            "/api/v2/tenants/t/databases/d/collections/c{}",
+            "/x".repeat(20)
+        );
+        assert_eq!(classify(&Method::POST, &path).operation, Operation::Unknown);
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub const X_CHROMA_TOKEN: HeaderName = HeaderName::from_static("x-chroma-token")
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one look at each name instead of a lookup per hop-by-hop
+    // header.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -98,7 +98,14 @@ fn plan(change: Change<'_>, primary: BackendName) -> Option<LifecyclePlan> {
     let existing_name = || {
         existing
             .map(|e| e.name.clone())
-            .or_else(|| request.route.params.collection.clone())
+            .or_else(|| {
+                request
+                    .route
+                    .params
+                    .collection
+                    .as_deref()
+                    .map(str::to_owned)
+            })
             .unwrap_or_default()
     };
     let mirror = |intent_op: MirrorOp, segment: Option<String>| LifecyclePlan {
@@ -213,8 +220,8 @@ pub async fn lifecycle_write(
     let topology = plane.topology.current();
     let primary = topology.primary;
     let params = &request.route.params;
-    let tenant = params.tenant.clone().unwrap_or_default();
-    let database = params.database.clone().unwrap_or_default();
+    let tenant = params.tenant.as_deref().unwrap_or_default().to_owned();
+    let database = params.database.as_deref().unwrap_or_default().to_owned();
     // A body the proxy cannot read could not be mirrored as the primary took it: refuse it
     // as Chroma refuses it.
     let body: Value = if request.body.is_empty() {

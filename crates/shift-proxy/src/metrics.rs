@@ -13,6 +13,7 @@ use shift_config::BackendName;
 use shift_state::StateStore;
 
 use crate::collection_series::{CollectionSeries, Families, OTHER};
+use crate::request_series::RequestSeries;
 
 /// Metrics of requests through the data plane.
 #[derive(Debug, Clone)]
@@ -74,6 +75,9 @@ pub struct ProxyMetrics {
     pub shed: IntCounterVec,
     /// Bytes of request bodies held now, against `[server.limits] body_budget`.
     pub body_bytes_buffered: IntGauge,
+    /// Handles of `requests`, `request_duration` and `upstream_duration`, resolved once per
+    /// label set: what the access log layer counts every request with.
+    pub request_series: Arc<RequestSeries>,
 }
 
 impl ProxyMetrics {
@@ -102,24 +106,36 @@ impl ProxyMetrics {
             &["collection"],
         )?;
         let canary_reads = counters("chroma_shift_canary_reads_total", "Canary reads by collection and outcome (served, fallback, skipped_lagging, skipped_unmapped).", &["collection", "outcome"])?;
+        let requests = counters(
+            "chroma_shift_requests_total",
+            "Requests answered, by operation, answering backend and status.",
+            &["operation", "backend", "status"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "chroma_shift_request_duration_seconds",
+                "Time from a request's arrival to its response head, by operation.",
+            )
+            .buckets(buckets.clone()),
+            &["operation"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "chroma_shift_upstream_duration_seconds",
+                "Time a backend took to send its response head, by backend and operation.",
+            )
+            .buckets(buckets),
+            &["backend", "operation"],
+        )?;
         let metrics = ProxyMetrics {
-            requests: counters("chroma_shift_requests_total", "Requests answered, by operation, answering backend and status.", &["operation", "backend", "status"])?,
-            request_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "chroma_shift_request_duration_seconds",
-                    "Time from a request's arrival to its response head, by operation.",
-                )
-                .buckets(buckets.clone()),
-                &["operation"],
-            )?,
-            upstream_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "chroma_shift_upstream_duration_seconds",
-                    "Time a backend took to send its response head, by backend and operation.",
-                )
-                .buckets(buckets),
-                &["backend", "operation"],
-            )?,
+            request_series: Arc::new(RequestSeries::new(
+                requests.clone(),
+                request_duration.clone(),
+                upstream_duration.clone(),
+            )),
+            requests,
+            request_duration,
+            upstream_duration,
             in_flight: IntGauge::new(
                 "chroma_shift_requests_in_flight",
                 "Requests being handled now.",

@@ -15,6 +15,9 @@ use crate::body::ProxyBody;
 use crate::metrics::ProxyMetrics;
 use crate::service::Handled;
 
+/// The target of the access log's lines (one per request).
+pub const ACCESS_LOG_TARGET: &str = "chroma_shift::access";
+
 /// Adds [`AccessLog`] around a service.
 #[derive(Debug, Clone)]
 pub struct AccessLogLayer {
@@ -83,25 +86,18 @@ where
             let Some(handled) = response.extensions().get::<Handled>() else {
                 return Ok(response);
             };
-            let operation = handled.route.operation.name();
+            let op = handled.route.operation;
+            let operation = op.name();
             let backend = handled.backend.map_or("proxy", |b| b.as_str());
-            metrics
-                .requests
-                .with_label_values(&[operation, backend, status.as_str()])
-                .inc();
-            metrics
-                .request_duration
-                .with_label_values(&[operation])
-                .observe(elapsed.as_secs_f64());
-            if let Some(upstream) = handled.upstream {
-                metrics
-                    .upstream_duration
-                    .with_label_values(&[backend, operation])
-                    .observe(upstream.as_secs_f64());
+            let series = &metrics.request_series;
+            series.count(op, handled.backend, status);
+            series.observe_duration(op, elapsed.as_secs_f64());
+            if let (Some(upstream), Some(answered)) = (handled.upstream, handled.backend) {
+                series.observe_upstream(op, answered, upstream.as_secs_f64());
             }
             let params = &handled.route.params;
             tracing::info!(
-                target: "chroma_shift::access",
+                target: ACCESS_LOG_TARGET,
                 %method,
                 operation,
                 tenant = params.tenant.as_deref().unwrap_or(""),

@@ -213,7 +213,9 @@ impl ProxyState {
         strip_hop_by_hop(&mut headers);
         // The caller decides what credential each backend gets.
         strip_client_auth(&mut headers);
-        let described = format!("{} {}", parts.method, parts.uri.path());
+        // For the proxy's own error answers only: formatted when one is given.
+        let method = parts.method.clone();
+        let describe = || format!("{method} {}", parts.uri.path());
         let request = BufferedRequest {
             route: handled.route.clone(),
             method: parts.method,
@@ -246,7 +248,7 @@ impl ProxyState {
                         | http::Method::DELETE
                 ) =>
             {
-                return Err(RefusedRequest::UnknownWriteRoute(described).into());
+                return Err(RefusedRequest::UnknownWriteRoute(describe()).into());
             }
             OperationClass::Passthrough | OperationClass::Unknown => {
                 let topology = plane.topology.current();
@@ -265,7 +267,10 @@ impl ProxyState {
         {
             let error = ChromaError::new(
                 kind::NOT_FOUND,
-                format!("No such route: {described} (Chroma's API lives under /api/v2/)"),
+                format!(
+                    "No such route: {} (Chroma's API lives under /api/v2/)",
+                    describe()
+                ),
             );
             let (response_parts, _) = response.into_parts();
             let mut answer = error_response(StatusCode::NOT_FOUND, error);
