@@ -19,6 +19,7 @@ use shift_chroma::payload::{get_response_ids, retain_records, DeleteSelection};
 use shift_config::{BackendName, MirrorMode};
 
 use crate::auth::Caller;
+use crate::backend::Answer;
 use crate::body::{self, ProxyBody};
 use crate::body_ids::record_ids;
 use crate::collections::CollectionEntry;
@@ -338,23 +339,30 @@ async fn forget_missing_updates(plane: &DataPlaneState, write: &PendingWrite, mi
 /// A collection on the primary: the primary, the collection's entry and its id there.
 type OnPrimary<'a> = (BackendName, &'a CollectionEntry, &'a str);
 
-/// The primary's `get` path of a collection.
-fn primary_get_path(
+/// A `get` on the collection in the primary, on behalf of `caller`, read whole.
+async fn get_on_primary(
     plane: &DataPlaneState,
-    primary: BackendName,
-    entry: &CollectionEntry,
-    primary_id: &str,
-) -> String {
+    caller: &Caller,
+    (primary, entry, primary_id): OnPrimary<'_>,
+    query: &Value,
+) -> Result<Answer, ProxyError> {
     let ns = plane
         .resolver
         .namespaces
         .to_backend(primary, &entry.tenant, Some(&entry.database));
-    paths::collection_verb(
+    let path = paths::collection_verb(
         &ns.tenant,
         ns.database.as_deref().unwrap_or(&entry.database),
         primary_id,
         "get",
-    )
+    );
+    let answer = plane
+        .resolver
+        .backends
+        .get(primary)
+        .call_as(caller, Method::POST, &path, Some(query))
+        .await?;
+    Ok(answer)
 }
 
 /// An `update` carrying embeddings, restricted for the mirror to the ids the primary
@@ -375,7 +383,7 @@ fn primary_get_path(
 async fn update_of_existing(
     plane: &DataPlaneState,
     caller: &Caller,
-    (primary, entry, primary_id): OnPrimary<'_>,
+    on_primary: OnPrimary<'_>,
     body: Value,
 ) -> Result<(Value, Option<(Vec<String>, Value)>), ProxyError> {
     let carries_embeddings = body
@@ -386,18 +394,8 @@ async fn update_of_existing(
     if !carries_embeddings || ids.is_empty() {
         return Ok((body, None));
     }
-    let path = primary_get_path(plane, primary, entry, primary_id);
-    let answer = plane
-        .resolver
-        .backends
-        .get(primary)
-        .call_as(
-            caller,
-            Method::POST,
-            &path,
-            Some(&json!({"ids": ids, "include": []})),
-        )
-        .await?;
+    let query = json!({"ids": ids, "include": []});
+    let answer = get_on_primary(plane, caller, on_primary, &query).await?;
     let existing: HashSet<String> = match answer
         .status
         .is_success()
@@ -426,21 +424,10 @@ async fn update_of_existing(
 async fn resolve_filtered_delete(
     plane: &DataPlaneState,
     caller: &Caller,
-    (primary, entry, primary_id): OnPrimary<'_>,
+    on_primary: OnPrimary<'_>,
     selection: &DeleteSelection,
 ) -> Result<Result<Vec<String>, Response<ProxyBody>>, ProxyError> {
-    let path = primary_get_path(plane, primary, entry, primary_id);
-    let answer = plane
-        .resolver
-        .backends
-        .get(primary)
-        .call_as(
-            caller,
-            Method::POST,
-            &path,
-            Some(&selection.resolving_get()),
-        )
-        .await?;
+    let answer = get_on_primary(plane, caller, on_primary, &selection.resolving_get()).await?;
     if !answer.status.is_success() {
         let mut response = Response::new(body::full(answer.body.clone()));
         *response.status_mut() = answer.status;
@@ -451,7 +438,7 @@ async fn resolve_filtered_delete(
     }
     let ids = get_response_ids(&answer.body).map_err(|e| {
         ProxyError::Backend(BackendError {
-            backend: primary,
+            backend: on_primary.0,
             kind: BackendErrorKind::Transport(format!("unreadable get answer: {e}")),
         })
     })?;
