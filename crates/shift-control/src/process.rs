@@ -170,6 +170,9 @@ impl ChromaShift {
         })
         .await?;
         registry.register(Box::new(TrackedCollector::new(&plane)?))?;
+        registry.register(Box::new(crate::topology_metrics::TopologyCollector::new(
+            plane.live_topology().clone(),
+        )?))?;
         let backfill = Backfiller::new(plane.clone(), &registry)?;
         let admin_auth = if config.admin.enabled {
             AdminAuth::from_secrets(&config.admin, &secrets, &registry)?
