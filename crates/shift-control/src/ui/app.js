@@ -43,6 +43,11 @@ function when(ms) {
   return new Date(ms).toISOString().replace("T", " ").slice(0, 19) + " UTC";
 }
 
+function clock(ms) {
+  if (typeof ms !== "number") return "\u2014";
+  return new Date(ms).toISOString().slice(11, 19) + " UTC";
+}
+
 function bytes(n) {
   if (typeof n !== "number") return "\u2014";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -225,7 +230,7 @@ function render(status) {
     up.dataset.up = String(health.up);
     cell(row, fixed(health.latency_ms, 1) + " ms", "num");
     cell(row, int(health.consecutive_failures), "num");
-    cell(row, when(health.checked_at));
+    cell(row, clock(health.checked_at));
     cell(row, health.error, "reason");
   });
   flag("state-writable", status.state.writable, "yes", "no: " + status.state.unwritable_reason);
@@ -240,7 +245,7 @@ function render(status) {
   renderBackfill(status.backfill);
   renderShadow(status.shadow);
   renderMore(status);
-  $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  $("updated").textContent = "updated " + clock(Date.now());
 }
 
 function renderLag(status) {
@@ -346,6 +351,7 @@ function renderShadow(shadow) {
     cell(row, fixed(c.drift_max, 4), "num");
   }, "no shadow reads yet (the read policy's shadow_percent is 0, or no reads)");
   rows("mismatch-rows", shadow.recent_mismatches || [], (row, m) => {
+    row.dataset.mismatch = m.operation;
     cell(row, when(m.at_ms));
     cell(row, m.collection ? m.collection.name + " (" + m.collection.id + ")" : null);
     cell(row, m.operation);
