@@ -12,6 +12,9 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{json, Value};
 use shift_testkit::collection::create_collection;
+use shift_testkit::scene::{
+    dimension_dead_letter, items, queries, records, restart_new_store, stop_new_store, wait_status,
+};
 use shift_testkit::scrape::metrics_text;
 use shift_testkit::stores::{post_json, two_stores, DEFAULT_DB};
 use shift_testkit::wait::wait_until;
@@ -20,46 +23,16 @@ use shift_testkit::{http_json, repo_root, Proxy};
 /// Bound on a wait: only turns a hang into a failure.
 const BOUND: Duration = Duration::from_secs(90);
 
-/// PromQL's aggregation operators and keywords: never metric names.
-const KEYWORDS: &[&str] = &[
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-    "limitk",
-    "limit_ratio",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "bool",
-    "atan2",
-    "inf",
-    "nan",
-];
+/// PromQL's aggregation operators and keywords (besides [`LABEL_LISTS`]): never metric names.
+const KEYWORDS: &str = "sum min max avg group stddev stdvar count count_values bottomk topk \
+     quantile limitk limit_ratio and or unless offset bool atan2 inf nan";
 /// Keywords followed by a list of label names in parentheses.
-const LABEL_LISTS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
+const LABEL_LISTS: &str = "by without on ignoring group_left group_right";
+
+/// Whether `word` is one of the space-separated `words`.
+fn one_of(words: &str, word: &str) -> bool {
+    words.split_whitespace().any(|w| w == word)
+}
 
 #[derive(Debug, PartialEq)]
 enum Token {
@@ -151,12 +124,12 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     while i < tokens.len() {
         if let Token::Ident(word) = &tokens[i] {
             let called = tokens.get(i + 1) == Some(&Token::Open);
-            if LABEL_LISTS.contains(&word.as_str()) && called {
+            if one_of(LABEL_LISTS, word) && called {
                 // Skip the label list.
                 while i < tokens.len() && tokens[i] != Token::Close {
                     i += 1;
                 }
-            } else if !called && !KEYWORDS.contains(&word.as_str()) {
+            } else if !called && !one_of(KEYWORDS, word) && !one_of(LABEL_LISTS, word) {
                 names.insert(word.clone());
             }
         }
@@ -169,28 +142,20 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 /// the metric of each `label_values(metric, label)` variable (as a selector).
 fn expressions(dashboard: &Value) -> Vec<(String, String)> {
     let mut found = Vec::new();
-    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+    for panel in items(&dashboard["panels"]) {
         let title = panel["title"].as_str().unwrap_or_default();
-        for target in panel["targets"].as_array().into_iter().flatten() {
+        for target in items(&panel["targets"]) {
             let expr = target["expr"].as_str().unwrap_or_default();
             found.push((format!("panel {title:?}"), expr.to_owned()));
         }
     }
-    for annotation in dashboard["annotations"]["list"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    for annotation in items(&dashboard["annotations"]["list"]) {
         if let Some(expr) = annotation["expr"].as_str() {
             let name = annotation["name"].as_str().unwrap_or_default();
             found.push((format!("annotation {name:?}"), expr.to_owned()));
         }
     }
-    for variable in dashboard["templating"]["list"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    for variable in items(&dashboard["templating"]["list"]) {
         if let Some(definition) = variable["definition"].as_str() {
             let metric = definition
                 .strip_prefix("label_values(")
@@ -232,11 +197,7 @@ fn the_parser_finds_metric_names_and_nothing_else() {
 fn the_dashboard_is_importable_and_provisioned() -> anyhow::Result<()> {
     let dashboard = dashboard()?;
     assert_eq!(dashboard["uid"], "chroma-shift");
-    let variables: Vec<&Value> = dashboard["templating"]["list"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .collect();
+    let variables: Vec<&Value> = items(&dashboard["templating"]["list"]).collect();
     assert!(
         variables.iter().any(|v| v["name"] == "datasource"
             && v["type"] == "datasource"
@@ -246,7 +207,7 @@ fn the_dashboard_is_importable_and_provisioned() -> anyhow::Result<()> {
     let source = json!({"type": "prometheus", "uid": "${datasource}"});
     let mut ids = BTreeSet::new();
     let mut graphs = 0;
-    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+    for panel in items(&dashboard["panels"]) {
         assert!(
             ids.insert(panel["id"].to_string()),
             "a second panel id {}",
@@ -292,35 +253,6 @@ fn the_dashboard_is_importable_and_provisioned() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_status(
-    proxy: &Proxy,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> anyhow::Result<()> {
-    wait_until(what, BOUND, || async {
-        let (_, status) = proxy.admin("GET", "/admin/status", None).await?;
-        Ok(check(&status))
-    })
-    .await
-}
-
-fn records(prefix: &str, n: usize) -> Value {
-    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    let embeddings: Vec<[f32; 3]> = (0..n).map(|i| [i as f32, 1.0, 0.5]).collect();
-    json!({"ids": ids, "embeddings": embeddings})
-}
-
-async fn queries(collection_url: &str, n: usize) -> anyhow::Result<()> {
-    for i in 0..n {
-        post_json(
-            format!("{collection_url}/query"),
-            json!({"query_embeddings": [[i as f32, 1.0, 0.5]], "n_results": 3}),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn every_metric_of_the_dashboard_is_in_the_real_metrics() -> anyhow::Result<()> {
     let (old, mut new) = two_stores().await?;
@@ -349,38 +281,18 @@ async fn every_metric_of_the_dashboard_is_in_the_real_metrics() -> anyhow::Resul
     let (code, _) = http_json("POST", &format!("{docs_url}/add"), Some(big)).await?;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
 
-    // A dead letter: the new store holds 3-dimensional records under the same name.
-    let new_dims = create_collection(&new.url(), json!({"name": "dims"})).await?;
-    post_json(
-        format!("{}{DEFAULT_DB}/collections/{new_dims}/add", new.url()),
-        json!({"ids": ["three"], "embeddings": [[0.1, 0.2, 0.3]]}),
-    )
-    .await?;
-    let dims = create_collection(&proxy.url(), json!({"name": "dims"})).await?;
-    post_json(
-        format!("{}{DEFAULT_DB}/collections/{dims}/add", proxy.url()),
-        json!({"ids": ["eight"], "embeddings": [vec![0.5_f32; 8]]}),
-    )
-    .await?;
-    wait_status(&proxy, "a dead letter", |s| s["dead_letters"]["count"] == 1).await?;
+    // A write the new store refuses for good.
+    dimension_dead_letter(&proxy, &new).await?;
 
     // The new store down for a while: the replay retries, then applies.
-    new.stop().await?;
-    wait_status(&proxy, "the new store seen down", |s| {
-        s["backends"]["new"]["up"] == false
-    })
-    .await?;
+    stop_new_store(&proxy, &mut new).await?;
     post_json(format!("{docs_url}/add"), records("late", 2)).await?;
     wait_until("a replay retry", BOUND, || async {
         let text = metrics_text(&proxy.admin_url()).await?;
         Ok(text.contains("chroma_shift_replay_retries_total{"))
     })
     .await?;
-    new.restart().await?;
-    wait_status(&proxy, "the new store up and caught up", |s| {
-        s["backends"]["new"]["up"] == true && s["journal"]["new"]["entries"] == 0
-    })
-    .await?;
+    restart_new_store(&proxy, &mut new).await?;
 
     // A cutover (forced past the dead letter), then canary reads from the new secondary.
     let (code, report) = proxy

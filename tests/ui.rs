@@ -22,8 +22,11 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{json, Value};
 use shift_testkit::collection::create_collection;
+use shift_testkit::scene::{
+    dimension_dead_letter, items, queries, records, restart_new_store, status, stop_new_store,
+    wait_status,
+};
 use shift_testkit::stores::{post_json, two_stores, DEFAULT_DB};
-use shift_testkit::wait::wait_until;
 use shift_testkit::{http, repo_root, Proxy, ADMIN_TOKEN};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -53,29 +56,6 @@ fn driver() -> anyhow::Result<PathBuf> {
         dir.display()
     );
     Ok(dir.join("drive.mjs"))
-}
-
-async fn status(proxy: &Proxy) -> anyhow::Result<Value> {
-    let (code, status) = proxy.admin("GET", "/admin/status", None).await?;
-    anyhow::ensure!(code == StatusCode::OK, "status: {code} {status}");
-    Ok(status)
-}
-
-/// Waits until `/admin/status` satisfies `check`.
-async fn wait_status(
-    proxy: &Proxy,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    wait_until(what, BOUND, || async { Ok(check(&status(proxy).await?)) }).await?;
-    status(proxy).await
-}
-
-fn records(prefix: &str, n: usize) -> Value {
-    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    let embeddings: Vec<[f32; 3]> = (0..n).map(|i| [i as f32, 1.0, 0.5]).collect();
-    let documents: Vec<String> = ids.iter().map(|id| format!("document {id}")).collect();
-    json!({"ids": ids, "embeddings": embeddings, "documents": documents})
 }
 
 /// The node script, spoken to one JSON line at a time.
@@ -157,10 +137,7 @@ fn assert_page_shows(observed: &Value, status: &Value) {
         );
     }
     // Every collection's lag, by target and key.
-    let mut shown: Vec<(String, String, String)> = observed["lag"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let mut shown: Vec<(String, String, String)> = items(&observed["lag"])
         .map(|row| {
             let field = |k: &str| row[k].as_str().unwrap_or_default().to_owned();
             (field("target"), field("collection"), field("entries"))
@@ -219,41 +196,24 @@ fn assert_page_shows(observed: &Value, status: &Value) {
         observed["shadow_totals"].as_object().map(|o| o.len()),
         Some(totals.len())
     );
-    let shadowed: Vec<&Value> = status["shadow"]["collections"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let shadowed: Vec<&Value> = items(&status["shadow"]["collections"])
         .map(|c| &c["collection"])
         .collect();
-    let shown: Vec<&Value> = observed["shadow_rows"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let shown: Vec<&Value> = items(&observed["shadow_rows"])
         .map(|row| &row["collection"])
         .collect();
     assert_eq!(shown, shadowed, "{observed}");
     // The mismatch samples, newest first, with what differs.
-    let samples: Vec<&Value> = status["shadow"]["recent_mismatches"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let samples: Vec<&Value> = items(&status["shadow"]["recent_mismatches"])
         .map(|m| &m["description"])
         .collect();
-    let shown: Vec<&Value> = observed["mismatches"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|row| &row[3])
-        .collect();
+    let shown: Vec<&Value> = items(&observed["mismatches"]).map(|row| &row[3]).collect();
     assert_eq!(shown, samples, "{observed}");
 }
 
 /// Names and results of a switch report's checks, as the page words them.
 fn checks(report: &Value) -> Vec<(String, String)> {
-    report["checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    items(&report["checks"])
         .map(|c| {
             let result = if c["passed"] == true {
                 "passed"
@@ -269,10 +229,7 @@ fn checks(report: &Value) -> Vec<(String, String)> {
 }
 
 fn shown_checks(dialog: &Value) -> Vec<(String, String)> {
-    dialog["checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    items(&dialog["checks"])
         .map(|c| {
             let field = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
             (field("name"), field("result"))
@@ -306,29 +263,9 @@ async fn the_status_page_shows_the_status_and_cuts_over_after_a_dry_run() -> any
     })
     .await?;
 
-    // A dead letter: the new store already holds 3-dimensional records under the same name.
-    let new_dims = create_collection(&new.url(), json!({"name": "dims"})).await?;
-    post_json(
-        format!("{}{DEFAULT_DB}/collections/{new_dims}/add", new.url()),
-        json!({"ids": ["three"], "embeddings": [[0.1, 0.2, 0.3]]}),
-    )
-    .await?;
-    let dims = create_collection(&proxy.url(), json!({"name": "dims"})).await?;
-    post_json(
-        format!("{}{DEFAULT_DB}/collections/{dims}/add", proxy.url()),
-        json!({"ids": ["eight"], "embeddings": [vec![0.5_f32; 8]]}),
-    )
-    .await?;
-    wait_status(&proxy, "a dead letter", |s| s["dead_letters"]["count"] == 1).await?;
-
-    // Shadowed reads, compared in the background.
-    for i in 0..4 {
-        post_json(
-            format!("{docs_url}/query"),
-            json!({"query_embeddings": [[i as f32, 1.0, 0.5]], "n_results": 3}),
-        )
-        .await?;
-    }
+    // A dead letter, then shadowed reads compared in the background.
+    let dims = dimension_dead_letter(&proxy, &new).await?;
+    queries(&docs_url, 4).await?;
     // The dead letter's record is on the old store only: its shadowed read is a mismatch.
     post_json(
         format!("{}{DEFAULT_DB}/collections/{dims}/get", proxy.url()),
@@ -342,11 +279,7 @@ async fn the_status_page_shows_the_status_and_cuts_over_after_a_dry_run() -> any
     .await?;
 
     // The new store goes down; three writes wait for it.
-    new.stop().await?;
-    wait_status(&proxy, "the new store seen down", |s| {
-        s["backends"]["new"]["up"] == false
-    })
-    .await?;
+    stop_new_store(&proxy, &mut new).await?;
     for round in 0..3 {
         post_json(
             format!("{docs_url}/add"),
@@ -386,29 +319,15 @@ async fn the_status_page_shows_the_status_and_cuts_over_after_a_dry_run() -> any
     );
     assert_eq!(observed["dashboard_hidden_after_wrong_token"], true);
     let (_, audit) = proxy.admin("GET", "/admin/audit?limit=20", None).await?;
-    let actions: Vec<&Value> = audit["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| &e["action"])
-        .collect();
-    let shown: Vec<&Value> = observed["audit"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|row| &row[2])
-        .collect();
+    let actions: Vec<&Value> = items(&audit["entries"]).map(|e| &e["action"]).collect();
+    let shown: Vec<&Value> = items(&observed["audit"]).map(|row| &row[2]).collect();
     assert_eq!(shown, actions, "{observed}");
     let png = std::fs::read(&screenshot)?;
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is no PNG");
 
     // The new store is back and caught up; the API's own dry runs, unforced and forced, are
     // what the page's dialog must show.
-    new.restart().await?;
-    wait_status(&proxy, "the new store up and caught up", |s| {
-        s["backends"]["new"]["up"] == true && s["journal"]["new"]["entries"] == 0
-    })
-    .await?;
+    restart_new_store(&proxy, &mut new).await?;
     let (code, refused) = proxy
         .admin("POST", "/admin/cutover", Some(json!({"dry_run": true})))
         .await?;
@@ -448,10 +367,7 @@ async fn the_status_page_shows_the_status_and_cuts_over_after_a_dry_run() -> any
     assert_eq!(after["topology"]["primary"], "new", "{after}");
     assert_eq!(done["epoch"], (epoch + 1).to_string(), "{done}");
     assert_eq!(done["primary"], "new", "{done}");
-    let cutover = done["audit"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let cutover = items(&done["audit"])
         .find(|row| {
             row[2] == "cutover"
                 && row[3]
