@@ -393,8 +393,6 @@ function renderMore(status) {
 
 async function openSwitch(verb) {
   switchState = { verb, dryRunPassed: false, busy: false };
-  $("switch-title").textContent = (verb === "cutover" ? "Cut over to new" : "Roll back to old") +
-    ": dry run";
   $("switch-word").textContent = verb;
   $("switch-force").checked = false;
   $("switch-confirm").value = "";
@@ -403,9 +401,14 @@ async function openSwitch(verb) {
   await dryRun();
 }
 
+function switchTitle(verb, stage) {
+  return (verb === "cutover" ? "Cut over to new" : "Roll back to old") + ": " + stage;
+}
+
 async function dryRun() {
   const state = switchState;
   state.dryRunPassed = false;
+  $("switch-title").textContent = switchTitle(state.verb, "dry run");
   updateRun();
   $("switch-summary").textContent = "Running the dry run\u2026";
   $("switch-checks").replaceChildren();
@@ -489,10 +492,12 @@ async function runSwitch() {
       "; writes held " + fixed(report.writes_held_ms, 0) + " ms, " + report.drained_entries +
       " journal entries drained.";
     $("switch-result").className = "good";
+    $("switch-title").textContent = switchTitle(state.verb, "done");
   } else {
     $("switch-result").textContent = report && report.refused ? "Refused: " + report.refused
       : refusal(answer);
     $("switch-result").className = "bad";
+    $("switch-title").textContent = switchTitle(state.verb, "not done");
   }
   // A switch is run once per confirmation.
   state.dryRunPassed = false;
