@@ -8,7 +8,7 @@ use serde_json::json;
 use shift_proxy::gate::LocalWriteGate;
 use shift_proxy::mirror::RecordKind;
 use shift_proxy::topology::shared;
-use shift_state::{JournalEntry, MapTable, StateStore};
+use shift_state::{JournalEntry, MapTable, Seq, StateStore};
 
 use super::*;
 
@@ -29,7 +29,7 @@ pub(crate) struct FakeInner {
 }
 
 impl FakeState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FakeInner> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, FakeInner> {
         self.inner.lock().unwrap()
     }
 
@@ -62,6 +62,17 @@ impl FakeState {
         let mut inner = self.lock();
         if let Some(journal) = inner.journals.get_mut(&target) {
             journal.retain(|_, payload| reads_the_source(&MirrorOp::from_bytes(payload).unwrap()));
+        }
+    }
+
+    /// What a replay worker does as it goes: applies the oldest entries of `target`'s journal
+    /// until only `left` remain.
+    pub fn keep_last(&self, target: BackendName, left: usize) {
+        let mut inner = self.lock();
+        if let Some(journal) = inner.journals.get_mut(&target) {
+            while journal.len() > left {
+                journal.pop_first();
+            }
         }
     }
 
@@ -164,13 +175,13 @@ impl Fixture {
     }
 
     /// Records a failed heartbeat of `backend`.
-    fn down(&self, backend: BackendName) {
+    pub(crate) fn down(&self, backend: BackendName) {
         self.health.record(backend, Err("refused".into()), 1.0);
     }
 }
 
 /// Starts a switch on its own task, as an admin request does.
-fn spawn_switch(
+pub(crate) fn spawn_switch(
     f: &Fixture,
     direction: Direction,
     request: SwitchRequest,
@@ -199,7 +210,7 @@ fn within(seconds: u64) -> SwitchRequest {
 }
 
 /// A switch request with `force` set.
-fn forced() -> SwitchRequest {
+pub(crate) fn forced() -> SwitchRequest {
     SwitchRequest {
         force: true,
         ..SwitchRequest::default()
@@ -207,6 +218,21 @@ fn forced() -> SwitchRequest {
 }
 
 pub(crate) fn fixture(primary: BackendName) -> Fixture {
+    fixture_with(
+        primary,
+        SwitchDefaults {
+            max_lag: 100,
+            timeout: Duration::from_secs(5),
+            // Off, so the phases after the gate closes are tested on their own; the catch-up
+            // tests (`catch_up_tests.rs`) turn it on.
+            catch_up_lag: 0,
+            catch_up_timeout: Duration::ZERO,
+        },
+    )
+}
+
+/// A fixture whose switch falls back on `defaults`.
+pub(crate) fn fixture_with(primary: BackendName, defaults: SwitchDefaults) -> Fixture {
     let state = Arc::new(FakeState::default());
     let gate: Arc<dyn WriteGate> = Arc::new(LocalWriteGate::default());
     let health = Arc::new(HealthBoard::new());
@@ -225,10 +251,7 @@ pub(crate) fn fixture(primary: BackendName) -> Fixture {
         state.clone(),
         health.clone(),
         Alerter::log_only(),
-        SwitchDefaults {
-            max_lag: 100,
-            timeout: Duration::from_secs(5),
-        },
+        defaults,
     );
     Fixture {
         switch,
@@ -239,7 +262,7 @@ pub(crate) fn fixture(primary: BackendName) -> Fixture {
     }
 }
 
-fn records(collection: &str, id: &str) -> MirrorOp {
+pub(crate) fn records(collection: &str, id: &str) -> MirrorOp {
     MirrorOp::Records {
         kind: RecordKind::Upsert,
         collection: collection.into(),
@@ -255,7 +278,7 @@ pub(crate) fn reconcile(collection: &str, id: &str) -> MirrorOp {
 }
 
 /// The gate lets a write through at once.
-async fn gate_is_open(gate: &Arc<dyn WriteGate>) -> bool {
+pub(crate) async fn gate_is_open(gate: &Arc<dyn WriteGate>) -> bool {
     tokio::time::timeout(Duration::from_millis(1), gate.enter())
         .await
         .is_ok()
