@@ -3,7 +3,8 @@
 //! front of two real Chroma 1.5.9 servers (`old` primary, `new` secondary), while the bench
 //! switches the primary back and forth (cutover, rollback, cutover, ...) through the admin
 //! API. For every switch it reports what the switch says (`writes_held_ms`: gate closed ->
-//! reopened; `drained_entries`: journal entries applied with the gate closed; `catch_up_ms`:
+//! reopened, with its steps: intents settled, journal drained, topology committed;
+//! `drained_entries`: journal entries applied with the gate closed; `catch_up_ms`:
 //! the catch-up before the gate closed, with the lag it started from and ended at) and what
 //! the writers saw: the longest add that overlapped the switch call, against the writers'
 //! median outside any switch. At the end the writers stop, the journal drains, and both stores
@@ -40,7 +41,7 @@ use chroma_shift_benches::{
 };
 use http::{header, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use shift_control::switch::{Direction, SwitchReport, SwitchRequest};
+use shift_control::switch::{Direction, HoldSteps, SwitchReport, SwitchRequest};
 use shift_testkit::Chroma;
 
 /// Bounds that only catch a hang.
@@ -277,6 +278,13 @@ fn ms(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1000.0
 }
 
+/// The steps of a hold after the gate closed, each in ms since it began to close.
+fn steps(hold: &HoldSteps) -> String {
+    [hold.intents_settled_ms, hold.drained_ms, hold.committed_ms]
+        .map(|ms| ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}")))
+        .join(" / ")
+}
+
 /// The per-switch table and the summary line.
 fn table(switched: &[Switched], spans: &[Span], acked: u64) -> String {
     let overlaps = |s: &Switched, span: &Span| span.0 <= s.ended && span.1 >= s.started;
@@ -290,9 +298,9 @@ fn table(switched: &[Switched], spans: &[Span], acked: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| # | direction | catch-up (ms) | lag before -> after catch-up | writes held (ms) | of which closing the gate (ms) | drained while held | switch call (ms) | writers' longest add during it (ms) |"
+        "| # | direction | catch-up (ms) | lag before -> after catch-up | writes held (ms) | of which closing the gate (ms) | then intents settled / drained / committed (ms) | drained while held | switch call (ms) | writers' longest add during it (ms) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     let mut holds = Vec::new();
     for (i, s) in switched.iter().enumerate() {
         let longest = spans
@@ -317,11 +325,12 @@ fn table(switched: &[Switched], spans: &[Span], acked: u64) -> String {
         );
         let _ = writeln!(
             out,
-            "| {} | {:?} | {catch_up_ms} | {lags} | {:.1} | {:.1} | {} | {:.0} | {:.0} |",
+            "| {} | {:?} | {catch_up_ms} | {lags} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} |",
             i + 1,
             s.report.direction,
             s.report.writes_held_ms,
             s.report.closing_ms,
+            steps(&s.report.hold),
             s.report.drained_entries,
             ms(s.started, s.ended),
             longest

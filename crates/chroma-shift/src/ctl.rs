@@ -441,6 +441,12 @@ fn print_switch(report: &SwitchReport) {
         ),
         _ => println!("dry run: nothing changed"),
     }
+    if report.hold.reopened_ms.is_some() {
+        println!(
+            "hold (ms since the gate began to close): {}",
+            report.hold.summary()
+        );
+    }
     for note in &report.notes {
         println!("note: {note}");
     }

@@ -152,6 +152,10 @@ pub struct SwitchReport {
     /// Of which closing the gate: the writes in flight finishing, in milliseconds.
     #[serde(default)]
     pub closing_ms: f64,
+    /// When each step of the hold ended (gate closed, intents settled, drained, committed,
+    /// reopened), so the hold can be read step by step.
+    #[serde(default)]
+    pub hold: HoldSteps,
     /// The catch-up before the gate closed, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up: Option<CatchUpReport>,
@@ -451,6 +455,7 @@ impl SwitchCore {
             plan,
             writes_held_ms: 0.0,
             closing_ms: 0.0,
+            hold: HoldSteps::default(),
             catch_up: None,
             drained_entries: 0,
             moved_entries: 0,
@@ -474,8 +479,8 @@ impl SwitchCore {
                 .extend(catch_up::note(to, &caught, catch_up_timeout));
             report.catch_up = Some(caught);
         }
-        let held_since = Instant::now();
-        let deadline = held_since + timeout;
+        let mut hold = HoldClock::start();
+        let deadline = Instant::now() + timeout;
         let Ok(gate) = tokio::time::timeout(timeout, self.gate.close()).await else {
             report.refused = Some(format!(
                 "writes in flight did not finish within {timeout:?}"
@@ -483,16 +488,17 @@ impl SwitchCore {
             return Ok(report);
         };
         failpoint("switch::gate_closed");
-        let held_ms = || held_since.elapsed().as_secs_f64() * 1000.0;
-        report.closing_ms = held_ms();
+        report.closing_ms = hold.stamp(|s| &mut s.gate_closed_ms);
         // Writes past the gate have settled, but a settlement that outlives its request
         // (a client that hung up) may still be journaling: wait for every intent.
         if let Err(reason) = self.settle_intents(deadline).await {
             drop(gate);
-            report.writes_held_ms = held_ms();
+            report.writes_held_ms = hold.stamp(|s| &mut s.reopened_ms);
+            report.hold = hold.steps;
             report.refused = Some(format!("{reason}; nothing changed"));
             return Ok(report);
         }
+        hold.stamp(|s| &mut s.intents_settled_ms);
         let before = self.state.waiting(to);
         let moved = match self.drain(to, from, may_move, deadline).await {
             Ok(moved) => moved,
@@ -507,7 +513,8 @@ impl SwitchCore {
                 // journal would copy the secondary's records into the primary.
                 let restored = self.move_back(from, moved.entries, to).await;
                 drop(gate);
-                report.writes_held_ms = held_ms();
+                report.writes_held_ms = hold.stamp(|s| &mut s.reopened_ms);
+                report.hold = hold.steps;
                 report.refused = Some(format!(
                     "the journal to {to} did not drain within {timeout:?} ({waiting} entries left); nothing changed"
                 ));
@@ -521,6 +528,7 @@ impl SwitchCore {
             }
         };
         failpoint("switch::drained");
+        hold.stamp(|s| &mut s.drained_ms);
         let next = Topology {
             epoch: current.epoch + 1,
             primary: to,
@@ -532,11 +540,13 @@ impl SwitchCore {
             restored?;
             return Err(error.into());
         }
+        hold.stamp(|s| &mut s.committed_ms);
         drop(gate);
+        report.writes_held_ms = hold.stamp(|s| &mut s.reopened_ms);
+        report.hold = hold.steps;
         report.switched = true;
         report.epoch = current.epoch + 1;
         report.drained_entries = before.saturating_sub(moved.entries.len() as u64);
-        report.writes_held_ms = held_ms();
         report.moved_entries = moved.entries.len() as u64;
         if moved.records > 0 {
             report.notes.push(format!(
@@ -555,6 +565,7 @@ impl SwitchCore {
             primary = %to,
             epoch = report.epoch,
             writes_held_ms = report.writes_held_ms,
+            hold = %report.hold.summary(),
             moved = report.moved_entries,
             "topology switched"
         );
@@ -732,12 +743,15 @@ enum DrainError {
 mod catch_up;
 #[cfg(test)]
 mod catch_up_tests;
+mod hold;
 mod moves;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use catch_up::CatchUpReport;
+use hold::HoldClock;
+pub use hold::HoldSteps;
 use moves::Moved;
 
 pub use state::{restore, StoreFuture, SwitchState};

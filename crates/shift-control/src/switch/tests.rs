@@ -423,6 +423,19 @@ async fn writes_are_held_while_the_journal_drains_then_go_to_the_new_primary() {
     assert_eq!(report.drained_entries, 2);
     assert_eq!(report.epoch, 2);
     assert!(report.writes_held_ms >= 400.0, "{report:?}");
+    // The hold's steps, in order: the 400 ms went to the drain.
+    let h = &report.hold;
+    let steps = [
+        h.gate_closed_ms,
+        h.intents_settled_ms,
+        h.drained_ms,
+        h.committed_ms,
+        h.reopened_ms,
+    ]
+    .map(|ms| ms.expect("every step reached"));
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{h:?}");
+    assert!(steps[1] < 400.0 && steps[2] >= 400.0, "{h:?}");
+    assert_eq!(h.reopened_ms, Some(report.writes_held_ms));
     let persisted = f.state.persisted().expect("persisted");
     assert_eq!((persisted.primary, persisted.epoch), (BackendName::New, 2));
     assert_eq!(*f.topology.current(), persisted);
@@ -442,6 +455,10 @@ async fn a_journal_that_does_not_drain_in_time_leaves_everything_as_it_was() {
         refused.contains("did not drain") && refused.contains("1 entries left"),
         "{refused}"
     );
+    // The hold says where it stopped: settled, never drained, reopened at the limit.
+    let h = &report.hold;
+    assert!(h.intents_settled_ms.is_some() && h.drained_ms.is_none() && h.committed_ms.is_none());
+    assert!(h.reopened_ms.is_some_and(|ms| ms >= 2000.0), "{h:?}");
     assert_unchanged(&f, BackendName::Old);
     assert_eq!(f.state.waiting(BackendName::New), 1);
     assert!(gate_is_open(&f.gate).await);
