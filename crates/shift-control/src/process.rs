@@ -257,6 +257,8 @@ impl ChromaShift {
             SwitchDefaults {
                 max_lag: self.config.cutover.max_lag,
                 timeout: self.config.cutover.timeout,
+                catch_up_lag: self.config.cutover.catch_up_lag,
+                catch_up_timeout: self.config.cutover.catch_up_timeout,
             },
         ));
         switch.restore_pause().await;
