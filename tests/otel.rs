@@ -128,14 +128,18 @@ async fn receive(
     request: http::Request<Incoming>,
     kept: &Mutex<Vec<SpanSeen>>,
 ) -> http::Response<Full<Bytes>> {
-    let is_protobuf = request
+    let content_type = request
         .headers()
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == b"application/x-protobuf");
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
     let path_ok = request.uri().path() == "/v1/traces";
     let body = request.into_body().collect().await.map(|b| b.to_bytes());
-    let decoded = match body {
-        Ok(bytes) if is_protobuf && path_ok => ExportTraceServiceRequest::decode(bytes).ok(),
+    let decoded = match (body, content_type.as_slice()) {
+        (Ok(bytes), b"application/x-protobuf") if path_ok => {
+            ExportTraceServiceRequest::decode(bytes).ok()
+        }
+        (Ok(bytes), b"application/json") if path_ok => serde_json::from_slice(&bytes).ok(),
         _ => None,
     };
     let Some(export) = decoded else {
@@ -171,13 +175,16 @@ async fn receive(
         }
     }
     kept.lock().expect("the collector's spans").extend(seen);
-    let mut answer = http::Response::new(Full::new(Bytes::from(
-        ExportTraceServiceResponse::default().encode_to_vec(),
-    )));
-    answer.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/x-protobuf"),
-    );
+    let answer = match content_type.as_slice() {
+        b"application/json" => b"{}".to_vec(),
+        _ => ExportTraceServiceResponse::default().encode_to_vec(),
+    };
+    let mut answer = http::Response::new(Full::new(Bytes::from(answer)));
+    if let Ok(value) = http::HeaderValue::from_bytes(&content_type) {
+        answer
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
     answer
 }
 
@@ -230,6 +237,18 @@ async fn post(url: &str, headers: &[(&str, &str)], body: Value) -> anyhow::Resul
 
 #[tokio::test]
 async fn a_writes_trace_shows_it_reaching_both_stores() -> anyhow::Result<()> {
+    write_traced_through_both_stores("http/protobuf").await
+}
+
+/// The same over OTLP/HTTP with JSON bodies (`protocol = "http/json"`).
+#[tokio::test]
+async fn the_json_protocol_exports_the_same_trace() -> anyhow::Result<()> {
+    write_traced_through_both_stores("http/json").await
+}
+
+/// Creates a collection and writes to it through a proxy exporting with `protocol`, then
+/// checks the traces the collector got and the trace context each store received.
+async fn write_traced_through_both_stores(protocol: &str) -> anyhow::Result<()> {
     let collector = Collector::spawn().await?;
     let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
     let (old_url, new_url) = (old.url(), new.url());
@@ -238,7 +257,7 @@ async fn a_writes_trace_shows_it_reaching_both_stores() -> anyhow::Result<()> {
         FaultyBackend::proxying(&new_url)
     )?;
     let tracing_toml = format!(
-        "[tracing]\nenabled = true\nendpoint = \"{}\"\nservice_name = \"shift-under-test\"\ntimeout = \"5s\"\n",
+        "[tracing]\nenabled = true\nendpoint = \"{}\"\nprotocol = \"{protocol}\"\nservice_name = \"shift-under-test\"\ntimeout = \"5s\"\n",
         collector.endpoint()
     );
     // The SDK's batch processor exports every 5 s by default; its own variable shortens that.
@@ -365,6 +384,17 @@ async fn a_writes_trace_shows_it_reaching_both_stores() -> anyhow::Result<()> {
         on_new.iter().any(|(trace, parent)| trace == CLIENT_TRACE
             && spans.iter().any(|s| &s.span_id == parent && s.name == "backend")),
         "the secondary's traceparent {on_new:?} is not a call of trace {CLIENT_TRACE}: {secondary_call:?}"
+    );
+
+    // The spans go to the collector only: the log's lines are as without tracing.
+    let log = proxy.log_tail(400);
+    assert!(
+        log.contains("chroma_shift::access"),
+        "no access log line in {log}"
+    );
+    assert!(
+        !log.contains("request{"),
+        "a trace span reached the log: {log}"
     );
     Ok(())
 }

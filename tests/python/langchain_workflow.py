@@ -8,15 +8,12 @@ transcripts must be equal. Embeddings come from langchain_core's DeterministicFa
 Usage: langchain_workflow.py --url http://127.0.0.1:PORT --out FILE
 """
 
-import json
-import sys
-
 from langchain_chroma import Chroma
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from client_args import client_for, url_parser
-from workflow import Normalizer
+from workflow import Transcript
 
 DIMENSIONS = 16
 TEXTS = [
@@ -42,18 +39,8 @@ def documents(found):
 
 def main():
     args = url_parser("--out").parse_args()
-    normalize = Normalizer()
-    transcript = []
-
-    def step(name, action):
-        try:
-            entry = {"step": name, "result": normalize(action())}
-        except Exception as error:  # the transcript records failures; the test judges them
-            entry = {
-                "step": name,
-                "error": {"type": type(error).__name__, "message": normalize.text(str(error))},
-            }
-        transcript.append(entry)
+    transcript = Transcript()
+    step = transcript.step
 
     client = client_for(args.url)
     embeddings = DeterministicFakeEmbedding(size=DIMENSIONS)
@@ -148,9 +135,7 @@ def main():
 
     step("from_texts_and_delete_collection", scratch)
 
-    with open(args.out, "w", encoding="utf-8") as out:
-        json.dump(transcript, out, indent=1)
-    print(f"{len(transcript)} steps written to {args.out}", file=sys.stderr)
+    transcript.write(args.out)
 
 
 if __name__ == "__main__":
