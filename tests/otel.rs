@@ -386,6 +386,18 @@ async fn write_traced_through_both_stores(protocol: &str) -> anyhow::Result<()> 
         "the secondary's traceparent {on_new:?} is not a call of trace {CLIENT_TRACE}: {secondary_call:?}"
     );
 
+    // The proxy's own calls outside requests and the replay (heartbeats every 500 ms here,
+    // probes) start no trace of their own.
+    let roots: Vec<SpanSeen> = collector
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "backend" && s.parent_span_id.is_empty())
+        .collect();
+    assert!(
+        roots.is_empty(),
+        "store calls outside any trace: {roots:#?}"
+    );
+
     // The spans go to the collector only: the log's lines are as without tracing.
     let log = proxy.log_tail(400);
     assert!(

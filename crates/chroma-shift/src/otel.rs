@@ -87,8 +87,13 @@ where
     // Only the proxy's own spans: a library's spans and every log event stay out of traces.
     let only_ours =
         Targets::new().with_target(shift_proxy::trace_ctx::TARGET, tracing::Level::INFO);
+    // No source locations, thread names or busy/idle times on the spans: their attributes
+    // say what happened, not where in the proxy's code.
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(only_ours)
         .boxed();
     shift_proxy::trace_ctx::enable();

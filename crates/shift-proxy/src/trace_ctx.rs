@@ -79,9 +79,10 @@ pub fn record_answer(span: &Span, operation: &str, status: http::StatusCode) {
     span.record("http.response.status_code", status.as_u16());
 }
 
-/// The span of one call to a store.
+/// The span of one call to a store made within a traced request or the replay; none for the
+/// proxy's own calls outside them (heartbeats, probes), which would each start a trace.
 pub fn backend_span(backend: &str, method: &http::Method, path: &str) -> Span {
-    if !enabled() {
+    if !enabled() || Span::current().is_none() {
         return Span::none();
     }
     let path = path.split('?').next().unwrap_or(path);
