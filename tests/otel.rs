@@ -433,3 +433,40 @@ async fn off_by_default_no_trace_context_reaches_the_stores() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// A collector that is not there costs the requests nothing: they are answered, and the log
+/// says the export fails (once, not per batch).
+#[tokio::test]
+async fn an_unreachable_collector_never_holds_up_requests() -> anyhow::Result<()> {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?
+    };
+    let old = Chroma::spawn().await?;
+    let proxy = shift_testkit::ProxyProcess::start_with_env(
+        Proxy::builder().old(old.url()).toml(&format!(
+            "[tracing]\nenabled = true\nendpoint = \"http://{closed}/v1/traces\"\n"
+        )),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+    )
+    .await?;
+    for name in ["first", "second", "third"] {
+        post(
+            &format!("{}{COLLECTIONS}", proxy.url()),
+            &[],
+            json!({"name": name}),
+        )
+        .await?;
+    }
+    const FAILING: &str = "trace export ([tracing] endpoint) failing";
+    eventually(|| proxy.log_tail(400).contains(FAILING).then_some(())).await?;
+    post(
+        &format!("{}{COLLECTIONS}", proxy.url()),
+        &[],
+        json!({"name": "fourth"}),
+    )
+    .await?;
+    let log = proxy.log_tail(400);
+    assert_eq!(log.matches(FAILING).count(), 1, "{log}");
+    Ok(())
+}

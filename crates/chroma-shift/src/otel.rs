@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -59,6 +61,7 @@ where
             None,
         ),
         runtime: tokio::runtime::Handle::current(),
+        failing: Arc::new(AtomicBool::new(false)),
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -106,6 +109,9 @@ where
 struct OnRuntime {
     client: opentelemetry_http::hyper::HyperClient,
     runtime: tokio::runtime::Handle,
+    /// Whether the last export failed: the log says when exports start failing and when they
+    /// work again, not once per batch.
+    failing: Arc<AtomicBool>,
 }
 
 impl HttpClient for OnRuntime {
@@ -117,10 +123,25 @@ impl HttpClient for OnRuntime {
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        let client = self.client.clone();
-        let sent = self
-            .runtime
-            .spawn(async move { client.send_bytes(request).await });
+        let (client, failing) = (self.client.clone(), self.failing.clone());
+        let sent = self.runtime.spawn(async move {
+            let answer = client.send_bytes(request).await;
+            let failure = match &answer {
+                Ok(response) if response.status().is_success() => None,
+                Ok(response) => Some(format!("the collector answered {}", response.status())),
+                Err(error) => Some(error.to_string()),
+            };
+            match failure {
+                Some(error) if !failing.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!(%error, "trace export ([tracing] endpoint) failing; spans are dropped until it works");
+                }
+                None if failing.swap(false, Ordering::Relaxed) => {
+                    tracing::info!("trace export works again");
+                }
+                _ => {}
+            }
+            answer
+        });
         Box::pin(async move { sent.await.map_err(|e| Box::new(e) as HttpError)? })
     }
 }
