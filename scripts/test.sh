@@ -5,10 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh
-# The official JavaScript client (tests/clients.rs), as pinned in tests/js/package-lock.json.
-if [ ! -d tests/js/node_modules/chromadb ]; then
-  (cd tests/js && npm ci --omit=optional --no-audit --no-fund)
-fi
 export ANONYMIZED_TELEMETRY=False
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "scripts/test.sh needs cargo-nextest: cargo install --locked cargo-nextest" >&2
