@@ -1,13 +1,12 @@
 //! Transparency: the official Python client's whole workflow (`tests/python/workflow.py`)
 //! gets the same answers, errors included, from Chroma directly and through the proxy.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use shift_testkit::scrape::{metrics_text, samples};
 use shift_testkit::stores::two_stores;
+use shift_testkit::transcript::{self, assert_same_transcripts, result_of, TranscriptFile};
 use shift_testkit::{http_json, python, Chroma, Proxy};
 
 /// Generous: the script makes about a hundred calls, each a Python round trip.
@@ -15,8 +14,7 @@ const WORKFLOW_LIMIT: Duration = Duration::from_secs(180);
 
 const COLLECTIONS: &str = "/api/v2/tenants/default_tenant/databases/default_database/collections";
 
-/// The steps that must fail, on both sides; every other step must succeed. Without this a
-/// proxy that broke everything the same way twice would pass.
+/// The steps that must fail, on both sides; every other step must succeed.
 const EXPECTED_ERRORS: &[(&str, &str)] = &[
     ("create_collection_duplicate", "ChromaError"),
     ("create_collection_invalid_name", "InvalidArgumentError"),
@@ -109,108 +107,19 @@ async fn python_workflow_answers_the_same_with_new_as_primary() -> anyhow::Resul
 /// Runs workflow.py against `url` and returns its transcript's steps.
 async fn run_workflow(url: &str, label: &str) -> anyhow::Result<Vec<Value>> {
     let out = TranscriptFile::new(label);
-    let out_arg = out.path.to_string_lossy().into_owned();
     python::run_script(
         "workflow.py",
-        &["--url", url, "--out", &out_arg],
+        &["--url", url, "--out", &out.arg()],
         WORKFLOW_LIMIT,
     )
     .await?;
-    let text = std::fs::read_to_string(&out.path)?;
-    let steps: Vec<Value> = serde_json::from_str(&text)?;
-    Ok(steps)
-}
-
-/// A transcript's path in the temp dir, removed when dropped.
-struct TranscriptFile {
-    path: PathBuf,
-}
-
-impl TranscriptFile {
-    fn new(label: &str) -> TranscriptFile {
-        let name = format!("chroma-shift-workflow-{}-{label}.json", std::process::id());
-        TranscriptFile {
-            path: std::env::temp_dir().join(name),
-        }
-    }
-}
-
-impl Drop for TranscriptFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn step_name(step: &Value) -> &str {
-    step["step"].as_str().unwrap_or("<unnamed>")
-}
-
-fn pretty(value: &Value) -> String {
-    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-}
-
-/// Step by step, so a failure names the first step that differs and shows both answers.
-fn assert_same_transcripts(direct: &[Value], proxied: &[Value]) {
-    for (index, (d, p)) in direct.iter().zip(proxied).enumerate() {
-        assert_eq!(
-            step_name(d),
-            step_name(p),
-            "step {index} has different names: the transcripts are out of step"
-        );
-        assert!(
-            d == p,
-            "step {index} `{}` differs\n--- direct Chroma\n{}\n--- through the proxy\n{}",
-            step_name(d),
-            pretty(d),
-            pretty(p)
-        );
-    }
-    assert_eq!(
-        direct.len(),
-        proxied.len(),
-        "the transcripts have different lengths"
-    );
+    out.steps()
 }
 
 /// Exactly the expected steps failed, with the expected error types, and every other step
 /// has a result.
 fn assert_expected_outcomes(steps: &[Value]) {
-    assert!(
-        steps.len() >= 40,
-        "only {} steps in the transcript",
-        steps.len()
-    );
-    let expected: BTreeMap<&str, &str> = EXPECTED_ERRORS.iter().copied().collect();
-    for step in steps {
-        let name = step_name(step);
-        match (expected.get(name), step.get("error")) {
-            (Some(kind), Some(error)) => assert_eq!(
-                error["type"].as_str(),
-                Some(*kind),
-                "step `{name}` failed differently than expected: {error}"
-            ),
-            (Some(_), None) => panic!("step `{name}` should fail but gave {}", pretty(step)),
-            (None, Some(error)) => panic!("step `{name}` failed: {}", pretty(error)),
-            (None, None) => assert!(
-                step.get("result").is_some(),
-                "step `{name}` has neither result nor error: {step}"
-            ),
-        }
-    }
-    for name in expected.keys() {
-        assert!(
-            steps.iter().any(|s| step_name(s) == *name),
-            "the transcript has no step `{name}`"
-        );
-    }
-}
-
-fn result_of<'a>(steps: &'a [Value], name: &str) -> &'a Value {
-    let step = steps
-        .iter()
-        .find(|s| step_name(s) == name)
-        .unwrap_or_else(|| panic!("the transcript has no step `{name}`"));
-    &step["result"]
+    transcript::assert_expected_outcomes(steps, EXPECTED_ERRORS, 40);
 }
 
 /// A few answers checked against what Chroma must say, so equal-but-wrong cannot pass.

@@ -64,6 +64,34 @@ class Normalizer:
         raise TypeError(f"cannot normalize {type(value).__name__}: {value!r}")
 
 
+class Transcript:
+    """The steps of a run, each its normalized result or the error it raised."""
+
+    def __init__(self):
+        self.normalize = Normalizer()
+        self.steps = []
+
+    def step(self, name, action):
+        """Runs one call; records its normalized result or the error it raised."""
+        try:
+            entry = {"step": name, "result": self.normalize(action())}
+        except Exception as error:  # the transcript records failures; the test judges them
+            entry = {
+                "step": name,
+                "error": {
+                    "type": type(error).__name__,
+                    "message": self.normalize.text(str(error)),
+                },
+            }
+        self.steps.append(entry)
+        return entry
+
+    def write(self, path):
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(self.steps, out, indent=1, sort_keys=True)
+        print(f"{len(self.steps)} steps written to {path}", file=sys.stderr)
+
+
 def collection_view(collection):
     """The collection's whole model (id, name, metadata, configuration, schema, ...)."""
     return collection._model.model_dump()
@@ -72,23 +100,8 @@ def collection_view(collection):
 def main():
     args = url_parser("--out").parse_args()
 
-    normalize = Normalizer()
-    transcript = []
-
-    def step(name, action):
-        """Runs one call; records its normalized result or the error it raised."""
-        try:
-            entry = {"step": name, "result": normalize(action())}
-        except Exception as error:  # the transcript records failures; the test judges them
-            entry = {
-                "step": name,
-                "error": {
-                    "type": type(error).__name__,
-                    "message": normalize.text(str(error)),
-                },
-            }
-        transcript.append(entry)
-        return entry
+    transcript = Transcript()
+    step = transcript.step
 
     client = client_for(args.url)
     # Explicit embeddings everywhere and no embedding function: the default one would try to
@@ -367,9 +380,7 @@ def main():
     )
     step("count_collections_final", client.count_collections)
 
-    with open(args.out, "w", encoding="utf-8") as out:
-        json.dump(transcript, out, indent=1, sort_keys=True)
-    print(f"{len(transcript)} steps written to {args.out}", file=sys.stderr)
+    transcript.write(args.out)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ mod secrets;
 mod server;
 mod state;
 mod tls;
+mod tracing_export;
 
 use std::path::Path;
 
@@ -61,6 +62,7 @@ pub use secrets::{IdentitySecrets, Secret, Secrets};
 pub use server::{ClientAuthConfig, ServerConfig};
 pub use state::StateConfig;
 pub use tls::TlsConfig;
+pub use tracing_export::{OtlpProtocol, TracingConfig};
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +132,9 @@ pub struct Config {
     /// Bounds on per-collection metric series.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Optional OpenTelemetry trace export (off by default).
+    #[serde(default)]
+    pub tracing: TracingConfig,
 }
 
 /// The prefix of environment overrides.
@@ -175,6 +180,7 @@ impl Config {
         self.validate_credentials()?;
         self.admin.validate()?;
         self.metrics.validate()?;
+        self.tracing.validate()?;
         Ok(())
     }
 }

@@ -271,12 +271,16 @@ impl Backend {
                 }
             }
         }
+        // The call's trace span (none unless `[tracing]` is on); the store continues its trace.
+        let span = crate::trace_ctx::backend_span(self.name.as_str(), &method, path_and_query);
+        crate::trace_ctx::inject(&span, &mut headers);
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
 
-        match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
+        let sent = tracing::Instrument::instrument(self.client.request(request), span);
+        match tokio::time::timeout(self.request_timeout, sent).await {
             Err(_) => Err(self.error(BackendErrorKind::Timeout(self.request_timeout))),
             Ok(Err(e)) if e.is_connect() => {
                 Err(self.error(BackendErrorKind::Connect(describe(&e))))

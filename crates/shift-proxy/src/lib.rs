@@ -70,6 +70,7 @@ pub mod shadow;
 pub mod shed;
 pub mod tls;
 pub mod topology;
+pub mod trace_ctx;
 pub mod write_task;
 
 pub use backend::{Backend, Backends};

@@ -252,6 +252,8 @@ const IDENTITY_MARK: char = '@';
 
 /// The identity a payload names, and the op's JSON after it.
 fn split_identity(bytes: &[u8]) -> (Option<&str>, &[u8]) {
+    // A journal entry may carry its request's trace context first (`trace_ctx::stamp`).
+    let bytes = crate::trace_ctx::unstamped(bytes);
     let named = bytes.strip_prefix(&[IDENTITY_MARK as u8]).and_then(|rest| {
         let end = rest.iter().position(|b| *b == b'\n')?;
         let name = std::str::from_utf8(&rest[..end]).ok()?;

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Request, Response};
+use tracing::Instrument;
 
 use crate::body::ProxyBody;
 use crate::metrics::ProxyMetrics;
@@ -77,41 +78,52 @@ where
         let metrics = self.metrics.clone();
         metrics.in_flight.inc();
         let in_flight = InFlight(metrics.in_flight.clone());
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let _in_flight = in_flight;
-            let response = response.await?;
-            let elapsed = started.elapsed();
-            let status = response.status();
-            let Some(handled) = response.extensions().get::<Handled>() else {
-                return Ok(response);
-            };
-            let op = handled.route.operation;
-            let operation = op.name();
-            let backend = handled.backend.map_or("proxy", |b| b.as_str());
-            let series = &metrics.request_series;
-            series.count(op, handled.backend, status);
-            series.observe_duration(op, elapsed.as_secs_f64());
-            if let (Some(upstream), Some(answered)) = (handled.upstream, handled.backend) {
-                series.observe_upstream(op, answered, upstream.as_secs_f64());
+        // The request's trace span (none unless `[tracing]` is on), around the whole request.
+        let span = crate::trace_ctx::request_span(
+            request.method(),
+            request.uri().path(),
+            request.headers(),
+        );
+        let response = span.in_scope(|| self.inner.call(request));
+        let traced = span.clone();
+        Box::pin(
+            async move {
+                let _in_flight = in_flight;
+                let response = response.await?;
+                let elapsed = started.elapsed();
+                let status = response.status();
+                let Some(handled) = response.extensions().get::<Handled>() else {
+                    return Ok(response);
+                };
+                let op = handled.route.operation;
+                let operation = op.name();
+                let backend = handled.backend.map_or("proxy", |b| b.as_str());
+                let series = &metrics.request_series;
+                series.count(op, handled.backend, status);
+                series.observe_duration(op, elapsed.as_secs_f64());
+                if let (Some(upstream), Some(answered)) = (handled.upstream, handled.backend) {
+                    series.observe_upstream(op, answered, upstream.as_secs_f64());
+                }
+                crate::trace_ctx::record_answer(&traced, operation, status);
+                let params = &handled.route.params;
+                tracing::info!(
+                    target: ACCESS_LOG_TARGET,
+                    %method,
+                    operation,
+                    tenant = params.tenant.as_deref().unwrap_or(""),
+                    database = params.database.as_deref().unwrap_or(""),
+                    collection = params.collection.as_deref().unwrap_or(""),
+                    status = status.as_u16(),
+                    backend,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    upstream_ms = handled.upstream.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                    error = handled.error.unwrap_or(""),
+                    identity = handled.identity.as_deref().unwrap_or(""),
+                    "request"
+                );
+                Ok(response)
             }
-            let params = &handled.route.params;
-            tracing::info!(
-                target: ACCESS_LOG_TARGET,
-                %method,
-                operation,
-                tenant = params.tenant.as_deref().unwrap_or(""),
-                database = params.database.as_deref().unwrap_or(""),
-                collection = params.collection.as_deref().unwrap_or(""),
-                status = status.as_u16(),
-                backend,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                upstream_ms = handled.upstream.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-                error = handled.error.unwrap_or(""),
-                identity = handled.identity.as_deref().unwrap_or(""),
-                "request"
-            );
-            Ok(response)
-        })
+            .instrument(span),
+        )
     }
 }

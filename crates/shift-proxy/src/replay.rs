@@ -387,8 +387,22 @@ impl<A: ApplyTarget> Run<'_, A> {
                 return self.park(key, 1, reason, "unreadable").await;
             }
         };
+        // A span in the trace of the first entry's request (none unless `[tracing]` is on).
+        let span = match crate::trace_ctx::enabled() {
+            true => crate::trace_ctx::replay_span(
+                target.as_str(),
+                batch.count,
+                self.lanes[key]
+                    .queue
+                    .iter()
+                    .take(batch.count)
+                    .map(|e| &e.payload[..]),
+            ),
+            false => tracing::Span::none(),
+        };
+        let apply = self.worker.applier.apply(target, &batch.op, &batch.caller);
         let mut result = tokio::select! {
-            result = self.worker.applier.apply(target, &batch.op, &batch.caller) => result,
+            result = tracing::Instrument::instrument(apply, span) => result,
             _ = self.stop.changed() => return Flow::Stop,
         };
         if let Err(ApplyError::Halted { reason, cause }) = result {

@@ -129,7 +129,13 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(work(tx));
+    // The task goes on in the request's trace span (none unless `[tracing]` is on).
+    let span = if crate::trace_ctx::enabled() {
+        tracing::Span::current()
+    } else {
+        tracing::Span::none()
+    };
+    tokio::spawn(tracing::Instrument::instrument(work(tx), span));
     rx.await.unwrap_or_else(|_| {
         Err(ProxyError::Internal(
             "the write's settlement task ended without an answer; see the proxy's log".to_owned(),
@@ -185,12 +191,12 @@ async fn journal(
         .map(|op| NewEntry {
             target: secondary,
             collection: op.lag_key,
-            payload: op.bytes,
+            // The request's trace context, for the replay's span (only with `[tracing]` on).
+            payload: crate::trace_ctx::stamp(op.bytes),
         })
         .collect();
-    plane
-        .journal
-        .commit_intent(intent, entries)
+    let span = crate::trace_ctx::journal_span();
+    tracing::Instrument::instrument(plane.journal.commit_intent(intent, entries), span)
         .await
         .map_err(state_failure)
 }

@@ -5,7 +5,8 @@
 //! - [`Proxy::builder`]: the whole proxy in-process on port 0, shut down when dropped.
 //! - [`FaultyBackend`]: a fake Chroma that answers what a test scripts (errors, 429, latency,
 //!   connection resets), for fault injection only.
-//! - [`python`]: runs the official Python client's scripts under `tests/python`.
+//! - [`python`]: runs the official Python client's scripts under `tests/python`; [`node`]: the
+//!   official JavaScript client's under `tests/js`; [`transcript`]: their transcripts compared.
 //! - [`collection`]: one collection over plain HTTP (create, id, records, count); [`stores`]:
 //!   whole stores (two of them, compared record by record); [`scrape`]: the proxy's metrics;
 //!   [`scene`]: a dead letter, a store down and back, waited for in `/admin/status`;
@@ -14,11 +15,13 @@
 pub mod collection;
 pub mod faulty;
 pub mod knobs;
+pub mod node;
 pub mod process;
 pub mod python;
 pub mod scene;
 pub mod scrape;
 pub mod stores;
+pub mod transcript;
 pub mod wait;
 
 use std::net::SocketAddr;

@@ -46,17 +46,29 @@ pub async fn run_script_at(
     args: &[&str],
     limit: Duration,
 ) -> anyhow::Result<ScriptOutput> {
-    let script = path.display();
-    let child = tokio::process::Command::new(python()?)
+    let mut command = tokio::process::Command::new(python()?);
+    command
         .arg(path)
         .args(args)
-        .env("ANONYMIZED_TELEMETRY", "False")
+        .env("ANONYMIZED_TELEMETRY", "False");
+    run_command(command, &path.display().to_string(), args, limit).await
+}
+
+/// Runs a client script's `command` (`script` and `args` name it in errors); fails with its
+/// output when it exits non-zero or runs longer than `limit`.
+pub(crate) async fn run_command(
+    mut command: tokio::process::Command,
+    script: &str,
+    args: &[&str],
+    limit: Duration,
+) -> anyhow::Result<ScriptOutput> {
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("cannot run {}", path.display()))?;
+        .with_context(|| format!("cannot run {script}"))?;
     let output = tokio::time::timeout(limit, child.wait_with_output())
         .await
         .with_context(|| format!("{script} ran longer than {limit:?}"))??;
