@@ -14,6 +14,6 @@ for lock in tests/*/package-lock.json; do
   stamp="$dir/node_modules/.package-lock.json"
   if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ]; then
     echo "npm ci in $dir"
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    (cd "$dir" && npm ci --omit=optional --no-audit --no-fund --loglevel=error)
   fi
 done
