@@ -218,6 +218,7 @@ pub(crate) fn fixture(primary: BackendName) -> Fixture {
         mode: MirrorMode::Journaled,
         reads: ReadPolicy::default(),
         paused: false,
+        mirror_stopped: false,
     });
     let switch = TopologySwitch::from_parts(
         topology.clone(),
@@ -667,6 +668,7 @@ async fn an_unreadable_persisted_topology_stops_the_start() {
         mode: MirrorMode::Journaled,
         reads: ReadPolicy::default(),
         paused: true,
+        mirror_stopped: false,
     };
     SwitchState::persist(&store, &topology).await.unwrap();
     assert_eq!(restore(&store).unwrap(), Some(topology));
