@@ -165,6 +165,17 @@ async fn the_readme_walkthrough_runs_as_written_against_the_quickstart() -> anyh
         "the backfill copied it"
     );
 
+    // The live view: two frames, each a cleared screen with the whole status, then it stops.
+    let watch: Vec<String> = ["ctl", "status", "--watch", "0.2", "--count", "2"]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    let (code, out) = run(dir.path(), &admin_url, &watch).await?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("\x1b[2J\x1b[H").count(), 2, "{out}");
+    assert_eq!(out.matches("primary      old").count(), 2, "{out}");
+    assert!(out.contains("finalize     undone at"), "{out}");
+
     if let Some(pid) = quickstart.id() {
         let _ = tokio::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
