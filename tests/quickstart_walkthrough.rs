@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use shift_local_chroma::free_port;
 use shift_testkit::collection::create_collection;
-use shift_testkit::process::chroma_shift_bin;
+use shift_testkit::process::{chroma_shift_bin, run_chroma_shift_in};
 use shift_testkit::stores::{ids_by_name, post_json, DEFAULT_DB};
 use shift_testkit::wait::wait_until;
 use shift_testkit::{chroma_bin, http, repo_root, ADMIN_TOKEN};
@@ -45,22 +45,9 @@ fn walkthrough() -> anyhow::Result<Vec<Vec<String>>> {
 }
 
 async fn run(dir: &Path, admin: &str, args: &[String]) -> anyhow::Result<(i32, String)> {
-    let output = tokio::process::Command::new(chroma_shift_bin()?)
-        .args(args)
-        .current_dir(dir)
-        .env("CHROMA_SHIFT_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("CHROMA_SHIFT_ADMIN_URL", admin)
-        .env("ANONYMIZED_TELEMETRY", "False")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok((output.status.code().unwrap_or(-1), text))
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run_chroma_shift_in(Some(dir), admin, ADMIN_TOKEN, &args).await?;
+    Ok((code, out + &err))
 }
 
 #[tokio::test]
