@@ -80,6 +80,9 @@ pub(crate) fn status_text(status: &Status) -> String {
         },
         state.pending_intents
     );
+    if let Some(replay) = &status.replay {
+        out.push_str(&replay_text(replay));
+    }
     if let Some(shadow) = &status.shadow {
         out.push_str(&shadow_text(shadow));
     }
@@ -165,6 +168,41 @@ fn number(value: Option<&Value>, digits: usize) -> String {
     value
         .and_then(Value::as_f64)
         .map_or("-".to_owned(), |n| format!("{n:.digits$}"))
+}
+
+/// The replay section: each target's replay, running or stopped (and why), what waits for a
+/// retry.
+pub(crate) fn replay_text(replay: &Value) -> String {
+    let mut out = String::new();
+    for target in [BackendName::New, BackendName::Old] {
+        let one = &replay[target.as_str()];
+        let state = one["state"].as_str().unwrap_or("-");
+        let stopped = &one["stopped"];
+        let _ = writeln!(
+            out,
+            "replay→{:<5} {state}{}; {} lanes, {} bytes held",
+            target.as_str(),
+            if stopped.is_object() {
+                format!(
+                    " since {} ({})",
+                    rfc3339(stopped["since_ms"].as_u64().unwrap_or(0)),
+                    stopped["reason"].as_str().unwrap_or("")
+                )
+            } else {
+                String::new()
+            },
+            count(one, "lanes"),
+            count(one, "held_bytes"),
+        );
+        for (key, failure) in one["waiting"].as_object().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  retrying {key:<38} {}",
+                failure.as_str().unwrap_or("")
+            );
+        }
+    }
+    out
 }
 
 /// The shadow section: totals, a table per collection, the recent mismatches.
@@ -415,6 +453,20 @@ mod tests {
         );
         assert!(text.contains("query      recall@10 0.80"), "{text}");
         assert!(!text.contains('{'), "no raw JSON: {text}");
+    }
+
+    #[test]
+    fn the_replay_section_says_what_runs_and_what_waits() {
+        let replay = json!({
+            "new": {"state": "running", "stopped": null, "waiting": {}, "held_bytes": 0, "lanes": 0},
+            "old": {"state": "stopped: unauthorized",
+                "stopped": {"cause": "unauthorized", "reason": "401", "since_ms": 0, "probes": 3},
+                "waiting": {"c-1": "503 busy"}, "held_bytes": 120, "lanes": 1},
+        });
+        assert_eq!(
+            replay_text(&replay),
+            "replay→new   running; 0 lanes, 0 bytes held\nreplay→old   stopped: unauthorized since 1970-01-01T00:00:00Z (401); 1 lanes, 120 bytes held\n  retrying c-1                                    503 busy\n"
+        );
     }
 
     #[test]
