@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test with nextest (per-test time limits in .config/nextest.toml): unit tests, and
 # end-to-end suites against real Chroma servers driven by the official Python client. Sets up
-# .venv first if needed. Builds against Cargo.lock as committed (--locked).
+# .venv and the tests' npm packages (scripts/setup-node.sh) first if needed. Builds against Cargo.lock as committed (--locked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh
+scripts/setup-node.sh
 export ANONYMIZED_TELEMETRY=False
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "scripts/test.sh needs cargo-nextest: cargo install --locked cargo-nextest" >&2

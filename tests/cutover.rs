@@ -64,6 +64,21 @@ async fn cutover_then_rollback_moves_the_primary_and_loses_nothing() -> anyhow::
         plan["plan"].as_array().is_some_and(|p| p.len() >= 4),
         "{plan}"
     );
+    // The catch-up (on by default) comes before the gate closes.
+    let steps: Vec<&str> = plan["plan"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let catch_up = steps.iter().position(|s| s.starts_with("catch up"));
+    let close = steps
+        .iter()
+        .position(|s| s.starts_with("close the write gate"));
+    assert!(
+        matches!((catch_up, close), (Some(a), Some(b)) if a < b),
+        "{plan}"
+    );
     assert!(
         plan["checks"]
             .as_array()
@@ -392,6 +407,12 @@ async fn switched_under_load(proxy: &Proxy, route: &str) -> anyhow::Result<Value
         .await?;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["switched"], true, "{report}");
+    // It caught up with writes flowing before it held them (the defaults: at most 2 entries
+    // left, within 10 s), and says how that went.
+    let caught = &report["catch_up"];
+    assert_eq!(caught["bound"], 2, "{report}");
+    let lag_after = caught["lag_after"].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(caught["caught_up"], lag_after <= 2, "{report}");
     Ok(report)
 }
 

@@ -81,6 +81,8 @@ pub struct ProxyOptions {
     pub mirror_mode: Option<String>,
     /// More keys of the `[mirror]` table (`retry_max = "100ms"`).
     pub mirror_extra: String,
+    /// More tables, appended to the config as they are (`[cutover]\ncatch_up_timeout = "0s"\n`).
+    pub extra_tables: String,
     /// Where the `[state] dir` is made (a new directory inside); the bench's temp dir when
     /// `None`.
     pub state_parent: Option<PathBuf>,
@@ -98,6 +100,7 @@ impl ProxyOptions {
             log_level: env_var("BENCH_PROXY_LOG", "info".to_owned())?,
             mirror_mode: std::env::var("BENCH_MIRROR_MODE").ok(),
             mirror_extra: String::new(),
+            extra_tables: String::new(),
             state_parent: std::env::var_os("BENCH_STATE_PARENT").map(PathBuf::from),
             // cargo runs benches in the package's directory: a relative path is taken from
             // the workspace root when it names nothing here.
@@ -182,9 +185,10 @@ pub async fn start_proxy(
              [backends.new]\nurl = \"{new_url}\"\n\
              [routing]\nprimary = \"old\"\n\
              [state]\ndir = \"{state}\"\n\
-             [log]\nlevel = \"{level}\"\n{mirror}",
+             [log]\nlevel = \"{level}\"\n{mirror}{extra}",
             state = state_dir.display(),
             level = options.log_level,
+            extra = options.extra_tables,
         ),
     )?;
     let log_path = dir.join(format!("{name}.log"));

@@ -14,6 +14,16 @@ pub struct CutoverConfig {
     /// abandoned and nothing changes.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Before closing the write gate, a switch lets writes flow until at most this many
+    /// journal entries wait for the target (the replay catches up), so few are left to drain
+    /// while writes are held.
+    pub catch_up_lag: u64,
+    /// How long that catch-up may take; when the lag is still above `catch_up_lag` by then
+    /// (writes arrive faster than the replay applies them), the switch closes the gate anyway
+    /// and drains the rest within `timeout`, as it would without a catch-up (its report says
+    /// so). `0s` turns the catch-up off.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_timeout: Duration,
 }
 
 impl Default for CutoverConfig {
@@ -21,6 +31,8 @@ impl Default for CutoverConfig {
         CutoverConfig {
             max_lag: 10_000,
             timeout: Duration::from_secs(30),
+            catch_up_lag: 2,
+            catch_up_timeout: Duration::from_secs(10),
         }
     }
 }

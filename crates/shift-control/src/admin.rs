@@ -119,6 +119,7 @@ pub fn app(state: AdminState) -> Router {
     } else {
         open
     };
+    let router = router.merge(crate::ui::routes());
     router.fallback(not_found).with_state(state)
 }
 

@@ -13,6 +13,8 @@
 //!   routes, over [`finalize`], which ends a migration after a cutover.
 //! - [`api`]: the admin API's request and response types, shared by the server and the client;
 //!   [`client`]: a typed client of a running proxy's admin API.
+//! - [`topology_metrics`]: the epoch and the primary as metrics, read at each scrape.
+//! - [`ui`]: the status page, `/ui` on the admin listener.
 //! - [`process`]: the whole proxy assembled from the config, for the binary and the tests.
 
 pub mod admin;
@@ -28,6 +30,8 @@ pub mod health;
 pub mod migrate_api;
 pub mod store_alerts;
 pub mod switch;
+pub mod topology_metrics;
+pub mod ui;
 
 pub use admin::{app, AdminState};
 pub use client::{AdminClient, AdminError, AdminTls};

@@ -171,6 +171,9 @@ impl ChromaShift {
         })
         .await?;
         registry.register(Box::new(TrackedCollector::new(&plane)?))?;
+        registry.register(Box::new(crate::topology_metrics::TopologyCollector::new(
+            plane.live_topology().clone(),
+        )?))?;
         let backfill = Backfiller::new(plane.clone(), &registry)?;
         let admin_auth = if config.admin.enabled {
             AdminAuth::from_secrets(&config.admin, &secrets, &registry)?
@@ -255,6 +258,8 @@ impl ChromaShift {
             SwitchDefaults {
                 max_lag: self.config.cutover.max_lag,
                 timeout: self.config.cutover.timeout,
+                catch_up_lag: self.config.cutover.catch_up_lag,
+                catch_up_timeout: self.config.cutover.catch_up_timeout,
             },
         ));
         switch.restore_pause().await;

@@ -8,6 +8,7 @@
 //! - [`python`]: runs the official Python client's scripts under `tests/python`.
 //! - [`collection`]: one collection over plain HTTP (create, id, records, count); [`stores`]:
 //!   whole stores (two of them, compared record by record); [`scrape`]: the proxy's metrics;
+//!   [`scene`]: a dead letter, a store down and back, waited for in `/admin/status`;
 //!   [`wait`]: polling for a condition; [`knobs`]: sizes and seeds from the environment.
 
 pub mod collection;
@@ -15,6 +16,7 @@ pub mod faulty;
 pub mod knobs;
 pub mod process;
 pub mod python;
+pub mod scene;
 pub mod scrape;
 pub mod stores;
 pub mod wait;

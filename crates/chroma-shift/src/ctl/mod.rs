@@ -351,6 +351,16 @@ fn print_switch(report: &SwitchReport) {
             println!("  {}. {}", i + 1, step);
         }
     }
+    if let Some(caught) = &report.catch_up {
+        println!(
+            "catch-up: {:.0} ms with writes flowing, {} -> {} journal entries (bound {}){}",
+            caught.ms,
+            caught.lag_before,
+            caught.lag_after,
+            caught.bound,
+            if caught.caught_up { "" } else { ", timed out" }
+        );
+    }
     match (&report.refused, report.switched) {
         (Some(reason), _) => println!("refused: {reason}"),
         (None, true) => println!(
@@ -358,6 +368,12 @@ fn print_switch(report: &SwitchReport) {
             report.to, report.epoch, report.writes_held_ms, report.drained_entries
         ),
         _ => println!("dry run: nothing changed"),
+    }
+    if report.hold.reopened_ms.is_some() {
+        println!(
+            "hold (ms since the gate began to close): {}",
+            report.hold.summary()
+        );
     }
     for note in &report.notes {
         println!("note: {note}");

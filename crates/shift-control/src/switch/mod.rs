@@ -4,6 +4,9 @@
 //! cut-over:
 //! 1. refuse, saying why, when the target is unhealthy, its journal lag is above the bound,
 //!    or dead letters exist (a forced switch overrides the last two and a down primary);
+//!    Then catch up ([`catch_up`]): writes still flowing, wait (within `[cutover]
+//!    catch_up_timeout`) until at most `catch_up_lag` entries wait for the target, so little is
+//!    left to drain with writes held; if the lag does not come down, go on anyway;
 //! 2. close the write gate: writes in flight finish and settle their intents, new writes are
 //!    held (not rejected); backfill batches and repairs pass the same gate;
 //! 3. forced, with the current primary down: move what only that store can settle out of the
@@ -37,17 +40,16 @@ use shift_proxy::gate::ClosedGate;
 use shift_proxy::mirror::MirrorOp;
 use shift_proxy::topology::{ReadPolicy, SharedTopology, Topology};
 use shift_proxy::DataPlaneState;
-use shift_state::{Seq, StoreError};
+use shift_state::StoreError;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::alerts::Alerter;
 use crate::health::HealthBoard;
 
-/// How often the drain is checked while writes are held.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
-/// Journal entries read at a time when looking for what to move.
-const SCAN_PAGE: usize = 1024;
+/// How often the drain is checked while writes are held (a read of in-memory counters: every
+/// poll interval a drained journal goes unnoticed is a longer hold).
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// Whether applying `op` to a store reads the other store (the source), so it cannot finish
 /// while the source is down. Checked against `shift_proxy::apply::Applier::apply`, variant by
@@ -147,6 +149,16 @@ pub struct SwitchReport {
     pub plan: Vec<String>,
     /// How long writes were held, in milliseconds.
     pub writes_held_ms: f64,
+    /// Of which closing the gate: the writes in flight finishing, in milliseconds.
+    #[serde(default)]
+    pub closing_ms: f64,
+    /// When each step of the hold ended (gate closed, intents settled, drained, committed,
+    /// reopened), so the hold can be read step by step.
+    #[serde(default)]
+    pub hold: HoldSteps,
+    /// The catch-up before the gate closed, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUpReport>,
     /// Journal entries applied to the target while writes were held.
     pub drained_entries: u64,
     /// Entries moved from the target's journal to the old primary's, because applying them
@@ -163,6 +175,10 @@ pub struct SwitchReport {
 pub struct SwitchDefaults {
     pub max_lag: u64,
     pub timeout: Duration,
+    /// The catch-up before the gate closes waits for at most this many entries to be left.
+    pub catch_up_lag: u64,
+    /// How long the catch-up may wait; zero turns it off.
+    pub catch_up_timeout: Duration,
 }
 
 /// Owns every change of the topology.
@@ -364,16 +380,6 @@ impl TopologySwitch {
     }
 }
 
-/// Entries moved out of one journal into another, remembered so they can be moved back.
-#[derive(Debug, Default)]
-struct Moved {
-    /// Their seqs in the journal they went to, with their payloads.
-    entries: Vec<(Seq, Vec<u8>)>,
-    /// How many are reconciliations of records, and of collections.
-    records: u64,
-    collections: u64,
-}
-
 impl SwitchCore {
     fn current(&self) -> Arc<Topology> {
         self.topology.current()
@@ -418,10 +424,16 @@ impl SwitchCore {
         // Forced away from a store that is down: what needs it moves to its own journal.
         let may_move = force && from != to;
         let checks = self.checks(direction, &current, &request, max_lag);
-        let mut plan = vec![
-            format!("check: {to} healthy, at most {max_lag} journal entries waiting for it, no dead letters"),
-            "close the write gate: let in-flight writes finish and settle, hold new ones".to_owned(),
-        ];
+        let (catch_up_lag, catch_up_timeout) =
+            (self.defaults.catch_up_lag, self.defaults.catch_up_timeout);
+        let mut plan = vec![format!(
+            "check: {to} healthy, at most {max_lag} journal entries waiting for it, no dead letters"
+        )];
+        plan.extend(catch_up::plan_step(to, catch_up_lag, catch_up_timeout));
+        plan.push(
+            "close the write gate: let in-flight writes finish and settle, hold new ones"
+                .to_owned(),
+        );
         if may_move {
             plan.push(format!(
                 "if {from} is down: move the reconciliations waiting for {to} (they read {from}) to {from}'s journal; {from} is brought in line when it returns"
@@ -442,6 +454,9 @@ impl SwitchCore {
             checks: checks.clone(),
             plan,
             writes_held_ms: 0.0,
+            closing_ms: 0.0,
+            hold: HoldSteps::default(),
+            catch_up: None,
             drained_entries: 0,
             moved_entries: 0,
             notes: Vec::new(),
@@ -455,8 +470,17 @@ impl SwitchCore {
             return Ok(report);
         }
 
-        let held_since = Instant::now();
-        let deadline = held_since + timeout;
+        // Forced away from a store that is down, what reads it never drains: no catch-up.
+        let from_down = may_move && !self.health.get(from).up;
+        if !catch_up_timeout.is_zero() && !from_down {
+            let caught = catch_up::catch_up(&*self.state, to, catch_up_lag, catch_up_timeout).await;
+            report
+                .notes
+                .extend(catch_up::note(to, &caught, catch_up_timeout));
+            report.catch_up = Some(caught);
+        }
+        let mut hold = HoldClock::start();
+        let deadline = Instant::now() + timeout;
         let Ok(gate) = tokio::time::timeout(timeout, self.gate.close()).await else {
             report.refused = Some(format!(
                 "writes in flight did not finish within {timeout:?}"
@@ -464,15 +488,17 @@ impl SwitchCore {
             return Ok(report);
         };
         failpoint("switch::gate_closed");
-        let held_ms = || held_since.elapsed().as_secs_f64() * 1000.0;
+        report.closing_ms = hold.stamp(|s| &mut s.gate_closed_ms);
         // Writes past the gate have settled, but a settlement that outlives its request
         // (a client that hung up) may still be journaling: wait for every intent.
         if let Err(reason) = self.settle_intents(deadline).await {
             drop(gate);
-            report.writes_held_ms = held_ms();
+            report.writes_held_ms = hold.stamp(|s| &mut s.reopened_ms);
+            report.hold = hold.steps;
             report.refused = Some(format!("{reason}; nothing changed"));
             return Ok(report);
         }
+        hold.stamp(|s| &mut s.intents_settled_ms);
         let before = self.state.waiting(to);
         let moved = match self.drain(to, from, may_move, deadline).await {
             Ok(moved) => moved,
@@ -487,7 +513,8 @@ impl SwitchCore {
                 // journal would copy the secondary's records into the primary.
                 let restored = self.move_back(from, moved.entries, to).await;
                 drop(gate);
-                report.writes_held_ms = held_ms();
+                report.writes_held_ms = hold.stamp(|s| &mut s.reopened_ms);
+                report.hold = hold.steps;
                 report.refused = Some(format!(
                     "the journal to {to} did not drain within {timeout:?} ({waiting} entries left); nothing changed"
                 ));
@@ -501,6 +528,7 @@ impl SwitchCore {
             }
         };
         failpoint("switch::drained");
+        hold.stamp(|s| &mut s.drained_ms);
         let next = Topology {
             epoch: current.epoch + 1,
             primary: to,
@@ -512,11 +540,13 @@ impl SwitchCore {
             restored?;
             return Err(error.into());
         }
+        hold.stamp(|s| &mut s.committed_ms);
         drop(gate);
+        report.writes_held_ms = hold.stamp(|s| &mut s.reopened_ms);
+        report.hold = hold.steps;
         report.switched = true;
         report.epoch = current.epoch + 1;
         report.drained_entries = before.saturating_sub(moved.entries.len() as u64);
-        report.writes_held_ms = held_ms();
         report.moved_entries = moved.entries.len() as u64;
         if moved.records > 0 {
             report.notes.push(format!(
@@ -535,6 +565,7 @@ impl SwitchCore {
             primary = %to,
             epoch = report.epoch,
             writes_held_ms = report.writes_held_ms,
+            hold = %report.hold.summary(),
             moved = report.moved_entries,
             "topology switched"
         );
@@ -683,67 +714,6 @@ impl SwitchCore {
         }
     }
 
-    /// Moves every entry of `target`'s journal that reads `dead` into `dead`'s journal, in
-    /// one transaction. `target`'s replay worker may be retrying the first of them; it skips
-    /// entries removed under it.
-    async fn move_source_readers(
-        &self,
-        target: BackendName,
-        dead: BackendName,
-    ) -> Result<Moved, StoreError> {
-        let mut moves = Vec::new();
-        let mut moved = Moved::default();
-        let mut after = None;
-        loop {
-            let page = self.state.read(target, after, SCAN_PAGE)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.seq);
-            let full = page.len() == SCAN_PAGE;
-            for entry in page {
-                // An unreadable entry is the replay's to park; it reads nothing.
-                let Ok(op) = MirrorOp::from_bytes(&entry.payload) else {
-                    continue;
-                };
-                if reads_the_source(&op) {
-                    match op {
-                        MirrorOp::ReconcileCollection { .. } => moved.collections += 1,
-                        _ => moved.records += 1,
-                    }
-                    moves.push((entry.seq, entry.payload));
-                }
-            }
-            if !full {
-                break;
-            }
-        }
-        if moves.is_empty() {
-            return Ok(moved);
-        }
-        let payloads: Vec<Vec<u8>> = moves.iter().map(|(_, p)| p.clone()).collect();
-        let seqs = self.state.retarget(target, moves, dead).await?;
-        tracing::warn!(
-            from = %target,
-            to = %dead,
-            count = seqs.len(),
-            "reconciliations that read a store that is down moved to its own journal"
-        );
-        moved.entries = seqs.into_iter().zip(payloads).collect();
-        Ok(moved)
-    }
-
-    /// Undoes [`SwitchCore::move_source_readers`] when the switch does not happen.
-    async fn move_back(
-        &self,
-        dead: BackendName,
-        entries: Vec<(Seq, Vec<u8>)>,
-        target: BackendName,
-    ) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        self.state.retarget(dead, entries, target).await.map(|_| ())
-    }
-
     /// Waits until `target`'s journal is empty. With `may_move`, once the health board says
     /// `from` is down (at the start, or while waiting), first moves what reads it to its own
     /// journal. What was moved, or why it stopped (with what was moved, to be moved back).
@@ -781,8 +751,18 @@ enum DrainError {
     StateStore(StoreError, Moved),
 }
 
+mod catch_up;
+#[cfg(test)]
+mod catch_up_tests;
+mod hold;
+mod moves;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;
+
+pub use catch_up::CatchUpReport;
+use hold::HoldClock;
+pub use hold::HoldSteps;
+use moves::Moved;
 
 pub use state::{restore, StoreFuture, SwitchState};

@@ -8,7 +8,7 @@ use serde_json::json;
 use shift_proxy::gate::LocalWriteGate;
 use shift_proxy::mirror::RecordKind;
 use shift_proxy::topology::shared;
-use shift_state::{JournalEntry, MapTable, StateStore};
+use shift_state::{JournalEntry, MapTable, Seq, StateStore};
 
 use super::*;
 
@@ -29,7 +29,7 @@ pub(crate) struct FakeInner {
 }
 
 impl FakeState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FakeInner> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, FakeInner> {
         self.inner.lock().unwrap()
     }
 
@@ -62,6 +62,17 @@ impl FakeState {
         let mut inner = self.lock();
         if let Some(journal) = inner.journals.get_mut(&target) {
             journal.retain(|_, payload| reads_the_source(&MirrorOp::from_bytes(payload).unwrap()));
+        }
+    }
+
+    /// What a replay worker does as it goes: applies the oldest entries of `target`'s journal
+    /// until only `left` remain.
+    pub fn keep_last(&self, target: BackendName, left: usize) {
+        let mut inner = self.lock();
+        if let Some(journal) = inner.journals.get_mut(&target) {
+            while journal.len() > left {
+                journal.pop_first();
+            }
         }
     }
 
@@ -164,13 +175,13 @@ impl Fixture {
     }
 
     /// Records a failed heartbeat of `backend`.
-    fn down(&self, backend: BackendName) {
+    pub(crate) fn down(&self, backend: BackendName) {
         self.health.record(backend, Err("refused".into()), 1.0);
     }
 }
 
 /// Starts a switch on its own task, as an admin request does.
-fn spawn_switch(
+pub(crate) fn spawn_switch(
     f: &Fixture,
     direction: Direction,
     request: SwitchRequest,
@@ -199,7 +210,7 @@ fn within(seconds: u64) -> SwitchRequest {
 }
 
 /// A switch request with `force` set.
-fn forced() -> SwitchRequest {
+pub(crate) fn forced() -> SwitchRequest {
     SwitchRequest {
         force: true,
         ..SwitchRequest::default()
@@ -207,6 +218,21 @@ fn forced() -> SwitchRequest {
 }
 
 pub(crate) fn fixture(primary: BackendName) -> Fixture {
+    fixture_with(
+        primary,
+        SwitchDefaults {
+            max_lag: 100,
+            timeout: Duration::from_secs(5),
+            // Off, so the phases after the gate closes are tested on their own; the catch-up
+            // tests (`catch_up_tests.rs`) turn it on.
+            catch_up_lag: 0,
+            catch_up_timeout: Duration::ZERO,
+        },
+    )
+}
+
+/// A fixture whose switch falls back on `defaults`.
+pub(crate) fn fixture_with(primary: BackendName, defaults: SwitchDefaults) -> Fixture {
     let state = Arc::new(FakeState::default());
     let gate: Arc<dyn WriteGate> = Arc::new(LocalWriteGate::default());
     let health = Arc::new(HealthBoard::new());
@@ -226,10 +252,7 @@ pub(crate) fn fixture(primary: BackendName) -> Fixture {
         state.clone(),
         health.clone(),
         Alerter::log_only(),
-        SwitchDefaults {
-            max_lag: 100,
-            timeout: Duration::from_secs(5),
-        },
+        defaults,
     );
     Fixture {
         switch,
@@ -240,7 +263,7 @@ pub(crate) fn fixture(primary: BackendName) -> Fixture {
     }
 }
 
-fn records(collection: &str, id: &str) -> MirrorOp {
+pub(crate) fn records(collection: &str, id: &str) -> MirrorOp {
     MirrorOp::Records {
         kind: RecordKind::Upsert,
         collection: collection.into(),
@@ -256,7 +279,7 @@ pub(crate) fn reconcile(collection: &str, id: &str) -> MirrorOp {
 }
 
 /// The gate lets a write through at once.
-async fn gate_is_open(gate: &Arc<dyn WriteGate>) -> bool {
+pub(crate) async fn gate_is_open(gate: &Arc<dyn WriteGate>) -> bool {
     tokio::time::timeout(Duration::from_millis(1), gate.enter())
         .await
         .is_ok()
@@ -401,6 +424,19 @@ async fn writes_are_held_while_the_journal_drains_then_go_to_the_new_primary() {
     assert_eq!(report.drained_entries, 2);
     assert_eq!(report.epoch, 2);
     assert!(report.writes_held_ms >= 400.0, "{report:?}");
+    // The hold's steps, in order: the 400 ms went to the drain.
+    let h = &report.hold;
+    let steps = [
+        h.gate_closed_ms,
+        h.intents_settled_ms,
+        h.drained_ms,
+        h.committed_ms,
+        h.reopened_ms,
+    ]
+    .map(|ms| ms.expect("every step reached"));
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{h:?}");
+    assert!(steps[1] < 400.0 && steps[2] >= 400.0, "{h:?}");
+    assert_eq!(h.reopened_ms, Some(report.writes_held_ms));
     let persisted = f.state.persisted().expect("persisted");
     assert_eq!((persisted.primary, persisted.epoch), (BackendName::New, 2));
     assert_eq!(*f.topology.current(), persisted);
@@ -420,6 +456,10 @@ async fn a_journal_that_does_not_drain_in_time_leaves_everything_as_it_was() {
         refused.contains("did not drain") && refused.contains("1 entries left"),
         "{refused}"
     );
+    // The hold says where it stopped: settled, never drained, reopened at the limit.
+    let h = &report.hold;
+    assert!(h.intents_settled_ms.is_some() && h.drained_ms.is_none() && h.committed_ms.is_none());
+    assert!(h.reopened_ms.is_some_and(|ms| ms >= 2000.0), "{h:?}");
     assert_unchanged(&f, BackendName::Old);
     assert_eq!(f.state.waiting(BackendName::New), 1);
     assert!(gate_is_open(&f.gate).await);
