@@ -53,9 +53,17 @@ enum Command {
     Verify(tools::VerifyArgs),
     /// Operate a running proxy through its admin API: status, cutover, rollback, pause ...
     Ctl(ctl::Ctl),
-    /// Start two local Chroma servers (old and new) and the proxy in front of them.
+    /// Print a shell completion script: `chroma-shift completions bash > /etc/bash_completion.d/chroma-shift`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Start two local Chroma servers (old and new) and the proxy in front of them (the
+    /// quickstart). Writes the config it runs with to DIR/chroma-shift.toml, so the other
+    /// commands (`inventory`, `backfill`, `verify`) run against it with `--config`.
+    #[command(visible_alias = "quickstart")]
     Dev {
-        /// Where the two servers keep their data.
+        /// Where the two servers keep their data, the proxy its state, and the config file.
         #[arg(long, default_value = ".demo")]
         dir: PathBuf,
         /// The proxy's data address: the Chroma URL for applications.
@@ -92,6 +100,15 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(load(&config)?).await,
             Command::CheckConfig { config } => check_config(&config),
             Command::Ctl(ctl) => ctl::run(ctl).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut <Cli as clap::CommandFactory>::command(),
+                    "chroma-shift",
+                    &mut std::io::stdout(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Backfill(args) => backfill_cmd::run(args).await,
             Command::Inventory(args) => tools::run_inventory(args).await,
             Command::Verify(args) => tools::run_verify(args).await,
@@ -183,6 +200,9 @@ async fn dev(
     let bin = find_chroma_bin().context(
         "no `chroma` command: run scripts/quickstart.sh, or `pip install chromadb==1.5.9`",
     )?;
+    // Absolute, so the config written below works from any directory.
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
     let mut servers = Vec::new();
     for (name, port) in [("old", old_port), ("new", new_port)] {
         let mut options = LocalChromaOptions::new(bin.clone(), dir.join(name));
@@ -193,7 +213,8 @@ async fn dev(
         servers.push(server);
     }
     let text = format!(
-        r#"
+        r#"# Written by `chroma-shift quickstart`: the config this proxy runs with. The walk-through
+# in the README uses it: chroma-shift inventory|backfill|verify --config {path}
 [server]
 listen = "{listen}"
 admin_listen = "{admin_listen}"
@@ -209,8 +230,12 @@ dir = "{state}"
         old = servers[0].url(),
         new = servers[1].url(),
         state = dir.join("state").display(),
+        path = dir.join(QUICKSTART_CONFIG).display(),
     );
     let config = Config::from_toml(&text).context("the dev configuration")?;
+    let path = dir.join(QUICKSTART_CONFIG);
+    std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("config: {}\n{text}", path.display());
     let _log = init_logging(&config)?;
     // The admin API needs a token: the environment's, or one made up for this run.
     let (admin_token, shown) = match std::env::var("CHROMA_SHIFT_ADMIN_TOKEN") {
@@ -232,12 +257,13 @@ dir = "{state}"
     };
     let proxy = ChromaShift::bind(config, secrets).await?;
     println!(
-        "\nchroma-shift is up.\n  Chroma URL for your app:  http://{data}\n  admin and metrics:        http://{admin}/metrics\n  admin token:              {shown}\n  old store (primary):      {old}  (data in {dir}/old)\n  new store:                {new}  (data in {dir}/new)\n\n  python: chromadb.HttpClient(host=\"{host}\", port={port})\n\nCtrl-C stops the proxy and both Chroma servers.\n",
+        "\nchroma-shift is up.\n  Chroma URL for your app:  http://{data}\n  admin and metrics:        http://{admin}/metrics\n  admin token:              {shown}\n  admin URL for ctl:        export CHROMA_SHIFT_ADMIN_URL=http://{admin}\n  config:                   {config}\n  old store (primary):      {old}  (data in {dir}/old)\n  new store:                {new}  (data in {dir}/new)\n\n  python: chromadb.HttpClient(host=\"{host}\", port={port})\n\nCtrl-C stops the proxy and both Chroma servers.\n",
         data = proxy.data_addr(),
         admin = proxy.admin_addr(),
         old = servers[0].url(),
         new = servers[1].url(),
         dir = dir.display(),
+        config = path.display(),
         host = proxy.data_addr().ip(),
         port = proxy.data_addr().port(),
     );
@@ -247,6 +273,9 @@ dir = "{state}"
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The file the quickstart writes its config to, in its directory.
+const QUICKSTART_CONFIG: &str = "chroma-shift.toml";
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {

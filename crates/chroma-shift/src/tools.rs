@@ -301,7 +301,7 @@ fn inventory_table(inventory: &Inventory) -> String {
 }
 
 /// Left-aligned columns, right-aligned where `numeric` says, two spaces apart.
-fn table<const N: usize>(rows: &[[String; N]], numeric: &[usize]) -> String {
+pub(crate) fn table<const N: usize>(rows: &[[String; N]], numeric: &[usize]) -> String {
     let mut widths = [0usize; N];
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -422,6 +422,7 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no collection named {} on either store", names.join(", "));
     }
     if !args.repair || report.matches {
+        record(admin.as_deref(), &args, &report).await;
         if args.json && args.repair {
             // With --repair the JSON always has the same shape; nothing needed repairing.
             let value =
@@ -454,6 +455,7 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("the proxy's journal toward {target} did not drain within {REPAIR_LIMIT:?}; verifying anyway");
     }
     let after = verifier.run().await.context("verify after the repair")?;
+    record(Some(&*admin), &args, &after).await;
     if args.json {
         let value = json!({
             "before": report,
@@ -467,6 +469,18 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         print!("{}", verify_text(&after));
     }
     Ok(exit(&after))
+}
+
+/// Records a verify of every collection with the proxy, where `ctl finalize` checks for it.
+async fn record(admin: Option<&AdminClient>, args: &VerifyArgs, report: &VerifyReport) {
+    let Some(admin) = admin else { return };
+    if !args.collections.is_empty() {
+        return;
+    }
+    let result = shift_control::api::VerifyResult::from(report);
+    if let Err(error) = admin.record_verify(&result).await {
+        eprintln!("note: the proxy did not record this verify: {error}");
+    }
 }
 
 fn parse_store(name: &str) -> Option<BackendName> {

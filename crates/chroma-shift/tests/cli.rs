@@ -176,3 +176,39 @@ async fn logs_carry_one_line_per_request_and_no_secret() -> anyhow::Result<()> {
     assert_eq!(refused["backend"], "proxy");
     Ok(())
 }
+
+#[test]
+fn completions_cover_every_command_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef chroma-shift"),
+        ("fish", "complete -c chroma-shift"),
+    ] {
+        let output = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in [
+            "serve",
+            "verify",
+            "ctl",
+            "finalize",
+            "quickstart",
+            "--watch",
+        ] {
+            assert!(script.contains(command), "{shell} completes {command}");
+        }
+    }
+    let output = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}

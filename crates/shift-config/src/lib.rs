@@ -23,6 +23,7 @@ mod alerts;
 mod backends;
 mod connections;
 mod cutover;
+mod finalize;
 mod health;
 mod identities;
 mod limits;
@@ -49,6 +50,7 @@ pub use alerts::AlertsConfig;
 pub use backends::{AuthHeader, BackendAuthConfig, BackendConfig, BackendName, BackendsConfig};
 pub use connections::ConnectionsConfig;
 pub use cutover::CutoverConfig;
+pub use finalize::FinalizeConfig;
 pub use health::HealthConfig;
 pub use identities::{valid_identity_name, ClientIdentityConfig, IdentityBackendTokens};
 pub use limits::LimitsConfig;
@@ -135,6 +137,9 @@ pub struct Config {
     /// Optional OpenTelemetry trace export (off by default).
     #[serde(default)]
     pub tracing: TracingConfig,
+    /// How a migration ends after a cutover: checks and the retention window.
+    #[serde(default)]
+    pub finalize: FinalizeConfig,
 }
 
 /// The prefix of environment overrides.

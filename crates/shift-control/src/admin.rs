@@ -52,6 +52,8 @@ pub struct AdminState {
     /// Extra status sections (shadow reads, backfill, replay), each filling its own part of
     /// [`Status`].
     pub sections: Arc<Vec<Arc<dyn StatusSection>>>,
+    /// Ends the migration after a cutover (`/admin/finalize`), when this process runs it.
+    pub finalize: Option<Arc<crate::finalize::Finalizer>>,
 }
 
 /// A part of `/admin/status` owned by another component.
@@ -108,6 +110,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/admin/dead-letters/{seq}/retry", post(retry_dead_letter))
         .route("/admin/dead-letters/{seq}/drop", post(drop_dead_letter))
         .merge(crate::migrate_api::routes())
+        .merge(crate::finalize_api::routes())
         .route("/admin/shadow", get(shadow))
         .route("/admin/audit", get(audit_entries));
     let admin = guard(admin, state.auth.clone(), state.audit.clone());
@@ -249,6 +252,7 @@ async fn status(State(state): State<AdminState>) -> Response {
         shadow: None,
         replay: None,
         backfill: None,
+        finalize: None,
         // The newest admin actions; the whole log is `GET /admin/audit`.
         audit: state.audit.recent(STATUS_AUDIT_ENTRIES).ok(),
     };
@@ -329,8 +333,28 @@ fn changed(result: Result<Arc<shift_proxy::topology::Topology>, ChangeError>) ->
     }
 }
 
+/// After a finalize nothing reaches the retired store: no sync writes, no canary or shadow reads.
+fn refused_when_finalized(state: &AdminState, what: &str) -> Option<Response> {
+    state.plane.topology().mirror_stopped.then(|| {
+        error(
+            StatusCode::CONFLICT,
+            ErrorKind::ConflictError,
+            format!("the migration is finalized: {what} would reach the retired store"),
+        )
+    })
+}
+
 async fn write_mode(State(state): State<AdminState>, body: Bytes) -> Response {
     match serde_json::from_slice::<WriteModeRequest>(&body) {
+        Ok(request) if request.mode == shift_config::MirrorMode::Sync => {
+            match refused_when_finalized(&state, "sync writes") {
+                Some(refusal) => with_detail(refusal, detail_of(&request)),
+                None => with_detail(
+                    changed(state.switch.set_mode(request.mode).await),
+                    detail_of(&request),
+                ),
+            }
+        }
         Ok(request) => with_detail(
             changed(state.switch.set_mode(request.mode).await),
             detail_of(&request),
@@ -345,6 +369,15 @@ async fn write_mode(State(state): State<AdminState>, body: Bytes) -> Response {
 
 async fn read_policy(State(state): State<AdminState>, body: Bytes) -> Response {
     match serde_json::from_slice::<ReadPolicy>(&body) {
+        Ok(policy) if policy != ReadPolicy::default() => {
+            match refused_when_finalized(&state, "canary or shadow reads") {
+                Some(refusal) => with_detail(refusal, detail_of(&policy)),
+                None => with_detail(
+                    changed(state.switch.set_reads(policy).await),
+                    detail_of(&policy),
+                ),
+            }
+        }
         Ok(policy) => with_detail(
             changed(state.switch.set_reads(policy).await),
             detail_of(&policy),

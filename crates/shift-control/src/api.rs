@@ -19,6 +19,9 @@ use serde_json::Value;
 use shift_config::{BackendName, MirrorMode};
 
 pub use crate::audit::{AuditEntry, Outcome};
+pub use crate::finalize::{
+    FinalizePhase, FinalizeRecord, FinalizeStatus, VerifyRecord, VerifyResult,
+};
 pub use crate::health::BackendHealth;
 pub use crate::switch::{Check, Direction, SwitchReport, SwitchRequest};
 pub use shift_migrate::backfill::{
@@ -154,6 +157,9 @@ pub struct Status {
     /// The newest admin actions, newest first (`None` when the state store cannot be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Vec<AuditEntry>>,
+    /// The end of the migration: the last finalize, its checks now, the last verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalize: Option<FinalizeStatus>,
 }
 
 /// The topology as `/admin/status` shows it: with the secondary spelled out.

@@ -324,6 +324,30 @@ impl AdminClient {
         self.post("/admin/repair", Some(request)).await
     }
 
+    /// `GET /admin/finalize`: the last finalize, the checks now, the last verify.
+    pub async fn finalize_status(&self) -> Result<crate::api::FinalizeStatus, AdminError> {
+        self.get("/admin/finalize").await
+    }
+
+    /// `POST /admin/finalize`: accepted (pending until the window ends), or a 409
+    /// [`AdminError::Api`] naming the failing checks.
+    pub async fn finalize(&self) -> Result<crate::api::FinalizeStatus, AdminError> {
+        self.post("/admin/finalize", None::<&()>).await
+    }
+
+    /// `POST /admin/finalize/undo`: undoes a pending finalize (409 when none is pending).
+    pub async fn undo_finalize(&self) -> Result<crate::api::FinalizeStatus, AdminError> {
+        self.post("/admin/finalize/undo", None::<&()>).await
+    }
+
+    /// `POST /admin/verify`: records a verify's result, which finalize's checks read.
+    pub async fn record_verify(
+        &self,
+        result: &crate::api::VerifyResult,
+    ) -> Result<crate::api::VerifyRecord, AdminError> {
+        self.post("/admin/verify", Some(result)).await
+    }
+
     async fn change<B: Serialize>(
         &self,
         path: &str,

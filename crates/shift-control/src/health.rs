@@ -223,7 +223,8 @@ pub async fn auto_rollback(
     audit: &AuditLog,
 ) -> bool {
     let topology = switch.current();
-    if topology.primary != BackendName::New {
+    // After a finalize the old store is retired: no way back (and no refusal every probe).
+    if topology.primary != BackendName::New || topology.mirror_stopped {
         return false;
     }
     let primary = board.get(BackendName::New);
@@ -390,6 +391,24 @@ mod tests {
         // A new outage starts its own clock.
         f.health.record(BackendName::New, Err("down".into()), 1.0);
         tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts, &audit).await);
+        assert_eq!(f.topology.current().primary, BackendName::New);
+        assert!(audit.recent(10).unwrap().is_empty(), "nothing was tried");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_auto_rollback_to_a_retired_store_after_a_finalize() {
+        let f = fixture(BackendName::New);
+        let finalized = shift_proxy::topology::Topology {
+            mirror_stopped: true,
+            ..(*f.topology.current()).clone()
+        };
+        f.topology.replace(std::sync::Arc::new(finalized));
+        let alerts = Alerter::log_only();
+        let (audit, _dir) = audit_log().await;
+        let config = config(Duration::from_secs(10));
+        f.health.record(BackendName::New, Err("down".into()), 1.0);
+        tokio::time::advance(Duration::from_secs(30)).await;
         assert!(!auto_rollback(&config, &f.health, &f.switch, &alerts, &audit).await);
         assert_eq!(f.topology.current().primary, BackendName::New);
         assert!(audit.recent(10).unwrap().is_empty(), "nothing was tried");

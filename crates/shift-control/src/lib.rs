@@ -9,7 +9,8 @@
 //! - [`store_alerts`]: alerts when the state store cannot take writes, and when it can again.
 //! - [`admin`]: the admin HTTP API on its own listener: `/metrics`, `/healthz`, `/readyz`,
 //!   `/admin/...`; [`migrate_api`]: its backfill and repair routes; [`admin_auth`]: its named
-//!   tokens and the limit on failed logins.
+//!   tokens and the limit on failed logins; [`finalize_api`]: its finalize and verify-record
+//!   routes, over [`finalize`], which ends a migration after a cutover.
 //! - [`api`]: the admin API's request and response types, shared by the server and the client;
 //!   [`client`]: a typed client of a running proxy's admin API.
 //! - [`topology_metrics`]: the epoch and the primary as metrics, read at each scrape.
@@ -23,6 +24,8 @@ pub mod api;
 pub mod audit;
 pub mod audit_layer;
 pub mod client;
+pub mod finalize;
+pub mod finalize_api;
 pub mod health;
 pub mod migrate_api;
 pub mod store_alerts;

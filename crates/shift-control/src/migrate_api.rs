@@ -111,6 +111,14 @@ async fn start(State(state): State<AdminState>, body: Bytes) -> Response {
         }
     };
     let detail = detail_of(&request);
+    if state.plane.topology().mirror_stopped {
+        let refusal = error(
+            StatusCode::CONFLICT,
+            ErrorKind::ConflictError,
+            "the migration is finalized: a backfill would write to the retired store",
+        );
+        return with_detail(refusal, detail);
+    }
     let answer = match backfiller.start(request) {
         Ok(progress) => reply(StatusCode::ACCEPTED, &progress),
         Err(e) => error(

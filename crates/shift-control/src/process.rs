@@ -141,6 +141,7 @@ impl ChromaShift {
                     shadow_percent: config.reads.shadow_percent,
                 },
                 paused: false,
+                mirror_stopped: false,
             },
         };
         // Writes in flight at the last stop are settled before any traffic is served. Their
@@ -298,6 +299,17 @@ impl ChromaShift {
             self.backfill.clone(),
         )));
         sections.push(admin::replay_section(replay_board.clone()));
+        let finalizer = crate::finalize::Finalizer::new(
+            self.plane.clone(),
+            switch.clone(),
+            self.audit.clone(),
+            self.config.finalize.clone(),
+        );
+        sections.push(Arc::new(crate::finalize_api::FinalizeSection(
+            finalizer.clone(),
+        )));
+        // Ends a pending finalize's window on time (it only waits; aborted on stop).
+        let finalize_task = tokio::spawn(finalizer.clone().run(tasks_stopped.clone()));
         let admin_app = admin::app(AdminState {
             registry: self.registry.clone(),
             health: board,
@@ -307,6 +319,7 @@ impl ChromaShift {
             audit: self.audit.clone(),
             backfill: Some(self.backfill.clone()),
             sections: Arc::new(sections),
+            finalize: Some(finalizer),
         });
         let client_ca = self
             .config
@@ -402,6 +415,7 @@ impl ChromaShift {
             }
         }
         store_alerts_task.abort();
+        finalize_task.abort();
         // Writes being settled run to the end (their tasks own them, not the connections):
         // wait for them, within a bound, so their journal entries are committed before exit.
         // Whatever is still unsettled then is an intent, reconciled at the next start.

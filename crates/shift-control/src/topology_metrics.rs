@@ -88,6 +88,7 @@ mod tests {
             mode: MirrorMode::Journaled,
             reads: ReadPolicy::default(),
             paused: false,
+            mirror_stopped: false,
         });
         let registry = Registry::new();
         registry

@@ -63,6 +63,7 @@ pub mod replay;
 pub mod request_series;
 pub mod reset;
 pub mod resolve;
+pub mod retired;
 pub mod server;
 pub mod service;
 pub mod settle;

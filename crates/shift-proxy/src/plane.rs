@@ -106,9 +106,14 @@ impl DataPlaneState {
             coordination.order.clone(),
             parts.writes.apply_batch_records,
         ));
+        // Finalize's hook: nothing is queued for a retired secondary.
+        let journal = Arc::new(crate::retired::RetiringJournal::new(
+            coordination.journal,
+            coordination.topology.clone(),
+        ));
         Ok(Arc::new(DataPlaneState {
             topology: coordination.topology,
-            journal: coordination.journal,
+            journal,
             state: parts.state,
             resolver,
             applier,

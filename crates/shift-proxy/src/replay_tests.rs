@@ -186,6 +186,7 @@ impl Harness {
             mode: shift_config::MirrorMode::Journaled,
             reads: Default::default(),
             paused: false,
+            mirror_stopped: false,
         });
         let worker = ReplayWorker {
             target: TARGET,

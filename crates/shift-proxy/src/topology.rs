@@ -26,6 +26,11 @@ pub struct Topology {
     /// Writes are held at the gate (by an operator's pause).
     #[serde(default)]
     pub paused: bool,
+    /// The migration is finalized (`/admin/finalize`, after its retention window): the
+    /// secondary is retired, nothing is journaled or sent to it any more, and no switch is
+    /// allowed. Absent (false) in every topology persisted before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirror_stopped: bool,
 }
 
 /// Canary and shadow shares of reads, in percent.
@@ -96,6 +101,7 @@ mod tests {
             mode: MirrorMode::Journaled,
             reads: ReadPolicy::default(),
             paused: false,
+            mirror_stopped: false,
         }
     }
 

@@ -102,7 +102,8 @@ impl Chroma {
     }
 }
 
-fn chroma_bin() -> anyhow::Result<PathBuf> {
+/// The `chroma` command: `$CHROMA_BIN`, a `.venv` above the current directory or the repo's, or `PATH`.
+pub fn chroma_bin() -> anyhow::Result<PathBuf> {
     if let Some(bin) = find_chroma_bin() {
         return Ok(bin);
     }

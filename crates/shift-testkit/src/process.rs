@@ -286,7 +286,22 @@ pub async fn run_chroma_shift(
     token: &str,
     args: &[&str],
 ) -> anyhow::Result<(i32, String, String)> {
-    let output = tokio::process::Command::new(chroma_shift_bin()?)
+    run_chroma_shift_in(None, admin_url, token, args).await
+}
+
+/// [`run_chroma_shift`] in the directory `dir` (the current one when `None`), where relative
+/// paths such as `--config .demo/chroma-shift.toml` resolve.
+pub async fn run_chroma_shift_in(
+    dir: Option<&Path>,
+    admin_url: &str,
+    token: &str,
+    args: &[&str],
+) -> anyhow::Result<(i32, String, String)> {
+    let mut command = tokio::process::Command::new(chroma_shift_bin()?);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let output = command
         .args(args)
         .env("CHROMA_SHIFT_ADMIN_URL", admin_url)
         .env("CHROMA_SHIFT_ADMIN_TOKEN", token)

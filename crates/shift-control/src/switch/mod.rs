@@ -314,7 +314,7 @@ impl TopologySwitch {
     }
 
     /// Persists and installs `change` of the current topology, one change at a time.
-    async fn change_topology(
+    pub(crate) async fn change_topology(
         &self,
         change: impl FnOnce(Topology) -> Topology + Send + 'static,
     ) -> Result<Arc<Topology>, ChangeError> {
@@ -625,6 +625,17 @@ impl SwitchCore {
                 },
             },
         ];
+        if current.mirror_stopped {
+            // Finalized: the secondary has missed every write since; never forced.
+            checks.push(Check {
+                name: "not_finalized".into(),
+                passed: false,
+                detail: format!(
+                    "the migration is finalized: {} is retired",
+                    current.secondary()
+                ),
+            });
+        }
         let (passed, detail) = forced(
             lag <= max_lag,
             format!("{lag} entries wait for {to} (bound {max_lag})"),

@@ -244,6 +244,7 @@ pub(crate) fn fixture_with(primary: BackendName, defaults: SwitchDefaults) -> Fi
         mode: MirrorMode::Journaled,
         reads: ReadPolicy::default(),
         paused: false,
+        mirror_stopped: false,
     });
     let switch = TopologySwitch::from_parts(
         topology.clone(),
@@ -707,6 +708,7 @@ async fn an_unreadable_persisted_topology_stops_the_start() {
         mode: MirrorMode::Journaled,
         reads: ReadPolicy::default(),
         paused: true,
+        mirror_stopped: false,
     };
     SwitchState::persist(&store, &topology).await.unwrap();
     assert_eq!(restore(&store).unwrap(), Some(topology));

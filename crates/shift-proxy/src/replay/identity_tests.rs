@@ -103,6 +103,7 @@ async fn entries_replay_as_their_identity_unmerged_across_identities_and_a_gone_
             mode: shift_config::MirrorMode::Journaled,
             reads: Default::default(),
             paused: false,
+            mirror_stopped: false,
         }),
     };
     let (stop, stopped) = watch::channel(false);

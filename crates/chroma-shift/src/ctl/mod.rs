@@ -11,12 +11,18 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
-use shift_config::{BackendName, MirrorMode, Secret};
+use shift_config::{MirrorMode, Secret};
 use shift_control::api::{
-    AuditEntries, AuditEntry, DeadLetter, DeadLetterPage, DeadLetters, Dropped, ReadPolicy,
-    Retried, Status, SwitchReport, SwitchRequest, Topology, TopologyChanged, TopologyStatus,
+    AuditEntries, AuditEntry, DeadLetter, DeadLetterPage, DeadLetters, Dropped, FinalizeStatus,
+    ReadPolicy, Retried, Status, SwitchReport, SwitchRequest, Topology, TopologyChanged,
+    TopologyStatus,
 };
 use shift_control::{AdminClient, AdminError, AdminTls};
+
+mod status_view;
+mod watch;
+
+use status_view::{audit_text, finalize_text, status_text, topology_line};
 
 #[derive(Debug, Args)]
 pub struct Ctl {
@@ -56,8 +62,11 @@ pub struct Ctl {
 
 #[derive(Debug, Subcommand)]
 enum CtlCommand {
-    /// Topology, backend health, journal lag, dead letters.
-    Status,
+    /// Topology, backend health, journal lag, dead letters, shadow reads, backfill, finalize.
+    Status(watch::WatchArgs),
+    /// End the migration after a cutover: checks (no lag, no dead letters, a recent passing
+    /// verify), then mirroring to the old store stops once `[finalize] retention` has passed.
+    Finalize(FinalizeArgs),
     /// Make the new store primary.
     Cutover(SwitchArgs),
     /// Make the old store primary again.
@@ -87,6 +96,16 @@ enum CtlCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+}
+
+#[derive(Debug, Args)]
+struct FinalizeArgs {
+    /// Undo a pending finalize: mirroring to the old store goes on.
+    #[arg(long, conflicts_with = "status")]
+    undo: bool,
+    /// Only show where the last finalize stands and the checks now.
+    #[arg(long)]
+    status: bool,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +186,7 @@ enum Answer {
     RetriedAll(Vec<Retried>, Option<AdminError>),
     Dropped(Dropped),
     Audit(Vec<AuditEntry>),
+    Finalize(Box<FinalizeStatus>),
 }
 
 /// The JSON of `retry --all`.
@@ -198,14 +218,17 @@ impl Answer {
             Answer::Audit(entries) => serde_json::to_value(AuditEntries {
                 entries: entries.clone(),
             }),
+            Answer::Finalize(status) => serde_json::to_value(status),
         }
     }
 
     fn print(&self) {
         match self {
-            Answer::Status(status) => print_status(status),
+            Answer::Status(status) => print!("{}", status_text(status)),
             Answer::Switch(report) => print_switch(report),
-            Answer::Topology(topology) => print_topology(&TopologyStatus::from(topology)),
+            Answer::Topology(topology) => {
+                print!("{}", topology_line(&TopologyStatus::from(topology)))
+            }
             Answer::DeadLetters(letters) => print_dead_letters(letters),
             Answer::Retried(retried) => print_retried(std::slice::from_ref(retried)),
             Answer::RetriedAll(retried, _) => print_retried(retried),
@@ -213,14 +236,22 @@ impl Answer {
                 "dropped #{} → {} collection {}: {}",
                 dropped.seq, dropped.target, dropped.collection, dropped.reason
             ),
-            Answer::Audit(entries) => print_audit(entries),
+            Answer::Audit(entries) => print!("{}", audit_text(entries)),
+            Answer::Finalize(status) => print!("{}", finalize_text(status)),
         }
     }
 }
 
 async fn call(admin: &AdminClient, command: &CtlCommand) -> Result<Answer, AdminError> {
     Ok(match command {
-        CtlCommand::Status => Answer::Status(Box::new(admin.status().await?)),
+        CtlCommand::Status(_) => Answer::Status(Box::new(admin.status().await?)),
+        CtlCommand::Finalize(args) if args.status => {
+            Answer::Finalize(Box::new(admin.finalize_status().await?))
+        }
+        CtlCommand::Finalize(args) if args.undo => {
+            Answer::Finalize(Box::new(admin.undo_finalize().await?))
+        }
+        CtlCommand::Finalize(_) => Answer::Finalize(Box::new(admin.finalize().await?)),
         CtlCommand::Cutover(args) => {
             Answer::Switch(Box::new(admin.cutover(&args.request()).await?))
         }
@@ -271,6 +302,11 @@ pub async fn run(ctl: Ctl) -> anyhow::Result<ExitCode> {
         ctl.client_key.clone(),
     )?;
     let admin = AdminClient::with_tls(ctl.admin_url.clone(), Secret::new(token), &tls)?;
+    if let CtlCommand::Status(args) = &ctl.command {
+        if let Some(every) = args.watch {
+            return watch::run(&admin, every, args.count, ctl.json).await;
+        }
+    }
     let answer = match call(&admin, &ctl.command).await {
         Ok(answer) => answer,
         // The API refused the call: its error, exit 1.
@@ -298,114 +334,6 @@ pub async fn run(ctl: Ctl) -> anyhow::Result<ExitCode> {
         }
         _ => ExitCode::SUCCESS,
     })
-}
-
-fn print_topology(topology: &TopologyStatus) {
-    println!(
-        "primary      {} (epoch {}); {} writes; reads: canary {}%, shadow {}%{}",
-        topology.primary,
-        topology.epoch,
-        match topology.write_mode {
-            MirrorMode::Journaled => "journaled",
-            MirrorMode::Sync => "sync",
-        },
-        topology.read_policy.canary_percent,
-        topology.read_policy.shadow_percent,
-        if topology.paused {
-            "; WRITES PAUSED"
-        } else {
-            ""
-        }
-    );
-}
-
-fn print_status(status: &Status) {
-    print_topology(&status.topology);
-    for name in [BackendName::Old, BackendName::New] {
-        let health = status.backends.get(name);
-        println!(
-            "{:<12} {}{}",
-            name.as_str(),
-            if health.up { "up" } else { "DOWN" },
-            match &health.error {
-                Some(error) => format!(" ({error})"),
-                None => format!(" ({:.1} ms)", health.latency_ms),
-            }
-        );
-    }
-    for target in [BackendName::New, BackendName::Old] {
-        let journal = status.journal.get(target);
-        println!(
-            "journal→{:<4} {} entries{}",
-            target.as_str(),
-            journal.entries,
-            journal
-                .oldest_age_s
-                .map_or(String::new(), |age| format!(", oldest {age:.1}s"))
-        );
-        for (id, lag) in &journal.collections {
-            println!(
-                "  {:<38} {:>8} entries  {}",
-                id,
-                lag.entries,
-                lag.name.as_deref().unwrap_or("")
-            );
-        }
-    }
-    println!("writes held  {}", status.writes_held);
-    println!("dead letters {}", status.dead_letters.count);
-    let state = &status.state;
-    println!(
-        "state store  {}; journal {} of {} bytes{}; {} intents pending",
-        match &state.unwritable_reason {
-            Some(reason) => format!("CANNOT WRITE ({reason})"),
-            None => "writable".to_owned(),
-        },
-        state.journal_bytes,
-        match state.max_journal_bytes {
-            0 => "unlimited".to_owned(),
-            max => max.to_string(),
-        },
-        if state.journal_full {
-            " (FULL: writes refused)"
-        } else {
-            ""
-        },
-        state.pending_intents
-    );
-    if let Some(shadow) = &status.shadow {
-        println!("{:<12} {shadow}", "shadow");
-    }
-    if let Some(backfill) = &status.backfill {
-        println!(
-            "{:<12} {}",
-            "backfill",
-            serde_json::to_string(backfill).unwrap_or_default()
-        );
-    }
-    if let Some(entries) = status.audit.as_ref().filter(|e| !e.is_empty()) {
-        println!("admin actions (newest first):");
-        print_audit(entries);
-    }
-}
-
-/// One line per admin action: when (UTC), who, what, how it ended, and its parameters.
-fn print_audit(entries: &[AuditEntry]) {
-    print_lines(entries, "no admin actions recorded", |entry| {
-        let at = std::time::UNIX_EPOCH + Duration::from_millis(entry.at_ms);
-        let detail = if entry.detail.is_empty() {
-            String::new()
-        } else {
-            format!("  [{}]", entry.detail)
-        };
-        format!(
-            "{}  {:<14} {:<20} {}{detail}",
-            humantime_serde::re::humantime::format_rfc3339_seconds(at),
-            entry.actor,
-            entry.action,
-            entry.outcome,
-        )
-    });
 }
 
 fn print_switch(report: &SwitchReport) {
