@@ -7,12 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shift_config::{Config, LogFormat};
+use shift_config::Config;
 use shift_control::ChromaShift;
 use shift_local_chroma::{find_chroma_bin, LocalChroma, LocalChromaOptions};
-use shift_proxy::log_writer::{log_writer, stdout_with_access_log, LogFlushGuard};
+use shift_proxy::log_writer::{self, LogFlushGuard};
 use shift_proxy::Drained;
-use tracing_subscriber::EnvFilter;
 
 mod backfill_cmd;
 mod ctl;
@@ -128,23 +127,11 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Sets up logging. The access log's lines are written out by a thread of their own (off the
-/// request path, see `shift_proxy::log_writer`); keep the guard until the end, it writes out
-/// the last ones.
+/// Sets up logging. The access log's lines are formatted and written out by a thread of their
+/// own (off the request path, see `shift_proxy::log_writer`); keep the guard until the end, it
+/// writes out the last ones.
 fn init_logging(config: &Config) -> anyhow::Result<LogFlushGuard> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let (writer, guard) = log_writer(std::io::stdout()).context("cannot start the log writer")?;
-    // Colours only for a terminal: a log file or a pipeline gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_writer(stdout_with_access_log(writer));
-    let _ = match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    Ok(guard)
+    log_writer::init_logging(&config.log).context("cannot start the log writer")
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {

@@ -1,16 +1,19 @@
 //! The outermost layer: one access-log line and the request metrics per request.
 //!
 //! It sits outside everything else so that every answer is counted and logged, the proxy's
-//! own errors included, and so that the in-flight gauge covers the whole request.
+//! own errors included, and so that the in-flight gauge covers the whole request. The line
+//! itself is formatted and written by the log writer's thread when there is one
+//! ([`crate::log_writer::access_sink`]); the request only leaves its fields there.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{Request, Response};
 
+use crate::access_line::AccessRecord;
 use crate::body::ProxyBody;
 use crate::metrics::ProxyMetrics;
 use crate::service::Handled;
@@ -95,23 +98,49 @@ where
             if let (Some(upstream), Some(answered)) = (handled.upstream, handled.backend) {
                 series.observe_upstream(op, answered, upstream.as_secs_f64());
             }
-            let params = &handled.route.params;
-            tracing::info!(
-                target: ACCESS_LOG_TARGET,
-                %method,
+            let record = AccessRecord {
+                at: SystemTime::now(),
+                method,
                 operation,
-                tenant = params.tenant.as_deref().unwrap_or(""),
-                database = params.database.as_deref().unwrap_or(""),
-                collection = params.collection.as_deref().unwrap_or(""),
-                status = status.as_u16(),
+                params: handled.route.params.clone(),
+                status: status.as_u16(),
                 backend,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                upstream_ms = handled.upstream.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-                error = handled.error.unwrap_or(""),
-                identity = handled.identity.as_deref().unwrap_or(""),
-                "request"
-            );
+                duration: elapsed,
+                upstream: handled.upstream,
+                error: handled.error.unwrap_or(""),
+                identity: handled.identity.clone(),
+            };
+            match crate::log_writer::access_sink() {
+                // Formatted and written by the log writer's thread.
+                Some(sink) => {
+                    if tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO) {
+                        sink.record(record);
+                    }
+                }
+                None => log_access_event(&record),
+            }
             Ok(response)
         })
     }
+}
+
+/// The access line as a tracing event, formatted by the subscriber: where no log writer takes
+/// [`AccessRecord`]s (tests, a terminal's coloured log). The log writer formats the same line.
+pub(crate) fn log_access_event(record: &AccessRecord) {
+    let params = &record.params;
+    tracing::info!(
+        target: ACCESS_LOG_TARGET,
+        method = %record.method,
+        operation = record.operation,
+        tenant = params.tenant.as_deref().unwrap_or(""),
+        database = params.database.as_deref().unwrap_or(""),
+        collection = params.collection.as_deref().unwrap_or(""),
+        status = record.status,
+        backend = record.backend,
+        duration_ms = record.duration.as_secs_f64() * 1000.0,
+        upstream_ms = record.upstream.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        error = record.error,
+        identity = record.identity.as_deref().unwrap_or(""),
+        "request"
+    );
 }
