@@ -406,6 +406,40 @@ async fn post_query(url: &str, collection: &str, body: &Bytes) -> anyhow::Result
 // ---------------------------------------------------------------------------------------------
 // The report.
 
+/// The issue's table: per workload, the proxy's and nginx's CPU per request and throughput
+/// side by side, as ratios (nothing when nginx did not run).
+fn proxy_against_nginx(
+    out: &mut String,
+    targets: &[Target],
+    all: &[Results],
+    ticks_per_second: u64,
+) {
+    let find = |name: &str| targets.iter().position(|t| t.name == name);
+    let (Some(proxy), Some(nginx)) = (find("proxy"), find("nginx")) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\n| workload | C | proxy CPU us/req | nginx CPU us/req | proxy / nginx CPU | proxy req/s / nginx's | proxy p99 - direct p99 (ms) |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for results in all {
+        let direct = summarize(&results.rounds[0], ticks_per_second);
+        let p = summarize(&results.rounds[proxy], ticks_per_second);
+        let n = summarize(&results.rounds[nginx], ticks_per_second);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            results.workload.name(),
+            results.concurrency,
+            p.cpu_per_request[2],
+            n.cpu_per_request[2],
+            p.cpu_per_request[2] / n.cpu_per_request[2],
+            p.throughput / n.throughput,
+            p.p99 - direct.p99,
+        );
+    }
+}
+
 struct ReportContext<'a> {
     ticks_per_second: u64,
     chroma_cpu: bool,
@@ -512,6 +546,7 @@ fn report(
             );
         }
     }
+    proxy_against_nginx(&mut out, targets, all, context.ticks_per_second);
     let _ = writeln!(
         out,
         "\n`x` columns are ratios to `direct` in the same run (latency: above 1 is slower; \
