@@ -426,14 +426,19 @@ fn proxy_against_nginx(
         let direct = summarize(&results.rounds[0], ticks_per_second);
         let p = summarize(&results.rounds[proxy], ticks_per_second);
         let n = summarize(&results.rounds[nginx], ticks_per_second);
+        // Fewer clock ticks than one (a few adds) read as zero: no ratio then.
+        let cpu_ratio = if n.cpu_per_request[2] > 0.0 {
+            format!("{:.2}", p.cpu_per_request[2] / n.cpu_per_request[2])
+        } else {
+            "-".to_owned()
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {:.0} | {:.0} | {cpu_ratio} | {:.2} | {:.2} |",
             results.workload.name(),
             results.concurrency,
             p.cpu_per_request[2],
             n.cpu_per_request[2],
-            p.cpu_per_request[2] / n.cpu_per_request[2],
             p.throughput / n.throughput,
             p.p99 - direct.p99,
         );
