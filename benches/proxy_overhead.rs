@@ -41,6 +41,11 @@
 //! a round starts; the timed section is send, wait for the head, read the body; any answer
 //! that is not a success stops the bench.
 //!
+//! The report ends with the proxy against nginx per workload (issue 12's table): the CPU per
+//! request of each, their ratio, the proxy's throughput over nginx's and the p99 it adds over
+//! direct. For per-request counts that do not depend on the machine's load, profile a fixed
+//! number of requests instead (`benches/python/fixed_load.py`, see benches/RESULTS.md).
+//!
 //! Everything is bounded: each round stops after `BENCH_ROUND_SECS` (default 1) or its
 //! request cap, whichever comes first; a catch-up wait after at most 60 s. Traffic goes to
 //! 127.0.0.1 only.
