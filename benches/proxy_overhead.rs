@@ -41,6 +41,11 @@
 //! a round starts; the timed section is send, wait for the head, read the body; any answer
 //! that is not a success stops the bench.
 //!
+//! The report ends with the proxy against nginx per workload (issue 12's table): the CPU per
+//! request of each, their ratio, the proxy's throughput over nginx's and the p99 it adds over
+//! direct. For per-request counts that do not depend on the machine's load, profile a fixed
+//! number of requests instead (`benches/python/fixed_load.py`, see benches/RESULTS.md).
+//!
 //! Everything is bounded: each round stops after `BENCH_ROUND_SECS` (default 1) or its
 //! request cap, whichever comes first; a catch-up wait after at most 60 s. Traffic goes to
 //! 127.0.0.1 only.
@@ -406,6 +411,45 @@ async fn post_query(url: &str, collection: &str, body: &Bytes) -> anyhow::Result
 // ---------------------------------------------------------------------------------------------
 // The report.
 
+/// The issue's table: per workload, the proxy's and nginx's CPU per request and throughput
+/// side by side, as ratios (nothing when nginx did not run).
+fn proxy_against_nginx(
+    out: &mut String,
+    targets: &[Target],
+    all: &[Results],
+    ticks_per_second: u64,
+) {
+    let find = |name: &str| targets.iter().position(|t| t.name == name);
+    let (Some(proxy), Some(nginx)) = (find("proxy"), find("nginx")) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\n| workload | C | proxy CPU us/req | nginx CPU us/req | proxy / nginx CPU | proxy req/s / nginx's | proxy p99 - direct p99 (ms) |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for results in all {
+        let direct = summarize(&results.rounds[0], ticks_per_second);
+        let p = summarize(&results.rounds[proxy], ticks_per_second);
+        let n = summarize(&results.rounds[nginx], ticks_per_second);
+        // Fewer clock ticks than one (a few adds) read as zero: no ratio then.
+        let cpu_ratio = if n.cpu_per_request[2] > 0.0 {
+            format!("{:.2}", p.cpu_per_request[2] / n.cpu_per_request[2])
+        } else {
+            "-".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {cpu_ratio} | {:.2} | {:.2} |",
+            results.workload.name(),
+            results.concurrency,
+            p.cpu_per_request[2],
+            n.cpu_per_request[2],
+            p.throughput / n.throughput,
+            p.p99 - direct.p99,
+        );
+    }
+}
+
 struct ReportContext<'a> {
     ticks_per_second: u64,
     chroma_cpu: bool,
@@ -512,6 +556,7 @@ fn report(
             );
         }
     }
+    proxy_against_nginx(&mut out, targets, all, context.ticks_per_second);
     let _ = writeln!(
         out,
         "\n`x` columns are ratios to `direct` in the same run (latency: above 1 is slower; \

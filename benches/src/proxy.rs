@@ -40,19 +40,8 @@ fn proxy_child(config_path: PathBuf) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let config = shift_config::Config::load(&config_path)?;
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-        // The log writer `chroma-shift serve` uses: access lines written by a thread of their own.
-        let (writer, _log) = shift_proxy::log_writer::log_writer(std::io::stdout())?;
-        // Colours only for a terminal, as `chroma-shift serve` does: the bench's log is a file.
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .with_writer(shift_proxy::log_writer::stdout_with_access_log(writer));
-        let _ = match config.log.format {
-            shift_config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
-            shift_config::LogFormat::Text => builder.try_init(),
-        };
+        // The logging `chroma-shift serve` sets up.
+        let _log = shift_proxy::log_writer::init_logging(&config.log)?;
         let secrets = config.secrets()?;
         let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {

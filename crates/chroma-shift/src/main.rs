@@ -7,14 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shift_config::{Config, LogFormat};
+use shift_config::Config;
 use shift_control::ChromaShift;
 use shift_local_chroma::{find_chroma_bin, LocalChroma, LocalChromaOptions};
-use shift_proxy::log_writer::{log_writer, stdout_with_access_log, LogFlushGuard};
+use shift_proxy::log_writer::{self, LogFlushGuard};
 use shift_proxy::Drained;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
 
 mod backfill_cmd;
 mod ctl;
@@ -149,32 +146,13 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 /// Sets up logging, and the trace export when `[tracing]` is on. The access log's lines are
-/// written out by a thread of their own (off the request path, see
+/// formatted and written out by a thread of their own (off the request path, see
 /// `shift_proxy::log_writer`); keep the guards until the end, they write out the last lines
 /// and spans.
 fn init_logging(config: &Config) -> anyhow::Result<(LogFlushGuard, otel::OtelGuard)> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    // The trace spans go to the exporter only: log lines look the same with tracing on.
-    let filter = filter.add_directive(
-        format!("{}=off", shift_proxy::trace_ctx::TARGET)
-            .parse()
-            .context("the log filter")?,
-    );
-    let (writer, guard) = log_writer(std::io::stdout()).context("cannot start the log writer")?;
-    // Colours only for a terminal: a log file or a pipeline gets plain text.
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_writer(stdout_with_access_log(writer));
-    let fmt = match config.log.format {
-        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
-        LogFormat::Text => fmt.boxed(),
-    };
     let (traces, traces_guard) = otel::layer(&config.tracing)?;
-    let _ = tracing_subscriber::registry()
-        .with(traces)
-        .with(fmt.with_filter(filter))
-        .try_init();
+    let guard = log_writer::init_logging_with(&config.log, traces)
+        .context("cannot start the log writer")?;
     Ok((guard, traces_guard))
 }
 

@@ -74,8 +74,10 @@ pub struct ClientIdentity {
 pub struct Backend {
     /// `old` or `new`: labels in metrics and logs.
     name: BackendName,
-    /// `scheme://authority` of the server.
-    origin: String,
+    /// The server's scheme and authority, parsed once: a request's URI is built from them and
+    /// its path without formatting and parsing a whole URI string each time.
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
     /// A path prefix of the base URL (`/chroma` in `https://host/chroma`), without a trailing slash.
     path_prefix: String,
     /// The pooled client.
@@ -115,6 +117,13 @@ impl Backend {
             Some(port) => format!("{}://{}:{}", url.scheme(), host, port),
             None => format!("{}://{}", url.scheme(), host),
         };
+        let parts = origin.parse::<Uri>().map(Uri::into_parts);
+        let Some((scheme, authority)) = parts.ok().and_then(|p| p.scheme.zip(p.authority)) else {
+            return Err(BackendBuildError::Url {
+                backend: name,
+                url: url.to_string(),
+            });
+        };
         let path_prefix = url.path().trim_end_matches('/').to_owned();
 
         let mut http = HttpConnector::new();
@@ -144,7 +153,8 @@ impl Backend {
 
         Ok(Backend {
             name,
-            origin,
+            scheme,
+            authority,
             path_prefix,
             client,
             credential,
@@ -206,11 +216,17 @@ impl Backend {
 
     /// The URI of `path_and_query` on this backend.
     fn uri(&self, path_and_query: &str) -> Result<Uri, BackendError> {
-        format!("{}{}{}", self.origin, self.path_prefix, path_and_query)
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| {
-                self.error(BackendErrorKind::Request(e.to_string()))
-            })
+        let path = if self.path_prefix.is_empty() {
+            http::uri::PathAndQuery::try_from(path_and_query)
+        } else {
+            http::uri::PathAndQuery::try_from(format!("{}{path_and_query}", self.path_prefix))
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query =
+            Some(path.map_err(|e| self.error(BackendErrorKind::Request(e.to_string())))?);
+        Uri::from_parts(parts).map_err(|e| self.error(BackendErrorKind::Request(e.to_string())))
     }
 
     fn error(&self, kind: BackendErrorKind) -> BackendError {

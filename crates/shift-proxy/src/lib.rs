@@ -31,6 +31,7 @@
 //! bounds their per-collection labels); [`backend`] is the one
 //! HTTP client for the stores.
 
+pub mod access_line;
 pub mod admission;
 pub mod apply;
 pub mod auth;

@@ -10,15 +10,18 @@
 //! until the process exits (lines logged after it is dropped are lost, as are those of the
 //! last moments of a process that crashes).
 //!
-//! Use [`stdout_with_access_log`] as the fmt subscriber's writer.
+//! Use [`stdout_with_access_log`] as the fmt subscriber's writer. Better still, hand the writer
+//! the access log itself ([`LogWriter::take_access_log`]): requests then leave their fields
+//! ([`AccessRecord`]) and this thread formats the lines too, off the request path.
 
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tracing_subscriber::fmt::writer::{MakeWriter, MakeWriterExt};
 
+use crate::access_line::{AccessFormat, AccessRecord};
 use crate::observe::ACCESS_LOG_TARGET;
 
 /// How far (in bytes) the writer may fall behind before logging threads wait for it.
@@ -55,6 +58,10 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     buffer: Vec<u8>,
+    /// Access lines still to format, in the order the requests ended.
+    records: Vec<AccessRecord>,
+    /// How records are formatted.
+    format: AccessFormat,
     /// The background writer waits for lines: the next line wakes it.
     idle: bool,
     closed: bool,
@@ -65,6 +72,28 @@ impl Shared {
         // A panic while holding the lock leaves a buffer that is still whole.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// What an unformatted record counts for against [`BUFFER_LIMIT`] (about its line's length).
+const RECORD_BYTES: usize = 320;
+
+impl State {
+    fn pending(&self) -> usize {
+        self.buffer.len() + self.records.len() * RECORD_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buffer.is_empty() && self.records.is_empty()
+    }
+}
+
+/// The writer that takes the access log's records, once one was given it.
+static ACCESS_SINK: OnceLock<LogWriter> = OnceLock::new();
+
+/// The log writer that takes the access log's records ([`LogWriter::take_access_log`]);
+/// `None` when the access log goes through tracing's formatter.
+pub fn access_sink() -> Option<&'static LogWriter> {
+    ACCESS_SINK.get()
 }
 
 /// The fmt subscriber's writer: access-log lines through `writer`, every other line straight
@@ -84,6 +113,57 @@ where
     access
         .with_filter(|meta: &tracing::Metadata<'_>| meta.target() == ACCESS_LOG_TARGET)
         .or_else(other)
+}
+
+/// Sets up the process's logging as `[log]` says (`RUST_LOG` wins over its level): every line
+/// to standard output, the access log's through the background writer, which also formats
+/// them, except for a terminal (there tracing's coloured lines are kept). Keep the guard until
+/// the end: it writes out the last lines. `chroma-shift serve` and the benches' proxy use it.
+pub fn init_logging(config: &shift_config::LogConfig) -> std::io::Result<LogFlushGuard> {
+    init_logging_with(config, tracing_subscriber::layer::Identity::new())
+}
+
+/// As [`init_logging`], with `extra` (the trace exporter's layer) beside the log lines. Spans
+/// of [`crate::trace_ctx::TARGET`] never reach the log: log lines look the same with the trace
+/// export on.
+pub fn init_logging_with<L>(
+    config: &shift_config::LogConfig,
+    extra: L,
+) -> std::io::Result<LogFlushGuard>
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level))
+        .add_directive(
+            format!("{}=off", crate::trace_ctx::TARGET)
+                .parse()
+                .map_err(std::io::Error::other)?,
+        );
+    let (writer, guard) = log_writer(std::io::stdout())?;
+    // Colours only for a terminal: a log file or a pipeline gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(stdout_with_access_log(writer.clone()));
+    let (fmt, format) = match config.format {
+        shift_config::LogFormat::Json => {
+            (fmt.json().flatten_event(true).boxed(), AccessFormat::Json)
+        }
+        shift_config::LogFormat::Text => (fmt.boxed(), AccessFormat::Text),
+    };
+    let installed = tracing_subscriber::registry()
+        .with(extra)
+        .with(fmt.with_filter(filter))
+        .try_init();
+    if installed.is_ok() && !ansi {
+        writer.take_access_log(format);
+    }
+    Ok(guard)
 }
 
 /// Starts the background writer over `out` (standard output in the proxy).
@@ -110,7 +190,8 @@ fn log_writer_with<W: Write + Send + 'static>(
         .name("log-writer".to_owned())
         .spawn(move || {
             let mut batch = Vec::new();
-            while background.next_batch(&mut batch) {
+            let mut records = Vec::new();
+            while background.next_batch(&mut batch, &mut records) {
                 // Nowhere to report a failed log write: the line is lost, the proxy goes on.
                 let _ = out.write_all(&batch).and_then(|()| out.flush());
                 batch.clear();
@@ -128,11 +209,12 @@ fn log_writer_with<W: Write + Send + 'static>(
 }
 
 impl Shared {
-    /// Waits for lines, lets more gather for `interval`, then takes them all into `batch`;
+    /// Waits for lines, lets more gather for `interval`, then takes them all into `batch`
+    /// (the records formatted after the lines already written; `records` is scratch space);
     /// false once closed with nothing left.
-    fn next_batch(&self, batch: &mut Vec<u8>) -> bool {
+    fn next_batch(&self, batch: &mut Vec<u8>, records: &mut Vec<AccessRecord>) -> bool {
         let mut state = self.lock();
-        while state.buffer.is_empty() {
+        while state.is_empty() {
             if state.closed {
                 return false;
             }
@@ -149,9 +231,63 @@ impl Shared {
             state = self.lock();
         }
         std::mem::swap(&mut state.buffer, batch);
+        std::mem::swap(&mut state.records, records);
+        let format = state.format;
         drop(state);
         self.room.notify_all();
+        for record in records.drain(..) {
+            record.write_line(format, batch);
+        }
         true
+    }
+}
+
+impl Shared {
+    /// Waits until `len` more bytes fit under the limit (or the buffer is empty, or closed).
+    fn room_for<'a>(&self, mut state: MutexGuard<'a, State>, len: usize) -> MutexGuard<'a, State> {
+        while !state.closed && !state.is_empty() && state.pending() + len > self.limit {
+            state = self
+                .room
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state
+    }
+
+    /// Wakes the background writer if it waits for lines.
+    fn wake_writer(&self, mut state: MutexGuard<'_, State>) {
+        if std::mem::take(&mut state.idle) {
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl LogWriter {
+    /// Makes this writer the access log's: from now on requests hand it their
+    /// [`AccessRecord`]s and its thread formats them as `format` says, instead of each request
+    /// formatting its line through tracing. Once per process; false (and nothing changed) when
+    /// a writer already took it.
+    pub fn take_access_log(&self, format: AccessFormat) -> bool {
+        self.set_access_format(format);
+        ACCESS_SINK.set(self.clone()).is_ok()
+    }
+
+    fn set_access_format(&self, format: AccessFormat) {
+        self.shared.lock().format = format;
+    }
+
+    /// Queues one request's access line.
+    pub fn record(&self, record: AccessRecord) {
+        let shared = &self.shared;
+        let state = shared.lock();
+        if state.closed {
+            // After the guard: nobody would write it out.
+            return;
+        }
+        let mut state = shared.room_for(state, RECORD_BYTES);
+        state.records.push(record);
+        shared.wake_writer(state);
     }
 }
 
@@ -163,20 +299,9 @@ impl Write for LogWriter {
             // After the guard: nobody would write it out.
             return Ok(bytes.len());
         }
-        while !state.closed
-            && !state.buffer.is_empty()
-            && state.buffer.len() + bytes.len() > shared.limit
-        {
-            state = shared
-                .room
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        state = shared.room_for(state, bytes.len());
         state.buffer.extend_from_slice(bytes);
-        if std::mem::take(&mut state.idle) {
-            drop(state);
-            shared.wake.notify_one();
-        }
+        shared.wake_writer(state);
         Ok(bytes.len())
     }
 
@@ -285,6 +410,48 @@ mod tests {
             "{access_text}"
         );
         assert!(!access_text.contains("something else"), "{access_text}");
+    }
+
+    /// Records are formatted by the writer's thread, in the order they came, in the format
+    /// given, and count against the limit like lines.
+    #[test]
+    fn records_are_formatted_by_the_writer_in_order() {
+        let sink = Sink::default();
+        let (writer, guard) =
+            log_writer_with(sink.clone(), 4 * RECORD_BYTES, Duration::from_millis(1)).unwrap();
+        writer.set_access_format(AccessFormat::Json);
+        let route = shift_chroma::classify(&http::Method::GET, "/api/v2/heartbeat");
+        std::thread::scope(|scope| {
+            let writer = writer.clone();
+            scope.spawn(move || {
+                for status in 0..200u16 {
+                    writer.record(AccessRecord {
+                        at: std::time::SystemTime::now(),
+                        method: http::Method::GET,
+                        operation: route.operation.name(),
+                        params: route.params.clone(),
+                        status,
+                        backend: "old",
+                        duration: Duration::from_micros(250),
+                        upstream: None,
+                        error: "",
+                        identity: None,
+                    });
+                }
+            });
+        });
+        drop(guard);
+        let text = String::from_utf8(sink.0.lock().unwrap().0.clone()).unwrap();
+        let statuses: Vec<u64> = text
+            .lines()
+            .map(|line| {
+                let line: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(line["operation"], "heartbeat");
+                assert_eq!(line["target"], ACCESS_LOG_TARGET);
+                line["status"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(statuses, (0..200).collect::<Vec<_>>());
     }
 
     /// A writer far behind makes loggers wait; nothing is lost.
