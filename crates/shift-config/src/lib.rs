@@ -21,6 +21,7 @@
 mod admin;
 mod alerts;
 mod backends;
+mod cluster;
 mod connections;
 mod cutover;
 mod health;
@@ -46,6 +47,7 @@ use serde::Deserialize;
 pub use admin::{AdminConfig, SINGLE_ADMIN_TOKEN_NAME};
 pub use alerts::AlertsConfig;
 pub use backends::{AuthHeader, BackendAuthConfig, BackendConfig, BackendName, BackendsConfig};
+pub use cluster::ClusterConfig;
 pub use connections::ConnectionsConfig;
 pub use cutover::CutoverConfig;
 pub use health::HealthConfig;
@@ -130,6 +132,9 @@ pub struct Config {
     /// Bounds on per-collection metric series.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Several replicas coordinated through etcd; absent, the proxy runs embedded.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The prefix of environment overrides.
@@ -175,6 +180,9 @@ impl Config {
         self.validate_credentials()?;
         self.admin.validate()?;
         self.metrics.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         Ok(())
     }
 }

@@ -9,10 +9,15 @@
 //! - [`collection`]: one collection over plain HTTP (create, id, records, count); [`stores`]:
 //!   whole stores (two of them, compared record by record); [`scrape`]: the proxy's metrics;
 //!   [`wait`]: polling for a condition; [`knobs`]: sizes and seeds from the environment.
+//! - [`etcd::EtcdCluster`]: N etcd members on loopback; [`nats::NatsServer`]: a nats-server with
+//!   JetStream (the cluster mode's servers), both from [`daemon`].
 
 pub mod collection;
+pub mod daemon;
+pub mod etcd;
 pub mod faulty;
 pub mod knobs;
+pub mod nats;
 pub mod process;
 pub mod python;
 pub mod scrape;
