@@ -57,6 +57,8 @@ pub enum ProxyStartError {
     State(#[from] StoreError),
     #[error("the admin API needs a token in {0}; set it, or turn the API off with [admin] enabled = false")]
     NoAdminToken(String),
+    #[error("[cluster]: cannot join the cluster: {0}")]
+    Cluster(#[from] shift_cluster::ClusterError),
     #[error("[{section}] certificate or key")]
     Tls {
         section: &'static str,
@@ -91,6 +93,8 @@ pub struct ChromaShift {
     admin_tls: Option<ListenerTls>,
     /// Open and refused connections of both listeners.
     connection_metrics: ConnectionMetrics,
+    /// This replica's membership, with `[cluster]`; left (its lease revoked) after the drain.
+    cluster: Option<shift_cluster::Cluster>,
 }
 
 impl ChromaShift {
@@ -143,6 +147,16 @@ impl ChromaShift {
                 paused: false,
             },
         };
+        // With [cluster], the cluster's topology in etcd wins (this one seeds it when absent).
+        let (coordination, cluster) = match &config.cluster {
+            Some(section) => {
+                let (cluster, coordination) =
+                    shift_cluster::Cluster::join(section, &store, initial).await?;
+                (coordination, Some(cluster))
+            }
+            None => (Coordination::embedded(&store, initial), None),
+        };
+        let initial = (*coordination.topology.current()).clone();
         // Writes in flight at the last stop are settled before any traffic is served. Their
         // outcome on the primary is unknown: one may still commit there (a request the killed
         // process had sent), so their reconciliations wait out the same grace as a live write
@@ -152,7 +166,7 @@ impl ChromaShift {
             .then(|| tokio::time::Instant::now() + config.mirror.unknown_outcome_grace);
         let audit = Arc::new(AuditLog::new(store.clone(), config.admin.audit_keep));
         let plane = DataPlaneState::new(PlaneParts {
-            coordination: Coordination::embedded(&store, initial),
+            coordination,
             state: store,
             backends: backends.clone(),
             namespaces: NamespaceMap::new(&config.namespaces),
@@ -207,6 +221,7 @@ impl ChromaShift {
             data_tls,
             admin_tls,
             connection_metrics,
+            cluster,
         })
     }
 
@@ -420,6 +435,9 @@ impl ChromaShift {
         }
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
+        if let Some(cluster) = self.cluster {
+            cluster.leave().await;
+        }
         drained
     }
 }
