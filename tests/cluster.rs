@@ -1,9 +1,9 @@
 //! The cluster mode end to end: a 3-member etcd, two real Chroma servers and three proxy
 //! replicas (as processes) joined through `[cluster]`.
 //!
-//! - Python writers spread over the three replicas, on shared collections (each writer's
-//!   records its own: the per-collection owner that orders one record's writes across
-//!   replicas is the next step of issue 13): after the drain both stores are identical, every
+//! - Python writers spread over the three replicas, on shared collections, one load on
+//!   overlapping ids and one where each writer logs its own records: the replicas forward each
+//!   collection's writes to its owner; after the drain both stores are identical, every
 //!   acknowledged write is on both, every replica answers the same collection ids, `verify`
 //!   exits 0.
 //! - etcd losing quorum: writes refused with a clear, Chroma-shaped 503, reads served;
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use shift_testkit::collection::{collection_id, count, get_or_create_collection};
 use shift_testkit::etcd::EtcdCluster;
 use shift_testkit::process::run_chroma_shift;
-use shift_testkit::scrape::wait_drained;
+use shift_testkit::scrape::{metric_sum, metrics_text, wait_drained};
 use shift_testkit::stores::{assert_same_records, check_acked_log, two_stores};
 use shift_testkit::wait::wait_until;
 use shift_testkit::{http_json, python, Chroma, Proxy, ProxyProcess, ADMIN_TOKEN};
@@ -62,9 +62,8 @@ async fn three_replicas_leave_both_stores_identical_with_the_same_collection_ids
     let acked: PathBuf = dir.path().join("acked.jsonl");
     let acked_arg = acked.display().to_string();
     let spread = urls.join(",");
-    let output = python::run_script(
-        "writers.py",
-        &[
+    let writers = |mode: &'static str, prefix: &'static str, seed: &'static str| {
+        let mut args = vec![
             "--url",
             &urls[0],
             "--spread",
@@ -76,17 +75,28 @@ async fn three_replicas_leave_both_stores_identical_with_the_same_collection_ids
             "--collections",
             "3",
             "--seed",
-            "13",
+            seed,
             "--mode",
-            "owned",
-            "--acked",
-            &acked_arg,
-        ],
-        LIMIT,
-    )
-    .await?;
-    let summary: Value = serde_json::from_str(output.stdout.lines().last().unwrap_or_default())?;
-    assert_eq!(summary["errors"], json!(0), "{summary}");
+            mode,
+            "--prefix",
+            prefix,
+        ];
+        if mode == "owned" {
+            args.extend(["--acked", acked_arg.as_str()]);
+        }
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let output = python::run_script("writers.py", &args, LIMIT).await?;
+            let summary: Value =
+                serde_json::from_str(output.stdout.lines().last().unwrap_or_default())?;
+            assert_eq!(summary["errors"], json!(0), "{mode}: {summary}");
+            anyhow::Ok(summary)
+        }
+    };
+    // Overlapping ids (mixed) and logged own ids (owned), at once.
+    let (mixed, summary) =
+        tokio::try_join!(writers("mixed", "mx", "5"), writers("owned", "dw", "13"))?;
     assert!(summary["acked"].as_u64().unwrap_or(0) >= 150, "{summary}");
 
     for proxy in &proxies {
@@ -97,8 +107,22 @@ async fn three_replicas_leave_both_stores_identical_with_the_same_collection_ids
     let compared = assert_same_records(&old.url(), &new.url()).await?;
     let checked = check_acked_log(&acked, &[("old", &old.url()), ("new", &new.url())]).await?;
     assert!(checked.present > 0, "{checked:?}");
-    for k in 0..3 {
-        let name = format!("dw-{k}");
+    let (mut answered, mut lost) = (0.0, 0.0);
+    for proxy in &proxies {
+        let text = metrics_text(&proxy.admin_url()).await?;
+        let forwarded = |outcome| {
+            metric_sum(
+                &text,
+                "chroma_shift_cluster_forwarded_total",
+                &[("outcome", outcome)],
+            )
+        };
+        answered += forwarded("answered");
+        lost += forwarded("unreachable") + forwarded("failed");
+    }
+    assert!(answered > 0.0, "no write was forwarded to its owner");
+    assert_eq!(lost, 0.0, "forwards failed with every replica up");
+    for name in (0..3).flat_map(|k| [format!("dw-{k}"), format!("mx-{k}")]) {
         let mut ids = Vec::new();
         for url in &urls {
             ids.push(collection_id(url, &name).await?);
@@ -117,7 +141,7 @@ async fn three_replicas_leave_both_stores_identical_with_the_same_collection_ids
     )
     .await?;
     assert_eq!(code, 0, "verify:\n{out}\n{err}");
-    eprintln!("{summary}; {checked:?}; {compared:?}");
+    eprintln!("{mixed}; {summary}; {answered} forwarded; {checked:?}; {compared:?}");
     Ok(())
 }
 

@@ -17,10 +17,13 @@
 
 pub mod clock;
 pub mod fence;
+pub mod forward;
 pub mod idmap;
 pub mod keys;
 pub mod member;
+pub mod owner;
 pub mod topology;
+pub mod view;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,9 +40,12 @@ use tokio::task::JoinHandle;
 
 use crate::clock::LeaseClock;
 use crate::fence::LeaseFencedJournal;
+use crate::forward::Forwarder;
 use crate::idmap::EtcdCollectionMap;
 use crate::keys::Keys;
 use crate::member::{MemberSettings, Membership};
+use crate::view::MemberView;
+use shift_proxy::DataPlaneState;
 
 /// What went wrong talking to the cluster's etcd.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +113,9 @@ impl std::fmt::Debug for Etcd {
 /// its view current. Dropping it stops them; [`Cluster::leave`] also revokes the lease.
 #[derive(Debug)]
 pub struct Cluster {
+    member_id: String,
+    members: Arc<MemberView>,
+    etcd_timeout: Duration,
     membership: Option<Membership>,
     clock: Arc<LeaseClock>,
     tasks: Vec<JoinHandle<()>>,
@@ -114,13 +123,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects to etcd, joins (a lease and a member key), reads or creates the topology from
-    /// `seed`, and builds the seams: the etcd topology and collection map, the lease-fenced
-    /// `state` as the journal, and this process's order locks and gate.
+    /// Connects to etcd, joins (a lease and a member key naming `address`, where the others
+    /// forward this replica the writes it owns), reads or creates the topology from `seed`,
+    /// and builds the seams: the etcd topology and collection map, the lease-fenced `state`
+    /// as the journal, and this process's order locks and gate.
     pub async fn join(
         config: &ClusterConfig,
         state: &StateStore,
         seed: Topology,
+        address: String,
     ) -> Result<(Cluster, Coordination), ClusterError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(config.etcd_timeout)
@@ -138,12 +149,15 @@ impl Cluster {
             MemberSettings {
                 id: config.member_id.clone(),
                 key: keys.member(&config.member_id),
+                address,
                 ttl: config.lease_ttl,
                 timeout: config.etcd_timeout,
             },
         )
         .await?;
         let joined = topology::join(&client, keys.topology(), seed, config.etcd_timeout).await?;
+        let (members, members_task) =
+            view::follow(&client, keys.members(), config.etcd_timeout).await?;
         let journal = LeaseFencedJournal::new(Arc::new(state.clone()), membership.clock().clone());
         let coordination = Coordination {
             order: Arc::new(OrderLocks::default()),
@@ -158,13 +172,38 @@ impl Cluster {
         };
         Ok((
             Cluster {
+                member_id: config.member_id.clone(),
+                members,
+                etcd_timeout: config.etcd_timeout,
                 clock: membership.clock().clone(),
                 membership: Some(membership),
-                tasks: joined.tasks.into(),
+                tasks: joined.tasks.into_iter().chain([members_task]).collect(),
                 timeout: config.etcd_timeout,
             },
             coordination,
         ))
+    }
+
+    /// The live members as this replica sees them.
+    pub fn members(&self) -> &Arc<MemberView> {
+        &self.members
+    }
+
+    /// The forwarding layer for the data plane over `plane`: writes of a collection another
+    /// replica owns go to it ([`Forwarder::layer`]). Its counter goes in `registry`.
+    pub fn forwarder(
+        &self,
+        plane: Arc<DataPlaneState>,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Forwarder>, prometheus::Error> {
+        let forwarder = Forwarder::new(
+            self.member_id.clone(),
+            self.members.clone(),
+            plane,
+            self.etcd_timeout,
+            registry,
+        )?;
+        Ok(Arc::new(forwarder))
     }
 
     /// The membership lease's deadline.

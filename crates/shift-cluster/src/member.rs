@@ -20,10 +20,21 @@ pub(crate) struct MemberSettings {
     pub id: String,
     /// Its key (`PREFIX/members/<id>`).
     pub key: String,
+    /// Where the others forward it writes (its `internal_address`).
+    pub address: String,
     /// The lease's time to live.
     pub ttl: Duration,
     /// Limit on each etcd call.
     pub timeout: Duration,
+}
+
+/// A member key's value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberRecord {
+    /// The replica's `member_id`.
+    pub id: String,
+    /// Its internal address (`http://host:port`).
+    pub address: String,
 }
 
 /// The held membership; the renewing task stops when this is dropped.
@@ -96,7 +107,11 @@ async fn grant(
     let ttl = i64::try_from(settings.ttl.as_secs()).unwrap_or(i64::MAX);
     let sent = Instant::now();
     let granted = etcd_call(settings.timeout, client.lease_grant(ttl, None)).await?;
-    let value = serde_json::json!({ "id": settings.id }).to_string();
+    let value = serde_json::to_string(&MemberRecord {
+        id: settings.id.clone(),
+        address: settings.address.clone(),
+    })
+    .map_err(ClusterError::encode)?;
     etcd_call(
         settings.timeout,
         client.put(

@@ -34,6 +34,7 @@ fn config(etcd: &EtcdCluster, member: &str, ttl: Duration) -> ClusterConfig {
         key_prefix: "/test".into(),
         lease_ttl: ttl,
         etcd_timeout: Duration::from_secs(1),
+        internal_address: None,
     }
 }
 
@@ -47,7 +48,8 @@ struct Replica {
 async fn join(config: &ClusterConfig, seed: Topology) -> anyhow::Result<Replica> {
     let dir = tempfile::tempdir()?;
     let state = StateStore::open(dir.path()).await?;
-    let (cluster, plane) = Cluster::join(config, &state, seed).await?;
+    let address = format!("http://{}.invalid:8000", config.member_id);
+    let (cluster, plane) = Cluster::join(config, &state, seed, address).await?;
     Ok(Replica {
         cluster,
         plane,

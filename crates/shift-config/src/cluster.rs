@@ -1,6 +1,7 @@
 //! `[cluster]`: several proxy replicas coordinated through etcd (optional; without the
 //! section the proxy runs embedded, one process owning its state).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -28,6 +29,12 @@ pub struct ClusterConfig {
     /// Limit on connecting to etcd and on each etcd call.
     #[serde(default = "default_etcd_timeout", with = "humantime_serde")]
     pub etcd_timeout: Duration,
+    /// Where the other replicas reach this one's data listener to forward it the writes of the
+    /// collections it owns (`http://10.1.2.3:8000`; in Kubernetes from the pod IP through
+    /// `CHROMA_SHIFT_CLUSTER__INTERNAL_ADDRESS`). Unset: `http://` and `server.listen`, which
+    /// then must name a specific address (not 0.0.0.0).
+    #[serde(default)]
+    pub internal_address: Option<String>,
 }
 
 fn default_key_prefix() -> String {
@@ -43,7 +50,38 @@ fn default_etcd_timeout() -> Duration {
 }
 
 impl ClusterConfig {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// The URL the other replicas forward to (see `internal_address`); `None` when it is
+    /// unset and `listen` names no specific address.
+    pub fn internal_url(&self, listen: SocketAddr) -> Option<String> {
+        match &self.internal_address {
+            Some(address) => Some(address.trim_end_matches('/').to_owned()),
+            None if listen.ip().is_unspecified() => None,
+            None => Some(format!("http://{listen}")),
+        }
+    }
+
+    pub(crate) fn validate(&self, listen: SocketAddr, data_tls: bool) -> Result<(), ConfigError> {
+        match self.internal_url(listen) {
+            None => {
+                return Err(invalid(
+                    "cluster.internal_address",
+                    "set it (http://POD_IP:PORT): server.listen binds every address, so it does not say where the other replicas reach this one",
+                ))
+            }
+            Some(url) if !url.starts_with("http://") => {
+                return Err(invalid(
+                    "cluster.internal_address",
+                    format!("{url:?}: replicas forward to each other over plain http:// (not https:// yet)"),
+                ))
+            }
+            Some(_) if data_tls => {
+                return Err(invalid(
+                    "cluster.internal_address",
+                    "replicas forward to each other over plain HTTP, which a data listener with [server.tls] does not speak; cluster mode with [server.tls] is not supported yet",
+                ))
+            }
+            Some(_) => {}
+        }
         if self.etcd_endpoints.is_empty() {
             return Err(invalid(
                 "cluster.etcd_endpoints",
@@ -118,6 +156,25 @@ mod tests {
         assert_eq!(cluster.key_prefix, "/chroma-shift");
         assert_eq!(cluster.lease_ttl.as_secs(), 10);
         assert!(Config::from_toml(BASE).unwrap().cluster.is_none());
+        let listen = config.server.listen;
+        assert_eq!(
+            cluster.internal_url(listen).unwrap(),
+            "http://127.0.0.1:8000"
+        );
+        // Listening on every address, the internal address must be given.
+        let everywhere = BASE.replace("127.0.0.1:8000", "0.0.0.0:8000");
+        let section = "[cluster]\netcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\n";
+        let error = Config::from_toml(&format!("{everywhere}\n{section}")).unwrap_err();
+        assert!(
+            error.to_string().contains("cluster.internal_address"),
+            "{error}"
+        );
+        let given = Config::from_toml(&format!(
+            "{everywhere}\n{section}internal_address = \"http://10.0.0.7:8000/\"\n"
+        ))
+        .unwrap();
+        let url = given.cluster.unwrap().internal_url(given.server.listen);
+        assert_eq!(url.as_deref(), Some("http://10.0.0.7:8000"));
         for (bad, key) in [
             (
                 "etcd_endpoints = []\nmember_id = \"a\"",
@@ -138,6 +195,10 @@ mod tests {
             (
                 "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\nkey_prefix = \"x/\"",
                 "cluster.key_prefix",
+            ),
+            (
+                "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\ninternal_address = \"https://p:8000\"",
+                "cluster.internal_address",
             ),
         ] {
             let error = Config::from_toml(&format!("{BASE}\n[cluster]\n{bad}\n")).unwrap_err();

@@ -181,7 +181,7 @@ impl Config {
         self.admin.validate()?;
         self.metrics.validate()?;
         if let Some(cluster) = &self.cluster {
-            cluster.validate()?;
+            cluster.validate(self.server.listen, self.server.tls.is_some())?;
         }
         Ok(())
     }

@@ -95,6 +95,8 @@ pub struct ChromaShift {
     connection_metrics: ConnectionMetrics,
     /// This replica's membership, with `[cluster]`; left (its lease revoked) after the drain.
     cluster: Option<shift_cluster::Cluster>,
+    /// With `[cluster]`: sends writes of collections other replicas own to them.
+    forwarder: Option<Arc<shift_cluster::forward::Forwarder>>,
 }
 
 impl ChromaShift {
@@ -150,8 +152,12 @@ impl ChromaShift {
         // With [cluster], the cluster's topology in etcd wins (this one seeds it when absent).
         let (coordination, cluster) = match &config.cluster {
             Some(section) => {
+                // Validated with the config: set, or derived from server.listen.
+                let address = section
+                    .internal_url(config.server.listen)
+                    .unwrap_or_else(|| format!("http://{}", config.server.listen));
                 let (cluster, coordination) =
-                    shift_cluster::Cluster::join(section, &store, initial).await?;
+                    shift_cluster::Cluster::join(section, &store, initial, address).await?;
                 (coordination, Some(cluster))
             }
             None => (Coordination::embedded(&store, initial), None),
@@ -184,6 +190,10 @@ impl ChromaShift {
         })
         .await?;
         registry.register(Box::new(TrackedCollector::new(&plane)?))?;
+        let forwarder = match &cluster {
+            Some(cluster) => Some(cluster.forwarder(plane.clone(), &registry)?),
+            None => None,
+        };
         let backfill = Backfiller::new(plane.clone(), &registry)?;
         let admin_auth = if config.admin.enabled {
             AdminAuth::from_secrets(&config.admin, &secrets, &registry)?
@@ -222,6 +232,7 @@ impl ChromaShift {
             admin_tls,
             connection_metrics,
             cluster,
+            forwarder,
         })
     }
 
@@ -404,7 +415,14 @@ impl ChromaShift {
             mode = ?self.plane.topology().mode,
             "chroma-shift is serving"
         );
-        let drained = shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await;
+        // With [cluster], writes of collections other replicas own are forwarded to them.
+        let drained = match &self.forwarder {
+            Some(forwarder) => {
+                let data_plane = forwarder.layer(data_plane);
+                shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await
+            }
+            None => shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await,
+        };
         match drained {
             Drained::Clean => tracing::info!("drained; every in-flight request finished"),
             Drained::GraceExpired => {
