@@ -4,6 +4,8 @@
 //! PREFIX/topology            {epoch, primary, mode, reads, paused} (JSON), the cluster's truth
 //! PREFIX/members/<id>        {id} (JSON), on the member's lease: present while it is alive
 //! PREFIX/idmap/<client id>   a collection-map entry (JSON), created only when absent
+//! PREFIX/switch              the two-phase cutover: {epoch, primary, phase, deadline}
+//! PREFIX/acks/<epoch>/<id>   a replica's gate closed and journal drained, on its lease
 //! ```
 
 /// The etcd keys of one deployment.
@@ -33,6 +35,16 @@ impl Keys {
     /// Member `id`'s key.
     pub fn member(&self, id: &str) -> String {
         format!("{}{id}", self.members())
+    }
+
+    /// The cutover in progress or last finished ([`crate::cutover::SwitchRecord`]).
+    pub fn switch(&self) -> String {
+        format!("{}/switch", self.prefix)
+    }
+
+    /// The prefix of the replicas' acknowledgements of the cutover to `epoch`.
+    pub fn acks(&self, epoch: u64) -> String {
+        format!("{}/acks/{epoch}/", self.prefix)
     }
 
     /// The prefix of every collection-map entry.

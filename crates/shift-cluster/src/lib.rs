@@ -16,12 +16,14 @@
 //! `docs/ARCHITECTURE.md` ("Cluster mode").
 
 pub mod clock;
+pub mod cutover;
 pub mod fence;
 pub mod forward;
 pub mod idmap;
 pub mod keys;
 pub mod member;
 pub mod owner;
+pub mod participant;
 pub mod topology;
 pub mod view;
 
@@ -39,11 +41,13 @@ use shift_state::{StateStore, StoreError};
 use tokio::task::JoinHandle;
 
 use crate::clock::LeaseClock;
+use crate::cutover::ClusterCutover;
 use crate::fence::LeaseFencedJournal;
 use crate::forward::Forwarder;
 use crate::idmap::EtcdCollectionMap;
 use crate::keys::Keys;
 use crate::member::{MemberSettings, Membership};
+use crate::participant::Participant;
 use crate::view::MemberView;
 use shift_proxy::DataPlaneState;
 
@@ -114,6 +118,7 @@ impl std::fmt::Debug for Etcd {
 #[derive(Debug)]
 pub struct Cluster {
     member_id: String,
+    cutover: ClusterCutover,
     members: Arc<MemberView>,
     etcd_timeout: Duration,
     membership: Option<Membership>,
@@ -165,11 +170,28 @@ impl Cluster {
             topology: joined.topology,
             collections: Arc::new(EtcdCollectionMap::new(
                 client.clone(),
-                keys,
+                keys.clone(),
                 config.etcd_timeout,
             )),
             journal: Arc::new(journal),
         };
+        let cutover = ClusterCutover {
+            client: client.clone(),
+            keys,
+            me: config.member_id.clone(),
+            members: members.clone(),
+            etcd_timeout: config.etcd_timeout,
+        };
+        let participant = tokio::spawn(
+            Participant {
+                cutover: cutover.clone(),
+                lease: membership.lease_handle(),
+                gate: coordination.gate.clone(),
+                journal: coordination.journal.clone(),
+                topology: coordination.topology.clone(),
+            }
+            .run(),
+        );
         Ok((
             Cluster {
                 member_id: config.member_id.clone(),
@@ -177,11 +199,21 @@ impl Cluster {
                 etcd_timeout: config.etcd_timeout,
                 clock: membership.clock().clone(),
                 membership: Some(membership),
-                tasks: joined.tasks.into_iter().chain([members_task]).collect(),
+                tasks: joined
+                    .tasks
+                    .into_iter()
+                    .chain([members_task, participant])
+                    .collect(),
+                cutover,
                 timeout: config.etcd_timeout,
             },
             coordination,
         ))
+    }
+
+    /// Two-phase cutovers across every replica, run from this one.
+    pub fn cutover(&self) -> &ClusterCutover {
+        &self.cutover
     }
 
     /// The live members as this replica sees them.

@@ -74,6 +74,11 @@ impl Membership {
         &self.clock
     }
 
+    /// The current lease's id, shared with whatever writes keys on it.
+    pub(crate) fn lease_handle(&self) -> Arc<std::sync::atomic::AtomicI64> {
+        self.lease.clone()
+    }
+
     /// The current lease's id.
     pub fn lease_id(&self) -> i64 {
         self.lease.load(std::sync::atomic::Ordering::Acquire)
