@@ -5,58 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shift_cluster::Cluster;
-use shift_config::{BackendName, ClusterConfig, MirrorMode};
+use shift_config::BackendName;
 use shift_proxy::collections::CollectionEntry;
-use shift_proxy::coord::Coordination;
-use shift_proxy::topology::{ReadPolicy, Topology};
-use shift_state::{StateStore, StoreError};
+use shift_state::StoreError;
 use shift_testkit::etcd::EtcdCluster;
 use shift_testkit::wait::wait_until;
 
+mod support;
+use support::{join, topology};
+
 /// Bounds that only turn a hang into a failure.
 const LIMIT: Duration = Duration::from_secs(40);
-
-fn topology(epoch: u64, primary: BackendName) -> Topology {
-    Topology {
-        epoch,
-        primary,
-        mode: MirrorMode::Journaled,
-        reads: ReadPolicy::default(),
-        paused: false,
-    }
-}
-
-fn config(etcd: &EtcdCluster, member: &str, ttl: Duration) -> ClusterConfig {
-    ClusterConfig {
-        etcd_endpoints: etcd.endpoints(),
-        member_id: member.into(),
-        key_prefix: "/test".into(),
-        lease_ttl: ttl,
-        etcd_timeout: Duration::from_secs(1),
-        internal_address: None,
-    }
-}
-
-struct Replica {
-    cluster: Cluster,
-    plane: Coordination,
-    _state: StateStore,
-    _dir: tempfile::TempDir,
-}
-
-async fn join(config: &ClusterConfig, seed: Topology) -> anyhow::Result<Replica> {
-    let dir = tempfile::tempdir()?;
-    let state = StateStore::open(dir.path()).await?;
-    let address = format!("http://{}.invalid:8000", config.member_id);
-    let (cluster, plane) = Cluster::join(config, &state, seed, address).await?;
-    Ok(Replica {
-        cluster,
-        plane,
-        _state: state,
-        _dir: dir,
-    })
-}
 
 fn entry(client_id: &str, new_id: &str) -> CollectionEntry {
     CollectionEntry {
@@ -75,9 +34,17 @@ fn entry(client_id: &str, new_id: &str) -> CollectionEntry {
 async fn two_replicas_share_one_topology_and_one_collection_map() -> anyhow::Result<()> {
     let etcd = EtcdCluster::start(3).await?;
     let ttl = Duration::from_secs(5);
-    let a = join(&config(&etcd, "a", ttl), topology(1, BackendName::Old)).await?;
+    let a = join(
+        &support::config(&etcd, "/test", "a", ttl),
+        topology(1, BackendName::Old),
+    )
+    .await?;
     // The second replica's own seed loses to the topology the first created.
-    let b = join(&config(&etcd, "b", ttl), topology(7, BackendName::New)).await?;
+    let b = join(
+        &support::config(&etcd, "/test", "b", ttl),
+        topology(7, BackendName::New),
+    )
+    .await?;
     assert_eq!(*b.plane.topology.current(), topology(1, BackendName::Old));
     assert!(a.cluster.lease().is_live() && b.cluster.lease().is_live());
 
@@ -128,7 +95,7 @@ async fn a_replica_without_etcd_quorum_refuses_writes_then_takes_them_when_it_is
 ) -> anyhow::Result<()> {
     let mut etcd = EtcdCluster::start(3).await?;
     let replica = join(
-        &config(&etcd, "a", Duration::from_secs(3)),
+        &support::config(&etcd, "/test", "a", Duration::from_secs(3)),
         topology(1, BackendName::Old),
     )
     .await?;

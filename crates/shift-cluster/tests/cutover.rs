@@ -6,52 +6,21 @@
 use std::time::Duration;
 
 use shift_cluster::cutover::CutoverError;
-use shift_cluster::Cluster;
-use shift_config::{BackendName, ClusterConfig, MirrorMode};
-use shift_proxy::coord::Coordination;
-use shift_proxy::topology::{ReadPolicy, Topology};
-use shift_state::StateStore;
+use shift_config::BackendName;
 use shift_testkit::etcd::EtcdCluster;
 use shift_testkit::wait::wait_until;
+
+mod support;
+use support::{join, topology, Replica};
 
 /// Bounds that only turn a hang into a failure.
 const LIMIT: Duration = Duration::from_secs(30);
 
-struct Replica {
-    cluster: Cluster,
-    plane: Coordination,
-    _state: StateStore,
-    _dir: tempfile::TempDir,
-}
-
 async fn three(etcd: &EtcdCluster) -> anyhow::Result<Vec<Replica>> {
     let mut replicas = Vec::new();
     for member in ["a", "b", "c"] {
-        let config = ClusterConfig {
-            etcd_endpoints: etcd.endpoints(),
-            member_id: member.into(),
-            key_prefix: "/cut".into(),
-            lease_ttl: Duration::from_secs(5),
-            etcd_timeout: Duration::from_secs(1),
-            internal_address: None,
-        };
-        let dir = tempfile::tempdir()?;
-        let state = StateStore::open(dir.path()).await?;
-        let seed = Topology {
-            epoch: 1,
-            primary: BackendName::Old,
-            mode: MirrorMode::Journaled,
-            reads: ReadPolicy::default(),
-            paused: false,
-        };
-        let address = format!("http://{member}.invalid:8000");
-        let (cluster, plane) = Cluster::join(&config, &state, seed, address).await?;
-        replicas.push(Replica {
-            cluster,
-            plane,
-            _state: state,
-            _dir: dir,
-        });
+        let config = support::config(etcd, "/cut", member, Duration::from_secs(5));
+        replicas.push(join(&config, topology(1, BackendName::Old)).await?);
     }
     let first = &replicas[0].cluster;
     wait_until("every member seen", LIMIT, || {

@@ -136,15 +136,7 @@ impl ClusterConfig {
 mod tests {
     use crate::Config;
 
-    const BASE: &str = r#"
-        [server]
-        listen = "127.0.0.1:8000"
-        admin_listen = "127.0.0.1:9100"
-        [backends.old]
-        url = "http://127.0.0.1:8101"
-        [backends.new]
-        url = "http://127.0.0.1:8102"
-    "#;
+    use crate::tests::MINIMAL as BASE;
 
     #[test]
     fn a_cluster_section_loads_with_defaults_and_bad_keys_are_named() {

@@ -198,7 +198,7 @@ mod tests {
 
     use super::*;
 
-    const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
         [server]
         listen = "127.0.0.1:8000"
         admin_listen = "127.0.0.1:9100"

@@ -82,6 +82,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// Waits until `GET path` on `port` answers 200 with a body containing `healthy`, within
+    /// `limit`; fails at once if the process exits, and with the log's tail either way.
+    pub async fn wait_healthy(
+        &mut self,
+        port: u16,
+        path: &str,
+        healthy: &str,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let what = format!("{} to answer {path} healthy", self.name);
+        let result = crate::wait::wait_until(&what, limit, || {
+            let exited = !self.running();
+            async move {
+                anyhow::ensure!(!exited, "the process exited");
+                Ok(matches!(
+                    http_get(port, path).await,
+                    Ok((200, body)) if body.contains(healthy)
+                ))
+            }
+        })
+        .await;
+        result.with_context(|| format!("{}; its log:\n{}", self.name, self.log_tail(30)))
+    }
+
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -6,11 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use shift_local_chroma::free_port;
 
 use crate::daemon::{find_bin, http_get, Daemon};
-use crate::wait::wait_until;
 
 /// How long a cluster may take to elect a leader.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,18 +125,11 @@ impl EtcdCluster {
     }
 
     async fn wait_healthy(&mut self, i: usize) -> anyhow::Result<()> {
-        let result = wait_until("an etcd member's health", READY_TIMEOUT, || {
-            let exited = !self.members[i].daemon.running();
-            let port = self.members[i].client_port;
-            async move {
-                anyhow::ensure!(!exited, "the etcd member exited");
-                Ok(matches!(
-                    http_get(port, "/health").await,
-                    Ok((200, body)) if body.contains("\"health\":\"true\"")
-                ))
-            }
-        })
-        .await;
-        result.with_context(|| format!("etcd m{i}; its log:\n{}", self.log_tail(i, 30)))
+        let member = &mut self.members[i];
+        let port = member.client_port;
+        member
+            .daemon
+            .wait_healthy(port, "/health", "\"health\":\"true\"", READY_TIMEOUT)
+            .await
     }
 }

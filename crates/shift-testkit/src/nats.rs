@@ -7,12 +7,10 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use shift_local_chroma::free_port;
 
-use crate::daemon::{find_bin, http_get, Daemon};
+use crate::daemon::{find_bin, Daemon};
 use crate::repo_root;
-use crate::wait::wait_until;
 
 /// How long the server may take to be ready with JetStream.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,18 +85,14 @@ impl NatsServer {
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let result = wait_until("nats-server's JetStream health", READY_TIMEOUT, || {
-            let exited = !self.daemon.running();
-            let port = self.monitor_port;
-            async move {
-                anyhow::ensure!(!exited, "nats-server exited");
-                Ok(matches!(
-                    http_get(port, "/healthz?js-enabled-only=true").await,
-                    Ok((200, body)) if body.contains("\"ok\"")
-                ))
-            }
-        })
-        .await;
-        result.with_context(|| format!("its log:\n{}", self.log_tail(30)))
+        let port = self.monitor_port;
+        self.daemon
+            .wait_healthy(
+                port,
+                "/healthz?js-enabled-only=true",
+                "\"ok\"",
+                READY_TIMEOUT,
+            )
+            .await
     }
 }
