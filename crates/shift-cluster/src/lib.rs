@@ -24,6 +24,7 @@ pub mod keys;
 pub mod member;
 pub mod owner;
 pub mod participant;
+pub mod stream;
 pub mod topology;
 pub mod view;
 
