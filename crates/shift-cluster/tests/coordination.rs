@@ -85,8 +85,30 @@ async fn two_replicas_share_one_topology_and_one_collection_map() -> anyhow::Res
     assert_eq!(kept, fresh);
     b.plane.collections.remove("c1").await?;
     assert!(a.plane.collections.load().await?.is_empty());
-    a.cluster.leave().await;
+    // Each sees both members; one that leaves is gone from the other's view at once (its
+    // lease revoked, not expired).
+    let members = |r: &support::Replica| {
+        let ids: Vec<String> = r
+            .cluster
+            .members()
+            .live()
+            .iter()
+            .map(|m| m.id.clone())
+            .collect();
+        ids
+    };
+    wait_until("both members seen by both", LIMIT, || {
+        let both = members(&a) == ["a", "b"] && members(&b) == ["a", "b"];
+        async move { Ok(both) }
+    })
+    .await?;
     b.cluster.leave().await;
+    wait_until("b gone from a's view", LIMIT, || {
+        let left = members(&a) == ["a"];
+        async move { Ok(left) }
+    })
+    .await?;
+    a.cluster.leave().await;
     Ok(())
 }
 
