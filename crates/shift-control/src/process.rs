@@ -243,6 +243,14 @@ impl ChromaShift {
             .unwrap_or(self.config.server.listen)
     }
 
+    /// With `[cluster]`, how a cutover or rollback commits a new primary on every replica
+    /// (see [`crate::primary_commit`]); `None` embedded.
+    pub fn primary_commit(&self) -> Option<Arc<dyn crate::primary_commit::PrimaryCommit>> {
+        self.cluster.as_ref().map(|cluster| {
+            Arc::new(cluster.cutover().clone()) as Arc<dyn crate::primary_commit::PrimaryCommit>
+        })
+    }
+
     /// Where `/metrics`, `/healthz` and `/readyz` answer.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_listener
