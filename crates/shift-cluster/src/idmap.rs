@@ -1,8 +1,11 @@
 //! The collection-id map's durable side in etcd (`PREFIX/idmap/<client id>`), shared by every
 //! replica: an entry is created with a transaction that succeeds only when the key is absent
 //! (or holds a deleted entry, unchanged since it was read), so two replicas that register the
-//! same collection at once end up with the same entry.
+//! same collection at once end up with the same entry. Every replica also keeps a watched copy
+//! of the map ([`Watched`]): when etcd cannot be reached (no quorum), a collection registered
+//! before is found there, so requests to it are still served.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
@@ -10,6 +13,7 @@ use shift_proxy::collections::CollectionEntry;
 use shift_proxy::coord::{CollectionMapStore, StateCall};
 
 use crate::keys::Keys;
+use crate::watched::Watched;
 use crate::{etcd_call, unavailable, ClusterError, Etcd};
 
 /// How many times a create races another replica's change before it gives up.
@@ -21,18 +25,45 @@ pub struct EtcdCollectionMap {
     client: Etcd,
     keys: Keys,
     timeout: Duration,
+    cache: Arc<Watched<CollectionEntry>>,
 }
 
 impl EtcdCollectionMap {
-    pub(crate) fn new(client: Etcd, keys: Keys, timeout: Duration) -> EtcdCollectionMap {
+    pub(crate) fn new(
+        client: Etcd,
+        keys: Keys,
+        timeout: Duration,
+        cache: Arc<Watched<CollectionEntry>>,
+    ) -> EtcdCollectionMap {
         EtcdCollectionMap {
             client,
             keys,
             timeout,
+            cache,
         }
     }
 
+    /// [`Self::create_in_etcd`]; when etcd cannot answer, the live entry of the watched copy.
     async fn create(&self, entry: CollectionEntry) -> Result<CollectionEntry, ClusterError> {
+        let client_id = entry.client_id.clone();
+        match self.create_in_etcd(entry).await {
+            Err(error @ (ClusterError::Etcd(_) | ClusterError::Timeout(_))) => {
+                match self.cache.snapshot().get(client_id.as_str()) {
+                    Some(known) if !known.deleted => {
+                        tracing::debug!(%error, "etcd unreachable: the collection's entry from the watched copy");
+                        Ok(known.clone())
+                    }
+                    _ => Err(error),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn create_in_etcd(
+        &self,
+        entry: CollectionEntry,
+    ) -> Result<CollectionEntry, ClusterError> {
         let key = self.keys.idmap_entry(&entry.client_id);
         let value = serde_json::to_vec(&entry).map_err(ClusterError::encode)?;
         // Absent: create revision 0. Present but deleted: unchanged since read.

@@ -27,6 +27,7 @@ pub mod participant;
 pub mod stream;
 pub mod topology;
 pub mod view;
+pub mod watched;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -164,6 +165,8 @@ impl Cluster {
         let joined = topology::join(&client, keys.topology(), seed, config.etcd_timeout).await?;
         let (members, members_task) =
             view::follow(&client, keys.members(), config.etcd_timeout).await?;
+        let (idmap, idmap_task) =
+            watched::Watched::follow(&client, keys.idmap(), config.etcd_timeout).await?;
         let journal = LeaseFencedJournal::new(Arc::new(state.clone()), membership.clock().clone());
         let coordination = Coordination {
             order: Arc::new(OrderLocks::default()),
@@ -173,6 +176,7 @@ impl Cluster {
                 client.clone(),
                 keys.clone(),
                 config.etcd_timeout,
+                idmap,
             )),
             journal: Arc::new(journal),
         };
@@ -203,7 +207,7 @@ impl Cluster {
                 tasks: joined
                     .tasks
                     .into_iter()
-                    .chain([members_task, participant])
+                    .chain([members_task, idmap_task, participant])
                     .collect(),
                 cutover,
                 timeout: config.etcd_timeout,

@@ -1,6 +1,7 @@
 //! The etcd coordination against a real 3-member etcd: two replicas joined to one cluster see
 //! one topology and one collection map; a replica cut off from etcd (quorum lost) refuses
-//! writes from its lease deadline on and takes them again once etcd is back.
+//! writes from its lease deadline on, still finds the collections registered before, and
+//! takes writes again once etcd is back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,11 @@ async fn a_replica_without_etcd_quorum_refuses_writes_then_takes_them_when_it_is
     let journal = replica.plane.journal.clone();
     let intent = journal.record_intent(b"before".to_vec()).await?;
     journal.discard_intent(intent).await?;
+    let known = replica
+        .plane
+        .collections
+        .create_if_absent(entry("c1", "n1"))
+        .await?;
 
     etcd.kill(1);
     etcd.kill(2);
@@ -155,7 +161,14 @@ async fn a_replica_without_etcd_quorum_refuses_writes_then_takes_them_when_it_is
         "{refusal}"
     );
     assert!(refusal.to_string().contains("lease"), "{refusal}");
-    // The collection map cannot be written either, and says so.
+    // A collection registered before is still found (the watched copy); a new one cannot be
+    // registered, and the error says why.
+    let found = replica
+        .plane
+        .collections
+        .create_if_absent(entry("c1", "other"))
+        .await?;
+    assert_eq!(found, known);
     let map = replica
         .plane
         .collections
