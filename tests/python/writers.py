@@ -24,7 +24,10 @@ short pause. With --reads each write is followed by a query and a count. Prints 
 
 Usage: writers.py --url URL --writers N --ops M --collections K --seed S --acked FILE
                   [--mode mixed|adds|owned] [--tolerate-errors] [--prefix dw] [--pause-ms P]
-                  [--log FILE]
+                  [--log FILE] [--spread URL,URL,...]
+
+With --spread (several proxy replicas), writer i writes through the (i mod n)-th URL; the
+collections are created through --url.
 """
 
 import json
@@ -43,6 +46,14 @@ BUCKETS = 5
 # Ids shared by every writer in mixed mode: small, so writers often touch the same records.
 ID_SPACE = 40
 MAX_BATCH = 20
+
+
+def writer_url(args, writer):
+    """Where writer `writer` sends its calls: --url, or its share of --spread."""
+    if not args.spread:
+        return args.url
+    urls = args.spread.split(",")
+    return urls[writer % len(urls)]
 
 
 def collection_names(args):
@@ -211,7 +222,7 @@ def writer_main(args, writer, start, results):
     summary = {"ops": 0, "errors": 0, "by_op": {}, "acked": 0, "error_kinds": {}, "reads": 0, "max_op_ms": 0.0}
     try:
         rng = random.Random(args.seed * 1000 + writer)
-        client = client_for(args.url)
+        client = client_for(writer_url(args, writer))
         collections = open_collections(
             client, args, attempts=100 if args.tolerate_errors else 1
         )
@@ -327,6 +338,11 @@ def main():
     )
     parser.add_argument(
         "--pause-ms", type=int, default=0, help="pause after each op, to stretch a load"
+    )
+    parser.add_argument(
+        "--spread",
+        default=None,
+        help="comma-separated URLs (several proxy replicas): writer i writes through the i-th, round robin",
     )
     parser.add_argument(
         "--reads", action="store_true", help="after each write, a query and a count"

@@ -21,6 +21,7 @@
 mod admin;
 mod alerts;
 mod backends;
+mod cluster;
 mod connections;
 mod cutover;
 mod finalize;
@@ -48,6 +49,7 @@ use serde::Deserialize;
 pub use admin::{AdminConfig, SINGLE_ADMIN_TOKEN_NAME};
 pub use alerts::AlertsConfig;
 pub use backends::{AuthHeader, BackendAuthConfig, BackendConfig, BackendName, BackendsConfig};
+pub use cluster::ClusterConfig;
 pub use connections::ConnectionsConfig;
 pub use cutover::CutoverConfig;
 pub use finalize::FinalizeConfig;
@@ -140,6 +142,9 @@ pub struct Config {
     /// How a migration ends after a cutover: checks and the retention window.
     #[serde(default)]
     pub finalize: FinalizeConfig,
+    /// Several replicas coordinated through etcd; absent, the proxy runs embedded.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The prefix of environment overrides.
@@ -186,6 +191,9 @@ impl Config {
         self.admin.validate()?;
         self.metrics.validate()?;
         self.tracing.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(self.server.listen, self.server.tls.is_some())?;
+        }
         Ok(())
     }
 }
@@ -201,7 +209,7 @@ mod tests {
 
     use super::*;
 
-    const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
         [server]
         listen = "127.0.0.1:8000"
         admin_listen = "127.0.0.1:9100"

@@ -36,6 +36,7 @@ pub mod ui;
 pub use admin::{app, AdminState};
 pub use client::{AdminClient, AdminError, AdminTls};
 pub use health::{HealthBoard, HealthMonitor};
+pub mod primary_commit;
 pub mod process;
 pub mod supervise;
 

@@ -57,6 +57,8 @@ pub enum ProxyStartError {
     State(#[from] StoreError),
     #[error("the admin API needs a token in {0}; set it, or turn the API off with [admin] enabled = false")]
     NoAdminToken(String),
+    #[error("[cluster]: cannot join the cluster: {0}")]
+    Cluster(#[from] shift_cluster::ClusterError),
     #[error("[{section}] certificate or key")]
     Tls {
         section: &'static str,
@@ -91,6 +93,10 @@ pub struct ChromaShift {
     admin_tls: Option<ListenerTls>,
     /// Open and refused connections of both listeners.
     connection_metrics: ConnectionMetrics,
+    /// This replica's membership, with `[cluster]`; left (its lease revoked) after the drain.
+    cluster: Option<shift_cluster::Cluster>,
+    /// With `[cluster]`: sends writes of collections other replicas own to them.
+    forwarder: Option<Arc<shift_cluster::forward::Forwarder>>,
 }
 
 impl ChromaShift {
@@ -144,6 +150,20 @@ impl ChromaShift {
                 mirror_stopped: false,
             },
         };
+        // With [cluster], the cluster's topology in etcd wins (this one seeds it when absent).
+        let (coordination, cluster) = match &config.cluster {
+            Some(section) => {
+                // Validated with the config: set, or derived from server.listen.
+                let address = section
+                    .internal_url(config.server.listen)
+                    .unwrap_or_else(|| format!("http://{}", config.server.listen));
+                let (cluster, coordination) =
+                    shift_cluster::Cluster::join(section, &store, initial, address).await?;
+                (coordination, Some(cluster))
+            }
+            None => (Coordination::embedded(&store, initial), None),
+        };
+        let initial = (*coordination.topology.current()).clone();
         // Writes in flight at the last stop are settled before any traffic is served. Their
         // outcome on the primary is unknown: one may still commit there (a request the killed
         // process had sent), so their reconciliations wait out the same grace as a live write
@@ -153,7 +173,7 @@ impl ChromaShift {
             .then(|| tokio::time::Instant::now() + config.mirror.unknown_outcome_grace);
         let audit = Arc::new(AuditLog::new(store.clone(), config.admin.audit_keep));
         let plane = DataPlaneState::new(PlaneParts {
-            coordination: Coordination::embedded(&store, initial),
+            coordination,
             state: store,
             backends: backends.clone(),
             namespaces: NamespaceMap::new(&config.namespaces),
@@ -174,6 +194,10 @@ impl ChromaShift {
         registry.register(Box::new(crate::topology_metrics::TopologyCollector::new(
             plane.live_topology().clone(),
         )?))?;
+        let forwarder = match &cluster {
+            Some(cluster) => Some(cluster.forwarder(plane.clone(), &registry)?),
+            None => None,
+        };
         let backfill = Backfiller::new(plane.clone(), &registry)?;
         let admin_auth = if config.admin.enabled {
             AdminAuth::from_secrets(&config.admin, &secrets, &registry)?
@@ -211,6 +235,8 @@ impl ChromaShift {
             data_tls,
             admin_tls,
             connection_metrics,
+            cluster,
+            forwarder,
         })
     }
 
@@ -219,6 +245,14 @@ impl ChromaShift {
         self.data_listener
             .local_addr()
             .unwrap_or(self.config.server.listen)
+    }
+
+    /// With `[cluster]`, how a cutover or rollback commits a new primary on every replica
+    /// (see [`crate::primary_commit`]); `None` embedded.
+    pub fn primary_commit(&self) -> Option<Arc<dyn crate::primary_commit::PrimaryCommit>> {
+        self.cluster.as_ref().map(|cluster| {
+            Arc::new(cluster.cutover().clone()) as Arc<dyn crate::primary_commit::PrimaryCommit>
+        })
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` answer.
@@ -407,7 +441,14 @@ impl ChromaShift {
             mode = ?self.plane.topology().mode,
             "chroma-shift is serving"
         );
-        let drained = shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await;
+        // With [cluster], writes of collections other replicas own are forwarded to them.
+        let drained = match &self.forwarder {
+            Some(forwarder) => {
+                let data_plane = forwarder.layer(data_plane);
+                shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await
+            }
+            None => shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await,
+        };
         match drained {
             Drained::Clean => tracing::info!("drained; every in-flight request finished"),
             Drained::GraceExpired => {
@@ -439,6 +480,9 @@ impl ChromaShift {
         }
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
+        if let Some(cluster) = self.cluster {
+            cluster.leave().await;
+        }
         drained
     }
 }

@@ -113,6 +113,15 @@ pub enum StoreError {
     /// The writer thread has stopped: the store is being dropped, or the writer panicked.
     #[error("the state store is closed")]
     Closed,
+    /// The cluster mode's coordination (etcd) cannot take the change now: it is out of reach,
+    /// or this replica's membership lease ran out (it refuses writes until it holds one again).
+    #[error(
+        "the cluster coordination cannot take this change now ({reason}); nothing was changed. Retry shortly"
+    )]
+    Coordination {
+        /// What failed, as text.
+        reason: String,
+    },
 }
 
 impl StoreError {
@@ -125,6 +134,7 @@ impl StoreError {
             StoreError::Unwritable { .. }
                 | StoreError::Unavailable { .. }
                 | StoreError::JournalFull { .. }
+                | StoreError::Coordination { .. }
         )
     }
 

@@ -11,10 +11,15 @@
 //!   whole stores (two of them, compared record by record); [`scrape`]: the proxy's metrics;
 //!   [`scene`]: a dead letter, a store down and back, waited for in `/admin/status`;
 //!   [`wait`]: polling for a condition; [`knobs`]: sizes and seeds from the environment.
+//! - [`etcd::EtcdCluster`]: N etcd members on loopback; [`nats::NatsServer`]: a nats-server with
+//!   JetStream (the cluster mode's servers), both from [`daemon`].
 
 pub mod collection;
+pub mod daemon;
+pub mod etcd;
 pub mod faulty;
 pub mod knobs;
+pub mod nats;
 pub mod node;
 pub mod process;
 pub mod python;

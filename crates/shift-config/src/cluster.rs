@@ -1,0 +1,200 @@
+//! `[cluster]`: several proxy replicas coordinated through etcd (optional; without the
+//! section the proxy runs embedded, one process owning its state).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{invalid, ConfigError};
+
+/// The cluster mode's coordination. Every replica of one deployment has the same section but
+/// its own `member_id`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The etcd client URLs (`http://host:2379`), every member of the etcd cluster.
+    pub etcd_endpoints: Vec<String>,
+    /// This replica's name, unique in the deployment; in Kubernetes the pod name (set
+    /// `CHROMA_SHIFT_CLUSTER__MEMBER_ID` from `metadata.name`).
+    pub member_id: String,
+    /// The etcd keys of this deployment live under this prefix; two deployments sharing an
+    /// etcd need two prefixes.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// The membership lease's time to live. A replica that cannot renew it (cut off from
+    /// etcd, or paused) refuses writes from its deadline on; the others see it gone after it.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Limit on connecting to etcd and on each etcd call.
+    #[serde(default = "default_etcd_timeout", with = "humantime_serde")]
+    pub etcd_timeout: Duration,
+    /// Where the other replicas reach this one's data listener to forward it the writes of the
+    /// collections it owns (`http://10.1.2.3:8000`; in Kubernetes from the pod IP through
+    /// `CHROMA_SHIFT_CLUSTER__INTERNAL_ADDRESS`). Unset: `http://` and `server.listen`, which
+    /// then must name a specific address (not 0.0.0.0).
+    #[serde(default)]
+    pub internal_address: Option<String>,
+}
+
+fn default_key_prefix() -> String {
+    "/chroma-shift".into()
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_etcd_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl ClusterConfig {
+    /// The URL the other replicas forward to (see `internal_address`); `None` when it is
+    /// unset and `listen` names no specific address.
+    pub fn internal_url(&self, listen: SocketAddr) -> Option<String> {
+        match &self.internal_address {
+            Some(address) => Some(address.trim_end_matches('/').to_owned()),
+            None if listen.ip().is_unspecified() => None,
+            None => Some(format!("http://{listen}")),
+        }
+    }
+
+    pub(crate) fn validate(&self, listen: SocketAddr, data_tls: bool) -> Result<(), ConfigError> {
+        match self.internal_url(listen) {
+            None => {
+                return Err(invalid(
+                    "cluster.internal_address",
+                    "set it (http://POD_IP:PORT): server.listen binds every address, so it does not say where the other replicas reach this one",
+                ))
+            }
+            Some(url) if !url.starts_with("http://") => {
+                return Err(invalid(
+                    "cluster.internal_address",
+                    format!("{url:?}: replicas forward to each other over plain http:// (not https:// yet)"),
+                ))
+            }
+            Some(_) if data_tls => {
+                return Err(invalid(
+                    "cluster.internal_address",
+                    "replicas forward to each other over plain HTTP, which a data listener with [server.tls] does not speak; cluster mode with [server.tls] is not supported yet",
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "cluster.etcd_endpoints",
+                "name at least one etcd endpoint",
+            ));
+        }
+        if let Some(bad) = self
+            .etcd_endpoints
+            .iter()
+            .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+        {
+            return Err(invalid(
+                "cluster.etcd_endpoints",
+                format!("{bad:?} is not an http:// or https:// URL"),
+            ));
+        }
+        let id_ok = !self.member_id.is_empty()
+            && self.member_id.len() <= 128
+            && self
+                .member_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !id_ok {
+            return Err(invalid(
+                "cluster.member_id",
+                "1 to 128 characters of letters, digits, '-', '_' and '.'",
+            ));
+        }
+        if !self.key_prefix.starts_with('/') || self.key_prefix.ends_with('/') {
+            return Err(invalid(
+                "cluster.key_prefix",
+                "starts with '/' and does not end with one (\"/chroma-shift\")",
+            ));
+        }
+        if self.lease_ttl < Duration::from_secs(2) {
+            return Err(invalid(
+                "cluster.lease_ttl",
+                "at least 2s (etcd grants whole seconds; the lease is renewed at a third of it)",
+            ));
+        }
+        if self.etcd_timeout.is_zero() || self.etcd_timeout >= self.lease_ttl {
+            return Err(invalid(
+                "cluster.etcd_timeout",
+                "above zero and below cluster.lease_ttl",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    use crate::tests::MINIMAL as BASE;
+
+    #[test]
+    fn a_cluster_section_loads_with_defaults_and_bad_keys_are_named() {
+        let config = Config::from_toml(&format!(
+            "{BASE}\n[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nmember_id = \"proxy-0\"\n"
+        ))
+        .unwrap();
+        let cluster = config.cluster.expect("the section is there");
+        assert_eq!(cluster.key_prefix, "/chroma-shift");
+        assert_eq!(cluster.lease_ttl.as_secs(), 10);
+        assert!(Config::from_toml(BASE).unwrap().cluster.is_none());
+        let listen = config.server.listen;
+        assert_eq!(
+            cluster.internal_url(listen).unwrap(),
+            "http://127.0.0.1:8000"
+        );
+        // Listening on every address, the internal address must be given.
+        let everywhere = BASE.replace("127.0.0.1:8000", "0.0.0.0:8000");
+        let section = "[cluster]\netcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\n";
+        let error = Config::from_toml(&format!("{everywhere}\n{section}")).unwrap_err();
+        assert!(
+            error.to_string().contains("cluster.internal_address"),
+            "{error}"
+        );
+        let given = Config::from_toml(&format!(
+            "{everywhere}\n{section}internal_address = \"http://10.0.0.7:8000/\"\n"
+        ))
+        .unwrap();
+        let url = given.cluster.unwrap().internal_url(given.server.listen);
+        assert_eq!(url.as_deref(), Some("http://10.0.0.7:8000"));
+        for (bad, key) in [
+            (
+                "etcd_endpoints = []\nmember_id = \"a\"",
+                "cluster.etcd_endpoints",
+            ),
+            (
+                "etcd_endpoints = [\"127.0.0.1:2379\"]\nmember_id = \"a\"",
+                "cluster.etcd_endpoints",
+            ),
+            (
+                "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a b\"",
+                "cluster.member_id",
+            ),
+            (
+                "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\nlease_ttl = \"1s\"",
+                "cluster.lease_ttl",
+            ),
+            (
+                "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\nkey_prefix = \"x/\"",
+                "cluster.key_prefix",
+            ),
+            (
+                "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\ninternal_address = \"https://p:8000\"",
+                "cluster.internal_address",
+            ),
+        ] {
+            let error = Config::from_toml(&format!("{BASE}\n[cluster]\n{bad}\n")).unwrap_err();
+            assert!(error.to_string().contains(key), "{bad}: {error}");
+        }
+    }
+}
