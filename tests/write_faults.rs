@@ -30,6 +30,7 @@ use shift_config::BackendName;
 use shift_config::Secrets;
 use shift_testkit::collection::create_collection;
 use shift_testkit::faulty::two_stores_one_faulty;
+use shift_testkit::scrape::counter;
 use shift_testkit::stores::two_stores;
 use shift_testkit::stores::two_stores_and_proxy;
 use shift_testkit::{http, http_json, Chroma, Fault, Proxy, ProxyProcess};
@@ -289,6 +290,125 @@ async fn kill_between_primary_answer_and_journal_commit_recovers() -> anyhow::Re
     );
     assert_eq!(stored["r0"]["embedding"], json!([9.0, 9.0, 9.0, 9.0]));
     assert_eq!(stored["r11"], expected(11, "late"));
+    Ok(())
+}
+
+/// The proxy killed after a write's settlement was committed but before any later commit
+/// made it durable (the settlement of a record write waits for the next fsync; here the new
+/// store is down, so no replay commit comes either): the settlement is lost, the intent is
+/// back at the next start and its reconciliation brings the new store in line, as if the
+/// kill had come before the settlement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_after_a_deferred_settlement_recovers() -> anyhow::Result<()> {
+    let (old, mut new) = two_stores().await?;
+    let builder = Proxy::in_front_of(&old, &new).toml(JOURNALED);
+    let mut proxy = ProxyProcess::start(builder).await?;
+    let id = create_collection(&proxy.url(), json!({"name": "deferred"})).await?;
+    let (status, body) = write(&proxy.url(), &id, "add", batch(0, 3, "seed")).await?;
+    anyhow::ensure!(status.is_success(), "{status} {body}");
+    same_on_both(&old.url(), &new.url(), "deferred").await?;
+
+    new.stop().await?;
+    proxy.stop().await?;
+    proxy.set_env(&[("FAILPOINTS", "write::after_commit=pause")]);
+    proxy.restart().await?;
+    anyhow::ensure!(
+        proxy.log_tail(200).contains("failpoints enabled"),
+        "the chroma-shift binary was built without the `failpoints` feature; run the tests through the workspace (scripts/test.sh)"
+    );
+    let url = proxy.url();
+    let collection = id.clone();
+    let in_flight =
+        tokio::spawn(async move { write(&url, &collection, "upsert", batch(1, 2, "late")).await });
+    // The settlement is committed (deferred, no fsync) and the task held right after it.
+    let admin = proxy.admin_url();
+    wait_for("the write's deferred settlement", || async {
+        let deferred = counter(
+            &admin,
+            "chroma_shift_state_commits_total",
+            &[("durability", "deferred")],
+        )
+        .await?;
+        let pending = counter(&admin, "chroma_shift_pending_intents", &[]).await?;
+        Ok(deferred >= 1.0 && pending == 0.0)
+    })
+    .await?;
+    assert_eq!(
+        records(&old.url(), "deferred").await?["r2"],
+        expected(2, "late")
+    );
+    proxy.kill9().await?;
+    let _ = in_flight.await?;
+
+    new.restart().await?;
+    proxy.set_env(&[]);
+    proxy.restart().await?;
+    assert!(
+        proxy
+            .log_tail(400)
+            .contains("recovered writes in flight at the last stop"),
+        "the lost settlement's intent was not recovered:\n{}",
+        proxy.log_tail(40)
+    );
+    let stored = same_on_both(&old.url(), &new.url(), "deferred").await?;
+    assert_eq!(stored["r0"], expected(0, "seed"));
+    assert_eq!(stored["r1"], expected(1, "late"));
+    assert_eq!(stored["r2"], expected(2, "late"));
+    Ok(())
+}
+
+/// On the success path a journaled record write costs the state one fsync (its intent); its
+/// settlement is committed without one. The new store is down, so the replay commits nothing
+/// meanwhile: every fsync counted is the writes'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_write_costs_the_state_one_fsync() -> anyhow::Result<()> {
+    const WRITES: usize = 20;
+    let old = Chroma::spawn().await?;
+    let proxy = Proxy::builder()
+        .old(old.url())
+        .new_store("http://127.0.0.1:9")
+        .toml(JOURNALED)
+        .spawn()
+        .await?;
+    let id = create_collection(&proxy.url(), json!({"name": "fsyncs"})).await?;
+    let (status, body) = write(&proxy.url(), &id, "add", batch(0, 1, "first")).await?;
+    anyhow::ensure!(status.is_success(), "{status} {body}");
+    let admin = proxy.admin_url();
+    let commits = |durability: &'static str| {
+        let admin = admin.clone();
+        async move {
+            counter(
+                &admin,
+                "chroma_shift_state_commits_total",
+                &[("durability", durability)],
+            )
+            .await
+        }
+    };
+    let (fsyncs, deferred) = (commits("fsync").await?, commits("deferred").await?);
+    for i in 1..=WRITES {
+        let verb = if i % 2 == 0 { "add" } else { "upsert" };
+        let (status, body) = write(&proxy.url(), &id, verb, batch(i, 1, "w")).await?;
+        anyhow::ensure!(status.is_success(), "{status} {body}");
+    }
+    let fsyncs = commits("fsync").await? - fsyncs;
+    let deferred = commits("deferred").await? - deferred;
+    assert!(
+        (1.0..=WRITES as f64).contains(&fsyncs),
+        "{WRITES} writes cost {fsyncs} fsyncs ({deferred} deferred commits)"
+    );
+    assert!(deferred >= 1.0, "no settlement was deferred");
+    let depth = counter(
+        &admin,
+        "chroma_shift_journal_depth",
+        &[("target", "new"), ("collection", "")],
+    )
+    .await?;
+    assert!(depth >= (WRITES + 1) as f64, "journal depth {depth}");
+    assert_eq!(
+        counter(&admin, "chroma_shift_pending_intents", &[]).await?,
+        0.0
+    );
     Ok(())
 }
 

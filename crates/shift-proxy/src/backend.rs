@@ -337,6 +337,34 @@ impl Backend {
             }
             None => Bytes::new(),
         };
+        self.call_with(caller, method, path, headers, bytes).await
+    }
+
+    /// [`call_as`](Self::call_as) with a JSON body already serialized (the replay's adds,
+    /// merged from the journal's bytes).
+    pub async fn call_as_json(
+        &self,
+        caller: &Caller,
+        method: Method,
+        path: &str,
+        json: Bytes,
+    ) -> Result<Answer, BackendError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.call_with(caller, method, path, headers, json).await
+    }
+
+    async fn call_with(
+        &self,
+        caller: &Caller,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        bytes: Bytes,
+    ) -> Result<Answer, BackendError> {
         // One limit for the whole call, head and body.
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let response = self.send_as(caller, method, path, headers, bytes).await?;

@@ -137,6 +137,17 @@ pub trait WriteJournal: Send + Sync + Debug {
     fn commit_intent(&self, id: IntentId, entries: Vec<NewEntry>) -> StateCall<'_, ()>;
     /// Drops an intent whose write is not mirrored.
     fn discard_intent(&self, id: IntentId) -> StateCall<'_, ()>;
+    /// [`commit_intent`](Self::commit_intent), but it may resolve before the change is
+    /// durable: a crash may then lose it, and only it and later ones, leaving the intent
+    /// pending. For a caller whose recovery of the intent is as good as the settlement (see
+    /// `write_task.rs`). By default, durable.
+    fn settle_intent(&self, id: IntentId, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
+        self.commit_intent(id, entries)
+    }
+    /// [`discard_intent`](Self::discard_intent), likewise possibly before it is durable.
+    fn discard_intent_deferred(&self, id: IntentId) -> StateCall<'_, ()> {
+        self.discard_intent(id)
+    }
     /// Appends entries outside a client write (a repair).
     fn append(&self, entries: Vec<NewEntry>) -> StateCall<'_, ()>;
     /// The intents not settled yet, with their payloads (recovery, the orphan sweep).

@@ -86,6 +86,20 @@ impl WriteJournal for StateStore {
         Box::pin(StateStore::discard_intent(self, id))
     }
 
+    /// Committed without an fsync; the next durable commit (the next write's intent, the
+    /// replay's remove) or the close makes it durable.
+    fn settle_intent(&self, id: IntentId, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
+        Box::pin(async move {
+            StateStore::settle_intent(self, id, entries)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn discard_intent_deferred(&self, id: IntentId) -> StateCall<'_, ()> {
+        Box::pin(StateStore::discard_intent_deferred(self, id))
+    }
+
     fn append(&self, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
         Box::pin(async move { StateStore::append(self, entries).await.map(|_| ()) })
     }

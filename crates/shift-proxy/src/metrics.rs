@@ -247,9 +247,10 @@ impl JournalCollector {
         self
     }
 
-    fn families() -> prometheus::Result<[Box<dyn Collector>; 7]> {
+    fn families() -> prometheus::Result<[Box<dyn Collector>; 8]> {
         let [writable, bytes, max_bytes, intents] = Self::state_gauges()?;
         Ok([
+            Box::new(Self::state_commits()?),
             Box::new(writable),
             Box::new(bytes),
             Box::new(max_bytes),
@@ -333,7 +334,28 @@ impl JournalCollector {
         for gauge in gauges {
             families.extend(gauge.collect());
         }
+        let stats = self.store.commit_stats();
+        let commits = Self::state_commits()?;
+        commits
+            .with_label_values(&["fsync"])
+            .inc_by(stats.durable_commits);
+        commits
+            .with_label_values(&["deferred"])
+            .inc_by(stats.commits.saturating_sub(stats.durable_commits));
+        families.extend(commits.collect());
         Ok(families)
+    }
+
+    /// The state store's commits since start, by whether they were fsynced: `fsync` over
+    /// mirrored writes is the state's fsyncs per write.
+    fn state_commits() -> prometheus::Result<IntCounterVec> {
+        IntCounterVec::new(
+            Opts::new(
+                "chroma_shift_state_commits_total",
+                "State store transactions committed since start: durability=\"fsync\" with an fsync, \"deferred\" without one (settled write intents, made durable by the next fsynced commit).",
+            ),
+            &["durability"],
+        )
     }
 
     /// The state store's gauges: writable, journal bytes, its cap, pending intents.

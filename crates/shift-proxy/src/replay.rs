@@ -24,6 +24,10 @@
 //!   probes with the same op on a backoff and resumes by itself once the store takes it. The
 //!   entries stay in the journal, so its lag keeps counting.
 //!
+//! Adds and upserts are merged and sent without a parse tree of their bodies
+//! (`raw_records.rs`): their items' bytes are concatenated, so the secondary gets the floats as
+//! the client wrote them. Other entries are decoded into a [`MirrorOp`] and merged as such.
+//!
 //! Memory: the worker holds at most `max_bytes` of journal payload (plus one entry), read with
 //! [`StateStore::read_bounded`], as the raw bytes of each entry, once; a merged request is decoded
 //! from them for the time of one apply.
@@ -49,9 +53,12 @@ use crate::topology::SharedTopology;
 mod board;
 mod journal_read;
 mod lanes;
+mod raw_records;
 
 pub use board::{ReplayBoard, ReplayState, ReplayStop};
 use lanes::merge_into;
+pub use raw_records::RawBatch;
+use raw_records::RawMerge;
 
 /// Entries read from the journal at a time, at most.
 const READ_AHEAD: usize = 512;
@@ -191,10 +198,39 @@ enum Flow {
 
 /// The batch at a lane's head: the op for `count` entries merged.
 struct Batch {
-    op: MirrorOp,
+    op: Planned,
     count: usize,
     /// The identity its entries were written by (all the same).
     caller: Caller,
+}
+
+/// What one request of the replay applies.
+enum Planned {
+    /// Decoded entries, merged as ops.
+    Op(MirrorOp),
+    /// Adds or upserts merged at the byte level.
+    Raw(RawBatch),
+}
+
+impl Planned {
+    fn lag_key(&self) -> String {
+        match self {
+            Planned::Op(op) => op.lag_key(),
+            Planned::Raw(raw) => raw.collection.to_string(),
+        }
+    }
+
+    async fn apply<A: ApplyTarget>(
+        &self,
+        applier: &A,
+        target: BackendName,
+        caller: &Caller,
+    ) -> Result<(), ApplyError> {
+        match self {
+            Planned::Op(op) => applier.apply(target, op, caller).await,
+            Planned::Raw(raw) => applier.apply_raw(target, raw, caller).await,
+        }
+    }
 }
 
 /// The worker's state while it runs.
@@ -331,6 +367,11 @@ impl<A: ApplyTarget> Run<'_, A> {
     /// ones while they fit. An unreadable head is returned as its error.
     async fn batch(&self, key: &str) -> Result<Batch, (Seq, String)> {
         let lane = &self.lanes[key];
+        if lane.singles == 0 {
+            if let Some(batch) = self.raw_batch(lane).await {
+                return Ok(batch);
+            }
+        }
         let head = &lane.queue[0];
         let mut op = MirrorOp::from_bytes(&head.payload)
             .map_err(|e| (head.seq, format!("unreadable journal entry: {e}")))?;
@@ -338,6 +379,7 @@ impl<A: ApplyTarget> Run<'_, A> {
         let identity = identity_of(&head.payload);
         let caller = Caller::from_journal(identity);
         if lane.singles > 0 || !matches!(op, MirrorOp::Records { .. }) {
+            let op = Planned::Op(op);
             return Ok(Batch { op, count, caller });
         }
         let max_records = self.worker.applier.max_batch(self.target()).await;
@@ -356,7 +398,37 @@ impl<A: ApplyTarget> Run<'_, A> {
             bytes += next.payload.len();
             count += 1;
         }
+        let op = Planned::Op(op);
         Ok(Batch { op, count, caller })
+    }
+
+    /// The batch at the head of a lane merged at the byte level, when its head is an add or
+    /// an upsert that path reads: the same merge as [`Run::batch`]'s, without a parse tree.
+    async fn raw_batch(&self, lane: &Lane) -> Option<Batch> {
+        let head = &lane.queue[0];
+        let mut merge = RawMerge::start(&head.payload)?;
+        let max_records = self.worker.applier.max_batch(self.target()).await;
+        // Too large for one request: the parse-tree path splits it.
+        if merge.records() > max_records {
+            return None;
+        }
+        let identity = identity_of(&head.payload);
+        let (mut bytes, mut count) = (head.payload.len(), 1);
+        for next in lane.queue.iter().skip(1) {
+            if bytes + next.payload.len() > MERGED_BYTES || identity_of(&next.payload) != identity {
+                break;
+            }
+            if !merge.push(&next.payload, max_records) {
+                break;
+            }
+            bytes += next.payload.len();
+            count += 1;
+        }
+        Some(Batch {
+            op: Planned::Raw(merge.finish()),
+            count,
+            caller: Caller::from_journal(identity),
+        })
     }
 
     /// Applies the batch at the head of `key`'s lane once, and does what its outcome says.
@@ -400,7 +472,7 @@ impl<A: ApplyTarget> Run<'_, A> {
             ),
             false => tracing::Span::none(),
         };
-        let apply = self.worker.applier.apply(target, &batch.op, &batch.caller);
+        let apply = batch.op.apply(&*self.worker.applier, target, &batch.caller);
         let mut result = tokio::select! {
             result = tracing::Instrument::instrument(apply, span) => result,
             _ = self.stop.changed() => return Flow::Stop,
@@ -540,7 +612,7 @@ impl<A: ApplyTarget> Run<'_, A> {
             }
             failures = failures.saturating_add(1);
             let result = tokio::select! {
-                result = self.worker.applier.apply(target, op, caller) => result,
+                result = op.apply(&*self.worker.applier, target, caller) => result,
                 _ = self.stop.changed() => break None,
             };
             match result {

@@ -9,6 +9,41 @@
 //! records stay locked for `unknown_outcome_grace` and then the journal gets a reconciliation
 //! of them, which copies whatever the primary ended up holding. Intents left without a task
 //! are settled by [`crate::intents`].
+//!
+//! # One fsync per record write
+//!
+//! A record write's intent is its op in full (the payload the journal entry would carry), and
+//! it is the write's only durable commit: the settlement (drop the intent, append the entry;
+//! or drop it alone) is committed without an fsync ([`WriteJournal::settle_intent`]) and made
+//! durable by the next durable commit of the state, whoever makes it (the next write's intent,
+//! the replay's remove, a switch, the close). The state's commits are ordered, so a crash
+//! loses only deferred settlements newer than the last durable commit, and no intent newer
+//! than them is on disk. Why a crash (or a state disk that fails, which loses the same) at
+//! each await of the task leaves a correct state:
+//!
+//! 1. while the intent is being recorded: the primary has not seen the write and the client
+//!    has no answer; nothing of it is anywhere, or the intent alone (step 2).
+//! 2. while the primary (and in sync mode the secondary) works, or during the grace after an
+//!    unknown outcome: the intent is pending; recovery turns it into a reconciliation of its
+//!    records, applied once the replay's hold has passed, which copies whatever the primary
+//!    ended up with (nothing, or the write).
+//! 3. after the settlement committed, before it is durable (the window this design opens),
+//!    the client answered or not: the intent is pending again and becomes the same
+//!    reconciliation. It is as good as the settlement it replaces: the primary holds this
+//!    write (or refused it) and no later write of these records, since a later write's
+//!    intent would be durable, and with it this settlement. The secondary ends with what the
+//!    primary holds, the write acknowledged or not; the replay may have applied the lost
+//!    entry already, which the reconciliation repeats harmlessly. Entries that survived are
+//!    older than the lost ones, so the reconciliation lands after them, in order.
+//! 4. after the settlement is durable: as before this design.
+//!
+//! The client is acknowledged after step 3: a write is acknowledged once its intent, which
+//! holds everything its mirroring needs, is durable and settled in memory.
+//!
+//! Where recovery is not as good as the settlement, the settlement is durable, as before:
+//! lifecycle writes (recovery replays some of them, a fork say, as they were, which is wrong
+//! for one the primary refused) and an update whose missing ids are also forgotten (the
+//! settlement carries a second op recovery would not rebuild).
 
 use http::Response;
 use hyper::body::Incoming;
@@ -19,6 +54,7 @@ use tokio::sync::{oneshot, OwnedMutexGuard};
 
 use crate::apply::ApplyError;
 use crate::body::ProxyBody;
+use crate::coord::WriteJournal;
 use crate::error::{BackendError, BackendErrorKind, ProxyError, RefusedRequest, StateFailure};
 use crate::failpoints::failpoint;
 use crate::forward::{state_failure, Answered, BufferedRequest};
@@ -179,12 +215,37 @@ fn count(plane: &DataPlaneState, mode: MirrorMode, outcome: &str) {
         .inc();
 }
 
+/// How a settlement reaches the disk.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Settlement {
+    /// With an fsync of its own.
+    Durable,
+    /// With the next durable commit: recovering the intent is as good (see the module doc).
+    Deferred,
+}
+
+impl Settlement {
+    /// A record write's settlement is deferred, unless it carries more than its own op (an
+    /// update's forgotten ids). A lifecycle write's is durable.
+    fn of(guards: &Guards, queued: &Queued, journal: JournalAction) -> Settlement {
+        match guards {
+            Guards::Records { .. }
+                if journal != JournalAction::Write || queued.write.len() == 1 =>
+            {
+                Settlement::Deferred
+            }
+            Guards::Records { .. } | Guards::Lifecycle { .. } => Settlement::Durable,
+        }
+    }
+}
+
 /// Queues `ops` for the secondary, turning the intent into journal entries.
 async fn journal(
-    plane: &DataPlaneState,
+    journal: &dyn WriteJournal,
     intent: IntentId,
     secondary: BackendName,
     ops: Vec<EncodedOp>,
+    settlement: Settlement,
 ) -> Result<(), ProxyError> {
     let entries = ops
         .into_iter()
@@ -195,18 +256,26 @@ async fn journal(
             payload: crate::trace_ctx::stamp(op.bytes),
         })
         .collect();
+    let committed = match settlement {
+        Settlement::Durable => journal.commit_intent(intent, entries),
+        Settlement::Deferred => journal.settle_intent(intent, entries),
+    };
     let span = crate::trace_ctx::journal_span();
-    tracing::Instrument::instrument(plane.journal.commit_intent(intent, entries), span)
+    tracing::Instrument::instrument(committed, span)
         .await
         .map_err(state_failure)
 }
 
-async fn discard(plane: &DataPlaneState, intent: IntentId) -> Result<(), ProxyError> {
-    plane
-        .journal
-        .discard_intent(intent)
-        .await
-        .map_err(state_failure)
+async fn discard(
+    journal: &dyn WriteJournal,
+    intent: IntentId,
+    settlement: Settlement,
+) -> Result<(), ProxyError> {
+    let discarded = match settlement {
+        Settlement::Durable => journal.discard_intent(intent).await,
+        Settlement::Deferred => journal.discard_intent_deferred(intent).await,
+    };
+    discarded.map_err(state_failure)
 }
 
 /// What the settlement task knows once the stores answered.
@@ -235,6 +304,8 @@ pub(crate) async fn carry_out(
         secondary_error,
     } = settled;
     let (primary, secondary) = (write.primary, write.secondary);
+    let settlement = Settlement::of(&write._guards, &queued, decision.journal);
+    let state = &*plane.journal;
     if decision.after_grace {
         // The client hears the primary's failure now; the records stay locked meanwhile.
         let _ = answer.send(client_answer(
@@ -247,7 +318,7 @@ pub(crate) async fn carry_out(
         tokio::time::sleep(plane.writes.unknown_outcome_grace).await;
         failpoint("write::before_reconcile");
         let reconcile = queued.reconcile.encode_as(&write.request.caller);
-        if let Err(error) = journal(plane, intent, secondary, vec![reconcile]).await {
+        if let Err(error) = journal(state, intent, secondary, vec![reconcile], settlement).await {
             tracing::error!(%error, %intent, "cannot queue a reconciliation; the intent is settled once the state store can write");
         }
         count(plane, write.mode, decision.label);
@@ -256,12 +327,12 @@ pub(crate) async fn carry_out(
     }
     failpoint("write::before_commit");
     let result = match decision.journal {
-        JournalAction::Write => journal(plane, intent, secondary, queued.write).await,
+        JournalAction::Write => journal(state, intent, secondary, queued.write, settlement).await,
         JournalAction::Reconcile => {
             let reconcile = queued.reconcile.encode_as(&write.request.caller);
-            journal(plane, intent, secondary, vec![reconcile]).await
+            journal(state, intent, secondary, vec![reconcile], settlement).await
         }
-        JournalAction::Discard => discard(plane, intent).await,
+        JournalAction::Discard => discard(state, intent, settlement).await,
     };
     failpoint("write::after_commit");
     count(plane, write.mode, decision.label);

@@ -195,6 +195,50 @@ async fn an_io_error_refuses_writes_until_the_store_reopens_by_itself() {
     assert!(store.pending_intents().unwrap().is_empty());
 }
 
+/// A deferred settlement lost with the database (here to an I/O error; a crash likewise)
+/// leaves its intent pending, as if the write had never been settled, and the seqs its
+/// entries had are never handed out again (a replay worker may have read them).
+#[tokio::test]
+async fn a_lost_deferred_settlement_leaves_its_intent_and_no_seq_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, full) = open_on_full_disk(dir.path(), StoreOptions::default()).await;
+    let kept = append(&store, vec![entry(New, "a", "kept")]).await;
+    let intent = store.record_intent(b"the write".to_vec()).await.unwrap();
+    let settled = store
+        .settle_intent(intent, vec![entry(New, "a", "settled")])
+        .await
+        .unwrap();
+    assert_eq!(store.pending_intent_count(), 0);
+    assert_eq!(
+        payloads(&store.read(New, None, 10).unwrap()),
+        ["kept", "settled"]
+    );
+
+    // The next durable commit fails: the deferred one was never on disk.
+    full.store(true, Ordering::SeqCst);
+    let err = store.append(vec![entry(Old, "b", "x")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unwritable { .. }), "{err:?}");
+    full.store(false, Ordering::SeqCst);
+    until_writable(&store).await;
+
+    let pending = store.pending_intents().unwrap();
+    assert_eq!(pending, vec![(intent, b"the write".to_vec())]);
+    assert_eq!(store.pending_intent_count(), 1);
+    assert_eq!(seqs(&store.read(New, None, 10).unwrap()), kept);
+    assert_eq!(store.lag(New).entries, 1);
+    let next = append(&store, vec![entry(New, "a", "after")]).await;
+    assert!(next[0] > settled[0], "{next:?} reuses {settled:?}");
+    // Settled again (the recovery would queue a reconciliation), it stays settled.
+    commit(&store, intent, vec![entry(New, "a", "reconcile")]).await;
+    drop(store);
+    let store = StateStore::open(dir.path()).await.unwrap();
+    assert!(store.pending_intents().unwrap().is_empty());
+    assert_eq!(
+        payloads(&store.read(New, None, 10).unwrap()),
+        ["kept", "after", "reconcile"]
+    );
+}
+
 #[tokio::test]
 async fn the_journal_cap_refuses_new_writes_until_it_drains() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,9 @@
 //!    primary's answer and the journal append can be found at start ([`StateStore::pending_intents`]);
 //! 2. on the primary's answer, [`StateStore::commit_intent`] appends the mirrored write to the
 //!    journal and drops the intent in one transaction (or [`StateStore::discard_intent`] if the
-//!    primary refused it);
+//!    primary refused it); [`StateStore::settle_intent`] and
+//!    [`StateStore::discard_intent_deferred`] do the same without an fsync of their own, for a
+//!    caller whose recovery of the intent is as good as the settlement (one fsync per write);
 //! 3. the replay worker pages the journal with [`StateStore::read`], applies entries to the
 //!    secondary, [`StateStore::remove`]s them, [`StateStore::park`]s permanent failures as dead letters,
 //!    and sleeps on [`StateStore::watch_appends`] when it has caught up.
@@ -113,6 +115,7 @@ pub(crate) struct Shared {
     pending_intents: AtomicU64,
     /// See [`CommitStats`].
     commits: AtomicU64,
+    durable_commits: AtomicU64,
     requests: AtomicU64,
     entries_appended: AtomicU64,
     /// Per target (old, new): the last seq committed to its journal, to wake replay workers.
@@ -288,15 +291,63 @@ impl StateStore {
         id: IntentId,
         entries: Vec<NewEntry>,
     ) -> Result<Vec<Seq>, StoreError> {
+        self.commit_intent_as(id, entries, true).await
+    }
+
+    /// [`commit_intent`](Self::commit_intent) without an fsync of its own: it returns once
+    /// committed in memory (visible to reads, to the lag and to the replay), and is made
+    /// durable by the next durable change (any other call that changes the state, from this
+    /// process's next write intent to the replay's next remove) or when the store is closed.
+    ///
+    /// A crash (or an I/O error of the state disk) before that loses it whole, together with
+    /// every later deferred settlement and nothing else: the intent is then pending again,
+    /// as if the process had died before settling it, and its recovery (a reconciliation)
+    /// takes the settlement's place. So this is for callers whose recovery of the intent is
+    /// as good as the settlement; their write costs one fsync (the intent's) instead of two.
+    pub async fn settle_intent(
+        &self,
+        id: IntentId,
+        entries: Vec<NewEntry>,
+    ) -> Result<Vec<Seq>, StoreError> {
+        self.commit_intent_as(id, entries, false).await
+    }
+
+    async fn commit_intent_as(
+        &self,
+        id: IntentId,
+        entries: Vec<NewEntry>,
+        durable: bool,
+    ) -> Result<Vec<Seq>, StoreError> {
         let entries = encode(entries)?;
-        self.submit(|reply| Op::CommitIntent { id, entries, reply })
-            .await
+        self.submit(|reply| Op::CommitIntent {
+            id,
+            entries,
+            durable,
+            reply,
+        })
+        .await
     }
 
     /// Deletes an intent whose write will not be mirrored (the primary refused it). Deleting
     /// an intent that is not pending is not an error.
     pub async fn discard_intent(&self, id: IntentId) -> Result<(), StoreError> {
-        self.submit(|reply| Op::DiscardIntent { id, reply }).await
+        self.submit(|reply| Op::DiscardIntent {
+            id,
+            durable: true,
+            reply,
+        })
+        .await
+    }
+
+    /// [`discard_intent`](Self::discard_intent) without an fsync of its own, as
+    /// [`settle_intent`](Self::settle_intent): a crash may bring the intent back.
+    pub async fn discard_intent_deferred(&self, id: IntentId) -> Result<(), StoreError> {
+        self.submit(|reply| Op::DiscardIntent {
+            id,
+            durable: false,
+            reply,
+        })
+        .await
     }
 
     /// Refuses before queueing while the journal is full; the writer checks again in the
@@ -557,6 +608,7 @@ impl StateStore {
         let shared = self.shared();
         CommitStats {
             commits: shared.commits.load(Ordering::Relaxed),
+            durable_commits: shared.durable_commits.load(Ordering::Relaxed),
             requests: shared.requests.load(Ordering::Relaxed),
             entries_appended: shared.entries_appended.load(Ordering::Relaxed),
         }
@@ -684,6 +736,7 @@ fn open_blocking(
         dead_letters: AtomicU64::new(loaded.dead_letters),
         pending_intents: AtomicU64::new(loaded.pending_intents),
         commits: AtomicU64::new(0),
+        durable_commits: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         entries_appended: AtomicU64::new(0),
         appends: loaded.last.map(|seq| watch::channel(seq).0),

@@ -117,6 +117,7 @@ pub(crate) fn load(db: &Database) -> Result<Loaded, StoreError> {
     let counters = Counters {
         next_seq: stored.next_seq.max(largest_seq.map_or(1, |seq| seq + 1)),
         next_intent: stored.next_intent.max(last_intent.map_or(1, |id| id + 1)),
+        unsynced: false,
     };
     Ok(Loaded {
         counters,
@@ -175,6 +176,7 @@ fn prepare(db: &Database) -> Result<Counters, StoreError> {
         Counters {
             next_seq,
             next_intent,
+            unsynced: false,
         }
     };
     txn.commit()?;

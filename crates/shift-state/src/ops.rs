@@ -32,10 +32,14 @@ pub(crate) enum Op {
     CommitIntent {
         id: IntentId,
         entries: Vec<EncodedEntry>,
+        /// Whether the caller waits for an fsync; see [`crate::StateStore::settle_intent`].
+        durable: bool,
         reply: Reply<Vec<Seq>>,
     },
     DiscardIntent {
         id: IntentId,
+        /// Likewise.
+        durable: bool,
         reply: Reply<()>,
     },
     Append {
@@ -80,9 +84,24 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    /// Whether the batch holding this change must be fsynced before it is answered. Only the
+    /// settlement of an intent may wait for the next durable commit: the intent, already on
+    /// disk, is what a crash leaves instead (see [`crate::StateStore::settle_intent`]).
+    pub(crate) fn durable(&self) -> bool {
+        match self {
+            Op::CommitIntent { durable, .. } | Op::DiscardIntent { durable, .. } => *durable,
+            _ => true,
+        }
+    }
+}
+
 /// The next ids to hand out, as last committed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Counters {
     pub next_seq: u64,
     pub next_intent: u64,
+    /// Whether a commit since the last durable one was not fsynced: the writer then makes
+    /// one durable commit before it stops.
+    pub unsynced: bool,
 }

@@ -136,8 +136,16 @@ fn probe(db: &Database) -> Result<(), StoreError> {
 }
 
 /// Puts the reopened database and the counters read from it in place.
+///
+/// The seqs and intent ids handed out stay above every one handed out before: commits that
+/// were not fsynced (settled intents) are lost with the old database, and a replay worker
+/// that read their entries must not see a seq again for another entry.
 fn install(shared: &Shared, counters: &mut Counters, db: Database, loaded: Loaded) {
-    *counters = loaded.counters;
+    *counters = Counters {
+        next_seq: loaded.counters.next_seq.max(counters.next_seq),
+        next_intent: loaded.counters.next_intent.max(counters.next_intent),
+        unsynced: false,
+    };
     {
         let mut lag = shared.lag();
         *lag = loaded.book;

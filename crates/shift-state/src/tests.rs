@@ -744,3 +744,35 @@ async fn dead_letters_are_redriven_to_the_end_of_the_journal_or_dropped() {
     let next = append(&store, vec![entry(New, "a", "n")]).await;
     assert!(next[0] > redriven);
 }
+
+/// A write's intent and its deferred settlement cost one fsync between them, and a clean close
+/// makes the last settlements durable: nothing is pending at the next open.
+#[tokio::test]
+async fn a_deferred_settlement_costs_no_fsync_and_a_close_keeps_it() {
+    const WRITES: u64 = 20;
+    let (dir, store) = fresh_store().await;
+    let before = store.commit_stats();
+    for i in 0..WRITES {
+        let intent = store.record_intent(b"op".to_vec()).await.unwrap();
+        let payload = format!("w{i}");
+        let settled = store.settle_intent(intent, vec![entry(New, "c", &payload)]);
+        assert_eq!(settled.await.unwrap().len(), 1);
+    }
+    let discarded = store.record_intent(b"refused".to_vec()).await.unwrap();
+    store.discard_intent_deferred(discarded).await.unwrap();
+    let after = store.commit_stats();
+    assert_eq!(after.commits - before.commits, 2 * (WRITES + 1));
+    assert_eq!(after.durable_commits - before.durable_commits, WRITES + 1);
+    assert_eq!(store.pending_intent_count(), 0);
+    assert_eq!(store.lag(New).entries, WRITES);
+    drop(store);
+
+    let store = StateStore::open(dir.path()).await.unwrap();
+    assert!(store.pending_intents().unwrap().is_empty());
+    let read = store.read(New, None, 100).unwrap();
+    assert_eq!(read.len() as u64, WRITES);
+    assert_eq!(
+        payloads(&read)[WRITES as usize - 1],
+        format!("w{}", WRITES - 1)
+    );
+}

@@ -159,8 +159,11 @@ pub struct DeadLetter {
 /// the group-commit factor (write calls sharing one fsync).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Transactions committed, each one fsync.
+    /// Transactions committed.
     pub commits: u64,
+    /// Those of them committed with an fsync (all but the batches made only of deferred
+    /// settlements, [`crate::StateStore::settle_intent`]): the fsyncs the state cost.
+    pub durable_commits: u64,
     /// Write calls (append, put, remove, ...) answered by those commits.
     pub requests: u64,
     /// Journal entries appended by those commits (by `append` and `commit_intent`).

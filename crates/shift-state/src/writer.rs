@@ -6,6 +6,12 @@
 //! While one batch is being synced the next one queues up, so under load many writers share
 //! each fsync, and alone a writer pays one fsync as it would anyway.
 //!
+//! A batch made only of deferred settlements ([`crate::StateStore::settle_intent`]) commits
+//! with `Durability::None`: no fsync; redb makes it durable with the next durable commit (any
+//! batch with another request in it), and the writer makes one durable commit before it stops
+//! if the last was not. A crash loses at most the deferred commits after the last durable one,
+//! in commit order, so what it leaves is always a prefix of what was answered.
+//!
 //! A plain thread rather than a tokio task: a commit blocks on fsync, which must not stall a
 //! runtime worker, and the loop has nothing else to wait for.
 
@@ -56,12 +62,39 @@ fn run(shared: &Shared, mut queue: mpsc::Receiver<Op>, mut counters: Counters) {
             }
         }
     }
+    if counters.unsynced {
+        sync_before_stop(shared);
+    }
+}
+
+/// Makes the deferred commits durable before the writer stops, so a clean stop leaves no
+/// settled intent to be recovered. (redb's close would too; this one is counted and logged.)
+fn sync_before_stop(shared: &Shared) {
+    let db = shared
+        .db
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(db) = db.as_ref() else { return };
+    let synced = db.begin_write().map_err(StoreError::from).and_then(|txn| {
+        // A new transaction's durability is `Immediate`.
+        txn.commit().map_err(StoreError::from)
+    });
+    match synced {
+        Ok(()) => {
+            shared.commits.fetch_add(1, Ordering::Relaxed);
+            shared.durable_commits.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot make the last settled intents durable at stop; the next start reconciles them")
+        }
+    }
 }
 
 /// Commits one batch and answers its callers. Returns the I/O error that failed it, if one
 /// did: the store is then unwritable until the writer has reopened the file.
 fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) -> Option<String> {
     let requests = ops.len() as u64;
+    let durable = ops.iter().any(Op::durable);
     let mut batch = Batch::new(
         *counters,
         shared.journal_bytes.load(Ordering::Relaxed),
@@ -73,7 +106,7 @@ fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) -> Optio
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match db.as_ref() {
-            Some(db) => batch.write(db, ops),
+            Some(db) => batch.write(db, ops, durable),
             // Only while recovering, which answers the queue itself; kept total anyway.
             None => {
                 batch.skip(ops);
@@ -108,6 +141,7 @@ fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) -> Optio
     // lag() and wakes any replay worker.
     counters.next_seq = batch.next_seq;
     counters.next_intent = batch.next_intent;
+    counters.unsynced = !durable;
     {
         let mut lag = shared.lag();
         for (target, collection, state) in batch.lag.drain(..) {
@@ -118,6 +152,9 @@ fn commit_batch(shared: &Shared, counters: &mut Counters, ops: Vec<Op>) -> Optio
     add_signed(&shared.dead_letters, batch.dead_letters);
     add_signed(&shared.pending_intents, batch.intents);
     shared.commits.fetch_add(1, Ordering::Relaxed);
+    if durable {
+        shared.durable_commits.fetch_add(1, Ordering::Relaxed);
+    }
     shared.requests.fetch_add(requests, Ordering::Relaxed);
     shared
         .entries_appended
@@ -326,8 +363,14 @@ impl Batch {
         self.done.extend(ops.into_iter().map(Done::skipped));
     }
 
-    /// Applies every request and commits; every request leaves a [`Done`] behind either way.
-    fn write(&mut self, db: &redb::Database, ops: Vec<Op>) -> Result<(), StoreError> {
+    /// Applies every request and commits, with an fsync if `durable`; every request leaves a
+    /// [`Done`] behind either way.
+    fn write(
+        &mut self,
+        db: &redb::Database,
+        ops: Vec<Op>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let mut txn = match db.begin_write() {
             Ok(txn) => txn,
             Err(err) => {
@@ -335,7 +378,12 @@ impl Batch {
                 return Err(err.into());
             }
         };
-        if let Err(err) = txn.set_durability(Durability::Immediate) {
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        if let Err(err) = txn.set_durability(durability) {
             self.skip(ops);
             return Err(err.into());
         }
@@ -378,10 +426,10 @@ impl Batch {
             Op::RecordIntent { payload, reply } => {
                 settle(self.record_intent(t, &payload), |r| Done::Intent(reply, r))
             }
-            Op::CommitIntent { id, entries, reply } => {
-                settle(self.commit_intent(t, id, entries), |r| Done::Seqs(reply, r))
-            }
-            Op::DiscardIntent { id, reply } => {
+            Op::CommitIntent {
+                id, entries, reply, ..
+            } => settle(self.commit_intent(t, id, entries), |r| Done::Seqs(reply, r)),
+            Op::DiscardIntent { id, reply, .. } => {
                 settle(self.discard_intent(t, id), |r| Done::Unit(reply, r))
             }
             Op::Append { entries, reply } => {

@@ -13,6 +13,7 @@ pub use outcome::{classify, ApplyError, HaltCause, NotFound};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use shift_chroma::paths;
@@ -25,6 +26,7 @@ use crate::collections::CollectionEntry;
 use crate::coord::OrderScope;
 use crate::ids::BackendCollectionId;
 use crate::mirror::{MirrorOp, RecordKind};
+use crate::replay::RawBatch;
 use crate::resolve::Resolver;
 
 tokio::task_local! {
@@ -234,14 +236,44 @@ impl Applier {
         op: &MirrorOp,
         caller: &Caller,
     ) -> Result<(), ApplyError> {
-        if let Some(name) = caller.identity() {
-            if !self.resolver.backends.get(target).knows_identity(name) {
-                return Err(ApplyError::refused(gone_identity(name)));
-            }
-        }
+        self.check_identity(target, caller)?;
         CALLER
             .scope(caller.clone(), self.apply_op(target, op))
             .await
+    }
+
+    /// Refuses a caller whose identity the config no longer has (see [`Applier::apply`]).
+    fn check_identity(&self, target: BackendName, caller: &Caller) -> Result<(), ApplyError> {
+        match caller.identity() {
+            Some(name) if !self.resolver.backends.get(target).knows_identity(name) => {
+                Err(ApplyError::refused(gone_identity(name)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies adds or upserts merged at the byte level: their body is sent as it is, within
+    /// the target's batch size (the replay made sure), as [`Applier::apply`] would send them.
+    pub async fn apply_raw(
+        &self,
+        target: BackendName,
+        raw: &RawBatch,
+        caller: &Caller,
+    ) -> Result<(), ApplyError> {
+        self.check_identity(target, caller)?;
+        let send = async {
+            let (tenant, database, id) = self.locate(target, &raw.collection).await?;
+            let path = paths::collection_verb(&tenant, &database, &id, raw.kind.verb());
+            let body = Bytes::from(raw.body.clone());
+            let answer = self
+                .resolver
+                .backends
+                .get(target)
+                .call_as_json(caller, Method::POST, &path, body)
+                .await?;
+            check(target, raw.kind.verb(), answer).map(|_| ())
+        };
+        CALLER.scope(caller.clone(), send).await
     }
 
     async fn apply_op(&self, target: BackendName, op: &MirrorOp) -> Result<(), ApplyError> {
@@ -629,6 +661,23 @@ pub trait ApplyTarget: Send + Sync + 'static {
         caller: &Caller,
     ) -> impl std::future::Future<Output = Result<(), ApplyError>> + Send;
     fn max_batch(&self, target: BackendName) -> impl std::future::Future<Output = usize> + Send;
+    /// Applies adds or upserts merged at the byte level; by default as the op they decode to.
+    fn apply_raw(
+        &self,
+        target: BackendName,
+        raw: &RawBatch,
+        caller: &Caller,
+    ) -> impl std::future::Future<Output = Result<(), ApplyError>> + Send {
+        async move {
+            let op = MirrorOp::Records {
+                kind: raw.kind,
+                collection: raw.collection.clone(),
+                body: serde_json::from_slice(&raw.body)
+                    .map_err(|e| ApplyError::refused(format!("unreadable merged body: {e}")))?,
+            };
+            self.apply(target, &op, caller).await
+        }
+    }
 }
 
 impl ApplyTarget for Applier {
@@ -643,6 +692,15 @@ impl ApplyTarget for Applier {
 
     fn max_batch(&self, target: BackendName) -> impl std::future::Future<Output = usize> + Send {
         Applier::max_batch(self, target)
+    }
+
+    fn apply_raw(
+        &self,
+        target: BackendName,
+        raw: &RawBatch,
+        caller: &Caller,
+    ) -> impl std::future::Future<Output = Result<(), ApplyError>> + Send {
+        Applier::apply_raw(self, target, raw, caller)
     }
 }
 

@@ -1,0 +1,378 @@
+//! Adds and upserts of the journal, read and merged at the byte level: no parse tree of their
+//! bodies, no re-serialization.
+//!
+//! A journaled add or upsert carries the body its client sent (`mirror.rs`'s
+//! `encode_records`), already checked to be JSON the proxy reads. Decoding it into a
+//! `serde_json::Value` makes every float a node, and sending it serializes every float again:
+//! most of the replay's CPU for an add of float embeddings. Here the body's top-level fields
+//! and their array items are located by a scan that only tracks strings and nesting, and a
+//! merged body is written by concatenating the items' bytes, field by field. The merge follows
+//! the rules of [`shift_chroma::payload::append_record_body`] (only the per-record arrays,
+//! disjoint ids, one embedding form, arrays as long as their ids, a missing array stands for
+//! nulls); anything outside them (an unknown field, a field that is neither an array nor
+//! null, an escaped key or id) is left to the parse-tree path, which the replay then takes.
+//! Updates and deletes keep that path: an update is restricted on the target first, a
+//! delete's body is its ids alone.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use crate::ids::ClientCollectionId;
+use crate::mirror::{op_json, RecordKind};
+
+/// The per-record arrays of a record write, in the order a merged body lists them.
+const FIELDS: [&str; 5] = ["ids", "embeddings", "metadatas", "documents", "uris"];
+
+/// Nesting deeper than this is left to the parse-tree path (which refuses past 128).
+const MAX_DEPTH: usize = 128;
+
+/// A batch of adds or upserts of one collection, merged into one request body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawBatch {
+    pub kind: RecordKind,
+    pub collection: ClientCollectionId,
+    /// The request body, JSON.
+    pub body: Vec<u8>,
+    /// How many records (ids) it holds.
+    pub records: usize,
+}
+
+/// How a body's embeddings are written (the forms must match to merge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Absent,
+    Floats,
+    Base64,
+    Other,
+}
+
+/// One record-write body's fields: each per-record array's items, or `None` when absent
+/// (or null).
+struct Body<'a> {
+    fields: [Option<Vec<&'a [u8]>>; 5],
+}
+
+impl<'a> Body<'a> {
+    fn ids(&self) -> &[&'a [u8]] {
+        self.fields[0].as_deref().unwrap_or_default()
+    }
+
+    fn form(&self) -> Form {
+        let Some(items) = &self.fields[1] else {
+            return Form::Absent;
+        };
+        if items.iter().all(|item| item.first() == Some(&b'[')) {
+            Form::Floats
+        } else if items.iter().all(|item| item.first() == Some(&b'"')) {
+            Form::Base64
+        } else {
+            Form::Other
+        }
+    }
+}
+
+/// A merge in progress: the first entry's body and the ones appended to it.
+pub(super) struct RawMerge<'a> {
+    kind: RecordKind,
+    collection: String,
+    fields: [Option<Vec<&'a [u8]>>; 5],
+    records: usize,
+    ids: HashSet<&'a [u8]>,
+    form: Form,
+}
+
+impl<'a> RawMerge<'a> {
+    /// Starts from a journal payload: `None` unless it is an add or an upsert whose body the
+    /// byte-level path reads.
+    pub(super) fn start(payload: &'a [u8]) -> Option<RawMerge<'a>> {
+        let (kind, collection, body) = records_op(payload)?;
+        if !matches!(kind, RecordKind::Add | RecordKind::Upsert) {
+            return None;
+        }
+        let ids = distinct_ids(body.ids())?;
+        // Nothing to merge into, or a write Chroma refuses: the parse-tree path decides.
+        if ids.is_empty() {
+            return None;
+        }
+        let records = body.ids().len();
+        let form = body.form();
+        Some(RawMerge {
+            kind,
+            collection,
+            fields: body.fields,
+            records,
+            ids,
+            form,
+        })
+    }
+
+    /// Records so far.
+    pub(super) fn records(&self) -> usize {
+        self.records
+    }
+
+    /// Appends the next entry when one request can say both and the total stays within
+    /// `max_records`; false, and nothing changed, otherwise.
+    pub(super) fn push(&mut self, payload: &'a [u8], max_records: usize) -> bool {
+        let Some((kind, collection, body)) = records_op(payload) else {
+            return false;
+        };
+        let added = body.ids().len();
+        if kind != self.kind
+            || collection != self.collection
+            || self.records + added > max_records
+            || body.form() != self.form
+        {
+            return false;
+        }
+        let Some(ids) = distinct_ids(body.ids()) else {
+            return false;
+        };
+        if ids.iter().any(|id| self.ids.contains(id)) {
+            return false;
+        }
+        for (slot, more) in self.fields.iter_mut().zip(body.fields) {
+            match (slot.as_mut(), more) {
+                (None, None) => {}
+                (Some(items), more) => {
+                    items.extend(more.unwrap_or_else(|| vec![b"null".as_slice(); added]))
+                }
+                (None, Some(more)) => {
+                    let mut items = vec![b"null".as_slice(); self.records];
+                    items.extend(more);
+                    *slot = Some(items);
+                }
+            }
+        }
+        self.ids.extend(ids);
+        self.records += added;
+        true
+    }
+
+    /// The merged request.
+    pub(super) fn finish(self) -> RawBatch {
+        let size: usize = self
+            .fields
+            .iter()
+            .flatten()
+            .flat_map(|items| items.iter().map(|item| item.len() + 1))
+            .sum();
+        let mut body = Vec::with_capacity(size + 64);
+        body.push(b'{');
+        for (name, items) in FIELDS.iter().zip(&self.fields) {
+            let Some(items) = items else { continue };
+            if body.len() > 1 {
+                body.push(b',');
+            }
+            body.extend_from_slice(format!("\"{name}\":[").as_bytes());
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(item);
+            }
+            body.push(b']');
+        }
+        body.push(b'}');
+        RawBatch {
+            kind: self.kind,
+            collection: ClientCollectionId::from(self.collection),
+            body,
+            records: self.records,
+        }
+    }
+}
+
+/// The ids as a set, when they are strings without escapes and distinct (a body repeating an
+/// id is left to the parse-tree path).
+fn distinct_ids<'a>(ids: &[&'a [u8]]) -> Option<HashSet<&'a [u8]>> {
+    let mut set = HashSet::with_capacity(ids.len());
+    for id in ids {
+        let plain = id.len() >= 2
+            && id.first() == Some(&b'"')
+            && id.last() == Some(&b'"')
+            && !id.contains(&b'\\');
+        if !plain || !set.insert(*id) {
+            return None;
+        }
+    }
+    Some(set)
+}
+
+/// A record write's kind, collection and body, from a journal payload
+/// (`{"records":{"kind":..,"collection":..,"body":..}}`, after the identity if any).
+fn records_op(payload: &[u8]) -> Option<(RecordKind, String, Body<'_>)> {
+    let json = op_json(payload);
+    let top = object_fields(json, span(json)?)?;
+    let [(b"records", records)] = top.as_slice() else {
+        return None;
+    };
+    let (mut kind, mut collection, mut body) = (None, None, None);
+    for (key, value) in object_fields(json, records.clone())? {
+        let bytes = &json[value.clone()];
+        match key {
+            b"kind" => kind = serde_json::from_slice::<RecordKind>(bytes).ok(),
+            b"collection" => collection = serde_json::from_slice::<String>(bytes).ok(),
+            b"body" => body = Some(value),
+            _ => return None,
+        }
+    }
+    let body = record_body(json, body?)?;
+    Some((kind?, collection?, body))
+}
+
+/// The per-record arrays of a body; `None` if it has any other field, or one of them is
+/// neither an array nor null. A repeated key keeps its last value, as a parse does.
+fn record_body(json: &[u8], at: Range<usize>) -> Option<Body<'_>> {
+    let mut fields: [Option<Vec<&[u8]>>; 5] = Default::default();
+    for (key, value) in object_fields(json, at)? {
+        let slot = FIELDS.iter().position(|f| f.as_bytes() == key)?;
+        fields[slot] = match json.get(value.start)? {
+            b'n' => None,
+            b'[' => Some(array_items(json, value)?),
+            _ => return None,
+        };
+    }
+    let count = fields[0].as_ref()?.len();
+    // Every array as long as the ids.
+    if fields.iter().flatten().any(|items| items.len() != count) {
+        return None;
+    }
+    Some(Body { fields })
+}
+
+/// The range of the single JSON value of `json` (whitespace around it allowed).
+fn span(json: &[u8]) -> Option<Range<usize>> {
+    let start = skip_ws(json, 0);
+    let end = value_end(json, start)?;
+    (skip_ws(json, end) == json.len()).then_some(start..end)
+}
+
+/// The keys (raw, unescaped only) and value ranges of the object at `at`.
+fn object_fields(json: &[u8], at: Range<usize>) -> Option<Vec<(&[u8], Range<usize>)>> {
+    let mut out = Vec::new();
+    members(json, at, b'{', b'}', |json, i| {
+        if json.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(json, i)?;
+        let key = json.get(i + 1..key_end - 1)?;
+        if key.contains(&b'\\') {
+            return None;
+        }
+        let colon = skip_ws(json, key_end);
+        if json.get(colon) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(json, colon + 1);
+        let end = value_end(json, start)?;
+        out.push((key, start..end));
+        Some(end)
+    })?;
+    Some(out)
+}
+
+/// The items of the array at `at`, as their bytes.
+fn array_items(json: &[u8], at: Range<usize>) -> Option<Vec<&[u8]>> {
+    let mut ranges = Vec::new();
+    members(json, at, b'[', b']', |json, i| {
+        let end = value_end(json, i)?;
+        ranges.push(i..end);
+        Some(end)
+    })?;
+    Some(ranges.into_iter().map(|r| &json[r]).collect())
+}
+
+/// Walks the comma-separated members of the object or array at `at`; `member` reads one
+/// starting at its first byte and returns where it ends.
+fn members<'a>(
+    json: &'a [u8],
+    at: Range<usize>,
+    open: u8,
+    close: u8,
+    mut member: impl FnMut(&'a [u8], usize) -> Option<usize>,
+) -> Option<()> {
+    if json.get(at.start) != Some(&open) || at.end == 0 || json.get(at.end - 1) != Some(&close) {
+        return None;
+    }
+    let mut i = skip_ws(json, at.start + 1);
+    if i == at.end - 1 {
+        return Some(());
+    }
+    loop {
+        i = skip_ws(json, member(json, i)?);
+        match json.get(i)? {
+            b',' => i = skip_ws(json, i + 1),
+            _ if i == at.end - 1 => return Some(()),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(json: &[u8], mut i: usize) -> usize {
+    while json
+        .get(i)
+        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// Where the value starting at `start` ends (one past its last byte). The body was checked to
+/// be JSON on the write path: this only needs to find the end, tracking strings and nesting.
+fn value_end(json: &[u8], start: usize) -> Option<usize> {
+    match *json.get(start)? {
+        b'"' => string_end(json, start),
+        b'{' | b'[' => {
+            let (mut depth, mut i) = (0usize, start);
+            loop {
+                match *json.get(i)? {
+                    b'"' => {
+                        i = string_end(json, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => {
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return None;
+                        }
+                    }
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        // A number, true, false or null.
+        _ => {
+            let scalar = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.');
+            let mut i = start;
+            while json.get(i).is_some_and(scalar) {
+                i += 1;
+            }
+            (i > start).then_some(i)
+        }
+    }
+}
+
+/// One past the closing quote of the string starting at `start`.
+fn string_end(json: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        match *json.get(i)? {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "raw_records_tests.rs"]
+mod tests;
