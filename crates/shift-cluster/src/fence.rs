@@ -53,6 +53,14 @@ impl WriteJournal for LeaseFencedJournal {
         self.inner.discard_intent(id)
     }
 
+    fn settle_intent(&self, id: IntentId, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
+        self.inner.settle_intent(id, entries)
+    }
+
+    fn discard_intent_deferred(&self, id: IntentId) -> StateCall<'_, ()> {
+        self.inner.discard_intent_deferred(id)
+    }
+
     fn append(&self, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
         match self.check() {
             Ok(()) => self.inner.append(entries),

@@ -140,14 +140,12 @@ pub trait WriteJournal: Send + Sync + Debug {
     /// [`commit_intent`](Self::commit_intent), but it may resolve before the change is
     /// durable: a crash may then lose it, and only it and later ones, leaving the intent
     /// pending. For a caller whose recovery of the intent is as good as the settlement (see
-    /// `write_task.rs`). By default, durable.
-    fn settle_intent(&self, id: IntentId, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
-        self.commit_intent(id, entries)
-    }
+    /// `write_task.rs`). An implementation without a cheaper deferred commit makes it durable;
+    /// a wrapper passes it on (no default: a default would silently make a wrapped journal
+    /// durable again).
+    fn settle_intent(&self, id: IntentId, entries: Vec<NewEntry>) -> StateCall<'_, ()>;
     /// [`discard_intent`](Self::discard_intent), likewise possibly before it is durable.
-    fn discard_intent_deferred(&self, id: IntentId) -> StateCall<'_, ()> {
-        self.discard_intent(id)
-    }
+    fn discard_intent_deferred(&self, id: IntentId) -> StateCall<'_, ()>;
     /// Appends entries outside a client write (a repair).
     fn append(&self, entries: Vec<NewEntry>) -> StateCall<'_, ()>;
     /// The intents not settled yet, with their payloads (recovery, the orphan sweep).

@@ -25,6 +25,14 @@ impl RetiringJournal {
     }
 
     /// `entries` without those for a retired store.
+    /// What an intent's settlement still journals: `None` when it had entries and all were for
+    /// the retired store (the intent is then only dropped).
+    fn retained(&self, entries: Vec<NewEntry>) -> Option<Vec<NewEntry>> {
+        let had_entries = !entries.is_empty();
+        let entries = self.kept(entries);
+        (!had_entries || !entries.is_empty()).then_some(entries)
+    }
+
     fn kept(&self, mut entries: Vec<NewEntry>) -> Vec<NewEntry> {
         let topology = self.topology.current();
         if topology.mirror_stopped {
@@ -41,16 +49,25 @@ impl WriteJournal for RetiringJournal {
     }
 
     fn commit_intent(&self, id: IntentId, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
-        let had_entries = !entries.is_empty();
-        let entries = self.kept(entries);
-        if had_entries && entries.is_empty() {
-            return self.inner.discard_intent(id);
+        match self.retained(entries) {
+            Some(entries) => self.inner.commit_intent(id, entries),
+            None => self.inner.discard_intent(id),
         }
-        self.inner.commit_intent(id, entries)
     }
 
     fn discard_intent(&self, id: IntentId) -> StateCall<'_, ()> {
         self.inner.discard_intent(id)
+    }
+
+    fn settle_intent(&self, id: IntentId, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
+        match self.retained(entries) {
+            Some(entries) => self.inner.settle_intent(id, entries),
+            None => self.inner.discard_intent_deferred(id),
+        }
+    }
+
+    fn discard_intent_deferred(&self, id: IntentId) -> StateCall<'_, ()> {
+        self.inner.discard_intent_deferred(id)
     }
 
     fn append(&self, entries: Vec<NewEntry>) -> StateCall<'_, ()> {
