@@ -168,7 +168,12 @@ impl ChromaShift {
         // outcome on the primary is unknown: one may still commit there (a request the killed
         // process had sent), so their reconciliations wait out the same grace as a live write
         // whose answer was lost before they read the primary.
-        let recovered = recover_intents(&store, initial.secondary()).await?;
+        // Through the finalize's wrapper, like every settlement: nothing for a retired store.
+        let settling = shift_proxy::retired::RetiringJournal::new(
+            coordination.journal.clone(),
+            coordination.topology.clone(),
+        );
+        let recovered = recover_intents(&settling, initial.secondary()).await?;
         let replay_hold = (recovered > 0)
             .then(|| tokio::time::Instant::now() + config.mirror.unknown_outcome_grace);
         let audit = Arc::new(AuditLog::new(store.clone(), config.admin.audit_keep));

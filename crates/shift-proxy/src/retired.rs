@@ -24,7 +24,6 @@ impl RetiringJournal {
         RetiringJournal { inner, topology }
     }
 
-    /// `entries` without those for a retired store.
     /// What an intent's settlement still journals: `None` when it had entries and all were for
     /// the retired store (the intent is then only dropped).
     fn retained(&self, entries: Vec<NewEntry>) -> Option<Vec<NewEntry>> {
@@ -33,6 +32,7 @@ impl RetiringJournal {
         (!had_entries || !entries.is_empty()).then_some(entries)
     }
 
+    /// `entries` without those for a retired store.
     fn kept(&self, mut entries: Vec<NewEntry>) -> Vec<NewEntry> {
         let topology = self.topology.current();
         if topology.mirror_stopped {
@@ -138,12 +138,18 @@ mod tests {
             .commit_intent(intent, vec![entry(BackendName::Old)])
             .await
             .unwrap();
+        // A record write's deferred settlement, as write_task.rs makes it.
+        let deferred = journal.record_intent(b"w3".to_vec()).await.unwrap();
+        journal
+            .settle_intent(deferred, vec![entry(BackendName::Old)])
+            .await
+            .unwrap();
         journal.append(vec![entry(BackendName::Old)]).await.unwrap();
         assert_eq!(
             journal.lag(BackendName::Old).entries,
             1,
             "nothing new queued"
         );
-        assert_eq!(journal.pending_intent_count(), 0, "the intent is settled");
+        assert_eq!(journal.pending_intent_count(), 0, "the intents are settled");
     }
 }
