@@ -6,5 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh
+# protoc for etcd-client's build, from .venv unless PROTOC names another.
+export PROTOC="${PROTOC:-$PWD/.venv/bin/protoc}"
 cargo build --release --quiet -p chroma-shift
 exec target/release/chroma-shift quickstart "$@"

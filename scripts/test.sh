@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh
+# protoc for etcd-client's build, from .venv unless PROTOC names another.
+export PROTOC="${PROTOC:-$PWD/.venv/bin/protoc}"
 scripts/setup-node.sh
 export ANONYMIZED_TELEMETRY=False
 if ! cargo nextest --version >/dev/null 2>&1; then
