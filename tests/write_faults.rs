@@ -117,6 +117,23 @@ async fn write(
 }
 
 /// `n` records from `first`, with 4-dimensional embeddings exact in f32.
+/// Restarts `proxy` with the failpoint `spec` (`name=action`) configured.
+async fn restart_with_failpoint(proxy: &mut ProxyProcess, spec: &str) -> anyhow::Result<()> {
+    proxy.stop().await?;
+    proxy.set_env(&[("FAILPOINTS", spec)]);
+    proxy.restart().await?;
+    ensure_failpoints(proxy)
+}
+
+/// Fails the test, saying why, when the binary has no failpoints compiled in.
+fn ensure_failpoints(proxy: &ProxyProcess) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        proxy.log_tail(200).contains("failpoints enabled"),
+        "the chroma-shift binary was built without the `failpoints` feature; run the tests through the workspace (scripts/test.sh)"
+    );
+    Ok(())
+}
+
 fn batch(first: usize, n: usize, tag: &str) -> Value {
     let ids: Vec<String> = (first..first + n).map(|i| format!("r{i}")).collect();
     let embeddings: Vec<Vec<f64>> = (first..first + n)
@@ -241,13 +258,7 @@ async fn kill_between_primary_answer_and_journal_commit_recovers() -> anyhow::Re
         }),
     ];
     for (verb, body, applied) in cases {
-        proxy.stop().await?;
-        proxy.set_env(&[("FAILPOINTS", "write::after_primary=pause")]);
-        proxy.restart().await?;
-        anyhow::ensure!(
-            proxy.log_tail(200).contains("failpoints enabled"),
-            "the chroma-shift binary was built without the `failpoints` feature; run the tests through the workspace (scripts/test.sh)"
-        );
+        restart_with_failpoint(&mut proxy, "write::after_primary=pause").await?;
         let url = proxy.url();
         let collection = id.clone();
         let in_flight = tokio::spawn(async move { write(&url, &collection, verb, body).await });
@@ -309,13 +320,7 @@ async fn kill_after_a_deferred_settlement_recovers() -> anyhow::Result<()> {
     same_on_both(&old.url(), &new.url(), "deferred").await?;
 
     new.stop().await?;
-    proxy.stop().await?;
-    proxy.set_env(&[("FAILPOINTS", "write::after_commit=pause")]);
-    proxy.restart().await?;
-    anyhow::ensure!(
-        proxy.log_tail(200).contains("failpoints enabled"),
-        "the chroma-shift binary was built without the `failpoints` feature; run the tests through the workspace (scripts/test.sh)"
-    );
+    restart_with_failpoint(&mut proxy, "write::after_commit=pause").await?;
     let url = proxy.url();
     let collection = id.clone();
     let in_flight =
@@ -734,10 +739,7 @@ async fn kill_in_the_middle_of_a_switch_drain_changes_nothing() -> anyhow::Resul
     let builder = builder.toml(JOURNALED);
     let mut proxy =
         ProxyProcess::start_with_env(builder, &[("FAILPOINTS", "switch::draining=pause")]).await?;
-    anyhow::ensure!(
-        proxy.log_tail(200).contains("failpoints enabled"),
-        "the chroma-shift binary was built without the `failpoints` feature; run the tests through the workspace (scripts/test.sh)"
-    );
+    ensure_failpoints(&proxy)?;
     let url = proxy.url();
     let id = create_collection(&url, json!({"name": "mid-switch"})).await?;
     // The new store holds the replay's writes unanswered until the test lets them go, so the

@@ -13,7 +13,6 @@ pub use outcome::{classify, ApplyError, HaltCause, NotFound};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use shift_chroma::paths;
@@ -264,7 +263,7 @@ impl Applier {
         let send = async {
             let (tenant, database, id) = self.locate(target, &raw.collection).await?;
             let path = paths::collection_verb(&tenant, &database, &id, raw.kind.verb());
-            let body = Bytes::from(raw.body.clone());
+            let body = raw.body.clone();
             let answer = self
                 .resolver
                 .backends

@@ -31,8 +31,8 @@ const MAX_DEPTH: usize = 128;
 pub struct RawBatch {
     pub kind: RecordKind,
     pub collection: ClientCollectionId,
-    /// The request body, JSON.
-    pub body: Vec<u8>,
+    /// The request body, JSON (shared: a retry sends it again without a copy).
+    pub body: bytes::Bytes,
     /// How many records (ids) it holds.
     pub records: usize,
 }
@@ -177,7 +177,7 @@ impl<'a> RawMerge<'a> {
         RawBatch {
             kind: self.kind,
             collection: ClientCollectionId::from(self.collection),
-            body,
+            body: body.into(),
             records: self.records,
         }
     }

@@ -146,7 +146,7 @@ fn one_entry_is_sent_with_its_bytes_as_the_client_wrote_them() {
     let bytes = MirrorOp::encode_records(RecordKind::Add, &"c1".into(), body.as_bytes(), &caller);
     let batch = RawMerge::start(&bytes.bytes).unwrap().finish();
     assert_eq!(
-        String::from_utf8(batch.body).unwrap(),
+        String::from_utf8(batch.body.to_vec()).unwrap(),
         r#"{"ids":["a"],"embeddings":[[1.50,2.000000000000000000001]]}"#
     );
     assert_eq!(batch.kind, RecordKind::Add);
