@@ -35,6 +35,51 @@ pub struct ClusterConfig {
     /// then must name a specific address (not 0.0.0.0).
     #[serde(default)]
     pub internal_address: Option<String>,
+    /// The NATS server holding the journal in JetStream (`nats://nats-0.nats:4222`; several
+    /// URLs separated by commas). Required for a cluster that keeps per-record order across a
+    /// change of a collection's owner: the journal then lives in one replicated stream, and a
+    /// replica that dies loses nothing with its disk. Unset: each replica journals in its own
+    /// `[state] dir` and replays it itself (a replica's entries are stuck on its disk while it
+    /// is down); for tests of the coordination alone, not for production.
+    #[serde(default)]
+    pub nats_url: Option<String>,
+    /// The JetStream stream of the journal (created when absent). Its subjects are
+    /// `<stream lowercased>.j.<store>.<collection>` (mirrored writes),
+    /// `<stream lowercased>.dead.<store>.<collection>` (dead letters) and
+    /// `<stream lowercased>.intent.<member>.<start>` (write intents).
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Servers holding each message of the stream: 3 in production (a quorum acknowledges an
+    /// append, so one server may be lost); 1 against a single server (tests).
+    #[serde(default = "default_stream_replicas")]
+    pub stream_replicas: usize,
+    /// How long the stream remembers a message id: an append resent within it (a retry after
+    /// a lost acknowledgement) is stored once.
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// How long a new owner of a collection waits after fencing the old owner's appends before
+    /// it settles the old owner's pending intents from the primary and takes the collection's
+    /// writes: at least the longest a write may take at the primary plus
+    /// `[mirror] unknown_outcome_grace`, so no write of the old owner lands on the primary after
+    /// the new owner read it.
+    #[serde(default = "default_takeover_grace", with = "humantime_serde")]
+    pub takeover_grace: Duration,
+}
+
+fn default_stream() -> String {
+    "CHROMA_SHIFT".into()
+}
+
+fn default_stream_replicas() -> usize {
+    3
+}
+
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_takeover_grace() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_key_prefix() -> String {
@@ -128,6 +173,48 @@ impl ClusterConfig {
                 "above zero and below cluster.lease_ttl",
             ));
         }
+        if let Some(url) = &self.nats_url {
+            let ok = !url.is_empty()
+                && url.split(',').all(|u| {
+                    let u = u.trim();
+                    ["nats://", "tls://", "ws://", "wss://"]
+                        .iter()
+                        .any(|scheme| u.starts_with(scheme))
+                });
+            if !ok {
+                return Err(invalid(
+                    "cluster.nats_url",
+                    format!("{url:?}: nats://host:4222 (several separated by commas)"),
+                ));
+            }
+        }
+        let stream_ok = !self.stream.is_empty()
+            && self.stream.len() <= 64
+            && self
+                .stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if !stream_ok {
+            return Err(invalid(
+                "cluster.stream",
+                "1 to 64 characters of letters, digits, '-' and '_'",
+            ));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(invalid(
+                "cluster.stream_replicas",
+                "1 to 5 (JetStream's limit); 3 in production",
+            ));
+        }
+        if self.duplicate_window < Duration::from_secs(1) {
+            return Err(invalid("cluster.duplicate_window", "at least 1s"));
+        }
+        if self.takeover_grace < self.etcd_timeout {
+            return Err(invalid(
+                "cluster.takeover_grace",
+                "at least cluster.etcd_timeout (and the longest a write may take at the primary)",
+            ));
+        }
         Ok(())
     }
 }
@@ -147,6 +234,11 @@ mod tests {
         let cluster = config.cluster.expect("the section is there");
         assert_eq!(cluster.key_prefix, "/chroma-shift");
         assert_eq!(cluster.lease_ttl.as_secs(), 10);
+        assert_eq!(cluster.nats_url, None);
+        assert_eq!(cluster.stream, "CHROMA_SHIFT");
+        assert_eq!(cluster.stream_replicas, 3);
+        assert_eq!(cluster.duplicate_window.as_secs(), 120);
+        assert_eq!(cluster.takeover_grace.as_secs(), 30);
         assert!(Config::from_toml(BASE).unwrap().cluster.is_none());
         let listen = config.server.listen;
         assert_eq!(
@@ -191,6 +283,22 @@ mod tests {
             (
                 "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\ninternal_address = \"https://p:8000\"",
                 "cluster.internal_address",
+            ),
+            (
+                "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\nnats_url = \"http://n:4222\"",
+                "cluster.nats_url",
+            ),
+            (
+                "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\nstream = \"a.b\"",
+                "cluster.stream",
+            ),
+            (
+                "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\nstream_replicas = 0",
+                "cluster.stream_replicas",
+            ),
+            (
+                "etcd_endpoints = [\"http://e:2379\"]\nmember_id = \"a\"\ntakeover_grace = \"1s\"",
+                "cluster.takeover_grace",
             ),
         ] {
             let error = Config::from_toml(&format!("{BASE}\n[cluster]\n{bad}\n")).unwrap_err();

@@ -30,6 +30,11 @@ pub fn config(etcd: &EtcdCluster, prefix: &str, member: &str, ttl: Duration) -> 
         lease_ttl: ttl,
         etcd_timeout: Duration::from_secs(1),
         internal_address: None,
+        nats_url: None,
+        stream: "CHROMA_SHIFT".into(),
+        stream_replicas: 1,
+        duplicate_window: Duration::from_secs(120),
+        takeover_grace: Duration::from_secs(2),
     }
 }
 
