@@ -411,7 +411,7 @@ impl ChromaShift {
                 let sink = alerts.clone();
                 let worker = ReplayWorker {
                     target,
-                    store: self.plane.state().clone(),
+                    store: Arc::new(self.plane.state().clone()),
                     applier: self.plane.applier().clone(),
                     metrics: self.metrics.clone(),
                     replay_metrics: replay_metrics.clone(),

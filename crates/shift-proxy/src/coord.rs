@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use shift_config::BackendName;
-use shift_state::{IntentId, Lag, NewEntry, StoreError};
+use shift_state::{IntentId, JournalEntry, Lag, NewEntry, Seq, StoreError};
 use tokio::sync::watch;
 
 use crate::collections::CollectionEntry;
@@ -171,4 +171,48 @@ pub struct Coordination {
     pub collections: Arc<dyn CollectionMapStore>,
     /// Write intents and the journals of mirrored writes.
     pub journal: Arc<dyn WriteJournal>,
+}
+
+/// What the replay worker ([`crate::replay`]) reads and changes in one target's journal. The
+/// embedded implementation is the redb state ([`shift_state::StateStore`], in
+/// [`crate::embedded`]); a cluster serves the entries of the collections this replica owns from
+/// a shared journal. The reads are synchronous: an implementation over the network serves them
+/// from what it read ahead.
+pub trait ReplayJournal: Send + Sync + Debug {
+    /// Up to `max_entries` entries of `target`'s journal with a seq above `after` (from the
+    /// start with `None`), in seq order, stopping after the entry that brings the payload bytes
+    /// to `max_bytes` (at least one entry when there is one).
+    fn read_bounded(
+        &self,
+        target: BackendName,
+        after: Option<Seq>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<JournalEntry>, StoreError>;
+    /// [`read_bounded`](Self::read_bounded) without a byte bound.
+    fn read(
+        &self,
+        target: BackendName,
+        after: Option<Seq>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        self.read_bounded(target, after, limit, usize::MAX)
+    }
+    /// Removes applied entries; seqs no longer there are skipped.
+    fn remove<'a>(&'a self, target: BackendName, seqs: &'a [Seq]) -> StateCall<'a, ()>;
+    /// Moves one entry to the dead letters with `reason`
+    /// ([`StoreError::UnknownEntry`] when it is not in the journal).
+    fn park(&self, target: BackendName, seq: Seq, reason: String) -> StateCall<'_, ()>;
+    /// Moves entries of `from`'s journal to `to`'s (a reconciliation queued for a store that
+    /// is primary now); seqs no longer in `from`'s journal are skipped.
+    fn retarget(
+        &self,
+        from: BackendName,
+        moves: Vec<(Seq, Vec<u8>)>,
+        to: BackendName,
+    ) -> StateCall<'_, Vec<Seq>>;
+    /// A receiver that changes when entries are appended to `target`'s journal.
+    fn watch_appends(&self, target: BackendName) -> watch::Receiver<Option<Seq>>;
+    /// What waits for `target`; cheap.
+    fn lag(&self, target: BackendName) -> Lag;
 }

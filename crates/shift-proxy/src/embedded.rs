@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use shift_config::BackendName;
-use shift_state::{IntentId, Lag, MapTable, NewEntry, StateStore, StoreError};
+use shift_state::{IntentId, JournalEntry, Lag, MapTable, NewEntry, Seq, StateStore, StoreError};
 
 use crate::collections::CollectionEntry;
-use crate::coord::{CollectionMapStore, Coordination, StateCall, WriteJournal};
+use crate::coord::{CollectionMapStore, Coordination, ReplayJournal, StateCall, WriteJournal};
 use crate::gate::LocalWriteGate;
 use crate::locks::OrderLocks;
 use crate::topology::{LocalTopology, Topology};
@@ -132,6 +132,52 @@ impl Coordination {
             collections: Arc::new(state.clone()),
             journal: Arc::new(state.clone()),
         }
+    }
+}
+
+impl ReplayJournal for StateStore {
+    fn read_bounded(
+        &self,
+        target: BackendName,
+        after: Option<Seq>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        StateStore::read_bounded(self, target, after, max_entries, max_bytes)
+    }
+
+    fn read(
+        &self,
+        target: BackendName,
+        after: Option<Seq>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        StateStore::read(self, target, after, limit)
+    }
+
+    fn remove<'a>(&'a self, target: BackendName, seqs: &'a [Seq]) -> StateCall<'a, ()> {
+        Box::pin(StateStore::remove(self, target, seqs))
+    }
+
+    fn park(&self, target: BackendName, seq: Seq, reason: String) -> StateCall<'_, ()> {
+        Box::pin(StateStore::park(self, target, seq, reason))
+    }
+
+    fn retarget(
+        &self,
+        from: BackendName,
+        moves: Vec<(Seq, Vec<u8>)>,
+        to: BackendName,
+    ) -> StateCall<'_, Vec<Seq>> {
+        Box::pin(StateStore::retarget(self, from, moves, to))
+    }
+
+    fn watch_appends(&self, target: BackendName) -> tokio::sync::watch::Receiver<Option<Seq>> {
+        StateStore::watch_appends(self, target)
+    }
+
+    fn lag(&self, target: BackendName) -> Lag {
+        StateStore::lag(self, target)
     }
 }
 

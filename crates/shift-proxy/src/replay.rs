@@ -29,7 +29,7 @@
 //! the client wrote them. Other entries are decoded into a [`MirrorOp`] and merged as such.
 //!
 //! Memory: the worker holds at most `max_bytes` of journal payload (plus one entry), read with
-//! [`StateStore::read_bounded`], as the raw bytes of each entry, once; a merged request is decoded
+//! [`ReplayJournal::read_bounded`], as the raw bytes of each entry, once; a merged request is decoded
 //! from them for the time of one apply.
 //! One lane holds at most a quarter of the budget, so a lane that waits cannot starve the
 //! others; what a full lane cannot hold stays in the journal and is read again when it has room.
@@ -40,12 +40,13 @@ use std::time::Duration;
 
 use shift_chroma::retry::Backoff;
 use shift_config::BackendName;
-use shift_state::{JournalEntry, Seq, StateStore, StoreError};
+use shift_state::{JournalEntry, Seq, StoreError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::apply::{ApplyError, ApplyTarget, HaltCause};
 use crate::auth::Caller;
+use crate::coord::ReplayJournal;
 use crate::metrics::{ProxyMetrics, ReplayMetrics};
 use crate::mirror::{identity_of, MirrorOp};
 use crate::topology::SharedTopology;
@@ -106,7 +107,8 @@ pub type AlertSink = Arc<dyn Fn(String) + Send + Sync>;
 /// Applies `target`'s journal to it until `stop` turns true.
 pub struct ReplayWorker<A: ApplyTarget> {
     pub target: BackendName,
-    pub store: StateStore,
+    /// The journal it reads and changes: the redb state, or a cluster's shared journal.
+    pub store: Arc<dyn ReplayJournal>,
     pub applier: Arc<A>,
     pub metrics: ProxyMetrics,
     pub replay_metrics: ReplayMetrics,

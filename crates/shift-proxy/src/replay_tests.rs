@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use prometheus::core::Collector;
 use serde_json::json;
-use shift_state::NewEntry;
+use shift_state::{NewEntry, StateStore};
 
 use super::lanes::is_barrier;
 use super::*;
@@ -190,7 +190,7 @@ impl Harness {
         });
         let worker = ReplayWorker {
             target: TARGET,
-            store: store.clone(),
+            store: Arc::new(store.clone()),
             applier: fake.clone(),
             metrics: metrics.clone(),
             replay_metrics: replay_metrics.clone(),

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use serde_json::json;
-use shift_state::NewEntry;
+use shift_state::{NewEntry, StateStore};
 
 use super::*;
 use crate::apply::gone_identity;
@@ -84,7 +84,7 @@ async fn entries_replay_as_their_identity_unmerged_across_identities_and_a_gone_
     store.append(entries).await.unwrap();
     let worker = ReplayWorker {
         target: TARGET,
-        store: store.clone(),
+        store: Arc::new(store.clone()),
         applier: recorder.clone(),
         metrics: ProxyMetrics::register(&prometheus::Registry::new()).unwrap(),
         replay_metrics: ReplayMetrics::unregistered().unwrap(),
