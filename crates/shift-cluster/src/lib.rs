@@ -20,10 +20,13 @@ pub mod cutover;
 pub mod fence;
 pub mod forward;
 pub mod idmap;
+pub mod intents;
+pub mod journal;
 pub mod keys;
 pub mod member;
 pub mod owner;
 pub mod participant;
+pub mod replay_source;
 pub mod stream;
 pub mod topology;
 pub mod view;
@@ -35,7 +38,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use shift_config::ClusterConfig;
-use shift_proxy::coord::Coordination;
+use shift_proxy::coord::{Coordination, ReplayJournal, WriteJournal};
 use shift_proxy::gate::LocalWriteGate;
 use shift_proxy::locks::OrderLocks;
 use shift_proxy::topology::Topology;
@@ -47,9 +50,12 @@ use crate::cutover::ClusterCutover;
 use crate::fence::LeaseFencedJournal;
 use crate::forward::Forwarder;
 use crate::idmap::EtcdCollectionMap;
+use crate::journal::JetStreamJournal;
 use crate::keys::Keys;
 use crate::member::{MemberSettings, Membership};
 use crate::participant::Participant;
+use crate::replay_source::JetStreamReplay;
+use crate::stream::{JournalStream, StreamSettings};
 use crate::view::MemberView;
 use shift_proxy::DataPlaneState;
 
@@ -68,6 +74,8 @@ pub enum ClusterError {
     Encode(String),
     #[error("the key {0} kept changing under a create; retry")]
     Contended(String),
+    #[error("the journal in NATS JetStream: {0}")]
+    Nats(#[from] stream::StreamError),
 }
 
 impl ClusterError {
@@ -127,6 +135,45 @@ pub struct Cluster {
     clock: Arc<LeaseClock>,
     tasks: Vec<JoinHandle<()>>,
     timeout: Duration,
+    /// With `nats_url`: the replay's side of the JetStream journal.
+    replay: Option<Arc<JetStreamReplay>>,
+}
+
+/// Journal payload the JetStream replay reads ahead per store, at most (plus one entry).
+const READ_AHEAD_BYTES: usize = 32 * 1024 * 1024;
+
+/// Opens the JetStream journal of `config` (its stream created when absent) for member `me`
+/// over `members`, and starts its tasks: the replay's reader and the adoption of the intents
+/// other processes left.
+async fn open_journal(
+    config: &ClusterConfig,
+    url: &str,
+    members: Arc<MemberView>,
+    topology: Arc<dyn shift_proxy::coord::LiveTopology>,
+) -> Result<(JetStreamJournal, Arc<JetStreamReplay>, Vec<JoinHandle<()>>), ClusterError> {
+    let stream = JournalStream::open(
+        url,
+        StreamSettings {
+            name: config.stream.clone(),
+            subject_prefix: config.stream.to_lowercase(),
+            replicas: config.stream_replicas,
+            duplicate_window: config.duplicate_window,
+        },
+    )
+    .await?;
+    let shared = Arc::new(journal::Shared::new(
+        stream,
+        config.member_id.clone(),
+        members,
+        topology,
+        config.takeover_grace,
+    ));
+    let replay = Arc::new(JetStreamReplay::new(shared.clone(), READ_AHEAD_BYTES));
+    let tasks = vec![
+        tokio::spawn(replay.clone().run()),
+        tokio::spawn(intents::adopt(shared.clone())),
+    ];
+    Ok((JetStreamJournal { shared }, replay, tasks))
 }
 
 impl Cluster {
@@ -167,7 +214,16 @@ impl Cluster {
             view::follow(&client, keys.members(), config.etcd_timeout).await?;
         let (idmap, idmap_task) =
             watched::Watched::follow(&client, keys.idmap(), config.etcd_timeout).await?;
-        let journal = LeaseFencedJournal::new(Arc::new(state.clone()), membership.clock().clone());
+        // With nats_url the journal is the JetStream stream; without it each replica's state.
+        let (inner, replay, journal_tasks): (Arc<dyn WriteJournal>, _, _) = match &config.nats_url {
+            Some(url) => {
+                let (journal, replay, tasks) =
+                    open_journal(config, url, members.clone(), joined.topology.clone()).await?;
+                (Arc::new(journal), Some(replay), tasks)
+            }
+            None => (Arc::new(state.clone()), None, Vec::new()),
+        };
+        let journal = LeaseFencedJournal::new(inner, membership.clock().clone());
         let coordination = Coordination {
             order: Arc::new(OrderLocks::default()),
             gate: Arc::new(LocalWriteGate::default()),
@@ -208,9 +264,11 @@ impl Cluster {
                     .tasks
                     .into_iter()
                     .chain([members_task, idmap_task, participant])
+                    .chain(journal_tasks)
                     .collect(),
                 cutover,
                 timeout: config.etcd_timeout,
+                replay,
             },
             coordination,
         ))
@@ -241,6 +299,14 @@ impl Cluster {
             registry,
         )?;
         Ok(Arc::new(forwarder))
+    }
+
+    /// What the replay workers read and change with `nats_url` (the JetStream journal of
+    /// the collections this replica owns); `None` without it (each replica's state).
+    pub fn replay_journal(&self) -> Option<Arc<dyn ReplayJournal>> {
+        self.replay
+            .clone()
+            .map(|replay| replay as Arc<dyn ReplayJournal>)
     }
 
     /// The membership lease's deadline.

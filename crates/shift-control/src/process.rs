@@ -405,13 +405,19 @@ impl ChromaShift {
         let replay_metrics = ReplayMetrics::register(&self.registry)
             .or_else(|_| ReplayMetrics::unregistered())
             .expect("valid metric definitions");
+        // With [cluster] nats_url, the JetStream journal of the collections this replica owns.
+        let replay_journal: Arc<dyn shift_proxy::coord::ReplayJournal> = self
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.replay_journal())
+            .unwrap_or_else(|| Arc::new(self.plane.state().clone()));
         let replay_tasks: Vec<_> = [BackendName::Old, BackendName::New]
             .into_iter()
             .map(|target| {
                 let sink = alerts.clone();
                 let worker = ReplayWorker {
                     target,
-                    store: Arc::new(self.plane.state().clone()),
+                    store: replay_journal.clone(),
                     applier: self.plane.applier().clone(),
                     metrics: self.metrics.clone(),
                     replay_metrics: replay_metrics.clone(),

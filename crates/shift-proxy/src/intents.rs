@@ -81,26 +81,28 @@ async fn settle_as_reconciliation(
     payload: &[u8],
     secondary: BackendName,
 ) -> Result<(), StoreError> {
-    match MirrorOp::from_bytes(payload) {
-        Ok(op) => {
-            let op = op.recovery();
-            journal
-                .commit_intent(
-                    id,
-                    vec![NewEntry {
-                        target: secondary,
-                        collection: op.lag_key(),
-                        // The reconciliation runs as the identity that wrote.
-                        payload: op.to_bytes_as(crate::mirror::identity_of(payload)),
-                    }],
-                )
-                .await
-        }
+    match reconciliation_of(payload, secondary) {
+        Ok(entry) => journal.commit_intent(id, vec![entry]).await,
         Err(error) => {
             tracing::error!(intent = %id, %error, "unreadable intent dropped");
             journal.discard_intent(id).await
         }
     }
+}
+
+/// The journal entry that settles an intent whose outcome is unknown: a reconciliation of its
+/// records (or of its collection or namespace), which copies whatever the primary holds when
+/// it is applied, run as the identity that wrote.
+pub fn reconciliation_of(
+    payload: &[u8],
+    secondary: BackendName,
+) -> Result<NewEntry, serde_json::Error> {
+    let op = MirrorOp::from_bytes(payload)?.recovery();
+    Ok(NewEntry {
+        target: secondary,
+        collection: op.lag_key(),
+        payload: op.to_bytes_as(crate::mirror::identity_of(payload)),
+    })
 }
 
 /// How often [`settle_orphaned_intents`] looks.
