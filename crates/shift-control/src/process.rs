@@ -120,10 +120,10 @@ impl ChromaShift {
             shift_state::StoreOptions::from_config(&config.state),
         )
         .await?;
-        registry.register(Box::new(
-            JournalCollector::new(store.clone())?
-                .max_collection_series(config.metrics.max_collection_series),
-        ))?;
+        let journal_metrics = JournalCollector::new(store.clone())?
+            .max_collection_series(config.metrics.max_collection_series);
+        let journal_slot = journal_metrics.journal_slot();
+        registry.register(Box::new(journal_metrics))?;
         // A topology changed through the admin API outlives restarts; the config only seeds the
         // first one.
         let initial = match crate::switch::restore(&store)? {
@@ -159,6 +159,8 @@ impl ChromaShift {
                     .unwrap_or_else(|| format!("http://{}", config.server.listen));
                 let (cluster, coordination) =
                     shift_cluster::Cluster::join(section, &store, initial, address).await?;
+                // The journal's depth and dead letters come from the cluster's journal.
+                let _ = journal_slot.set(coordination.journal.clone());
                 (coordination, Some(cluster))
             }
             None => (Coordination::embedded(&store, initial), None),

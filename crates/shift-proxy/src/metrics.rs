@@ -221,6 +221,9 @@ fn gauges(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaug
 #[derive(Debug)]
 pub struct JournalCollector {
     store: StateStore,
+    /// The journal the lag and the dead letters are read from when it is not `store` (a
+    /// cluster's, set once it is joined).
+    journal: Arc<std::sync::OnceLock<Arc<dyn crate::coord::WriteJournal>>>,
     descs: Vec<Desc>,
     /// Collections with their own depth and age series, the deepest first; the rest are
     /// summed under `collection="_other"`.
@@ -235,9 +238,16 @@ impl JournalCollector {
             .collect();
         Ok(JournalCollector {
             store,
+            journal: Arc::default(),
             descs,
             max_collections: shift_config::MetricsConfig::default().max_collection_series,
         })
+    }
+
+    /// Where to set the journal the lag and dead letters are read from instead of the state
+    /// (a cluster's journal in NATS JetStream).
+    pub fn journal_slot(&self) -> Arc<std::sync::OnceLock<Arc<dyn crate::coord::WriteJournal>>> {
+        self.journal.clone()
     }
 
     /// Caps the collections with depth and age series of their own (`[metrics]
@@ -289,7 +299,10 @@ impl JournalCollector {
         let now = crate::replay::now_ms();
         let seconds = |oldest: u64| now.saturating_sub(oldest) as f64 / 1000.0;
         for target in [BackendName::Old, BackendName::New] {
-            let lag = self.store.lag(target);
+            let lag = match self.journal.get() {
+                Some(journal) => journal.lag(target),
+                None => self.store.lag(target),
+            };
             let name = target.as_str();
             depth
                 .with_label_values(&[name, ""])
@@ -319,7 +332,11 @@ impl JournalCollector {
                 age.with_label_values(&[name, OTHER]).set(seconds(oldest));
             }
         }
-        dead.set(i64::try_from(self.store.dead_letter_count()).unwrap_or(i64::MAX));
+        let dead_letters = match self.journal.get() {
+            Some(journal) => journal.dead_letter_count(),
+            None => self.store.dead_letter_count(),
+        };
+        dead.set(i64::try_from(dead_letters).unwrap_or(i64::MAX));
         let mut families = depth.collect();
         families.extend(age.collect());
         families.extend(dead.collect());
