@@ -159,8 +159,13 @@ impl JetStreamReplay {
             if count == 0 {
                 continue;
             }
+            // Read again when the count moved, or when a small subject held entries: applying
+            // its last entry swaps it for a marker without changing the count. A drained
+            // subject (markers only) is not read until its count moves.
             let info = match known.get(&subject) {
-                Some(info) if info.count == count => info.clone(),
+                Some(info) if info.count == count && (count > 3 || info.markers >= count) => {
+                    info.clone()
+                }
                 _ => {
                     let first = stream.next_after(&subject, 0).await.map_err(nats)?;
                     let last = stream.last(&subject).await.map_err(nats)?;
