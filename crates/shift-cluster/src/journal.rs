@@ -29,6 +29,15 @@
 //! owner's last owned message of each subject (`release`), so the fence outlives the purges
 //! of applied entries; a drained subject keeps one marker.
 //!
+//! A new owner takes the collection's writes at once, after its marker, rather than holding
+//! them for the takeover grace: the old owner's writes that may still land on the primary
+//! afterwards all have intents in the stream (an intent is durable before the primary sees
+//! its write), and the new owner turns those into reconciliations only once they are older
+//! than the grace, so they are journaled after the new owner's entries and read the primary
+//! after the old writes landed; the secondary ends with what the primary holds. What waits
+//! out the grace is the replay of the collection (`replay_source.rs`), so the old owner's
+//! worker, if alive, has stopped before the new one applies.
+//!
 //! Every append carries a message id derived from what it settles (`i<intent>-<n>` for an
 //! intent's entries, whoever appends them): a retry after a lost acknowledgement, or a
 //! recovery that repeats a settlement that landed, stores once within the duplicate window.

@@ -94,15 +94,36 @@ async fn members_are(replica: &Replica, ids: &[&str]) -> anyhow::Result<()> {
     .await
 }
 
+/// Replicas a and b joined, each seeing both, and a collection a owns.
+async fn two_replicas(
+    etcd: &EtcdCluster,
+    nats: &NatsServer,
+) -> anyhow::Result<(Replica, Replica, String)> {
+    let a = join(&config(etcd, nats, "a"), topology(1, BackendName::Old)).await?;
+    let b = join(&config(etcd, nats, "b"), topology(1, BackendName::Old)).await?;
+    members_are(&a, &["a", "b"]).await?;
+    members_are(&b, &["a", "b"]).await?;
+    Ok((a, b, owned_by("a", &["a", "b"])))
+}
+
+/// Waits until every replica's lag of TARGET is `entries`.
+async fn lag_is(replicas: &[&Replica], entries: u64) -> anyhow::Result<()> {
+    for replica in replicas {
+        let journal = replica.plane.journal.clone();
+        wait_until("the lag on every replica", LIMIT, || {
+            let now = journal.lag(TARGET).entries;
+            async move { Ok(now == entries) }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn entries_settle_once_and_lag_is_seen_by_every_replica() -> anyhow::Result<()> {
     let etcd = EtcdCluster::start(3).await?;
     let nats = NatsServer::start().await?;
-    let a = join(&config(&etcd, &nats, "a"), topology(1, BackendName::Old)).await?;
-    let b = join(&config(&etcd, &nats, "b"), topology(1, BackendName::Old)).await?;
-    members_are(&a, &["a", "b"]).await?;
-    members_are(&b, &["a", "b"]).await?;
-    let c = owned_by("a", &["a", "b"]);
+    let (a, b, c) = two_replicas(&etcd, &nats).await?;
 
     // A write's intent, then its settlement, on the owner.
     let write = upsert(&c, "x", 1);
@@ -134,35 +155,33 @@ async fn entries_settle_once_and_lag_is_seen_by_every_replica() -> anyhow::Resul
         replay(&b).read(TARGET, None, 100)?.is_empty(),
         "only the owner replays"
     );
-    for replica in [&a, &b] {
-        let journal = replica.plane.journal.clone();
-        wait_until("the lag on every replica", LIMIT, || {
-            let lag = journal.lag(TARGET);
-            let seen = lag.entries == 1 && lag.collections.contains_key(&c);
-            async move { Ok(seen) }
-        })
-        .await?;
-    }
+    lag_is(&[&a, &b], 1).await?;
+    assert!(b.plane.journal.lag(TARGET).collections.contains_key(&c));
     // Applied: removed, and the lag drains to zero everywhere (a drained subject keeps only
     // its fence marker, which is not lag).
     replay(&a).remove(TARGET, &[read_a[0].0]).await?;
-    for replica in [&a, &b] {
-        let journal = replica.plane.journal.clone();
-        wait_until("the lag drains", LIMIT, || {
-            let entries = journal.lag(TARGET).entries;
-            async move { Ok(entries == 0) }
-        })
-        .await?;
-    }
+    lag_is(&[&a, &b], 0).await?;
     // The owner appends again after the drain: its fence marker did not fence itself.
-    let next = upsert(&c, "x", 2);
-    let id = a.plane.journal.record_intent(next.clone()).await?;
-    a.plane
-        .journal
-        .settle_intent(id, vec![entry(&c, next.clone())])
-        .await?;
-    let again = read(&a, 1).await?;
-    assert_eq!(again.last().map(|e| &e.1), Some(&next));
+    let next: Vec<Vec<u8>> = (2..4).map(|v| upsert(&c, "x", v)).collect();
+    for write in &next {
+        let id = a.plane.journal.record_intent(write.clone()).await?;
+        a.plane
+            .journal
+            .settle_intent(id, vec![entry(&c, write.clone())])
+            .await?;
+    }
+    let again = read(&a, 2).await?;
+    assert_eq!(
+        again.iter().map(|e| &e.1).collect::<Vec<_>>(),
+        next.iter().collect::<Vec<_>>()
+    );
+    lag_is(&[&a, &b], 2).await?;
+    // The first applied: the subject holds the second alone; then the second applied: the
+    // subject holds a marker alone, at the same count, and the lag still drains.
+    replay(&a).remove(TARGET, &[again[0].0]).await?;
+    lag_is(&[&a, &b], 1).await?;
+    replay(&a).remove(TARGET, &[again[1].0]).await?;
+    lag_is(&[&a, &b], 0).await?;
     Ok(())
 }
 
@@ -170,11 +189,7 @@ async fn entries_settle_once_and_lag_is_seen_by_every_replica() -> anyhow::Resul
 async fn a_new_owner_fences_the_old_one_and_settles_its_intent() -> anyhow::Result<()> {
     let etcd = EtcdCluster::start(3).await?;
     let nats = NatsServer::start().await?;
-    let a = join(&config(&etcd, &nats, "a"), topology(1, BackendName::Old)).await?;
-    let b = join(&config(&etcd, &nats, "b"), topology(1, BackendName::Old)).await?;
-    members_are(&a, &["a", "b"]).await?;
-    members_are(&b, &["a", "b"]).await?;
-    let c = owned_by("a", &["a", "b"]);
+    let (a, b, c) = two_replicas(&etcd, &nats).await?;
 
     let first = upsert(&c, "x", 1);
     let id = a.plane.journal.record_intent(first.clone()).await?;
