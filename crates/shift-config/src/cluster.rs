@@ -78,8 +78,10 @@ fn default_duplicate_window() -> Duration {
     Duration::from_secs(120)
 }
 
+/// The backends' default `request_timeout` (60s) plus `[mirror] unknown_outcome_grace` (2s),
+/// with a margin.
 fn default_takeover_grace() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(70)
 }
 
 fn default_key_prefix() -> String {
@@ -238,7 +240,7 @@ mod tests {
         assert_eq!(cluster.stream, "CHROMA_SHIFT");
         assert_eq!(cluster.stream_replicas, 3);
         assert_eq!(cluster.duplicate_window.as_secs(), 120);
-        assert_eq!(cluster.takeover_grace.as_secs(), 30);
+        assert_eq!(cluster.takeover_grace.as_secs(), 70);
         assert!(Config::from_toml(BASE).unwrap().cluster.is_none());
         let listen = config.server.listen;
         assert_eq!(
