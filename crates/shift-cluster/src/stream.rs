@@ -1,6 +1,7 @@
-//! The JetStream journal's append side (issue 13, step 3; not yet the [`WriteJournal`] of the
-//! running proxy, whose replay still reads the redb state). One stream holds every
-//! collection's journal, a subject per collection (`<prefix>.<collection>`):
+//! The JetStream stream under the cluster's journal ([`crate::journal`], the proxy's
+//! [`WriteJournal`] with `nats_url`): publishing, reading and purging its subjects. One stream
+//! holds every collection's journal; [`JournalStream::append`] names a subject per collection
+//! (`<prefix>.<collection>`), [`JournalStream::publish`] any subject:
 //!
 //! - an append names the subject's last sequence its writer saw
 //!   (`Nats-Expected-Last-Subject-Sequence`): a new owner of a collection appends once at the
