@@ -371,7 +371,7 @@ impl ReplayJournal for JetStreamReplay {
     }
 
     /// Applied entries leave the stream, all of a subject's up to the highest given (a
-    /// collection's entries are applied in order; see [`Shared::release`]).
+    /// collection's entries are applied in order; `journal.rs` keeps the owner's fence).
     fn remove<'a>(&'a self, target: BackendName, seqs: &'a [Seq]) -> StateCall<'a, ()> {
         Box::pin(async move { self.take(target, seqs).await })
     }
