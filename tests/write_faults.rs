@@ -362,6 +362,63 @@ async fn kill_after_a_deferred_settlement_recovers() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The replay removes applied adds, upserts and deletes without an fsync of their own (the
+/// next durable commit, a write's intent say, makes them durable). Here the whole journal is
+/// applied while nothing else commits, and the proxy is killed once it is empty: the removes
+/// are lost, the entries are back at the next start and applied again, in order, onto a store
+/// that holds them already, which leaves both stores with what the clients wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_after_deferred_replay_removes_applies_them_again_harmlessly() -> anyhow::Result<()> {
+    let (old, mut new) = two_stores().await?;
+    let builder = Proxy::in_front_of(&old, &new).toml(JOURNALED);
+    let mut proxy = ProxyProcess::start(builder).await?;
+    let id = create_collection(&proxy.url(), json!({"name": "reapplied"})).await?;
+    same_on_both(&old.url(), &new.url(), "reapplied").await?;
+    // Queued while the new store is down: the same records added, rewritten, deleted and
+    // added again, applied in one run once it is back.
+    new.stop().await?;
+    for (verb, body) in [
+        ("add", batch(0, 4, "first")),
+        ("upsert", batch(1, 2, "second")),
+        ("delete", json!({"ids": ["r2", "r3"]})),
+        ("add", batch(3, 2, "third")),
+    ] {
+        let (status, body) = write(&proxy.url(), &id, verb, body).await?;
+        anyhow::ensure!(status.is_success(), "{verb}: {status} {body}");
+    }
+    new.restart().await?;
+    let admin = proxy.admin_url();
+    let drained = |admin: String, entries: f64| async move {
+        let depth = &[("target", "new"), ("collection", "")];
+        let depth = counter(&admin, "chroma_shift_journal_depth", depth).await?;
+        let applied = counter(
+            &admin,
+            "chroma_shift_replay_applied_total",
+            &[("target", "new")],
+        );
+        Ok(depth == 0.0 && applied.await? >= entries)
+    };
+    wait_for("the journal applied", || drained(admin.clone(), 4.0)).await?;
+    proxy.kill9().await?;
+
+    proxy.restart().await?;
+    // Nothing was written since: what the new process applies came back with the lost
+    // removes (the first three writes' entries at least; the last one's settlement may be
+    // lost too, and then its intent comes back as a reconciliation).
+    wait_for("the entries applied again", || {
+        drained(proxy.admin_url(), 3.0)
+    })
+    .await?;
+    let stored = same_on_both(&old.url(), &new.url(), "reapplied").await?;
+    let ids: Vec<&str> = stored.keys().map(String::as_str).collect();
+    assert_eq!(ids, ["r0", "r1", "r3", "r4"]);
+    assert_eq!(stored["r0"], expected(0, "first"));
+    assert_eq!(stored["r1"], expected(1, "second"));
+    assert_eq!(stored["r3"], expected(3, "third"));
+    assert_eq!(stored["r4"], expected(4, "third"));
+    Ok(())
+}
+
 /// On the success path a journaled record write costs the state one fsync (its intent); its
 /// settlement is committed without one. The new store is down, so the replay commits nothing
 /// meanwhile: every fsync counted is the writes'.

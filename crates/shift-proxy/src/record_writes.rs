@@ -12,12 +12,14 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{Method, Response};
 use serde_json::{json, Value};
 use shift_chroma::paths;
 use shift_chroma::payload::{get_response_ids, retain_records, DeleteSelection};
 use shift_config::{BackendName, MirrorMode};
 
+use crate::apply::ApplyError;
 use crate::auth::Caller;
 use crate::backend::Answer;
 use crate::body::{self, ProxyBody};
@@ -32,6 +34,7 @@ use crate::locks::OrderGuard;
 use crate::mirror::{ids_of, EncodedOp, MirrorOp, RecordKind};
 use crate::passthrough::passthrough;
 use crate::plane::DataPlaneState;
+use crate::replay::RawBatch;
 use crate::settle::{decide, PrimaryOutcome, SecondaryOutcome};
 use crate::topology::Topology;
 use crate::write_task::{
@@ -135,6 +138,7 @@ pub async fn record_write(
         ),
         None => (Vec::new(), None),
     };
+    let records = ids.len();
     let reconcile = MirrorOp::Reconcile {
         collection: collection.clone(),
         ids: rewritten.as_ref().map_or(ids, ids_of),
@@ -145,6 +149,7 @@ pub async fn record_write(
         None => Mirrored::AsSent {
             kind,
             collection: collection.clone(),
+            records,
         },
         Some(body) => Mirrored::Rewritten(MirrorOp::Records {
             kind,
@@ -205,6 +210,8 @@ enum Mirrored {
     AsSent {
         kind: RecordKind,
         collection: ClientCollectionId,
+        /// How many ids the body names.
+        records: usize,
     },
     Rewritten(MirrorOp),
 }
@@ -213,9 +220,9 @@ impl Mirrored {
     /// The payload for the intent and the journal, written by `caller`.
     fn encode(&self, body: &[u8], caller: &Caller) -> EncodedOp {
         match self {
-            Mirrored::AsSent { kind, collection } => {
-                MirrorOp::encode_records(*kind, collection, body, caller)
-            }
+            Mirrored::AsSent {
+                kind, collection, ..
+            } => MirrorOp::encode_records(*kind, collection, body, caller),
             Mirrored::Rewritten(op) => op.encode_as(caller),
         }
     }
@@ -223,7 +230,9 @@ impl Mirrored {
     /// The op, for a sync-mode apply.
     fn op(&self, body: &[u8]) -> Cow<'_, MirrorOp> {
         match self {
-            Mirrored::AsSent { kind, collection } => Cow::Owned(MirrorOp::Records {
+            Mirrored::AsSent {
+                kind, collection, ..
+            } => Cow::Owned(MirrorOp::Records {
                 kind: *kind,
                 collection: collection.clone(),
                 // Parsed before, on the write path: it reads.
@@ -231,6 +240,39 @@ impl Mirrored {
             }),
             Mirrored::Rewritten(op) => Cow::Borrowed(op),
         }
+    }
+
+    /// Applies the write to the secondary in sync mode. An add or upsert sent as it was is
+    /// sent to the secondary as the primary got it, the client's bytes (no parse tree, no
+    /// re-serialization of its floats), when one request can carry it; anything else as its
+    /// op.
+    async fn apply_sync(
+        &self,
+        plane: &DataPlaneState,
+        secondary: BackendName,
+        body: &Bytes,
+        caller: &Caller,
+    ) -> Result<(), ApplyError> {
+        if let Mirrored::AsSent {
+            kind: kind @ (RecordKind::Add | RecordKind::Upsert),
+            collection,
+            records,
+        } = self
+        {
+            // A body naming no record, or more than one request holds, takes the op's path
+            // (which skips the one and splits the other).
+            if *records > 0 && *records <= plane.applier.max_batch(secondary).await {
+                let raw = RawBatch {
+                    kind: *kind,
+                    collection: collection.clone(),
+                    body: body.clone(),
+                    records: *records,
+                };
+                return plane.applier.apply_raw(secondary, &raw, caller).await;
+            }
+        }
+        let op = self.op(body);
+        plane.applier.apply(secondary, &op, caller).await
     }
 }
 
@@ -254,12 +296,10 @@ async fn settle_record_write(
     failpoint("write::after_intent");
     let body = write.request.body.clone();
     let (primary_result, secondary_outcome, secondary_error) = if sync {
-        let op = mirrored.op(&write.request.body);
         let (p, s) = tokio::join!(
             send(plane, write.primary, &write.request, &write.path, body),
-            plane.applier.apply(write.secondary, &op, &caller),
+            mirrored.apply_sync(plane, write.secondary, &write.request.body, &caller),
         );
-        drop(op);
         // What the primary also got for the ids it lacked follows on the secondary.
         let s = match (s, &forget) {
             (Ok(()), Some(forget)) if classify(&p) == PrimaryOutcome::Applied => {

@@ -485,7 +485,7 @@ impl<A: ApplyTarget> Run<'_, A> {
                 None => return Flow::Stop,
             };
         }
-        let count = batch.count;
+        let (count, durable) = (batch.count, !lanes::removal_may_wait(&batch.op));
         let collection = batch.op.lag_key();
         drop(batch);
         match result {
@@ -496,7 +496,7 @@ impl<A: ApplyTarget> Run<'_, A> {
                     .take(count)
                     .map(|h| h.seq)
                     .collect();
-                if let Flow::Stop = self.remove(&seqs).await {
+                if let Flow::Stop = self.remove(&seqs, durable).await {
                     return Flow::Stop;
                 }
                 self.pop(key, count);
@@ -671,12 +671,13 @@ impl<A: ApplyTarget> Run<'_, A> {
         Flow::Continue
     }
 
-    /// Removes applied entries from the journal, retrying on a store error until asked to
-    /// stop (the entries are then applied again at the next start: every op is idempotent).
-    async fn remove(&mut self, seqs: &[Seq]) -> Flow {
+    /// Removes applied entries (`durable`: see [`lanes::removal_may_wait`]), retrying on a store
+    /// error until asked to stop (they are then applied again at the next start: harmless).
+    async fn remove(&mut self, seqs: &[Seq], durable: bool) -> Flow {
+        let worker = self.worker;
         loop {
             let removed = tokio::select! {
-                removed = self.worker.store.remove(self.target(), seqs) => removed,
+                removed = lanes::remove_applied(&worker.store, worker.target, seqs, durable) => removed,
                 _ = self.stop.changed() => return Flow::Stop,
             };
             match removed {

@@ -16,7 +16,8 @@
 //! it is the write's only durable commit: the settlement (drop the intent, append the entry;
 //! or drop it alone) is committed without an fsync ([`WriteJournal::settle_intent`]) and made
 //! durable by the next durable commit of the state, whoever makes it (the next write's intent,
-//! the replay's remove, a switch, the close). The state's commits are ordered, so a crash
+//! the replay's remove of anything but adds, upserts and deletes, a switch, the close). The
+//! state's commits are ordered, so a crash
 //! loses only deferred settlements newer than the last durable commit, and no intent newer
 //! than them is on disk. Why a crash (or a state disk that fails, which loses the same) at
 //! each await of the task leaves a correct state:
@@ -34,7 +35,10 @@
 //!    intent would be durable, and with it this settlement. The secondary ends with what the
 //!    primary holds, the write acknowledged or not; the replay may have applied the lost
 //!    entry already, which the reconciliation repeats harmlessly. Entries that survived are
-//!    older than the lost ones, so the reconciliation lands after them, in order.
+//!    older than the lost ones, so the reconciliation lands after them, in order. The replay's
+//!    removes of applied adds, upserts and deletes are deferred too (see the replay's
+//!    `removal_may_wait`): lost in the same crash, their entries come back and are applied
+//!    again, harmlessly, before the reconciliation, which still lands last.
 //! 4. after the settlement is durable: as before this design.
 //!
 //! The client is acknowledged after step 3: a write is acknowledged once its intent, which

@@ -239,6 +239,47 @@ async fn a_lost_deferred_settlement_leaves_its_intent_and_no_seq_is_reused() {
     );
 }
 
+/// A deferred remove is gone from reads and from the lag at once, costs no fsync, and is
+/// durable with the next durable commit; lost with the database before that (an I/O error
+/// here, a crash likewise), its entries are back in the journal, with the lag counting them.
+#[tokio::test]
+async fn a_lost_deferred_remove_brings_its_entries_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, full) = open_on_full_disk(dir.path(), StoreOptions::default()).await;
+    let s = append(&store, vec![entry(New, "a", "one"), entry(New, "a", "two")]).await;
+    let before = store.commit_stats();
+    store.remove_deferred(New, &s[..1]).await.unwrap();
+    assert_eq!(store.commit_stats().durable_commits, before.durable_commits);
+    assert_eq!(payloads(&store.read(New, None, 10).unwrap()), ["two"]);
+    assert_eq!(store.lag(New).entries, 1);
+
+    // The next durable commit fails: the deferred remove was never on disk.
+    full.store(true, Ordering::SeqCst);
+    let err = store.append(vec![entry(Old, "b", "x")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unwritable { .. }), "{err:?}");
+    full.store(false, Ordering::SeqCst);
+    until_writable(&store).await;
+    assert_eq!(
+        payloads(&store.read(New, None, 10).unwrap()),
+        ["one", "two"]
+    );
+    assert_eq!(store.lag(New).entries, 2);
+
+    // Removed again, and made durable by the next durable commit (an append here).
+    store.remove_deferred(New, &s).await.unwrap();
+    append(&store, vec![entry(Old, "b", "y")]).await;
+    full.store(true, Ordering::SeqCst);
+    assert!(store.append(vec![entry(Old, "b", "z")]).await.is_err());
+    full.store(false, Ordering::SeqCst);
+    until_writable(&store).await;
+    assert!(store.read(New, None, 10).unwrap().is_empty());
+    assert_eq!(store.lag(New).entries, 0);
+    drop(store);
+    let store = StateStore::open(dir.path()).await.unwrap();
+    assert!(store.read(New, None, 10).unwrap().is_empty());
+    assert_eq!(payloads(&store.read(Old, None, 10).unwrap()), ["y"]);
+}
+
 #[tokio::test]
 async fn the_journal_cap_refuses_new_writes_until_it_drains() {
     let dir = tempfile::tempdir().unwrap();

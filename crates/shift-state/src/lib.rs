@@ -17,7 +17,8 @@
 //!    [`StateStore::discard_intent_deferred`] do the same without an fsync of their own, for a
 //!    caller whose recovery of the intent is as good as the settlement (one fsync per write);
 //! 3. the replay worker pages the journal with [`StateStore::read`], applies entries to the
-//!    secondary, [`StateStore::remove`]s them, [`StateStore::park`]s permanent failures as dead letters,
+//!    secondary, [`StateStore::remove`]s them (or [`StateStore::remove_deferred`], for entries
+//!    that are harmless to apply again), [`StateStore::park`]s permanent failures as dead letters,
 //!    and sleeps on [`StateStore::watch_appends`] when it has caught up.
 //!
 //! Layout:
@@ -499,6 +500,30 @@ impl StateStore {
     /// Deletes applied entries from `target`'s journal. Seqs no longer there are skipped, so
     /// a replay worker that restarted may remove twice.
     pub async fn remove(&self, target: BackendName, seqs: &[Seq]) -> Result<(), StoreError> {
+        self.remove_as(target, seqs, true).await
+    }
+
+    /// [`remove`](Self::remove) without an fsync of its own, as
+    /// [`settle_intent`](Self::settle_intent): committed in memory at once (gone from reads
+    /// and from the lag), durable with the next durable change or when the store is closed.
+    /// A crash before that brings the entries back, with every entry removed by a later
+    /// deferred remove and nothing else, and they are applied again: for a caller whose
+    /// entries, applied again in order after anything applied since, leave the target as it
+    /// was.
+    pub async fn remove_deferred(
+        &self,
+        target: BackendName,
+        seqs: &[Seq],
+    ) -> Result<(), StoreError> {
+        self.remove_as(target, seqs, false).await
+    }
+
+    async fn remove_as(
+        &self,
+        target: BackendName,
+        seqs: &[Seq],
+        durable: bool,
+    ) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
@@ -506,6 +531,7 @@ impl StateStore {
         self.submit(|reply| Op::Remove {
             target,
             seqs,
+            durable,
             reply,
         })
         .await

@@ -49,6 +49,8 @@ pub(crate) enum Op {
     Remove {
         target: BackendName,
         seqs: Vec<Seq>,
+        /// Whether the caller waits for an fsync; see [`crate::StateStore::remove_deferred`].
+        durable: bool,
         reply: Reply<()>,
     },
     Park {
@@ -86,11 +88,15 @@ pub(crate) enum Op {
 
 impl Op {
     /// Whether the batch holding this change must be fsynced before it is answered. Only the
-    /// settlement of an intent may wait for the next durable commit: the intent, already on
-    /// disk, is what a crash leaves instead (see [`crate::StateStore::settle_intent`]).
+    /// settlement of an intent and the removal of applied entries may wait for the next
+    /// durable commit: what a crash leaves instead (the intent, already on disk; the entries,
+    /// applied again) is as good (see [`crate::StateStore::settle_intent`] and
+    /// [`crate::StateStore::remove_deferred`]).
     pub(crate) fn durable(&self) -> bool {
         match self {
-            Op::CommitIntent { durable, .. } | Op::DiscardIntent { durable, .. } => *durable,
+            Op::CommitIntent { durable, .. }
+            | Op::DiscardIntent { durable, .. }
+            | Op::Remove { durable, .. } => *durable,
             _ => true,
         }
     }

@@ -6,7 +6,8 @@
 //! While one batch is being synced the next one queues up, so under load many writers share
 //! each fsync, and alone a writer pays one fsync as it would anyway.
 //!
-//! A batch made only of deferred settlements ([`crate::StateStore::settle_intent`]) commits
+//! A batch made only of deferred changes ([`crate::StateStore::settle_intent`],
+//! [`crate::StateStore::remove_deferred`] and their kin) commits
 //! with `Durability::None`: no fsync; redb makes it durable with the next durable commit (any
 //! batch with another request in it), and the writer makes one durable commit before it stops
 //! if the last was not. A crash loses at most the deferred commits after the last durable one,
@@ -439,6 +440,7 @@ impl Batch {
                 target,
                 seqs,
                 reply,
+                ..
             } => settle(self.remove(t, target, &seqs), |r| Done::Unit(reply, r)),
             Op::Park {
                 target,

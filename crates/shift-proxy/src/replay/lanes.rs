@@ -2,8 +2,10 @@
 
 use serde_json::Value;
 use shift_chroma::payload::{append_record_body, record_count};
-use shift_state::JournalEntry;
+use shift_config::BackendName;
+use shift_state::{JournalEntry, Seq, StateStore, StoreError};
 
+use super::Planned;
 use crate::mirror::{MirrorOp, RecordKind};
 
 /// Whether an entry must be applied alone (see the module's doc): anything but a record write,
@@ -60,5 +62,46 @@ pub(super) fn merge_into(into: &mut MirrorOp, next: &MirrorOp, max_records: usiz
                 _ => false,
             }
         }
+    }
+}
+
+/// Whether the entries of an applied batch may leave the journal without an fsync of their
+/// own ([`StateStore::remove_deferred`]): adds, upserts and deletes of ids, as written or as
+/// merged. Anything else is removed durably.
+///
+/// A deferred remove is durable with the next durable commit of the state (the next write's
+/// intent, a durable remove, a switch, the close); a crash before it brings the entries back,
+/// with those of every later deferred remove, and the replay applies them again, in seq order
+/// within their lane, onto a target that already holds them and whatever of their lane was
+/// applied after them. Since commits are ordered and every other remove is durable, what comes
+/// back is, per lane, a run of adds, upserts and deletes of ids that was applied last. Applied
+/// again, such a run leaves each record as it was (Chroma: an add of an existing id changes
+/// nothing; an upsert writes the fields and metadata keys it carries; a delete removes): if
+/// the run deletes the record, the ops after its last delete start from no record in both
+/// passes and do the same; if not, the record exists (the run's first add or upsert made it,
+/// or it was there), so applied again every add changes nothing and every upsert writes the
+/// value the last upsert of that field or key already left. An update is not so: applied
+/// again it can find a record the first pass did not (an update of a missing `x`, then an add
+/// of `x`: the second pass updates `x`). Reconciliations, lifecycle and function ops are
+/// removed durably too, as before.
+pub(super) fn removal_may_wait(planned: &Planned) -> bool {
+    match planned {
+        Planned::Raw(_) => true,
+        Planned::Op(MirrorOp::Records { kind, .. }) => *kind != RecordKind::Update,
+        Planned::Op(_) => false,
+    }
+}
+
+/// Removes applied entries from `target`'s journal, with an fsync of their own if `durable`.
+pub(super) async fn remove_applied(
+    store: &StateStore,
+    target: BackendName,
+    seqs: &[Seq],
+    durable: bool,
+) -> Result<(), StoreError> {
+    if durable {
+        store.remove(target, seqs).await
+    } else {
+        store.remove_deferred(target, seqs).await
     }
 }

@@ -203,12 +203,13 @@ fn distinct_ids<'a>(ids: &[&'a [u8]]) -> Option<HashSet<&'a [u8]>> {
 /// (`{"records":{"kind":..,"collection":..,"body":..}}`, after the identity if any).
 fn records_op(payload: &[u8]) -> Option<(RecordKind, String, Body<'_>)> {
     let json = op_json(payload);
-    let top = object_fields(json, span(json)?)?;
+    let scan = Scan::new(json)?;
+    let top = scan.object_fields(scan.span()?)?;
     let [(b"records", records)] = top.as_slice() else {
         return None;
     };
     let (mut kind, mut collection, mut body) = (None, None, None);
-    for (key, value) in object_fields(json, records.clone())? {
+    for (key, value) in scan.object_fields(records.clone())? {
         let bytes = &json[value.clone()];
         match key {
             b"kind" => kind = serde_json::from_slice::<RecordKind>(bytes).ok(),
@@ -217,80 +218,145 @@ fn records_op(payload: &[u8]) -> Option<(RecordKind, String, Body<'_>)> {
             _ => return None,
         }
     }
-    let body = record_body(json, body?)?;
+    let body = scan.record_body(body?)?;
     Some((kind?, collection?, body))
 }
 
-/// The per-record arrays of a body; `None` if it has any other field, or one of them is
-/// neither an array nor null. A repeated key keeps its last value, as a parse does.
-fn record_body(json: &[u8], at: Range<usize>) -> Option<Body<'_>> {
-    let mut fields: [Option<Vec<&[u8]>>; 5] = Default::default();
-    for (key, value) in object_fields(json, at)? {
-        let slot = FIELDS.iter().position(|f| f.as_bytes() == key)?;
-        fields[slot] = match json.get(value.start)? {
-            b'n' => None,
-            b'[' => Some(array_items(json, value)?),
-            _ => return None,
-        };
+/// Containers nested this deep or less have their ends found by the one pass of
+/// [`Scan::new`]: the op, `records`, the body, its arrays and their items.
+const INDEXED_DEPTH: usize = 5;
+
+/// The bytes that start or end a string or a container.
+const STRUCTURAL: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'"' as usize] = true;
+    table[b'[' as usize] = true;
+    table[b']' as usize] = true;
+    table[b'{' as usize] = true;
+    table[b'}' as usize] = true;
+    table
+};
+
+/// A journal payload's JSON with where each of its outer containers ends, found in one pass
+/// (the fields, items and ends read below would otherwise each scan the body again).
+struct Scan<'a> {
+    json: &'a [u8],
+    /// `(start, end)` of each container at most [`INDEXED_DEPTH`] deep, by start.
+    ends: Vec<(usize, usize)>,
+}
+
+impl<'a> Scan<'a> {
+    /// `None` when the brackets do not balance.
+    fn new(json: &'a [u8]) -> Option<Scan<'a>> {
+        let (mut ends, mut open, mut depth, mut i) = (Vec::new(), Vec::new(), 0usize, 0);
+        // Only quotes and brackets matter; the bytes between them (floats, mostly) are
+        // skipped by a table lookup each.
+        while let Some(skip) = json.get(i..)?.iter().position(|b| STRUCTURAL[*b as usize]) {
+            i += skip;
+            match json[i] {
+                b'"' => {
+                    i = string_end(json, i)?;
+                    continue;
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth <= INDEXED_DEPTH {
+                        open.push(i);
+                    }
+                }
+                _ => {
+                    if depth <= INDEXED_DEPTH {
+                        ends.push((open.pop()?, i + 1));
+                    }
+                    depth = depth.checked_sub(1)?;
+                }
+            }
+            i += 1;
+        }
+        ends.sort_unstable();
+        Some(Scan { json, ends })
     }
-    let count = fields[0].as_ref()?.len();
-    // Every array as long as the ids.
-    if fields.iter().flatten().any(|items| items.len() != count) {
-        return None;
+
+    /// The range of the single JSON value of the payload (whitespace around it allowed).
+    fn span(&self) -> Option<Range<usize>> {
+        let start = skip_ws(self.json, 0);
+        let end = self.value_end(start)?;
+        (skip_ws(self.json, end) == self.json.len()).then_some(start..end)
     }
-    Some(Body { fields })
-}
 
-/// The range of the single JSON value of `json` (whitespace around it allowed).
-fn span(json: &[u8]) -> Option<Range<usize>> {
-    let start = skip_ws(json, 0);
-    let end = value_end(json, start)?;
-    (skip_ws(json, end) == json.len()).then_some(start..end)
-}
+    /// Where the value starting at `start` ends (one past its last byte).
+    fn value_end(&self, start: usize) -> Option<usize> {
+        match self.ends.binary_search_by_key(&start, |(open, _)| *open) {
+            Ok(found) => Some(self.ends[found].1),
+            Err(_) => value_end(self.json, start),
+        }
+    }
 
-/// The keys (raw, unescaped only) and value ranges of the object at `at`.
-fn object_fields(json: &[u8], at: Range<usize>) -> Option<Vec<(&[u8], Range<usize>)>> {
-    let mut out = Vec::new();
-    members(json, at, b'{', b'}', |json, i| {
-        if json.get(i) != Some(&b'"') {
+    /// The per-record arrays of a body; `None` if it has any other field, or one of them is
+    /// neither an array nor null. A repeated key keeps its last value, as a parse does.
+    fn record_body(&self, at: Range<usize>) -> Option<Body<'a>> {
+        let mut fields: [Option<Vec<&[u8]>>; 5] = Default::default();
+        for (key, value) in self.object_fields(at)? {
+            let slot = FIELDS.iter().position(|f| f.as_bytes() == key)?;
+            fields[slot] = match self.json.get(value.start)? {
+                b'n' => None,
+                b'[' => Some(self.array_items(value)?),
+                _ => return None,
+            };
+        }
+        let count = fields[0].as_ref()?.len();
+        // Every array as long as the ids.
+        if fields.iter().flatten().any(|items| items.len() != count) {
             return None;
         }
-        let key_end = string_end(json, i)?;
-        let key = json.get(i + 1..key_end - 1)?;
-        if key.contains(&b'\\') {
-            return None;
-        }
-        let colon = skip_ws(json, key_end);
-        if json.get(colon) != Some(&b':') {
-            return None;
-        }
-        let start = skip_ws(json, colon + 1);
-        let end = value_end(json, start)?;
-        out.push((key, start..end));
-        Some(end)
-    })?;
-    Some(out)
-}
+        Some(Body { fields })
+    }
 
-/// The items of the array at `at`, as their bytes.
-fn array_items(json: &[u8], at: Range<usize>) -> Option<Vec<&[u8]>> {
-    let mut ranges = Vec::new();
-    members(json, at, b'[', b']', |json, i| {
-        let end = value_end(json, i)?;
-        ranges.push(i..end);
-        Some(end)
-    })?;
-    Some(ranges.into_iter().map(|r| &json[r]).collect())
+    /// The keys (raw, unescaped only) and value ranges of the object at `at`.
+    fn object_fields(&self, at: Range<usize>) -> Option<Vec<(&'a [u8], Range<usize>)>> {
+        let json = self.json;
+        let mut out = Vec::new();
+        members(json, at, b'{', b'}', |i| {
+            if json.get(i) != Some(&b'"') {
+                return None;
+            }
+            let key_end = string_end(json, i)?;
+            let key = json.get(i + 1..key_end - 1)?;
+            if key.contains(&b'\\') {
+                return None;
+            }
+            let colon = skip_ws(json, key_end);
+            if json.get(colon) != Some(&b':') {
+                return None;
+            }
+            let start = skip_ws(json, colon + 1);
+            let end = self.value_end(start)?;
+            out.push((key, start..end));
+            Some(end)
+        })?;
+        Some(out)
+    }
+
+    /// The items of the array at `at`, as their bytes.
+    fn array_items(&self, at: Range<usize>) -> Option<Vec<&'a [u8]>> {
+        let mut ranges = Vec::new();
+        members(self.json, at, b'[', b']', |i| {
+            let end = self.value_end(i)?;
+            ranges.push(i..end);
+            Some(end)
+        })?;
+        Some(ranges.into_iter().map(|r| &self.json[r]).collect())
+    }
 }
 
 /// Walks the comma-separated members of the object or array at `at`; `member` reads one
 /// starting at its first byte and returns where it ends.
-fn members<'a>(
-    json: &'a [u8],
+fn members(
+    json: &[u8],
     at: Range<usize>,
     open: u8,
     close: u8,
-    mut member: impl FnMut(&'a [u8], usize) -> Option<usize>,
+    mut member: impl FnMut(usize) -> Option<usize>,
 ) -> Option<()> {
     if json.get(at.start) != Some(&open) || at.end == 0 || json.get(at.end - 1) != Some(&close) {
         return None;
@@ -300,7 +366,7 @@ fn members<'a>(
         return Some(());
     }
     loop {
-        i = skip_ws(json, member(json, i)?);
+        i = skip_ws(json, member(i)?);
         match json.get(i)? {
             b',' => i = skip_ws(json, i + 1),
             _ if i == at.end - 1 => return Some(()),
@@ -319,8 +385,9 @@ fn skip_ws(json: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Where the value starting at `start` ends (one past its last byte). The body was checked to
-/// be JSON on the write path: this only needs to find the end, tracking strings and nesting.
+/// Where the value starting at `start` ends (one past its last byte), for a value
+/// [`Scan::new`] did not index. The body was checked to be JSON on the write path: this only
+/// needs to find the end, tracking strings and nesting.
 fn value_end(json: &[u8], start: usize) -> Option<usize> {
     match *json.get(start)? {
         b'"' => string_end(json, start),
