@@ -301,6 +301,10 @@ impl ChromaShift {
                 catch_up_timeout: self.config.cutover.catch_up_timeout,
             },
         ));
+        // With [cluster], a change of primary commits on every replica (two-phase, in etcd).
+        if let Some(commit) = self.primary_commit() {
+            switch.commit_through(commit);
+        }
         switch.restore_pause().await;
         // Background tasks restart after a panic (see `supervise`); one stop signal ends them.
         let (tasks_stop, tasks_stopped) = watch::channel(false);

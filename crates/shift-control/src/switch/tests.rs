@@ -76,7 +76,7 @@ impl FakeState {
         }
     }
 
-    fn persisted(&self) -> Option<Topology> {
+    pub(crate) fn persisted(&self) -> Option<Topology> {
         self.lock().persisted.clone()
     }
 }
