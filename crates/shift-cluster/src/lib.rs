@@ -21,6 +21,7 @@ pub mod fence;
 pub mod forward;
 pub mod idmap;
 pub mod keys;
+pub mod lease_guard;
 pub mod member;
 pub mod owner;
 pub mod participant;
@@ -163,6 +164,16 @@ impl Cluster {
         )
         .await?;
         let joined = topology::join(&client, keys.topology(), seed, config.etcd_timeout).await?;
+        {
+            // After a lost lease: the topology a cutover may have committed meanwhile first.
+            let (client, key) = (client.clone(), keys.topology());
+            let (topology, timeout) = (joined.topology.clone(), config.etcd_timeout);
+            membership.on_rejoin(Arc::new(move || {
+                let refresh =
+                    topology::refresh(client.clone(), key.clone(), topology.clone(), timeout);
+                Box::pin(refresh)
+            }));
+        }
         let (members, members_task) =
             view::follow(&client, keys.members(), config.etcd_timeout).await?;
         let (idmap, idmap_task) =
