@@ -583,3 +583,67 @@ async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "kill -{signal} {pid}: {status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_cluster_manifest_is_three_stateless_replicas_with_a_disruption_budget(
+) -> anyhow::Result<()> {
+    let dir = shift_testkit::repo_root().join("deploy/kubernetes");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    let args: Vec<&str> = files.iter().map(String::as_str).collect();
+    let output = python::run_script("yaml_to_json.py", &args, LIMIT).await?;
+    let docs: Value = serde_json::from_str(&output.stdout)?;
+    let of_kind = |file: &str, kind: &str| -> anyhow::Result<Value> {
+        docs[file]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["kind"] == json!(kind)))
+            .cloned()
+            .with_context(|| format!("no {kind} in {file}"))
+    };
+    let deployment = of_kind("cluster.yaml", "Deployment")?;
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], json!(3));
+    assert_eq!(
+        spec["strategy"]["rollingUpdate"]["maxUnavailable"],
+        json!(0)
+    );
+    assert!(spec["volumeClaimTemplates"].is_null(), "{spec}");
+    let pod = &spec["template"]["spec"];
+    for volume in pod["volumes"].as_array().context("volumes")? {
+        assert!(
+            volume["persistentVolumeClaim"].is_null(),
+            "a replica holds no durable volume: {volume}"
+        );
+    }
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(&spec["selector"]["matchLabels"], labels);
+    let budget = of_kind("cluster.yaml", "PodDisruptionBudget")?;
+    assert_eq!(budget["spec"]["minAvailable"], json!(2));
+    assert_eq!(&budget["spec"]["selector"]["matchLabels"], labels);
+    let service = of_kind("service.yaml", "Service")?;
+    assert_eq!(&service["spec"]["selector"], labels);
+    let container = &pod["containers"][0];
+    let env: Vec<&Value> = container["env"].as_array().context("env")?.iter().collect();
+    let named = |name: &str| env.iter().find(|e| e["name"] == json!(name)).copied();
+    let member = named("CHROMA_SHIFT_CLUSTER__MEMBER_ID").context("member id")?;
+    assert_eq!(
+        member["valueFrom"]["fieldRef"]["fieldPath"],
+        json!("metadata.name")
+    );
+    assert!(named("CHROMA_SHIFT_CLUSTER__INTERNAL_ADDRESS").is_some());
+    // The shipped config plus the [cluster] section deploy/README.md gives loads, and the
+    // kubelet waits longer than the drain.
+    let toml = std::fs::read_to_string(dir.join("chroma-shift.toml"))?;
+    let config = shift_config::Config::from_toml(&format!(
+        "{toml}\n[cluster]\netcd_endpoints = [\"http://etcd-0.etcd:2379\"]\nmember_id = \"chroma-shift-cluster-abc\"\ninternal_address = \"http://10.0.0.7:8000\"\n"
+    ))?;
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .context("grace")?;
+    assert!(grace > config.server.shutdown_grace.as_secs());
+    Ok(())
+}
