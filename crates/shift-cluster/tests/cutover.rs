@@ -31,6 +31,20 @@ async fn three(etcd: &EtcdCluster) -> anyhow::Result<Vec<Replica>> {
     Ok(replicas)
 }
 
+/// Every replica's gate open again and its topology still epoch 1 with old primary.
+async fn unchanged(replicas: &[Replica]) -> anyhow::Result<()> {
+    for replica in replicas {
+        wait_until("the gate open again", LIMIT, || {
+            let open = gate_open(replica);
+            async move { Ok(open) }
+        })
+        .await?;
+        let topology = replica.plane.topology.current();
+        assert_eq!((topology.epoch, topology.primary), (1, BackendName::Old));
+    }
+    Ok(())
+}
+
 fn gate_open(replica: &Replica) -> bool {
     replica.plane.gate.try_enter().is_some()
 }
@@ -96,15 +110,7 @@ async fn a_cutover_that_cannot_close_every_gate_aborts_and_changes_nothing() -> 
         other => panic!("expected a timeout naming c, got {other:?}"),
     }
     drop(stuck);
-    for replica in &replicas {
-        wait_until("the gate open again", LIMIT, || {
-            let open = gate_open(replica);
-            async move { Ok(open) }
-        })
-        .await?;
-        let topology = replica.plane.topology.current();
-        assert_eq!((topology.epoch, topology.primary), (1, BackendName::Old));
-    }
+    unchanged(&replicas).await?;
     // And the next cutover goes through.
     let next = replicas[1]
         .cluster
@@ -149,15 +155,7 @@ async fn a_cutover_whose_coordinator_dies_is_aborted_by_the_replicas_and_changes
         }
     })
     .await?;
-    for replica in &replicas {
-        wait_until("the gate open again", LIMIT, || {
-            let open = gate_open(replica);
-            async move { Ok(open) }
-        })
-        .await?;
-        let topology = replica.plane.topology.current();
-        assert_eq!((topology.epoch, topology.primary), (1, BackendName::Old));
-    }
+    unchanged(&replicas).await?;
     let next = replicas[2]
         .cluster
         .cutover()

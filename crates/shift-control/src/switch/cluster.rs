@@ -156,11 +156,7 @@ mod tests {
     async fn a_cluster_switch_commits_through_the_cluster_and_persists_what_it_committed() {
         let f = fixture(BackendName::Old);
         let commit = commit(&f, None);
-        let report = f
-            .switch
-            .switch(Direction::Cutover, SwitchRequest::default())
-            .await
-            .unwrap();
+        let report = f.run(Direction::Cutover, SwitchRequest::default()).await;
         assert!(report.switched, "{report:?}");
         assert_eq!(report.epoch, 2);
         assert_eq!(*commit.asked.lock().unwrap(), vec![BackendName::New]);
@@ -174,11 +170,7 @@ mod tests {
     async fn a_refused_commit_changes_nothing_and_says_why() {
         let f = fixture(BackendName::Old);
         commit(&f, Some("b did not close its gate"));
-        let report = f
-            .switch
-            .switch(Direction::Cutover, SwitchRequest::default())
-            .await
-            .unwrap();
+        let report = f.run(Direction::Cutover, SwitchRequest::default()).await;
         assert!(!report.switched);
         let refused = report.refused.unwrap_or_default();
         assert!(refused.contains("b did not close its gate"), "{refused}");
@@ -191,7 +183,7 @@ mod tests {
         let f = fixture(BackendName::Old);
         let commit = commit(&f, None);
         f.down(BackendName::Old);
-        let report = f.switch.switch(Direction::Cutover, forced()).await.unwrap();
+        let report = f.run(Direction::Cutover, forced()).await;
         assert!(!report.switched);
         let refused = report.refused.unwrap_or_default();
         assert!(refused.contains("cluster mode"), "{refused}");
