@@ -10,6 +10,8 @@
 //!   by every replica;
 //! - the collection-id map ([`idmap`]): entries created with a transaction that succeeds only
 //!   when the key is absent, so every replica maps a collection to the same ids.
+//! - past the lease deadline plus `read_grace`, reads are refused too ([`lease_guard`]); the
+//!   two-phase cutover ([`cutover`], [`participant`]) is how the switch changes the primary.
 //!
 //! Still per replica (the next steps of issue 13): the journal (each replica's redb state,
 //! replayed by its own workers), the order locks and the write gate. See
