@@ -33,9 +33,12 @@ impl LeaseClock {
         self.deadline.fetch_max(until, Ordering::AcqRel);
     }
 
-    /// Forgets the lease (etcd said it expired, or it was revoked).
+    /// Forgets the lease (etcd said it expired, or it was revoked): it ran out now, unless its
+    /// deadline had passed already, so [`LeaseClock::lapsed_for`] still counts from then (the
+    /// read grace runs from the deadline, not from when etcd said so).
     pub fn lost(&self) {
-        self.deadline.store(0, Ordering::Release);
+        let now = micros(self.base.elapsed()).max(1);
+        self.deadline.fetch_min(now, Ordering::AcqRel);
     }
 
     /// Whether the lease is held now: the way every write checks, no allocation.
@@ -77,7 +80,13 @@ mod tests {
         assert_eq!(clock.lapsed_for(), Some(Duration::ZERO));
         clock.renewed(Instant::now(), Duration::from_secs(3));
         assert!(clock.is_live());
+        tokio::time::advance(Duration::from_secs(1)).await;
         clock.lost();
         assert!(!clock.is_live());
+        assert_eq!(clock.lapsed_for(), Some(Duration::ZERO), "lost now");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Lost again later: still counted from the first time.
+        clock.lost();
+        assert_eq!(clock.lapsed_for(), Some(Duration::from_secs(1)));
     }
 }

@@ -47,6 +47,10 @@ pub struct SwitchRecord {
     pub coordinator: String,
     /// Unix milliseconds after which a CLOSING may be aborted by anyone.
     pub deadline_ms: u64,
+    /// COMMITTED: Unix milliseconds when the coordinator sent the commit, after every live
+    /// replica had closed its gate: no write reaches the old primary from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_ms: Option<u64>,
 }
 
 /// Why a cutover did not happen.
@@ -114,6 +118,7 @@ impl ClusterCutover {
             phase: Phase::Closing,
             coordinator: self.me.clone(),
             deadline_ms: now_ms() + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            committed_ms: None,
         };
         let closing_rev = self
             .put_if(&switch_key, &closing, switch_rev, topology_rev)
@@ -232,6 +237,7 @@ impl ClusterCutover {
         let key = self.keys.switch();
         let record = SwitchRecord {
             phase,
+            committed_ms: (phase == Phase::Committed).then(now_ms),
             ..closing.clone()
         };
         let mut when = vec![Compare::mod_revision(

@@ -10,6 +10,8 @@
 //!   by every replica;
 //! - the collection-id map ([`idmap`]): entries created with a transaction that succeeds only
 //!   when the key is absent, so every replica maps a collection to the same ids.
+//! - past the lease deadline plus `read_grace`, reads are refused too ([`lease_guard`]); the
+//!   two-phase cutover ([`cutover`], [`participant`]) is how the switch changes the primary.
 //!
 //! Still per replica (the next steps of issue 13): the journal (each replica's redb state,
 //! replayed by its own workers), the order locks and the write gate. See
@@ -23,6 +25,7 @@ pub mod idmap;
 pub mod intents;
 pub mod journal;
 pub mod keys;
+pub mod lease_guard;
 pub mod member;
 pub mod owner;
 pub mod participant;
@@ -210,6 +213,16 @@ impl Cluster {
         )
         .await?;
         let joined = topology::join(&client, keys.topology(), seed, config.etcd_timeout).await?;
+        {
+            // After a lost lease: the topology a cutover may have committed meanwhile first.
+            let (client, key) = (client.clone(), keys.topology());
+            let (topology, timeout) = (joined.topology.clone(), config.etcd_timeout);
+            membership.on_rejoin(Arc::new(move || {
+                let refresh =
+                    topology::refresh(client.clone(), key.clone(), topology.clone(), timeout);
+                Box::pin(refresh)
+            }));
+        }
         let (members, members_task) =
             view::follow(&client, keys.members(), config.etcd_timeout).await?;
         let (idmap, idmap_task) =

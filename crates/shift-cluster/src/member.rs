@@ -1,9 +1,14 @@
 //! Membership: this replica's lease in etcd and its key on it (`PREFIX/members/<id>`), renewed
 //! in the background at a third of the TTL. The [`LeaseClock`] says whether the lease is held;
 //! when etcd answers that it expired (the replica was cut off or paused past the TTL), a new
-//! lease is granted and the member key written again.
+//! lease is granted and the member key written again, and the replica re-reads what it may
+//! have missed meanwhile ([`Resync`]: the topology, which a cutover committed without it may
+//! have moved) before its clock says the lease is held, so no write goes out under a stale
+//! primary.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper, PutOptions};
@@ -37,6 +42,10 @@ pub struct MemberRecord {
     pub address: String,
 }
 
+/// What runs after a lost lease was replaced and before writes are taken again.
+pub(crate) type Resync =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), ClusterError>> + Send>> + Send + Sync>;
+
 /// The held membership; the renewing task stops when this is dropped.
 #[derive(Debug)]
 pub struct Membership {
@@ -44,6 +53,21 @@ pub struct Membership {
     lease: Arc<std::sync::atomic::AtomicI64>,
     client: Etcd,
     task: JoinHandle<()>,
+    resync: ResyncSlot,
+}
+
+/// Where the resync is set once the topology is joined (after the membership).
+#[derive(Clone, Default)]
+struct ResyncSlot(Arc<OnceLock<Resync>>);
+
+impl std::fmt::Debug for ResyncSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Resync(set)"
+        } else {
+            "Resync(unset)"
+        })
+    }
 }
 
 impl Membership {
@@ -53,20 +77,29 @@ impl Membership {
         settings: MemberSettings,
     ) -> Result<Membership, ClusterError> {
         let clock = Arc::new(LeaseClock::default());
-        let lease = grant(client, &settings, &clock).await?;
-        let lease_id = Arc::new(std::sync::atomic::AtomicI64::new(lease));
+        let granted = grant(client, &settings).await?;
+        clock.renewed(granted.sent, granted.ttl);
+        let lease_id = Arc::new(std::sync::atomic::AtomicI64::new(granted.id));
+        let resync = ResyncSlot::default();
         let task = tokio::spawn(renew(
             client.clone(),
             settings,
             clock.clone(),
             lease_id.clone(),
+            resync.clone(),
         ));
         Ok(Membership {
             clock,
             lease: lease_id,
             client: client.clone(),
             task,
+            resync,
         })
+    }
+
+    /// Sets what runs after a lost lease is replaced, before writes are taken again (once).
+    pub(crate) fn on_rejoin(&self, resync: Resync) {
+        let _ = self.resync.0.set(resync);
     }
 
     /// The lease's deadline, read by every write.
@@ -102,12 +135,15 @@ impl Drop for Membership {
     }
 }
 
-/// A new lease with the member key on it; the clock holds its deadline.
-async fn grant(
-    client: &Etcd,
-    settings: &MemberSettings,
-    clock: &LeaseClock,
-) -> Result<i64, ClusterError> {
+/// A lease granted: its id, when the grant was sent and its TTL (for the clock).
+struct Granted {
+    id: i64,
+    sent: Instant,
+    ttl: Duration,
+}
+
+/// A new lease with the member key on it.
+async fn grant(client: &Etcd, settings: &MemberSettings) -> Result<Granted, ClusterError> {
     let mut client = client.handle();
     let ttl = i64::try_from(settings.ttl.as_secs()).unwrap_or(i64::MAX);
     let sent = Instant::now();
@@ -126,22 +162,39 @@ async fn grant(
         ),
     )
     .await?;
-    clock.renewed(
-        sent,
-        Duration::from_secs(granted.ttl().max(0).unsigned_abs()),
-    );
     tracing::info!(member = %settings.id, lease = granted.id(), "joined the cluster");
-    Ok(granted.id())
+    Ok(Granted {
+        id: granted.id(),
+        sent,
+        ttl: Duration::from_secs(granted.ttl().max(0).unsigned_abs()),
+    })
+}
+
+/// Runs the resync, if one is set; whether writes may be taken again.
+async fn resynced(resync: &OnceLock<Resync>) -> bool {
+    let Some(resync) = resync.get() else {
+        return true;
+    };
+    match resync().await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "rejoined, but cannot re-read the cluster's state yet; writes stay refused");
+            false
+        }
+    }
 }
 
 /// Renews the lease every third of its TTL until aborted; a failed renewal is retried at the
-/// next tick (the deadline does not move meanwhile), an expired lease is replaced.
+/// next tick (the deadline does not move meanwhile), an expired lease is replaced, and the
+/// deadline moves again only once `resync` ran after it.
 async fn renew(
     client: Etcd,
     settings: MemberSettings,
     clock: Arc<LeaseClock>,
     lease: Arc<std::sync::atomic::AtomicI64>,
+    resync: ResyncSlot,
 ) {
+    let mut resync_due = false;
     let period = (settings.ttl / 3).max(Duration::from_millis(200));
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     let mut ticks = tokio::time::interval(period);
@@ -150,13 +203,27 @@ async fn renew(
         ticks.tick().await;
         let id = lease.load(std::sync::atomic::Ordering::Acquire);
         match renew_once(&client, &settings, &mut stream, id).await {
-            Ok(Renewal::Renewed { sent, ttl }) => clock.renewed(sent, ttl),
+            Ok(Renewal::Renewed { sent, ttl }) => {
+                if resync_due {
+                    resync_due = !resynced(&resync.0).await;
+                }
+                if !resync_due {
+                    clock.renewed(sent, ttl);
+                }
+            }
             Ok(Renewal::Expired) => {
                 clock.lost();
                 stream = None;
+                resync_due = true;
                 tracing::warn!(member = %settings.id, "the membership lease expired; writes are refused until a new one is granted");
-                match grant(&client, &settings, &clock).await {
-                    Ok(new) => lease.store(new, std::sync::atomic::Ordering::Release),
+                match grant(&client, &settings).await {
+                    Ok(new) => {
+                        lease.store(new.id, std::sync::atomic::Ordering::Release);
+                        resync_due = !resynced(&resync.0).await;
+                        if !resync_due {
+                            clock.renewed(new.sent, new.ttl);
+                        }
+                    }
                     Err(error) => tracing::warn!(%error, "cannot grant a new membership lease"),
                 }
             }

@@ -2,8 +2,8 @@
 //! `PREFIX/switch`; on a CLOSING for an epoch after its own it closes its write gate (writes
 //! in flight finish, new ones are held), waits until its journal for the new primary is
 //! empty, and acknowledges on its lease. It holds the gate until the cutover is COMMITTED and
-//! the new topology is current here, or ABORTED; a CLOSING left past its deadline (its
-//! coordinator died) it aborts itself. The record is read every [`SWITCH_POLL`].
+//! the new topology is current here (however long the watch takes), or ABORTED; a CLOSING
+//! left past its deadline (its coordinator died) it aborts itself. The record is read every [`SWITCH_POLL`].
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -50,8 +50,12 @@ impl Participant {
 
     async fn take_part(&self, record: &SwitchRecord) -> Result<(), ClusterError> {
         let closed = self.gate.close().await;
-        // The replay keeps applying while the gate is closed: wait for it to catch up.
-        while self.journal.lag(record.primary).entries > 0 {
+        // Writes past the gate have finished, but a settlement that outlives its request (a
+        // client that hung up) may still be journaling: wait for every intent. Then the
+        // replay, which keeps applying while the gate is closed, to catch up.
+        while self.journal.pending_intent_count() > 0
+            || self.journal.lag(record.primary).entries > 0
+        {
             if now_ms() > record.deadline_ms {
                 return Ok(());
             }
@@ -85,10 +89,13 @@ impl Participant {
             }
             if now.phase == Phase::Committed {
                 // Reopen only once the new topology is current here: a held write then goes
-                // to the new primary.
+                // to the new primary, never to the old one after the commit. The watch
+                // delivers it (it watches again from its revision after a break).
                 let mut changes = self.topology.subscribe();
-                let seen = changes.wait_for(|t| t.epoch >= record.epoch);
-                let _ = tokio::time::timeout(self.cutover.etcd_timeout * 4, seen).await;
+                if changes.wait_for(|t| t.epoch >= record.epoch).await.is_err() {
+                    tracing::error!(epoch = record.epoch, "the topology stopped changing before the commit was seen; the gate stays closed");
+                    std::future::pending::<()>().await;
+                }
                 break;
             }
             if now_ms() > now.deadline_ms {

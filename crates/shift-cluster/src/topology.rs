@@ -146,6 +146,26 @@ async fn follow(client: Etcd, key: String, mut revision: i64, topology: Arc<Etcd
     }
 }
 
+/// Reads the topology in etcd at `key` and makes it current here unless older: what a replica
+/// that was cut off (its lease lost) does before it takes writes again, not waiting for the
+/// watch.
+pub(crate) async fn refresh(
+    client: Etcd,
+    key: String,
+    topology: Arc<EtcdTopology>,
+    timeout: Duration,
+) -> Result<(), ClusterError> {
+    let mut etcd = client.handle();
+    let answer = etcd_call(timeout, etcd.get(key, None)).await?;
+    let kv = answer
+        .kvs()
+        .first()
+        .ok_or(ClusterError::Closed("the topology key"))?;
+    let seen: Topology = serde_json::from_slice(kv.value()).map_err(ClusterError::decode)?;
+    take(&topology, seen);
+    Ok(())
+}
+
 /// Makes `seen` current unless it is what is current or from an older epoch.
 fn take(topology: &EtcdTopology, seen: Topology) {
     let current = topology.local.current();

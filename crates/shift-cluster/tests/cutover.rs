@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use shift_cluster::cutover::CutoverError;
+use shift_cluster::cutover::{CutoverError, Phase};
 use shift_config::BackendName;
 use shift_testkit::etcd::EtcdCluster;
 use shift_testkit::wait::wait_until;
@@ -29,6 +29,20 @@ async fn three(etcd: &EtcdCluster) -> anyhow::Result<Vec<Replica>> {
     })
     .await?;
     Ok(replicas)
+}
+
+/// Every replica's gate open again and its topology still epoch 1 with old primary.
+async fn unchanged(replicas: &[Replica]) -> anyhow::Result<()> {
+    for replica in replicas {
+        wait_until("the gate open again", LIMIT, || {
+            let open = gate_open(replica);
+            async move { Ok(open) }
+        })
+        .await?;
+        let topology = replica.plane.topology.current();
+        assert_eq!((topology.epoch, topology.primary), (1, BackendName::Old));
+    }
+    Ok(())
 }
 
 fn gate_open(replica: &Replica) -> bool {
@@ -96,15 +110,7 @@ async fn a_cutover_that_cannot_close_every_gate_aborts_and_changes_nothing() -> 
         other => panic!("expected a timeout naming c, got {other:?}"),
     }
     drop(stuck);
-    for replica in &replicas {
-        wait_until("the gate open again", LIMIT, || {
-            let open = gate_open(replica);
-            async move { Ok(open) }
-        })
-        .await?;
-        let topology = replica.plane.topology.current();
-        assert_eq!((topology.epoch, topology.primary), (1, BackendName::Old));
-    }
+    unchanged(&replicas).await?;
     // And the next cutover goes through.
     let next = replicas[1]
         .cluster
@@ -112,5 +118,49 @@ async fn a_cutover_that_cannot_close_every_gate_aborts_and_changes_nothing() -> 
         .switch(BackendName::New, LIMIT)
         .await?;
     assert_eq!(next.epoch, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_whose_coordinator_dies_is_aborted_by_the_replicas_and_changes_nothing(
+) -> anyhow::Result<()> {
+    let etcd = EtcdCluster::start(3).await?;
+    let replicas = three(&etcd).await?;
+    // b cannot close its gate yet, so the coordinator is still waiting when it dies.
+    let in_flight = replicas[1].plane.gate.enter().await;
+    let cutover = replicas[0].cluster.cutover().clone();
+    let coordinator = tokio::spawn(async move {
+        cutover
+            .switch(BackendName::New, Duration::from_secs(3))
+            .await
+    });
+    wait_until("c's gate closed", LIMIT, || {
+        let closed = !gate_open(&replicas[2]);
+        async move { Ok(closed) }
+    })
+    .await?;
+    coordinator.abort();
+    assert!(
+        coordinator.await.is_err(),
+        "the coordinator was still running"
+    );
+    drop(in_flight);
+    // Nobody commits; past its deadline the replicas abort the CLOSING themselves.
+    let cutover = replicas[2].cluster.cutover().clone();
+    wait_until("the orphaned cutover aborted", LIMIT, || {
+        let cutover = cutover.clone();
+        async move {
+            let record = cutover.current().await?;
+            Ok(matches!(record, Some((r, _)) if r.phase == Phase::Aborted))
+        }
+    })
+    .await?;
+    unchanged(&replicas).await?;
+    let next = replicas[2]
+        .cluster
+        .cutover()
+        .switch(BackendName::New, LIMIT)
+        .await?;
+    assert_eq!((next.epoch, next.primary), (2, BackendName::New));
     Ok(())
 }

@@ -26,6 +26,12 @@ pub struct ClusterConfig {
     /// etcd, or paused) refuses writes from its deadline on; the others see it gone after it.
     #[serde(default = "default_lease_ttl", with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// How long a replica past its lease deadline keeps serving reads (writes it refuses from
+    /// the deadline on, 503); past this grace it refuses reads too (503) until it holds a
+    /// lease again, so a replica cut off from the cluster for long stops answering from a
+    /// topology that may be stale. Zero: reads stop with writes.
+    #[serde(default = "default_read_grace", with = "humantime_serde")]
+    pub read_grace: Duration,
     /// Limit on connecting to etcd and on each etcd call.
     #[serde(default = "default_etcd_timeout", with = "humantime_serde")]
     pub etcd_timeout: Duration,
@@ -90,6 +96,10 @@ fn default_key_prefix() -> String {
 
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_read_grace() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_etcd_timeout() -> Duration {
@@ -241,6 +251,7 @@ mod tests {
         assert_eq!(cluster.stream_replicas, 3);
         assert_eq!(cluster.duplicate_window.as_secs(), 120);
         assert_eq!(cluster.takeover_grace.as_secs(), 70);
+        assert_eq!(cluster.read_grace.as_secs(), 30);
         assert!(Config::from_toml(BASE).unwrap().cluster.is_none());
         let listen = config.server.listen;
         assert_eq!(

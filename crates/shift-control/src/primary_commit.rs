@@ -5,10 +5,11 @@
 //! process is the whole data plane. In a cluster every replica has a gate and a journal, so
 //! steps 2 to 6 of a cutover (close, drain, commit, reopen) are one two-phase protocol run by
 //! [`shift_cluster::cutover::ClusterCutover`]: every replica's participant, this one's
-//! included, closes its gate and drains before the commit. What the switch needs to use it:
+//! included, closes its gate and drains before the commit. How the switch uses it
+//! (`switch/cluster.rs`, set by `ChromaShift::run` through `TopologySwitch::commit_through`):
 //!
-//! - `TopologySwitch::new` takes an `Option<Arc<dyn PrimaryCommit>>` (`ChromaShift` builds it
-//!   from `Cluster::cutover()` when `[cluster]` is set);
+//! - `TopologySwitch::commit_through` takes an `Arc<dyn PrimaryCommit>` (`ChromaShift` builds
+//!   it from `Cluster::cutover()` when `[cluster]` is set);
 //! - with one, a cutover or rollback runs its checks (health, lag, dead letters) as today,
 //!   then calls [`PrimaryCommit::commit`] INSTEAD of closing its own gate (the local
 //!   participant closes it; closing it first would hold the participant until the timeout),

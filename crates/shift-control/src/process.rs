@@ -303,6 +303,10 @@ impl ChromaShift {
                 catch_up_timeout: self.config.cutover.catch_up_timeout,
             },
         ));
+        // With [cluster], a change of primary commits on every replica (two-phase, in etcd).
+        if let Some(commit) = self.primary_commit() {
+            switch.commit_through(commit);
+        }
         switch.restore_pause().await;
         // Background tasks restart after a panic (see `supervise`); one stop signal ends them.
         let (tasks_stop, tasks_stopped) = watch::channel(false);
@@ -455,10 +459,29 @@ impl ChromaShift {
             "chroma-shift is serving"
         );
         // With [cluster], writes of collections other replicas own are forwarded to them.
+        // And past its lease deadline plus [cluster] read_grace, a replica answers nothing.
+        let lease_guard = match (&self.cluster, &self.config.cluster) {
+            (Some(cluster), Some(section)) => shift_cluster::lease_guard::LeaseGuard::new(
+                cluster.lease().clone(),
+                section.read_grace,
+                &self.registry,
+            )
+            .map_err(|error| tracing::error!(%error, "cannot register the lease guard's counter"))
+            .ok(),
+            _ => None,
+        };
         let drained = match &self.forwarder {
             Some(forwarder) => {
                 let data_plane = forwarder.layer(data_plane);
-                shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await
+                match &lease_guard {
+                    Some(guard) => {
+                        let guarded = guard.layer(data_plane);
+                        shift_proxy::serve(self.data_listener, guarded, options, shutdown).await
+                    }
+                    None => {
+                        shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await
+                    }
+                }
             }
             None => shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await,
         };

@@ -119,6 +119,13 @@ impl EtcdCluster {
         )
     }
 
+    /// The value at `key`, read through any member that answers (`None`: absent).
+    pub async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut client = etcd_client::Client::connect(self.endpoints(), None).await?;
+        let answer = tokio::time::timeout(READY_TIMEOUT, client.get(key, None)).await??;
+        Ok(answer.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
     /// The last lines of member `i`'s log.
     pub fn log_tail(&self, i: usize, lines: usize) -> String {
         self.members[i].daemon.log_tail(lines)

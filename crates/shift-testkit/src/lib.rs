@@ -23,6 +23,7 @@ pub mod nats;
 pub mod node;
 pub mod process;
 pub mod python;
+pub mod recording;
 pub mod scene;
 pub mod scrape;
 pub mod stores;

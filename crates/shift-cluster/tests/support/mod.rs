@@ -28,6 +28,7 @@ pub fn config(etcd: &EtcdCluster, prefix: &str, member: &str, ttl: Duration) -> 
         member_id: member.into(),
         key_prefix: prefix.into(),
         lease_ttl: ttl,
+        read_grace: Duration::from_secs(30),
         etcd_timeout: Duration::from_secs(1),
         internal_address: None,
         nats_url: None,

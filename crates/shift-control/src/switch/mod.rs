@@ -204,6 +204,8 @@ struct SwitchCore {
     changing: Mutex<()>,
     /// The gate held closed by a pause, until resume.
     pause: Mutex<Option<ClosedGate>>,
+    /// Cluster mode: a change of primary commits through every replica ([`cluster`]).
+    commit: std::sync::OnceLock<Arc<dyn crate::primary_commit::PrimaryCommit>>,
 }
 
 /// Why a topology change was refused.
@@ -251,6 +253,7 @@ impl TopologySwitch {
                 defaults,
                 changing: Mutex::new(()),
                 pause: Mutex::new(None),
+                commit: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -478,6 +481,10 @@ impl SwitchCore {
                 .notes
                 .extend(catch_up::note(to, &caught, catch_up_timeout));
             report.catch_up = Some(caught);
+        }
+        if let Some(commit) = self.commit.get() {
+            let committed = self.commit_in_cluster(&**commit, report, &current, from_down, timeout);
+            return Ok(committed.await);
         }
         let mut hold = HoldClock::start();
         let deadline = Instant::now() + timeout;
@@ -754,6 +761,7 @@ enum DrainError {
 mod catch_up;
 #[cfg(test)]
 mod catch_up_tests;
+mod cluster;
 mod hold;
 mod moves;
 mod state;

@@ -76,7 +76,7 @@ impl FakeState {
         }
     }
 
-    fn persisted(&self) -> Option<Topology> {
+    pub(crate) fn persisted(&self) -> Option<Topology> {
         self.lock().persisted.clone()
     }
 }
@@ -170,7 +170,7 @@ impl Fixture {
     }
 
     /// Runs a switch to its end; its report.
-    async fn run(&self, direction: Direction, request: SwitchRequest) -> SwitchReport {
+    pub(crate) async fn run(&self, direction: Direction, request: SwitchRequest) -> SwitchReport {
         self.switch.switch(direction, request).await.unwrap()
     }
 
