@@ -376,6 +376,11 @@ impl ReplayJournal for JetStreamReplay {
         Box::pin(async move { self.take(target, seqs).await })
     }
 
+    /// A purge from the stream is durable as it is acknowledged: there is no cheaper kind.
+    fn remove_deferred<'a>(&'a self, target: BackendName, seqs: &'a [Seq]) -> StateCall<'a, ()> {
+        self.remove(target, seqs)
+    }
+
     fn park(&self, target: BackendName, seq: Seq, reason: String) -> StateCall<'_, ()> {
         Box::pin(async move {
             let Some((_, collection, stream_seq, created, payload)) = self.held(target, seq) else {

@@ -200,6 +200,11 @@ pub trait ReplayJournal: Send + Sync + Debug {
     }
     /// Removes applied entries; seqs no longer there are skipped.
     fn remove<'a>(&'a self, target: BackendName, seqs: &'a [Seq]) -> StateCall<'a, ()>;
+    /// [`remove`](Self::remove), but it may resolve before the removal is durable: a crash
+    /// may bring the entries back, to be applied again (only for entries whose re-apply is
+    /// harmless: `replay/lanes.rs`'s `removal_may_wait`). An implementation without a cheaper
+    /// deferred removal removes durably (no default, as for [`WriteJournal::settle_intent`]).
+    fn remove_deferred<'a>(&'a self, target: BackendName, seqs: &'a [Seq]) -> StateCall<'a, ()>;
     /// Moves one entry to the dead letters with `reason`
     /// ([`StoreError::UnknownEntry`] when it is not in the journal).
     fn park(&self, target: BackendName, seq: Seq, reason: String) -> StateCall<'_, ()>;

@@ -159,6 +159,10 @@ impl ReplayJournal for StateStore {
         Box::pin(StateStore::remove(self, target, seqs))
     }
 
+    fn remove_deferred<'a>(&'a self, target: BackendName, seqs: &'a [Seq]) -> StateCall<'a, ()> {
+        Box::pin(StateStore::remove_deferred(self, target, seqs))
+    }
+
     fn park(&self, target: BackendName, seq: Seq, reason: String) -> StateCall<'_, ()> {
         Box::pin(StateStore::park(self, target, seq, reason))
     }

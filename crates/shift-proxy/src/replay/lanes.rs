@@ -3,9 +3,11 @@
 use serde_json::Value;
 use shift_chroma::payload::{append_record_body, record_count};
 use shift_config::BackendName;
-use shift_state::{JournalEntry, Seq, StateStore, StoreError};
+use shift_state::{JournalEntry, Seq, StoreError};
+use std::sync::Arc;
 
 use super::Planned;
+use crate::coord::ReplayJournal;
 use crate::mirror::{MirrorOp, RecordKind};
 
 /// Whether an entry must be applied alone (see the module's doc): anything but a record write,
@@ -94,7 +96,7 @@ pub(super) fn removal_may_wait(planned: &Planned) -> bool {
 
 /// Removes applied entries from `target`'s journal, with an fsync of their own if `durable`.
 pub(super) async fn remove_applied(
-    store: &StateStore,
+    store: &Arc<dyn ReplayJournal>,
     target: BackendName,
     seqs: &[Seq],
     durable: bool,
