@@ -18,8 +18,9 @@
 //!   new primary waiting until the journal is shared: see deploy/README.md);
 //! - kill -9 of the replica owning the busiest collection mid-run, restarted on its state.
 //!
-//! The journal is still each replica's own (redb); the NATS JetStream journal replaces it in
-//! a later step, and these tests then start a nats-server too.
+//! The journal is in NATS JetStream (`nats_url`): every test starts a nats-server with
+//! JetStream (`sync_interval: always`) next to etcd. `tests/cluster_journal.rs` kills the
+//! busiest owner without restarting it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use shift_cluster::member::MemberRecord;
 use shift_cluster::owner::owner;
 use shift_testkit::collection::{collection_id, count, get_or_create_collection};
 use shift_testkit::etcd::EtcdCluster;
+use shift_testkit::nats::NatsServer;
 use shift_testkit::process::run_chroma_shift;
 use shift_testkit::recording::{Recorded, RecordingShim};
 use shift_testkit::scrape::{metric_sum, metrics_text, wait_drained};
@@ -41,28 +43,31 @@ use shift_testkit::{admin_call, http_json, python, Chroma, Proxy, ProxyProcess, 
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// The `[mirror]` and `[cluster]` sections of replica `member` (`read_grace` as given).
-fn cluster_toml(etcd: &EtcdCluster, member: &str, read_grace: &str) -> String {
+fn cluster_toml(etcd: &EtcdCluster, nats: &NatsServer, member: &str, read_grace: &str) -> String {
     let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
     format!(
         "[mirror]\nmode = \"journaled\"\nretry_initial = \"50ms\"\nretry_max = \"1s\"\n\
          [cluster]\netcd_endpoints = [{}]\nmember_id = \"{member}\"\nlease_ttl = \"3s\"\netcd_timeout = \"1s\"\n\
-         read_grace = \"{read_grace}\"\n",
-        endpoints.join(", ")
+         read_grace = \"{read_grace}\"\nnats_url = \"{}\"\nstream_replicas = 1\ntakeover_grace = \"3s\"\n",
+        endpoints.join(", "),
+        nats.url()
     )
 }
 
 async fn replicas(
     etcd: &EtcdCluster,
+    nats: &NatsServer,
     old: &Chroma,
     new: &Chroma,
     n: usize,
 ) -> anyhow::Result<Vec<ProxyProcess>> {
-    replicas_at(etcd, &old.url(), &new.url(), n, "30s").await
+    replicas_at(etcd, nats, &old.url(), &new.url(), n, "30s").await
 }
 
 /// `n` replicas in front of the stores at `old` and `new` (URLs: the shims, say).
 async fn replicas_at(
     etcd: &EtcdCluster,
+    nats: &NatsServer,
     old: &str,
     new: &str,
     n: usize,
@@ -73,7 +78,7 @@ async fn replicas_at(
         let proxy = Proxy::builder()
             .old(old)
             .new_store(new)
-            .toml(&cluster_toml(etcd, &format!("proxy-{i}"), read_grace))
+            .toml(&cluster_toml(etcd, nats, &format!("proxy-{i}"), read_grace))
             .spawn_process()
             .await?;
         started.push(proxy);
@@ -85,8 +90,9 @@ async fn replicas_at(
 async fn three_replicas_leave_both_stores_identical_with_the_same_collection_ids(
 ) -> anyhow::Result<()> {
     let etcd = EtcdCluster::start(3).await?;
+    let nats = NatsServer::start().await?;
     let (old, new) = two_stores().await?;
-    let proxies = replicas(&etcd, &old, &new, 3).await?;
+    let proxies = replicas(&etcd, &nats, &old, &new, 3).await?;
     let urls: Vec<String> = proxies.iter().map(ProxyProcess::url).collect();
     let dir = tempfile::tempdir()?;
     let acked: PathBuf = dir.path().join("acked.jsonl");
@@ -179,8 +185,9 @@ async fn three_replicas_leave_both_stores_identical_with_the_same_collection_ids
 async fn without_etcd_quorum_writes_are_refused_reads_served_and_both_come_back(
 ) -> anyhow::Result<()> {
     let mut etcd = EtcdCluster::start(3).await?;
+    let nats = NatsServer::start().await?;
     let (old, new) = two_stores().await?;
-    let proxies = replicas_at(&etcd, &old.url(), &new.url(), 2, "3s").await?;
+    let proxies = replicas_at(&etcd, &nats, &old.url(), &new.url(), 2, "3s").await?;
     let url = proxies[1].url();
     let id = get_or_create_collection(&proxies[0].url(), "quorum").await?;
     let add = |i: usize| {
@@ -265,6 +272,7 @@ async fn without_etcd_quorum_writes_are_refused_reads_served_and_both_come_back(
 /// Two Chroma servers, each behind a recording shim, and `n` replicas in front of the shims.
 struct Rig {
     etcd: EtcdCluster,
+    _nats: NatsServer,
     old: Chroma,
     new: Chroma,
     /// In front of old and new.
@@ -276,14 +284,16 @@ struct Rig {
 impl Rig {
     async fn start(n: usize) -> anyhow::Result<Rig> {
         let etcd = EtcdCluster::start(3).await?;
+        let nats = NatsServer::start().await?;
         let (old, new) = two_stores().await?;
         let shims = [
             RecordingShim::start(&old.url()).await?,
             RecordingShim::start(&new.url()).await?,
         ];
-        let proxies = replicas_at(&etcd, &shims[0].url(), &shims[1].url(), n, "30s").await?;
+        let proxies = replicas_at(&etcd, &nats, &shims[0].url(), &shims[1].url(), n, "30s").await?;
         Ok(Rig {
             etcd,
+            _nats: nats,
             old,
             new,
             shims,
