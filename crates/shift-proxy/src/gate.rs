@@ -21,13 +21,21 @@ pub struct LocalWriteGate {
 /// A write's pass: while any is out, the gate cannot close.
 #[derive(Debug)]
 pub struct WritePass {
-    _guard: OwnedRwLockReadGuard<()>,
+    _guard: Option<OwnedRwLockReadGuard<()>>,
 }
 
 impl WritePass {
     /// A pass that holds `guard`, the read side of a process's gate lock.
     pub fn new(guard: OwnedRwLockReadGuard<()>) -> WritePass {
-        WritePass { _guard: guard }
+        WritePass {
+            _guard: Some(guard),
+        }
+    }
+
+    /// What a write keeps once it has given its pass back (a write of a switch's sync window,
+    /// see [`crate::window`]): it holds nothing, the gate can close past it.
+    pub fn released() -> WritePass {
+        WritePass { _guard: None }
     }
 }
 

@@ -32,8 +32,9 @@ use crate::locks::OrderGuard;
 use crate::mirror::{ids_of, EncodedOp, MirrorOp, RecordKind};
 use crate::passthrough::passthrough;
 use crate::plane::DataPlaneState;
-use crate::settle::{decide, PrimaryOutcome, SecondaryOutcome};
+use crate::settle::{PrimaryOutcome, SecondaryOutcome};
 use crate::topology::Topology;
+use crate::window::WindowWrite;
 use crate::write_task::{
     carry_out, classify, detach, parse_body, record_intent, refuse_before_write, secondary_outcome,
     unmirrorable, ClientAnswerTx, Guards, PendingWrite, Queued, Settled,
@@ -60,6 +61,9 @@ pub async fn record_write(
     let Some(entry) = collection_for_write(plane, &topology, &request).await? else {
         return passthrough(plane, &topology, request).await;
     };
+    // During a switch's sync window the write gives its pass back before it waits for its
+    // locks, and passes the gate again to settle (see `crate::window`).
+    let (pass, window) = plane.window.admit(pass, primary);
     let collection = entry.client_id.clone();
     let primary_id = entry.id_on(primary).cloned().unwrap_or_default();
     let path = backend_path(plane, primary, &request, Some(&primary_id));
@@ -165,7 +169,14 @@ pub async fn record_write(
     };
     let plane = plane.clone();
     detach(move |answer| async move {
-        settle_record_write(&plane, write, op, reconcile, sync, missing, answer).await
+        let mirroring = Mirroring {
+            op,
+            reconcile,
+            sync,
+            missing,
+            window,
+        };
+        settle_record_write(&plane, write, mirroring, answer).await
     })
     .await
 }
@@ -234,16 +245,31 @@ impl Mirrored {
     }
 }
 
+/// How a record write is mirrored, decided on the write path.
+struct Mirroring {
+    op: Mirrored,
+    reconcile: MirrorOp,
+    /// Sent to the secondary at once (sync mode, nothing of its collection queued).
+    sync: bool,
+    missing: Missing,
+    /// A write of a switch's sync window.
+    window: Option<WindowWrite>,
+}
+
 /// From the intent on: primary (and secondary in sync mode), the decision, the journal.
 async fn settle_record_write(
     plane: &DataPlaneState,
-    write: PendingWrite,
-    mirrored: Mirrored,
-    reconcile: MirrorOp,
-    sync: bool,
-    (missing, forget): Missing,
+    mut write: PendingWrite,
+    mirroring: Mirroring,
     answer: ClientAnswerTx,
 ) {
+    let Mirroring {
+        op: mirrored,
+        reconcile,
+        sync,
+        missing: (missing, forget),
+        window,
+    } = mirroring;
     let caller = write.request.caller.clone();
     let encoded = mirrored.encode(&write.request.body, &caller);
     let Some(intent) = record_intent(plane, encoded.bytes, answer.is_closed()).await else {
@@ -278,10 +304,14 @@ async fn settle_record_write(
     if outcome == PrimaryOutcome::Applied && !missing.is_empty() {
         forget_missing_updates(plane, &write, &missing).await;
     }
-    let decision = decide(
-        outcome,
-        secondary_outcome,
-        plane.writes.on_secondary_failure,
+    // A window write settles wholly before or wholly after a switch's flip.
+    let settling = crate::window::pass_to_settle(plane, window.as_ref()).await;
+    let (decision, primary_answer) = crate::window::decide_write(
+        plane,
+        &mut write,
+        window.as_ref(),
+        (outcome, secondary_outcome),
+        primary_result.map(relay).map_err(ProxyError::Backend),
     );
     let settled = Settled {
         intent,
@@ -297,10 +327,11 @@ async fn settle_record_write(
             ),
             reconcile,
         },
-        primary_answer: primary_result.map(relay).map_err(ProxyError::Backend),
+        primary_answer,
         secondary_error,
     };
     carry_out(plane, write, settled, answer).await;
+    drop((settling, window));
 }
 
 /// After an update the primary applied for ids it lacked, deletes those ids there (still
