@@ -63,8 +63,14 @@ pub async fn record_write(
     };
     // During a switch's sync window the write gives its pass back before it waits for its
     // locks, and passes the gate again to settle (see `crate::window`).
-    let (pass, window) = plane.window.admit(pass, primary);
+    let (pass, mut window) = plane.window.admit(pass, primary);
     let collection = entry.client_id.clone();
+    if let Some(window) = window
+        .as_ref()
+        .filter(|_| topology.mode == MirrorMode::Sync)
+    {
+        crate::window::behind_the_queue(plane, window, topology.secondary(), &collection).await;
+    }
     let primary_id = entry.id_on(primary).cloned().unwrap_or_default();
     let path = backend_path(plane, primary, &request, Some(&primary_id));
 
@@ -115,6 +121,13 @@ pub async fn record_write(
             (guard, ids, Some(body))
         }
     };
+    // A window write that waited for its locks while the primary changed has sent nothing:
+    // it goes again, to the new primary. Checked with the locks held, so every write of these
+    // records through the new primary comes after it (see `crate::window`).
+    if window.is_some() && plane.topology.current().primary != primary {
+        drop((guard, window, pass));
+        return Box::pin(record_write(plane, request)).await;
+    }
     // An update of ids the primary lacks is restricted to those it holds; any other update
     // goes to the mirror as it was sent.
     let (rewritten, missing) = match rewritten {
@@ -158,6 +171,9 @@ pub async fn record_write(
     };
     let secondary = topology.secondary();
     let sync = topology.mode == MirrorMode::Sync && !plane.waits_in_journal(secondary, &collection);
+    if let Some(window) = window.as_mut().filter(|_| !sync) {
+        window.journaled();
+    }
     let write = PendingWrite {
         _pass: pass,
         _guards: Guards::Records { _records: guard },

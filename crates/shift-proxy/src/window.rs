@@ -9,6 +9,16 @@
 //! wholly after it. Its order locks are held from before its stores see it until it is
 //! settled, as for any write, so no write of the same records overtakes it on either store.
 //!
+//! A window write of a collection with entries queued for the secondary waits for them to be
+//! replayed before it takes its locks ([`behind_the_queue`]; a write of such a collection is
+//! journaled behind them otherwise, and a steady flow of writes could keep the queue from ever
+//! reaching zero).
+//!
+//! A window write takes its order locks without its pass; once it holds them it checks that
+//! the primary it read is still primary, and goes again from the start if not (it has sent
+//! nothing yet). So a write of the same records through the new primary never comes between a
+//! window write's locks and its stores: it waits for the locks the window write holds.
+//!
 //! A window write that settles before the flip settles as any write of the topology it read.
 //! One that settles after it (it went to the old primary, and the new one is primary now)
 //! settles by [`after_flip`]: when both stores took it, or neither did, nothing is left to do;
@@ -23,6 +33,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use shift_config::BackendName;
 use tokio::sync::Notify;
@@ -44,8 +55,12 @@ pub struct SyncWindow {
     open: AtomicBool,
     /// Window writes not yet settled, by the primary they went to (old, new).
     in_flight: [AtomicUsize; 2],
-    /// Window writes whose settlement queued something for the secondary before the flip:
-    /// the secondary refused or failed them, or the primary's outcome was unknown.
+    /// Of which journaled (their collection had entries queued for the secondary): the
+    /// window is ready to flip only once none is left.
+    journaled_in_flight: AtomicUsize,
+    /// Window writes sent to both stores whose settlement queued something for the secondary
+    /// before the flip: the secondary refused or failed them, or the primary's outcome was
+    /// unknown (a write journaled behind its collection's queue is not counted).
     journaled: AtomicU64,
     /// Window writes that settled after the flip with the stores disagreeing: their old
     /// primary was reconciled from the new one.
@@ -58,10 +73,16 @@ pub struct SyncWindow {
 pub struct WindowWrite {
     window: Arc<SyncWindow>,
     primary: BackendName,
+    journaled: bool,
 }
 
 impl Drop for WindowWrite {
     fn drop(&mut self) {
+        if self.journaled {
+            self.window
+                .journaled_in_flight
+                .fetch_sub(1, Ordering::AcqRel);
+        }
         self.window
             .slot(self.primary)
             .fetch_sub(1, Ordering::AcqRel);
@@ -70,14 +91,28 @@ impl Drop for WindowWrite {
 }
 
 impl WindowWrite {
+    /// Says the write is journaled rather than sent to both stores (its collection has
+    /// entries queued for the secondary); said once, before it is sent.
+    pub fn journaled(&mut self) {
+        if !self.journaled {
+            self.journaled = true;
+            self.window
+                .journaled_in_flight
+                .fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// The primary this write went to.
     pub fn primary(&self) -> BackendName {
         self.primary
     }
 
-    /// Counts the write's settlement: `flipped` when it settled after the flip.
-    pub fn settled_as(&self, decision: &Decision, flipped: bool) {
-        if decision.journal == JournalAction::Discard {
+    /// Counts the write's settlement, `decision` after `secondary`'s outcome: `flipped` when
+    /// it settled after the flip.
+    pub fn settled_as(&self, decision: &Decision, secondary: SecondaryOutcome, flipped: bool) {
+        let queued_behind =
+            decision.journal == JournalAction::Write && secondary == SecondaryOutcome::NotSent;
+        if decision.journal == JournalAction::Discard || queued_behind {
             return;
         }
         let counter = if flipped {
@@ -129,6 +164,7 @@ impl SyncWindow {
         let write = WindowWrite {
             window: self.clone(),
             primary,
+            journaled: false,
         };
         drop(pass);
         (WritePass::released(), Some(write))
@@ -142,6 +178,11 @@ impl SyncWindow {
     /// Window writes not yet settled, both primaries.
     pub fn in_flight_total(&self) -> usize {
         self.in_flight(BackendName::Old) + self.in_flight(BackendName::New)
+    }
+
+    /// Window writes in flight that are journaled, not sent to both stores.
+    pub fn journaled_in_flight(&self) -> usize {
+        self.journaled_in_flight.load(Ordering::Acquire)
     }
 
     /// Window writes that queued something for the secondary before the flip.
@@ -205,6 +246,25 @@ pub fn after_flip(
     }
 }
 
+/// How often a window write looks whether its collection's queue has drained.
+const QUEUE_POLL: Duration = Duration::from_millis(2);
+
+/// Before a window write takes its locks: while entries of its collection wait for the
+/// secondary, it waits for them (while the window is open), rather than being journaled
+/// behind them, so the queue drains to zero while writes flow and the writes that follow are
+/// mirrored synchronously. Before the locks, so the replay of those entries never waits for
+/// this write's locks.
+pub(crate) async fn behind_the_queue(
+    plane: &DataPlaneState,
+    window: &WindowWrite,
+    secondary: BackendName,
+    collection: &str,
+) {
+    while window.window.is_open() && plane.waits_in_journal(secondary, collection) {
+        tokio::time::sleep(QUEUE_POLL).await;
+    }
+}
+
 /// The answer to a window write whose stores disagreed when the primary changed under it.
 pub const OUTCOME_UNKNOWN: &str = "the primary changed while this write was in flight and the two stores answered it differently; its outcome is whatever the new primary holds (the old store is brought in line with it)";
 
@@ -239,7 +299,7 @@ pub(crate) fn decide_write(
     let now = plane.topology.current().primary;
     if now == write.primary {
         let decision = decide(primary, secondary, policy);
-        window.settled_as(&decision, false);
+        window.settled_as(&decision, secondary, false);
         return (decision, answer);
     }
     std::mem::swap(&mut write.primary, &mut write.secondary);
@@ -254,7 +314,7 @@ pub(crate) fn decide_write(
             (decision, Err(unknown))
         }
     };
-    window.settled_as(&decision, true);
+    window.settled_as(&decision, secondary, true);
     (decision, answer)
 }
 

@@ -505,7 +505,10 @@ impl SwitchCore {
         let mut window = match self.window.get() {
             Some(window) if opens_window && !from_down => {
                 let mut open = OpenWindow::open(window, &self.topology, &*self.state, to);
-                if let Err(reason) = open.ready(&*self.state, to, catch_up_timeout).await {
+                if let Err(reason) = open
+                    .ready(&*self.state, &*self.gate, to, catch_up_timeout)
+                    .await
+                {
                     report.window = Some(open.report.clone());
                     report.refused = Some(format!("{reason}; nothing changed"));
                     return Ok(report);

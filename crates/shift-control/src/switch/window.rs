@@ -24,7 +24,8 @@
 //!   reconciliations of the persisted topology's secondary from its primary;
 //! - a forced switch away from a primary that is down opens no window (as no catch-up).
 //!
-//! Off in a cluster (another replica's writes would not be in the window) and with
+//! Off where the gate does not count its passes, and in a cluster (another replica's writes
+//! would not be in the window) and with
 //! `on_secondary_failure = "fail"` (a target error would reach the client as a failure).
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shift_config::{BackendName, MirrorMode};
+use shift_proxy::coord::WriteGate;
 use shift_proxy::topology::{SharedTopology, Topology};
 use shift_proxy::window::SyncWindow;
 use tokio::time::Instant;
@@ -125,12 +127,14 @@ impl OpenWindow {
         }
     }
 
-    /// Waits, writes flowing, until nothing waits for `to` and every write intent pending is
-    /// a window write's, or `limit` passes. `Err` with why the switch must be abandoned: the
+    /// Waits, writes flowing, until nothing waits for `to`, no write holds a gate pass (every
+    /// write in flight is a window write) and no window write is journaled behind a queue, or
+    /// `limit` passes. `Err` with why the switch must be abandoned: the
     /// target refused or failed a window write (it is journaled for the target).
     pub(super) async fn ready(
         &mut self,
         state: &dyn SwitchState,
+        gate: &dyn WriteGate,
         to: BackendName,
         limit: Duration,
     ) -> Result<(), String> {
@@ -145,8 +149,8 @@ impl OpenWindow {
                 ));
             }
             let lag = state.waiting(to);
-            let pending = state.pending_intents().unwrap_or(u64::MAX);
-            if lag == 0 && pending <= self.window.in_flight_total() as u64 {
+            // Every write that is not a window write holds its pass until it has settled.
+            if lag == 0 && gate.passes() == Some(0) && self.window.journaled_in_flight() == 0 {
                 self.report.ready = true;
             }
             if self.report.ready || self.started.elapsed() >= limit {

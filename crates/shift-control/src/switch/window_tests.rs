@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shift_config::{BackendName, MirrorMode};
-use shift_proxy::settle::{ClientAnswer, Decision, JournalAction};
+use shift_proxy::settle::{ClientAnswer, Decision, JournalAction, SecondaryOutcome};
 use shift_proxy::window::SyncWindow;
 
 use super::tests::{fixture_with, forced, gate_is_open, records, spawn_switch, Fixture};
@@ -52,7 +52,11 @@ async fn writes_go_sync_until_nothing_waits_then_the_primary_flips_past_the_wind
     assert_eq!(f.topology.current().primary, BackendName::Old);
     let (pass, write) = window.admit(f.gate.enter().await, BackendName::Old);
     let write = write.expect("a window write");
-    set_intents(&f, 2);
+    // And a window write journaled behind its collection's queue.
+    let (behind_pass, behind) = window.admit(f.gate.enter().await, BackendName::Old);
+    let mut behind = behind.expect("a window write");
+    behind.journaled();
+    set_intents(&f, 3);
 
     // The journal drains, but a journaled write is still in flight: not ready, writes flow.
     f.state.keep_last(BackendName::New, 0);
@@ -61,9 +65,17 @@ async fn writes_go_sync_until_nothing_waits_then_the_primary_flips_past_the_wind
     assert_eq!(f.topology.current().primary, BackendName::Old);
     assert!(window.is_open());
 
-    // It settles: only the window write is left, and the primary flips without waiting for
-    // it. Writes pass the gate again at once, to the new primary, journaled as persisted.
+    // It settles; the journaled window write still keeps the window from getting ready.
     drop(journaled);
+    set_intents(&f, 2);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.topology.current().primary, BackendName::Old);
+    assert!(window.is_open());
+
+    // It settles too: only the window write sent to both stores is left, and the primary
+    // flips without waiting for it. Writes pass the gate again at once, to the new primary,
+    // journaled as persisted.
+    drop((behind_pass, behind));
     set_intents(&f, 1);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let live = f.topology.current();
@@ -100,6 +112,8 @@ async fn writes_go_sync_until_nothing_waits_then_the_primary_flips_past_the_wind
 #[tokio::test(start_paused = true)]
 async fn a_target_that_fails_a_window_write_abandons_the_switch_and_ends_the_window() {
     let (f, window) = windowed(0);
+    // A write holding its pass keeps the window open.
+    let journaled_write = f.gate.enter().await;
     set_intents(&f, 1);
     let running = spawn_switch(&f, Direction::Cutover, SwitchRequest::default());
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -112,10 +126,11 @@ async fn a_target_that_fails_a_window_write_abandons_the_switch_and_ends_the_win
         label: "fallback_journaled",
         after_grace: false,
     };
-    write.settled_as(&journaled, false);
+    write.settled_as(&journaled, SecondaryOutcome::Failed, false);
     f.state.push(BackendName::New, &records("c", "x"));
     drop((pass, write));
     let report = running.await.unwrap().unwrap();
+    drop(journaled_write);
     assert!(!report.switched);
     let refused = report.refused.expect("refused");
     assert!(refused.contains("sync window"), "{refused}");
