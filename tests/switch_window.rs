@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::{json, Value};
-use shift_testkit::collection::{create_collection, records_with_ids, versioned_record};
+use shift_testkit::collection::{
+    create_collection, record_body, records_with_ids, versioned_record,
+};
 use shift_testkit::faulty::{Fault, FaultyBackend, Hold};
 use shift_testkit::scrape::wait_drained;
 use shift_testkit::stores::{assert_same_records, two_stores, DEFAULT_DB};
@@ -44,16 +46,6 @@ struct Writers {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn body_of(r: &Value) -> Value {
-    json!({
-        "ids": [r["id"]],
-        "embeddings": [r["embedding"]],
-        "documents": [r["document"]],
-        "metadatas": [r["metadata"]],
-        "uris": [r["uri"]],
-    })
-}
-
 fn start_writers(base: &str, collection_id: &str, count: u64) -> Writers {
     let acked = Arc::new(Mutex::new(BTreeMap::<String, Vec<Write>>::new()));
     let (acks, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -79,7 +71,7 @@ fn start_writers(base: &str, collection_id: &str, count: u64) -> Writers {
                     let r = versioned_record(&id, v, json!({"writer": w}));
                     let sent = Instant::now();
                     let ok = matches!(
-                        http_json("POST", &url, Some(body_of(&r))).await,
+                        http_json("POST", &url, Some(record_body(&r))).await,
                         Ok((status, _)) if status.is_success()
                     );
                     let counter = if ok { &acks } else { &errors };
@@ -234,7 +226,7 @@ async fn a_target_failing_writes_during_the_window_abandons_the_switch_and_loses
     let held_write = tokio::spawn({
         let url = format!("{base}/collections/{held_id}/upsert");
         let r = versioned_record("held", 1, json!({}));
-        async move { http_json("POST", &url, Some(body_of(&r))).await }
+        async move { http_json("POST", &url, Some(record_body(&r))).await }
     });
     hold.wait_arrived(1, BOUND).await?;
 
