@@ -121,10 +121,12 @@ pub async fn record_write(
             (guard, ids, Some(body))
         }
     };
-    // A window write that waited for its locks while the primary changed has sent nothing:
-    // it goes again, to the new primary. Checked with the locks held, so every write of these
-    // records through the new primary comes after it (see `crate::window`).
-    if window.is_some() && plane.topology.current().primary != primary {
+    // A window write that waited for its locks while the window ended (the primary changed,
+    // or the switch went on without it) has sent nothing: it goes again through the gate.
+    // Checked with the locks held, so every write of these records through a new primary
+    // comes after it (see `crate::window`).
+    if window.is_some() && (!plane.window.is_open() || plane.topology.current().primary != primary)
+    {
         drop((guard, window, pass));
         return Box::pin(record_write(plane, request)).await;
     }

@@ -513,7 +513,9 @@ impl SwitchCore {
                     report.refused = Some(format!("{reason}; nothing changed"));
                     return Ok(report);
                 }
-                Some(open)
+                // Not ready in time: it ends, and the switch goes on as without it.
+                report.window = Some(open.report.clone());
+                open.report.ready.then_some(open)
             }
             _ => None,
         };
@@ -529,7 +531,8 @@ impl SwitchCore {
         report.closing_ms = hold.stamp(|s| &mut s.gate_closed_ms);
         // Writes past the gate have settled, but a settlement that outlives its request
         // (a client that hung up) may still be journaling: wait for every intent.
-        let window_writes = || window.as_ref().map_or(0, OpenWindow::in_flight) as u64;
+        // Window writes in flight settle on their own, the window open or not.
+        let window_writes = || self.window.get().map_or(0, |w| w.in_flight_total()) as u64;
         if let Err(reason) = self.settle_intents(deadline, window_writes).await {
             drop(gate);
             report.writes_held_ms = hold.stamp(|s| &mut s.reopened_ms);

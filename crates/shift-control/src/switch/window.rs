@@ -17,8 +17,10 @@
 //! Every way out leaves the persisted topology as it was, and the live mode as persisted:
 //! - the target refuses or fails a window write before the flip: the write is journaled for it
 //!   (as in sync mode), the window ends and the switch is abandoned, saying why;
-//! - the window does not get ready within `[cutover] catch_up_timeout`: the gate closes and
-//!   the switch goes on as without a window (it waits for the writes in flight and drains);
+//! - the window does not get ready within `[cutover] catch_up_timeout`: it ends, the gate
+//!   closes and the switch goes on as without a window (it waits for the writes holding a
+//!   pass and drains); a window write that has not sent anything yet goes again through the
+//!   gate, held there like any write;
 //! - a client that hangs up: its write's task settles it all the same (it counts until then);
 //! - a crash: the window was never persisted; the intents of the window writes become
 //!   reconciliations of the persisted topology's secondary from its primary;
@@ -160,11 +162,6 @@ impl OpenWindow {
             }
             tokio::time::sleep(WINDOW_POLL).await;
         }
-    }
-
-    /// Window writes in flight: a switch waits for every other write intent to settle.
-    pub(super) fn in_flight(&self) -> usize {
-        self.window.in_flight_total()
     }
 
     /// At the flip, under the closed gate: the window ends (the topology swapped in next has
