@@ -10,15 +10,21 @@
 //! median outside any switch. At the end the writers stop, the journal drains, and both stores
 //! must hold every acknowledged record (nothing lost).
 //!
-//! It runs twice against the same two Chroma servers, each time with a fresh proxy and
+//! With a sync window (`[cutover] sync_window`, on by default) the report also says how long
+//! writes were mirrored synchronously before the gate closed, how many window writes were in
+//! flight when the primary flipped (not waited for), and when those sent to the old primary had
+//! settled (after the reopen, not part of the hold).
+//!
+//! It runs three times against the same two Chroma servers, each time with a fresh proxy and
 //! collection: with the catch-up off (`[cutover] catch_up_timeout = "0s"`, the switch as it was
-//! before the catch-up) and with the shipped defaults, so both are measured under the same load.
+//! before the catch-up), with the catch-up and no sync window (`sync_window = false`) and with
+//! the shipped defaults (catch-up and sync window), so all are measured under the same load.
 //!
 //! Run: `cargo bench -p chroma-shift-benches --bench switch_hold` (about 45 s plus the build).
 //!
 //! Knobs (environment): `BENCH_WRITERS` (default 8), `BENCH_SWITCHES` (default 6),
 //! `BENCH_SWITCH_GAP_SECS` (writes between switches, default 2), `BENCH_WARMUP_SECS`
-//! (default 2), `BENCH_CATCH_UP` (`off,on` by default: which variants, in order),
+//! (default 2), `BENCH_CATCH_UP` (`off,on,window` by default: which variants, in order),
 //! `BENCH_MIRROR_EXTRA` (more `[mirror]` keys, e.g. `replay_batch_records = 30` for a replay
 //! that falls behind), `BENCH_PROXY_LOG`, `BENCH_STATE_PARENT`, `SHIFT_BENCH_PROXY_BIN`, `BENCH_OUT`
 //! (also write the report there). Traffic goes to 127.0.0.1 only; every process it starts is
@@ -53,22 +59,25 @@ struct Settings {
     switches: usize,
     gap: Duration,
     warmup: Duration,
-    /// Catch-up off, on (the defaults), in the order to run them.
-    variants: Vec<bool>,
+    /// The variants, in the order to run them.
+    variants: Vec<Variant>,
     proxy: ProxyOptions,
 }
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
         let mut proxy = ProxyOptions::from_env("switch-hold")?;
-        let variants = env_var("BENCH_CATCH_UP", "off,on".to_owned())?
+        let variants = env_var("BENCH_CATCH_UP", "off,on,window".to_owned())?
             .split(',')
             .map(|v| match v.trim() {
-                "off" => Ok(false),
-                "on" => Ok(true),
-                other => Err(anyhow::anyhow!("BENCH_CATCH_UP: {other} is not off or on")),
+                "off" => Ok(Variant::Off),
+                "on" => Ok(Variant::CatchUp),
+                "window" => Ok(Variant::Window),
+                other => Err(anyhow::anyhow!(
+                    "BENCH_CATCH_UP: {other} is not off, on or window"
+                )),
             })
-            .collect::<anyhow::Result<Vec<bool>>>()?;
+            .collect::<anyhow::Result<Vec<Variant>>>()?;
         proxy.mirror_mode = Some("journaled".to_owned());
         proxy.mirror_extra =
             env_var("BENCH_MIRROR_EXTRA", String::new())?.replace("\\n", "\n") + "\n";
@@ -80,6 +89,44 @@ impl Settings {
             variants,
             proxy,
         })
+    }
+}
+
+/// How the proxy under test switches.
+#[derive(Debug, Clone, Copy)]
+enum Variant {
+    /// No catch-up, no window: the switch as before the catch-up.
+    Off,
+    /// The catch-up, no sync window.
+    CatchUp,
+    /// The defaults: the catch-up and the sync window.
+    Window,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Off => "off",
+            Variant::CatchUp => "on",
+            Variant::Window => "window",
+        }
+    }
+
+    /// The `[cutover]` table for it.
+    fn table(self) -> &'static str {
+        match self {
+            Variant::Off => "[cutover]\ncatch_up_timeout = \"0s\"\n",
+            Variant::CatchUp => "[cutover]\nsync_window = false\n",
+            Variant::Window => "",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Variant::Off => "catch-up off (`catch_up_timeout = \"0s\"`: the switch as before)",
+            Variant::CatchUp => "catch-up on, no sync window (`sync_window = false`)",
+            Variant::Window => "catch-up and sync window (the defaults: `catch_up_lag = 2`, `catch_up_timeout = \"10s\"`, `sync_window = true`)",
+        }
     }
 }
 
@@ -105,32 +152,19 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
     let result = async {
         let mut text = String::new();
-        for &catch_up in &settings.variants {
-            let variant = if catch_up { "on" } else { "off" };
-            eprintln!("catch-up {variant}:");
+        for &chosen in &settings.variants {
+            let variant = chosen.name();
+            eprintln!("variant {variant}:");
             let options = ProxyOptions {
                 name: format!("switch-hold-{variant}"),
-                extra_tables: if catch_up {
-                    String::new()
-                } else {
-                    "[cutover]\ncatch_up_timeout = \"0s\"\n".to_owned()
-                },
+                extra_tables: chosen.table().to_owned(),
                 ..settings.proxy.clone()
             };
             let proxy = start_proxy(&options, dir.path(), &old.url(), &new.url()).await?;
             let collection = format!("switch_hold_{variant}");
             let table = run(&settings, &proxy, &collection, &old.url(), &new.url()).await;
             drop(proxy);
-            let _ = writeln!(
-                text,
-                "### catch-up {}\n\n{}",
-                if catch_up {
-                    "on (the defaults: `catch_up_lag = 2`, `catch_up_timeout = \"10s\"`)"
-                } else {
-                    "off (`catch_up_timeout = \"0s\"`: the switch as before)"
-                },
-                table?
-            );
+            let _ = writeln!(text, "### {}\n\n{}", chosen.title(), table?);
         }
         anyhow::Ok(text)
     }
@@ -223,9 +257,10 @@ async fn run(
             }
         };
         eprintln!(
-            "  {direction:?}: switched {}, catch-up {:?}, held {:.1} ms, drained {} entries while held{}",
+            "  {direction:?}: switched {}, catch-up {:?}, window {:?}, held {:.1} ms, drained {} entries while held{}",
             report.switched,
             report.catch_up,
+            report.window,
             report.writes_held_ms,
             report.drained_entries,
             report
@@ -298,9 +333,9 @@ fn table(switched: &[Switched], spans: &[Span], acked: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| # | direction | catch-up (ms) | lag before -> after catch-up | writes held (ms) | of which closing the gate (ms) | then intents settled / drained / committed (ms) | drained while held | switch call (ms) | writers' longest add during it (ms) |"
+        "| # | direction | catch-up (ms) | lag before -> after catch-up | sync window (ms), writes in flight at the flip, old primary's settled after reopen (ms) | writes held (ms) | of which closing the gate (ms) | then intents settled / drained / committed (ms) | drained while held | switch call (ms) | writers' longest add during it (ms) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     let mut holds = Vec::new();
     for (i, s) in switched.iter().enumerate() {
         let longest = spans
@@ -323,9 +358,22 @@ fn table(switched: &[Switched], spans: &[Span], acked: u64) -> String {
                 )
             },
         );
+        let window = s.report.window.as_ref().map_or_else(
+            || "-".to_owned(),
+            |w| {
+                format!(
+                    "{:.0}{}, {}, {}",
+                    w.ms,
+                    if w.ready { "" } else { " (not ready)" },
+                    w.in_flight_at_flip,
+                    w.old_primary_settled_ms
+                        .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0}"))
+                )
+            },
+        );
         let _ = writeln!(
             out,
-            "| {} | {:?} | {catch_up_ms} | {lags} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} |",
+            "| {} | {:?} | {catch_up_ms} | {lags} | {window} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} |",
             i + 1,
             s.report.direction,
             s.report.writes_held_ms,

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{json, Value};
-use shift_testkit::collection::{create_collection, records_with_ids, versioned_record};
+use shift_testkit::collection::{
+    create_collection, record_body, records_with_ids, versioned_record,
+};
 use shift_testkit::scrape::wait_drained;
 use shift_testkit::stores::{two_stores, DEFAULT_DB};
 use shift_testkit::wait::wait_until;
@@ -26,16 +28,6 @@ const BOUND: Duration = Duration::from_secs(60);
 /// One record, version `v` of id `id`: every field set, embeddings exact in f32.
 fn record(id: &str, v: u64) -> Value {
     versioned_record(id, v, json!({"writer": "rollback_faults"}))
-}
-
-fn body_of(r: &Value) -> Value {
-    json!({
-        "ids": [r["id"]],
-        "embeddings": [r["embedding"]],
-        "documents": [r["document"]],
-        "metadatas": [r["metadata"]],
-        "uris": [r["uri"]],
-    })
 }
 
 /// What the client saw: the last acknowledged version of each id, and counts.
@@ -81,7 +73,7 @@ fn start_writer(base: String, collection_id: String) -> Writer {
                 };
                 let r = record(&id, n);
                 seen.lock().unwrap().attempted.push(id.clone());
-                match http_json("POST", &url, Some(body_of(&r))).await {
+                match http_json("POST", &url, Some(record_body(&r))).await {
                     Ok((status, _)) if status.is_success() => {
                         seen.lock().unwrap().acked.insert(id, r);
                         acks.fetch_add(1, Ordering::Relaxed);

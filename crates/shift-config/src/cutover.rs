@@ -24,6 +24,15 @@ pub struct CutoverConfig {
     /// so). `0s` turns the catch-up off.
     #[serde(with = "humantime_serde")]
     pub catch_up_timeout: Duration,
+    /// After the catch-up, a switch mirrors record writes synchronously (the live mode turns
+    /// to `sync`, not persisted) until nothing waits for the target, within
+    /// `catch_up_timeout`; then the writes in flight when the gate closes are on both stores
+    /// already and the primary flips without waiting for them (they keep their records'
+    /// order), so writes are held for about the flip alone. A target that refuses or fails a
+    /// write meanwhile abandons the switch (the write is queued for it, nothing is lost).
+    /// Only used without `[cluster]`, with `[mirror] on_secondary_failure = "journal"` and
+    /// with the catch-up on; `false` turns it off.
+    pub sync_window: bool,
 }
 
 impl Default for CutoverConfig {
@@ -33,6 +42,7 @@ impl Default for CutoverConfig {
             timeout: Duration::from_secs(30),
             catch_up_lag: 2,
             catch_up_timeout: Duration::from_secs(10),
+            sync_window: true,
         }
     }
 }

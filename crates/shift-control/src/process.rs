@@ -292,7 +292,7 @@ impl ChromaShift {
             let _ = self.registry.register(Box::new(counter.clone()));
         }
         let alerts = Alerter::new(self.config.alerts.webhook_url.as_ref(), alerts_sent);
-        let switch = Arc::new(TopologySwitch::new(
+        let switch = TopologySwitch::new(
             self.plane.clone(),
             board.clone(),
             alerts.clone(),
@@ -302,7 +302,20 @@ impl ChromaShift {
                 catch_up_lag: self.config.cutover.catch_up_lag,
                 catch_up_timeout: self.config.cutover.catch_up_timeout,
             },
-        ));
+        );
+        // A sync window only where this process sees every write and a target's error is
+        // queued, not answered.
+        let switch = Arc::new(
+            if self.config.cutover.sync_window
+                && self.config.cluster.is_none()
+                && self.config.mirror.on_secondary_failure
+                    == shift_config::SecondaryFailure::Journal
+            {
+                switch.with_sync_window(self.plane.window().clone())
+            } else {
+                switch
+            },
+        );
         // With [cluster], a change of primary commits on every replica (two-phase, in etcd).
         if let Some(commit) = self.primary_commit() {
             switch.commit_through(commit);

@@ -85,6 +85,11 @@ pub trait WriteGate: Send + Sync + Debug {
     fn close(&self) -> Pending<'_, ClosedGate>;
     /// Writes waiting at the closed gate now.
     fn held(&self) -> usize;
+    /// Passes out now (writes past the gate holding their pass), where the gate counts them:
+    /// a switch's sync window flips only once none is out (see [`crate::window`]).
+    fn passes(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl dyn WriteGate + '_ {

@@ -16,18 +16,43 @@ pub struct LocalWriteGate {
     lock: Arc<RwLock<()>>,
     /// Writes waiting at the closed gate.
     held: Arc<AtomicUsize>,
+    /// Passes out now.
+    passes: Arc<AtomicUsize>,
 }
 
 /// A write's pass: while any is out, the gate cannot close.
 #[derive(Debug)]
 pub struct WritePass {
-    _guard: OwnedRwLockReadGuard<()>,
+    _guard: Option<OwnedRwLockReadGuard<()>>,
+    _counted: Option<Counted>,
+}
+
+/// One pass out, counted until dropped.
+#[derive(Debug)]
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl WritePass {
     /// A pass that holds `guard`, the read side of a process's gate lock.
     pub fn new(guard: OwnedRwLockReadGuard<()>) -> WritePass {
-        WritePass { _guard: guard }
+        WritePass {
+            _guard: Some(guard),
+            _counted: None,
+        }
+    }
+
+    /// What a write keeps once it has given its pass back (a write of a switch's sync window,
+    /// see [`crate::window`]): it holds nothing, the gate can close past it.
+    pub fn released() -> WritePass {
+        WritePass {
+            _guard: None,
+            _counted: None,
+        }
     }
 }
 
@@ -55,16 +80,29 @@ impl Drop for Waiting {
     }
 }
 
+impl LocalWriteGate {
+    /// A pass holding `guard`, counted in [`WriteGate::passes`].
+    fn pass(&self, guard: OwnedRwLockReadGuard<()>) -> WritePass {
+        self.passes.fetch_add(1, Ordering::AcqRel);
+        WritePass {
+            _guard: Some(guard),
+            _counted: Some(Counted(self.passes.clone())),
+        }
+    }
+}
+
 impl WriteGate for LocalWriteGate {
     fn try_enter(&self) -> Option<WritePass> {
-        self.lock.clone().try_read_owned().ok().map(WritePass::new)
+        let guard = self.lock.clone().try_read_owned().ok()?;
+        Some(self.pass(guard))
     }
 
     fn wait(&self) -> Pending<'_, WritePass> {
         Box::pin(async move {
             self.held.fetch_add(1, Ordering::Relaxed);
             let _waiting = Waiting(self.held.clone());
-            WritePass::new(self.lock.clone().read_owned().await)
+            let guard = self.lock.clone().read_owned().await;
+            self.pass(guard)
         })
     }
 
@@ -74,6 +112,10 @@ impl WriteGate for LocalWriteGate {
 
     fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
+    }
+
+    fn passes(&self) -> Option<usize> {
+        Some(self.passes.load(Ordering::Acquire))
     }
 }
 

@@ -73,6 +73,7 @@ pub mod shed;
 pub mod tls;
 pub mod topology;
 pub mod trace_ctx;
+pub mod window;
 pub mod write_task;
 
 pub use backend::{Backend, Backends};

@@ -26,6 +26,7 @@ use crate::namespace::NamespaceMap;
 use crate::resolve::{ResolveError, Resolver};
 use crate::shadow::ShadowReads;
 use crate::topology::{SharedTopology, Topology};
+use crate::window::SyncWindow;
 
 /// How writes behave; from the `[mirror]` config.
 #[derive(Debug, Clone)]
@@ -89,6 +90,8 @@ pub struct DataPlaneState {
     pub(crate) live_intents: LiveIntents,
     /// The state store's last error, for the answer of a write it refused.
     pub(crate) last_state_error: Mutex<String>,
+    /// A switch's sync window (see [`crate::window`]).
+    pub(crate) window: Arc<SyncWindow>,
 }
 
 impl DataPlaneState {
@@ -124,6 +127,7 @@ impl DataPlaneState {
             writes: parts.writes,
             live_intents: LiveIntents::default(),
             last_state_error: Mutex::default(),
+            window: Arc::default(),
         }))
     }
 
@@ -157,6 +161,11 @@ impl DataPlaneState {
     /// Writes waiting at the closed gate now.
     pub fn writes_held(&self) -> usize {
         self.gate.held()
+    }
+
+    /// A switch's sync window.
+    pub fn window(&self) -> &Arc<SyncWindow> {
+        &self.window
     }
 
     /// The gate itself, for the switch that closes it around a change of topology.

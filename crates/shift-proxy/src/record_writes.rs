@@ -35,8 +35,9 @@ use crate::mirror::{ids_of, EncodedOp, MirrorOp, RecordKind};
 use crate::passthrough::passthrough;
 use crate::plane::DataPlaneState;
 use crate::replay::RawBatch;
-use crate::settle::{decide, PrimaryOutcome, SecondaryOutcome};
+use crate::settle::{PrimaryOutcome, SecondaryOutcome};
 use crate::topology::Topology;
+use crate::window::WindowWrite;
 use crate::write_task::{
     carry_out, classify, detach, parse_body, record_intent, refuse_before_write, secondary_outcome,
     unmirrorable, ClientAnswerTx, Guards, PendingWrite, Queued, Settled,
@@ -63,7 +64,16 @@ pub async fn record_write(
     let Some(entry) = collection_for_write(plane, &topology, &request).await? else {
         return passthrough(plane, &topology, request).await;
     };
+    // During a switch's sync window the write gives its pass back before it waits for its
+    // locks, and passes the gate again to settle (see `crate::window`).
+    let (pass, mut window) = plane.window.admit(pass, primary);
     let collection = entry.client_id.clone();
+    if let Some(window) = window
+        .as_ref()
+        .filter(|_| topology.mode == MirrorMode::Sync)
+    {
+        crate::window::behind_the_queue(plane, window, topology.secondary(), &collection).await;
+    }
     let primary_id = entry.id_on(primary).cloned().unwrap_or_default();
     let path = backend_path(plane, primary, &request, Some(&primary_id));
 
@@ -114,6 +124,15 @@ pub async fn record_write(
             (guard, ids, Some(body))
         }
     };
+    // A window write that waited for its locks while the window ended (the primary changed,
+    // or the switch went on without it) has sent nothing: it goes again through the gate.
+    // Checked with the locks held, so every write of these records through a new primary
+    // comes after it (see `crate::window`).
+    if window.is_some() && (!plane.window.is_open() || plane.topology.current().primary != primary)
+    {
+        drop((guard, window, pass));
+        return Box::pin(record_write(plane, request)).await;
+    }
     // An update of ids the primary lacks is restricted to those it holds; any other update
     // goes to the mirror as it was sent.
     let (rewritten, missing) = match rewritten {
@@ -159,6 +178,9 @@ pub async fn record_write(
     };
     let secondary = topology.secondary();
     let sync = topology.mode == MirrorMode::Sync && !plane.waits_in_journal(secondary, &collection);
+    if let Some(window) = window.as_mut().filter(|_| !sync) {
+        window.journaled();
+    }
     let write = PendingWrite {
         _pass: pass,
         _guards: Guards::Records { _records: guard },
@@ -170,7 +192,14 @@ pub async fn record_write(
     };
     let plane = plane.clone();
     detach(move |answer| async move {
-        settle_record_write(&plane, write, op, reconcile, sync, missing, answer).await
+        let mirroring = Mirroring {
+            op,
+            reconcile,
+            sync,
+            missing,
+            window,
+        };
+        settle_record_write(&plane, write, mirroring, answer).await
     })
     .await
 }
@@ -276,16 +305,31 @@ impl Mirrored {
     }
 }
 
+/// How a record write is mirrored, decided on the write path.
+struct Mirroring {
+    op: Mirrored,
+    reconcile: MirrorOp,
+    /// Sent to the secondary at once (sync mode, nothing of its collection queued).
+    sync: bool,
+    missing: Missing,
+    /// A write of a switch's sync window.
+    window: Option<WindowWrite>,
+}
+
 /// From the intent on: primary (and secondary in sync mode), the decision, the journal.
 async fn settle_record_write(
     plane: &DataPlaneState,
-    write: PendingWrite,
-    mirrored: Mirrored,
-    reconcile: MirrorOp,
-    sync: bool,
-    (missing, forget): Missing,
+    mut write: PendingWrite,
+    mirroring: Mirroring,
     answer: ClientAnswerTx,
 ) {
+    let Mirroring {
+        op: mirrored,
+        reconcile,
+        sync,
+        missing: (missing, forget),
+        window,
+    } = mirroring;
     let caller = write.request.caller.clone();
     let encoded = mirrored.encode(&write.request.body, &caller);
     let Some(intent) = record_intent(plane, encoded.bytes, answer.is_closed()).await else {
@@ -318,10 +362,14 @@ async fn settle_record_write(
     if outcome == PrimaryOutcome::Applied && !missing.is_empty() {
         forget_missing_updates(plane, &write, &missing).await;
     }
-    let decision = decide(
-        outcome,
-        secondary_outcome,
-        plane.writes.on_secondary_failure,
+    // A window write settles wholly before or wholly after a switch's flip.
+    let settling = crate::window::pass_to_settle(plane, window.as_ref()).await;
+    let (decision, primary_answer) = crate::window::decide_write(
+        plane,
+        &mut write,
+        window.as_ref(),
+        (outcome, secondary_outcome),
+        primary_result.map(relay).map_err(ProxyError::Backend),
     );
     let settled = Settled {
         intent,
@@ -337,10 +385,11 @@ async fn settle_record_write(
             ),
             reconcile,
         },
-        primary_answer: primary_result.map(relay).map_err(ProxyError::Backend),
+        primary_answer,
         secondary_error,
     };
     carry_out(plane, write, settled, answer).await;
+    drop((settling, window));
 }
 
 /// After an update the primary applied for ids it lacked, deletes those ids there (still

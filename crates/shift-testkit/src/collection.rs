@@ -112,3 +112,14 @@ pub fn versioned_record(id: &str, v: u64, mut metadata: Value) -> Value {
         "uri": format!("mem://{id}/{v}"),
     })
 }
+
+/// The body of an add or upsert of one record as [`versioned_record`] makes it.
+pub fn record_body(r: &Value) -> Value {
+    json!({
+        "ids": [r["id"]],
+        "embeddings": [r["embedding"]],
+        "documents": [r["document"]],
+        "metadatas": [r["metadata"]],
+        "uris": [r["uri"]],
+    })
+}

@@ -23,6 +23,10 @@ pub struct HoldSteps {
     /// The gate reopened: the held writes went on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reopened_ms: Option<f64>,
+    /// With a sync window, after the reopen (not part of the hold): the window writes still in
+    /// flight to the old primary at the flip settled, and the switch answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_primary_settled_ms: Option<f64>,
 }
 
 impl HoldSteps {
@@ -34,6 +38,7 @@ impl HoldSteps {
             ("drained", self.drained_ms),
             ("committed", self.committed_ms),
             ("reopened", self.reopened_ms),
+            ("old primary's writes settled", self.old_primary_settled_ms),
         ]
         .iter()
         .filter_map(|(name, ms)| ms.map(|ms| format!("{name} {ms:.1}")))

@@ -7,8 +7,11 @@
 //!    Then catch up ([`catch_up`]): writes still flowing, wait (within `[cutover]
 //!    catch_up_timeout`) until at most `catch_up_lag` entries wait for the target, so little is
 //!    left to drain with writes held; if the lag does not come down, go on anyway;
-//! 2. close the write gate: writes in flight finish and settle their intents, new writes are
-//!    held (not rejected); backfill batches and repairs pass the same gate;
+//!    With `[cutover] sync_window`, then mirror writes synchronously until nothing waits for
+//!    the target ([`window`]): the writes in flight at the close need not be waited for;
+//! 2. close the write gate: writes in flight finish and settle their intents (a sync window's
+//!    writes go on, keeping their records' order), new writes are held (not rejected);
+//!    backfill batches and repairs pass the same gate;
 //! 3. forced, with the current primary down: move what only that store can settle out of the
 //!    target's journal into its own ([`reads_the_source`]), so nothing waits on it;
 //! 4. drain the target's journal to zero within the timeout; on timeout, move back what was
@@ -39,6 +42,7 @@ use shift_proxy::failpoints::failpoint;
 use shift_proxy::gate::ClosedGate;
 use shift_proxy::mirror::MirrorOp;
 use shift_proxy::topology::{ReadPolicy, SharedTopology, Topology};
+use shift_proxy::window::SyncWindow;
 use shift_proxy::DataPlaneState;
 use shift_state::StoreError;
 use tokio::sync::Mutex;
@@ -159,6 +163,9 @@ pub struct SwitchReport {
     /// The catch-up before the gate closed, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up: Option<CatchUpReport>,
+    /// The sync window before the gate closed, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowReport>,
     /// Journal entries applied to the target while writes were held.
     pub drained_entries: u64,
     /// Entries moved from the target's journal to the old primary's, because applying them
@@ -202,6 +209,8 @@ struct SwitchCore {
     defaults: SwitchDefaults,
     /// One change at a time.
     changing: Mutex<()>,
+    /// The data plane's sync window, when a switch may open one (`[cutover] sync_window`).
+    window: std::sync::OnceLock<Arc<SyncWindow>>,
     /// The gate held closed by a pause, until resume.
     pause: Mutex<Option<ClosedGate>>,
     /// Cluster mode: a change of primary commits through every replica ([`cluster`]).
@@ -254,8 +263,17 @@ impl TopologySwitch {
                 changing: Mutex::new(()),
                 pause: Mutex::new(None),
                 commit: std::sync::OnceLock::new(),
+                window: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Lets a switch open `window` (`[cutover] sync_window`) before closing the gate; only
+    /// where this process's writes are all the writes (no cluster) and a target's error is
+    /// journaled, not answered (`on_secondary_failure = "journal"`). Set once.
+    pub fn with_sync_window(self, window: Arc<SyncWindow>) -> Self {
+        let _ = self.core.window.set(window);
+        self
     }
 
     pub fn current(&self) -> Arc<Topology> {
@@ -433,6 +451,10 @@ impl SwitchCore {
             "check: {to} healthy, at most {max_lag} journal entries waiting for it, no dead letters"
         )];
         plan.extend(catch_up::plan_step(to, catch_up_lag, catch_up_timeout));
+        let opens_window = self.window.get().is_some() && !catch_up_timeout.is_zero();
+        if opens_window {
+            plan.push(window::plan_step(to, catch_up_timeout));
+        }
         plan.push(
             "close the write gate: let in-flight writes finish and settle, hold new ones"
                 .to_owned(),
@@ -460,6 +482,7 @@ impl SwitchCore {
             closing_ms: 0.0,
             hold: HoldSteps::default(),
             catch_up: None,
+            window: None,
             drained_entries: 0,
             moved_entries: 0,
             notes: Vec::new(),
@@ -486,6 +509,23 @@ impl SwitchCore {
             let committed = self.commit_in_cluster(&**commit, report, &current, from_down, timeout);
             return Ok(committed.await);
         }
+        let mut window = match self.window.get() {
+            Some(window) if opens_window && !from_down => {
+                let mut open = OpenWindow::open(window, &self.topology, &*self.state, to);
+                if let Err(reason) = open
+                    .ready(&*self.state, &*self.gate, to, catch_up_timeout)
+                    .await
+                {
+                    report.window = Some(open.report.clone());
+                    report.refused = Some(format!("{reason}; nothing changed"));
+                    return Ok(report);
+                }
+                // Not ready in time: it ends, and the switch goes on as without it.
+                report.window = Some(open.report.clone());
+                open.report.ready.then_some(open)
+            }
+            _ => None,
+        };
         let mut hold = HoldClock::start();
         let deadline = Instant::now() + timeout;
         let Ok(gate) = tokio::time::timeout(timeout, self.gate.close()).await else {
@@ -498,7 +538,9 @@ impl SwitchCore {
         report.closing_ms = hold.stamp(|s| &mut s.gate_closed_ms);
         // Writes past the gate have settled, but a settlement that outlives its request
         // (a client that hung up) may still be journaling: wait for every intent.
-        if let Err(reason) = self.settle_intents(deadline).await {
+        // Window writes in flight settle on their own, the window open or not.
+        let window_writes = || self.window.get().map_or(0, |w| w.in_flight_total()) as u64;
+        if let Err(reason) = self.settle_intents(deadline, window_writes).await {
             drop(gate);
             report.writes_held_ms = hold.stamp(|s| &mut s.reopened_ms);
             report.hold = hold.steps;
@@ -536,11 +578,15 @@ impl SwitchCore {
         };
         failpoint("switch::drained");
         hold.stamp(|s| &mut s.drained_ms);
+        // `current`, read before any window opened, has the persisted mode.
         let next = Topology {
             epoch: current.epoch + 1,
             primary: to,
             ..(*current).clone()
         };
+        if let Some(window) = window.as_mut() {
+            window.flip();
+        }
         if let Err(error) = self.persist_and_swap(next).await {
             let restored = self.move_back(from, moved.entries, to).await;
             drop(gate);
@@ -550,6 +596,14 @@ impl SwitchCore {
         hold.stamp(|s| &mut s.committed_ms);
         drop(gate);
         report.writes_held_ms = hold.stamp(|s| &mut s.reopened_ms);
+        if let Some(open) = window.take() {
+            let (done, note) = open.settle(from, timeout).await;
+            if done.old_primary_settled_ms.is_some() {
+                hold.stamp(|s| &mut s.old_primary_settled_ms);
+            }
+            report.window = Some(done);
+            report.notes.extend(note);
+        }
         report.hold = hold.steps;
         report.switched = true;
         report.epoch = current.epoch + 1;
@@ -703,74 +757,27 @@ impl SwitchCore {
         });
         checks
     }
-
-    /// Waits until no write intent is pending, or the deadline passes.
-    async fn settle_intents(&self, deadline: Instant) -> Result<(), String> {
-        loop {
-            let pending = self
-                .state
-                .pending_intents()
-                .map_err(|e| format!("cannot read the pending intents: {e}"))?;
-            if pending == 0 {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("{pending} writes in flight did not settle in time"));
-            }
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
-    }
-
-    /// Waits until `target`'s journal is empty. With `may_move`, once the health board says
-    /// `from` is down (at the start, or while waiting), first moves what reads it to its own
-    /// journal. What was moved, or why it stopped (with what was moved, to be moved back).
-    async fn drain(
-        &self,
-        target: BackendName,
-        from: BackendName,
-        may_move: bool,
-        deadline: Instant,
-    ) -> Result<Moved, DrainError> {
-        let mut moved: Option<Moved> = None;
-        loop {
-            if may_move && moved.is_none() && !self.health.get(from).up {
-                match self.move_source_readers(target, from).await {
-                    Ok(m) => moved = Some(m),
-                    Err(error) => return Err(DrainError::StateStore(error, Moved::default())),
-                }
-            }
-            let waiting = self.state.waiting(target);
-            if waiting == 0 {
-                return Ok(moved.unwrap_or_default());
-            }
-            failpoint("switch::draining");
-            if Instant::now() >= deadline {
-                return Err(DrainError::Timeout(waiting, moved.unwrap_or_default()));
-            }
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
-    }
-}
-
-/// Why a drain stopped, with what it had moved by then.
-enum DrainError {
-    Timeout(u64, Moved),
-    StateStore(StoreError, Moved),
 }
 
 mod catch_up;
 #[cfg(test)]
 mod catch_up_tests;
 mod cluster;
+mod drain;
 mod hold;
 mod moves;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;
+mod window;
+#[cfg(test)]
+mod window_tests;
 
 pub use catch_up::CatchUpReport;
+use drain::DrainError;
 use hold::HoldClock;
 pub use hold::HoldSteps;
-use moves::Moved;
 
 pub use state::{restore, StoreFuture, SwitchState};
+use window::OpenWindow;
+pub use window::WindowReport;

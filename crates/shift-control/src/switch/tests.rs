@@ -23,8 +23,8 @@ pub(crate) struct FakeInner {
     journals: HashMap<BackendName, BTreeMap<u64, Vec<u8>>>,
     next_seq: u64,
     dead_letters: u64,
-    pending_intents: u64,
-    persisted: Option<Topology>,
+    pub(crate) pending_intents: u64,
+    pub(crate) persisted: Option<Topology>,
     fail_persist: bool,
 }
 
