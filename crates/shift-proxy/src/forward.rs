@@ -14,7 +14,8 @@ use shift_state::StoreError;
 
 use crate::admission::BodyPermit;
 use crate::auth::Caller;
-use crate::body::{self, ProxyBody};
+use crate::body::{self, BoxError, ProxyBody};
+use crate::driven::DrivenBody;
 use crate::error::{BackendError, BackendErrorKind, ProxyError, StateFailure};
 use crate::headers::strip_hop_by_hop;
 use crate::plane::DataPlaneState;
@@ -44,10 +45,14 @@ pub struct Answered {
 }
 
 /// Streams a backend's answer to the client.
-pub fn relay(response: Response<Incoming>) -> Response<ProxyBody> {
+pub fn relay<B>(response: Response<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body::stream(body))
+    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }
 
 /// A JSON answer built from a backend's head and a rewritten body.
@@ -73,10 +78,14 @@ const UNSENT_ANSWER_LIMIT: Duration = Duration::from_secs(60);
 
 /// Reads a backend's answer whole: its head and its body, by the request's deadline. A body
 /// that stalls is a timeout (a write's outcome is then unknown), never a hang.
-pub(crate) async fn read_whole(
+pub(crate) async fn read_whole<B>(
     backend: BackendName,
-    response: Response<Incoming>,
-) -> Result<(http::response::Parts, Bytes), ProxyError> {
+    response: Response<B>,
+) -> Result<(http::response::Parts, Bytes), ProxyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     let (parts, body) = response.into_parts();
     let deadline = parts
         .extensions
@@ -143,6 +152,33 @@ pub(crate) async fn send(
     let at = tokio::time::Instant::now() + limit;
     let mut response = client
         .send_as(
+            &request.caller,
+            request.method.clone(),
+            path,
+            request.headers.clone(),
+            body,
+        )
+        .await?;
+    response
+        .extensions_mut()
+        .insert(AnswerDeadline { at, limit });
+    Ok(response)
+}
+
+/// [`send`] for the read path: on a connection the request drives itself
+/// ([`crate::driven`]), its answer streamed to the client or read whole by [`read_whole`].
+pub(crate) async fn send_driven(
+    plane: &DataPlaneState,
+    backend: BackendName,
+    request: &BufferedRequest,
+    path: &str,
+    body: Bytes,
+) -> Result<Response<DrivenBody>, BackendError> {
+    let client = plane.resolver.backends.get(backend);
+    let limit = client.request_timeout();
+    let at = tokio::time::Instant::now() + limit;
+    let mut response = client
+        .send_driven_as(
             &request.caller,
             request.method.clone(),
             path,
