@@ -41,6 +41,12 @@ pub struct ServerConfig {
     /// Load shedding and body limits (`[server.limits]`).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Threads serving the data listener, as nginx has its workers: each with its own
+    /// listener on the port (`SO_REUSEPORT`) and its own backend connections, so a request
+    /// is served on one thread and wakes no other. Unset: one per core; 0: none, the
+    /// process's shared runtime serves the data listener.
+    #[serde(default)]
+    pub data_plane_threads: Option<usize>,
 }
 
 /// The defaults of the keys of `[server]` that have one. `listen` and `admin_listen` have

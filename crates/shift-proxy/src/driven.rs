@@ -12,7 +12,8 @@
 //! A pooled connection is idle and unpolled: one the server closed meanwhile is found at
 //! checkout (its connection future completes, or its sender says closed), and a request that
 //! a closed connection gave back unsent is sent again on a new one. Connections idle past
-//! `pool_idle_timeout` are closed at checkout; at most `pool_max_idle` wait in the pool.
+//! `pool_idle_timeout` are closed at checkout; at most `pool_max_idle` wait in the pool of
+//! each data-plane thread ([`crate::data_threads`]).
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -32,6 +33,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+use crate::data_threads;
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 type Driver = Pin<Box<http1::Connection<Io, Full<Bytes>>>>;
@@ -94,8 +97,10 @@ pub(crate) struct DrivenPool {
     /// The backend's scheme and authority, for the connector.
     origin: Uri,
     http1: http1::Builder,
-    /// Last in, first out: the most recently used connection is the likeliest still open.
-    idle: Mutex<Vec<Idle>>,
+    /// The idle connections of each data-plane thread (and, first, of the other threads):
+    /// a request takes one of its own thread's, whose I/O that thread's runtime polls. Last
+    /// in, first out: the most recently used connection is the likeliest still open.
+    idle: Box<[Mutex<Vec<Idle>>]>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -120,10 +125,17 @@ impl DrivenPool {
             connector,
             origin,
             http1: http1::Builder::new(),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..=data_threads::SLOTS)
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             max_idle,
             idle_timeout,
         }
+    }
+
+    /// The idle connections of the current thread.
+    fn idle(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[data_threads::slot()]
     }
 
     /// The most recent idle connection not past its idle timeout.
@@ -131,7 +143,7 @@ impl DrivenPool {
         let now = Instant::now();
         let mut expired = Vec::new();
         let found = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.idle().lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 match idle.pop() {
                     None => break None,
@@ -152,7 +164,7 @@ impl DrivenPool {
         if !conn.reusable() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle().lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
             idle.push(Idle {
                 conn,
