@@ -20,7 +20,7 @@ use shift_proxy::metrics::JournalCollector;
 use shift_proxy::metrics::ReplayMetrics;
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::replay::{ReplayBoard, ReplaySettings, ReplayWorker};
-use shift_proxy::server::{serve_data_plane, ListenerTls, VerifiedClientCert};
+use shift_proxy::server::{serve_data_plane, DataListeners, ListenerTls, VerifiedClientCert};
 use shift_proxy::shadow::{ShadowReads, ShadowSettings};
 use shift_proxy::tls::{ServerTls, TlsError};
 use shift_proxy::topology::{ReadPolicy, Topology};
@@ -455,30 +455,17 @@ impl ChromaShift {
             "chroma-shift is serving"
         );
         // With [cluster], writes of collections other replicas own are forwarded to them.
+        let listeners = DataListeners {
+            threads: self.data_threads.as_ref(),
+            listener: self.data_listener,
+            others: self.data_listeners,
+        };
         let drained = match &self.forwarder {
             Some(forwarder) => {
                 let data_plane = forwarder.layer(data_plane);
-                serve_data_plane(
-                    self.data_threads.as_ref(),
-                    self.data_listener,
-                    self.data_listeners,
-                    data_plane,
-                    options,
-                    shutdown,
-                )
-                .await
+                serve_data_plane(listeners, data_plane, options, shutdown).await
             }
-            None => {
-                serve_data_plane(
-                    self.data_threads.as_ref(),
-                    self.data_listener,
-                    self.data_listeners,
-                    data_plane,
-                    options,
-                    shutdown,
-                )
-                .await
-            }
+            None => serve_data_plane(listeners, data_plane, options, shutdown).await,
         };
         match drained {
             Drained::Clean => tracing::info!("drained; every in-flight request finished"),

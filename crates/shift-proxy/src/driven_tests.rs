@@ -3,15 +3,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
-use shift_config::BackendName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::auth::Caller;
 use crate::backend::Backend;
+use crate::driven::DrivenBody;
 use crate::error::{BackendError, BackendErrorKind};
 
 /// What the test server does after answering a request.
@@ -84,24 +84,12 @@ async fn server(after: After) -> TestServer {
 }
 
 fn backend(url: &str) -> Backend {
-    let config = shift_config::Config::from_toml(&format!(
-        r#"
-        [server]
-        listen = "127.0.0.1:0"
-        admin_listen = "127.0.0.1:1"
-        [backends.old]
-        url = "{url}"
-        request_timeout = "2s"
-        [backends.new]
-        url = "http://127.0.0.1:9"
-        "#
-    ))
-    .unwrap();
-    Backend::new(BackendName::Old, &config.backends.old, None).unwrap()
+    crate::forward::tests::backend_timing_out(url, "2s")
 }
 
-async fn heartbeat(backend: &Backend) -> Result<Bytes, BackendError> {
-    let response = backend
+/// Sends a heartbeat on a driven connection and waits for the answer's head.
+async fn send_heartbeat(backend: &Backend) -> Result<Response<DrivenBody>, BackendError> {
+    backend
         .send_driven_as(
             &Caller::Operator,
             Method::GET,
@@ -109,7 +97,11 @@ async fn heartbeat(backend: &Backend) -> Result<Bytes, BackendError> {
             HeaderMap::new(),
             Bytes::new(),
         )
-        .await?;
+        .await
+}
+
+async fn heartbeat(backend: &Backend) -> Result<Bytes, BackendError> {
+    let response = send_heartbeat(backend).await?;
     assert_eq!(response.status(), 200);
     Ok(response.into_body().collect().await.unwrap().to_bytes())
 }
@@ -128,17 +120,7 @@ async fn requests_reuse_one_connection_once_their_bodies_are_read() {
 async fn a_body_dropped_unread_closes_its_connection() {
     let server = server(After::KeepAlive).await;
     let backend = backend(&server.url);
-    let response = backend
-        .send_driven_as(
-            &Caller::Operator,
-            Method::GET,
-            "/api/v2/heartbeat",
-            HeaderMap::new(),
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
-    drop(response);
+    drop(send_heartbeat(&backend).await.unwrap());
     assert_eq!(heartbeat(&backend).await.unwrap(), "ok");
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
@@ -177,17 +159,12 @@ async fn an_answer_head_that_never_comes_is_a_timeout() {
             held.push(stream);
         }
     });
-    let called = tokio::time::timeout(Duration::from_secs(60), heartbeat(&backend(&url)))
+    let error = tokio::time::timeout(Duration::from_secs(60), heartbeat(&backend(&url)))
         .await
-        .expect("a request hung on a backend that never answers");
+        .expect("a request hung on a backend that never answers")
+        .unwrap_err();
     assert!(
-        matches!(
-            called,
-            Err(BackendError {
-                kind: BackendErrorKind::Timeout(_),
-                ..
-            })
-        ),
-        "{called:?}"
+        matches!(error.kind, BackendErrorKind::Timeout(_)),
+        "{error:?}"
     );
 }

@@ -13,14 +13,7 @@ pub async fn passthrough(
     request: BufferedRequest,
 ) -> Result<Answered, ProxyError> {
     let path = backend_path(plane, topology.primary, &request, None);
-    let response = send_driven(
-        plane,
-        topology.primary,
-        &request,
-        &path,
-        request.body.clone(),
-    )
-    .await?;
+    let response = send_driven(plane, topology.primary, &request, &path).await?;
     Ok(Answered {
         response: relay(response),
         backend: topology.primary,

@@ -93,7 +93,7 @@ pub async fn read(
     }
 
     let path = backend_path(plane, primary, &request, collection.as_deref());
-    let response = send_driven(plane, primary, &request, &path, request.body.clone()).await?;
+    let response = send_driven(plane, primary, &request, &path).await?;
     if let Some(shadow) = shadow {
         if response.status().is_success() {
             let declared = response
@@ -159,7 +159,7 @@ async fn canary(
         return None;
     }
     let path = backend_path(plane, secondary, request, Some(id));
-    let result = send_driven(plane, secondary, request, &path, request.body.clone()).await;
+    let result = send_driven(plane, secondary, request, &path).await;
     match result {
         Ok(response) if response.status().is_success() => {
             plane.shadow.canary(&collection, CanaryOutcome::Served);

@@ -132,10 +132,9 @@ pub async fn serve<S: ListenerService>(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
-    let shared = Arc::new(Shared::new(options));
-    // Ends with this function, however it ends (the connections' JoinSet does the same).
-    let _reload = shared.watch_certificates();
-    let (stop, stopping) = watch::channel(false);
+    // The certificate watcher ends with this function, however it ends (the connections'
+    // JoinSet does the same).
+    let (shared, _reload, stop, stopping) = Shared::start(options);
     let (drained, ()) = tokio::join!(accept_loop(listener, service, shared, stopping), async {
         shutdown.await;
         let _ = stop.send(true);
@@ -154,9 +153,7 @@ pub async fn serve_threads<S: ListenerService>(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
-    let shared = Arc::new(Shared::new(options));
-    let _reload = shared.watch_certificates();
-    let (stop, stopping) = watch::channel(false);
+    let (shared, _reload, stop, stopping) = Shared::start(options);
     let loops: Vec<_> = threads
         .runtimes()
         .iter()
@@ -186,17 +183,31 @@ pub async fn serve_threads<S: ListenerService>(
     drained
 }
 
-/// The data listener: on the data plane's threads when there are any (`listener` and
-/// `others` then being the `SO_REUSEPORT` listeners of [`crate::data_threads::bind_reuseport`],
-/// one per thread), else [`serve`] on `listener` alone.
+/// The data listener's sockets and the threads that serve them.
+#[derive(Debug)]
+pub struct DataListeners<'a> {
+    /// The data plane's threads; `None` (or none) for the shared runtime.
+    pub threads: Option<&'a DataPlaneThreads>,
+    /// The first listener.
+    pub listener: TcpListener,
+    /// With threads, the other `SO_REUSEPORT` listeners of
+    /// [`crate::data_threads::bind_reuseport`], one per thread after the first.
+    pub others: Vec<std::net::TcpListener>,
+}
+
+/// The data listener: on the data plane's threads when there are any, else [`serve`] on
+/// the first listener alone.
 pub async fn serve_data_plane<S: ListenerService>(
-    threads: Option<&DataPlaneThreads>,
-    listener: TcpListener,
-    others: Vec<std::net::TcpListener>,
+    listeners: DataListeners<'_>,
     service: S,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
+    let DataListeners {
+        threads,
+        listener,
+        others,
+    } = listeners;
     match threads {
         Some(threads) if !threads.is_empty() => match listener.into_std() {
             Ok(first) => {
@@ -229,6 +240,23 @@ impl Shared {
             open: options.metrics.open.with_label_values(&[options.listener]),
             options,
         }
+    }
+
+    /// What a listener's loops share, its certificate watcher (stopped when dropped) and the
+    /// stop signal of its loops (`true`: stop accepting and drain).
+    #[allow(clippy::type_complexity)]
+    fn start(
+        options: ServeOptions,
+    ) -> (
+        Arc<Shared>,
+        Option<AbortOnDrop>,
+        watch::Sender<bool>,
+        watch::Receiver<bool>,
+    ) {
+        let shared = Arc::new(Shared::new(options));
+        let reload = shared.watch_certificates();
+        let (stop, stopping) = watch::channel(false);
+        (shared, reload, stop, stopping)
     }
 
     /// The certificate watcher, when the listener has TLS; stops when dropped.

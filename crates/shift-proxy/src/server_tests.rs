@@ -309,9 +309,11 @@ async fn data_plane_threads_serve_their_listeners_under_one_connection_cap() {
     let metrics = options.metrics.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = serve_data_plane(
-        Some(&threads),
-        first,
-        listeners,
+        DataListeners {
+            threads: Some(&threads),
+            listener: first,
+            others: listeners,
+        },
         tower::service_fn(answer_slot),
         options,
         async move {
