@@ -286,6 +286,7 @@ mod tests {
             assert_eq!(minimal.server.header_read_timeout, Duration::from_secs(10));
             assert_eq!(minimal.server.shutdown_grace, Duration::from_secs(30));
             assert!(minimal.server.http2);
+            assert_eq!(minimal.server.data_plane_threads, None);
             assert_eq!(
                 minimal.server.client_auth.tokens_env,
                 "CHROMA_SHIFT_CLIENT_TOKENS"
@@ -343,6 +344,13 @@ mod tests {
                 (
                     MINIMAL.replace("listen = \"127.0.0.1:8000\"", "listen = \"nowhere\""),
                     "listen",
+                ),
+                (
+                    MINIMAL.replace(
+                        "listen = \"127.0.0.1:8000\"",
+                        "listen = \"127.0.0.1:8000\"\ndata_plane_threads = 1000",
+                    ),
+                    "server.data_plane_threads",
                 ),
             ];
             for (text, needle) in cases {

@@ -41,6 +41,12 @@ pub struct ServerConfig {
     /// Load shedding and body limits (`[server.limits]`).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Threads serving the data listener, as nginx has its workers: each with its own
+    /// listener on the port (`SO_REUSEPORT`) and its own backend connections, so a request
+    /// is served on one thread and wakes no other. Unset: one per core; 0: none, the
+    /// process's shared runtime serves the data listener. At most 256.
+    #[serde(default)]
+    pub data_plane_threads: Option<usize>,
 }
 
 /// The defaults of the keys of `[server]` that have one. `listen` and `admin_listen` have
@@ -79,9 +85,21 @@ impl ServerConfig {
             tls.validate(TlsListener::Data)?;
         }
         self.limits.validate(self.max_body)?;
+        if self
+            .data_plane_threads
+            .is_some_and(|n| n > MAX_DATA_PLANE_THREADS)
+        {
+            return Err(invalid(
+                "server.data_plane_threads",
+                format!("at most {MAX_DATA_PLANE_THREADS} (one per core is the default)"),
+            ));
+        }
         Ok(())
     }
 }
+
+/// The most data-plane threads `[server] data_plane_threads` may ask for.
+pub const MAX_DATA_PLANE_THREADS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

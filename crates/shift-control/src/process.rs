@@ -13,13 +13,14 @@ use shift_proxy::auth::ClientAuth;
 use shift_proxy::backend::BackendBuildError;
 use shift_proxy::collection_series::{SeriesLimits, TrackedCollector};
 use shift_proxy::coord::Coordination;
+use shift_proxy::data_threads::{bind_reuseport, DataPlaneThreads};
 use shift_proxy::intents::recover_intents;
 use shift_proxy::metrics::ConnectionMetrics;
 use shift_proxy::metrics::JournalCollector;
 use shift_proxy::metrics::ReplayMetrics;
 use shift_proxy::namespace::NamespaceMap;
 use shift_proxy::replay::{ReplayBoard, ReplaySettings, ReplayWorker};
-use shift_proxy::server::{ListenerTls, VerifiedClientCert};
+use shift_proxy::server::{serve_data_plane, DataListeners, ListenerTls, VerifiedClientCert};
 use shift_proxy::shadow::{ShadowReads, ShadowSettings};
 use shift_proxy::tls::{ServerTls, TlsError};
 use shift_proxy::topology::{ReadPolicy, Topology};
@@ -71,6 +72,10 @@ pub enum ProxyStartError {
 pub struct ChromaShift {
     config: Config,
     data_listener: TcpListener,
+    /// The data plane's other listeners on the data port, one per thread after the first.
+    data_listeners: Vec<std::net::TcpListener>,
+    /// The data plane's threads (`[server] data_plane_threads`); `None` with 0.
+    data_threads: Option<DataPlaneThreads>,
     admin_listener: TcpListener,
     backends: Arc<Backends>,
     registry: Registry,
@@ -224,11 +229,14 @@ impl ChromaShift {
             forward_client_auth: config.server.client_auth.forward_client_auth,
         };
         let connection_metrics = ConnectionMetrics::register(&registry, &["data", "admin"])?;
-        let data_listener = bind("data listener", config.server.listen).await?;
+        let (data_listener, data_listeners, data_threads) =
+            bind_data_plane(config.server.listen, config.server.data_plane_threads)?;
         let admin_listener = bind("admin listener", config.server.admin_listen).await?;
         Ok(ChromaShift {
             config,
             data_listener,
+            data_listeners,
+            data_threads,
             admin_listener,
             backends,
             registry,
@@ -483,20 +491,23 @@ impl ChromaShift {
             .ok(),
             _ => None,
         };
+        let listeners = DataListeners {
+            threads: self.data_threads.as_ref(),
+            listener: self.data_listener,
+            others: self.data_listeners,
+        };
         let drained = match &self.forwarder {
             Some(forwarder) => {
                 let data_plane = forwarder.layer(data_plane);
                 match &lease_guard {
                     Some(guard) => {
                         let guarded = guard.layer(data_plane);
-                        shift_proxy::serve(self.data_listener, guarded, options, shutdown).await
+                        serve_data_plane(listeners, guarded, options, shutdown).await
                     }
-                    None => {
-                        shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await
-                    }
+                    None => serve_data_plane(listeners, data_plane, options, shutdown).await,
                 }
             }
-            None => shift_proxy::serve(self.data_listener, data_plane, options, shutdown).await,
+            None => serve_data_plane(listeners, data_plane, options, shutdown).await,
         };
         match drained {
             Drained::Clean => tracing::info!("drained; every in-flight request finished"),
@@ -532,6 +543,8 @@ impl ChromaShift {
         if let Some(cluster) = self.cluster {
             cluster.leave().await;
         }
+        // The data plane's runtimes last: the writes they ran have settled above.
+        drop(self.data_threads);
         drained
     }
 }
@@ -575,6 +588,39 @@ fn listener_tls(
         tls,
         reload_interval: config.reload_interval,
     }))
+}
+
+/// The data listener: with data-plane threads (`[server] data_plane_threads`, one per core
+/// unless set), one `SO_REUSEPORT` listener per thread on `addr` and the threads' runtimes;
+/// with 0, one listener for the shared runtime.
+#[allow(clippy::type_complexity)]
+fn bind_data_plane(
+    addr: SocketAddr,
+    threads: Option<usize>,
+) -> Result<
+    (
+        TcpListener,
+        Vec<std::net::TcpListener>,
+        Option<DataPlaneThreads>,
+    ),
+    ProxyStartError,
+> {
+    let what = "data listener";
+    let count = DataPlaneThreads::count(threads);
+    let bind_error = |source| ProxyStartError::Bind { what, addr, source };
+    if count == 0 {
+        let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        return Ok((
+            TcpListener::from_std(listener).map_err(bind_error)?,
+            Vec::new(),
+            None,
+        ));
+    }
+    let mut listeners = bind_reuseport(addr, count).map_err(bind_error)?;
+    let first = TcpListener::from_std(listeners.remove(0)).map_err(bind_error)?;
+    let threads = DataPlaneThreads::start(count).map_err(bind_error)?;
+    Ok((first, listeners, Some(threads)))
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyStartError> {

@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use shift_config::{AuthHeader, BackendConfig, BackendName, IdentitySecrets, Secret, Secrets};
 
 use crate::auth::{Caller, IdentityName};
+use crate::driven::{DrivenBody, DrivenError, DrivenPool};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::headers::X_CHROMA_TOKEN;
 
@@ -82,6 +83,10 @@ pub struct Backend {
     path_prefix: String,
     /// The pooled client.
     client: HttpClient,
+    /// Connections the read path's requests drive themselves (see [`crate::driven`]).
+    driven: Arc<DrivenPool>,
+    /// The `Host` header of a request sent on a driven connection.
+    host: HeaderValue,
     /// The operator's credential header (`[backends.X.auth]`), marked sensitive.
     credential: Option<(HeaderName, HeaderValue)>,
     /// The header a token goes in: the one of `[backends.X.auth]`, else `Authorization: Bearer`.
@@ -136,6 +141,27 @@ impl Backend {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let host =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| BackendBuildError::Url {
+                backend: name,
+                url: url.to_string(),
+            })?;
+        let driven = Arc::new(DrivenPool::new(
+            connector.clone(),
+            Uri::from_parts({
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(scheme.clone());
+                parts.authority = Some(authority.clone());
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+                parts
+            })
+            .map_err(|_| BackendBuildError::Url {
+                backend: name,
+                url: url.to_string(),
+            })?,
+            config.pool_max_idle,
+            config.pool_idle_timeout,
+        ));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle)
@@ -157,6 +183,8 @@ impl Backend {
             authority,
             path_prefix,
             client,
+            driven,
+            host,
             credential,
             header,
             identities: HashMap::new(),
@@ -258,11 +286,66 @@ impl Backend {
         caller: &Caller,
         method: Method,
         path_and_query: &str,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
     ) -> Result<Response<Incoming>, BackendError> {
         let uri = self.uri(path_and_query)?;
-        headers.remove(header::HOST);
+        let (request, span) = self.request(caller, method, uri, path_and_query, headers, body)?;
+        let sent = tracing::Instrument::instrument(self.client.request(request), span);
+        match tokio::time::timeout(self.request_timeout, sent).await {
+            Err(_) => Err(self.error(BackendErrorKind::Timeout(self.request_timeout))),
+            Ok(Err(e)) if e.is_connect() => {
+                Err(self.error(BackendErrorKind::Connect(describe(&e))))
+            }
+            Ok(Err(e)) => Err(self.error(BackendErrorKind::Transport(describe(&e)))),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// [`send_as`](Self::send_as) on a connection the request drives itself, with no task
+    /// of its own (see [`crate::driven`]): the read path's, whose answers the client reads
+    /// as they stream. The body must be read (or dropped) for the connection to be reused.
+    pub async fn send_driven_as(
+        &self,
+        caller: &Caller,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<DrivenBody>, BackendError> {
+        let uri = if self.path_prefix.is_empty() {
+            Uri::try_from(path_and_query)
+        } else {
+            Uri::try_from(format!("{}{path_and_query}", self.path_prefix))
+        }
+        .map_err(|e| self.error(BackendErrorKind::Request(e.to_string())))?;
+        headers.insert(header::HOST, self.host.clone());
+        let (request, span) = self.request(caller, method, uri, path_and_query, headers, body)?;
+        let sent = tracing::Instrument::instrument(self.driven.send(request), span);
+        match tokio::time::timeout(self.request_timeout, sent).await {
+            Err(_) => Err(self.error(BackendErrorKind::Timeout(self.request_timeout))),
+            Ok(Err(DrivenError::Connect(e))) => Err(self.error(BackendErrorKind::Connect(e))),
+            Ok(Err(DrivenError::Transport(e))) => {
+                Err(self.error(BackendErrorKind::Transport(describe(&e))))
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// The request to send: `headers` with `caller`'s credential on this backend (the
+    /// `Host` header the caller's, if any), and the call's trace span.
+    fn request(
+        &self,
+        caller: &Caller,
+        method: Method,
+        uri: Uri,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(Request<Full<Bytes>>, tracing::Span), BackendError> {
+        if uri.authority().is_some() {
+            headers.remove(header::HOST);
+        }
         headers.remove(header::CONTENT_LENGTH);
         match caller {
             Caller::Operator => {
@@ -294,16 +377,7 @@ impl Backend {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-
-        let sent = tracing::Instrument::instrument(self.client.request(request), span);
-        match tokio::time::timeout(self.request_timeout, sent).await {
-            Err(_) => Err(self.error(BackendErrorKind::Timeout(self.request_timeout))),
-            Ok(Err(e)) if e.is_connect() => {
-                Err(self.error(BackendErrorKind::Connect(describe(&e))))
-            }
-            Ok(Err(e)) => Err(self.error(BackendErrorKind::Transport(describe(&e)))),
-            Ok(Ok(response)) => Ok(response),
-        }
+        Ok((request, span))
     }
 
     /// Sends a JSON request the proxy made itself (the resolver, probes) as the operator and
@@ -546,7 +620,7 @@ fn credential(kind: AuthHeader, token: &Secret) -> Option<(HeaderName, HeaderVal
 }
 
 /// The error and its sources in one line (hyper's top-level message alone says little).
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

@@ -14,7 +14,9 @@ use shift_state::StoreError;
 
 use crate::admission::BodyPermit;
 use crate::auth::Caller;
-use crate::body::{self, ProxyBody};
+use crate::backend::Backend;
+use crate::body::{self, BoxError, ProxyBody};
+use crate::driven::DrivenBody;
 use crate::error::{BackendError, BackendErrorKind, ProxyError, StateFailure};
 use crate::headers::strip_hop_by_hop;
 use crate::plane::DataPlaneState;
@@ -44,10 +46,14 @@ pub struct Answered {
 }
 
 /// Streams a backend's answer to the client.
-pub fn relay(response: Response<Incoming>) -> Response<ProxyBody> {
+pub fn relay<B>(response: Response<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body::stream(body))
+    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }
 
 /// A JSON answer built from a backend's head and a rewritten body.
@@ -73,10 +79,14 @@ const UNSENT_ANSWER_LIMIT: Duration = Duration::from_secs(60);
 
 /// Reads a backend's answer whole: its head and its body, by the request's deadline. A body
 /// that stalls is a timeout (a write's outcome is then unknown), never a hang.
-pub(crate) async fn read_whole(
+pub(crate) async fn read_whole<B>(
     backend: BackendName,
-    response: Response<Incoming>,
-) -> Result<(http::response::Parts, Bytes), ProxyError> {
+    response: Response<B>,
+) -> Result<(http::response::Parts, Bytes), ProxyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     let (parts, body) = response.into_parts();
     let deadline = parts
         .extensions
@@ -138,18 +148,45 @@ pub(crate) async fn send(
     path: &str,
     body: Bytes,
 ) -> Result<Response<Incoming>, BackendError> {
+    send_with(Backend::send_as, plane, backend, request, path, body).await
+}
+
+/// [`send`] of the request as read, for the read path: on a connection the request drives
+/// itself ([`crate::driven`]), its answer streamed to the client or read whole by
+/// [`read_whole`].
+pub(crate) async fn send_driven(
+    plane: &DataPlaneState,
+    backend: BackendName,
+    request: &BufferedRequest,
+    path: &str,
+) -> Result<Response<DrivenBody>, BackendError> {
+    let body = request.body.clone();
+    send_with(Backend::send_driven_as, plane, backend, request, path, body).await
+}
+
+/// Sends the request with `send` (one of [`Backend`]'s) and marks the answer with the
+/// deadline its body must be read by.
+async fn send_with<B>(
+    send: impl AsyncFnOnce(
+        &Backend,
+        &Caller,
+        Method,
+        &str,
+        HeaderMap,
+        Bytes,
+    ) -> Result<Response<B>, BackendError>,
+    plane: &DataPlaneState,
+    backend: BackendName,
+    request: &BufferedRequest,
+    path: &str,
+    body: Bytes,
+) -> Result<Response<B>, BackendError> {
     let client = plane.resolver.backends.get(backend);
     let limit = client.request_timeout();
     let at = tokio::time::Instant::now() + limit;
-    let mut response = client
-        .send_as(
-            &request.caller,
-            request.method.clone(),
-            path,
-            request.headers.clone(),
-            body,
-        )
-        .await?;
+    let method = request.method.clone();
+    let headers = request.headers.clone();
+    let mut response = send(client, &request.caller, method, path, headers, body).await?;
     response
         .extensions_mut()
         .insert(AnswerDeadline { at, limit });
@@ -179,7 +216,7 @@ pub(crate) fn resolve_failure(error: ResolveError) -> ProxyError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backend::Backend;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -203,7 +240,8 @@ mod tests {
         format!("http://{addr}")
     }
 
-    fn backend(url: &str) -> Backend {
+    /// The old store's client for `url`, each request within `request_timeout`.
+    pub(crate) fn backend_timing_out(url: &str, request_timeout: &str) -> Backend {
         let config = shift_config::Config::from_toml(&format!(
             r#"
             [server]
@@ -211,7 +249,7 @@ mod tests {
             admin_listen = "127.0.0.1:1"
             [backends.old]
             url = "{url}"
-            request_timeout = "300ms"
+            request_timeout = "{request_timeout}"
             [backends.new]
             url = "http://127.0.0.1:9"
             "#
@@ -222,7 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_answer_body_is_a_timeout_not_a_hang() {
-        let backend = backend(&stalling_server().await);
+        let backend = backend_timing_out(&stalling_server().await, "300ms");
         let limit = Duration::from_secs(30);
         // The proxy's own calls: one limit for head and body.
         let called = tokio::time::timeout(limit, backend.call(Method::GET, "/x", None))

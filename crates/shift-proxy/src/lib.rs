@@ -41,6 +41,8 @@ pub mod body_ids;
 pub mod collection_series;
 pub mod collections;
 pub mod coord;
+pub mod data_threads;
+pub mod driven;
 pub mod embedded;
 pub mod error;
 pub mod failpoints;

@@ -2,7 +2,7 @@
 //! the stores do not know) go to the primary as they are, with namespaces renamed.
 
 use crate::error::ProxyError;
-use crate::forward::{backend_path, relay, send, Answered, BufferedRequest};
+use crate::forward::{backend_path, relay, send_driven, Answered, BufferedRequest};
 use crate::plane::DataPlaneState;
 use crate::topology::Topology;
 
@@ -13,14 +13,7 @@ pub async fn passthrough(
     request: BufferedRequest,
 ) -> Result<Answered, ProxyError> {
     let path = backend_path(plane, topology.primary, &request, None);
-    let response = send(
-        plane,
-        topology.primary,
-        &request,
-        &path,
-        request.body.clone(),
-    )
-    .await?;
+    let response = send_driven(plane, topology.primary, &request, &path).await?;
     Ok(Answered {
         response: relay(response),
         backend: topology.primary,

@@ -22,8 +22,8 @@ use shift_config::BackendName;
 use crate::collections::CollectionEntry;
 use crate::error::ProxyError;
 use crate::forward::{
-    backend_path, read_whole, relay, relay_bytes, relay_json, resolve_failure, send, Answered,
-    BufferedRequest,
+    backend_path, read_whole, relay, relay_bytes, relay_json, resolve_failure, send_driven,
+    Answered, BufferedRequest,
 };
 use crate::plane::DataPlaneState;
 use crate::shadow::{
@@ -93,7 +93,7 @@ pub async fn read(
     }
 
     let path = backend_path(plane, primary, &request, collection.as_deref());
-    let response = send(plane, primary, &request, &path, request.body.clone()).await?;
+    let response = send_driven(plane, primary, &request, &path).await?;
     if let Some(shadow) = shadow {
         if response.status().is_success() {
             let declared = response
@@ -159,7 +159,7 @@ async fn canary(
         return None;
     }
     let path = backend_path(plane, secondary, request, Some(id));
-    let result = send(plane, secondary, request, &path, request.body.clone()).await;
+    let result = send_driven(plane, secondary, request, &path).await;
     match result {
         Ok(response) if response.status().is_success() => {
             plane.shadow.canary(&collection, CanaryOutcome::Served);
@@ -231,7 +231,7 @@ fn start_shadow(
 /// the client without waiting for the comparison.
 async fn answer_shadowed(
     primary: BackendName,
-    response: Response<hyper::body::Incoming>,
+    response: Response<crate::driven::DrivenBody>,
     shadow: PrimaryHandoff,
 ) -> Result<Answered, ProxyError> {
     let (parts, bytes) = read_whole(primary, response).await?;

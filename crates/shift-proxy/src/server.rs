@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::body::BoxError;
+use crate::data_threads::DataPlaneThreads;
 use crate::metrics::ConnectionMetrics;
 use crate::tls::ServerTls;
 
@@ -131,26 +132,164 @@ pub async fn serve<S: ListenerService>(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
-    let builder = Arc::new(http_builder(&options));
-    let slots = Arc::new(Semaphore::new(options.connections.max_connections));
-    let open = options.metrics.open.with_label_values(&[options.listener]);
-    let refused = |reason: &str| {
-        options
+    // The certificate watcher ends with this function, however it ends (the connections'
+    // JoinSet does the same).
+    let (shared, _reload, stop, stopping) = Shared::start(options);
+    let (drained, ()) = tokio::join!(accept_loop(listener, service, shared, stopping), async {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    drained
+}
+
+/// [`serve`] on the data plane's threads: one accept loop on each thread's runtime, each with
+/// its listener (bound with `SO_REUSEPORT` on the same address: see
+/// [`crate::data_threads::bind_reuseport`]). The connection cap, the metrics and the TLS
+/// certificates are shared; shutdown stops every loop and drains every thread's connections.
+pub async fn serve_threads<S: ListenerService>(
+    threads: &DataPlaneThreads,
+    listeners: Vec<std::net::TcpListener>,
+    service: S,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Drained {
+    let (shared, _reload, stop, stopping) = Shared::start(options);
+    let loops: Vec<_> = threads
+        .runtimes()
+        .iter()
+        .zip(listeners)
+        .map(|(runtime, listener)| {
+            let (service, shared, stopping) = (service.clone(), shared.clone(), stopping.clone());
+            runtime.spawn(async move {
+                // Registered with this thread's runtime.
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => accept_loop(listener, service, shared, stopping).await,
+                    Err(error) => {
+                        tracing::error!(%error, "a data-plane thread cannot listen");
+                        Drained::Clean
+                    }
+                }
+            })
+        })
+        .collect();
+    shutdown.await;
+    let _ = stop.send(true);
+    let mut drained = Drained::Clean;
+    for accept in loops {
+        if !matches!(accept.await, Ok(Drained::Clean)) {
+            drained = Drained::GraceExpired;
+        }
+    }
+    drained
+}
+
+/// The data listener's sockets and the threads that serve them.
+#[derive(Debug)]
+pub struct DataListeners<'a> {
+    /// The data plane's threads; `None` (or none) for the shared runtime.
+    pub threads: Option<&'a DataPlaneThreads>,
+    /// The first listener.
+    pub listener: TcpListener,
+    /// With threads, the other `SO_REUSEPORT` listeners of
+    /// [`crate::data_threads::bind_reuseport`], one per thread after the first.
+    pub others: Vec<std::net::TcpListener>,
+}
+
+/// The data listener: on the data plane's threads when there are any, else [`serve`] on
+/// the first listener alone.
+pub async fn serve_data_plane<S: ListenerService>(
+    listeners: DataListeners<'_>,
+    service: S,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Drained {
+    let DataListeners {
+        threads,
+        listener,
+        others,
+    } = listeners;
+    match threads {
+        Some(threads) if !threads.is_empty() => match listener.into_std() {
+            Ok(first) => {
+                let listeners = std::iter::once(first).chain(others).collect();
+                serve_threads(threads, listeners, service, options, shutdown).await
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot hand the data listener to its threads");
+                Drained::Clean
+            }
+        },
+        _ => serve(listener, service, options, shutdown).await,
+    }
+}
+
+/// What every accept loop of a listener shares.
+struct Shared {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// The connection cap, over all the listener's loops.
+    slots: Arc<Semaphore>,
+    open: IntGauge,
+    options: ServeOptions,
+}
+
+impl Shared {
+    fn new(options: ServeOptions) -> Shared {
+        Shared {
+            builder: Arc::new(http_builder(&options)),
+            slots: Arc::new(Semaphore::new(options.connections.max_connections)),
+            open: options.metrics.open.with_label_values(&[options.listener]),
+            options,
+        }
+    }
+
+    /// What a listener's loops share, its certificate watcher (stopped when dropped) and the
+    /// stop signal of its loops (`true`: stop accepting and drain).
+    #[allow(clippy::type_complexity)]
+    fn start(
+        options: ServeOptions,
+    ) -> (
+        Arc<Shared>,
+        Option<AbortOnDrop>,
+        watch::Sender<bool>,
+        watch::Receiver<bool>,
+    ) {
+        let shared = Arc::new(Shared::new(options));
+        let reload = shared.watch_certificates();
+        let (stop, stopping) = watch::channel(false);
+        (shared, reload, stop, stopping)
+    }
+
+    /// The certificate watcher, when the listener has TLS; stops when dropped.
+    fn watch_certificates(&self) -> Option<AbortOnDrop> {
+        self.options
+            .tls
+            .as_ref()
+            .map(|tls| AbortOnDrop(tls.tls.watch(tls.reload_interval)))
+    }
+
+    fn refused(&self, reason: &str) {
+        self.options
             .metrics
             .refused
-            .with_label_values(&[options.listener, reason])
+            .with_label_values(&[self.options.listener, reason])
             .inc();
-    };
-    // Ends with this function, however it ends (the connections' JoinSet does the same).
-    let _reload = options
-        .tls
-        .as_ref()
-        .map(|tls| AbortOnDrop(tls.tls.watch(tls.reload_interval)));
-    // Each connection task watches this; `true` asks it to finish gracefully.
-    let (stop, stopping) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
+    }
+}
 
+/// Completes once `stopping` turns true (or its sender is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Accepts connections until `stopping` turns true, then drains them within the grace period.
+async fn accept_loop<S: ListenerService>(
+    listener: TcpListener,
+    service: S,
+    shared: Arc<Shared>,
+    mut stopping: watch::Receiver<bool>,
+) -> Drained {
+    let options = &shared.options;
+    let mut connections = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -164,18 +303,18 @@ pub async fn serve<S: ListenerService>(
             },
             // Reap finished connections as they end, so the set holds only open ones.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            () = &mut shutdown => break,
+            () = stopped(&mut stopping) => break,
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            refused("at_capacity");
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            shared.refused("at_capacity");
             tracing::debug!(listener = options.listener, %peer, "connection cap reached; closed");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let slot = Slot::take(permit, open.clone());
+        let slot = Slot::take(permit, shared.open.clone());
         let connection = Connection {
-            builder: builder.clone(),
+            builder: shared.builder.clone(),
             idle_timeout: options.connections.idle_timeout,
             stopping: stopping.clone(),
             peer,
@@ -222,7 +361,6 @@ pub async fn serve<S: ListenerService>(
 
     drop(listener);
     tracing::info!(listener = options.listener, grace = ?options.shutdown_grace, "stopped accepting; draining in-flight requests");
-    let _ = stop.send(true);
     let drained = tokio::time::timeout(options.shutdown_grace, async {
         while connections.join_next().await.is_some() {}
     })

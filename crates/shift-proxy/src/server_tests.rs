@@ -287,3 +287,68 @@ async fn http2_streams_past_the_limit_wait_for_a_free_one() {
     drop(sender);
     assert_eq!(running.stop().await, Drained::Clean);
 }
+
+/// Answers with the data-plane slot of the thread that served the request (0: not one).
+async fn answer_slot(_: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let slot = crate::data_threads::slot().to_string();
+    Ok(Response::new(Full::new(Bytes::from(slot))))
+}
+
+#[tokio::test]
+async fn data_plane_threads_serve_their_listeners_under_one_connection_cap() {
+    let threads = crate::data_threads::DataPlaneThreads::start(2).unwrap();
+    let mut listeners =
+        crate::data_threads::bind_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    assert_eq!(listeners.len(), 2);
+    let addr = listeners[0].local_addr().unwrap();
+    assert_eq!(listeners[1].local_addr().unwrap(), addr);
+    let first = TcpListener::from_std(listeners.remove(0)).unwrap();
+    let mut options = options(2, None);
+    options.header_read_timeout = Duration::from_secs(30);
+    options.connections.idle_timeout = Duration::from_secs(30);
+    let metrics = options.metrics.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = serve_data_plane(
+        DataListeners {
+            threads: Some(&threads),
+            listener: first,
+            others: listeners,
+        },
+        tower::service_fn(answer_slot),
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+    );
+    let client = async move {
+        let (mut first, _first_task) = h1(TcpStream::connect(addr).await.unwrap()).await;
+        let (mut second, _second_task) = h1(TcpStream::connect(addr).await.unwrap()).await;
+        for sender in [&mut first, &mut second] {
+            let slot: usize = get(sender).await.unwrap().parse().unwrap();
+            assert!((1..=2).contains(&slot), "served on slot {slot}");
+        }
+        // The cap is the listener's, whichever thread accepts: the third is closed at once.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+            .await
+            .expect("closed, not left hanging");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert_eq!(
+            metrics
+                .refused
+                .with_label_values(&["data", "at_capacity"])
+                .get(),
+            1
+        );
+        assert_eq!(metrics.open.with_label_values(&["data"]).get(), 2);
+        drop((first, second));
+        let _ = stop.send(());
+    };
+    let (drained, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(serving, client)
+    })
+    .await
+    .expect("served and drained");
+    assert_eq!(drained, Drained::Clean);
+}
