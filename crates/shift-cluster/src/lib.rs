@@ -2,20 +2,24 @@
 //! etcd, implementing [`shift_proxy::coord`]'s seams so the request path does not know which
 //! mode runs. Built when the config has a `[cluster]` section ([`Cluster::join`]).
 //!
-//! What this crate does today:
+//! What it is made of:
 //! - membership ([`member`]): a lease per replica, renewed at a third of its TTL; past the
 //!   lease deadline ([`clock::LeaseClock`]) the replica refuses writes ([`fence`]) and keeps
-//!   serving reads;
+//!   serving reads for `read_grace`, then refuses those too ([`lease_guard`]);
 //! - the topology ([`topology`]): one etcd key, created from the first replica's seed, watched
-//!   by every replica;
+//!   by every replica; a cutover or rollback changes it in two phases ([`cutover`], every
+//!   replica's [`participant`] closing its gate and draining before the commit);
 //! - the collection-id map ([`idmap`]): entries created with a transaction that succeeds only
-//!   when the key is absent, so every replica maps a collection to the same ids.
-//! - past the lease deadline plus `read_grace`, reads are refused too ([`lease_guard`]); the
-//!   two-phase cutover ([`cutover`], [`participant`]) is how the switch changes the primary.
+//!   when the key is absent, so every replica maps a collection to the same ids;
+//! - ownership ([`owner`], [`view`]): each collection's writes are taken by one replica
+//!   (rendezvous hashing over the live members), the others forward them ([`forward`]);
+//! - with `nats_url`, the journal in NATS JetStream ([`stream`], [`journal`]): intents and
+//!   entries in one stream, the owner's appends fenced by the subject's last sequence; the
+//!   owner replays its collections ([`replay_source`]) and adopts the intents other replicas
+//!   left ([`intents`]). Without it each replica journals into its own redb state.
 //!
-//! Still per replica (the next steps of issue 13): the journal (each replica's redb state,
-//! replayed by its own workers), the order locks and the write gate. See
-//! `docs/ARCHITECTURE.md` ("Cluster mode").
+//! Still per replica: the order locks and the write gate (the two-phase cutover closes every
+//! replica's). See `docs/ARCHITECTURE.md` ("Cluster mode").
 
 pub mod clock;
 pub mod cutover;

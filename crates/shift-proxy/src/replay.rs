@@ -12,8 +12,7 @@
 //! ids, same kind, same client identity, within the store's `max_batch_size` and
 //! [`MERGED_BYTES`]). Each entry is applied as the identity that wrote it (its backend token);
 //! an entry of an identity no longer in the config is refused, so parked as a dead letter
-//! whose reason names the identity. What a failure
-//! does (see [`crate::apply::classify`]):
+//! whose reason names the identity. What a failure does (see [`crate::apply::classify`]):
 //! - worth retrying (unreachable, 408, 429, 5xx but 501 and 505): that lane retries with
 //!   exponential backoff and jitter ([`shift_chroma::retry::Backoff`]), honouring
 //!   `Retry-After` up to `retry_max`;
