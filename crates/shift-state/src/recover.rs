@@ -158,14 +158,10 @@ fn install(shared: &Shared, counters: &mut Counters, db: Database, loaded: Loade
         .pending_intents
         .store(loaded.pending_intents, Ordering::Relaxed);
     for (slot, last) in loaded.last.into_iter().enumerate() {
-        // Wakes replay workers if the failed commit did reach the disk after all.
-        shared.appends[slot].send_if_modified(|seen| {
-            let newer = last > *seen;
-            if newer {
-                *seen = last;
-            }
-            newer
-        });
+        // Wakes the replay workers: the failed commit may have reached the disk after all,
+        // and deferred removals lost with the old file bring applied entries back behind
+        // their cursors (they read the journal again from its start).
+        shared.appends[slot].send_modify(|seen| *seen = (*seen).max(last));
     }
     *shared
         .db

@@ -452,8 +452,11 @@ impl SwitchCore {
         )];
         plan.extend(catch_up::plan_step(to, catch_up_lag, catch_up_timeout));
         let opens_window = self.window.get().is_some() && !catch_up_timeout.is_zero();
+        // The window waits no longer than the switch was given to close its gate: a switch
+        // asked with a short timeout answers in about that time.
+        let window_limit = catch_up_timeout.min(timeout);
         if opens_window {
-            plan.push(window::plan_step(to, catch_up_timeout));
+            plan.push(window::plan_step(to, window_limit));
         }
         plan.push(
             "close the write gate: let in-flight writes finish and settle, hold new ones"
@@ -513,7 +516,7 @@ impl SwitchCore {
             Some(window) if opens_window && !from_down => {
                 let mut open = OpenWindow::open(window, &self.topology, &*self.state, to);
                 if let Err(reason) = open
-                    .ready(&*self.state, &*self.gate, to, catch_up_timeout)
+                    .ready(&*self.state, &*self.gate, to, window_limit)
                     .await
                 {
                     report.window = Some(open.report.clone());

@@ -17,7 +17,8 @@
 //! Every way out leaves the persisted topology as it was, and the live mode as persisted:
 //! - the target refuses or fails a window write before the flip: the write is journaled for it
 //!   (as in sync mode), the window ends and the switch is abandoned, saying why;
-//! - the window does not get ready within `[cutover] catch_up_timeout`: it ends, the gate
+//! - the window does not get ready within `[cutover] catch_up_timeout` (or the switch's own
+//!   `timeout`, when shorter): it ends, the gate
 //!   closes and the switch goes on as without a window (it waits for the writes holding a
 //!   pass and drains); a window write that has not sent anything yet goes again through the
 //!   gate, held there like any write;
@@ -54,7 +55,8 @@ pub struct WindowReport {
     pub lag_before: u64,
     pub lag_after: u64,
     /// Whether the journal to the target came to zero with only window writes in flight
-    /// within `[cutover] catch_up_timeout` (if not, the switch went on as without a window).
+    /// within `[cutover] catch_up_timeout`, or the switch's `timeout` when shorter (if not, the
+    /// switch went on as without a window).
     pub ready: bool,
     /// Window writes still in flight when the primary flipped (not waited for).
     pub in_flight_at_flip: usize,

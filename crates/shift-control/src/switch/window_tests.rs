@@ -20,7 +20,7 @@ fn windowed(waiting: usize) -> (Fixture, Arc<SyncWindow>) {
         BackendName::Old,
         SwitchDefaults {
             max_lag: 100,
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
             catch_up_lag: 2,
             catch_up_timeout: LIMIT,
         },
@@ -166,6 +166,27 @@ async fn a_window_that_does_not_get_ready_in_time_goes_on_as_without_one() {
     assert_eq!(report.drained_entries, 1);
     assert_eq!(f.topology.current().mode, MirrorMode::Journaled);
     assert!(!window.is_open());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_window_waits_no_longer_than_the_switch_timeout() {
+    let (f, window) = windowed(1);
+    let request = SwitchRequest {
+        timeout: Some(Duration::from_secs(2)),
+        ..SwitchRequest::default()
+    };
+    let running = spawn_switch(&f, Direction::Cutover, request);
+    tokio::time::sleep(Duration::from_millis(2050)).await;
+    assert!(
+        !window.is_open(),
+        "the window outlived the switch's timeout"
+    );
+    // The entry never drains: the drain runs out of the same timeout, nothing changes.
+    let report = running.await.unwrap().unwrap();
+    assert!(!report.switched, "{report:?}");
+    assert!(!report.window.expect("a window").ready);
+    assert_eq!(f.topology.current().primary, BackendName::Old);
+    assert!(gate_is_open(&f.gate).await, "the gate stayed closed");
 }
 
 #[tokio::test(start_paused = true)]

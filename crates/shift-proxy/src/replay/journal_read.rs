@@ -35,6 +35,9 @@ impl<A: ApplyTarget> Run<'_, A> {
             self.worker
                 .store
                 .read_bounded(self.target(), self.cursor, READ_AHEAD, room)?;
+        if entries.is_empty() && self.rewinds() {
+            return self.fill();
+        }
         let cap = self.worker.lane_cap();
         for entry in entries {
             if is_barrier(&entry) {
@@ -61,6 +64,24 @@ impl<A: ApplyTarget> Run<'_, A> {
             self.held += size;
         }
         Ok(())
+    }
+
+    /// Whether entries wait behind the cursor while the worker holds none: applied entries
+    /// whose deferred removal was lost when the state reopened its file after a disk error
+    /// (`replay/lanes.rs`'s `removal_may_wait`). The journal is then read again from its
+    /// start (once: the cursor is `None` after this).
+    fn rewinds(&mut self) -> bool {
+        let behind = self.lanes.is_empty()
+            && self.cursor.is_some()
+            && self.worker.store.lag(self.target()).entries > 0;
+        if behind {
+            tracing::info!(
+                target = self.target().as_str(),
+                "entries wait behind the replay's cursor: reading the journal again from its start"
+            );
+            self.cursor = None;
+        }
+        behind
     }
 
     /// Reads `key`'s entries left in the journal (from its `unread_from` up to the cursor)
