@@ -3,18 +3,16 @@
 //!
 //! - `embedded`: one proxy process (journaled, the default), no `[cluster]`;
 //! - `cluster`: three proxy processes with `[cluster]` on a 3-member etcd (loopback, data in
-//!   /dev/shm), the clients spread evenly over them: a write reaching a replica that does not
-//!   own its collection is forwarded to the owner (about two writes in three here), and every
-//!   write's intent passes the lease fence.
+//!   /dev/shm) and the journal in NATS JetStream (one nats-server, `sync_interval: always`,
+//!   one stream replica), the clients spread evenly over them: a write reaching a replica
+//!   that does not own its collection is forwarded to the owner (about two writes in three
+//!   here), and every write's intent and entry are fenced appends to the stream.
 //!
 //! Each target writes `add` requests (10 records of 384 dims, ids never used before) closed-loop
 //! with C clients into its own collection, made through it. Rounds alternate between the two
 //! targets in mirrored order (E C, C E, ...); after each round the journals drain (not part of
 //! the rate). Reported: requests/s, latency p50/p99 per target (all rounds together), and the
 //! cluster's throughput and p50 as ratios to the embedded proxy's (median of the rounds).
-//!
-//! The journal is still each replica's own (redb) here; the NATS JetStream journal of issue 13
-//! adds one fenced append per write (the design measured about 0.7 ms on one loopback node).
 //!
 //! Run: `cargo bench -p chroma-shift-benches --bench cluster` (about 1.5 minutes plus the build).
 //! Knobs: `BENCH_CLIENTS` (C, default 6: two per replica), `BENCH_ROUNDS` (per target, default
@@ -34,6 +32,7 @@ use chroma_shift_benches::report::{load_average, machine_lines, publish};
 use chroma_shift_benches::{create_collection, env_count, env_var, run_bench, scratch_dir};
 use hdrhistogram::Histogram;
 use shift_testkit::etcd::EtcdCluster;
+use shift_testkit::nats::NatsServer;
 use shift_testkit::Chroma;
 
 struct Settings {
@@ -143,9 +142,10 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     let load_before = load_average();
     let dir = scratch_dir("cluster-")?;
     eprintln!(
-        "starting etcd (3 members), two Chroma servers, one embedded proxy, three replicas..."
+        "starting etcd (3 members), a nats-server, two Chroma servers, one embedded proxy, three replicas..."
     );
     let etcd = EtcdCluster::start(3).await?;
+    let nats = NatsServer::start().await?;
     let (old, new) = tokio::try_join!(Chroma::spawn(), Chroma::spawn())?;
     let embedded = start_proxy(&settings.proxy, dir.path(), &old.url(), &new.url()).await?;
     let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
@@ -154,8 +154,9 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
         let options = ProxyOptions {
             name: format!("replica-{i}"),
             extra_tables: format!(
-                "[cluster]\netcd_endpoints = [{}]\nmember_id = \"replica-{i}\"\nlease_ttl = \"5s\"\netcd_timeout = \"2s\"\n",
-                endpoints.join(", ")
+                "[cluster]\netcd_endpoints = [{}]\nmember_id = \"replica-{i}\"\nlease_ttl = \"5s\"\netcd_timeout = \"2s\"\nnats_url = \"{}\"\nstream_replicas = 1\n",
+                endpoints.join(", "),
+                nats.url()
             ),
             ..settings.proxy.clone()
         };
@@ -225,5 +226,6 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     drop(replicas);
     drop(embedded);
     drop(etcd);
+    drop(nats);
     publish(&text).context("the report")
 }

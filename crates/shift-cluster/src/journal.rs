@@ -174,8 +174,8 @@ pub(crate) struct Shared {
     pending: Mutex<BTreeMap<IntentId, (Vec<u8>, Instant)>>,
     counter: AtomicU64,
     subjects: Mutex<HashMap<String, Arc<tokio::sync::Mutex<SubjectState>>>>,
-    /// Subjects this replica was fenced from, with the live members it saw then.
-    fenced: Mutex<HashMap<String, Vec<String>>>,
+    /// Subjects this replica was fenced from, with the live members it saw then and when.
+    fenced: Mutex<HashMap<String, (Vec<String>, Instant)>>,
     /// Lag per store (`[old, new]`) and the dead letters, kept by the replay's reader.
     pub(crate) lag: Mutex<[Lag; 2]>,
     pub(crate) dead_letters: AtomicU64,
@@ -257,11 +257,20 @@ impl Shared {
     }
 
     /// Whether this replica is fenced from `subject` with the members it sees now; a fence
-    /// seen with other members is forgotten (the next append acquires again).
+    /// seen with other members, or older than the takeover grace, is forgotten (the next
+    /// append acquires again). The grace matters when the fence was seen with the members
+    /// this replica sees for good: a replica that rejoined after a pause, the rendezvous
+    /// owner again, is fenced by what the interim owner appended meanwhile; the interim
+    /// owner's view has caught up within the grace, and should it still append, the
+    /// acquisition fences it in turn (its write refused, its intent adopted).
     fn is_fenced(&self, subject: &str) -> bool {
         let mut fenced = lock(&self.fenced);
         match fenced.get(subject) {
-            Some(members) if *members == self.live_ids() => true,
+            Some((members, since))
+                if *members == self.live_ids() && since.elapsed() < self.takeover_grace =>
+            {
+                true
+            }
             Some(_) => {
                 fenced.remove(subject);
                 false
@@ -333,7 +342,8 @@ impl Shared {
                 }
                 Published::Moved => {
                     if self.moved_on(&subject, expected, &mut state).await? {
-                        lock(&self.fenced).insert(subject.clone(), self.live_ids());
+                        lock(&self.fenced)
+                            .insert(subject.clone(), (self.live_ids(), Instant::now()));
                         *state = SubjectState::default();
                         tracing::warn!(
                             collection = entry.collection,
