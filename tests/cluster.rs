@@ -32,7 +32,6 @@ use shift_cluster::owner::owner;
 use shift_testkit::collection::{collection_id, count, get_or_create_collection};
 use shift_testkit::etcd::EtcdCluster;
 use shift_testkit::nats::NatsServer;
-use shift_testkit::process::run_chroma_shift;
 use shift_testkit::recording::{Recorded, RecordingShim};
 use shift_testkit::scrape::{metric_sum, metrics_text, wait_drained};
 use shift_testkit::stores::{assert_same_records, check_acked_log, two_stores};
@@ -166,17 +165,7 @@ async fn three_replicas_leave_both_stores_identical_with_the_same_collection_ids
         assert!(ids.windows(2).all(|w| w[0] == w[1]), "{name}: {ids:?}");
         assert!(count(&urls[2], &ids[0]).await? > 0, "{name} is empty");
     }
-    let (code, out, err) = run_chroma_shift(
-        &proxies[0].admin_url(),
-        ADMIN_TOKEN,
-        &[
-            "verify",
-            "--config",
-            &proxies[0].config_path().display().to_string(),
-        ],
-    )
-    .await?;
-    assert_eq!(code, 0, "verify:\n{out}\n{err}");
+    proxies[0].verify().await?;
     eprintln!("{mixed}; {summary}; {answered} forwarded; {checked:?}; {compared:?}");
     Ok(())
 }
@@ -442,15 +431,7 @@ impl Rig {
                 assert!(ids.windows(2).all(|w| w[0] == w[1]), "{name}: {ids:?}");
             }
         }
-        let config = self.proxies[0].config_path().display().to_string();
-        let (code, out, err) = run_chroma_shift(
-            &self.proxies[0].admin_url(),
-            ADMIN_TOKEN,
-            &["verify", "--config", &config],
-        )
-        .await?;
-        assert_eq!(code, 0, "verify:\n{out}\n{err}");
-        Ok(())
+        self.proxies[0].verify().await
     }
 }
 

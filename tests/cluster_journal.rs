@@ -18,11 +18,10 @@ use shift_cluster::stream::{JournalStream, StreamSettings};
 use shift_testkit::collection::{collection_id, count};
 use shift_testkit::etcd::EtcdCluster;
 use shift_testkit::nats::NatsServer;
-use shift_testkit::process::run_chroma_shift;
 use shift_testkit::scrape::wait_drained;
 use shift_testkit::stores::{assert_same_records, check_acked_log, two_stores};
 use shift_testkit::wait::wait_until;
-use shift_testkit::{python, Chroma, Proxy, ProxyProcess, ADMIN_TOKEN};
+use shift_testkit::{python, Chroma, Proxy, ProxyProcess};
 
 /// Bounds that only turn a hang into a failure.
 const LIMIT: Duration = Duration::from_secs(180);
@@ -226,17 +225,7 @@ async fn the_busiest_owner_killed_mid_run_loses_no_acknowledged_write() -> anyho
         mixed["acked"].as_u64().unwrap_or(0) + mixed["ops"].as_u64().unwrap_or(0) > 0,
         "{mixed}"
     );
-    let (code, out, err) = run_chroma_shift(
-        &survivors[0].admin_url(),
-        ADMIN_TOKEN,
-        &[
-            "verify",
-            "--config",
-            &survivors[0].config_path().display().to_string(),
-        ],
-    )
-    .await?;
-    assert_eq!(code, 0, "verify:\n{out}\n{err}");
+    survivors[0].verify().await?;
     eprintln!(
         "{mixed}; {owned}; {checked:?}; {compared:?}; {}",
         json!({"killed": victim_id})

@@ -119,6 +119,20 @@ impl ProxyProcess {
         &self.config
     }
 
+    /// Runs `chroma-shift verify --config` with this process's config through its admin API,
+    /// as an operator would; fails with verify's output unless it exits 0 (the stores match).
+    pub async fn verify(&self) -> anyhow::Result<()> {
+        let config = self.config.display().to_string();
+        let (code, out, err) = run_chroma_shift(
+            &self.admin_url(),
+            crate::ADMIN_TOKEN,
+            &["verify", "--config", &config],
+        )
+        .await?;
+        anyhow::ensure!(code == 0, "verify exited {code}:\n{out}\n{err}");
+        Ok(())
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(tokio::process::Child::id)
