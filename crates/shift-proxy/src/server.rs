@@ -556,7 +556,7 @@ where
 {
     type Response = Response<B>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -570,12 +570,31 @@ where
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         self.activity.touch();
         let guard = InFlight(self.activity.clone());
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let answer = answer.await;
-            drop(guard);
-            answer
-        })
+        TrackedFuture {
+            answer: self.inner.call(request),
+            guard: Some(guard),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer, the request counted in flight until it is ready (or dropped). A
+    /// named future rather than a boxed `async` block: no allocation per request.
+    pub(crate) struct TrackedFuture<F> {
+        #[pin]
+        answer: F,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<F: Future> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.answer.poll(cx));
+        this.guard.take();
+        Poll::Ready(answer)
     }
 }
 
