@@ -381,6 +381,7 @@ fn http_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()
