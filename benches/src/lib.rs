@@ -11,10 +11,6 @@ pub mod proc;
 pub mod proxy;
 pub mod report;
 
-/// The allocator `chroma-shift` runs with (its `main.rs`), so the proxy child measures the same.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A bench's `main`: in the proxy child, runs the proxy (see [`proxy::proxy_child_main`]); in
 /// the bench, reads its settings and runs `bench` with them on a current-thread runtime.
 pub fn run_bench<S, F>(

@@ -18,11 +18,6 @@ mod ctl;
 mod otel;
 mod tools;
 
-/// mimalloc rather than glibc's malloc: fewer instructions and less CPU per proxied request
-/// (benches/RESULTS.md, "read path, round 2").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A migration proxy for Chroma: dual writes, cutover and rollback, backfill and verify.
 #[derive(Debug, Parser)]
 #[command(name = "chroma-shift", version, about)]
