@@ -124,7 +124,11 @@ impl DrivenPool {
         DrivenPool {
             connector,
             origin,
-            http1: http1::Builder::new(),
+            http1: {
+                let mut http1 = http1::Builder::new();
+                http1.writev(false);
+                http1
+            },
             idle: (0..=data_threads::SLOTS)
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),

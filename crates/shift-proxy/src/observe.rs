@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use http::{Request, Response};
-use tracing::Instrument;
 
 use crate::access_line::AccessRecord;
 use crate::body::ProxyBody;
@@ -74,7 +73,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = AccessLogFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -92,52 +91,100 @@ where
             request.headers(),
         );
         let response = span.in_scope(|| self.inner.call(request));
-        let traced = span.clone();
-        Box::pin(
-            async move {
-                let response = response.await?;
-                let metrics = &in_flight.0;
-                let elapsed = started.elapsed();
-                let status = response.status();
-                let Some(handled) = response.extensions().get::<Handled>() else {
-                    return Ok(response);
-                };
-                let op = handled.route.operation;
-                let operation = op.name();
-                let backend = handled.backend.map_or("proxy", |b| b.as_str());
-                let series = &metrics.request_series;
-                series.count(op, handled.backend, status);
-                series.observe_duration(op, elapsed.as_secs_f64());
-                if let (Some(upstream), Some(answered)) = (handled.upstream, handled.backend) {
-                    series.observe_upstream(op, answered, upstream.as_secs_f64());
-                }
-                crate::trace_ctx::record_answer(&traced, operation, status);
-                let record = AccessRecord {
-                    at: SystemTime::now(),
-                    method,
-                    operation,
-                    params: handled.route.params.clone(),
-                    status: status.as_u16(),
-                    backend,
-                    duration: elapsed,
-                    upstream: handled.upstream,
-                    error: handled.error.unwrap_or(""),
-                    identity: handled.identity.clone(),
-                };
-                match crate::log_writer::access_sink() {
-                    // Formatted and written by the log writer's thread.
-                    Some(sink) => {
-                        if tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO) {
-                            sink.record(record);
-                        }
-                    }
-                    None => log_access_event(&record),
-                }
-                Ok(response)
-            }
-            .instrument(span),
-        )
+        AccessLogFuture {
+            response,
+            span,
+            pending: Some(Pending {
+                started,
+                method,
+                in_flight,
+            }),
+        }
     }
+}
+
+/// What a request's access line and metrics need from its start.
+struct Pending {
+    started: Instant,
+    method: http::Method,
+    /// Held until the answer is ready (or the request dropped).
+    in_flight: InFlight,
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`AccessLog`]: the service's answer, polled in the request's span, then
+    /// counted and logged. A named future rather than a boxed `async` block: no allocation
+    /// per request.
+    pub struct AccessLogFuture<F> {
+        #[pin]
+        response: F,
+        span: tracing::Span,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F> Future for AccessLogFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let Ok(response) = std::task::ready!(this.response.poll(cx));
+        let pending = this
+            .pending
+            .take()
+            .expect("an access-log future is polled after it completed");
+        Poll::Ready(Ok(answered(pending, this.span, response)))
+    }
+}
+
+/// Counts an answered request and leaves its access line.
+fn answered(
+    pending: Pending,
+    span: &tracing::Span,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let metrics = &pending.in_flight.0;
+    let elapsed = pending.started.elapsed();
+    let status = response.status();
+    let Some(handled) = response.extensions().get::<Handled>() else {
+        return response;
+    };
+    let op = handled.route.operation;
+    let operation = op.name();
+    let backend = handled.backend.map_or("proxy", |b| b.as_str());
+    let series = &metrics.request_series;
+    series.count(op, handled.backend, status);
+    series.observe_duration(op, elapsed.as_secs_f64());
+    if let (Some(upstream), Some(answered)) = (handled.upstream, handled.backend) {
+        series.observe_upstream(op, answered, upstream.as_secs_f64());
+    }
+    crate::trace_ctx::record_answer(span, operation, status);
+    let record = AccessRecord {
+        at: SystemTime::now(),
+        method: pending.method,
+        operation,
+        params: handled.route.params.clone(),
+        status: status.as_u16(),
+        backend,
+        duration: elapsed,
+        upstream: handled.upstream,
+        error: handled.error.unwrap_or(""),
+        identity: handled.identity.clone(),
+    };
+    match crate::log_writer::access_sink() {
+        // Formatted and written by the log writer's thread.
+        Some(sink) => {
+            if tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO) {
+                sink.record(record);
+            }
+        }
+        None => log_access_event(&record),
+    }
+    response
 }
 
 /// The access line as a tracing event, formatted by the subscriber: where no log writer takes

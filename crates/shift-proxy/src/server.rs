@@ -8,13 +8,14 @@
 //! instead of hanging until its connect timeout, and the refusal is counted.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -381,6 +382,7 @@ fn http_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()
@@ -459,25 +461,69 @@ impl Connection {
         if closing {
             connection.as_mut().graceful_shutdown();
         }
-        loop {
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(listener = self.listener, peer = %self.peer, %error, "connection ended with an error");
-                    }
-                    return;
+        // The stop and idle watches are polled only when they woke the task (their own
+        // waker), not at each of the connection's wake-ups (several per request).
+        let listener = self.listener;
+        let peer = self.peer;
+        let mut stop = std::pin::pin!(self.stopping.changed());
+        let mut idle = std::pin::pin!(activity.idle_for(self.idle_timeout));
+        let watches = Arc::new(WatchWake::default());
+        let watches_waker = Waker::from(watches.clone());
+        poll_fn(|cx| loop {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                if let Err(error) = result {
+                    tracing::debug!(listener, peer = %peer, %error, "connection ended with an error");
                 }
-                _ = self.stopping.changed(), if !closing => {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-                () = activity.idle_for(self.idle_timeout), if !closing => {
-                    tracing::debug!(listener = self.listener, peer = %self.peer, "idle connection closed");
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
+                return Poll::Ready(());
             }
+            if closing {
+                return Poll::Pending;
+            }
+            watches.task.register(cx.waker());
+            if !watches.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let mut watches_cx = Context::from_waker(&watches_waker);
+            if stop.as_mut().poll(&mut watches_cx).is_ready() {
+                closing = true;
+            } else if idle.as_mut().poll(&mut watches_cx).is_ready() {
+                tracing::debug!(listener, peer = %peer, "idle connection closed");
+                closing = true;
+            } else {
+                return Poll::Pending;
+            }
+            // Polled again at once, so that the shutdown goes ahead.
+            connection.as_mut().graceful_shutdown();
+        })
+        .await;
+    }
+}
+
+/// The waker of a connection's stop and idle watches: marks them woken and wakes the
+/// connection's task.
+struct WatchWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for WatchWake {
+    fn default() -> WatchWake {
+        WatchWake {
+            // Polled once first, to register their waker.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
         }
+    }
+}
+
+impl Wake for WatchWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
@@ -556,7 +602,7 @@ where
 {
     type Response = Response<B>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -570,12 +616,31 @@ where
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         self.activity.touch();
         let guard = InFlight(self.activity.clone());
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let answer = answer.await;
-            drop(guard);
-            answer
-        })
+        TrackedFuture {
+            answer: self.inner.call(request),
+            guard: Some(guard),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer, the request counted in flight until it is ready (or dropped). A
+    /// named future rather than a boxed `async` block: no allocation per request.
+    pub(crate) struct TrackedFuture<F> {
+        #[pin]
+        answer: F,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<F: Future> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.answer.poll(cx));
+        this.guard.take();
+        Poll::Ready(answer)
     }
 }
 

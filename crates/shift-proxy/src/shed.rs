@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use shift_chroma::{classify, Route};
 
-use crate::admission::{Admission, Refusal};
+use crate::admission::{Admission, InFlightPermit, Refusal};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
@@ -65,7 +65,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = ShedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -80,17 +80,48 @@ where
                 Ok(permit) => Some(permit),
                 Err(refusal) => {
                     let response = refused(&self.metrics, route, refusal);
-                    return Box::pin(std::future::ready(Ok(response)));
+                    return ShedFuture::Refused {
+                        response: Some(response),
+                    };
                 }
             }
         };
         request.extensions_mut().insert(route);
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await;
-            drop(permit);
-            response
-        })
+        ShedFuture::Admitted {
+            response: self.inner.call(request),
+            permit,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`Shed`]: the refusal, or the service's answer holding the request's
+    /// place until it is ready. A named future rather than a boxed `async` block: no
+    /// allocation per request.
+    #[project = ShedProj]
+    pub enum ShedFuture<F> {
+        Refused { response: Option<Response<ProxyBody>> },
+        Admitted { #[pin] response: F, permit: Option<InFlightPermit> },
+    }
+}
+
+impl<F> Future for ShedFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            ShedProj::Refused { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("a refusal's future is polled after it completed"))),
+            ShedProj::Admitted { response, permit } => {
+                let response = std::task::ready!(response.poll(cx));
+                permit.take();
+                Poll::Ready(response)
+            }
+        }
     }
 }
 
