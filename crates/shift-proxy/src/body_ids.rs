@@ -125,8 +125,8 @@ impl<'a> Scan<'a> {
     fn top_object(&mut self) -> Result<Vec<String>, serde_json::Error> {
         let depth = self.enter(0)?;
         let mut ids = Vec::new();
-        self.members(|scan| {
-            let key = scan.string()?;
+        self.items(b'}', |scan| {
+            let key = scan.key()?;
             let is_ids = scan.decoded(key)? == "ids";
             scan.expect(b':', "expected `:`")?;
             scan.whitespace();
@@ -148,7 +148,7 @@ impl<'a> Scan<'a> {
         }
         let depth = self.enter(depth)?;
         let mut ids = Vec::new();
-        self.elements(|scan| {
+        self.items(b']', |scan| {
             if scan.peek() == Some(b'"') {
                 let id = scan.string()?;
                 ids.push(scan.decoded(id)?.into_owned());
@@ -181,76 +181,55 @@ impl<'a> Scan<'a> {
     #[inline(never)]
     fn array(&mut self, depth: usize) -> Result<(), serde_json::Error> {
         let depth = self.enter(depth)?;
-        self.elements(|scan| scan.value(depth))
+        self.items(b']', |scan| scan.value(depth))
     }
 
     /// The object at the position, inside `depth` containers.
     #[inline(never)]
     fn object(&mut self, depth: usize) -> Result<(), serde_json::Error> {
         let depth = self.enter(depth)?;
-        self.members(|scan| {
-            scan.string()?;
+        self.items(b'}', |scan| {
+            scan.key()?;
             scan.expect(b':', "expected `:`")?;
             scan.whitespace();
             scan.value(depth)
         })
     }
 
-    /// The elements of an array whose `[` was consumed, each read by `element` at its first
-    /// byte, up to and including the `]`.
+    /// The items of an array or object whose opening bracket was consumed, each read by
+    /// `item` at its first byte, up to and including the `close` bracket.
     #[inline(always)]
-    fn elements(
+    fn items(
         &mut self,
-        mut element: impl FnMut(&mut Self) -> Result<(), serde_json::Error>,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Result<(), serde_json::Error>,
     ) -> Result<(), serde_json::Error> {
         self.whitespace();
-        if self.peek() == Some(b']') {
+        if self.peek() == Some(close) {
             self.pos += 1;
             return Ok(());
         }
         loop {
             self.whitespace();
-            element(self)?;
+            item(self)?;
             self.whitespace();
             match self.peek() {
                 Some(b',') => self.pos += 1,
-                Some(b']') => {
+                Some(byte) if byte == close => {
                     self.pos += 1;
                     return Ok(());
                 }
-                _ => return Err(self.error("expected `,` or `]`")),
+                _ => return Err(self.error("expected `,` or the closing bracket")),
             }
         }
     }
 
-    /// The members of an object whose `{` was consumed, each read by `member` from its key's
-    /// opening quote, up to and including the `}`.
-    #[inline(always)]
-    fn members(
-        &mut self,
-        mut member: impl FnMut(&mut Self) -> Result<(), serde_json::Error>,
-    ) -> Result<(), serde_json::Error> {
-        self.whitespace();
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-            return Ok(());
+    /// The key of an object's member at the position, checked and consumed.
+    fn key(&mut self) -> Result<Quoted, serde_json::Error> {
+        if self.peek() != Some(b'"') {
+            return Err(self.error("key must be a string"));
         }
-        loop {
-            self.whitespace();
-            if self.peek() != Some(b'"') {
-                return Err(self.error("key must be a string"));
-            }
-            member(self)?;
-            self.whitespace();
-            match self.peek() {
-                Some(b',') => self.pos += 1,
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.error("expected `,` or `}`")),
-            }
-        }
+        self.string()
     }
 
     fn literal(&mut self, word: &str) -> Result<(), serde_json::Error> {
