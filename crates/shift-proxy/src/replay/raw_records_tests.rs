@@ -158,3 +158,23 @@ fn one_entry_is_sent_with_its_bytes_as_the_client_wrote_them() {
     let parsed: Value = serde_json::from_slice(&batch.body).unwrap();
     assert_eq!(parsed, serde_json::from_str::<Value>(body).unwrap());
 }
+
+#[test]
+fn finds_quotes_and_brackets_eight_bytes_at_a_time_as_byte_by_byte() {
+    // Bytes near the ones it looks for (a bit away from each, the same with 0x20 set or
+    // cleared), and zeros and 0x01s, which the word trick's borrows touch.
+    const NEAR: &[u8] =
+        b"\"[]{}\x02\x22\x5b\x7b\x5d\x7d\x5a\x5c\x7a\x7c\x7e\x00\x01\x21\x23\\,: 0.5e-";
+    let mut rng = fastrand::Rng::with_seed(9);
+    for _ in 0..20_000 {
+        let bytes: Vec<u8> = (0..rng.usize(0..40))
+            .map(|_| match rng.u8(..3) {
+                0 => NEAR[rng.usize(..NEAR.len())],
+                1 => rng.u8(..),
+                _ => rng.u8(b'0'..=b'9'),
+            })
+            .collect();
+        let expected = bytes.iter().position(|b| STRUCTURAL[*b as usize]);
+        assert_eq!(next_structural(&bytes), expected, "{bytes:?}");
+    }
+}
