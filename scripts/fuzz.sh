@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The fuzz run, and the replay of each defect it found.
 #
-#   scripts/fuzz.sh                  tests/fuzz.rs: seeded mutated requests to the proxy and to
-#                                    Chroma directly, then a full store comparison
-#                                    (CHROMA_SHIFT_FUZZ_SEED, CHROMA_SHIFT_FUZZ_REQUESTS,
-#                                    CHROMA_SHIFT_FUZZ_KINDS, CHROMA_SHIFT_FUZZ_VERBOSE=1)
+#   scripts/fuzz.sh [RUNS]           tests/fuzz.rs RUNS times (default 5), each with its own seed
+#                                    and 3,000 requests (CI runs one of 600): seeded mutated
+#                                    requests to the proxy and to Chroma directly, then a full
+#                                    store comparison (CHROMA_SHIFT_FUZZ_SEED, _REQUESTS, _KINDS,
+#                                    CHROMA_SHIFT_FUZZ_VERBOSE=1); a failing run prints its seed
 #   scripts/fuzz.sh --repro [NAME..] each defect alone and minimized (tests/python/fuzz_repro.py):
 #                                    request, Chroma's answer, the proxy's, what each store holds
 set -euo pipefail
@@ -14,7 +15,19 @@ scripts/setup-venv.sh
 export ANONYMIZED_TELEMETRY=False
 
 if [ "${1:-}" != --repro ]; then
-  exec cargo test -p chroma-shift-e2e --test fuzz -- --ignored --nocapture
+  export CHROMA_SHIFT_FUZZ_REQUESTS=${CHROMA_SHIFT_FUZZ_REQUESTS:-3000}
+  runs=${1:-5}
+  failed=0
+  for run in $(seq 1 "$runs"); do
+    echo "fuzz: run $run of $runs, $CHROMA_SHIFT_FUZZ_REQUESTS requests"
+    if ! cargo nextest run --locked -p chroma-shift-e2e --test fuzz --no-capture; then
+      echo "fuzz: run $run FAILED (its seed is printed above)"
+      failed=$((failed + 1))
+    fi
+  done
+  echo "fuzz: $((runs - failed)) passed, $failed failed"
+  [ "$failed" -eq 0 ]
+  exit
 fi
 shift
 
