@@ -45,15 +45,14 @@ impl PhantomUpdates {
     ) -> Option<PendingUpdate> {
         let is_update = request.method == "POST"
             && matches!(request.target.last(), Some(Part::Text(t)) if t.ends_with("/update"));
-        let prefix = match request.target.first() {
-            Some(Part::Text(prefix)) => prefix,
-            _ => return None,
-        };
-        let (collection, key) = (collection?, key?);
-        let ids = update_ids(&request.body)?;
-        if !is_update || ids.is_empty() {
+        if !is_update {
             return None;
         }
+        let Some(Part::Text(prefix)) = request.target.first() else {
+            return None;
+        };
+        let (collection, key) = (collection?, key?);
+        let ids = update_ids(&request.body).filter(|ids| !ids.is_empty())?;
         let url = format!("{url}{prefix}{collection}/get");
         let (status, got) = http_json("POST", &url, Some(json!({"ids": ids, "include": []})))
             .await
