@@ -111,6 +111,59 @@ async fn collection_changes_reach_both_stores_and_the_client_id_stays() -> anyho
     Ok(())
 }
 
+/// A rename onto a taken name: Chroma 1.5.9 answers 500 (a UNIQUE constraint) and changes
+/// nothing, metadata included. The proxy passes that answer on and, finding the name held by
+/// another collection on the primary, knows the rename cannot land: it does not hold the
+/// lifecycle lock for `unknown_outcome_grace` (ten minutes here, so a stall cannot pass for
+/// noise), and the next create goes through. Both stores end with the same collections.
+#[tokio::test]
+async fn a_rename_onto_a_taken_name_does_not_hold_up_the_next_change() -> anyhow::Result<()> {
+    let (old, new, proxy) =
+        two_stores_and_proxy("[mirror]\nmode = \"journaled\"\nunknown_outcome_grace = \"10m\"\n")
+            .await?;
+    let base = format!("{}{DB}", proxy.url());
+    post_json(format!("{base}/collections"), json!({"name": "taken"})).await?;
+    let mover = post_json(
+        format!("{base}/collections"),
+        json!({"name": "mover", "metadata": {"v": 1}}),
+    )
+    .await?;
+    let id = mover["id"].as_str().unwrap_or_default().to_owned();
+
+    let (status, answer) = http_json(
+        "PUT",
+        &format!("{base}/collections/{id}"),
+        Some(json!({"new_name": "taken", "new_metadata": {"v": 2}})),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    assert_eq!(
+        answer["error"],
+        json!("InternalError"),
+        "Chroma's own answer"
+    );
+
+    // Without the fix this waits the ten minutes' grace for the lifecycle lock.
+    let next = post_json(format!("{base}/collections"), json!({"name": "next"}));
+    tokio::time::timeout(Duration::from_secs(120), next)
+        .await
+        .map_err(|_| anyhow::anyhow!("a create after the refused rename was held for 120 s"))??;
+
+    wait_drained(&proxy.admin_url(), "new", Duration::from_secs(60)).await?;
+    let on_old = contents(&old.url(), DB).await?;
+    let names: Vec<(&str, &Value)> = on_old.iter().map(|c| (c.0.as_str(), &c.1)).collect();
+    assert_eq!(
+        names,
+        vec![
+            ("mover", &json!({"v": 1})),
+            ("next", &Value::Null),
+            ("taken", &Value::Null)
+        ]
+    );
+    assert_eq!(contents(&new.url(), DB).await?, on_old);
+    Ok(())
+}
+
 #[tokio::test]
 async fn namespaces_are_renamed_on_the_new_store() -> anyhow::Result<()> {
     let (old, new, proxy) = two_stores_and_proxy(

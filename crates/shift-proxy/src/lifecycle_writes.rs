@@ -341,6 +341,8 @@ async fn settle_lifecycle_write(
     .await;
     failpoint("lifecycle::after_primary");
     let mut outcome = classify(&result);
+    // A whole answer from the primary, rather than a lost connection or a timeout.
+    let answered = result.is_ok();
     let (primary_answer, op) = match result {
         Ok(response) if outcome == PrimaryOutcome::Applied => {
             match applied_change(plane, write.primary, &plan, response).await {
@@ -371,11 +373,14 @@ async fn settle_lifecycle_write(
         }
         _ => (SecondaryOutcome::NotSent, None),
     };
-    let decision = decide(
+    let mut decision = decide(
         outcome,
         secondary_outcome,
         plane.writes.on_secondary_failure,
     );
+    if decision.after_grace && answered && rename_cannot_land(plane, write.primary, &plan).await {
+        decision.after_grace = false;
+    }
     let queued = Queued {
         write: vec![op.as_ref().unwrap_or(&plan.intent_op).encode_as(&caller)],
         reconcile: plan.intent_op,
@@ -388,6 +393,45 @@ async fn settle_lifecycle_write(
         secondary_error,
     };
     carry_out(plane, write, settled, answer).await;
+}
+
+/// Whether a rename the primary answered with a 5xx is settled there for good, so its
+/// reconciliation need not wait out `unknown_outcome_grace` with the lifecycle lock held: the
+/// new name belongs to another collection on the primary. Chroma 1.5.9 answers a rename onto a
+/// taken name with 500 (a UNIQUE constraint of its database) and changes nothing, metadata
+/// included; such a rename cannot land later either while the name stays taken, and only a
+/// lifecycle write could free it, which waits for this one's lock. Anything else (the name
+/// free, held by this collection, or unreadable) keeps the grace.
+async fn rename_cannot_land(
+    plane: &DataPlaneState,
+    primary: BackendName,
+    plan: &LifecyclePlan,
+) -> bool {
+    let Applied::Update {
+        collection,
+        new_name: Some(new_name),
+        ..
+    } = &plan.applied
+    else {
+        return false;
+    };
+    let Some(entry) = plane.resolver.map.get(collection) else {
+        return false;
+    };
+    let Some(own_id) = entry.id_on(primary) else {
+        return false;
+    };
+    match plane
+        .resolver
+        .fetch(primary, &entry.tenant, &entry.database, new_name)
+        .await
+    {
+        Ok(Some(holder)) => holder["id"]
+            .as_str()
+            .and_then(paths::canonical_id)
+            .is_some_and(|id| Some(id) != paths::canonical_id(own_id)),
+        _ => false,
+    }
 }
 
 /// After the primary applied a lifecycle change: the map updated, the op to mirror, and the
