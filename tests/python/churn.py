@@ -19,6 +19,16 @@ import numpy as np
 from client_args import client_for, url_parser
 
 
+def error_kind(error):
+    """The error's "module.ClassName". chromadb's client, when it is made, turns a transport
+    error (the server down or restarting) into a ValueError ("Could not connect to a Chroma
+    server"); the transport error it caught is its context, and is the kind counted."""
+    cause = error
+    while isinstance(cause, ValueError) and cause.__context__ is not None:
+        cause = cause.__context__
+    return f"{type(cause).__module__}.{type(cause).__name__}"
+
+
 def main():
     parser = url_parser("--collection")
     parser.add_argument("--existing", type=int, required=True)
@@ -67,7 +77,7 @@ def main():
             if not args.tolerate_errors:
                 raise
             counts["errors"] += 1
-            kind = f"{type(error).__module__}.{type(error).__name__}"
+            kind = error_kind(error)
             counts["error_kinds"][kind] = counts["error_kinds"].get(kind, 0) + 1
             client = None
             time.sleep(0.3)

@@ -357,10 +357,13 @@ fn newest_source(root: &Path) -> Option<SystemTime> {
             let path = entry.path();
             let name = entry.file_name();
             if path.is_dir() {
-                // A crate's integration tests are not part of the binary: a change to one
-                // must not make the binary look stale (its rebuild here would drop the
-                // workspace build's features, such as failpoints).
-                if name != "target" && name != "shift-testkit" && name != "tests" {
+                // A crate's integration tests, examples and benches are not part of the
+                // binary: a change to one must not make the binary look stale (its rebuild
+                // here would drop the workspace build's features, such as failpoints).
+                if !["target", "shift-testkit", "tests", "examples", "benches"]
+                    .iter()
+                    .any(|skipped| name == *skipped)
+                {
                     walk(&path, newest);
                 }
             } else if path.extension().is_some_and(|e| e == "rs") || name == "Cargo.toml" {
