@@ -204,4 +204,55 @@ mod tests {
             vec![(Some("team-a"), reconcile.clone()), (None, reconcile)]
         );
     }
+
+    /// The write path records a record write's intent as its reconciliation; an earlier build
+    /// recorded the op in full. Both recover to the same entry, for every kind of record
+    /// write, so a state dir left by either build settles its writes alike.
+    #[tokio::test]
+    async fn an_intent_recorded_as_its_reconciliation_recovers_as_the_op_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).await.unwrap();
+        let team_a = Caller::Identity("team-a".into());
+        let embedding: Vec<f32> = (0..384).map(|i| i as f32 / 7.0).collect();
+        let body = json!({
+            "ids": ["a", "b"],
+            "embeddings": [embedding, embedding],
+            "documents": ["one", "two"],
+        });
+        let mut sizes = Vec::new();
+        for kind in [
+            RecordKind::Add,
+            RecordKind::Upsert,
+            RecordKind::Update,
+            RecordKind::Delete,
+        ] {
+            let in_full = MirrorOp::Records {
+                kind,
+                collection: "c1".into(),
+                body: body.clone(),
+            }
+            .encode_as(&team_a)
+            .bytes;
+            let compact = MirrorOp::Reconcile {
+                collection: "c1".into(),
+                ids: vec!["a".into(), "b".into()],
+            }
+            .encode_as(&team_a)
+            .bytes;
+            sizes.push((in_full.len(), compact.len()));
+            store.record_intent(in_full).await.unwrap();
+            store.record_intent(compact).await.unwrap();
+        }
+        let secondary = BackendName::New;
+        assert_eq!(recover_intents(&store, secondary).await.unwrap(), 8);
+        let entries = store.read(secondary, None, 10).unwrap();
+        assert_eq!(entries.len(), 8);
+        for pair in entries.chunks(2) {
+            assert_eq!(pair[0].collection, pair[1].collection);
+            assert_eq!(pair[0].payload, pair[1].payload);
+        }
+        for (in_full, compact) in sizes {
+            assert!(compact * 20 < in_full, "{compact} bytes against {in_full}");
+        }
+    }
 }

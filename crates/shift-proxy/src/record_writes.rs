@@ -246,7 +246,7 @@ enum Mirrored {
 }
 
 impl Mirrored {
-    /// The payload for the intent and the journal, written by `caller`.
+    /// The payload for the journal, written by `caller`.
     fn encode(&self, body: &[u8], caller: &Caller) -> EncodedOp {
         match self {
             Mirrored::AsSent {
@@ -331,8 +331,10 @@ async fn settle_record_write(
         window,
     } = mirroring;
     let caller = write.request.caller.clone();
-    let encoded = mirrored.encode(&write.request.body, &caller);
-    let Some(intent) = record_intent(plane, encoded.bytes, answer.is_closed()).await else {
+    // The intent is what its recovery would make of the write in full, the reconciliation of
+    // its records: a few hundred bytes for a write of any size (see `crate::write_task`).
+    let intent_bytes = reconcile.encode_as(&caller).bytes;
+    let Some(intent) = record_intent(plane, intent_bytes, answer.is_closed()).await else {
         refuse_before_write(plane, answer);
         return;
     };

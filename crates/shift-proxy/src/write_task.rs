@@ -12,8 +12,11 @@
 //!
 //! # One fsync per record write
 //!
-//! A record write's intent is its op in full (the payload the journal entry would carry), and
-//! it is the write's only durable commit: the settlement (drop the intent, append the entry;
+//! A record write's intent is the reconciliation of its records (collection and ids, as the
+//! write's identity): what recovery makes of any record write ([`MirrorOp::recovery`]), so it
+//! is recorded as that from the start, a few hundred bytes where the op in full may be 80 KB
+//! (an intent recorded by an earlier build holds the op in full and recovers to the same
+//! reconciliation). The intent is the write's only durable commit: the settlement (drop the intent, append the entry;
 //! or drop it alone) is committed without an fsync ([`WriteJournal::settle_intent`]) and made
 //! durable by the next durable commit of the state, whoever makes it (the next write's intent,
 //! the replay's remove of anything but adds, upserts and deletes, a switch, the close). The
@@ -42,7 +45,8 @@
 //! 4. after the settlement is durable: as before this design.
 //!
 //! The client is acknowledged after step 3: a write is acknowledged once its intent, which
-//! holds everything its mirroring needs, is durable and settled in memory.
+//! holds everything its recovery needs (the secondary is brought in line from the primary,
+//! never from the intent's bytes), is durable and settled in memory.
 //!
 //! Where recovery is not as good as the settlement, the settlement is durable, as before:
 //! lifecycle writes (recovery replays some of them, a fork say, as they were, which is wrong
