@@ -1,12 +1,14 @@
 //! What the state store alone costs a mirrored write, outside the proxy: each write records
-//! its intent (a payload the size of a 10-record 384-dimension add as JSON), then, in
-//! journaled mode, settles it into a journal entry, reads it back and removes it as the
-//! replay would; in sync mode it discards the intent. Prints the process's CPU time and the
-//! bytes it wrote per write (Linux: `/proc/self/stat` and `/proc/self/io`).
+//! its intent, then, in journaled mode, settles it into a journal entry (a payload the size of
+//! a 10-record 384-dimension add as JSON), reads it back and removes it as the replay would;
+//! in sync mode it discards the intent. Prints the process's CPU time and the bytes it wrote
+//! per write (Linux: `/proc/self/stat` and `/proc/self/io`).
 //!
-//! `cargo run --release -p shift-state --example state_cycle -- [journaled|sync] [WRITES] [TASKS] [PAYLOAD_BYTES]`
-//! (defaults: journaled, 2000 writes, 8 concurrent tasks, 80,800 bytes; the store in a fresh
-//! temporary directory).
+//! `cargo run --release -p shift-state --example state_cycle -- [journaled|sync] [WRITES] [TASKS] [PAYLOAD_BYTES] [INTENT_BYTES]`
+//! (defaults: journaled, 2000 writes, 8 concurrent tasks, 80,800 bytes, a 160-byte intent
+//! as the proxy records a 10-record write's (its reconciliation); an INTENT_BYTES equal to
+//! PAYLOAD_BYTES is what the proxy recorded up to `99dad48`, the op in full; the store in a
+//! fresh temporary directory).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +18,8 @@ use shift_state::{NewEntry, StateStore};
 
 /// The journal payload of a 10-record add of 384 floats written as JSON, as in the benches.
 const DEFAULT_PAYLOAD_BYTES: usize = 80_800;
+/// A 10-record write's intent as the proxy records it: `{"reconcile":{...,"ids":[...]}}`.
+const DEFAULT_INTENT_BYTES: usize = 160;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,6 +34,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let payload_bytes: usize = args
         .next()
         .map_or(Ok(DEFAULT_PAYLOAD_BYTES), |v| v.parse())?;
+    let intent_bytes: usize = args
+        .next()
+        .map_or(Ok(DEFAULT_INTENT_BYTES), |v| v.parse())?;
     let dir = tempfile::tempdir()?;
     let store = Arc::new(StateStore::open(dir.path()).await?);
     let payload: Vec<u8> = b"0.123456789,"
@@ -38,15 +45,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .cycle()
         .take(payload_bytes)
         .collect();
+    let intent = payload[..intent_bytes.min(payload_bytes)].to_vec();
 
     let (cpu_before, written_before) = (cpu_seconds()?, written_bytes()?);
     let started = Instant::now();
     let mut workers = Vec::with_capacity(tasks);
     for _ in 0..tasks {
-        let (store, payload) = (store.clone(), payload.clone());
+        let (store, payload, intent) = (store.clone(), payload.clone(), intent.clone());
         workers.push(tokio::spawn(async move {
             for _ in 0..writes / tasks {
-                cycle(&store, &payload, journaled).await?;
+                cycle(&store, &intent, &payload, journaled).await?;
             }
             Ok::<(), shift_state::StoreError>(())
         }));
@@ -61,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let written = written_bytes()? - written_before;
     let stats = store.commit_stats();
     println!(
-        "{} writes ({}), {tasks} tasks: {:.0} us wall, CPU {:.0} us user + {:.0} us system, {:.0} KB written per write (payload {:.1} KB); {} commits, {} durable",
+        "{} writes ({}), {tasks} tasks: {:.0} us wall, CPU {:.0} us user + {:.0} us system, {:.0} KB written per write (payload {:.1} KB, intent {} B); {} commits, {} durable",
         done,
         if journaled { "journaled" } else { "sync" },
         elapsed.as_secs_f64() * 1e6 / done,
@@ -69,6 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cpu.1 * 1e6 / done,
         written as f64 / done / 1e3,
         payload_bytes as f64 / 1e3,
+        intent.len(),
         stats.commits,
         stats.durable_commits,
     );
@@ -78,10 +87,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// One write's state changes, as the proxy makes them.
 async fn cycle(
     store: &StateStore,
+    intent: &[u8],
     payload: &[u8],
     journaled: bool,
 ) -> Result<(), shift_state::StoreError> {
-    let intent = store.record_intent(payload.to_vec()).await?;
+    let intent = store.record_intent(intent.to_vec()).await?;
     if !journaled {
         return store.discard_intent_deferred(intent).await;
     }
