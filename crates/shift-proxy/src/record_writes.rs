@@ -333,7 +333,7 @@ async fn settle_record_write(
     let caller = write.request.caller.clone();
     // The intent is what its recovery would make of the write in full, the reconciliation of
     // its records: a few hundred bytes for a write of any size (see `crate::write_task`).
-    let intent_bytes = reconcile.encode_as(&caller).bytes;
+    let intent_bytes = reconcile.to_bytes_as(caller.identity());
     let Some(intent) = record_intent(plane, intent_bytes, answer.is_closed()).await else {
         refuse_before_write(plane, answer);
         return;

@@ -16,8 +16,8 @@
 //! write's identity): what recovery makes of any record write ([`MirrorOp::recovery`]), so it
 //! is recorded as that from the start, a few hundred bytes where the op in full may be 80 KB
 //! (an intent recorded by an earlier build holds the op in full and recovers to the same
-//! reconciliation). The intent is the write's only durable commit: the settlement (drop the intent, append the entry;
-//! or drop it alone) is committed without an fsync ([`WriteJournal::settle_intent`]) and made
+//! reconciliation). The intent is the write's only durable commit: the settlement (drop the
+//! intent, append the entry; or drop it alone) is committed without an fsync ([`WriteJournal::settle_intent`]) and made
 //! durable by the next durable commit of the state, whoever makes it (the next write's intent,
 //! the replay's remove of anything but adds, upserts and deletes, a switch, the close). The
 //! state's commits are ordered, so a crash
